@@ -1,0 +1,110 @@
+//! The CLI role: `astrid start|stop|restart|status|capsule …` and the `daemon` subcommand.
+//!
+//! The CLI never holds the singleton lock for longer than a look (or, after it had to
+//! SIGKILL a daemon, the cleanup of that daemon's files) and never unlinks a socket that a
+//! live daemon holds. It runs no async runtime: each command is a few blocking calls.
+//!
+//! Exit codes (documented in README.md): 0 success, 1 failure, 2 usage error.
+
+pub mod capsule;
+pub mod lifecycle;
+pub mod links;
+pub mod spawn;
+
+use std::process::ExitCode;
+
+use argh::FromArgs;
+
+use crate::daemon::{self, DaemonArgs};
+use crate::home::AstridHome;
+
+/// Astrid, a secure runtime for AI agents. Roles: `astrid` (this CLI), `astrid daemon` or
+/// the `astrid-daemon` link (the kernel), `astrid-capsule-host` (not built yet). Exit codes:
+/// 0 success, 1 failure, 2 usage error.
+#[derive(FromArgs, Debug)]
+pub struct Cli {
+    /// print the version and exit
+    #[argh(switch)]
+    pub version: bool,
+    #[argh(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum Command {
+    Daemon(DaemonArgs),
+    Start(lifecycle::StartArgs),
+    Stop(lifecycle::StopArgs),
+    Restart(lifecycle::RestartArgs),
+    Status(lifecycle::StatusArgs),
+    Capsule(capsule::CapsuleArgs),
+    CapsuleHost(CapsuleHostArgs),
+    InstallLinks(links::InstallLinksArgs),
+}
+
+/// run capsules in a process of their own (not built yet)
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "capsule-host")]
+struct CapsuleHostArgs {}
+
+/// The message and exit code of the capsule-host role until it exists.
+pub fn capsule_host_unavailable() -> ExitCode {
+    eprintln!("astrid-capsule-host: the capsule host role is not built yet; capsules cannot run out of process");
+    ExitCode::from(2)
+}
+
+/// Parses `args` as `T`; `--help` prints to stdout (exit 0), usage errors to stderr (exit 2).
+pub fn parse_args<T: FromArgs>(command: &str, args: &[&str]) -> Result<T, ExitCode> {
+    T::from_args(&[command], args).map_err(|early| match early.status {
+        Ok(()) => {
+            println!("{}", early.output);
+            ExitCode::SUCCESS
+        }
+        Err(()) => {
+            eprintln!("{}", early.output);
+            ExitCode::from(2)
+        }
+    })
+}
+
+/// Runs the CLI with `args` (argv without argv[0]).
+pub fn main(args: &[&str]) -> ExitCode {
+    let cli: Cli = match parse_args("astrid", args) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    if cli.version {
+        println!("astrid {}", crate::VERSION);
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = cli.command else {
+        if let Err(help) = Cli::from_args(&["astrid"], &["--help"]) {
+            eprintln!("{}", help.output);
+        }
+        eprintln!("astrid: a command is required");
+        return ExitCode::from(2);
+    };
+    let result = match command {
+        Command::Daemon(args) => return daemon::main(&args),
+        Command::CapsuleHost(_) => return capsule_host_unavailable(),
+        Command::InstallLinks(args) => links::install(&args),
+        Command::Start(_) => with_home(|home| lifecycle::start(&home)),
+        Command::Stop(_) => with_home(|home| lifecycle::stop(&home)),
+        Command::Restart(_) => with_home(|home| lifecycle::restart(&home)),
+        Command::Status(args) => with_home(|home| lifecycle::status(&home, &args)),
+        Command::Capsule(args) => with_home(|home| capsule::run(&home, &args)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("astrid: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn with_home(command: impl FnOnce(AstridHome) -> anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
+    let home = AstridHome::from_env().map_err(|e| anyhow::anyhow!("cannot resolve the Astrid home: {e}"))?;
+    command(home)
+}

@@ -1,0 +1,142 @@
+//! Starting a daemon from the CLI and waiting until it is ready.
+//!
+//! The daemon is the current executable under the name `astrid-daemon`, in its own process
+//! group (a Ctrl-C in the terminal is for the CLI, not the daemon), with stdio on /dev/null:
+//! it logs to its file from the first line, and on failure the CLI prints that file's tail
+//! together with the exit status, so a boot failure is never silent.
+
+use std::io::{IsTerminal, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::daemon::logging::latest_log_file;
+use crate::daemon::singleton::{self, Liveness};
+use crate::home::AstridHome;
+
+/// Readiness polls: every 50 ms, 200 times (10 s), as the reference.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+const POLLS: u32 = 200;
+/// Lines of the daemon log shown when a boot fails.
+const LOG_TAIL_LINES: usize = 20;
+
+/// How the daemon should run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Exits when idle (`--ephemeral`); what commands that need a daemon start.
+    Ephemeral,
+    /// Runs until stopped; what `astrid start` starts.
+    Persistent,
+}
+
+/// Makes sure a daemon serves `home`, starting an ephemeral one if none runs.
+/// Returns whether this call started it.
+pub fn ensure_daemon(home: &AstridHome) -> anyhow::Result<bool> {
+    match singleton::probe(home)? {
+        Liveness::Running { .. } => {
+            wait_ready(home, None)?;
+            Ok(false)
+        }
+        Liveness::Stopped => {
+            let cwd = std::env::current_dir().context("cannot determine the current directory")?;
+            let child = spawn(Mode::Ephemeral, &cwd)?;
+            wait_ready(home, Some(child))?;
+            Ok(true)
+        }
+    }
+}
+
+/// Spawns `astrid-daemon [--ephemeral] --workspace <workspace>` from the current executable.
+pub fn spawn(mode: Mode, workspace: &Path) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("cannot locate the astrid executable")?;
+    let mut command = Command::new(&exe);
+    command.arg0("astrid-daemon");
+    if mode == Mode::Ephemeral {
+        command.arg("--ephemeral");
+    }
+    command
+        .arg("--workspace")
+        .arg(workspace)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    command.spawn().with_context(|| format!("cannot start {} as astrid-daemon", exe.display()))
+}
+
+/// Waits until a daemon holds the lock and has written `run/system.ready`.
+///
+/// `child` is the daemon we spawned, if any: if it exits early the wait fails with its
+/// status and log tail, unless another daemon won the race for the lock, in which case we
+/// wait for that one instead.
+pub fn wait_ready(home: &AstridHome, mut child: Option<Child>) -> anyhow::Result<()> {
+    let mut spinner = Spinner::new();
+    for _ in 0..POLLS {
+        // Lock first, then the file: a ready file counts only once its owner named itself.
+        if matches!(singleton::probe(home)?, Liveness::Running { pid: Some(_) }) && home.ready_path().exists() {
+            spinner.clear();
+            return Ok(());
+        }
+        if let Some(running) = child.as_mut()
+            && let Some(status) = running.try_wait()?
+        {
+            if !matches!(singleton::probe(home)?, Liveness::Running { .. }) {
+                spinner.clear();
+                bail!("the daemon exited during boot ({status}){}", log_tail(home));
+            }
+            child = None; // another daemon won the race for the lock; wait for that one
+        }
+        spinner.tick();
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    spinner.clear();
+    if let Some(mut running) = child {
+        let _ = running.kill();
+        let _ = running.wait();
+    }
+    bail!("the daemon did not become ready within {:?}{}", POLL_INTERVAL * POLLS, log_tail(home))
+}
+
+/// The last lines of the newest daemon log, formatted for an error message.
+pub fn log_tail(home: &AstridHome) -> String {
+    let Some(path) = latest_log_file(&home.log_dir()) else {
+        return format!("\n(no daemon log in {})", home.log_dir().display());
+    };
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+    format!("\nlast lines of {}:\n{tail}", path.display())
+}
+
+/// A one-line spinner on stderr, only when stderr is a terminal.
+struct Spinner {
+    frame: usize,
+    active: bool,
+}
+
+impl Spinner {
+    const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
+
+    fn new() -> Self {
+        Self { frame: 0, active: std::io::stderr().is_terminal() }
+    }
+
+    fn tick(&mut self) {
+        if self.active {
+            let glyph = Self::FRAMES[self.frame % Self::FRAMES.len()];
+            eprint!("\r{glyph} starting the astrid daemon...");
+            let _ = std::io::stderr().flush();
+            self.frame += 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.active && self.frame > 0 {
+            eprint!("\r\x1b[2K");
+            let _ = std::io::stderr().flush();
+        }
+    }
+}

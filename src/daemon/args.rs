@@ -1,0 +1,107 @@
+//! Daemon flags, and their validation into a [`DaemonConfig`].
+//!
+//! [`DaemonArgs`] mirrors the command line and does no I/O; [`DaemonArgs::validate`] turns
+//! it into values the boot sequence can trust (a parsed UUID, a canonical workspace).
+
+use std::path::PathBuf;
+
+use argh::FromArgs;
+use uuid::Uuid;
+
+use crate::ipc::bridge::DEFAULT_MAX_CLIENTS;
+
+/// run the Astrid kernel: bind run/system.sock and serve frontends
+#[derive(FromArgs, Debug, Clone, PartialEq, Eq)]
+#[argh(subcommand, name = "daemon")]
+pub struct DaemonArgs {
+    /// kernel session id (a UUID; default 00000000-0000-0000-0000-000000000000)
+    #[argh(option, short = 's')]
+    pub session: Option<String>,
+    /// workspace root (default: the current directory); must exist
+    #[argh(option, short = 'w')]
+    pub workspace: Option<PathBuf>,
+    /// exit when no client has been connected for the idle period (5 s grace + 30 s, or
+    /// ASTRID_IDLE_TIMEOUT_SECS)
+    #[argh(switch)]
+    pub ephemeral: bool,
+    /// log at debug level
+    #[argh(switch, short = 'v')]
+    pub verbose: bool,
+    /// most client connections served at once (default 256)
+    #[argh(option)]
+    pub max_clients: Option<usize>,
+}
+
+/// Validated daemon settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Kernel session id.
+    pub session: Uuid,
+    /// Canonical workspace root.
+    pub workspace: PathBuf,
+    /// Idle exit enabled.
+    pub ephemeral: bool,
+    /// Debug logging.
+    pub verbose: bool,
+    /// Cap on authenticated connections.
+    pub max_clients: usize,
+}
+
+impl DaemonArgs {
+    /// Checks every flag; the error text is meant for the user as it is.
+    pub fn validate(&self) -> Result<DaemonConfig, String> {
+        let session = match &self.session {
+            None => Uuid::nil(),
+            Some(text) => Uuid::parse_str(text).map_err(|e| format!("invalid --session {text:?}: {e}"))?,
+        };
+        let workspace = match &self.workspace {
+            Some(path) => path.clone(),
+            None => std::env::current_dir().map_err(|e| format!("cannot determine the current directory: {e}"))?,
+        };
+        let workspace =
+            workspace.canonicalize().map_err(|e| format!("invalid --workspace {}: {e}", workspace.display()))?;
+        if !workspace.is_dir() {
+            return Err(format!("invalid --workspace {}: not a directory", workspace.display()));
+        }
+        let max_clients = self.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS);
+        if max_clients == 0 {
+            return Err("--max-clients must be at least 1".to_owned());
+        }
+        Ok(DaemonConfig { session, workspace, ephemeral: self.ephemeral, verbose: self.verbose, max_clients })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<DaemonArgs, argh::EarlyExit> {
+        DaemonArgs::from_args(&["astrid-daemon"], args)
+    }
+
+    #[test]
+    fn defaults_are_nil_session_and_cwd() {
+        let config = parse(&[]).expect("parse").validate().expect("valid");
+        assert_eq!(config.session, Uuid::nil());
+        assert_eq!(config.workspace, std::env::current_dir().expect("cwd").canonicalize().expect("canon"));
+        assert!(!config.ephemeral);
+        assert_eq!(config.max_clients, DEFAULT_MAX_CLIENTS);
+    }
+
+    #[test]
+    fn flags_are_validated() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ws = tmp.path().to_str().expect("utf8");
+        let config = parse(&["-s", "6f1c2a9e-3b7d-4e58-9a21-0c4d5e6f7a8b", "-w", ws, "--ephemeral", "-v"])
+            .expect("parse")
+            .validate()
+            .expect("valid");
+        assert!(config.ephemeral && config.verbose);
+        assert_eq!(config.session.to_string(), "6f1c2a9e-3b7d-4e58-9a21-0c4d5e6f7a8b");
+        assert!(parse(&["-s", "nope"]).expect("parse").validate().expect_err("uuid").contains("--session"));
+        let missing = tmp.path().join("missing");
+        let missing = missing.to_str().expect("utf8");
+        assert!(parse(&["-w", missing]).expect("parse").validate().expect_err("ws").contains("--workspace"));
+        assert!(parse(&["--bogus"]).is_err());
+    }
+}

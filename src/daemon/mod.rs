@@ -1,0 +1,218 @@
+//! The daemon role: the kernel as a process.
+//!
+//! Boot order (each step logged; a failure stops the boot with the step named):
+//!
+//! 1. **lock**: `run/system.lock`, exclusively; then remove run files a dead daemon left;
+//! 2. **kernel**: bus, registry, management router;
+//! 3. **socket**: bind `run/system.sock` in the 0700 `run/` directory;
+//! 4. **token**: a new `run/system.token` (0600, atomic);
+//! 5. **capsules**: discovery in the principal's and the workspace's capsule directories;
+//! 6. **ready**: the bridge accepts, then `run/system.ready` (empty, 0600) is written last.
+//!
+//! Shutdown (SIGTERM, SIGINT, SIGHUP, a `Shutdown` request, or the ephemeral idle timeout):
+//! stop accepting, flush queued replies (the `Shutdown` acknowledgement among them) and close
+//! connections, remove socket, token and ready file, log the real reason, release the lock,
+//! exit 0. A second signal during shutdown exits at once (130); a shutdown that takes longer
+//! than [`SHUTDOWN_DEADLINE`] exits 1, so a wedged daemon never outlives its operator's patience.
+
+pub mod args;
+pub mod idle;
+pub mod logging;
+pub mod reaper;
+pub mod signals;
+pub mod singleton;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+
+pub use args::{DaemonArgs, DaemonConfig};
+
+use crate::home::AstridHome;
+use crate::ipc::SessionToken;
+use crate::ipc::bridge::{self, BridgeConfig};
+use crate::kernel::{Kernel, KernelConfig, ShutdownReason};
+use idle::IdlePolicy;
+use signals::Signals;
+
+/// Longest a graceful shutdown may take before the process exits anyway (status 1).
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(8);
+/// `sun_path` is 108 bytes on Linux, including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 108;
+
+/// Runs the daemon role to completion and returns the process exit code.
+pub fn main(args: &DaemonArgs) -> ExitCode {
+    let config = match args.validate() {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("astrid daemon: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let home = match AstridHome::from_env() {
+        Ok(home) => home,
+        Err(e) => {
+            eprintln!("astrid daemon: cannot resolve the Astrid home (set ASTRID_HOME or HOME): {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = home.ensure() {
+        eprintln!("astrid daemon: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = logging::init(&home.log_dir(), config.verbose) {
+        eprintln!("astrid daemon: cannot open the log in {}: {e}; logging to stderr only", home.log_dir().display());
+    }
+    log::info!(
+        "astrid {} daemon starting: pid {}, home {}, workspace {}, session {}, {}",
+        crate::VERSION,
+        std::process::id(),
+        home.root().display(),
+        config.workspace.display(),
+        config.session,
+        if config.ephemeral { "ephemeral" } else { "persistent" },
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            log::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config, home)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("daemon failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Boots, serves until a shutdown is asked for, and shuts down. Runs inside the runtime.
+pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
+    let boot_started = Instant::now();
+    // Handlers first: a SIGTERM during boot must still get a clean shutdown.
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
+    if reaper::spawn_if_pid1() {
+        log::info!("running as PID 1: reaping orphaned children");
+    }
+    let idle_policy = if config.ephemeral {
+        Some(IdlePolicy::from_env().map_err(anyhow::Error::msg).context("bad idle setting")?)
+    } else {
+        None
+    };
+
+    let (lock, stale) = singleton::acquire(&home).context("boot step 1/6 (lock)")?;
+    if !stale.is_empty() {
+        log::warn!("removed run files left by a daemon that did not shut down cleanly: {stale:?}");
+    }
+    log::info!("boot 1/6: lock {} acquired", home.lock_path().display());
+
+    let kernel = Kernel::new(KernelConfig {
+        session: config.session,
+        workspace: config.workspace.clone(),
+        home: home.clone(),
+        ephemeral: config.ephemeral,
+    });
+    let router = kernel.start();
+    log::info!("boot 2/6: kernel started");
+
+    let listener = bind_socket(&home).context("boot step 3/6 (socket)")?;
+    log::info!("boot 3/6: listening on {}", home.socket_path().display());
+
+    let token = SessionToken::generate().context("boot step 4/6 (token)")?;
+    token.write_atomic(&home.token_path()).context("boot step 4/6 (token)")?;
+    log::info!("boot 4/6: session token written to {}", home.token_path().display());
+
+    let capsules = kernel.reload_capsules();
+    let dirs = kernel.capsule_dirs();
+    log::info!(
+        "boot 5/6: {capsules} capsule(s) registered (searched {} and {})",
+        dirs.principal.display(),
+        dirs.workspace.display()
+    );
+
+    let (stop, stop_rx) = watch::channel(false);
+    let bridge_config = BridgeConfig { max_clients: config.max_clients, ..BridgeConfig::default() };
+    let bridge = tokio::spawn(bridge::serve(listener, Arc::clone(&kernel), token, bridge_config, stop_rx));
+    write_ready(&home).context("boot step 6/6 (ready)")?;
+    log::info!("boot 6/6: ready in {:.1} ms", boot_started.elapsed().as_secs_f64() * 1000.0);
+
+    let ready_at = tokio::time::Instant::now();
+    let idle = async {
+        match idle_policy {
+            Some(policy) => idle::wait_until_idle(kernel.clients().watch(), policy, ready_at).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut requested = kernel.shutdown_requested();
+    let reason = tokio::select! {
+        name = signals.recv() => ShutdownReason::Signal(name),
+        reason = requested.wait_for(Option::is_some) => match reason {
+            Ok(reason) => reason.clone().unwrap_or(ShutdownReason::Request(None)),
+            Err(_) => ShutdownReason::Request(None),
+        },
+        () = idle => ShutdownReason::IdleTimeout,
+    };
+    log::info!("shutting down: {reason}");
+    arm_shutdown_deadline(signals);
+
+    stop.send_replace(true);
+    if let Err(e) = bridge.await {
+        log::error!("socket bridge ended abnormally: {e}");
+    }
+    router.abort();
+    let removed = singleton::remove_run_files(&home, &lock);
+    log::info!("removed {} run file(s); shutdown complete ({reason})", removed.len());
+    drop(lock);
+    Ok(())
+}
+
+fn bind_socket(home: &AstridHome) -> anyhow::Result<UnixListener> {
+    let path = home.socket_path();
+    let len = path.as_os_str().len();
+    if len >= MAX_SOCKET_PATH {
+        bail!(
+            "socket path is {len} bytes, exceeding the platform limit of {MAX_SOCKET_PATH} bytes: {} (choose a shorter ASTRID_HOME)",
+            path.display()
+        );
+    }
+    let run_dir = home.run_dir();
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot chmod 0700 {}", run_dir.display()))?;
+    UnixListener::bind(&path).with_context(|| format!("cannot bind {}", path.display()))
+}
+
+fn write_ready(home: &AstridHome) -> anyhow::Result<()> {
+    let path = home.ready_path();
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// From now on: a second signal exits at once (130), and the whole shutdown gets
+/// [`SHUTDOWN_DEADLINE`]. The deadline runs on its own OS thread so a starved runtime
+/// cannot delay it.
+fn arm_shutdown_deadline(mut signals: Signals) {
+    tokio::spawn(async move {
+        let name = signals.recv().await;
+        log::warn!("second signal ({name}) during shutdown: exiting now");
+        std::process::exit(130);
+    });
+    std::thread::spawn(|| {
+        std::thread::sleep(SHUTDOWN_DEADLINE);
+        log::error!("shutdown did not finish within {SHUTDOWN_DEADLINE:?}; exiting");
+        std::process::exit(1);
+    });
+}

@@ -1,0 +1,367 @@
+//! The socket bridge: accepts frontends on `run/system.sock`, authenticates them, and moves
+//! frames between each connection and the kernel bus.
+//!
+//! The reference delegates this to an external WebAssembly capsule; ours is built in and
+//! listed as `astrid-capsule-cli`. Per connection:
+//!
+//! 1. peer UID must equal ours (checked before reading a byte; mismatch closes silently);
+//! 2. handshake within [`HANDSHAKE_TIMEOUT`], frame ≤ 4096 bytes (see [`super::handshake`]);
+//! 3. a client slot (at most `max_clients` authenticated connections, refusal past it), a
+//!    [`ClientLease`](crate::kernel::ClientLease) and a bus subscription to the egress topics;
+//! 4. a reader (ingress: allowlisted topics, payload converted with `from_json_value`) and a
+//!    writer task (egress: `{topic, payload, source_id}`), each failing alone.
+//!
+//! The accept loop only accepts and spawns: it never waits on a connection's work, so a
+//! burst of slow or silent clients cannot wedge it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::AsyncWrite;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::timeout;
+use uuid::Uuid;
+
+use super::frame::{FrameReader, MAX_CLIENT_FRAME, MAX_HANDSHAKE_FRAME, write_frame};
+use super::handshake::{Verdict, evaluate};
+use super::policy::{EGRESS_PATTERNS, ingress_allowed};
+use super::token::SessionToken;
+use crate::home::DEFAULT_PRINCIPAL;
+use crate::kernel::bus::{BusMessage, Origin, SubscriberId, Subscription};
+use crate::kernel::router::{REQUEST_PREFIX, response_topic};
+use crate::kernel::{Kernel, topic};
+use crate::types::{EgressFrame, HandshakeResponse, IpcMessage, IpcPayload, KernelResponse};
+
+/// How long a new connection has to send its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one egress frame may take to write before the client is considered stuck.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default cap on authenticated connections.
+pub const DEFAULT_MAX_CLIENTS: usize = 256;
+/// Connections allowed to be mid-handshake at once; more are closed at accept.
+const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Largest payload a client may publish (after the 10 MiB frame limit).
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// Tunables of the bridge.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// Most authenticated connections served at once.
+    pub max_clients: usize,
+    /// How long connections get to flush queued replies at shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Default for BridgeConfig {
+    fn default() -> Self {
+        Self { max_clients: DEFAULT_MAX_CLIENTS, drain_timeout: Duration::from_secs(1) }
+    }
+}
+
+struct Context {
+    kernel: Arc<Kernel>,
+    token: SessionToken,
+    config: BridgeConfig,
+    client_slots: Arc<Semaphore>,
+    next_connection: AtomicU64,
+    our_uid: u32,
+}
+
+/// Serves clients until `stop` turns true, then stops accepting, lets every connection
+/// flush what is queued for it (bounded by `drain_timeout`) and returns.
+pub async fn serve(
+    listener: UnixListener,
+    kernel: Arc<Kernel>,
+    token: SessionToken,
+    config: BridgeConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let context = Arc::new(Context {
+        kernel,
+        token,
+        client_slots: Arc::new(Semaphore::new(config.max_clients)),
+        config,
+        next_connection: AtomicU64::new(1),
+        our_uid: nix::unistd::geteuid().as_raw(),
+    });
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    // Each connection task holds a clone; when all are dropped, `recv` returns None.
+    let (alive, mut all_done) = mpsc::channel::<()>(1);
+    let connection_stop = stop.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+                    log::warn!("bridge: {MAX_PENDING_HANDSHAKES} handshakes already pending; connection closed");
+                    continue;
+                };
+                let id = context.next_connection.fetch_add(1, Ordering::Relaxed);
+                let task = connection(Arc::clone(&context), id, stream, permit, connection_stop.clone(), alive.clone());
+                tokio::spawn(task);
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                log::error!("bridge: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drop(listener);
+    drop(alive);
+    let drain = context.config.drain_timeout + Duration::from_millis(500);
+    if timeout(drain, all_done.recv()).await.is_err() {
+        log::warn!("bridge: some connections did not finish within {drain:?}; abandoning them");
+    }
+}
+
+async fn connection(
+    context: Arc<Context>,
+    id: u64,
+    stream: UnixStream,
+    pending: OwnedSemaphorePermit,
+    stop: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+) {
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == context.our_uid => {}
+        Ok(cred) => {
+            log::warn!("client#{id}: peer uid {} is not ours ({}); closed", cred.uid(), context.our_uid);
+            return;
+        }
+        Err(e) => {
+            log::warn!("client#{id}: cannot read peer credentials ({e}); closed");
+            return;
+        }
+    }
+    let (read_half, mut write_half) = stream.into_split();
+    let mut reader = FrameReader::new(read_half, MAX_HANDSHAKE_FRAME);
+    let frame = match timeout(HANDSHAKE_TIMEOUT, reader.next_frame()).await {
+        Err(_) => return log::info!("client#{id}: no handshake within {HANDSHAKE_TIMEOUT:?}; closed"),
+        Ok(Ok(None)) => return log::debug!("client#{id}: closed before the handshake (liveness probe)"),
+        Ok(Err(e)) => return log::warn!("client#{id}: handshake read failed: {e}; closed"),
+        Ok(Ok(Some(frame))) => frame,
+    };
+    let verdict = evaluate(&frame, &context.token);
+    let slot = match verdict {
+        Verdict::Drop(why) => return log::warn!("client#{id}: {why}; closed without reply"),
+        Verdict::Reject(reason) => {
+            log::warn!("client#{id}: handshake refused: {reason}");
+            let _ = send_handshake(&mut write_half, HandshakeResponse::error(crate::VERSION, reason)).await;
+            return;
+        }
+        Verdict::Accept { client_version } => match Arc::clone(&context.client_slots).try_acquire_owned() {
+            Ok(slot) => {
+                log::info!("client#{id}: authenticated (client version {client_version})");
+                slot
+            }
+            Err(_) => {
+                let reason =
+                    format!("too many clients: this daemon serves at most {} connections", context.config.max_clients);
+                log::warn!("client#{id}: refused: {reason}");
+                let _ = send_handshake(&mut write_half, HandshakeResponse::error(crate::VERSION, reason)).await;
+                return;
+            }
+        },
+    };
+    if let Err(e) = send_handshake(&mut write_half, HandshakeResponse::ok(crate::VERSION)).await {
+        return log::warn!("client#{id}: cannot send the handshake reply: {e}");
+    }
+    drop(pending);
+    serve_client(&context, id, reader, write_half, stop).await;
+    drop(slot);
+}
+
+async fn send_handshake<W: AsyncWrite + Unpin>(writer: &mut W, response: HandshakeResponse) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+    match timeout(HANDSHAKE_TIMEOUT, write_frame(writer, &bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake reply timed out")),
+    }
+}
+
+/// The authenticated part of a connection: reader here, writer in its own task.
+async fn serve_client(
+    context: &Context,
+    id: u64,
+    mut reader: FrameReader<tokio::net::unix::OwnedReadHalf>,
+    write_half: OwnedWriteHalf,
+    mut stop: watch::Receiver<bool>,
+) {
+    let kernel = &context.kernel;
+    let _lease = kernel.clients().open(DEFAULT_PRINCIPAL);
+    let subscription = kernel.bus().subscribe(format!("client#{id}"), EGRESS_PATTERNS);
+    let subscriber = subscription.id();
+    let source_id = Uuid::new_v4();
+    reader.set_max(MAX_CLIENT_FRAME);
+    let (closing, closing_rx) = watch::channel(false);
+    let mut writer =
+        tokio::spawn(write_loop(id, write_half, subscription, stop.clone(), closing_rx, context.config.drain_timeout));
+    let ended = loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => break "daemon shutting down",
+            _ = &mut writer => break "writer ended",
+            frame = reader.next_frame() => match frame {
+                Ok(Some(frame)) => ingress(kernel, id, subscriber, source_id, &frame),
+                Ok(None) => break "client disconnected",
+                Err(e) => {
+                    log::warn!("client#{id}: {e}");
+                    break "read error";
+                }
+            },
+        }
+    };
+    closing.send_replace(true);
+    if !writer.is_finished() {
+        let _ = writer.await;
+    }
+    log::info!("client#{id}: connection closed ({ended})");
+}
+
+/// Publishes one client frame on the bus, or explains why not.
+fn ingress(kernel: &Kernel, id: u64, subscriber: SubscriberId, source_id: Uuid, frame: &[u8]) {
+    let topic_hint = serde_json::from_slice::<Value>(frame)
+        .ok()
+        .and_then(|v| v.get("topic").and_then(Value::as_str).map(str::to_owned));
+    match decode_ingress(frame, source_id) {
+        Ok(message) => {
+            log::debug!("client#{id}: publishing on {}", message.topic);
+            kernel.bus().publish(BusMessage { message, origin: Origin::Subscriber(subscriber), reply_to: None });
+        }
+        Err(problem) => {
+            log::warn!("client#{id}: frame dropped: {problem}");
+            // A refused management request still gets an answer; never leave a client waiting.
+            if let Some(topic) = topic_hint.filter(|t| t.starts_with(REQUEST_PREFIX) && topic::validate(t).is_ok()) {
+                kernel.reply(&response_topic(&topic), KernelResponse::Error(problem), Some(subscriber));
+            }
+        }
+    }
+}
+
+/// Turns a client frame into a bus message. Only `topic`, `payload` and `principal` are
+/// read; the rest of the client's envelope (`source_id`, `seq`, …) is not trusted.
+fn decode_ingress(frame: &[u8], source_id: Uuid) -> Result<IpcMessage, String> {
+    let mut value: Value = serde_json::from_slice(frame).map_err(|e| format!("frame is not JSON: {e}"))?;
+    let object = value.as_object_mut().ok_or("frame is not a JSON object")?;
+    let topic = match object.remove("topic") {
+        Some(Value::String(topic)) => topic,
+        _ => return Err("frame has no string `topic`".to_owned()),
+    };
+    let payload = object.remove("payload").ok_or("frame has no `payload`")?;
+    topic::validate(&topic).map_err(|e| format!("invalid topic {topic:?}: {e}"))?;
+    if !ingress_allowed(&topic) {
+        return Err(format!("topic {topic:?} is not open to clients"));
+    }
+    if frame.len() > MAX_PAYLOAD_BYTES {
+        let size = serde_json::to_vec(&payload).map_or(usize::MAX, |bytes| bytes.len());
+        if size > MAX_PAYLOAD_BYTES {
+            return Err(format!("payload is {size} bytes, the limit is {MAX_PAYLOAD_BYTES}"));
+        }
+    }
+    let principal = match object.remove("principal") {
+        Some(Value::String(p)) if valid_principal(&p) => Some(p),
+        Some(Value::Null) | None => None,
+        Some(other) => {
+            log::debug!("ignoring invalid principal {other}; using {DEFAULT_PRINCIPAL}");
+            None
+        }
+    };
+    let mut message = IpcMessage::new(topic, IpcPayload::from_json_value(payload), source_id);
+    message.principal = principal;
+    Ok(message)
+}
+
+/// Principal ids: 1–64 of `[A-Za-z0-9_-]`.
+fn valid_principal(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Writes bus messages to the client until it goes away, or until the daemon stops, in
+/// which case whatever is already queued (such as the reply to `Shutdown`) is flushed first.
+async fn write_loop(
+    id: u64,
+    mut writer: OwnedWriteHalf,
+    mut subscription: Subscription,
+    mut stop: watch::Receiver<bool>,
+    mut closing: watch::Receiver<bool>,
+    drain_timeout: Duration,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = closing.wait_for(|c| *c) => return,
+            _ = stop.wait_for(|s| *s) => break,
+            message = subscription.recv() => message,
+        };
+        let Some(message) = message else { return };
+        if let Err(e) = send(&mut writer, &message).await {
+            return log::warn!("client#{id}: write failed: {e}");
+        }
+    }
+    let drained = timeout(drain_timeout, async {
+        while let Some(message) = subscription.try_recv() {
+            send(&mut writer, &message).await?;
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
+    if !matches!(drained, Ok(Ok(()))) {
+        log::warn!("client#{id}: could not flush queued frames at shutdown");
+    }
+}
+
+async fn send(writer: &mut OwnedWriteHalf, message: &BusMessage) -> std::io::Result<()> {
+    let frame = EgressFrame::from_message(&message.message);
+    let bytes = serde_json::to_vec(&frame).map_err(std::io::Error::other)?;
+    match timeout(WRITE_TIMEOUT, write_frame(writer, &bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client is not reading")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decode(value: Value) -> Result<IpcMessage, String> {
+        decode_ingress(&serde_json::to_vec(&value).expect("json"), Uuid::nil())
+    }
+
+    #[test]
+    fn ingress_reads_topic_payload_and_principal_only() {
+        let message = decode(json!({
+            "topic": "astrid.v1.request.status",
+            "payload": {"type": "raw_json", "method": "GetStatus"},
+            "source_id": "not even a uuid", "seq": 99, "principal": "alice"
+        }))
+        .expect("valid");
+        assert_eq!(message.payload, IpcPayload::RawJson(json!({"method": "GetStatus"})));
+        assert_eq!(message.principal.as_deref(), Some("alice"));
+        assert_eq!(message.seq, 0);
+    }
+
+    #[test]
+    fn ingress_refusals_are_explained() {
+        assert!(decode(json!({"payload": {}})).expect_err("no topic").contains("topic"));
+        assert!(decode(json!({"topic": "user.v1.prompt"})).expect_err("no payload").contains("payload"));
+        assert!(
+            decode(json!({"topic": "agent.v1.response", "payload": {}})).expect_err("egress only").contains("not open")
+        );
+        assert!(
+            decode(json!({"topic": "astrid.v1.request..x", "payload": {}}))
+                .expect_err("empty")
+                .contains("empty segment")
+        );
+        let huge = "x".repeat(MAX_PAYLOAD_BYTES + 1);
+        assert!(decode(json!({"topic": "user.v1.prompt", "payload": {"t": huge}})).expect_err("big").contains("limit"));
+        let bad = decode(json!({"topic": "user.v1.prompt", "payload": {}, "principal": "alice@evil.example"}));
+        assert_eq!(bad.expect("falls back").principal, None);
+    }
+}

@@ -1,0 +1,147 @@
+//! The blocking client the CLI uses: connect, handshake, one management request at a time.
+//!
+//! Blocking std I/O on purpose: a CLI command is one request and one reply, and starting an
+//! async runtime would cost more than the whole exchange (`astrid status` is meant to finish
+//! in a few milliseconds).
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::frame::{FrameError, MAX_HANDSHAKE_FRAME, MAX_SERVER_FRAME, read_frame_blocking, write_frame_blocking};
+use super::token::{SessionToken, TokenError};
+use crate::home::AstridHome;
+use crate::kernel::router::{REQUEST_PREFIX, RESPONSE_PREFIX};
+use crate::types::{
+    HandshakeRequest, HandshakeResponse, HandshakeStatus, IpcMessage, IpcPayload, KernelRequest, KernelResponse,
+    PROTOCOL_VERSION, SYSTEM_SESSION_UUID,
+};
+
+/// How long the client waits for each step of the handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why talking to the daemon failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No socket file.
+    #[error("no daemon socket at {0}")]
+    NoSocket(PathBuf),
+    /// The socket exists but nobody accepts on it.
+    #[error("cannot connect to {path}: {source}")]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The token file is missing or malformed.
+    #[error("cannot read the session token (is the daemon running?): {0}")]
+    Token(#[from] TokenError),
+    /// The daemon refused the handshake.
+    #[error("daemon rejected connection: {0}")]
+    Rejected(String),
+    /// The daemon sent something that is not the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// No reply in time.
+    #[error("no reply from the daemon within {0:?}")]
+    Timeout(Duration),
+    /// The daemon closed the connection.
+    #[error("the daemon closed the connection")]
+    Closed,
+    /// Socket I/O failed.
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl From<FrameError> for ClientError {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Self::Timeout(HANDSHAKE_TIMEOUT)
+            }
+            FrameError::Io(e) => Self::Io(e),
+            FrameError::Truncated { .. } => Self::Closed,
+            other => Self::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// An authenticated connection to the daemon.
+#[derive(Debug)]
+pub struct Client {
+    stream: UnixStream,
+}
+
+impl Client {
+    /// Connects to the daemon of `home` and completes the handshake.
+    pub fn connect(home: &AstridHome) -> Result<Self, ClientError> {
+        let path = home.socket_path();
+        if !path.exists() {
+            return Err(ClientError::NoSocket(path));
+        }
+        let mut stream = UnixStream::connect(&path).map_err(|source| ClientError::Connect { path, source })?;
+        // Read fresh on every connect: the token changes with every boot.
+        let token = SessionToken::read(&home.token_path())?;
+        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        let request = HandshakeRequest {
+            token: token.to_hex(),
+            protocol_version: PROTOCOL_VERSION,
+            client_version: crate::VERSION.to_owned(),
+        };
+        write_frame_blocking(&mut stream, &to_json(&request)?)?;
+        let reply = read_frame_blocking(&mut stream, MAX_HANDSHAKE_FRAME)?.ok_or(ClientError::Closed)?;
+        let reply: HandshakeResponse =
+            serde_json::from_slice(&reply).map_err(|e| ClientError::Protocol(format!("bad handshake reply: {e}")))?;
+        match reply.status {
+            HandshakeStatus::Ok => Ok(Self { stream }),
+            HandshakeStatus::Error => Err(ClientError::Rejected(reply.reason.unwrap_or_default())),
+        }
+    }
+
+    /// Sends `request` on `astrid.v1.request.<suffix>` and waits up to `wait` for the reply
+    /// on `astrid.v1.response.<suffix>`, skipping unrelated frames.
+    pub fn request(
+        &mut self,
+        suffix: &str,
+        request: &KernelRequest,
+        wait: Duration,
+    ) -> Result<KernelResponse, ClientError> {
+        let payload = serde_json::to_value(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let message =
+            IpcMessage::new(format!("{REQUEST_PREFIX}{suffix}"), IpcPayload::RawJson(payload), SYSTEM_SESSION_UUID);
+        write_frame_blocking(&mut self.stream, &to_json(&message)?)?;
+        let reply_topic = format!("{RESPONSE_PREFIX}{suffix}");
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::Timeout(wait));
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            let frame = match read_frame_blocking(&mut self.stream, MAX_SERVER_FRAME) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Err(ClientError::Closed),
+                Err(FrameError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Err(ClientError::Timeout(wait));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let frame: Value =
+                serde_json::from_slice(&frame).map_err(|e| ClientError::Protocol(format!("frame is not JSON: {e}")))?;
+            if frame.get("topic").and_then(Value::as_str) != Some(reply_topic.as_str()) {
+                continue;
+            }
+            let payload = frame.get("payload").cloned().unwrap_or(Value::Null);
+            return serde_json::from_value(payload).map_err(|e| ClientError::Protocol(format!("bad reply: {e}")));
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ClientError> {
+    serde_json::to_vec(value).map_err(|e| ClientError::Protocol(e.to_string()))
+}

@@ -1,0 +1,196 @@
+//! Length-prefixed frames: a `u32` big-endian length, then that many bytes of UTF-8 JSON.
+//! Both directions, handshake included.
+//!
+//! The length is checked against the limit before a single byte of the body is buffered,
+//! so a peer claiming 4 GiB costs us nothing. [`FrameReader`] keeps partial frames across
+//! reads and its [`FrameReader::next_frame`] is cancel-safe: a `select!` that abandons it
+//! never loses bytes (the reference proxy's partial-header timeout did, and desynchronized
+//! the stream).
+
+use std::io::{self, Read, Write};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest handshake frame the server reads (and the client accepts).
+pub const MAX_HANDSHAKE_FRAME: usize = 4096;
+/// Largest frame a client may send after the handshake.
+pub const MAX_CLIENT_FRAME: usize = 10 * 1024 * 1024;
+/// Largest frame a client accepts from the daemon.
+pub const MAX_SERVER_FRAME: usize = 50 * 1024 * 1024;
+
+const HEADER: usize = 4;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer announced a frame larger than the limit.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The announced length.
+        len: usize,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The peer closed the stream in the middle of a frame.
+    #[error("connection closed in the middle of a frame ({buffered} bytes buffered)")]
+    Truncated {
+        /// Bytes of the unfinished frame we had.
+        buffered: usize,
+    },
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Reads frames from an async stream, buffering partial ones.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    buffer: Vec<u8>,
+    max: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Reads frames of at most `max` bytes from `inner`.
+    pub fn new(inner: R, max: usize) -> Self {
+        Self { inner, buffer: Vec::new(), max }
+    }
+
+    /// Changes the limit (after the handshake, frames may be larger).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// The next complete frame; `Ok(None)` on a clean end of stream between frames.
+    ///
+    /// Cancel-safe: bytes already read stay in the buffer for the next call.
+    pub async fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            if let Some(frame) = self.take_frame()? {
+                return Ok(Some(frame));
+            }
+            let n = self.inner.read(&mut chunk).await?;
+            if n == 0 {
+                return match self.buffer.len() {
+                    0 => Ok(None),
+                    buffered => Err(FrameError::Truncated { buffered }),
+                };
+            }
+            self.buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn take_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        let Some(len) = announced_len(&self.buffer) else { return Ok(None) };
+        if len > self.max {
+            return Err(FrameError::TooLarge { len, max: self.max });
+        }
+        if self.buffer.len() < HEADER + len {
+            return Ok(None);
+        }
+        let frame = self.buffer[HEADER..HEADER + len].to_vec();
+        self.buffer.drain(..HEADER + len);
+        Ok(Some(frame))
+    }
+}
+
+fn announced_len(buffer: &[u8]) -> Option<usize> {
+    let header: [u8; HEADER] = buffer.get(..HEADER)?.try_into().ok()?;
+    usize::try_from(u32::from_be_bytes(header)).ok()
+}
+
+/// The 4-byte header plus `payload`, ready to be written in one call.
+pub fn encode(payload: &[u8]) -> io::Result<Vec<u8>> {
+    let len = u32::try_from(payload.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame longer than 4 GiB"))?;
+    let mut frame = Vec::with_capacity(HEADER + payload.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(payload);
+    Ok(frame)
+}
+
+/// Writes one frame and flushes it.
+pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, payload: &[u8]) -> io::Result<()> {
+    writer.write_all(&encode(payload)?).await?;
+    writer.flush().await
+}
+
+/// Blocking twin of [`write_frame`], for the CLI (which runs no async runtime).
+pub fn write_frame_blocking<W: Write>(writer: &mut W, payload: &[u8]) -> io::Result<()> {
+    writer.write_all(&encode(payload)?)?;
+    writer.flush()
+}
+
+/// Blocking read of one frame of at most `max` bytes; `Ok(None)` on a clean end of stream.
+pub fn read_frame_blocking<R: Read>(reader: &mut R, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut header = [0u8; HEADER];
+    let mut got = 0;
+    while got < HEADER {
+        match reader.read(&mut header[got..])? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(FrameError::Truncated { buffered: got }),
+            n => got += n,
+        }
+    }
+    let len = usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX);
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => FrameError::Truncated { buffered: HEADER },
+        _ => FrameError::Io(e),
+    })?;
+    Ok(Some(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_split_across_writes_are_reassembled() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(server, 1024);
+        let mut bytes = encode(b"{\"a\":1}").expect("encode");
+        bytes.extend(encode(b"[]").expect("encode"));
+        tokio::spawn(async move {
+            for byte in bytes {
+                client.write_all(&[byte]).await.expect("write");
+            }
+        });
+        assert_eq!(reader.next_frame().await.expect("first"), Some(b"{\"a\":1}".to_vec()));
+        assert_eq!(reader.next_frame().await.expect("second"), Some(b"[]".to_vec()));
+        assert!(reader.next_frame().await.expect("eof").is_none());
+    }
+
+    #[tokio::test]
+    async fn oversize_is_refused_from_the_header_alone() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
+        let mut reader = FrameReader::new(server, MAX_HANDSHAKE_FRAME);
+        let err = reader.next_frame().await.expect_err("too large");
+        assert!(matches!(err, FrameError::TooLarge { len, .. } if len == u32::MAX as usize));
+        assert!(reader.buffer.capacity() < 1024, "no allocation for the announced body");
+    }
+
+    #[tokio::test]
+    async fn eof_inside_a_frame_is_an_error() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(&[0, 0, 0, 9, b'{']).await.expect("write");
+        drop(client);
+        let mut reader = FrameReader::new(server, 1024);
+        assert!(matches!(reader.next_frame().await, Err(FrameError::Truncated { buffered: 5 })));
+    }
+
+    #[test]
+    fn blocking_round_trip() {
+        let mut wire = Vec::new();
+        write_frame_blocking(&mut wire, b"hello").expect("write");
+        let mut cursor = io::Cursor::new(wire);
+        assert_eq!(read_frame_blocking(&mut cursor, 16).expect("read"), Some(b"hello".to_vec()));
+        assert!(read_frame_blocking(&mut cursor, 16).expect("eof").is_none());
+    }
+}

@@ -1,0 +1,106 @@
+//! The handshake: the client speaks first with `{token, protocol_version, client_version}`,
+//! the server answers `{status, protocol_version, server_version, reason?}`.
+//!
+//! Order of checks (spec §2.2): peer UID (done by the server before reading), then the
+//! protocol version (so an old client learns to restart the daemon rather than doubting its
+//! token), then the token in constant time. A wrong token and a malformed one get the same
+//! `authentication failed`, so the reply says nothing about which part was wrong.
+
+use serde_json::Value;
+
+use super::token::SessionToken;
+use crate::types::handshake::PROTOCOL_VERSION;
+
+/// The reason given for any token problem.
+pub const AUTH_FAILED: &str = "authentication failed";
+
+/// What to do with a handshake frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The client may proceed; its self-reported version, for the log.
+    Accept {
+        /// `client_version`, truncated to 64 characters.
+        client_version: String,
+    },
+    /// Reply with an error carrying this reason, then close.
+    Reject(String),
+    /// Close without a reply (the frame is not a handshake at all).
+    Drop(String),
+}
+
+/// Judges one handshake frame against the daemon's token.
+pub fn evaluate(frame: &[u8], token: &SessionToken) -> Verdict {
+    let request: Value = match serde_json::from_slice(frame) {
+        Ok(Value::Object(map)) => Value::Object(map),
+        Ok(_) => return Verdict::Drop("handshake is not a JSON object".to_owned()),
+        Err(e) => return Verdict::Drop(format!("handshake is not JSON: {e}")),
+    };
+    match request.get("protocol_version") {
+        Some(Value::Number(n)) if n.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => {}
+        Some(other) => return Verdict::Reject(version_mismatch(other)),
+        None => return Verdict::Reject("malformed handshake: missing protocol_version".to_owned()),
+    }
+    let presented = request.get("token").and_then(Value::as_str).and_then(|t| SessionToken::from_hex(t).ok());
+    if !presented.is_some_and(|presented| token.matches(&presented)) {
+        return Verdict::Reject(AUTH_FAILED.to_owned());
+    }
+    let client_version = request.get("client_version").and_then(Value::as_str).unwrap_or("unknown");
+    Verdict::Accept { client_version: client_version.chars().take(64).collect() }
+}
+
+fn version_mismatch(client: &Value) -> String {
+    format!(
+        "Protocol version mismatch (client={client}, server={PROTOCOL_VERSION}). Restart the daemon with `astrid daemon restart`."
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn frame(value: Value) -> Vec<u8> {
+        serde_json::to_vec(&value).expect("json")
+    }
+
+    #[test]
+    fn good_token_is_accepted() {
+        let token = SessionToken::generate().expect("token");
+        let verdict = evaluate(
+            &frame(json!({"token": token.to_hex(), "protocol_version": 1, "client_version": "0.7.0"})),
+            &token,
+        );
+        assert_eq!(verdict, Verdict::Accept { client_version: "0.7.0".into() });
+    }
+
+    #[test]
+    fn wrong_and_malformed_tokens_look_the_same() {
+        let token = SessionToken::generate().expect("token");
+        let other = SessionToken::generate().expect("token");
+        for presented in [json!(other.to_hex()), json!("abcd"), json!(12), json!(null)] {
+            let verdict =
+                evaluate(&frame(json!({"token": presented, "protocol_version": 1, "client_version": "x"})), &token);
+            assert_eq!(verdict, Verdict::Reject(AUTH_FAILED.into()), "{presented}");
+        }
+    }
+
+    #[test]
+    fn version_is_checked_before_the_token() {
+        let token = SessionToken::generate().expect("token");
+        let verdict = evaluate(&frame(json!({"token": "bad", "protocol_version": 2, "client_version": "x"})), &token);
+        assert_eq!(
+            verdict,
+            Verdict::Reject(
+                "Protocol version mismatch (client=2, server=1). Restart the daemon with `astrid daemon restart`."
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn garbage_is_dropped_without_reply() {
+        let token = SessionToken::generate().expect("token");
+        assert!(matches!(evaluate(b"\xff\x00garbage", &token), Verdict::Drop(_)));
+        assert!(matches!(evaluate(b"[1,2]", &token), Verdict::Drop(_)));
+    }
+}

@@ -1,0 +1,18 @@
+//! Socket I/O: the only module that reads or writes socket bytes.
+//!
+//! - [`frame`]: length-prefixed framing with limits checked before allocation;
+//! - [`token`]: the per-boot session token and its file;
+//! - [`handshake`]: the server's judgement of a handshake frame;
+//! - [`policy`]: which topics clients may publish and receive;
+//! - [`bridge`]: the daemon's accept loop and per-connection tasks;
+//! - [`client`]: the CLI's blocking client.
+
+pub mod bridge;
+pub mod client;
+pub mod frame;
+pub mod handshake;
+pub mod policy;
+pub mod token;
+
+pub use client::{Client, ClientError};
+pub use token::SessionToken;

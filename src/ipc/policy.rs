@@ -1,0 +1,84 @@
+//! Which topics socket clients may publish (ingress) and which they receive (egress).
+//!
+//! The lists are the reference proxy's (spec §2.3, §2.4) with two fixes: the bare
+//! `astrid.v1.elicit` request topic is forwarded (the reference's `astrid.v1.elicit.*`
+//! needed one more segment and silently hid it), and the admin API is reachable, as the
+//! later reference revision allows.
+
+/// Topics a client may publish on, matched exactly.
+const INGRESS_EXACT: &[&str] = &["user.v1.prompt", "cli.v1.command.execute"];
+
+/// Topic prefixes a client may publish under.
+const INGRESS_PREFIXES: &[&str] = &[
+    "astrid.v1.request.",
+    "astrid.v1.elicit.response.",
+    "astrid.v1.approval.response.",
+    "registry.v1.selection.",
+    "session.v1.request.",
+    "astrid.v1.admin.",
+];
+
+/// Prefixes carved out of [`INGRESS_PREFIXES`]: replies only the kernel may publish.
+const INGRESS_DENIED_PREFIXES: &[&str] = &["astrid.v1.admin.response."];
+
+/// Bus subscriptions of every client connection (subscription wildcard semantics).
+pub const EGRESS_PATTERNS: &[&str] = &[
+    "agent.v1.response",
+    "astrid.v1.onboarding.required",
+    "astrid.v1.elicit",
+    "astrid.v1.elicit.*",
+    "astrid.v1.approval",
+    "astrid.v1.response.*",
+    "astrid.v1.capsules_loaded",
+    "registry.v1.response.*",
+    "registry.v1.active_model_changed",
+    "registry.v1.selection.*",
+    "session.v1.response.*",
+    "astrid.v1.admin.response.*",
+];
+
+/// Whether a client may publish on `topic`.
+pub fn ingress_allowed(topic: &str) -> bool {
+    if INGRESS_DENIED_PREFIXES.iter().any(|p| topic.starts_with(p)) {
+        return false;
+    }
+    INGRESS_EXACT.contains(&topic) || INGRESS_PREFIXES.iter().any(|p| topic.len() > p.len() && topic.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::topic::subscription_matches;
+
+    #[test]
+    fn ingress_allowlist() {
+        for ok in [
+            "user.v1.prompt",
+            "astrid.v1.request.status",
+            "astrid.v1.approval.response.r1",
+            "astrid.v1.admin.agent.list",
+        ] {
+            assert!(ingress_allowed(ok), "{ok}");
+        }
+        for denied in [
+            "agent.v1.response",
+            "astrid.v1.request.",
+            "astrid.v1.response.status",
+            "astrid.v1.admin.response.agent.list",
+            "client.v1.disconnect",
+            "user.v1.prompt.x",
+        ] {
+            assert!(!ingress_allowed(denied), "{denied}");
+        }
+    }
+
+    #[test]
+    fn egress_covers_replies_and_elicit() {
+        let egress = |topic: &str| EGRESS_PATTERNS.iter().any(|p| subscription_matches(p, topic));
+        assert!(egress("astrid.v1.response.status"));
+        assert!(egress("astrid.v1.elicit"));
+        assert!(egress("astrid.v1.approval"));
+        assert!(!egress("astrid.v1.request.status"));
+        assert!(!egress("llm.v1.stream.openai"));
+    }
+}

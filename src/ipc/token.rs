@@ -1,0 +1,170 @@
+//! The session token: 32 random bytes, new on every boot, written to `run/system.token`
+//! as 64 lowercase hex characters (no newline, mode 0600).
+//!
+//! A client proves it may talk to the daemon by reading that file, which only the owner
+//! can. The comparison is constant-time and the token never appears in logs or `Debug`.
+
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use subtle::ConstantTimeEq;
+
+const TOKEN_BYTES: usize = 32;
+
+/// Why a token could not be made, parsed or stored.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The hex text is not 64 characters long.
+    #[error("session token hex must be 64 chars, got {0}")]
+    Length(usize),
+    /// The hex text holds a non-hex character.
+    #[error("invalid hex digit: {0:#04x}")]
+    Digit(u8),
+    /// The OS random source failed.
+    #[error("cannot read the OS random source: {0}")]
+    Random(String),
+    /// Reading or writing the token file failed.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What we were doing.
+        action: &'static str,
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// A 256-bit session token.
+#[derive(Clone)]
+pub struct SessionToken([u8; TOKEN_BYTES]);
+
+impl fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionToken([REDACTED])")
+    }
+}
+
+impl SessionToken {
+    /// A fresh token from the OS CSPRNG.
+    pub fn generate() -> Result<Self, TokenError> {
+        let mut bytes = [0u8; TOKEN_BYTES];
+        getrandom::fill(&mut bytes).map_err(|e| TokenError::Random(e.to_string()))?;
+        Ok(Self(bytes))
+    }
+
+    /// Parses 64 hex characters (either case, surrounding whitespace ignored).
+    pub fn from_hex(text: &str) -> Result<Self, TokenError> {
+        let text = text.trim().as_bytes();
+        if text.len() != TOKEN_BYTES * 2 {
+            return Err(TokenError::Length(text.len()));
+        }
+        let mut bytes = [0u8; TOKEN_BYTES];
+        for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+            *byte = (hex_value(pair[0])? << 4) | hex_value(pair[1])?;
+        }
+        Ok(Self(bytes))
+    }
+
+    /// The 64 lowercase hex characters.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Compares in constant time, whatever the contents.
+    pub fn matches(&self, other: &SessionToken) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+
+    /// Reads the token file a daemon wrote.
+    pub fn read(path: &Path) -> Result<Self, TokenError> {
+        let text = fs::read_to_string(path).map_err(|source| TokenError::Io {
+            action: "read",
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_hex(&text)
+    }
+
+    /// Writes the token to `path` atomically: a 0600 temp file `system.<pid>.tmp` beside it,
+    /// fsync, rename. Readers never see a partial token or a wider mode.
+    pub fn write_atomic(&self, path: &Path) -> Result<(), TokenError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let temp = dir.join(format!("system.{}.tmp", std::process::id()));
+        fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TokenError {
+            let path = path.display().to_string();
+            move |source| TokenError::Io { action, path, source }
+        }
+        // A temp file left by a crashed process with our pid would make create_new fail.
+        let _ = fs::remove_file(&temp);
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temp)
+                .map_err(io_err("create", &temp))?;
+            file.write_all(self.to_hex().as_bytes()).map_err(io_err("write", &temp))?;
+            file.sync_all().map_err(io_err("fsync", &temp))?;
+            fs::rename(&temp, path).map_err(io_err("rename into place", path))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+}
+
+fn hex_value(digit: u8) -> Result<u8, TokenError> {
+    match digit {
+        b'0'..=b'9' => Ok(digit - b'0'),
+        b'a'..=b'f' => Ok(digit - b'a' + 10),
+        b'A'..=b'F' => Ok(digit - b'A' + 10),
+        _ => Err(TokenError::Digit(digit)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn tokens_differ_and_round_trip_through_hex() {
+        let a = SessionToken::generate().expect("token");
+        let b = SessionToken::generate().expect("token");
+        assert!(!a.matches(&b));
+        let hex = a.to_hex();
+        assert_eq!(hex.len(), 64);
+        assert!(hex.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert!(SessionToken::from_hex(&hex.to_uppercase()).expect("upper").matches(&a));
+    }
+
+    #[test]
+    fn malformed_hex_is_named() {
+        assert!(SessionToken::from_hex("abcd").expect_err("short").to_string().contains("64 chars"));
+        let zz = "zz".repeat(32);
+        assert!(SessionToken::from_hex(&zz).expect_err("zz").to_string().contains("invalid hex digit"));
+    }
+
+    #[test]
+    fn debug_is_redacted() {
+        let token = SessionToken::generate().expect("token");
+        assert_eq!(format!("{token:?}"), "SessionToken([REDACTED])");
+    }
+
+    #[test]
+    fn file_round_trip_is_private_and_atomic() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("system.token");
+        let token = SessionToken::generate().expect("token");
+        token.write_atomic(&path).expect("write");
+        assert_eq!(fs::metadata(&path).expect("stat").permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_to_string(&path).expect("read").len(), 64);
+        assert!(SessionToken::read(&path).expect("read").matches(&token));
+        assert_eq!(fs::read_dir(tmp.path()).expect("ls").count(), 1, "no temp file left");
+    }
+}

@@ -1,0 +1,325 @@
+//! The capsule registry: what is installed, where it came from, and what state it is in.
+//!
+//! Discovery reads two directories, in priority order: the principal's
+//! `home/<principal>/.local/capsules/` and the workspace's `.astrid/capsules/` (the
+//! `--workspace` directory, not the process CWD as in the reference). A directory is a
+//! capsule when it holds a `Capsule.toml`. Names are unique; the first directory wins.
+//!
+//! Each capsule fails alone: a manifest that does not parse is recorded as
+//! [`CapsuleState::Failed`] with the reason, and discovery goes on. The socket bridge is
+//! built in and always present as [`BRIDGE_CAPSULE`], so frontends written for the
+//! reference find the capsule name they expect.
+//!
+//! Only the header of the manifest is read here (name, version, commands, interceptors).
+//! Running capsules needs the WebAssembly host, which is not part of this build; discovered
+//! capsules are therefore listed as [`CapsuleState::Installed`], never as running.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::types::kernel_api::{CapsuleMetadataEntry, CommandInfo};
+
+/// The name under which the built-in socket bridge is listed.
+pub const BRIDGE_CAPSULE: &str = "astrid-capsule-cli";
+/// The manifest file that marks a capsule directory.
+pub const MANIFEST_FILE: &str = "Capsule.toml";
+
+/// Where a capsule was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapsuleOrigin {
+    /// Compiled into the daemon.
+    BuiltIn,
+    /// `home/<principal>/.local/capsules/`.
+    Principal,
+    /// `<workspace>/.astrid/capsules/`.
+    Workspace,
+}
+
+/// What a registered capsule is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CapsuleState {
+    /// Running and serving events.
+    Ready,
+    /// Installed and valid, but not started: this build has no WebAssembly capsule host.
+    Installed,
+    /// Could not be loaded; the reason is shown to the operator.
+    Failed(String),
+}
+
+/// One entry of the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capsule {
+    /// The package name from the manifest (unique in the registry).
+    pub name: String,
+    /// The package version, when the manifest gives one.
+    pub version: Option<String>,
+    /// Where it was found.
+    pub origin: CapsuleOrigin,
+    /// Its directory (none for built-ins).
+    pub dir: Option<PathBuf>,
+    /// Its state.
+    pub state: CapsuleState,
+    /// Slash commands it offers to frontends.
+    pub commands: Vec<CommandInfo>,
+    /// Event topics its interceptors listen on.
+    pub interceptor_events: Vec<String>,
+}
+
+/// Every capsule the kernel knows about, in load order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapsuleRegistry {
+    capsules: Vec<Capsule>,
+}
+
+/// The capsule directories to scan, in priority order.
+#[derive(Debug, Clone)]
+pub struct CapsuleDirs {
+    /// `home/<principal>/.local/capsules/`.
+    pub principal: PathBuf,
+    /// `<workspace>/.astrid/capsules/`.
+    pub workspace: PathBuf,
+}
+
+impl CapsuleRegistry {
+    /// A registry holding only the built-in bridge.
+    pub fn with_builtins() -> Self {
+        Self {
+            capsules: vec![Capsule {
+                name: BRIDGE_CAPSULE.to_owned(),
+                version: Some(crate::VERSION.to_owned()),
+                origin: CapsuleOrigin::BuiltIn,
+                dir: None,
+                state: CapsuleState::Ready,
+                commands: Vec::new(),
+                interceptor_events: Vec::new(),
+            }],
+        }
+    }
+
+    /// Builds the registry: the built-ins, then every capsule found in `dirs`.
+    pub fn discover(dirs: &CapsuleDirs) -> Self {
+        let mut registry = Self::with_builtins();
+        for (dir, origin) in [(&dirs.principal, CapsuleOrigin::Principal), (&dirs.workspace, CapsuleOrigin::Workspace)]
+        {
+            for capsule in scan_dir(dir, origin) {
+                if let Some(existing) = registry.get(&capsule.name) {
+                    log::warn!(
+                        "capsule {:?} in {} ignored: the name is already taken by {}",
+                        capsule.name,
+                        display_dir(capsule.dir.as_deref()),
+                        display_dir(existing.dir.as_deref()),
+                    );
+                    continue;
+                }
+                registry.capsules.push(capsule);
+            }
+        }
+        registry
+    }
+
+    /// All capsules, in load order.
+    pub fn capsules(&self) -> &[Capsule] {
+        &self.capsules
+    }
+
+    /// The capsule called `name`.
+    pub fn get(&self, name: &str) -> Option<&Capsule> {
+        self.capsules.iter().find(|c| c.name == name)
+    }
+
+    /// Names of every registered capsule, whatever its state.
+    pub fn names(&self) -> Vec<String> {
+        self.capsules.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// Names of the capsules that are running.
+    pub fn ready_names(&self) -> Vec<String> {
+        self.capsules.iter().filter(|c| c.state == CapsuleState::Ready).map(|c| c.name.clone()).collect()
+    }
+
+    /// Slash commands of every capsule that is not failed.
+    pub fn commands(&self) -> Vec<CommandInfo> {
+        self.capsules
+            .iter()
+            .filter(|c| !matches!(c.state, CapsuleState::Failed(_)))
+            .flat_map(|c| c.commands.iter().cloned())
+            .collect()
+    }
+
+    /// Interceptor metadata of every capsule that is not failed.
+    pub fn metadata(&self) -> Vec<CapsuleMetadataEntry> {
+        self.capsules
+            .iter()
+            .filter(|c| !matches!(c.state, CapsuleState::Failed(_)))
+            .map(|c| CapsuleMetadataEntry { name: c.name.clone(), interceptor_events: c.interceptor_events.clone() })
+            .collect()
+    }
+}
+
+fn display_dir(dir: Option<&Path>) -> String {
+    dir.map_or_else(|| "a built-in capsule".to_owned(), |d| d.display().to_string())
+}
+
+/// Finds the capsules in one directory: the directory itself if it holds a manifest, then
+/// each subdirectory that does, in name order so discovery is deterministic.
+fn scan_dir(dir: &Path, origin: CapsuleOrigin) -> Vec<Capsule> {
+    let mut found = Vec::new();
+    if dir.join(MANIFEST_FILE).is_file() {
+        found.push(load(dir, origin));
+    }
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return found,
+        Err(e) => {
+            log::warn!("cannot read capsule directory {}: {e}", dir.display());
+            return found;
+        }
+    };
+    let mut subdirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.is_dir() && path.join(MANIFEST_FILE).is_file())
+        .collect();
+    subdirs.sort();
+    found.extend(subdirs.iter().map(|path| load(path, origin)));
+    found
+}
+
+/// The part of `Capsule.toml` the registry needs. Other keys are left to the full manifest
+/// parser of the capsule host, so they are ignored here rather than refused.
+#[derive(Debug, Deserialize)]
+struct ManifestHeader {
+    package: PackageHeader,
+    #[serde(default)]
+    command: Vec<CommandHeader>,
+    #[serde(default)]
+    interceptor: Vec<InterceptorHeader>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PackageHeader {
+    name: String,
+    version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CommandHeader {
+    name: String,
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InterceptorHeader {
+    event: String,
+}
+
+fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let fallback_name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let failed = |reason: String| {
+        log::error!("capsule in {} failed: {reason}", dir.display());
+        Capsule {
+            name: fallback_name.clone(),
+            version: None,
+            origin,
+            dir: Some(dir.to_path_buf()),
+            state: CapsuleState::Failed(reason),
+            commands: Vec::new(),
+            interceptor_events: Vec::new(),
+        }
+    };
+    let text = match fs::read_to_string(&manifest_path) {
+        Ok(text) => text,
+        Err(e) => return failed(format!("cannot read {}: {e}", manifest_path.display())),
+    };
+    let header: ManifestHeader = match toml::from_str(&text) {
+        Ok(header) => header,
+        Err(e) => return failed(format!("{}: {}", manifest_path.display(), e.to_string().trim_end())),
+    };
+    if let Err(reason) = validate_name(&header.package.name) {
+        return failed(format!("{}: {reason}", manifest_path.display()));
+    }
+    let name = header.package.name;
+    log::info!("capsule {name} found in {} (installed; not started: no capsule host in this build)", dir.display());
+    Capsule {
+        commands: header
+            .command
+            .into_iter()
+            .map(|c| CommandInfo {
+                name: c.name,
+                description: c.description.unwrap_or_else(|| "No description".to_owned()),
+                provider_capsule: name.clone(),
+            })
+            .collect(),
+        interceptor_events: header.interceptor.into_iter().map(|i| i.event).collect(),
+        name,
+        version: header.package.version,
+        origin,
+        dir: Some(dir.to_path_buf()),
+        state: CapsuleState::Installed,
+    }
+}
+
+/// Capsule names end up in paths, topics and logs: 1–64 of `[a-z0-9_-]`, starting with a
+/// letter or digit.
+fn validate_name(name: &str) -> Result<(), String> {
+    let valid_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    let valid_start = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+    if name.is_empty() || name.len() > 64 || !valid_chars || !valid_start {
+        return Err(format!(
+            "invalid package name {name:?}: use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_capsule(root: &Path, dir: &str, manifest: &str) {
+        let dir = root.join(dir);
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join(MANIFEST_FILE), manifest).expect("write manifest");
+    }
+
+    #[test]
+    fn discovery_orders_dedupes_and_isolates_failures() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dirs = CapsuleDirs { principal: tmp.path().join("p"), workspace: tmp.path().join("w") };
+        write_capsule(
+            &dirs.principal,
+            "b",
+            "[package]\nname = \"echo\"\nversion = \"1.0.0\"\n\n[[command]]\nname = \"/echo\"\n",
+        );
+        write_capsule(&dirs.principal, "a", "[package\nname = ");
+        write_capsule(&dirs.workspace, "echo-again", "[package]\nname = \"echo\"\n");
+        write_capsule(
+            &dirs.workspace,
+            "guard",
+            "[package]\nname = \"guard\"\n[[interceptor]]\nevent = \"tool.v1.execute\"\n",
+        );
+        let registry = CapsuleRegistry::discover(&dirs);
+        assert_eq!(registry.names(), vec![BRIDGE_CAPSULE, "a", "echo", "guard"]);
+        assert!(
+            matches!(&registry.get("a").expect("a").state, CapsuleState::Failed(reason) if reason.contains("Capsule.toml"))
+        );
+        assert_eq!(registry.get("echo").expect("echo").origin, CapsuleOrigin::Principal);
+        assert_eq!(registry.ready_names(), vec![BRIDGE_CAPSULE]);
+        assert_eq!(registry.commands()[0].description, "No description");
+        assert_eq!(
+            registry.metadata().iter().find(|m| m.name == "guard").expect("guard").interceptor_events,
+            vec!["tool.v1.execute"]
+        );
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("astrid-capsule-cli").is_ok());
+        for bad in ["", "Upper", "../x", "-lead", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

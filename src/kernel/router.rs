@@ -1,0 +1,162 @@
+//! The management API: `KernelRequest`s arriving on `astrid.v1.request.<suffix>` are
+//! answered on `astrid.v1.response.<suffix>`, to the requester only.
+//!
+//! Where the reference stays silent (a payload that is not `raw_json`, a request that does
+//! not parse, a rate limit), we answer with `KernelResponse::Error` naming the problem:
+//! a frontend waiting for a reply should never have to time out to learn it was refused.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::bus::{BusMessage, Origin, SubscriberId};
+use super::rate_limit::SlidingWindow;
+use super::{Kernel, ShutdownReason};
+use crate::types::{IpcPayload, KernelRequest, KernelResponse};
+
+/// Topic prefix of management requests.
+pub const REQUEST_PREFIX: &str = "astrid.v1.request.";
+/// Topic prefix of management replies.
+pub const RESPONSE_PREFIX: &str = "astrid.v1.response.";
+
+/// The reply topic for a request topic (`astrid.v1.request.x` → `astrid.v1.response.x`).
+pub fn response_topic(request_topic: &str) -> String {
+    match request_topic.strip_prefix(REQUEST_PREFIX) {
+        Some(suffix) => format!("{RESPONSE_PREFIX}{suffix}"),
+        None => format!("{RESPONSE_PREFIX}{request_topic}"),
+    }
+}
+
+/// Requests per minute allowed for the methods that cost something.
+fn rate_limit(request: &KernelRequest) -> Option<usize> {
+    match request {
+        KernelRequest::ReloadCapsules => Some(5),
+        KernelRequest::Shutdown { .. } => Some(1),
+        KernelRequest::InstallCapsule { .. } | KernelRequest::ApproveCapability { .. } => Some(10),
+        _ => None,
+    }
+}
+
+/// Serves management requests until the bus goes away.
+pub(super) async fn run(kernel: Arc<Kernel>) {
+    let mut requests = kernel.bus().subscribe("management-router", &[&format!("{REQUEST_PREFIX}*")]);
+    let mut limiter = SlidingWindow::new(Duration::from_secs(60));
+    while let Some(incoming) = requests.recv().await {
+        let reply_topic = response_topic(&incoming.message.topic);
+        let (response, after) = match decode(&incoming.message.payload) {
+            Err(problem) => (KernelResponse::Error(problem), None),
+            Ok(request) => {
+                let method = request.method_name();
+                match rate_limit(&request) {
+                    Some(max) if !limiter.allow(method, max, Instant::now()) => {
+                        (KernelResponse::Error(format!("Rate limited: max {max} {method} requests per minute")), None)
+                    }
+                    _ => handle(&kernel, request),
+                }
+            }
+        };
+        log::info!("management: {} from {:?} -> {}", incoming.message.topic, incoming.origin, response_kind(&response));
+        let requester = match incoming.origin {
+            Origin::Subscriber(id) => Some(id),
+            Origin::Kernel => None,
+        };
+        kernel.reply(&reply_topic, response, requester);
+        if let Some(reason) = after {
+            kernel.request_shutdown(reason);
+        }
+    }
+}
+
+fn decode(payload: &IpcPayload) -> Result<KernelRequest, String> {
+    match payload {
+        IpcPayload::RawJson(value) => {
+            serde_json::from_value(value.clone()).map_err(|e| format!("malformed management request: {e}"))
+        }
+        other => Err(format!(
+            "management requests must carry a raw_json payload, got {}",
+            other
+                .to_guest_value()
+                .get("type")
+                .and_then(|t| t.as_str())
+                .map_or("an untagged payload".to_owned(), |t| format!("`{t}`"))
+        )),
+    }
+}
+
+/// Answers one request; the second value is work to do after the reply went out.
+fn handle(kernel: &Kernel, request: KernelRequest) -> (KernelResponse, Option<ShutdownReason>) {
+    match request {
+        KernelRequest::GetStatus => (KernelResponse::Status(kernel.status()), None),
+        KernelRequest::ListCapsules => (KernelResponse::Success(json!(kernel.capsules().names())), None),
+        KernelRequest::GetCommands => (KernelResponse::Commands(kernel.capsules().commands()), None),
+        KernelRequest::GetCapsuleMetadata => (KernelResponse::CapsuleMetadata(kernel.capsules().metadata()), None),
+        KernelRequest::ReloadCapsules => {
+            kernel.reload_capsules();
+            (KernelResponse::Success(json!({"status": "reloaded"})), None)
+        }
+        KernelRequest::Shutdown { reason } => {
+            (KernelResponse::Success(json!({"status": "shutting_down"})), Some(ShutdownReason::Request(reason)))
+        }
+        KernelRequest::InstallCapsule { .. } => (
+            KernelResponse::Error(
+                "InstallCapsule is not available yet: capsule installation arrives with the capsule host".to_owned(),
+            ),
+            None,
+        ),
+        KernelRequest::ApproveCapability { .. } => (
+            KernelResponse::Error(
+                "ApproveCapability is not available yet: capability approval arrives with the capsule host".to_owned(),
+            ),
+            None,
+        ),
+    }
+}
+
+fn response_kind(response: &KernelResponse) -> String {
+    match response {
+        KernelResponse::Error(message) => format!("Error({message})"),
+        KernelResponse::Success(_) => "Success".to_owned(),
+        KernelResponse::Commands(_) => "Commands".to_owned(),
+        KernelResponse::CapsuleMetadata(_) => "CapsuleMetadata".to_owned(),
+        KernelResponse::Status(_) => "Status".to_owned(),
+        KernelResponse::ApprovalRequired { .. } => "ApprovalRequired".to_owned(),
+    }
+}
+
+impl Kernel {
+    /// Publishes `response` on `topic`, addressed to `requester` only (or to every
+    /// subscriber of `topic` when the request came from the kernel itself).
+    pub fn reply(&self, topic: &str, response: KernelResponse, requester: Option<SubscriberId>) {
+        let payload = match serde_json::to_value(&response) {
+            Ok(value) => IpcPayload::RawJson(value),
+            Err(e) => {
+                log::error!("cannot encode management reply on {topic}: {e}");
+                return;
+            }
+        };
+        let message = crate::types::IpcMessage::new(topic, payload, self.session());
+        self.bus().publish(BusMessage { message, origin: Origin::Kernel, reply_to: requester });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_topic_keeps_the_suffix() {
+        assert_eq!(response_topic("astrid.v1.request.status"), "astrid.v1.response.status");
+        assert_eq!(response_topic("astrid.v1.request.a.b"), "astrid.v1.response.a.b");
+    }
+
+    #[test]
+    fn non_raw_json_payloads_and_bad_requests_are_explained() {
+        let custom = IpcPayload::Custom { data: json!({"method": "GetStatus"}) };
+        assert!(decode(&custom).expect_err("custom").contains("raw_json"));
+        let shutdown = IpcPayload::RawJson(json!({"method": "Shutdown"}));
+        assert!(decode(&shutdown).expect_err("no params").starts_with("malformed management request"));
+        let ok = IpcPayload::RawJson(json!({"method": "GetStatus"}));
+        assert_eq!(decode(&ok), Ok(KernelRequest::GetStatus));
+    }
+}

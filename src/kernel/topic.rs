@@ -1,0 +1,129 @@
+//! Topic names and the two wildcard meanings, in one place.
+//!
+//! The reference runtime has two matchers and once let them drift apart (a publish ACL and
+//! delivery disagreeing about `*`). Both live here, side by side, each with its own tests:
+//!
+//! - [`subscription_matches`] (bus delivery): `*` matches exactly one segment, except a
+//!   trailing `.*`, which matches one or more remaining segments. `astrid.v1.request.*`
+//!   therefore receives both `astrid.v1.request.status` and `astrid.v1.request.a.b`.
+//! - [`acl_matches`] (capability lists, interceptors): segment counts must be equal and `*`
+//!   matches exactly one segment anywhere.
+
+/// Longest topic accepted on the bus, in bytes.
+pub const MAX_TOPIC_BYTES: usize = 256;
+/// Most segments a topic may have.
+pub const MAX_TOPIC_SEGMENTS: usize = 8;
+/// Topics longer than this never match a subscription, whatever the pattern.
+const MAX_MATCHABLE_SEGMENTS: usize = 20;
+
+/// Why a topic name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    /// The topic is the empty string.
+    #[error("topic is empty")]
+    Empty,
+    /// The topic is longer than [`MAX_TOPIC_BYTES`].
+    #[error("topic is {0} bytes, the limit is {MAX_TOPIC_BYTES}")]
+    TooLong(usize),
+    /// The topic has more than [`MAX_TOPIC_SEGMENTS`] segments.
+    #[error("topic has {0} segments, the limit is {MAX_TOPIC_SEGMENTS}")]
+    TooManySegments(usize),
+    /// Two dots in a row, or a leading or trailing dot.
+    #[error("topic has an empty segment")]
+    EmptySegment,
+    /// A concrete topic (one being published) may not contain a wildcard.
+    #[error("a published topic may not contain '*'")]
+    Wildcard,
+}
+
+/// Checks a topic that is about to be published.
+pub fn validate(topic: &str) -> Result<(), TopicError> {
+    if topic.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if topic.len() > MAX_TOPIC_BYTES {
+        return Err(TopicError::TooLong(topic.len()));
+    }
+    let segments = topic.split('.').count();
+    if segments > MAX_TOPIC_SEGMENTS {
+        return Err(TopicError::TooManySegments(segments));
+    }
+    if topic.split('.').any(str::is_empty) {
+        return Err(TopicError::EmptySegment);
+    }
+    if topic.split('.').any(|s| s == "*") {
+        return Err(TopicError::Wildcard);
+    }
+    Ok(())
+}
+
+/// Bus delivery semantics: a trailing `*` absorbs one or more segments.
+pub fn subscription_matches(pattern: &str, topic: &str) -> bool {
+    let topic: Vec<&str> = topic.split('.').collect();
+    if topic.len() > MAX_MATCHABLE_SEGMENTS {
+        return false;
+    }
+    let pattern: Vec<&str> = pattern.split('.').collect();
+    match pattern.split_last() {
+        Some((&"*", prefix)) if topic.len() > prefix.len() => segments_match(prefix, &topic[..prefix.len()]),
+        _ => pattern.len() == topic.len() && segments_match(&pattern, &topic),
+    }
+}
+
+/// ACL semantics: equal segment counts, `*` is exactly one segment.
+pub fn acl_matches(pattern: &str, topic: &str) -> bool {
+    let pattern: Vec<&str> = pattern.split('.').collect();
+    let topic: Vec<&str> = topic.split('.').collect();
+    pattern.len() == topic.len() && segments_match(&pattern, &topic)
+}
+
+fn segments_match(pattern: &[&str], topic: &[&str]) -> bool {
+    pattern.iter().zip(topic).all(|(p, t)| *p == "*" || p == t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailing_wildcard_takes_one_or_more_segments_on_the_bus() {
+        assert!(subscription_matches("astrid.v1.request.*", "astrid.v1.request.status"));
+        assert!(subscription_matches("astrid.v1.request.*", "astrid.v1.request.a.b"));
+        assert!(!subscription_matches("astrid.v1.request.*", "astrid.v1.request"));
+        assert!(!subscription_matches("astrid.v1.request.*", "astrid.v1.response.status"));
+    }
+
+    #[test]
+    fn middle_wildcard_is_one_segment_on_the_bus() {
+        assert!(subscription_matches("llm.*.stream", "llm.v1.stream"));
+        assert!(!subscription_matches("llm.*.stream", "llm.v1.x.stream"));
+        assert!(subscription_matches("agent.v1.response", "agent.v1.response"));
+        assert!(!subscription_matches("agent.v1.response", "agent.v1.response.x"));
+    }
+
+    #[test]
+    fn very_long_topics_never_match() {
+        let topic = vec!["a"; 21].join(".");
+        assert!(!subscription_matches("a.*", &topic));
+    }
+
+    #[test]
+    fn acl_wildcard_is_exactly_one_segment() {
+        assert!(acl_matches("astrid.v1.request.*", "astrid.v1.request.status"));
+        assert!(!acl_matches("astrid.v1.request.*", "astrid.v1.request.a.b"));
+        assert!(acl_matches("*.v1.*", "user.v1.prompt"));
+        assert!(!acl_matches("user.v1", "user.v1.prompt"));
+    }
+
+    #[test]
+    fn validate_enforces_the_limits() {
+        assert_eq!(validate("user.v1.prompt"), Ok(()));
+        assert_eq!(validate(""), Err(TopicError::Empty));
+        assert_eq!(validate("a..b"), Err(TopicError::EmptySegment));
+        assert_eq!(validate("a.b."), Err(TopicError::EmptySegment));
+        assert_eq!(validate("a.*"), Err(TopicError::Wildcard));
+        assert_eq!(validate("a.b.c.d.e.f.g.h.i"), Err(TopicError::TooManySegments(9)));
+        let long = "x".repeat(257);
+        assert_eq!(validate(&long), Err(TopicError::TooLong(257)));
+    }
+}

@@ -1,0 +1,37 @@
+//! Astrid: a secure runtime for AI agents.
+//!
+//! One library holds every module; the `astrid` binary is a thin dispatcher over the roles
+//! below, so tests can drive each role in-process or through the real binary.
+//!
+//! # Layout (imports point downwards only)
+//!
+//! - [`types`]: the wire vocabulary (IPC envelope, LLM messages, management API, handshake).
+//!   No I/O; compiles for `wasm32-unknown-unknown` so capsules share it.
+//! - [`home`]: where Astrid keeps its files (`~/.astrid` or `$ASTRID_HOME`) and their modes.
+//! - [`kernel`]: the event bus, the capsule registry, client leases and the management
+//!   router. No sockets, no signals, no terminal.
+//! - [`ipc`]: the only module that reads or writes socket bytes: framing, handshake,
+//!   session token, the daemon's socket bridge and the CLI's blocking client.
+//! - [`daemon`]: process lifetime of the kernel: singleton lock, boot and shutdown order,
+//!   signals, idle exit, logging. The only module that installs signal handlers.
+//! - [`cli`]: the frontend role (`astrid start|stop|status|capsule …`).
+//!
+//! Everything except [`types`] is host-only.
+
+#![cfg_attr(target_arch = "wasm32", allow(dead_code))]
+
+pub mod types;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod cli;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod daemon;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod home;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod ipc;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod kernel;
+
+/// The version every role reports (`astrid --version`, handshake, `GetStatus`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,65 @@
+//! The `astrid` binary: picks a role from the name it was started under (busybox-style) and
+//! hands over. Nothing else lives here.
+//!
+//! | argv[0] basename      | role                                   |
+//! |-----------------------|----------------------------------------|
+//! | `astrid-daemon`       | the kernel ([`astrid::daemon`])        |
+//! | `astrid-capsule-host` | the capsule host (not built yet: exit 2) |
+//! | anything else         | the CLI ([`astrid::cli`])              |
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use astrid::cli;
+use astrid::daemon::{self, DaemonArgs};
+
+fn main() -> ExitCode {
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().unwrap_or_default();
+    let args: Vec<String> = match argv.map(|a| a.into_string()).collect() {
+        Ok(args) => args,
+        Err(bad) => {
+            eprintln!("astrid: arguments must be UTF-8, got {bad:?}");
+            return ExitCode::from(2);
+        }
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match role(Path::new(&argv0)) {
+        Role::Daemon => match cli::parse_args::<DaemonArgs>("astrid-daemon", &args) {
+            Ok(daemon_args) => daemon::main(&daemon_args),
+            Err(code) => code,
+        },
+        Role::CapsuleHost => cli::capsule_host_unavailable(),
+        Role::Cli => cli::main(&args),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Role {
+    Daemon,
+    CapsuleHost,
+    Cli,
+}
+
+fn role(argv0: &Path) -> Role {
+    match argv0.file_name().and_then(|name| name.to_str()) {
+        Some("astrid-daemon") => Role::Daemon,
+        Some("astrid-capsule-host") => Role::CapsuleHost,
+        _ => Role::Cli,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_comes_from_the_basename() {
+        assert_eq!(role(Path::new("/usr/local/bin/astrid-daemon")), Role::Daemon);
+        assert_eq!(role(Path::new("astrid-capsule-host")), Role::CapsuleHost);
+        assert_eq!(role(Path::new("/opt/astrid")), Role::Cli);
+        assert_eq!(role(Path::new("")), Role::Cli);
+        assert_eq!(role(Path::new("/")), Role::Cli);
+        assert_eq!(role(Path::new("astrid-daemon.old")), Role::Cli);
+    }
+}

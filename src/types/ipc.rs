@@ -1,0 +1,336 @@
+//! The IPC envelope and its payloads: what travels on the bus and over the socket.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::llm::{LlmResponse, LlmToolDefinition, Message, StreamEvent, ToolCallResult};
+
+/// One message on the bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IpcMessage {
+    /// Dot-separated topic, for example `user.v1.prompt`.
+    pub topic: String,
+    /// The content.
+    pub payload: IpcPayload,
+    /// Signature bytes, for messages that cross daemons (serialized as `null` when absent).
+    #[serde(default)]
+    pub signature: Option<Vec<u8>>,
+    /// Who sent it (not trusted for provenance).
+    pub source_id: Uuid,
+    /// When it was created. Missing on the wire → now (host) or the Unix epoch (wasm32,
+    /// which has no clock).
+    #[serde(default = "default_timestamp")]
+    pub timestamp: DateTime<Utc>,
+    /// Bus sequence number, stamped on publish; 0 before.
+    #[serde(default)]
+    pub seq: u64,
+    /// The principal the message acts for; omitted when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn default_timestamp() -> DateTime<Utc> {
+    Utc::now()
+}
+
+#[cfg(target_arch = "wasm32")]
+fn default_timestamp() -> DateTime<Utc> {
+    DateTime::<Utc>::UNIX_EPOCH
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl IpcMessage {
+    /// A message stamped now, with no signature, principal or sequence number yet.
+    pub fn new(topic: impl Into<String>, payload: IpcPayload, source_id: Uuid) -> Self {
+        Self {
+            topic: topic.into(),
+            payload,
+            signature: None,
+            source_id,
+            timestamp: Utc::now(),
+            seq: 0,
+            principal: None,
+        }
+    }
+}
+
+/// What a message carries. Internally tagged by `type` (snake_case).
+///
+/// Plain serde maps an unknown tag to [`IpcPayload::Unknown`]; the kernel's ingress path
+/// uses [`IpcPayload::from_json_value`] instead, which keeps such payloads as
+/// [`IpcPayload::Custom`] so capsule-defined messages survive the trip.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum IpcPayload {
+    /// Any JSON object; its keys sit next to `type`. Carries every management request and
+    /// reply. Serializing a non-object fails.
+    RawJson(Value),
+    /// A person's input.
+    UserInput {
+        /// The text.
+        text: String,
+        /// The conversation it belongs to.
+        #[serde(default = "default_session")]
+        session_id: String,
+        /// Extra context (for example `{"action": "cancel_turn"}`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        context: Option<Value>,
+    },
+    /// The agent's answer.
+    AgentResponse {
+        /// The text.
+        text: String,
+        /// Whether this ends the turn.
+        is_final: bool,
+        /// The conversation it belongs to.
+        #[serde(default = "default_session")]
+        session_id: String,
+    },
+    /// A capsule asks the operator for consent.
+    ApprovalRequired {
+        /// Correlation id; the answer goes to `astrid.v1.approval.response.<id>`.
+        request_id: String,
+        /// What would be done.
+        action: String,
+        /// To what.
+        resource: String,
+        /// Why.
+        reason: String,
+    },
+    /// The operator's answer to an approval request.
+    ApprovalResponse {
+        /// The request answered.
+        request_id: String,
+        /// `approve`, `approve_session`, `approve_always`; anything else denies.
+        decision: String,
+        /// Why, optionally.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A capsule needs configuration before it can run.
+    OnboardingRequired {
+        /// The capsule.
+        capsule_id: String,
+        /// What to ask for.
+        fields: Vec<OnboardingField>,
+    },
+    /// A completion request to an LLM provider.
+    LlmRequest {
+        /// Correlation id.
+        request_id: Uuid,
+        /// Model name.
+        model: String,
+        /// The conversation.
+        messages: Vec<Message>,
+        /// Tools offered.
+        tools: Vec<LlmToolDefinition>,
+        /// System prompt.
+        system: String,
+    },
+    /// One streamed event of a completion.
+    LlmStreamEvent {
+        /// Correlation id.
+        request_id: Uuid,
+        /// The event.
+        event: StreamEvent,
+    },
+    /// A complete completion.
+    LlmResponse {
+        /// Correlation id.
+        request_id: Uuid,
+        /// The response.
+        response: LlmResponse,
+    },
+    /// Run a tool.
+    ToolExecuteRequest {
+        /// Correlation id.
+        call_id: String,
+        /// Tool name.
+        tool_name: String,
+        /// Arguments.
+        arguments: Value,
+    },
+    /// A tool's outcome.
+    ToolExecuteResult {
+        /// Correlation id.
+        call_id: String,
+        /// The outcome.
+        result: ToolCallResult,
+    },
+    /// Cancel running tool calls.
+    ToolCancelRequest {
+        /// The calls to cancel.
+        call_ids: Vec<String>,
+    },
+    /// Ask the person to pick an option.
+    SelectionRequired {
+        /// Correlation id.
+        request_id: String,
+        /// Heading.
+        title: String,
+        /// The choices.
+        options: Vec<SelectionOption>,
+        /// Where the choice is published.
+        callback_topic: String,
+    },
+    /// Ask the person for one configuration value.
+    ElicitRequest {
+        /// Correlation id.
+        request_id: Uuid,
+        /// The capsule asking.
+        capsule_id: String,
+        /// What to ask for.
+        field: OnboardingField,
+    },
+    /// The answer to an elicitation; both values absent means cancelled.
+    ElicitResponse {
+        /// Correlation id.
+        request_id: Uuid,
+        /// A single value.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<String>,
+        /// A list of values.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        values: Option<Vec<String>>,
+    },
+    /// A client connected.
+    Connect,
+    /// A client disconnected.
+    Disconnect {
+        /// Why, optionally.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Arbitrary JSON under `data`.
+    Custom {
+        /// The content.
+        data: Value,
+    },
+    /// Any tag this version does not know. Serializes as `{"type":"unknown"}`.
+    #[serde(other)]
+    Unknown,
+}
+
+fn default_session() -> String {
+    "default".to_owned()
+}
+
+/// The 18 tags [`IpcPayload::from_json_value`] parses strictly.
+const KNOWN_TAGS: [&str; 18] = [
+    "raw_json",
+    "user_input",
+    "agent_response",
+    "approval_required",
+    "approval_response",
+    "onboarding_required",
+    "llm_request",
+    "llm_stream_event",
+    "llm_response",
+    "tool_execute_request",
+    "tool_execute_result",
+    "tool_cancel_request",
+    "selection_required",
+    "elicit_request",
+    "elicit_response",
+    "connect",
+    "disconnect",
+    "custom",
+];
+
+impl IpcPayload {
+    /// Whether `tag` names a variant (case-sensitive; `unknown` is not a tag one may send).
+    pub fn is_known_tag(tag: &str) -> bool {
+        KNOWN_TAGS.contains(&tag)
+    }
+
+    /// Converts client or guest JSON into a payload: a known `type` is parsed strictly, and
+    /// anything else (unknown or missing tag, or a known tag with bad fields) is kept whole
+    /// as [`IpcPayload::Custom`].
+    pub fn from_json_value(value: Value) -> Self {
+        let known = value.get("type").and_then(Value::as_str).is_some_and(Self::is_known_tag);
+        if known && let Ok(payload) = serde_json::from_value(value.clone()) {
+            return payload;
+        }
+        Self::Custom { data: value }
+    }
+
+    /// The guest rendering: `RawJson` and `Custom` give their inner value alone; every other
+    /// variant its tagged form.
+    pub fn to_guest_value(&self) -> Value {
+        match self {
+            Self::RawJson(value) | Self::Custom { data: value } => value.clone(),
+            other => serde_json::to_value(other).unwrap_or(Value::Null),
+        }
+    }
+
+    /// [`IpcPayload::to_guest_value`] as JSON bytes.
+    pub fn to_guest_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.to_guest_value()).unwrap_or_default()
+    }
+}
+
+/// One configuration value a capsule needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnboardingField {
+    /// The variable name.
+    pub key: String,
+    /// The question.
+    pub prompt: String,
+    /// More explanation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// What kind of value.
+    pub field_type: OnboardingFieldType,
+    /// Suggested value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    /// Input hint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placeholder: Option<String>,
+}
+
+/// The kind of an onboarding value. Externally tagged: `"Text"`, `{"Enum": [...]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OnboardingFieldType {
+    /// Free text.
+    Text,
+    /// A secret (never echoed).
+    Secret,
+    /// One of the listed values.
+    Enum(Vec<String>),
+    /// A list of values.
+    Array,
+}
+
+/// One choice of a selection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelectionOption {
+    /// Returned when chosen.
+    pub id: String,
+    /// Shown.
+    pub label: String,
+    /// More explanation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A daemon → client frame: exactly `topic`, `payload` (guest-rendered) and `source_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EgressFrame {
+    /// The message topic.
+    pub topic: String,
+    /// The payload, with `RawJson` and `Custom` unwrapped.
+    pub payload: Value,
+    /// The sender.
+    pub source_id: Uuid,
+}
+
+impl EgressFrame {
+    /// Renders a bus message for a socket client.
+    pub fn from_message(message: &IpcMessage) -> Self {
+        Self { topic: message.topic.clone(), payload: message.payload.to_guest_value(), source_id: message.source_id }
+    }
+}

@@ -1,0 +1,24 @@
+//! The wire types: everything that crosses the socket or the bus, and nothing else.
+//!
+//! No I/O lives here and no host-only crate is used, so the module compiles for
+//! `wasm32-unknown-unknown` and capsules share the exact same definitions. The serde shapes
+//! are those of the reference runtime (v0.7.0), pinned by the 66 vectors in
+//! `tests/data/wire-vectors.jsonl`.
+
+#![deny(missing_docs, clippy::unwrap_used)]
+
+pub mod handshake;
+pub mod ipc;
+pub mod kernel_api;
+pub mod llm;
+
+pub use handshake::{HandshakeRequest, HandshakeResponse, HandshakeStatus, PROTOCOL_VERSION};
+pub use ipc::{EgressFrame, IpcMessage, IpcPayload, OnboardingField, OnboardingFieldType, SelectionOption};
+pub use kernel_api::{
+    CapsuleMetadataEntry, CommandInfo, DaemonStatus, KernelRequest, KernelResponse, PrincipalConnections,
+    SYSTEM_SESSION_UUID,
+};
+pub use llm::{
+    ContentPart, LlmResponse, LlmToolDefinition, Message, MessageContent, MessageRole, StopReason, StreamEvent,
+    ToolCall, ToolCallResult, Usage,
+};

@@ -1,0 +1,202 @@
+//! The daemon role: flags, files and modes, singleton, signals, stale files, idle exit.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+use crate::harness::{TestHome, mode};
+
+#[test]
+fn boot_writes_private_run_files_in_order() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    for dir in [t.home.clone(), t.run_dir(), t.home.join("keys"), t.home.join("home/default/.local/capsules")] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    assert_eq!(mode(&t.token_file()), 0o600);
+    assert_eq!(mode(&t.ready()), 0o600);
+    assert_eq!(std::fs::metadata(t.ready()).expect("ready").len(), 0);
+    let token = t.token();
+    assert_eq!(token.len(), 64);
+    assert!(token.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{token}");
+    let log = t.log();
+    let steps: Vec<usize> = [
+        "boot 1/6: lock",
+        "boot 2/6: kernel",
+        "boot 3/6: listening",
+        "boot 4/6: session token",
+        "boot 5/6",
+        "boot 6/6: ready",
+    ]
+    .iter()
+    .map(|step| log.find(step).unwrap_or_else(|| panic!("{step:?} missing from log:\n{log}")))
+    .collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "boot steps out of order:\n{log}");
+    assert!(!log.contains(&token), "the token must never be logged");
+}
+
+#[test]
+fn token_is_new_on_every_boot() {
+    let t = TestHome::new();
+    let mut first = t.daemon(&[]);
+    let token = t.token();
+    first.signal(Signal::SIGTERM);
+    first.wait_exit(Duration::from_secs(5)).expect("exit");
+    let _second = t.daemon(&[]);
+    assert_ne!(t.token(), token);
+}
+
+#[test]
+fn flags_are_validated_before_anything_is_created() {
+    let t = TestHome::new();
+    let bad_session = t.command("astrid-daemon").args(["-s", "not-a-uuid"]).output().expect("run");
+    assert_eq!(bad_session.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_session.stderr).contains("--session"));
+    let bad_workspace = t.command("astrid-daemon").args(["--workspace", "/nonexistent/ws"]).output().expect("run");
+    assert_eq!(bad_workspace.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_workspace.stderr).contains("--workspace"));
+    let unknown = t.command("astrid-daemon").arg("--frobnicate").output().expect("run");
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(!t.home.exists(), "a usage error must not create the home");
+    let help = t.command("astrid-daemon").arg("--help").output().expect("run");
+    assert_eq!(help.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--session", "--workspace", "--ephemeral", "--verbose", "--max-clients"] {
+        assert!(help.contains(flag), "{flag} missing from help:\n{help}");
+    }
+}
+
+#[test]
+fn session_flag_is_the_source_of_replies_and_verbose_logs_debug() {
+    let t = TestHome::new();
+    let session = "6f1c2a9e-3b7d-4e58-9a21-0c4d5e6f7a8b";
+    let _daemon = t.daemon(&["--session", session, "-v"]);
+    let reply = t.client().request("status", json!({"method": "GetStatus"}));
+    assert_eq!(reply["source_id"], session);
+    assert!(t.log().contains(" DEBUG "), "-v must log at debug level");
+}
+
+#[test]
+fn workspace_flag_not_cwd_decides_workspace_capsules() {
+    let t = TestHome::new();
+    let other = t.workspace.join("elsewhere");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    TestHome::write_capsule(&other.join(".astrid/capsules"), "echo", "[package]\nname = \"echo\"\n");
+    TestHome::write_capsule(&t.workspace.join(".astrid/capsules"), "cwd-only", "[package]\nname = \"cwd-only\"\n");
+    let _daemon = t.daemon(&["-w", other.to_str().expect("utf8")]);
+    let reply = t.client().request("list", json!({"method": "ListCapsules"}));
+    assert_eq!(reply["payload"], json!({"status": "Success", "data": ["astrid-capsule-cli", "echo"]}));
+}
+
+#[test]
+fn second_daemon_on_the_same_home_is_refused() {
+    let t = TestHome::new();
+    let first = t.daemon(&[]);
+    let token = t.token();
+    let second = t.command("astrid-daemon").output().expect("run");
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let expected = format!("another astrid daemon owns {} (pid {})", t.home.display(), first.pid());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert_eq!(t.token(), token, "the loser must not touch the winner's files");
+    assert_eq!(t.run_files_exist(), [true; 3]);
+}
+
+fn assert_clean_exit_on(signal: Signal, name: &str) {
+    let t = TestHome::new();
+    let mut daemon = t.daemon(&[]);
+    let _client = t.client();
+    let sent = Instant::now();
+    daemon.signal(signal);
+    let (status, _) = daemon.wait_exit(Duration::from_secs(5)).expect("daemon did not exit");
+    assert!(status.success(), "{name}: {status}");
+    assert!(sent.elapsed() < Duration::from_secs(2), "{name}: took {:?}", sent.elapsed());
+    assert_eq!(t.run_files_exist(), [false; 3], "{name}: run files left behind");
+    let log = t.log();
+    assert!(log.contains(&format!("shutting down: signal {name}")), "{log}");
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    assert_clean_exit_on(Signal::SIGTERM, "SIGTERM");
+}
+
+#[test]
+fn sigint_shuts_down_cleanly() {
+    assert_clean_exit_on(Signal::SIGINT, "SIGINT");
+}
+
+#[test]
+fn sighup_shuts_down_cleanly() {
+    assert_clean_exit_on(Signal::SIGHUP, "SIGHUP");
+}
+
+#[test]
+fn files_left_by_a_killed_daemon_are_replaced_by_the_next() {
+    let t = TestHome::new();
+    let mut daemon = t.daemon(&[]);
+    let old_token = t.token();
+    daemon.signal(Signal::SIGKILL);
+    daemon.wait_exit(Duration::from_secs(5)).expect("exit");
+    assert_eq!(t.run_files_exist(), [true; 3], "SIGKILL leaves the files");
+    let _next = t.daemon(&[]);
+    assert_ne!(t.token(), old_token);
+    assert!(t.log().contains("did not shut down cleanly"));
+    let reply = t.client().request("status", json!({"method": "GetStatus"}));
+    assert_eq!(reply["payload"]["status"], "Status");
+}
+
+#[test]
+fn ephemeral_daemon_stays_while_a_client_is_connected_and_exits_after_it_leaves() {
+    let t = TestHome::new();
+    let mut daemon = t.daemon_with(&["--ephemeral"], &[("ASTRID_IDLE_TIMEOUT_SECS", "1")]);
+    let mut client = t.client();
+    let status = client.request("status", json!({"method": "GetStatus"}));
+    assert_eq!(status["payload"]["data"]["ephemeral"], true);
+    std::thread::sleep(Duration::from_secs(7)); // past 5 s grace + 1 s idle
+    assert!(daemon.is_running(), "a connected client must keep an ephemeral daemon alive");
+    let left = Instant::now();
+    drop(client);
+    let (status, _) = daemon.wait_exit(Duration::from_secs(5)).expect("ephemeral daemon did not exit");
+    assert!(status.success());
+    let waited = left.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "exited {waited:?} after the last client"
+    );
+    assert_eq!(t.run_files_exist(), [false; 3]);
+    assert!(t.log().contains("shutting down: idle timeout"));
+}
+
+#[test]
+fn ephemeral_daemon_nobody_connects_to_exits_after_grace_and_idle() {
+    let t = TestHome::new();
+    let started = Instant::now();
+    let mut daemon = t.daemon_with(&["--ephemeral"], &[("ASTRID_IDLE_TIMEOUT_SECS", "1")]);
+    let (status, _) = daemon.wait_exit(Duration::from_secs(10)).expect("did not exit");
+    assert!(status.success());
+    let lived = started.elapsed();
+    assert!(lived >= Duration::from_secs(6) && lived < Duration::from_secs(9), "lived {lived:?}");
+}
+
+#[test]
+fn persistent_daemon_never_idles_out() {
+    let t = TestHome::new();
+    let mut daemon = t.daemon_with(&[], &[("ASTRID_IDLE_TIMEOUT_SECS", "1")]);
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(daemon.is_running());
+    let status = t.client().request("status", json!({"method": "GetStatus"}));
+    assert_eq!(status["payload"]["data"]["ephemeral"], false);
+}
+
+#[test]
+fn socket_path_over_the_platform_limit_fails_with_a_clear_error() {
+    let t = TestHome::new();
+    let long_home = t.workspace.join("x".repeat(100));
+    let output = t.command("astrid-daemon").env("ASTRID_HOME", &long_home).output().expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("exceeding the platform limit"), "{stderr}");
+    assert!(stderr.contains("boot step 3/6 (socket)"), "{stderr}");
+}

@@ -1,0 +1,285 @@
+//! Shared test fixtures: a private `ASTRID_HOME`, the real binary behind role symlinks, a
+//! daemon process that is killed if a test panics, and a raw-frame client.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// A temp directory holding a home, a workspace and the role links.
+pub struct TestHome {
+    _dir: TempDir,
+    pub home: PathBuf,
+    pub workspace: PathBuf,
+    pub bin: PathBuf,
+}
+
+impl TestHome {
+    pub fn new() -> Self {
+        // Short paths: the socket path must stay under 108 bytes.
+        let dir = tempfile::Builder::new().prefix("ast").tempdir_in("/tmp").expect("tempdir");
+        let bin = dir.path().join("bin");
+        let workspace = dir.path().join("ws");
+        std::fs::create_dir_all(&bin).expect("bin");
+        std::fs::create_dir_all(&workspace).expect("ws");
+        let exe = Path::new(env!("CARGO_BIN_EXE_astrid"));
+        for name in ["astrid", "astrid-daemon", "astrid-capsule-host"] {
+            std::os::unix::fs::symlink(exe, bin.join(name)).expect("symlink");
+        }
+        Self { home: dir.path().join("h"), workspace, bin, _dir: dir }
+    }
+
+    /// A command for one of the role links, with this home and the workspace as CWD.
+    pub fn command(&self, role: &str) -> Command {
+        let mut command = Command::new(self.bin.join(role));
+        command
+            .env("ASTRID_HOME", &self.home)
+            .env_remove("ASTRID_IDLE_TIMEOUT_SECS")
+            .env_remove("ASTRID_LOG")
+            .current_dir(&self.workspace)
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `astrid ARGS` to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with(args, &[])
+    }
+
+    pub fn cli_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut command = self.command("astrid");
+        command.args(args).envs(env.iter().copied());
+        command.output().expect("run astrid")
+    }
+
+    /// Starts `astrid-daemon ARGS` and waits until it is ready.
+    pub fn daemon(&self, args: &[&str]) -> Daemon {
+        self.daemon_with(args, &[])
+    }
+
+    pub fn daemon_with(&self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let daemon = self.spawn_daemon(args, env);
+        // Ready means: our daemon owns the lock (a dead one may have left a ready file) and
+        // has written the sentinel.
+        let pid = daemon.pid().to_string();
+        let lock = self.run_dir().join("system.lock");
+        let ours = || std::fs::read_to_string(&lock).is_ok_and(|owner| owner.trim() == pid);
+        assert!(
+            self.wait_for(|| ours() && self.ready().exists(), Duration::from_secs(10)),
+            "daemon never became ready"
+        );
+        daemon
+    }
+
+    /// Starts `astrid-daemon ARGS` without waiting.
+    pub fn spawn_daemon(&self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut command = self.command("astrid-daemon");
+        command.args(args).envs(env.iter().copied()).stdout(Stdio::null()).stderr(Stdio::piped());
+        Daemon { child: Some(command.spawn().expect("spawn daemon")) }
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.home.join("run")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir().join("system.sock")
+    }
+    pub fn token_file(&self) -> PathBuf {
+        self.run_dir().join("system.token")
+    }
+    pub fn ready(&self) -> PathBuf {
+        self.run_dir().join("system.ready")
+    }
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.token_file()).expect("token")
+    }
+
+    /// The whole daemon log (all files, oldest first).
+    pub fn log(&self) -> String {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.home.join("log"))
+            .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files.iter().map(|f| std::fs::read_to_string(f).unwrap_or_default()).collect()
+    }
+
+    pub fn run_files_exist(&self) -> [bool; 3] {
+        [self.socket().exists(), self.token_file().exists(), self.ready().exists()]
+    }
+
+    pub fn wait_for(&self, mut condition: impl FnMut() -> bool, within: Duration) -> bool {
+        wait_for(&mut condition, within)
+    }
+
+    /// Connects and completes a good handshake.
+    pub fn client(&self) -> RawClient {
+        let mut client = RawClient::connect(&self.socket());
+        let reply = client.handshake(&self.token());
+        assert_eq!(reply["status"], "ok", "{reply}");
+        client
+    }
+
+    /// Writes a capsule manifest into `dir/name/Capsule.toml`.
+    pub fn write_capsule(dir: &Path, name: &str, manifest: &str) {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).expect("capsule dir");
+        std::fs::write(dir.join("Capsule.toml"), manifest).expect("manifest");
+    }
+}
+
+pub fn wait_for(condition: &mut impl FnMut() -> bool, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+}
+
+/// A daemon process; killed (SIGKILL) and reaped on drop if still running.
+pub struct Daemon {
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("child")
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("kill");
+    }
+
+    /// Waits for the exit; returns the status and what the daemon wrote to stderr.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<(ExitStatus, String)> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                self.child = None;
+                return Some((status, stderr));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().expect("try_wait").is_none())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A client that speaks raw frames over the real socket.
+pub struct RawClient {
+    pub stream: UnixStream,
+}
+
+impl RawClient {
+    pub fn connect(path: &Path) -> Self {
+        let stream = UnixStream::connect(path).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        Self { stream }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    pub fn send_frame(&mut self, payload: &[u8]) {
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(payload);
+        self.send_raw(&frame);
+    }
+
+    pub fn send_json(&mut self, value: &Value) {
+        self.send_frame(&serde_json::to_vec(value).expect("json"));
+    }
+
+    /// The next frame, or `None` when the daemon closed the stream.
+    pub fn read_frame(&mut self) -> Option<Vec<u8>> {
+        let mut header = [0u8; 4];
+        match self.stream.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset) => {
+                return None;
+            }
+            Err(e) => panic!("read failed: {e}"),
+        }
+        let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+        self.stream.read_exact(&mut body).expect("body");
+        Some(body)
+    }
+
+    pub fn read_json(&mut self) -> Option<Value> {
+        self.read_frame().map(|f| serde_json::from_slice(&f).expect("frame is JSON"))
+    }
+
+    pub fn handshake(&mut self, token: &str) -> Value {
+        self.send_json(&json!({"token": token, "protocol_version": 1, "client_version": "0.7.0"}));
+        self.read_json().expect("handshake reply")
+    }
+
+    /// Sends a management request the way the reference CLI does (a full IpcMessage).
+    pub fn send_request(&mut self, suffix: &str, request: Value) {
+        let mut payload = request;
+        payload["type"] = json!("raw_json");
+        self.send_json(&json!({
+            "topic": format!("astrid.v1.request.{suffix}"),
+            "payload": payload,
+            "signature": null,
+            "source_id": "00000000-0000-0000-0000-000000000000",
+            "timestamp": "2026-05-25T12:00:00.123456789Z",
+            "seq": 0
+        }));
+    }
+
+    /// Sends a request and returns the reply frame for its suffix.
+    pub fn request(&mut self, suffix: &str, request: Value) -> Value {
+        self.send_request(suffix, request);
+        self.reply(suffix)
+    }
+
+    /// Reads frames until the one on `astrid.v1.response.<suffix>`.
+    pub fn reply(&mut self, suffix: &str) -> Value {
+        let topic = format!("astrid.v1.response.{suffix}");
+        loop {
+            let frame = self.read_json().expect("connection closed before the reply");
+            if frame["topic"] == topic {
+                return frame;
+            }
+        }
+    }
+
+    /// Whether the daemon closed the stream (EOF) within the read timeout.
+    pub fn closed(&mut self) -> bool {
+        self.read_frame().is_none()
+    }
+}

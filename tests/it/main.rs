@@ -1,0 +1,10 @@
+//! One integration-test binary (one link step): every test drives the real `astrid` binary
+//! through its role links, in a temp `ASTRID_HOME`, over the real socket.
+
+mod cli;
+mod daemon;
+mod harness;
+mod management;
+mod pid1;
+mod protocol;
+mod wire;

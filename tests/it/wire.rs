@@ -1,0 +1,182 @@
+//! The wire types against the reference: 66 vectors, and the encoding rules of spec §3.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use astrid::types::*;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+const VECTORS: &str = "tests/data/wire-vectors.jsonl";
+
+fn round_trip<T: Serialize + DeserializeOwned>(json: &Value) -> Result<Value, String> {
+    let parsed: T = serde_json::from_value(json.clone()).map_err(|e| format!("parse: {e}"))?;
+    serde_json::to_value(&parsed).map_err(|e| format!("serialize: {e}"))
+}
+
+fn check(kind: &str, json: &Value) -> Result<Value, String> {
+    match kind {
+        "Message" => round_trip::<Message>(json),
+        "ToolCall" => round_trip::<ToolCall>(json),
+        "ToolCallResult" => round_trip::<ToolCallResult>(json),
+        "LlmToolDefinition" => round_trip::<LlmToolDefinition>(json),
+        "StreamEvent" => round_trip::<StreamEvent>(json),
+        "LlmResponse" => round_trip::<LlmResponse>(json),
+        "StopReason" => round_trip::<StopReason>(json),
+        "IpcPayload" => round_trip::<IpcPayload>(json),
+        "IpcMessage" => round_trip::<IpcMessage>(json),
+        "KernelRequest" => round_trip::<KernelRequest>(json),
+        "KernelResponse" => round_trip::<KernelResponse>(json),
+        other => Err(format!("unknown kind {other}")),
+    }
+}
+
+#[test]
+fn all_reference_vectors_round_trip_exactly() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(VECTORS);
+    let text = std::fs::read_to_string(&path).expect("vectors");
+    let mut kinds = BTreeSet::new();
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let vector: Value = serde_json::from_str(line).expect("vector line is JSON");
+        let (name, kind, json) =
+            (vector["name"].as_str().expect("name"), vector["kind"].as_str().expect("kind"), &vector["json"]);
+        count += 1;
+        kinds.insert(kind.to_owned());
+        match check(kind, json) {
+            Ok(back) if &back == json => {}
+            Ok(back) => failures.push(format!("{name} ({kind}): got {back}, want {json}")),
+            Err(e) => failures.push(format!("{name} ({kind}): {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{} of {count} vectors failed:\n{}", failures.len(), failures.join("\n"));
+    assert_eq!(count, 66);
+    assert_eq!(kinds.len(), 11, "{kinds:?}");
+}
+
+#[test]
+fn the_vector_copy_matches_the_shared_spec() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared/spec/wire-vectors.jsonl");
+    let Ok(reference) = std::fs::read(&shared) else {
+        eprintln!("note: {} not present; the copy cannot be compared here", shared.display());
+        return;
+    };
+    assert_eq!(std::fs::read(root.join(VECTORS)).expect("copy"), reference, "tests/data copy drifted from the spec");
+}
+
+#[test]
+fn unknown_tags_parse_as_unknown_and_serialize_as_unknown() {
+    let payload: IpcPayload = serde_json::from_value(json!({"type": "my_plugin_msg", "x": 1})).expect("parse");
+    assert_eq!(payload, IpcPayload::Unknown);
+    assert_eq!(serde_json::to_value(&payload).expect("ser"), json!({"type": "unknown"}));
+    assert!(serde_json::from_value::<IpcPayload>(json!({"text": "no tag"})).is_err(), "a missing tag is an error");
+}
+
+#[test]
+fn from_json_value_keeps_unknown_and_invalid_payloads_as_custom() {
+    let unknown = json!({"type": "my_plugin_msg", "x": 1});
+    assert_eq!(IpcPayload::from_json_value(unknown.clone()), IpcPayload::Custom { data: unknown });
+    let bad_fields = json!({"type": "user_input", "text": 5});
+    assert_eq!(IpcPayload::from_json_value(bad_fields.clone()), IpcPayload::Custom { data: bad_fields });
+    let untagged = json!({"method": "GetStatus"});
+    assert_eq!(IpcPayload::from_json_value(untagged.clone()), IpcPayload::Custom { data: untagged });
+    assert_eq!(
+        IpcPayload::from_json_value(json!({"type": "raw_json", "method": "GetStatus"})),
+        IpcPayload::RawJson(json!({"method": "GetStatus"}))
+    );
+}
+
+#[test]
+fn known_tags_are_exactly_the_eighteen_variants() {
+    let tags = [
+        "raw_json",
+        "user_input",
+        "agent_response",
+        "approval_required",
+        "approval_response",
+        "onboarding_required",
+        "llm_request",
+        "llm_stream_event",
+        "llm_response",
+        "tool_execute_request",
+        "tool_execute_result",
+        "tool_cancel_request",
+        "selection_required",
+        "elicit_request",
+        "elicit_response",
+        "connect",
+        "disconnect",
+        "custom",
+    ];
+    assert!(tags.iter().all(|t| IpcPayload::is_known_tag(t)));
+    for not_a_tag in ["unknown", "my_plugin_msg", "Raw_Json", ""] {
+        assert!(!IpcPayload::is_known_tag(not_a_tag), "{not_a_tag}");
+    }
+}
+
+#[test]
+fn guest_rendering_unwraps_raw_json_and_custom_only() {
+    assert_eq!(IpcPayload::RawJson(json!({"a": 1})).to_guest_value(), json!({"a": 1}));
+    assert_eq!(IpcPayload::Custom { data: json!([1, 2]) }.to_guest_value(), json!([1, 2]));
+    assert_eq!(IpcPayload::Connect.to_guest_value(), json!({"type": "connect"}));
+    assert_eq!(IpcPayload::Disconnect { reason: None }.to_guest_value(), json!({"type": "disconnect"}));
+    let frame = EgressFrame::from_message(&IpcMessage::new(
+        "astrid.v1.response.status",
+        IpcPayload::RawJson(json!({"status": "Success", "data": null})),
+        SYSTEM_SESSION_UUID,
+    ));
+    assert_eq!(
+        serde_json::to_value(&frame).expect("ser"),
+        json!({"topic": "astrid.v1.response.status", "payload": {"status": "Success", "data": null}, "source_id": "00000000-0000-0000-0000-000000000000"})
+    );
+}
+
+#[test]
+fn raw_json_must_wrap_an_object() {
+    assert!(serde_json::to_value(IpcPayload::RawJson(json!([1, 2]))).is_err());
+    assert!(serde_json::to_value(IpcPayload::RawJson(json!("text"))).is_err());
+}
+
+#[test]
+fn proxy_frames_without_timestamp_or_seq_parse_with_defaults() {
+    let message: IpcMessage = serde_json::from_value(json!({
+        "topic": "astrid.v1.capsules_loaded",
+        "payload": {"type": "raw_json", "status": "ready"},
+        "source_id": "00000000-0000-0000-0000-000000000000"
+    }))
+    .expect("parse");
+    assert_eq!(message.seq, 0);
+    assert_eq!(message.signature, None);
+    assert_eq!(message.principal, None);
+    let serialized = serde_json::to_value(&message).expect("ser");
+    assert!(serialized.get("principal").is_none());
+    assert_eq!(serialized["signature"], Value::Null);
+    let bad_source = json!({"topic": "t", "payload": {"type": "connect"}, "source_id": "nope"});
+    assert!(serde_json::from_value::<IpcMessage>(bad_source).is_err());
+}
+
+#[test]
+fn kernel_request_tagging_matches_the_reference_strictness() {
+    let parse = |v: Value| serde_json::from_value::<KernelRequest>(v);
+    assert_eq!(parse(json!({"method": "ListCapsules"})).expect("bare"), KernelRequest::ListCapsules);
+    assert_eq!(parse(json!({"method": "ListCapsules", "params": null})).expect("null"), KernelRequest::ListCapsules);
+    assert!(parse(json!({"method": "ListCapsules", "params": {}})).is_err());
+    assert!(parse(json!({"method": "Shutdown"})).is_err());
+    assert_eq!(
+        parse(json!({"method": "Shutdown", "params": {}})).expect("empty"),
+        KernelRequest::Shutdown { reason: None }
+    );
+}
+
+#[test]
+fn tool_names_split_at_the_first_colon_and_content_is_untagged() {
+    assert_eq!(ToolCall::new("1", "a:b:c").parse_name(), Some(("a", "b:c")));
+    assert_eq!(ToolCall::new("1", "echo").parse_name(), None);
+    assert_eq!(ToolCall::new("1", "echo").arguments, json!({}));
+    let empty: MessageContent = serde_json::from_value(json!([])).expect("parse");
+    assert_eq!(empty, MessageContent::ToolCalls(vec![]));
+    assert_eq!(Usage { input_tokens: usize::MAX, output_tokens: 1 }.total(), usize::MAX);
+}
