@@ -227,3 +227,57 @@ fn sixteen_concurrent_clients_each_get_their_own_replies() {
     let max_seen = handles.into_iter().map(|h| h.join().expect("client thread")).max().expect("max");
     assert_eq!(max_seen, 16, "all 16 clients were counted at once");
 }
+
+#[test]
+fn silent_connections_do_not_block_the_accept_loop() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    let _silent: Vec<RawClient> = (0..32).map(|_| RawClient::connect(&t.socket())).collect();
+    let started = Instant::now();
+    let reply = t.client().request("status", json!({"method": "GetStatus"}));
+    assert_eq!(reply["payload"]["status"], "Status");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a good client waited {:?} behind silent ones",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_peer_with_another_uid_is_closed_before_the_handshake() {
+    use std::os::unix::fs::PermissionsExt;
+    // The daemon runs as `nobody`; the test (root) can still reach the socket through the
+    // 0700 directories, so only the peer-UID check stands in its way.
+    if !nix::unistd::geteuid().is_root() || std::process::Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: needs root and setpriv to run the daemon as another user");
+        return;
+    }
+    let t = TestHome::new();
+    let dir = t.home.parent().expect("parent");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::create_dir_all(&t.home).expect("home");
+    std::os::unix::fs::chown(&t.home, Some(65534), Some(65534)).expect("chown");
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(t.bin.join("astrid-daemon"))
+        .env("ASTRID_HOME", &t.home)
+        .current_dir(&t.workspace)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn as nobody");
+    let booted = t.wait_for(|| t.ready().exists(), Duration::from_secs(10));
+    if !booted {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("daemon as nobody did not boot:\n{}", t.log());
+    }
+    let mut client = RawClient::connect(&t.socket());
+    client.send_json(&json!({"token": t.token(), "protocol_version": 1, "client_version": "x"}));
+    let closed = client.closed();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(closed, "a client with another uid must get no reply");
+    assert!(t.log().contains("is not ours"), "{}", t.log());
+}
