@@ -227,42 +227,55 @@ async fn serve_client(
 
 /// Publishes one client frame on the bus, or explains why not.
 fn ingress(kernel: &Kernel, id: u64, subscriber: SubscriberId, source_id: Uuid, frame: &[u8]) {
-    let topic_hint = serde_json::from_slice::<Value>(frame)
-        .ok()
-        .and_then(|v| v.get("topic").and_then(Value::as_str).map(str::to_owned));
     match decode_ingress(frame, source_id) {
         Ok(message) => {
             log::debug!("client#{id}: publishing on {}", message.topic);
             kernel.bus().publish(BusMessage { message, origin: Origin::Subscriber(subscriber), reply_to: None });
         }
-        Err(problem) => {
-            log::warn!("client#{id}: frame dropped: {problem}");
+        Err(refusal) => {
+            log::warn!("client#{id}: frame dropped: {}", refusal.reason);
             // A refused management request still gets an answer; never leave a client waiting.
-            if let Some(topic) = topic_hint.filter(|t| t.starts_with(REQUEST_PREFIX) && topic::validate(t).is_ok()) {
-                kernel.reply(&response_topic(&topic), KernelResponse::Error(problem), Some(subscriber));
+            if let Some(topic) = refusal.topic.filter(|t| t.starts_with(REQUEST_PREFIX) && topic::validate(t).is_ok()) {
+                kernel.reply(&response_topic(&topic), KernelResponse::Error(refusal.reason), Some(subscriber));
             }
         }
     }
 }
 
+/// Why a client frame was not published, and its topic when it had a readable one.
+#[derive(Debug)]
+struct Refusal {
+    reason: String,
+    topic: Option<String>,
+}
+
+impl Refusal {
+    fn new(reason: impl Into<String>, topic: Option<&str>) -> Self {
+        Self { reason: reason.into(), topic: topic.map(str::to_owned) }
+    }
+}
+
 /// Turns a client frame into a bus message. Only `topic`, `payload` and `principal` are
 /// read; the rest of the client's envelope (`source_id`, `seq`, …) is not trusted.
-fn decode_ingress(frame: &[u8], source_id: Uuid) -> Result<IpcMessage, String> {
-    let mut value: Value = serde_json::from_slice(frame).map_err(|e| format!("frame is not JSON: {e}"))?;
-    let object = value.as_object_mut().ok_or("frame is not a JSON object")?;
+fn decode_ingress(frame: &[u8], source_id: Uuid) -> Result<IpcMessage, Refusal> {
+    let mut value: Value =
+        serde_json::from_slice(frame).map_err(|e| Refusal::new(format!("frame is not JSON: {e}"), None))?;
+    let object = value.as_object_mut().ok_or_else(|| Refusal::new("frame is not a JSON object", None))?;
     let topic = match object.remove("topic") {
         Some(Value::String(topic)) => topic,
-        _ => return Err("frame has no string `topic`".to_owned()),
+        _ => return Err(Refusal::new("frame has no string `topic`", None)),
     };
-    let payload = object.remove("payload").ok_or("frame has no `payload`")?;
-    topic::validate(&topic).map_err(|e| format!("invalid topic {topic:?}: {e}"))?;
+    let refuse = |reason: String| Refusal::new(reason, Some(&topic));
+    let payload = object.remove("payload").ok_or_else(|| refuse("frame has no `payload`".to_owned()))?;
+    topic::validate(&topic).map_err(|e| refuse(format!("invalid topic {topic:?}: {e}")))?;
     if !ingress_allowed(&topic) {
-        return Err(format!("topic {topic:?} is not open to clients"));
+        return Err(refuse(format!("topic {topic:?} is not open to clients")));
     }
+    // The frame bounds the payload; re-serialize only when the frame alone is too big to tell.
     if frame.len() > MAX_PAYLOAD_BYTES {
         let size = serde_json::to_vec(&payload).map_or(usize::MAX, |bytes| bytes.len());
         if size > MAX_PAYLOAD_BYTES {
-            return Err(format!("payload is {size} bytes, the limit is {MAX_PAYLOAD_BYTES}"));
+            return Err(refuse(format!("payload is {size} bytes, the limit is {MAX_PAYLOAD_BYTES}")));
         }
     }
     let principal = match object.remove("principal") {
@@ -331,7 +344,7 @@ mod tests {
     use serde_json::json;
 
     fn decode(value: Value) -> Result<IpcMessage, String> {
-        decode_ingress(&serde_json::to_vec(&value).expect("json"), Uuid::nil())
+        decode_ingress(&serde_json::to_vec(&value).expect("json"), Uuid::nil()).map_err(|r| r.reason)
     }
 
     #[test]

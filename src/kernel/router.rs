@@ -44,19 +44,22 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
     let mut limiter = SlidingWindow::new(Duration::from_secs(60));
     while let Some(incoming) = requests.recv().await {
         let reply_topic = response_topic(&incoming.message.topic);
-        let (response, after) = match decode(&incoming.message.payload) {
-            Err(problem) => (KernelResponse::Error(problem), None),
-            Ok(request) => {
-                let method = request.method_name();
-                match rate_limit(&request) {
-                    Some(max) if !limiter.allow(method, max, Instant::now()) => {
-                        (KernelResponse::Error(format!("Rate limited: max {max} {method} requests per minute")), None)
-                    }
-                    _ => handle(&kernel, request),
-                }
-            }
+        let request = decode(&incoming.message.payload);
+        let (response, after) = match &request {
+            Err(problem) => (KernelResponse::Error(problem.clone()), None),
+            Ok(request) => answer(&kernel, &mut limiter, request.clone()),
         };
-        log::info!("management: {} from {:?} -> {}", incoming.message.topic, incoming.origin, response_kind(&response));
+        // Reads are routine (a status bar may poll); changes and refusals are worth a line.
+        let routine =
+            matches!(&request, Ok(r) if rate_limit(r).is_none()) && !matches!(response, KernelResponse::Error(_));
+        let level = if routine { log::Level::Debug } else { log::Level::Info };
+        log::log!(
+            level,
+            "management: {} from {:?} -> {}",
+            incoming.message.topic,
+            incoming.origin,
+            response_kind(&response)
+        );
         let requester = match incoming.origin {
             Origin::Subscriber(id) => Some(id),
             Origin::Kernel => None,
@@ -82,6 +85,21 @@ fn decode(payload: &IpcPayload) -> Result<KernelRequest, String> {
                 .map_or("an untagged payload".to_owned(), |t| format!("`{t}`"))
         )),
     }
+}
+
+/// Applies the rate limit, then answers.
+fn answer(
+    kernel: &Kernel,
+    limiter: &mut SlidingWindow,
+    request: KernelRequest,
+) -> (KernelResponse, Option<ShutdownReason>) {
+    let method = request.method_name();
+    if let Some(max) = rate_limit(&request)
+        && !limiter.allow(method, max, Instant::now())
+    {
+        return (KernelResponse::Error(format!("Rate limited: max {max} {method} requests per minute")), None);
+    }
+    handle(kernel, request)
 }
 
 /// Answers one request; the second value is work to do after the reply went out.
