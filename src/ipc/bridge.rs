@@ -143,7 +143,13 @@ async fn connection(
     }
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = FrameReader::new(read_half, MAX_HANDSHAKE_FRAME);
-    let frame = match timeout(HANDSHAKE_TIMEOUT, reader.next_frame()).await {
+    // Shutdown does not wait for a client that has not even said hello.
+    let mut stop = stop;
+    let read = tokio::select! {
+        _ = stop.wait_for(|stop| *stop) => return,
+        read = timeout(HANDSHAKE_TIMEOUT, reader.next_frame()) => read,
+    };
+    let frame = match read {
         Err(_) => return log::info!("client#{id}: no handshake within {HANDSHAKE_TIMEOUT:?}; closed"),
         Ok(Ok(None)) => return log::debug!("client#{id}: closed before the handshake (liveness probe)"),
         Ok(Err(e)) => return log::warn!("client#{id}: handshake read failed: {e}; closed"),

@@ -200,3 +200,17 @@ fn socket_path_over_the_platform_limit_fails_with_a_clear_error() {
     assert!(stderr.contains("exceeding the platform limit"), "{stderr}");
     assert!(stderr.contains("boot step 3/6 (socket)"), "{stderr}");
 }
+
+#[test]
+fn clients_mid_handshake_do_not_delay_shutdown() {
+    let t = TestHome::new();
+    let mut daemon = t.daemon(&[]);
+    let _silent: Vec<crate::harness::RawClient> =
+        (0..3).map(|_| crate::harness::RawClient::connect(&t.socket())).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let sent = Instant::now();
+    daemon.signal(Signal::SIGTERM);
+    let (status, _) = daemon.wait_exit(Duration::from_secs(5)).expect("exit");
+    assert!(status.success());
+    assert!(sent.elapsed() < Duration::from_millis(900), "shutdown waited {:?} for silent clients", sent.elapsed());
+}
