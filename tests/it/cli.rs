@@ -175,3 +175,22 @@ fn install_links_creates_role_links() {
     std::fs::write(dir.join("astrid-daemon"), "not a link").expect("write");
     assert_eq!(t.cli(&["install-links", dir.to_str().expect("utf8")]).status.code(), Some(1));
 }
+
+#[test]
+fn stop_escalates_to_signals_and_names_each_failed_stage() {
+    // A frozen daemon (SIGSTOP) accepts connections into the backlog but never answers:
+    // the request stage times out, SIGTERM stays pending, SIGKILL ends it.
+    let t = TestHome::new();
+    assert_eq!(t.cli(&["start"]).status.code(), Some(0));
+    let pid = lock_pid(&t);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGSTOP).expect("stop");
+    let stopped = t.cli(&["stop"]);
+    let err = stderr(&stopped);
+    assert_eq!(stopped.status.code(), Some(0), "{err}");
+    for stage in ["stage 'request' failed", "stage 'graceful exit' failed", "stage 'SIGTERM' failed"] {
+        assert!(err.contains(stage), "{stage} not reported:\n{err}");
+    }
+    assert!(stdout(&stopped).contains("killed"), "{}", stdout(&stopped));
+    assert!(!alive(pid));
+    assert_eq!(t.run_files_exist(), [false; 3]);
+}
