@@ -2,6 +2,7 @@
 //! daemon process that is killed if a test panics, and a raw-frame client.
 
 use std::io::{Read, Write};
+
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -79,8 +80,16 @@ impl TestHome {
     /// Starts `astrid-daemon ARGS` without waiting.
     pub fn spawn_daemon(&self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut command = self.command("astrid-daemon");
-        command.args(args).envs(env.iter().copied()).stdout(Stdio::null()).stderr(Stdio::piped());
-        Daemon { child: Some(command.spawn().expect("spawn daemon")) }
+        // stderr goes to a file, not a pipe: an undrained pipe would block a chatty daemon.
+        let stderr_path = self.home.with_extension(format!("stderr.{}", self.next_id()));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        command.args(args).envs(env.iter().copied()).stdout(Stdio::null()).stderr(stderr);
+        Daemon { child: Some(command.spawn().expect("spawn daemon")), stderr_path }
+    }
+
+    fn next_id(&self) -> usize {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn run_dir(&self) -> PathBuf {
@@ -152,6 +161,7 @@ pub fn mode(path: &Path) -> u32 {
 /// A daemon process; killed (SIGKILL) and reaped on drop if still running.
 pub struct Daemon {
     child: Option<Child>,
+    stderr_path: PathBuf,
 }
 
 impl Daemon {
@@ -169,10 +179,7 @@ impl Daemon {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
-                let mut stderr = String::new();
-                if let Some(mut pipe) = child.stderr.take() {
-                    let _ = pipe.read_to_string(&mut stderr);
-                }
+                let stderr = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
                 self.child = None;
                 return Some((status, stderr));
             }
