@@ -23,6 +23,8 @@
 pub mod types;
 
 #[cfg(not(target_arch = "wasm32"))]
+pub mod audit;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod daemon;
@@ -32,6 +34,10 @@ pub mod home;
 pub mod ipc;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod kernel;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod store;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod vfs;
 
 /// The version every role reports (`astrid --version`, handshake, `GetStatus`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,468 @@
+//! The workspace as capsules see it: confined, and copy-on-write.
+//!
+//! Confinement: the workspace root and the overlay are opened once as directory handles
+//! (cap-std) and every access is relative to them, so no `..`, absolute path or symlink can
+//! lead outside, and there is no check-then-use race (the kernel resolves each path against
+//! the handle). Paths are also checked lexically first ([`VfsPath`]). Writing through a
+//! symlink is refused outright.
+//!
+//! Copy-on-write: writes land in `overlay/upper/` and deletions in `overlay/whiteouts.json`;
+//! reads see the overlay over the workspace. Nothing reaches the real files until the person
+//! runs `astrid workspace commit`; `discard` drops it all. The overlay lives under the home,
+//! so pending changes survive a restart of the daemon.
+
+mod path;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+
+pub use path::VfsPath;
+
+/// Largest file read or written through the VFS.
+pub const MAX_FILE: u64 = 10 * 1024 * 1024;
+const WHITEOUTS: &str = "whiteouts.json";
+
+/// Why a VFS operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VfsError {
+    /// The path was refused before any filesystem access.
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath {
+        /// The path (cut to 200 characters).
+        path: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The path would lead outside the workspace.
+    #[error("{path} leads outside the workspace")]
+    Escape {
+        /// The path.
+        path: String,
+    },
+    /// Nothing there.
+    #[error("{path}: no such file or directory")]
+    NotFound {
+        /// The path.
+        path: String,
+    },
+    /// A directory where a file was expected.
+    #[error("{path} is a directory")]
+    IsADirectory {
+        /// The path.
+        path: String,
+    },
+    /// A file where a directory was expected.
+    #[error("{path} is not a directory")]
+    NotADirectory {
+        /// The path.
+        path: String,
+    },
+    /// The target is a symlink, which is never written through.
+    #[error("{path} is a symlink; writing through links is refused")]
+    SymlinkRefused {
+        /// The path.
+        path: String,
+    },
+    /// The file is too large.
+    #[error("{path} is {size} bytes, the limit is {limit}")]
+    TooLarge {
+        /// The path.
+        path: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Another I/O failure.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What we were doing.
+        action: &'static str,
+        /// The path.
+        path: String,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// A directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The name.
+    pub name: String,
+    /// Whether it is a directory.
+    pub is_dir: bool,
+}
+
+/// What `stat` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metadata {
+    /// A directory.
+    pub is_dir: bool,
+    /// A regular file.
+    pub is_file: bool,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The kind of a pending change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ChangeKind {
+    /// A new file.
+    Added,
+    /// A file with new content.
+    Modified,
+    /// A removed file.
+    Deleted,
+}
+
+/// A pending change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Relative path.
+    pub path: String,
+    /// What changes.
+    pub kind: ChangeKind,
+}
+
+/// The confined, copy-on-write workspace.
+pub struct Vfs {
+    root: PathBuf,
+    workspace: Dir,
+    upper: Dir,
+    overlay_dir: PathBuf,
+    whiteouts: Mutex<BTreeSet<String>>,
+}
+
+impl std::fmt::Debug for Vfs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vfs").field("root", &self.root).field("overlay", &self.overlay_dir).finish()
+    }
+}
+
+fn classify(path: &VfsPath, action: &'static str, e: io::Error) -> VfsError {
+    let text = e.to_string();
+    if text.contains("outside of the filesystem") || text.contains("escape") {
+        return VfsError::Escape { path: path.to_string() };
+    }
+    // ELOOP: a symlink where cap-std will not follow one.
+    if e.raw_os_error() == Some(40) {
+        return VfsError::Escape { path: path.to_string() };
+    }
+    match e.kind() {
+        io::ErrorKind::NotFound => VfsError::NotFound { path: path.to_string() },
+        io::ErrorKind::IsADirectory => VfsError::IsADirectory { path: path.to_string() },
+        io::ErrorKind::NotADirectory => VfsError::NotADirectory { path: path.to_string() },
+        io::ErrorKind::PermissionDenied => VfsError::Escape { path: path.to_string() },
+        _ => VfsError::Io { action, path: path.to_string(), source: e },
+    }
+}
+
+impl Vfs {
+    /// Opens the workspace at `root` with its overlay in `overlay_dir` (created 0700).
+    pub fn open(root: &Path, overlay_dir: &Path) -> Result<Self, VfsError> {
+        let io_err = |action, path: &Path| {
+            let path = path.display().to_string();
+            move |source| VfsError::Io { action, path, source }
+        };
+        let upper_path = overlay_dir.join("upper");
+        fs::create_dir_all(&upper_path).map_err(io_err("create", &upper_path))?;
+        fs::set_permissions(overlay_dir, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", overlay_dir))?;
+        let workspace = Dir::open_ambient_dir(root, ambient_authority()).map_err(io_err("open", root))?;
+        let upper = Dir::open_ambient_dir(&upper_path, ambient_authority()).map_err(io_err("open", &upper_path))?;
+        let whiteouts_path = overlay_dir.join(WHITEOUTS);
+        let whiteouts = match fs::read(&whiteouts_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(io_err("read", &whiteouts_path)(e)),
+        };
+        Ok(Self {
+            root: root.to_path_buf(),
+            workspace,
+            upper,
+            overlay_dir: overlay_dir.to_path_buf(),
+            whiteouts: Mutex::new(whiteouts),
+        })
+    }
+
+    fn whiteouts(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        self.whiteouts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn save_whiteouts(&self, whiteouts: &BTreeSet<String>) -> Result<(), VfsError> {
+        let path = self.overlay_dir.join(WHITEOUTS);
+        let temp = self.overlay_dir.join(format!("{WHITEOUTS}.tmp"));
+        let bytes = serde_json::to_vec(whiteouts).unwrap_or_default();
+        let io_err = |action| {
+            let path = path.display().to_string();
+            move |source| VfsError::Io { action, path, source }
+        };
+        fs::write(&temp, bytes).map_err(io_err("write"))?;
+        fs::rename(&temp, &path).map_err(io_err("replace"))
+    }
+
+    /// Which layer holds `path`: the overlay, the workspace, or none (whited out or absent).
+    fn layer(&self, path: &VfsPath) -> Result<Option<(&Dir, cap_std::fs::Metadata)>, VfsError> {
+        if self.whiteouts().contains(path.as_str()) {
+            return Ok(None);
+        }
+        for dir in [&self.upper, &self.workspace] {
+            match dir.metadata(path.fs()) {
+                Ok(meta) => return Ok(Some((dir, meta))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(classify(path, "stat", e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads a file (overlay first).
+    pub fn read(&self, path: &VfsPath) -> Result<Vec<u8>, VfsError> {
+        let Some((dir, meta)) = self.layer(path)? else { return Err(VfsError::NotFound { path: path.to_string() }) };
+        if meta.is_dir() {
+            return Err(VfsError::IsADirectory { path: path.to_string() });
+        }
+        if meta.len() > MAX_FILE {
+            return Err(VfsError::TooLarge { path: path.to_string(), size: meta.len(), limit: MAX_FILE });
+        }
+        dir.read(path.fs()).map_err(|e| classify(path, "read", e))
+    }
+
+    /// Writes a file into the overlay.
+    pub fn write(&self, path: &VfsPath, contents: &[u8]) -> Result<(), VfsError> {
+        if path.is_root() {
+            return Err(VfsError::IsADirectory { path: path.to_string() });
+        }
+        if contents.len() as u64 > MAX_FILE {
+            return Err(VfsError::TooLarge { path: path.to_string(), size: contents.len() as u64, limit: MAX_FILE });
+        }
+        for dir in [&self.workspace, &self.upper] {
+            match dir.symlink_metadata(path.fs()) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(VfsError::SymlinkRefused { path: path.to_string() });
+                }
+                Ok(meta) if meta.is_dir() => return Err(VfsError::IsADirectory { path: path.to_string() }),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(classify(path, "stat", e)),
+            }
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.is_root()) {
+            self.check_dir_in_workspace(&parent)?;
+            self.upper.create_dir_all(parent.fs()).map_err(|e| classify(&parent, "create", e))?;
+        }
+        self.upper.write(path.fs(), contents).map_err(|e| classify(path, "write", e))?;
+        let mut whiteouts = self.whiteouts();
+        if whiteouts.remove(path.as_str()) {
+            self.save_whiteouts(&whiteouts)?;
+        }
+        Ok(())
+    }
+
+    /// A parent that exists in the workspace must be a real directory reachable inside it
+    /// (this is where a symlink planted in the middle of a path is caught).
+    fn check_dir_in_workspace(&self, dir: &VfsPath) -> Result<(), VfsError> {
+        match self.workspace.metadata(dir.fs()) {
+            Ok(meta) if meta.is_dir() => Ok(()),
+            Ok(_) => Err(VfsError::NotADirectory { path: dir.to_string() }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(classify(dir, "stat", e)),
+        }
+    }
+
+    /// Lists a directory, overlay merged over the workspace, sorted by name.
+    pub fn readdir(&self, path: &VfsPath) -> Result<Vec<DirEntry>, VfsError> {
+        let mut names = std::collections::BTreeMap::new();
+        let mut found = false;
+        for dir in [&self.workspace, &self.upper] {
+            let entries = match dir.read_dir(path.fs()) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(classify(path, "list", e)),
+            };
+            found = true;
+            for entry in entries {
+                let entry = entry.map_err(|e| classify(path, "list", e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                names.insert(name, is_dir);
+            }
+        }
+        if !found {
+            return Err(VfsError::NotFound { path: path.to_string() });
+        }
+        let whiteouts = self.whiteouts();
+        Ok(names
+            .into_iter()
+            .filter(|(name, _)| !whiteouts.contains(path.join(name).as_str()))
+            .map(|(name, is_dir)| DirEntry { name, is_dir })
+            .collect())
+    }
+
+    /// Metadata of a path.
+    pub fn stat(&self, path: &VfsPath) -> Result<Metadata, VfsError> {
+        let Some((_, meta)) = self.layer(path)? else { return Err(VfsError::NotFound { path: path.to_string() }) };
+        Ok(Metadata { is_dir: meta.is_dir(), is_file: meta.is_file(), size: meta.len() })
+    }
+
+    /// Whether a path exists.
+    pub fn exists(&self, path: &VfsPath) -> Result<bool, VfsError> {
+        Ok(self.layer(path)?.is_some())
+    }
+
+    /// Creates a directory (and its parents) in the overlay.
+    pub fn mkdir(&self, path: &VfsPath) -> Result<(), VfsError> {
+        self.check_dir_in_workspace(path)?;
+        self.upper.create_dir_all(path.fs()).map_err(|e| classify(path, "create", e))
+    }
+
+    /// Removes a file: from the overlay, and hidden from the workspace by a whiteout.
+    pub fn unlink(&self, path: &VfsPath) -> Result<(), VfsError> {
+        let Some((_, meta)) = self.layer(path)? else { return Err(VfsError::NotFound { path: path.to_string() }) };
+        if meta.is_dir() {
+            return Err(VfsError::IsADirectory { path: path.to_string() });
+        }
+        match self.upper.remove_file(path.fs()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(classify(path, "remove", e)),
+        }
+        if self.workspace.metadata(path.fs()).is_ok() {
+            let mut whiteouts = self.whiteouts();
+            whiteouts.insert(path.as_str().to_owned());
+            self.save_whiteouts(&whiteouts)?;
+        }
+        Ok(())
+    }
+
+    /// Pending changes, sorted by path. A file rewritten with its old content is no change.
+    pub fn changes(&self) -> Result<Vec<Change>, VfsError> {
+        let mut changes = Vec::new();
+        let mut stack = vec![VfsPath::parse("").map_err(|_| VfsError::NotFound { path: ".".into() })?];
+        while let Some(dir) = stack.pop() {
+            let entries = self.upper.read_dir(dir.fs()).map_err(|e| classify(&dir, "list", e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| classify(&dir, "list", e))?;
+                let path = dir.join(&entry.file_name().to_string_lossy());
+                if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    stack.push(path);
+                    continue;
+                }
+                let new = self.upper.read(path.fs()).map_err(|e| classify(&path, "read", e))?;
+                match self.workspace.read(path.fs()) {
+                    Ok(old) if old == new => {}
+                    Ok(_) => changes.push(Change { path: path.as_str().to_owned(), kind: ChangeKind::Modified }),
+                    Err(_) => changes.push(Change { path: path.as_str().to_owned(), kind: ChangeKind::Added }),
+                }
+            }
+        }
+        for deleted in self.whiteouts().iter() {
+            changes.push(Change { path: deleted.clone(), kind: ChangeKind::Deleted });
+        }
+        changes.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(changes)
+    }
+
+    /// The pending changes as a unified diff.
+    pub fn diff(&self) -> Result<String, VfsError> {
+        let mut out = String::new();
+        for change in self.changes()? {
+            let path = VfsPath::parse(&change.path)?;
+            let old = match change.kind {
+                ChangeKind::Added => Vec::new(),
+                _ => self.workspace.read(path.fs()).map_err(|e| classify(&path, "read", e))?,
+            };
+            let new = match change.kind {
+                ChangeKind::Deleted => Vec::new(),
+                _ => self.upper.read(path.fs()).map_err(|e| classify(&path, "read", e))?,
+            };
+            let (old_name, new_name) = match change.kind {
+                ChangeKind::Added => ("/dev/null".to_owned(), format!("b/{}", change.path)),
+                ChangeKind::Deleted => (format!("a/{}", change.path), "/dev/null".to_owned()),
+                ChangeKind::Modified => (format!("a/{}", change.path), format!("b/{}", change.path)),
+            };
+            match (std::str::from_utf8(&old), std::str::from_utf8(&new)) {
+                (Ok(old), Ok(new)) => {
+                    let diff = similar::TextDiff::from_lines(old, new);
+                    out.push_str(&diff.unified_diff().context_radius(3).header(&old_name, &new_name).to_string());
+                }
+                _ => out.push_str(&format!("Binary files {old_name} and {new_name} differ\n")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies every pending change to the workspace. Each file is replaced atomically (temp
+    /// file in its directory, then rename). On failure, what was applied leaves the overlay
+    /// and the rest stays pending.
+    pub fn commit(&self) -> Result<Vec<Change>, VfsError> {
+        let mut applied = Vec::new();
+        for change in self.changes()? {
+            let path = VfsPath::parse(&change.path)?;
+            self.apply(&path, change.kind)?;
+            applied.push(change);
+        }
+        // Identical rewrites and empty directories are not changes; clear them too.
+        self.discard()?;
+        Ok(applied)
+    }
+
+    fn apply(&self, path: &VfsPath, kind: ChangeKind) -> Result<(), VfsError> {
+        if kind == ChangeKind::Deleted {
+            match self.workspace.remove_file(path.fs()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(classify(path, "remove", e)),
+            }
+            let mut whiteouts = self.whiteouts();
+            whiteouts.remove(path.as_str());
+            return self.save_whiteouts(&whiteouts);
+        }
+        if let Ok(meta) = self.workspace.symlink_metadata(path.fs())
+            && meta.file_type().is_symlink()
+        {
+            return Err(VfsError::SymlinkRefused { path: path.to_string() });
+        }
+        let contents = self.upper.read(path.fs()).map_err(|e| classify(path, "read", e))?;
+        let parent = path.parent().unwrap_or_else(|| path.clone());
+        if !parent.is_root() {
+            self.workspace.create_dir_all(parent.fs()).map_err(|e| classify(&parent, "create", e))?;
+        }
+        let name = path.as_str().rsplit('/').next().unwrap_or(path.as_str());
+        let temp = parent.join(&format!(".{name}.astrid-commit"));
+        self.workspace.write(temp.fs(), &contents).map_err(|e| classify(&temp, "write", e))?;
+        self.workspace.rename(temp.fs(), &self.workspace, path.fs()).map_err(|e| classify(path, "replace", e))?;
+        self.upper.remove_file(path.fs()).map_err(|e| classify(path, "clear", e))
+    }
+
+    /// Drops every pending change; returns how many there were.
+    pub fn discard(&self) -> Result<usize, VfsError> {
+        let count = self.changes()?.len();
+        let upper = self.overlay_dir.join("upper");
+        for entry in fs::read_dir(&upper).map_err(|e| VfsError::Io {
+            action: "list",
+            path: upper.display().to_string(),
+            source: e,
+        })? {
+            let entry =
+                entry.map_err(|e| VfsError::Io { action: "list", path: upper.display().to_string(), source: e })?;
+            let path = entry.path();
+            let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            removed.map_err(|e| VfsError::Io { action: "remove", path: path.display().to_string(), source: e })?;
+        }
+        let mut whiteouts = self.whiteouts();
+        whiteouts.clear();
+        self.save_whiteouts(&whiteouts)?;
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+//! The VFS against real directories: overlay semantics, and hostile paths and links.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+
+struct Fixture {
+    tmp: tempfile::TempDir,
+    vfs: Vfs,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        for dir in ["ws", "outside", "overlay"] {
+            fs::create_dir_all(tmp.path().join(dir)).expect("mkdir");
+        }
+        fs::write(tmp.path().join("outside/canary"), "secret").expect("canary");
+        let vfs = Vfs::open(&tmp.path().join("ws"), &tmp.path().join("overlay")).expect("open");
+        Self { tmp, vfs }
+    }
+    fn ws(&self) -> std::path::PathBuf {
+        self.tmp.path().join("ws")
+    }
+    fn outside(&self) -> std::path::PathBuf {
+        self.tmp.path().join("outside")
+    }
+    fn outside_untouched(&self) -> bool {
+        let names: Vec<_> =
+            fs::read_dir(self.outside()).expect("ls").filter_map(Result::ok).map(|e| e.file_name()).collect();
+        names.len() == 1 && fs::read_to_string(self.outside().join("canary")).expect("canary") == "secret"
+    }
+}
+
+fn p(path: &str) -> VfsPath {
+    VfsPath::parse(path).expect("valid path")
+}
+
+#[test]
+fn writes_stay_in_the_overlay_until_commit() {
+    let f = Fixture::new();
+    fs::write(f.ws().join("keep.txt"), "one\ntwo\n").expect("write");
+    fs::write(f.ws().join("gone.txt"), "bye\n").expect("write");
+    f.vfs.write(&p("keep.txt"), b"one\nTWO\n").expect("modify");
+    f.vfs.write(&p("new/dir/file.txt"), b"hello\n").expect("add");
+    f.vfs.unlink(&p("gone.txt")).expect("delete");
+    assert_eq!(f.vfs.read(&p("keep.txt")).expect("read"), b"one\nTWO\n");
+    assert!(!f.vfs.exists(&p("gone.txt")).expect("exists"));
+    assert_eq!(fs::read_to_string(f.ws().join("keep.txt")).expect("ws"), "one\ntwo\n", "workspace untouched");
+    let names: Vec<String> = f.vfs.readdir(&p("")).expect("ls").into_iter().map(|e| e.name).collect();
+    assert_eq!(names, vec!["keep.txt", "new"]);
+    let kinds: Vec<(String, ChangeKind)> =
+        f.vfs.changes().expect("changes").into_iter().map(|c| (c.path, c.kind)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("gone.txt".into(), ChangeKind::Deleted),
+            ("keep.txt".into(), ChangeKind::Modified),
+            ("new/dir/file.txt".into(), ChangeKind::Added)
+        ]
+    );
+    let diff = f.vfs.diff().expect("diff");
+    assert!(diff.contains("--- a/keep.txt\n+++ b/keep.txt") && diff.contains("-two\n+TWO"), "{diff}");
+    assert!(diff.contains("+++ b/new/dir/file.txt") && diff.contains("--- a/gone.txt"), "{diff}");
+    // A second Vfs on the same overlay sees the same pending changes (daemon restart).
+    let reopened = Vfs::open(&f.ws(), &f.tmp.path().join("overlay")).expect("reopen");
+    assert_eq!(reopened.changes().expect("changes").len(), 3);
+    assert_eq!(f.vfs.commit().expect("commit").len(), 3);
+    assert_eq!(fs::read_to_string(f.ws().join("keep.txt")).expect("ws"), "one\nTWO\n");
+    assert_eq!(fs::read_to_string(f.ws().join("new/dir/file.txt")).expect("ws"), "hello\n");
+    assert!(!f.ws().join("gone.txt").exists());
+    assert!(f.vfs.changes().expect("changes").is_empty());
+}
+
+#[test]
+fn discard_drops_everything_and_identical_rewrites_are_no_change() {
+    let f = Fixture::new();
+    fs::write(f.ws().join("a.txt"), "same").expect("write");
+    f.vfs.write(&p("a.txt"), b"same").expect("rewrite");
+    assert!(f.vfs.changes().expect("changes").is_empty());
+    f.vfs.write(&p("b.txt"), b"new").expect("add");
+    f.vfs.unlink(&p("a.txt")).expect("delete");
+    assert_eq!(f.vfs.discard().expect("discard"), 2);
+    assert!(f.vfs.exists(&p("a.txt")).expect("exists"));
+    assert!(!f.vfs.exists(&p("b.txt")).expect("exists"));
+    assert!(matches!(f.vfs.read(&p("")), Err(VfsError::IsADirectory { .. })));
+    assert!(matches!(f.vfs.read(&p("missing")), Err(VfsError::NotFound { .. })));
+}
+
+#[test]
+fn symlinks_out_of_the_root_at_every_depth_are_refused() {
+    let f = Fixture::new();
+    fs::create_dir_all(f.ws().join("a/b/c/d")).expect("tree");
+    let depths = ["", "a", "a/b", "a/b/c", "a/b/c/d"];
+    for (i, depth) in depths.iter().enumerate() {
+        let base = if depth.is_empty() { f.ws() } else { f.ws().join(depth) };
+        let absolute = base.join(format!("abs{i}"));
+        std::os::unix::fs::symlink(f.outside(), &absolute).expect("symlink");
+        let relative = base.join(format!("rel{i}"));
+        let climb = "../".repeat(depth.split('/').filter(|s| !s.is_empty()).count() + 1);
+        std::os::unix::fs::symlink(format!("{climb}outside"), &relative).expect("symlink");
+        for link in [format!("abs{i}"), format!("rel{i}")] {
+            let link = if depth.is_empty() { link } else { format!("{depth}/{link}") };
+            let through = p(&format!("{link}/canary"));
+            assert!(f.vfs.read(&through).is_err(), "read through {link}");
+            assert!(f.vfs.write(&through, b"pwned").is_err(), "write through {link}");
+            assert!(f.vfs.write(&p(&link), b"pwned").is_err(), "write onto {link}");
+            assert!(f.vfs.mkdir(&p(&format!("{link}/x"))).is_err(), "mkdir through {link}");
+            assert!(f.vfs.unlink(&through).is_err(), "unlink through {link}");
+            assert!(f.vfs.readdir(&p(&link)).is_err(), "readdir through {link}");
+        }
+    }
+    let _ = f.vfs.commit();
+    assert!(f.outside_untouched());
+}
+
+#[test]
+fn a_directory_swapped_for_a_link_mid_operation_never_leaks() {
+    let f = Fixture::new();
+    let target = f.ws().join("swap");
+    fs::create_dir_all(&target).expect("dir");
+    fs::write(target.join("canary"), "inside").expect("file");
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, ws, outside) = (Arc::clone(&stop), f.ws(), f.outside());
+        std::thread::spawn(move || {
+            let (real, link) = (ws.join("swap-real"), ws.join("swap-link"));
+            let _ = std::os::unix::fs::symlink(&outside, &link);
+            while !stop.load(Ordering::Relaxed) {
+                let _ = fs::rename(ws.join("swap"), &real);
+                let _ = fs::rename(&link, ws.join("swap"));
+                let _ = fs::rename(ws.join("swap"), &link);
+                let _ = fs::rename(&real, ws.join("swap"));
+            }
+        })
+    };
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(800) {
+        if let Ok(bytes) = f.vfs.read(&p("swap/canary")) {
+            assert_eq!(bytes, b"inside", "read the outside canary through a swapped link");
+        }
+        let _ = f.vfs.write(&p("swap/planted"), b"x");
+        let _ = f.vfs.mkdir(&p("swap/d"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().expect("swapper");
+    let _ = f.vfs.commit();
+    assert!(f.outside_untouched(), "a file reached the outside directory");
+}
+
+fn hostile_segment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("..".to_owned()),
+        Just(".".to_owned()),
+        Just(String::new()),
+        Just("link".to_owned()),
+        Just("canary".to_owned()),
+        Just("/".to_owned()),
+        "[a-z]{1,6}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+    #[test]
+    fn no_generated_path_reaches_outside(parts in proptest::collection::vec(hostile_segment(), 1..6), data in any::<bool>()) {
+        let f = Fixture::new();
+        std::os::unix::fs::symlink(f.outside(), f.ws().join("link")).expect("symlink");
+        let raw = parts.join("/");
+        if let Ok(path) = VfsPath::parse(&raw) {
+            if let Ok(bytes) = f.vfs.read(&path) {
+                prop_assert_ne!(bytes, b"secret".to_vec());
+            }
+            let _ = f.vfs.write(&path, if data { b"x" } else { b"" });
+            let _ = f.vfs.mkdir(&path);
+            let _ = f.vfs.unlink(&path);
+            let _ = f.vfs.commit();
+        }
+        prop_assert!(f.outside_untouched());
+        prop_assert!(!Path::new(&f.tmp.path().join("canary")).exists());
+    }
+}
