@@ -6,10 +6,15 @@
 //!
 //! Exit codes (documented in README.md): 0 success, 1 failure, 2 usage error.
 
+pub mod audit;
+pub mod caps;
 pub mod capsule;
+pub mod kv;
 pub mod lifecycle;
 pub mod links;
+pub mod request;
 pub mod spawn;
+pub mod workspace;
 
 use std::process::ExitCode;
 
@@ -39,6 +44,10 @@ enum Command {
     Restart(lifecycle::RestartArgs),
     Status(lifecycle::StatusArgs),
     Capsule(capsule::CapsuleArgs),
+    Caps(caps::CapsArgs),
+    Kv(kv::KvArgs),
+    Workspace(workspace::WorkspaceArgs),
+    Audit(audit::AuditArgs),
     CapsuleHost(CapsuleHostArgs),
     InstallLinks(links::InstallLinksArgs),
 }
@@ -94,6 +103,10 @@ pub fn main(args: &[&str]) -> ExitCode {
         Command::Restart(_) => with_home(|home| lifecycle::restart(&home)),
         Command::Status(args) => with_home(|home| lifecycle::status(&home, &args)),
         Command::Capsule(args) => with_home(|home| capsule::run(&home, &args)),
+        Command::Caps(args) => with_home(|home| caps::run(&home, &args)),
+        Command::Kv(args) => with_home(|home| kv::run(&home, &args)),
+        Command::Workspace(args) => with_home(|home| workspace::run(&home, &args)),
+        Command::Audit(args) => with_home(|home| Ok(audit::run(&home, &args))),
     };
     match result {
         Ok(code) => code,

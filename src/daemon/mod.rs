@@ -34,10 +34,13 @@ use tokio::sync::watch;
 
 pub use args::{DaemonArgs, DaemonConfig};
 
-use crate::home::AstridHome;
+use crate::audit::{Actor, AuditTrail, ChainStatus, Decision};
+use crate::home::{AstridHome, DEFAULT_PRINCIPAL};
 use crate::ipc::SessionToken;
 use crate::ipc::bridge::{self, BridgeConfig};
-use crate::kernel::{Kernel, KernelConfig, ShutdownReason};
+use crate::kernel::{Kernel, KernelConfig, KernelState, ShutdownReason};
+use crate::store::{KvConfig, KvStore};
+use crate::vfs::Vfs;
 use idle::IdlePolicy;
 use signals::Signals;
 
@@ -114,14 +117,28 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
     }
     log::info!("boot 1/6: lock {} acquired", home.lock_path().display());
 
-    let kernel = Kernel::new(KernelConfig {
-        session: config.session,
-        workspace: config.workspace.clone(),
-        home: home.clone(),
-        ephemeral: config.ephemeral,
-    });
+    let state = open_state(&home, &config).context("boot step 2/6 (kernel state)")?;
+    let kernel = Kernel::new(
+        KernelConfig {
+            session: config.session,
+            workspace: config.workspace.clone(),
+            home: home.clone(),
+            ephemeral: config.ephemeral,
+        },
+        state,
+    )
+    .context("boot step 2/6 (kernel)")?;
     let router = kernel.start();
-    log::info!("boot 2/6: kernel started");
+    let mode = if config.ephemeral { "ephemeral" } else { "persistent" };
+    kernel.record(
+        DEFAULT_PRINCIPAL,
+        Actor::Kernel,
+        "daemon.start",
+        mode,
+        Decision::Info,
+        &format!("pid {}", std::process::id()),
+    );
+    log::info!("boot 2/6: kernel started (KV store, audit trail, workspace overlay open)");
 
     let listener = bind_socket(&home).context("boot step 3/6 (socket)")?;
     log::info!("boot 3/6: listening on {}", home.socket_path().display());
@@ -168,10 +185,32 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
         log::error!("socket bridge ended abnormally: {e}");
     }
     router.abort();
+    kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "daemon.stop", &reason.to_string(), Decision::Info, "shutdown");
+    kernel.flush();
     let removed = singleton::remove_run_files(&home, &lock);
     log::info!("removed {} run file(s); shutdown complete ({reason})", removed.len());
     drop(lock);
     Ok(())
+}
+
+/// Opens the stores. The KV store comes after the singleton lock, so a second daemon never
+/// reaches sled; should sled still find its lock taken, the error names the owning daemon.
+fn open_state(home: &AstridHome, config: &DaemonConfig) -> anyhow::Result<KernelState> {
+    let store = KvStore::open(home, KvConfig::default())?;
+    let audit = AuditTrail::open(home)?;
+    let mut problems = Vec::new();
+    for (principal, report) in audit.verify_all()? {
+        if let ChainStatus::Tampered { first_bad_seq, reason } = report.status {
+            log::error!("AUDIT CHAIN OF {principal} IS BROKEN at entry {first_bad_seq}: {reason}");
+            problems.push(format!("{principal}: tampered at entry {first_bad_seq}"));
+        }
+    }
+    let audit_health = if problems.is_empty() { "intact".to_owned() } else { problems.join("; ") };
+    log::info!("audit chain check: {audit_health}");
+    let workspace_id = blake3::hash(config.workspace.as_os_str().as_encoded_bytes()).to_hex();
+    let overlay = home.root().join("var").join("overlay").join(&workspace_id.as_str()[..16]);
+    let vfs = Vfs::open(&config.workspace, &overlay)?;
+    Ok(KernelState { store, audit, vfs, audit_health })
 }
 
 fn bind_socket(home: &AstridHome) -> anyhow::Result<UnixListener> {

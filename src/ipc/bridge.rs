@@ -228,6 +228,10 @@ async fn serve_client(
     if !writer.is_finished() {
         let _ = writer.await;
     }
+    let ended_allowances = kernel.approvals().end_session(subscriber);
+    if ended_allowances > 0 {
+        log::info!("client#{id}: {ended_allowances} session allowance(s) ended with the connection");
+    }
     log::info!("client#{id}: connection closed ({ended})");
 }
 

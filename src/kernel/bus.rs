@@ -7,6 +7,13 @@
 //!
 //! A message may name a single recipient ([`BusMessage::reply_to`]): management replies go
 //! only to the connection that asked, where the reference broadcast them to every client.
+//!
+//! Control topics (approvals, elicitation, management replies; see [`is_control_topic`])
+//! travel in a second, separate lane per subscriber and are never dropped silently: a
+//! subscriber whose control lane is full is cut off (its [`Subscription::recv`] returns
+//! `None`, so a socket client sees its connection close) and the cut is logged as an error.
+//! Losing an approval request quietly would leave a capsule waiting for a denial by timeout
+//! and the person never asked.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,6 +25,15 @@ use crate::types::IpcMessage;
 
 /// Messages a subscriber may have queued before further ones are dropped for it.
 pub const SUBSCRIBER_QUEUE: usize = 1024;
+/// Control messages a subscriber may have queued before it is cut off.
+pub const CONTROL_QUEUE: usize = 256;
+
+/// Topics that must never be lost: approvals, elicitation and management replies.
+pub fn is_control_topic(topic: &str) -> bool {
+    ["astrid.v1.approval", "astrid.v1.elicit", "astrid.v1.response.", "astrid.v1.admin.response."]
+        .iter()
+        .any(|prefix| topic.starts_with(prefix))
+}
 
 /// Identifies one subscriber (a socket client, the management router, …).
 pub type SubscriberId = u64;
@@ -47,6 +63,7 @@ struct Subscriber {
     name: String,
     patterns: Vec<String>,
     queue: mpsc::Sender<Arc<BusMessage>>,
+    control: mpsc::Sender<Arc<BusMessage>>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -96,15 +113,17 @@ impl Bus {
     pub fn subscribe(&self, name: impl Into<String>, patterns: &[&str]) -> Subscription {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (queue, receiver) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let (control, control_receiver) = mpsc::channel(CONTROL_QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         self.shared.subscribers().push(Subscriber {
             id,
             name: name.into(),
             patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
             queue,
+            control,
             dropped: Arc::clone(&dropped),
         });
-        Subscription { id, receiver, dropped, shared: Arc::clone(&self.shared) }
+        Subscription { id, receiver, control_receiver, dropped, shared: Arc::clone(&self.shared) }
     }
 
     /// Stamps `seq` and delivers to every matching subscriber (or only to `reply_to`).
@@ -113,16 +132,27 @@ impl Bus {
         bus_message.message.seq = self.shared.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let bus_message = Arc::new(bus_message);
         let topic = bus_message.message.topic.as_str();
+        let control = is_control_topic(topic);
         let mut delivered = 0;
-        for subscriber in self.shared.subscribers().iter() {
+        let mut cut_off = Vec::new();
+        let mut subscribers = self.shared.subscribers();
+        for subscriber in subscribers.iter() {
             if bus_message.origin == Origin::Subscriber(subscriber.id)
                 || bus_message.reply_to.is_some_and(|to| to != subscriber.id)
                 || !subscriber.patterns.iter().any(|p| topic::subscription_matches(p, topic))
             {
                 continue;
             }
-            match subscriber.queue.try_send(Arc::clone(&bus_message)) {
+            let lane = if control { &subscriber.control } else { &subscriber.queue };
+            match lane.try_send(Arc::clone(&bus_message)) {
                 Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) if control => {
+                    log::error!(
+                        "bus: {} has {CONTROL_QUEUE} undelivered control messages; cutting it off rather than losing {topic}",
+                        subscriber.name
+                    );
+                    cut_off.push(subscriber.id);
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     let dropped = subscriber.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                     if dropped.is_power_of_two() {
@@ -136,6 +166,8 @@ impl Bus {
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
+        // Dropping the senders closes both lanes: the subscriber's `recv` returns None.
+        subscribers.retain(|s| !cut_off.contains(&s.id));
         delivered
     }
 
@@ -154,6 +186,7 @@ impl Bus {
 pub struct Subscription {
     id: SubscriberId,
     receiver: mpsc::Receiver<Arc<BusMessage>>,
+    control_receiver: mpsc::Receiver<Arc<BusMessage>>,
     dropped: Arc<AtomicU64>,
     shared: Arc<Shared>,
 }
@@ -170,14 +203,20 @@ impl Subscription {
         self.id
     }
 
-    /// Waits for the next message. `None` only if the bus itself is gone.
+    /// Waits for the next message, control messages first. `None` when the subscriber was
+    /// cut off (or the bus is gone).
     pub async fn recv(&mut self) -> Option<Arc<BusMessage>> {
-        self.receiver.recv().await
+        tokio::select! {
+            biased;
+            Some(message) = self.control_receiver.recv() => Some(message),
+            Some(message) = self.receiver.recv() => Some(message),
+            else => None,
+        }
     }
 
     /// Takes a queued message without waiting (used to drain at shutdown).
     pub fn try_recv(&mut self) -> Option<Arc<BusMessage>> {
-        self.receiver.try_recv().ok()
+        self.control_receiver.try_recv().or_else(|_| self.receiver.try_recv()).ok()
     }
 
     /// Messages dropped for this subscriber so far.
@@ -249,5 +288,29 @@ mod tests {
         assert_eq!(fast.dropped(), 0);
         drop(slow);
         assert_eq!(bus.stats().len(), 1, "dropping a subscription unsubscribes");
+    }
+
+    #[tokio::test]
+    async fn control_messages_are_never_dropped_silently() {
+        let bus = Bus::new();
+        let mut stuck = bus.subscribe("stuck", &["astrid.v1.approval", "t.v1.x"]);
+        // Data floods do not touch the control lane.
+        for _ in 0..SUBSCRIBER_QUEUE + 5 {
+            bus.publish(message("t.v1.x"));
+        }
+        for _ in 0..CONTROL_QUEUE {
+            assert_eq!(bus.publish(message("astrid.v1.approval")), 1);
+        }
+        assert_eq!(stuck.dropped(), 5);
+        // One more control message cannot be queued: the subscriber is cut off, not skipped.
+        assert_eq!(bus.publish(message("astrid.v1.approval")), 0);
+        assert!(bus.stats().is_empty());
+        // Control messages come out first, then the data, then the end.
+        assert_eq!(stuck.recv().await.expect("control").message.topic, "astrid.v1.approval");
+        let mut received = 1;
+        while stuck.recv().await.is_some() {
+            received += 1;
+        }
+        assert_eq!(received, CONTROL_QUEUE + SUBSCRIBER_QUEUE);
     }
 }

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::capability::CapabilitySet;
+use super::grants::GrantStatus;
 use crate::types::kernel_api::{CapsuleMetadataEntry, CommandInfo};
 
 /// The name under which the built-in socket bridge is listed.
@@ -65,6 +67,10 @@ pub struct Capsule {
     pub commands: Vec<CommandInfo>,
     /// Event topics its interceptors listen on.
     pub interceptor_events: Vec<String>,
+    /// What its manifest requests (a request, not a grant).
+    pub capabilities: CapabilitySet,
+    /// Whether the operator approved that request (set by the kernel after discovery).
+    pub grant: GrantStatus,
 }
 
 /// Every capsule the kernel knows about, in load order.
@@ -94,6 +100,8 @@ impl CapsuleRegistry {
                 state: CapsuleState::Ready,
                 commands: Vec::new(),
                 interceptor_events: Vec::new(),
+                capabilities: CapabilitySet::default(),
+                grant: GrantStatus::NothingRequested,
             }],
         }
     }
@@ -122,6 +130,11 @@ impl CapsuleRegistry {
     /// All capsules, in load order.
     pub fn capsules(&self) -> &[Capsule] {
         &self.capsules
+    }
+
+    /// All capsules, for the kernel to fill in what discovery cannot know (grants).
+    pub fn capsules_mut(&mut self) -> &mut [Capsule] {
+        &mut self.capsules
     }
 
     /// The capsule called `name`.
@@ -196,6 +209,8 @@ struct ManifestHeader {
     command: Vec<CommandHeader>,
     #[serde(default)]
     interceptor: Vec<InterceptorHeader>,
+    #[serde(default)]
+    capabilities: toml::Table,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,6 +243,8 @@ fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
             state: CapsuleState::Failed(reason),
             commands: Vec::new(),
             interceptor_events: Vec::new(),
+            capabilities: CapabilitySet::default(),
+            grant: GrantStatus::NothingRequested,
         }
     };
     let text = match fs::read_to_string(&manifest_path) {
@@ -241,6 +258,10 @@ fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
     if let Err(reason) = validate_name(&header.package.name) {
         return failed(format!("{}: {reason}", manifest_path.display()));
     }
+    let capabilities = match CapabilitySet::from_manifest(&header.capabilities) {
+        Ok(capabilities) => capabilities,
+        Err(e) => return failed(format!("{}: [capabilities]: {e}", manifest_path.display())),
+    };
     let name = header.package.name;
     log::info!("capsule {name} found in {} (installed; not started: no capsule host in this build)", dir.display());
     Capsule {
@@ -259,6 +280,8 @@ fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
         origin,
         dir: Some(dir.to_path_buf()),
         state: CapsuleState::Installed,
+        capabilities,
+        grant: GrantStatus::NothingRequested,
     }
 }
 

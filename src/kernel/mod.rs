@@ -5,9 +5,13 @@
 //! clients send, and the daemon decides when the process ends. The kernel only *asks* for a
 //! shutdown ([`Kernel::request_shutdown`]); the daemon carries it out.
 
+pub mod approval;
 pub mod bus;
+pub mod capability;
 pub mod capsules;
 pub mod clients;
+pub mod grants;
+pub mod operator_kv;
 pub mod rate_limit;
 pub mod router;
 pub mod topic;
@@ -25,8 +29,15 @@ pub use bus::{Bus, BusMessage, Origin, Subscription};
 pub use capsules::{CapsuleDirs, CapsuleRegistry};
 pub use clients::{ClientLease, ClientTracker};
 
+use approval::{ApprovalOutcome, ApprovalRequest, Approvals};
+use capability::Capability;
+use grants::{GrantStatus, Grants};
+
+use crate::audit::{Actor, AuditTrail, Decision, NewEntry};
 use crate::home::{AstridHome, DEFAULT_PRINCIPAL};
-use crate::types::{DaemonStatus, IpcMessage, IpcPayload};
+use crate::store::{KvError, KvStore};
+use crate::types::{DaemonStatus, IpcMessage, IpcPayload, SubscriberDrops};
+use crate::vfs::Vfs;
 
 /// Topic on which the kernel announces that capsule loading finished (boot and reload).
 pub const CAPSULES_LOADED_TOPIC: &str = "astrid.v1.capsules_loaded";
@@ -67,6 +78,19 @@ impl fmt::Display for ShutdownReason {
     }
 }
 
+/// The stateful subsystems the daemon opens before the kernel starts.
+#[derive(Debug)]
+pub struct KernelState {
+    /// The KV store (one sled database, opened once).
+    pub store: KvStore,
+    /// The audit trail.
+    pub audit: AuditTrail,
+    /// The workspace, behind its copy-on-write overlay.
+    pub vfs: Vfs,
+    /// What the boot-time audit verification found (`intact`, or the problem).
+    pub audit_health: String,
+}
+
 /// The running kernel.
 #[derive(Debug)]
 pub struct Kernel {
@@ -76,20 +100,140 @@ pub struct Kernel {
     capsules: Mutex<CapsuleRegistry>,
     clients: ClientTracker,
     shutdown: watch::Sender<Option<ShutdownReason>>,
+    store: KvStore,
+    audit: AuditTrail,
+    audit_health: String,
+    vfs: Vfs,
+    grants: Grants,
+    approvals: Approvals,
 }
 
 impl Kernel {
     /// Creates the kernel with only the built-in capsules registered.
-    pub fn new(config: KernelConfig) -> Arc<Self> {
+    pub fn new(config: KernelConfig, state: KernelState) -> Result<Arc<Self>, KvError> {
         let (shutdown, _) = watch::channel(None);
-        Arc::new(Self {
+        let bus = Bus::new();
+        let approvals = Approvals::new(bus.clone(), state.store.clone(), approval::DEFAULT_TIMEOUT)?;
+        Ok(Arc::new(Self {
             config,
             started: Instant::now(),
-            bus: Bus::new(),
             capsules: Mutex::new(CapsuleRegistry::with_builtins()),
             clients: ClientTracker::new(),
             shutdown,
-        })
+            grants: Grants::new(state.store.clone()),
+            approvals,
+            bus,
+            store: state.store,
+            audit: state.audit,
+            audit_health: state.audit_health,
+            vfs: state.vfs,
+        }))
+    }
+
+    /// The KV store.
+    pub fn store(&self) -> &KvStore {
+        &self.store
+    }
+
+    /// The workspace VFS.
+    pub fn vfs(&self) -> &Vfs {
+        &self.vfs
+    }
+
+    /// Install-time capability grants.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
+    /// Runtime approvals.
+    pub fn approvals(&self) -> &Approvals {
+        &self.approvals
+    }
+
+    /// Appends an audit entry. A failure to audit is logged as an error, never ignored.
+    pub fn record(&self, principal: &str, actor: Actor, action: &str, resource: &str, decision: Decision, rule: &str) {
+        let entry = NewEntry {
+            session: self.config.session,
+            principal: principal.to_owned(),
+            actor,
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            decision,
+            rule: rule.to_owned(),
+        };
+        if let Err(e) = self.audit.record(entry) {
+            log::error!("AUDIT WRITE FAILED for {action} on {resource}: {e}");
+        }
+    }
+
+    /// Decides whether `capsule` may do `request`, and audits the decision either way.
+    /// Deny by default: an unknown capsule, a capsule without an approved grant, or a grant
+    /// that does not cover the request are all refusals.
+    pub fn check_capability(&self, principal: &str, capsule: &str, request: &Capability<'_>) -> bool {
+        let (allowed, rule) = {
+            let registry = self.capsules();
+            match registry.get(capsule) {
+                None => (false, "default deny: unknown capsule".to_owned()),
+                Some(entry) => match &entry.grant {
+                    GrantStatus::Approved => match entry.capabilities.allows(request) {
+                        Some(rule) => (true, format!("grant {}: {rule}", &entry.capabilities.fingerprint()[..16])),
+                        None => (false, "default deny: not in the approved grant".to_owned()),
+                    },
+                    GrantStatus::Pending { request_id } => {
+                        (false, format!("default deny: grant pending operator approval ({request_id})"))
+                    }
+                    GrantStatus::NothingRequested => (false, "default deny: no capabilities requested".to_owned()),
+                },
+            }
+        };
+        let decision = if allowed { Decision::Allow } else { Decision::Deny };
+        self.record(
+            principal,
+            Actor::Capsule { name: capsule.to_owned() },
+            "capability.check",
+            &request.to_string(),
+            decision,
+            &rule,
+        );
+        allowed
+    }
+
+    /// Asks a person (or a standing allowance) and audits the request and the outcome.
+    pub async fn request_approval(&self, request: ApprovalRequest) -> ApprovalOutcome {
+        let actor = || Actor::Capsule { name: request.capsule.clone() };
+        let resource = format!("{} {}", request.action, request.resource);
+        self.record(&request.principal, actor(), "approval.request", &resource, Decision::Info, "asked");
+        let outcome = self.approvals.request(request.clone()).await;
+        let (decision, rule) = match &outcome {
+            ApprovalOutcome::Allowed { rule } => (Decision::Allow, rule.clone()),
+            ApprovalOutcome::Denied { reason } => (Decision::Deny, reason.clone()),
+        };
+        self.record(&request.principal, actor(), "approval.decision", &resource, decision, &rule);
+        outcome
+    }
+
+    /// Recomputes every capsule's grant status (after discovery, an approval or a revoke).
+    pub fn refresh_grants(&self) {
+        let mut registry = self.capsules();
+        for capsule in registry.capsules_mut() {
+            if matches!(capsule.state, capsules::CapsuleState::Failed(_)) {
+                continue;
+            }
+            capsule.grant = self.grants.status(&capsule.name, &capsule.capabilities).unwrap_or_else(|e| {
+                log::error!("cannot read the grant of {}: {e}; treating it as not approved", capsule.name);
+                GrantStatus::Pending { request_id: String::new() }
+            });
+        }
+    }
+
+    /// Flushes state at shutdown.
+    pub fn flush(&self) {
+        if let Err(e) = self.store.flush() {
+            log::error!("cannot flush the KV store: {e}");
+        }
+        if let Err(e) = self.audit.sync() {
+            log::error!("cannot sync the audit log: {e}");
+        }
     }
 
     /// Starts the management router. Must be called from within a tokio runtime.
@@ -136,6 +280,18 @@ impl Kernel {
         let registry = CapsuleRegistry::discover(&self.capsule_dirs());
         let count = registry.capsules().len();
         *self.capsules() = registry;
+        self.refresh_grants();
+        for capsule in self.capsules().capsules().iter().filter(|c| c.dir.is_some()) {
+            let (action, rule) = match (&capsule.state, &capsule.grant) {
+                (capsules::CapsuleState::Failed(reason), _) => ("capsule.failed", reason.clone()),
+                (_, GrantStatus::Approved) => ("capsule.discovered", "grant approved".to_owned()),
+                (_, GrantStatus::Pending { request_id }) => {
+                    ("capsule.discovered", format!("awaiting approval of request {request_id}"))
+                }
+                (_, GrantStatus::NothingRequested) => ("capsule.discovered", "no capabilities requested".to_owned()),
+            };
+            self.record(DEFAULT_PRINCIPAL, Actor::Kernel, action, &capsule.name, Decision::Info, &rule);
+        }
         let payload = IpcPayload::RawJson(json!({"status": "ready"}));
         self.bus.publish(BusMessage {
             message: IpcMessage::new(CAPSULES_LOADED_TOPIC, payload, self.session()),
@@ -155,6 +311,14 @@ impl Kernel {
             connected_clients: self.clients.total(),
             connections_by_principal: self.clients.by_principal(),
             loaded_capsules: self.capsules().ready_names(),
+            bus_drops: self
+                .bus
+                .stats()
+                .into_iter()
+                .filter(|s| s.dropped > 0)
+                .map(|s| SubscriberDrops { subscriber: s.name, dropped: s.dropped })
+                .collect(),
+            audit: Some(self.audit_health.clone()),
         }
     }
 

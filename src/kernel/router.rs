@@ -13,7 +13,10 @@ use serde_json::json;
 use super::bus::{BusMessage, Origin, SubscriberId};
 use super::rate_limit::SlidingWindow;
 use super::{Kernel, ShutdownReason};
+use crate::audit::{Actor, Decision};
+use crate::home::DEFAULT_PRINCIPAL;
 use crate::types::{IpcPayload, KernelRequest, KernelResponse};
+use crate::vfs::{Change, ChangeKind};
 
 /// Topic prefix of management requests.
 pub const REQUEST_PREFIX: &str = "astrid.v1.request.";
@@ -34,6 +37,9 @@ fn rate_limit(request: &KernelRequest) -> Option<usize> {
         KernelRequest::ReloadCapsules => Some(5),
         KernelRequest::Shutdown { .. } => Some(1),
         KernelRequest::InstallCapsule { .. } | KernelRequest::ApproveCapability { .. } => Some(10),
+        KernelRequest::RevokeCapability { .. } | KernelRequest::WorkspaceCommit | KernelRequest::WorkspaceDiscard => {
+            Some(30)
+        }
         _ => None,
     }
 }
@@ -44,10 +50,18 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
     let mut limiter = SlidingWindow::new(Duration::from_secs(60));
     while let Some(incoming) = requests.recv().await {
         let reply_topic = response_topic(&incoming.message.topic);
+        let requester = match incoming.origin {
+            Origin::Subscriber(id) => Some(id),
+            Origin::Kernel => None,
+        };
+        let caller = Caller {
+            principal: incoming.message.principal.clone().unwrap_or_else(|| DEFAULT_PRINCIPAL.to_owned()),
+            actor: requester.map_or(Actor::Kernel, |id| Actor::Client { id: format!("client#{id}") }),
+        };
         let request = decode(&incoming.message.payload);
-        let (response, after) = match &request {
-            Err(problem) => (KernelResponse::Error(problem.clone()), None),
-            Ok(request) => answer(&kernel, &mut limiter, request.clone()),
+        let (response, after, verdict) = match &request {
+            Err(problem) => (KernelResponse::Error(problem.clone()), None, Err(problem.clone())),
+            Ok(request) => answer(&kernel, &mut limiter, request.clone(), &caller),
         };
         // Reads are routine (a status bar may poll); changes and refusals are worth a line.
         let routine =
@@ -60,15 +74,31 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
             incoming.origin,
             response_kind(&response)
         );
-        let requester = match incoming.origin {
-            Origin::Subscriber(id) => Some(id),
-            Origin::Kernel => None,
+        let method = request.as_ref().map_or("malformed", KernelRequest::method_name);
+        let (decision, rule) = match verdict {
+            Ok(()) => (Decision::Allow, "local operator (same uid, session token)".to_owned()),
+            Err(reason) => (Decision::Deny, reason),
         };
+        kernel.record(
+            &caller.principal,
+            caller.actor.clone(),
+            &format!("management.{method}"),
+            &incoming.message.topic,
+            decision,
+            &rule,
+        );
         kernel.reply(&reply_topic, response, requester);
         if let Some(reason) = after {
             kernel.request_shutdown(reason);
         }
     }
+}
+
+/// Who sent a management request.
+#[derive(Debug, Clone)]
+struct Caller {
+    principal: String,
+    actor: Actor,
 }
 
 fn decode(payload: &IpcPayload) -> Result<KernelRequest, String> {
@@ -87,23 +117,27 @@ fn decode(payload: &IpcPayload) -> Result<KernelRequest, String> {
     }
 }
 
-/// Applies the rate limit, then answers.
+/// Applies the rate limit, then answers. The third value is the audit verdict: `Ok` when
+/// the request was served, `Err(reason)` when it was refused before being served.
 fn answer(
     kernel: &Kernel,
     limiter: &mut SlidingWindow,
     request: KernelRequest,
-) -> (KernelResponse, Option<ShutdownReason>) {
+    caller: &Caller,
+) -> (KernelResponse, Option<ShutdownReason>, Result<(), String>) {
     let method = request.method_name();
     if let Some(max) = rate_limit(&request)
         && !limiter.allow(method, max, Instant::now())
     {
-        return (KernelResponse::Error(format!("Rate limited: max {max} {method} requests per minute")), None);
+        let message = format!("Rate limited: max {max} {method} requests per minute");
+        return (KernelResponse::Error(message.clone()), None, Err(message));
     }
-    handle(kernel, request)
+    let (response, after) = handle(kernel, request, caller);
+    (response, after, Ok(()))
 }
 
 /// Answers one request; the second value is work to do after the reply went out.
-fn handle(kernel: &Kernel, request: KernelRequest) -> (KernelResponse, Option<ShutdownReason>) {
+fn handle(kernel: &Kernel, request: KernelRequest, caller: &Caller) -> (KernelResponse, Option<ShutdownReason>) {
     match request {
         KernelRequest::GetStatus => (KernelResponse::Status(kernel.status()), None),
         KernelRequest::ListCapsules => (KernelResponse::Success(json!(kernel.capsules().names())), None),
@@ -122,13 +156,117 @@ fn handle(kernel: &Kernel, request: KernelRequest) -> (KernelResponse, Option<Sh
             ),
             None,
         ),
-        KernelRequest::ApproveCapability { .. } => (
-            KernelResponse::Error(
-                "ApproveCapability is not available yet: capability approval arrives with the capsule host".to_owned(),
-            ),
-            None,
-        ),
+        KernelRequest::ApproveCapability { request_id, signature } => {
+            (approve(kernel, &request_id, &signature, caller), None)
+        }
+        KernelRequest::ListCapabilities => (list_capabilities(kernel), None),
+        KernelRequest::RevokeCapability { id } => (revoke(kernel, &id, caller), None),
+        KernelRequest::KvGet { .. }
+        | KernelRequest::KvSet { .. }
+        | KernelRequest::KvDelete { .. }
+        | KernelRequest::KvList { .. } => (super::operator_kv::handle(kernel, request, &caller.principal), None),
+        KernelRequest::WorkspaceDiff | KernelRequest::WorkspaceCommit | KernelRequest::WorkspaceDiscard => {
+            (workspace(kernel, &request, caller), None)
+        }
     }
+}
+
+fn approve(kernel: &Kernel, request_id: &str, signature: &str, caller: &Caller) -> KernelResponse {
+    match kernel.grants().approve(request_id, signature) {
+        Ok(grant) => {
+            kernel.refresh_grants();
+            let rule = format!("operator approval of {}", &grant.fingerprint[..16]);
+            kernel.record(
+                &caller.principal,
+                caller.actor.clone(),
+                "capability.grant",
+                &grant.capsule,
+                Decision::Allow,
+                &rule,
+            );
+            KernelResponse::Success(json!({"capsule": grant.capsule, "fingerprint": grant.fingerprint}))
+        }
+        Err(e) => {
+            kernel.record(
+                &caller.principal,
+                caller.actor.clone(),
+                "capability.grant",
+                request_id,
+                Decision::Deny,
+                &e.to_string(),
+            );
+            KernelResponse::Error(e.to_string())
+        }
+    }
+}
+
+fn list_capabilities(kernel: &Kernel) -> KernelResponse {
+    match kernel.grants().list() {
+        Ok(grants) => KernelResponse::Success(json!({
+            "grants": grants,
+            "pending": kernel.grants().pending_list(),
+            "allowances": kernel.approvals().list(),
+        })),
+        Err(e) => KernelResponse::Error(format!("cannot read grants: {e}")),
+    }
+}
+
+fn revoke(kernel: &Kernel, id: &str, caller: &Caller) -> KernelResponse {
+    let revoked = kernel.grants().revoke(id).and_then(|grant| Ok(grant || kernel.approvals().revoke(id)?));
+    match revoked {
+        Ok(true) => {
+            kernel.refresh_grants();
+            kernel.record(&caller.principal, caller.actor.clone(), "capability.revoke", id, Decision::Info, "operator");
+            KernelResponse::Success(json!({"revoked": id}))
+        }
+        Ok(false) => KernelResponse::Error(format!("no grant or allowance named {id}")),
+        Err(e) => KernelResponse::Error(format!("cannot revoke {id}: {e}")),
+    }
+}
+
+fn workspace(kernel: &Kernel, request: &KernelRequest, caller: &Caller) -> KernelResponse {
+    let vfs = kernel.vfs();
+    let result = match request {
+        KernelRequest::WorkspaceDiff => vfs.diff().and_then(|diff| {
+            let changes = vfs.changes()?;
+            Ok(json!({"diff": diff, "changes": changes.iter().map(change_json).collect::<Vec<_>>()}))
+        }),
+        KernelRequest::WorkspaceCommit => vfs.commit().map(|committed| {
+            for change in &committed {
+                let action = format!("workspace.commit.{}", kind_name(change));
+                kernel.record(
+                    &caller.principal,
+                    caller.actor.clone(),
+                    &action,
+                    &change.path,
+                    Decision::Allow,
+                    "operator commit",
+                );
+            }
+            json!({"committed": committed.iter().map(change_json).collect::<Vec<_>>()})
+        }),
+        _ => vfs.discard().map(|discarded| {
+            let rule = format!("operator discarded {discarded} change(s)");
+            kernel.record(&caller.principal, caller.actor.clone(), "workspace.discard", "*", Decision::Info, &rule);
+            json!({"discarded": discarded})
+        }),
+    };
+    match result {
+        Ok(value) => KernelResponse::Success(value),
+        Err(e) => KernelResponse::Error(e.to_string()),
+    }
+}
+
+fn kind_name(change: &Change) -> &'static str {
+    match change.kind {
+        ChangeKind::Added => "added",
+        ChangeKind::Modified => "modified",
+        ChangeKind::Deleted => "deleted",
+    }
+}
+
+fn change_json(change: &Change) -> serde_json::Value {
+    json!({"path": change.path, "kind": kind_name(change)})
 }
 
 fn response_kind(response: &KernelResponse) -> String {

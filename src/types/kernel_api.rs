@@ -42,6 +42,49 @@ pub enum KernelRequest {
         /// Why, for the log.
         reason: Option<String>,
     },
+    /// Astrid extension: grants, pending capability requests and standing allowances.
+    ListCapabilities,
+    /// Astrid extension: withdraw a capsule's grant (by capsule name) or an allowance (by id).
+    RevokeCapability {
+        /// Capsule name or allowance id.
+        id: String,
+    },
+    /// Astrid extension: read a KV value (the operator's namespace, or a capsule's).
+    KvGet {
+        /// The capsule whose namespace to read; the operator's own when absent.
+        capsule: Option<String>,
+        /// The key.
+        key: String,
+    },
+    /// Astrid extension: write a KV value; the reply comes after the write is durable.
+    KvSet {
+        /// The capsule whose namespace to write; the operator's own when absent.
+        capsule: Option<String>,
+        /// The key.
+        key: String,
+        /// The value (UTF-8).
+        value: String,
+    },
+    /// Astrid extension: delete a KV value.
+    KvDelete {
+        /// The capsule whose namespace to change; the operator's own when absent.
+        capsule: Option<String>,
+        /// The key.
+        key: String,
+    },
+    /// Astrid extension: list KV keys with a prefix.
+    KvList {
+        /// The capsule whose namespace to list; the operator's own when absent.
+        capsule: Option<String>,
+        /// The prefix ("" for all).
+        prefix: String,
+    },
+    /// Astrid extension: pending workspace changes as a unified diff.
+    WorkspaceDiff,
+    /// Astrid extension: apply pending workspace changes.
+    WorkspaceCommit,
+    /// Astrid extension: drop pending workspace changes.
+    WorkspaceDiscard,
 }
 
 impl KernelRequest {
@@ -56,6 +99,15 @@ impl KernelRequest {
             Self::GetCapsuleMetadata => "GetCapsuleMetadata",
             Self::GetStatus => "GetStatus",
             Self::Shutdown { .. } => "Shutdown",
+            Self::ListCapabilities => "ListCapabilities",
+            Self::RevokeCapability { .. } => "RevokeCapability",
+            Self::KvGet { .. } => "KvGet",
+            Self::KvSet { .. } => "KvSet",
+            Self::KvDelete { .. } => "KvDelete",
+            Self::KvList { .. } => "KvList",
+            Self::WorkspaceDiff => "WorkspaceDiff",
+            Self::WorkspaceCommit => "WorkspaceCommit",
+            Self::WorkspaceDiscard => "WorkspaceDiscard",
         }
     }
 }
@@ -103,6 +155,23 @@ pub struct DaemonStatus {
     pub connections_by_principal: Vec<PrincipalConnections>,
     /// Capsules that are running.
     pub loaded_capsules: Vec<String>,
+    /// Astrid extension: messages dropped for slow bus subscribers (omitted when none, so
+    /// the reference encoding is unchanged).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bus_drops: Vec<SubscriberDrops>,
+    /// Astrid extension: the audit chain check at boot, `intact` or what is wrong
+    /// (omitted when unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<String>,
+}
+
+/// Messages the bus dropped for one slow subscriber.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriberDrops {
+    /// The subscriber (for example `client#3`).
+    pub subscriber: String,
+    /// Messages dropped for it.
+    pub dropped: u64,
 }
 
 /// Connections of one principal.

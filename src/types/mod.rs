@@ -16,7 +16,7 @@ pub use handshake::{HandshakeRequest, HandshakeResponse, HandshakeStatus, PROTOC
 pub use ipc::{EgressFrame, IpcMessage, IpcPayload, OnboardingField, OnboardingFieldType, SelectionOption};
 pub use kernel_api::{
     CapsuleMetadataEntry, CommandInfo, DaemonStatus, KernelRequest, KernelResponse, PrincipalConnections,
-    SYSTEM_SESSION_UUID,
+    SYSTEM_SESSION_UUID, SubscriberDrops,
 };
 pub use llm::{
     ContentPart, LlmResponse, LlmToolDefinition, Message, MessageContent, MessageRole, StopReason, StreamEvent,

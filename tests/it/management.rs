@@ -69,8 +69,9 @@ fn reload_rescans_both_directories_and_announces_it() {
     let mut client = t.client();
     TestHome::write_capsule(&t.workspace.join(".astrid/capsules"), "late", "[package]\nname = \"late\"\n");
     client.send_request("reload_capsules", json!({"method": "ReloadCapsules"}));
-    let mut saw_announcement = false;
-    loop {
+    // The reply travels in the control lane and may overtake the announcement: read both.
+    let (mut saw_announcement, mut saw_reply) = (false, false);
+    while !(saw_announcement && saw_reply) {
         let frame = client.read_json().expect("frame");
         if frame["topic"] == "astrid.v1.capsules_loaded" {
             assert_eq!(frame["payload"], json!({"status": "ready"}));
@@ -78,7 +79,7 @@ fn reload_rescans_both_directories_and_announces_it() {
         }
         if frame["topic"] == "astrid.v1.response.reload_capsules" {
             assert_eq!(frame["payload"], json!({"status": "Success", "data": {"status": "reloaded"}}));
-            break;
+            saw_reply = true;
         }
     }
     assert!(saw_announcement);
@@ -87,19 +88,16 @@ fn reload_rescans_both_directories_and_announces_it() {
 }
 
 #[test]
-fn install_and_approve_explain_that_they_are_not_available_yet() {
+fn install_is_not_available_yet_and_approval_needs_a_pending_request() {
     let t = TestHome::new();
     let _daemon = t.daemon(&[]);
     let mut client = t.client();
-    for (request, name) in [
-        (json!({"method": "InstallCapsule", "params": {"source": "./x", "workspace": false}}), "InstallCapsule"),
-        (json!({"method": "ApproveCapability", "params": {"request_id": "r", "signature": "s"}}), "ApproveCapability"),
-    ] {
-        let KernelResponse::Error(message) = payload(&client.request("install", request)) else {
-            panic!("not an error")
-        };
-        assert!(message.contains(name) && message.contains("not available yet"), "{message}");
-    }
+    let install = json!({"method": "InstallCapsule", "params": {"source": "./x", "workspace": false}});
+    let KernelResponse::Error(message) = payload(&client.request("install", install)) else { panic!("not an error") };
+    assert!(message.contains("InstallCapsule") && message.contains("not available yet"), "{message}");
+    let approve = json!({"method": "ApproveCapability", "params": {"request_id": "r", "signature": "s"}});
+    let KernelResponse::Error(message) = payload(&client.request("approve", approve)) else { panic!("not an error") };
+    assert_eq!(message, "no pending capability request r");
 }
 
 #[test]

@@ -1,0 +1,262 @@
+//! Capabilities: what a capsule asks for, what the operator granted, and the check.
+//!
+//! Deny by default. A manifest's `[capabilities]` table is only a *request*; nothing in it
+//! is effective until the operator approves that exact set. The approval is stored under
+//! the set's BLAKE3 fingerprint, so a manifest that asks for more (or different) things
+//! asks again instead of silently inheriting the old grant.
+//!
+//! A set is kept as sorted, normalised strings (`fs_read:cwd://src`, `net:api.example.com`,
+//! `uplink`), which makes the fingerprint independent of TOML formatting and key order.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use super::topic;
+
+/// The list-valued capability fields of `[capabilities]`.
+const LIST_FIELDS: &[&str] = &[
+    "net",
+    "net_bind",
+    "net_connect",
+    "kv",
+    "fs_read",
+    "fs_write",
+    "host_process",
+    "ipc_publish",
+    "ipc_subscribe",
+    "identity",
+];
+/// The boolean capability fields of `[capabilities]`.
+const FLAG_FIELDS: &[&str] = &["uplink", "allow_prompt_injection"];
+
+/// Why a `[capabilities]` table was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CapabilityError {
+    /// A key that is not a capability (a typo would otherwise silently drop a permission).
+    #[error("unknown capability `{0}` (known: {known})", known = known_fields())]
+    Unknown(String),
+    /// A value of the wrong type.
+    #[error("capability `{field}` must be {expected}")]
+    Type {
+        /// The field.
+        field: String,
+        /// What it must be.
+        expected: &'static str,
+    },
+    /// An entry that can never be valid.
+    #[error("invalid `{field}` entry {entry:?}: {reason}")]
+    Entry {
+        /// The field.
+        field: String,
+        /// The entry.
+        entry: String,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+fn known_fields() -> String {
+    LIST_FIELDS.iter().chain(FLAG_FIELDS).copied().collect::<Vec<_>>().join(", ")
+}
+
+/// A normalised, ordered set of capabilities.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapabilitySet {
+    entries: BTreeSet<String>,
+}
+
+impl CapabilitySet {
+    /// Parses a manifest's `[capabilities]` table. Unknown keys are errors.
+    pub fn from_manifest(table: &toml::Table) -> Result<Self, CapabilityError> {
+        let mut entries = BTreeSet::new();
+        for (field, value) in table {
+            if FLAG_FIELDS.contains(&field.as_str()) {
+                match value {
+                    toml::Value::Boolean(true) => {
+                        entries.insert(field.clone());
+                    }
+                    toml::Value::Boolean(false) => {}
+                    _ => return Err(CapabilityError::Type { field: field.clone(), expected: "true or false" }),
+                }
+                continue;
+            }
+            if !LIST_FIELDS.contains(&field.as_str()) {
+                return Err(CapabilityError::Unknown(field.clone()));
+            }
+            let toml::Value::Array(items) = value else {
+                return Err(CapabilityError::Type { field: field.clone(), expected: "a list of strings" });
+            };
+            for item in items {
+                let toml::Value::String(entry) = item else {
+                    return Err(CapabilityError::Type { field: field.clone(), expected: "a list of strings" });
+                };
+                validate_entry(field, entry)?;
+                entries.insert(format!("{field}:{}", entry.trim()));
+            }
+        }
+        Ok(Self { entries })
+    }
+
+    /// Builds a set from already-normalised strings (as stored with a grant).
+    pub fn from_entries(entries: impl IntoIterator<Item = String>) -> Self {
+        Self { entries: entries.into_iter().collect() }
+    }
+
+    /// Whether nothing is requested (such a capsule needs no approval).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The normalised entries, sorted.
+    pub fn entries(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(String::as_str)
+    }
+
+    /// BLAKE3 of the canonical form, as 64 hex characters.
+    pub fn fingerprint(&self) -> String {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"astrid-capabilities-v1\n");
+        for entry in &self.entries {
+            hasher.update(entry.as_bytes());
+            hasher.update(b"\n");
+        }
+        hasher.finalize().to_hex().to_string()
+    }
+
+    /// Whether the set allows `request`; returns the entry that allowed it (the "rule").
+    pub fn allows(&self, request: &Capability<'_>) -> Option<&str> {
+        self.entries().find(|entry| entry_allows(entry, request))
+    }
+}
+
+impl fmt::Display for CapabilitySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.entries.is_empty() {
+            return f.write_str("(none)");
+        }
+        f.write_str(&self.entries.iter().cloned().collect::<Vec<_>>().join(", "))
+    }
+}
+
+fn validate_entry(field: &str, entry: &str) -> Result<(), CapabilityError> {
+    let bad = |reason| Err(CapabilityError::Entry { field: field.to_owned(), entry: entry.to_owned(), reason });
+    let entry = entry.trim();
+    if entry.is_empty() {
+        return bad("empty");
+    }
+    match field {
+        "fs_read" | "fs_write" if entry.split('/').any(|segment| segment == "..") => bad("`..` is never allowed"),
+        "ipc_publish" | "ipc_subscribe" if entry.split('.').any(str::is_empty) => bad("empty topic segment"),
+        "identity" if !matches!(entry, "resolve" | "link" | "admin") => bad("must be resolve, link or admin"),
+        _ => Ok(()),
+    }
+}
+
+/// One thing a capsule attempts, to be checked against its granted set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability<'a> {
+    /// Publish on a topic.
+    IpcPublish(&'a str),
+    /// Subscribe to a topic pattern.
+    IpcSubscribe(&'a str),
+    /// Read a workspace path (relative, already confined by the VFS).
+    FsRead(&'a str),
+    /// Write a workspace path (relative, already confined by the VFS).
+    FsWrite(&'a str),
+    /// Reach a network host.
+    Net(&'a str),
+    /// A boolean capability such as `uplink`.
+    Flag(&'a str),
+}
+
+impl fmt::Display for Capability<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::IpcPublish(t) => write!(f, "ipc_publish {t}"),
+            Self::IpcSubscribe(t) => write!(f, "ipc_subscribe {t}"),
+            Self::FsRead(p) => write!(f, "fs_read {p}"),
+            Self::FsWrite(p) => write!(f, "fs_write {p}"),
+            Self::Net(h) => write!(f, "net {h}"),
+            Self::Flag(name) => f.write_str(name),
+        }
+    }
+}
+
+fn entry_allows(entry: &str, request: &Capability<'_>) -> bool {
+    let (field, value) = entry.split_once(':').unwrap_or((entry, ""));
+    match request {
+        Capability::Flag(name) => entry == *name,
+        Capability::IpcPublish(t) => field == "ipc_publish" && topic::acl_matches(value, t),
+        Capability::IpcSubscribe(t) => field == "ipc_subscribe" && topic::acl_matches(value, t),
+        Capability::FsRead(path) => field == "fs_read" && fs_pattern_allows(value, path),
+        Capability::FsWrite(path) => field == "fs_write" && fs_pattern_allows(value, path),
+        Capability::Net(host) => field == "net" && net_pattern_allows(value, host),
+    }
+}
+
+/// `*` covers the whole workspace; `cwd://sub` covers `sub` and everything below it
+/// (component-wise, so `cwd://src` does not cover `srcx`). Paths reaching this check are
+/// already relative and free of `..` (the VFS guarantees it).
+fn fs_pattern_allows(pattern: &str, path: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let Some(prefix) = pattern.strip_prefix("cwd://") else { return false };
+    let prefix = prefix.trim_matches('/');
+    prefix.is_empty() || path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// `*` is any host, `example.com` is that host and its subdomains. Case-insensitive.
+fn net_pattern_allows(pattern: &str, host: &str) -> bool {
+    let (pattern, host) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
+    pattern == "*" || host == pattern || host.strip_suffix(&pattern).is_some_and(|rest| rest.ends_with('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(toml_text: &str) -> Result<CapabilitySet, CapabilityError> {
+        let table: toml::Table = toml::from_str(toml_text).expect("toml");
+        CapabilitySet::from_manifest(&table)
+    }
+
+    #[test]
+    fn fingerprint_ignores_order_and_formatting_but_not_content() {
+        let a = set("fs_read = [\"cwd://src\", \"*\"]\nuplink = true\n").expect("a");
+        let b = set("uplink = true\nfs_read = [ \"*\", \"cwd://src\" ]\n").expect("b");
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        let c = set("uplink = true\nfs_read = [\"*\", \"cwd://src\", \"cwd://docs\"]\n").expect("c");
+        assert_ne!(a.fingerprint(), c.fingerprint());
+        assert_eq!(set("uplink = false").expect("false").entries().count(), 0);
+    }
+
+    #[test]
+    fn unknown_and_malformed_capabilities_are_refused() {
+        assert_eq!(set("fs_raed = [\"*\"]"), Err(CapabilityError::Unknown("fs_raed".into())));
+        assert!(matches!(set("net = \"x\""), Err(CapabilityError::Type { .. })));
+        assert!(matches!(set("uplink = \"yes\""), Err(CapabilityError::Type { .. })));
+        assert!(matches!(set("fs_write = [\"cwd://../etc\"]"), Err(CapabilityError::Entry { .. })));
+        assert!(matches!(set("identity = [\"root\"]"), Err(CapabilityError::Entry { .. })));
+    }
+
+    #[test]
+    fn checks_follow_each_field_rules() {
+        let granted = set(
+            "fs_read = [\"cwd://src\"]\nfs_write = [\"*\"]\nnet = [\"example.com\"]\nipc_publish = [\"tool.v1.*\"]\nuplink = true",
+        )
+        .expect("set");
+        assert_eq!(granted.allows(&Capability::FsRead("src/main.rs")), Some("fs_read:cwd://src"));
+        assert_eq!(granted.allows(&Capability::FsRead("srcx/main.rs")), None);
+        assert_eq!(granted.allows(&Capability::FsRead("README.md")), None);
+        assert!(granted.allows(&Capability::FsWrite("any/where")).is_some());
+        assert!(granted.allows(&Capability::Net("api.Example.com")).is_some());
+        assert_eq!(granted.allows(&Capability::Net("badexample.com")), None);
+        assert!(granted.allows(&Capability::IpcPublish("tool.v1.result")).is_some());
+        assert_eq!(granted.allows(&Capability::IpcPublish("tool.v1.result.x")), None);
+        assert_eq!(granted.allows(&Capability::IpcSubscribe("tool.v1.result")), None);
+        assert!(granted.allows(&Capability::Flag("uplink")).is_some());
+        assert_eq!(granted.allows(&Capability::Flag("allow_prompt_injection")), None);
+        assert_eq!(CapabilitySet::default().allows(&Capability::FsRead("x")), None, "empty set denies");
+    }
+}
