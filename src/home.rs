@@ -114,6 +114,13 @@ impl AstridHome {
         self.principal_dir(principal).join(".local").join("capsules")
     }
 
+    /// `var/overlay/<id>/`: pending (uncommitted) capsule writes to `workspace`, keyed by a
+    /// hash of its canonical path so each workspace has its own.
+    pub fn overlay_dir(&self, workspace: &Path) -> PathBuf {
+        let id = blake3::hash(workspace.as_os_str().as_encoded_bytes()).to_hex();
+        self.root.join("var").join("overlay").join(&id.as_str()[..16])
+    }
+
     /// Creates the layout (idempotent) and forces every directory to mode 0700.
     ///
     /// Layout: `etc/` (+ `etc/hooks/`, `etc/layout-version` = `1` written once), `var/`,

@@ -207,9 +207,7 @@ fn open_state(home: &AstridHome, config: &DaemonConfig) -> anyhow::Result<Kernel
     }
     let audit_health = if problems.is_empty() { "intact".to_owned() } else { problems.join("; ") };
     log::info!("audit chain check: {audit_health}");
-    let workspace_id = blake3::hash(config.workspace.as_os_str().as_encoded_bytes()).to_hex();
-    let overlay = home.root().join("var").join("overlay").join(&workspace_id.as_str()[..16]);
-    let vfs = Vfs::open(&config.workspace, &overlay)?;
+    let vfs = Vfs::open(&config.workspace, &home.overlay_dir(&config.workspace))?;
     Ok(KernelState { store, audit, vfs, audit_health })
 }
 

@@ -294,3 +294,152 @@ fn sanitize(mut request: ApprovalRequest) -> Result<ApprovalRequest, String> {
     }
     Ok(request)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::home::AstridHome;
+    use crate::store::KvConfig;
+
+    struct Setup {
+        _tmp: tempfile::TempDir,
+        bus: Bus,
+        store: KvStore,
+    }
+
+    fn setup() -> Setup {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = KvStore::open(&AstridHome::at(tmp.path()), KvConfig::default()).expect("store");
+        Setup { _tmp: tmp, bus: Bus::new(), store }
+    }
+
+    fn request(capsule: &str) -> ApprovalRequest {
+        ApprovalRequest {
+            principal: "default".into(),
+            capsule: capsule.into(),
+            action: "fs.write".into(),
+            resource: "src/main.rs".into(),
+        }
+    }
+
+    /// A frontend on the bus that answers the next approval request with `decision`.
+    fn frontend(bus: &Bus, decision: &'static str) -> tokio::task::JoinHandle<SubscriberId> {
+        let mut requests = bus.subscribe("frontend", &[APPROVAL_TOPIC]);
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            let message = requests.recv().await.expect("approval request");
+            let IpcPayload::ApprovalRequired { request_id, .. } = &message.message.payload else {
+                panic!("not a request")
+            };
+            let answer = IpcPayload::ApprovalResponse {
+                request_id: request_id.clone(),
+                decision: decision.into(),
+                reason: None,
+            };
+            bus.publish(BusMessage {
+                message: IpcMessage::new(format!("{RESPONSE_PREFIX}{request_id}"), answer, SYSTEM_SESSION_UUID),
+                origin: Origin::Subscriber(requests.id()),
+                reply_to: None,
+            });
+            requests.id()
+        })
+    }
+
+    #[tokio::test]
+    async fn every_decision_string_maps_failing_closed() {
+        let s = setup();
+        for (decision, allowed) in [
+            ("approve", true),
+            ("approve_session", true),
+            ("approve_always", true),
+            ("deny", false),
+            ("Approve", false),
+            ("yes", false),
+            ("", false),
+            ("approve_workspace", false),
+        ] {
+            let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_secs(5)).expect("approvals");
+            // A fresh capsule name each time, so no earlier allowance answers.
+            let answerer = frontend(&s.bus, decision);
+            let outcome = approvals.request(request(&format!("c{}", decision.len()))).await;
+            answerer.await.expect("frontend");
+            assert_eq!(matches!(outcome, ApprovalOutcome::Allowed { .. }), allowed, "{decision:?}: {outcome:?}");
+            for allowance in approvals.list() {
+                approvals.revoke(&allowance.id).expect("revoke");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn silence_is_a_deny() {
+        let s = setup();
+        let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_millis(200)).expect("approvals");
+        let outcome = approvals.request(request("quiet")).await;
+        assert_eq!(outcome, ApprovalOutcome::Denied { reason: "no answer within 0 s".into() });
+    }
+
+    #[tokio::test]
+    async fn allowances_are_scoped_persisted_and_revocable() {
+        let s = setup();
+        let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_secs(5)).expect("approvals");
+        let answerer = frontend(&s.bus, "approve_always");
+        assert!(matches!(approvals.request(request("writer")).await, ApprovalOutcome::Allowed { .. }));
+        answerer.await.expect("frontend");
+        // Answered from the allowance, no frontend needed.
+        let again = approvals.request(request("writer")).await;
+        assert!(matches!(&again, ApprovalOutcome::Allowed { rule } if rule.contains("always")), "{again:?}");
+        // Another capsule is not covered.
+        let quick = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_millis(100)).expect("approvals");
+        assert!(matches!(quick.request(request("other")).await, ApprovalOutcome::Denied { .. }));
+        // It survives a restart (a new broker over the same store) and can be revoked.
+        let listed = quick.list();
+        assert_eq!(listed.len(), 1);
+        assert!(matches!(quick.request(request("writer")).await, ApprovalOutcome::Allowed { .. }));
+        assert!(quick.revoke(&listed[0].id).expect("revoke"));
+        assert!(matches!(quick.request(request("writer")).await, ApprovalOutcome::Denied { .. }));
+    }
+
+    #[tokio::test]
+    async fn session_allowances_end_with_the_answering_client() {
+        let s = setup();
+        let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_millis(300)).expect("approvals");
+        let answerer = frontend(&s.bus, "approve_session");
+        assert!(matches!(approvals.request(request("s")).await, ApprovalOutcome::Allowed { .. }));
+        let client = answerer.await.expect("frontend");
+        assert!(matches!(approvals.request(request("s")).await, ApprovalOutcome::Allowed { .. }));
+        assert_eq!(approvals.end_session(client), 1);
+        assert!(matches!(approvals.request(request("s")).await, ApprovalOutcome::Denied { .. }));
+    }
+
+    #[tokio::test]
+    async fn answers_from_the_kernel_itself_and_control_characters_are_ignored() {
+        let s = setup();
+        let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_millis(300)).expect("approvals");
+        let mut requests = s.bus.subscribe("spy", &[APPROVAL_TOPIC]);
+        let bus = s.bus.clone();
+        let forger = tokio::spawn(async move {
+            let message = requests.recv().await.expect("request");
+            let IpcPayload::ApprovalRequired { request_id, action, .. } = &message.message.payload else { panic!() };
+            assert_eq!(action, "fs.[2Kwrite", "the escape character is stripped, so the terminal sees text");
+            let answer = IpcPayload::ApprovalResponse {
+                request_id: request_id.clone(),
+                decision: "approve".into(),
+                reason: None,
+            };
+            bus.publish(BusMessage {
+                message: IpcMessage::new(format!("{RESPONSE_PREFIX}{request_id}"), answer, SYSTEM_SESSION_UUID),
+                origin: Origin::Kernel,
+                reply_to: None,
+            });
+        });
+        let mut forged = request("k");
+        forged.action = "fs.\u{1b}[2Kwrite".into();
+        assert!(matches!(approvals.request(forged).await, ApprovalOutcome::Denied { .. }));
+        forger.await.expect("forger");
+        let mut long = request("k");
+        long.action = "x".repeat(300);
+        assert!(
+            matches!(approvals.request(long).await, ApprovalOutcome::Denied { reason } if reason.starts_with("invalid request"))
+        );
+    }
+}

@@ -338,3 +338,6 @@ impl Kernel {
         self.shutdown.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests;

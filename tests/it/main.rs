@@ -7,4 +7,5 @@ mod harness;
 mod management;
 mod pid1;
 mod protocol;
+mod state;
 mod wire;

@@ -1,0 +1,60 @@
+//! The kernel in-process, over real stores in a temp home: capability decisions end to end.
+
+use super::*;
+use crate::audit::{ChainStatus, tail};
+use crate::store::KvConfig;
+
+fn kernel(tmp: &tempfile::TempDir) -> Arc<Kernel> {
+    let home = AstridHome::at(tmp.path().join("h"));
+    home.ensure().expect("ensure");
+    let workspace = tmp.path().join("ws");
+    std::fs::create_dir_all(workspace.join(".astrid/capsules/fs")).expect("mkdir");
+    std::fs::write(
+        workspace.join(".astrid/capsules/fs/Capsule.toml"),
+        "[package]\nname = \"fs\"\n[capabilities]\nfs_read = [\"cwd://src\"]\n",
+    )
+    .expect("manifest");
+    let state = KernelState {
+        store: KvStore::open(&home, KvConfig::default()).expect("store"),
+        audit: AuditTrail::open(&home).expect("audit"),
+        vfs: Vfs::open(&workspace, &home.overlay_dir(&workspace)).expect("vfs"),
+        audit_health: "intact".into(),
+    };
+    let config = KernelConfig { session: uuid::Uuid::nil(), workspace, home, ephemeral: false };
+    Kernel::new(config, state).expect("kernel")
+}
+
+#[test]
+fn capabilities_are_denied_until_the_exact_set_is_approved_and_every_decision_is_audited() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kernel = kernel(&tmp);
+    kernel.reload_capsules();
+    let read_src = Capability::FsRead("src/lib.rs");
+    assert!(!kernel.check_capability("default", "fs", &read_src), "pending grant must deny");
+    let pending = kernel.grants().pending_list();
+    assert_eq!(pending.len(), 1);
+    assert!(kernel.grants().approve(&pending[0].request_id, "not-the-fingerprint").is_err());
+    kernel.grants().approve(&pending[0].request_id, &pending[0].fingerprint).expect("approve");
+    kernel.refresh_grants();
+    assert!(kernel.check_capability("default", "fs", &read_src));
+    assert!(!kernel.check_capability("default", "fs", &Capability::FsWrite("src/lib.rs")), "not requested");
+    assert!(!kernel.check_capability("default", "ghost", &read_src), "unknown capsule");
+
+    // A changed manifest asks again.
+    std::fs::write(
+        tmp.path().join("ws/.astrid/capsules/fs/Capsule.toml"),
+        "[package]\nname = \"fs\"\n[capabilities]\nfs_read = [\"cwd://src\"]\nfs_write = [\"*\"]\n",
+    )
+    .expect("manifest");
+    kernel.reload_capsules();
+    assert!(!kernel.check_capability("default", "fs", &read_src), "a wider request voids the old grant");
+
+    let entries = tail(&crate::audit::audit_dir(&kernel.config().home, "default"), 100).expect("tail");
+    let checks: Vec<_> = entries.iter().filter(|e| e.action == "capability.check").collect();
+    assert_eq!(checks.len(), 5);
+    assert_eq!(checks.iter().filter(|e| e.decision == Decision::Allow).count(), 1);
+    assert!(checks.iter().any(|e| e.rule.contains("pending operator approval")));
+    assert!(checks.iter().any(|e| e.rule.starts_with("grant ") && e.rule.ends_with("fs_read:cwd://src")));
+    let verified = kernel.audit.verify_all().expect("verify");
+    assert!(verified.iter().all(|(_, r)| r.status == ChainStatus::Intact));
+}
