@@ -1,21 +1,27 @@
 //! Appending to a principal's log, and the trail that routes entries to principals.
 //!
-//! Each append is one `write` of one line to a file opened in append mode, followed by one
-//! positional write of the fixed-size head; both survive a SIGKILL of the daemon as soon as
-//! the calls return (the page cache belongs to the kernel). [`AuditTrail::sync`] fsyncs, at
-//! shutdown, for power loss.
+//! Each append is one `write` of one line to a file opened in append mode; the fixed-size
+//! head is then replaced by one positional write. Both survive a SIGKILL of the daemon as
+//! soon as the calls return (the page cache belongs to the OS). [`AuditTrail::sync`] also
+//! fsyncs, for power loss.
+//!
+//! The trail writes on a thread of its own: callers hand over an entry (a channel send) and
+//! go on, so auditing every request costs the request almost nothing. The writer drains
+//! what is queued, appends each entry (hashed, chained and signed), then signs and writes
+//! each touched head once per batch. Order is preserved; [`AuditTrail::sync`] waits until
+//! everything handed over is written.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::entry::{AuditEntry, Head, Line, NewEntry, entry_hash, head_message, hex};
+use super::entry::{AuditEntry, Head, Line, NewEntry, entry_hash, head_message, hex, unhex};
 use super::key::RuntimeKey;
 use super::verify::{VerifyReport, read_lines, verify_log};
 use super::{AuditError, HEAD_FILE, LOG_FILE};
@@ -75,8 +81,15 @@ impl AuditLog {
         self.tail.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends an entry, chained to the previous one and signed.
+    /// Appends an entry, chained to the previous one and signed, and updates the head.
     pub fn append(&self, new: NewEntry) -> Result<AuditEntry, AuditError> {
+        let entry = self.append_line(new)?;
+        self.write_head()?;
+        Ok(entry)
+    }
+
+    /// Appends an entry without touching the head (the writer thread batches heads).
+    fn append_line(&self, new: NewEntry) -> Result<AuditEntry, AuditError> {
         let mut tail = self.tail();
         let entry = AuditEntry {
             seq: tail.seq + 1,
@@ -101,18 +114,27 @@ impl AuditLog {
         bytes.push(b'\n');
         let log_path = self.dir.join(LOG_FILE);
         tail.log.write_all(&bytes).map_err(|e| AuditError::io("append to", &log_path, e))?;
+        tail.seq = entry.seq;
+        tail.hash = line.hash;
+        Ok(entry)
+    }
+
+    /// Signs and writes the head for the last entry appended.
+    fn write_head(&self) -> Result<(), AuditError> {
+        let tail = self.tail();
+        if tail.seq == 0 {
+            return Ok(());
+        }
+        let hash = unhex(&tail.hash).unwrap_or_default();
         let head = Head {
-            seq: entry.seq,
-            hash: line.hash.clone(),
-            sig: hex(&self.key.sign(&head_message(entry.seq, hash.as_bytes())).to_bytes()),
+            seq: tail.seq,
+            hash: tail.hash.clone(),
+            sig: hex(&self.key.sign(&head_message(tail.seq, &hash)).to_bytes()),
         };
         let mut head_bytes = serde_json::to_vec(&head).map_err(|e| AuditError::Format(e.to_string()))?;
         head_bytes.resize(HEAD_SIZE, b' ');
         let head_path = self.dir.join(HEAD_FILE);
-        tail.head.write_all_at(&head_bytes, 0).map_err(|e| AuditError::io("write", &head_path, e))?;
-        tail.seq = entry.seq;
-        tail.hash = line.hash;
-        Ok(entry)
+        tail.head.write_all_at(&head_bytes, 0).map_err(|e| AuditError::io("write", &head_path, e))
     }
 
     /// Forces the log and head to disk.
@@ -123,11 +145,18 @@ impl AuditLog {
     }
 }
 
-/// The kernel's audit handle: one log per principal, opened on first use.
+/// The kernel's audit handle: one log per principal, opened on first use, written by a
+/// dedicated thread.
 pub struct AuditTrail {
     home: AstridHome,
     key: Arc<RuntimeKey>,
-    logs: Mutex<HashMap<String, Arc<AuditLog>>>,
+    queue: Mutex<Option<mpsc::Sender<Command>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+enum Command {
+    Append(NewEntry),
+    Sync(mpsc::SyncSender<Result<(), String>>),
 }
 
 impl std::fmt::Debug for AuditTrail {
@@ -142,40 +171,114 @@ pub fn audit_dir(home: &AstridHome, principal: &str) -> PathBuf {
 }
 
 impl AuditTrail {
-    /// Loads (or creates) `keys/runtime.key`.
+    /// Loads (or creates) `keys/runtime.key` and starts the writer thread.
     pub fn open(home: &AstridHome) -> Result<Self, AuditError> {
-        let key = RuntimeKey::load_or_create(&home.root().join("keys").join("runtime.key"))?;
-        Ok(Self { home: home.clone(), key: Arc::new(key), logs: Mutex::new(HashMap::new()) })
+        let key = Arc::new(RuntimeKey::load_or_create(&home.root().join("keys").join("runtime.key"))?);
+        let (queue, commands) = mpsc::channel();
+        let writer = Writer { home: home.clone(), key: Arc::clone(&key), logs: HashMap::new() };
+        let handle = std::thread::Builder::new()
+            .name("audit-writer".to_owned())
+            .spawn(move || writer.run(&commands))
+            .map_err(|e| AuditError::io("start the writer thread for", &home.root().join("keys"), e))?;
+        Ok(Self { home: home.clone(), key, queue: Mutex::new(Some(queue)), writer: Mutex::new(Some(handle)) })
     }
 
-    fn log_for(&self, principal: &str) -> Result<Arc<AuditLog>, AuditError> {
-        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(log) = logs.get(principal) {
-            return Ok(Arc::clone(log));
-        }
-        let log = Arc::new(AuditLog::open(&audit_dir(&self.home, principal), Arc::clone(&self.key))?);
-        logs.insert(principal.to_owned(), Arc::clone(&log));
-        Ok(log)
+    fn send(&self, command: Command) -> Result<(), AuditError> {
+        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let sender = queue.as_ref().ok_or_else(|| AuditError::Format("the audit writer has stopped".to_owned()))?;
+        sender.send(command).map_err(|_| AuditError::Format("the audit writer has stopped".to_owned()))
     }
 
-    /// Appends `entry` to its principal's log.
-    pub fn record(&self, entry: NewEntry) -> Result<AuditEntry, AuditError> {
-        self.log_for(&entry.principal.clone())?.append(entry)
+    /// Hands `entry` to the writer (in order); it is on disk once [`AuditTrail::sync`] returns.
+    pub fn record(&self, entry: NewEntry) -> Result<(), AuditError> {
+        self.send(Command::Append(entry))
     }
 
-    /// Verifies every principal's log.
+    /// Waits until every entry handed over is written, heads included, and fsynced.
+    pub fn sync(&self) -> Result<(), AuditError> {
+        let (reply, done) = mpsc::sync_channel(1);
+        self.send(Command::Sync(reply))?;
+        done.recv()
+            .map_err(|_| AuditError::Format("the audit writer has stopped".to_owned()))?
+            .map_err(AuditError::Format)
+    }
+
+    /// Verifies every principal's log (after writing what is pending).
     pub fn verify_all(&self) -> Result<Vec<(String, VerifyReport)>, AuditError> {
+        self.sync()?;
         let key = self.key.verifying_key();
         principals_with_logs(&self.home)?
             .into_iter()
             .map(|principal| Ok((principal.clone(), verify_log(&audit_dir(&self.home, &principal), &key)?)))
             .collect()
     }
+}
 
-    /// fsyncs every open log.
-    pub fn sync(&self) -> Result<(), AuditError> {
-        let logs: Vec<Arc<AuditLog>> = self.logs.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        logs.iter().try_for_each(|log| log.sync())
+impl Drop for AuditTrail {
+    /// Closing the queue lets the writer finish what is queued; we wait for it.
+    fn drop(&mut self) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+struct Writer {
+    home: AstridHome,
+    key: Arc<RuntimeKey>,
+    logs: HashMap<String, AuditLog>,
+}
+
+impl Writer {
+    fn run(mut self, commands: &mpsc::Receiver<Command>) {
+        while let Ok(first) = commands.recv() {
+            let mut dirty = Vec::new();
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Append(entry) => {
+                        let principal = entry.principal.clone();
+                        match self.append(entry) {
+                            Ok(()) => dirty.push(principal),
+                            Err(e) => log::error!("AUDIT WRITE FAILED for {principal}: {e}"),
+                        }
+                    }
+                    Command::Sync(reply) => {
+                        let result =
+                            self.heads(&mut dirty).and_then(|()| self.logs.values().try_for_each(AuditLog::sync));
+                        let _ = reply.send(result.map_err(|e| e.to_string()));
+                    }
+                }
+                next = commands.try_recv().ok();
+            }
+            if let Err(e) = self.heads(&mut dirty) {
+                log::error!("AUDIT HEAD WRITE FAILED: {e}");
+            }
+        }
+        let _ = self.logs.values().try_for_each(AuditLog::sync);
+    }
+
+    fn append(&mut self, entry: NewEntry) -> Result<(), AuditError> {
+        if !self.logs.contains_key(&entry.principal) {
+            let log = AuditLog::open(&audit_dir(&self.home, &entry.principal), Arc::clone(&self.key))?;
+            self.logs.insert(entry.principal.clone(), log);
+        }
+        match self.logs.get(&entry.principal) {
+            Some(log) => log.append_line(entry).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    fn heads(&mut self, dirty: &mut Vec<String>) -> Result<(), AuditError> {
+        dirty.sort();
+        dirty.dedup();
+        for principal in dirty.drain(..) {
+            if let Some(log) = self.logs.get(&principal) {
+                log.write_head()?;
+            }
+        }
+        Ok(())
     }
 }
 

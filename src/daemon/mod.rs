@@ -34,7 +34,7 @@ use tokio::sync::watch;
 
 pub use args::{DaemonArgs, DaemonConfig};
 
-use crate::audit::{Actor, AuditTrail, ChainStatus, Decision};
+use crate::audit::{Actor, AuditTrail, Decision};
 use crate::home::{AstridHome, DEFAULT_PRINCIPAL};
 use crate::ipc::SessionToken;
 use crate::ipc::bridge::{self, BridgeConfig};
@@ -160,6 +160,8 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
     let bridge = tokio::spawn(bridge::serve(listener, Arc::clone(&kernel), token, bridge_config, stop_rx));
     write_ready(&home).context("boot step 6/6 (ready)")?;
     log::info!("boot 6/6: ready in {:.1} ms", boot_started.elapsed().as_secs_f64() * 1000.0);
+    let verifier = Arc::clone(&kernel);
+    tokio::task::spawn_blocking(move || verifier.verify_audit());
 
     let ready_at = tokio::time::Instant::now();
     let idle = async {
@@ -198,17 +200,8 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
 fn open_state(home: &AstridHome, config: &DaemonConfig) -> anyhow::Result<KernelState> {
     let store = KvStore::open(home, KvConfig::default())?;
     let audit = AuditTrail::open(home)?;
-    let mut problems = Vec::new();
-    for (principal, report) in audit.verify_all()? {
-        if let ChainStatus::Tampered { first_bad_seq, reason } = report.status {
-            log::error!("AUDIT CHAIN OF {principal} IS BROKEN at entry {first_bad_seq}: {reason}");
-            problems.push(format!("{principal}: tampered at entry {first_bad_seq}"));
-        }
-    }
-    let audit_health = if problems.is_empty() { "intact".to_owned() } else { problems.join("; ") };
-    log::info!("audit chain check: {audit_health}");
     let vfs = Vfs::open(&config.workspace, &home.overlay_dir(&config.workspace))?;
-    Ok(KernelState { store, audit, vfs, audit_health })
+    Ok(KernelState { store, audit, vfs })
 }
 
 fn bind_socket(home: &AstridHome) -> anyhow::Result<UnixListener> {

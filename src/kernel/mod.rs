@@ -87,8 +87,6 @@ pub struct KernelState {
     pub audit: AuditTrail,
     /// The workspace, behind its copy-on-write overlay.
     pub vfs: Vfs,
-    /// What the boot-time audit verification found (`intact`, or the problem).
-    pub audit_health: String,
 }
 
 /// The running kernel.
@@ -102,7 +100,8 @@ pub struct Kernel {
     shutdown: watch::Sender<Option<ShutdownReason>>,
     store: KvStore,
     audit: AuditTrail,
-    audit_health: String,
+    /// `verifying` until [`Kernel::verify_audit`] has run, then `intact` or the problem.
+    audit_health: Mutex<String>,
     vfs: Vfs,
     grants: Grants,
     approvals: Approvals,
@@ -125,7 +124,7 @@ impl Kernel {
             bus,
             store: state.store,
             audit: state.audit,
-            audit_health: state.audit_health,
+            audit_health: Mutex::new("verifying".to_owned()),
             vfs: state.vfs,
         }))
     }
@@ -226,6 +225,33 @@ impl Kernel {
         }
     }
 
+    /// Verifies every audit chain (run once after boot, off the boot path: a long log must
+    /// not delay readiness) and records the verdict for `GetStatus`. Tampering is logged as
+    /// an error, loudly; the daemon keeps running so the operator can look.
+    pub fn verify_audit(&self) {
+        let verdict = match self.audit.verify_all() {
+            Ok(reports) => {
+                let problems: Vec<String> = reports
+                    .into_iter()
+                    .filter_map(|(principal, report)| match report.status {
+                        crate::audit::ChainStatus::Intact => None,
+                        crate::audit::ChainStatus::Tampered { first_bad_seq, reason } => {
+                            log::error!("AUDIT CHAIN OF {principal} IS BROKEN at entry {first_bad_seq}: {reason}");
+                            Some(format!("{principal}: tampered at entry {first_bad_seq}"))
+                        }
+                    })
+                    .collect();
+                if problems.is_empty() { "intact".to_owned() } else { problems.join("; ") }
+            }
+            Err(e) => {
+                log::error!("cannot verify the audit trail: {e}");
+                format!("unverifiable: {e}")
+            }
+        };
+        log::info!("audit chain check: {verdict}");
+        *self.audit_health.lock().unwrap_or_else(|e| e.into_inner()) = verdict;
+    }
+
     /// Flushes state at shutdown.
     pub fn flush(&self) {
         if let Err(e) = self.store.flush() {
@@ -318,7 +344,7 @@ impl Kernel {
                 .filter(|s| s.dropped > 0)
                 .map(|s| SubscriberDrops { subscriber: s.name, dropped: s.dropped })
                 .collect(),
-            audit: Some(self.audit_health.clone()),
+            audit: Some(self.audit_health.lock().unwrap_or_else(|e| e.into_inner()).clone()),
         }
     }
 

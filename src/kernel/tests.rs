@@ -18,7 +18,6 @@ fn kernel(tmp: &tempfile::TempDir) -> Arc<Kernel> {
         store: KvStore::open(&home, KvConfig::default()).expect("store"),
         audit: AuditTrail::open(&home).expect("audit"),
         vfs: Vfs::open(&workspace, &home.overlay_dir(&workspace)).expect("vfs"),
-        audit_health: "intact".into(),
     };
     let config = KernelConfig { session: uuid::Uuid::nil(), workspace, home, ephemeral: false };
     Kernel::new(config, state).expect("kernel")
@@ -49,6 +48,7 @@ fn capabilities_are_denied_until_the_exact_set_is_approved_and_every_decision_is
     kernel.reload_capsules();
     assert!(!kernel.check_capability("default", "fs", &read_src), "a wider request voids the old grant");
 
+    kernel.flush();
     let entries = tail(&crate::audit::audit_dir(&kernel.config().home, "default"), 100).expect("tail");
     let checks: Vec<_> = entries.iter().filter(|e| e.action == "capability.check").collect();
     assert_eq!(checks.len(), 5);

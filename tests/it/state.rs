@@ -99,8 +99,9 @@ fn the_audit_trail_verifies_and_tampering_is_named() {
     let t = TestHome::new();
     let mut daemon = t.daemon(&[]);
     let mut client = t.client();
-    let status = client.request("status", json!({"method": "GetStatus"}));
-    assert_eq!(status["payload"]["data"]["audit"], "intact");
+    let mut audit = || client.request("status", json!({"method": "GetStatus"}))["payload"]["data"]["audit"].clone();
+    assert!(t.wait_for(|| audit() != "verifying", Duration::from_secs(5)));
+    assert_eq!(audit(), "intact");
     for _ in 0..5 {
         client.request("list", json!({"method": "ListCapsules"}));
     }
@@ -129,8 +130,10 @@ fn the_audit_trail_verifies_and_tampering_is_named() {
 
     // The next daemon boots anyway, says so loudly and shows it in status.
     let _daemon = t.daemon(&[]);
-    let status = t.client().request("status", json!({"method": "GetStatus"}));
-    assert_eq!(status["payload"]["data"]["audit"], "default: tampered at entry 3");
+    let mut client = t.client();
+    let mut audit = || client.request("status", json!({"method": "GetStatus"}))["payload"]["data"]["audit"].clone();
+    assert!(t.wait_for(|| audit() != "verifying", Duration::from_secs(5)));
+    assert_eq!(audit(), "default: tampered at entry 3");
     assert!(t.log().contains("AUDIT CHAIN OF default IS BROKEN at entry 3"));
 
     std::fs::remove_file(t.home.join("keys/runtime.key")).expect("rm key");
