@@ -155,7 +155,7 @@ fn render(status: &DaemonStatus) -> String {
             status.connections_by_principal.iter().map(|p| format!("{}: {}", p.principal, p.count)).collect();
         format!("{} ({})", status.connected_clients, parts.join(", "))
     };
-    format!(
+    let mut out = format!(
         "astrid daemon running (pid {})\n  version   {}\n  uptime    {}\n  mode      {}\n  clients   {}\n  capsules  {}\n",
         status.pid,
         status.version,
@@ -163,7 +163,14 @@ fn render(status: &DaemonStatus) -> String {
         if status.ephemeral { "ephemeral" } else { "persistent" },
         clients,
         status.loaded_capsules.join(", "),
-    )
+    );
+    if let Some(audit) = &status.audit {
+        out.push_str(&format!("  audit     {audit}\n"));
+    }
+    for drops in &status.bus_drops {
+        out.push_str(&format!("  dropped   {} message(s) for {} (too slow)\n", drops.dropped, drops.subscriber));
+    }
+    out
 }
 
 /// `1h02m03s`, `2m03s`, `3s`.

@@ -51,7 +51,7 @@ pub fn validate(topic: &str) -> Result<(), TopicError> {
     if topic.split('.').any(str::is_empty) {
         return Err(TopicError::EmptySegment);
     }
-    if topic.split('.').any(|s| s == "*") {
+    if topic.contains('*') {
         return Err(TopicError::Wildcard);
     }
     Ok(())
@@ -125,5 +125,50 @@ mod tests {
         assert_eq!(validate("a.b.c.d.e.f.g.h.i"), Err(TopicError::TooManySegments(9)));
         let long = "x".repeat(257);
         assert_eq!(validate(&long), Err(TopicError::TooLong(257)));
+    }
+
+    use proptest::prelude::*;
+
+    fn topic() -> impl Strategy<Value = String> {
+        proptest::collection::vec("[a-z0-9_]{1,5}", 1..=8).prop_map(|segments| segments.join("."))
+    }
+
+    fn pattern() -> impl Strategy<Value = String> {
+        proptest::collection::vec(prop_oneof!["[a-z0-9_]{1,5}", Just("*".to_owned())], 1..=8)
+            .prop_map(|segments| segments.join("."))
+    }
+
+    proptest! {
+        #[test]
+        fn a_topic_matches_itself_both_ways(t in topic()) {
+            prop_assert!(validate(&t).is_ok());
+            prop_assert!(subscription_matches(&t, &t));
+            prop_assert!(acl_matches(&t, &t));
+        }
+
+        #[test]
+        fn acl_matches_are_a_subset_of_bus_matches(p in pattern(), t in topic()) {
+            if acl_matches(&p, &t) {
+                prop_assert!(subscription_matches(&p, &t), "{p} / {t}");
+            }
+        }
+
+        #[test]
+        fn trailing_wildcard_means_one_or_more_on_the_bus_and_exactly_one_in_acls(
+            prefix in topic(), rest in proptest::collection::vec("[a-z]{1,3}", 0..4)
+        ) {
+            let p = format!("{prefix}.*");
+            let t = if rest.is_empty() { prefix.clone() } else { format!("{prefix}.{}", rest.join(".")) };
+            prop_assert_eq!(subscription_matches(&p, &t), !rest.is_empty());
+            prop_assert_eq!(acl_matches(&p, &t), rest.len() == 1);
+        }
+
+        #[test]
+        fn published_topics_never_carry_wildcards_or_empty_segments(raw in "[a-z.*]{0,20}") {
+            if validate(&raw).is_ok() {
+                prop_assert!(!raw.contains('*'));
+                prop_assert!(raw.split('.').all(|s| !s.is_empty()));
+            }
+        }
     }
 }
