@@ -106,7 +106,14 @@ pub fn main(args: &[&str]) -> ExitCode {
         Command::Caps(args) => with_home(|home| caps::run(&home, &args)),
         Command::Kv(args) => with_home(|home| kv::run(&home, &args)),
         Command::Workspace(args) => with_home(|home| workspace::run(&home, &args)),
-        Command::Audit(args) => with_home(|home| Ok(audit::run(&home, &args))),
+        // `audit verify` reserves exit 1 for "tampered": an unusable home is an error (2).
+        Command::Audit(args) => match AstridHome::from_env() {
+            Ok(home) => return audit::run(&home, &args),
+            Err(e) => {
+                eprintln!("astrid audit: cannot resolve the Astrid home: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     match result {
         Ok(code) => code,

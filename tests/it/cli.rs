@@ -164,6 +164,8 @@ fn bad_astrid_home_is_refused() {
     assert!(stderr(&output).contains("ASTRID_HOME must be an absolute path"));
     let output = t.cli_with(&["status"], &[("ASTRID_HOME", "/tmp/../etc")]);
     assert!(stderr(&output).contains("'..'"));
+    let audit = t.cli_with(&["audit", "verify"], &[("ASTRID_HOME", "relative/home")]);
+    assert_eq!(audit.status.code(), Some(2), "audit verify keeps 1 for tampering");
 }
 
 #[test]
