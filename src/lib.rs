@@ -38,6 +38,8 @@ pub mod kernel;
 pub mod store;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod vfs;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod wasm;
 
 /// The version every role reports (`astrid --version`, handshake, `GetStatus`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,51 @@
+//! The WebAssembly sandbox: capsules run on the wasmi interpreter under strict limits.
+//!
+//! What a capsule module may be is decided before it runs: parsed as binary WebAssembly only
+//! (no WAT in the product), with wasmi's strict parse-time limits, no start function (code
+//! does not run during instantiation), and no import other than the `astrid` host functions
+//! this build links; WASI and anything else is refused by name at load.
+//!
+//! What it may consume is bounded while it runs: a memory ceiling (64 MiB by default) through
+//! the store's limiter, and CPU through fuel. wasmi cannot be interrupted from outside, so a
+//! wall-clock deadline is built from fuel *slices*: the call runs resumably, and each time a
+//! slice is used up the host checks the clock and the total budget before refilling. A
+//! spinning capsule is stopped within one slice of its deadline; a trap, an exhausted budget
+//! or a passed deadline is an error for that capsule alone, and the instance is poisoned so
+//! it is re-instantiated rather than reused in an unknown state.
+
+mod sandbox;
+
+pub use sandbox::{HOST_FUNCTIONS, Sandbox, SandboxError};
+
+use std::time::Duration;
+
+/// Limits for one capsule instance and each call into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxLimits {
+    /// Linear memory ceiling in bytes.
+    pub memory_bytes: usize,
+    /// Fuel per call, in total (roughly one unit per executed instruction).
+    pub fuel_per_call: u64,
+    /// Fuel granted between two clock checks.
+    pub fuel_slice: u64,
+    /// Wall-clock time a call may take.
+    pub deadline: Duration,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 * 1024 * 1024,
+            fuel_per_call: 10_000_000_000,
+            fuel_slice: 1_000_000,
+            deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The engine every capsule shares: fuel metering on, no start functions, strict limits.
+pub fn engine() -> wasmi::Engine {
+    let mut config = wasmi::Config::default();
+    config.consume_fuel(true).allow_start_fn(false).enforced_limits(wasmi::EnforcedLimits::strict());
+    wasmi::Engine::new(&config)
+}

@@ -1,0 +1,230 @@
+//! One capsule instance: its store, its limits, and calls into it.
+
+use std::time::Instant;
+
+use wasmi::{
+    Caller, Engine, Extern, Instance, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, TypedResumableCall,
+    WasmParams, WasmResults,
+};
+
+use super::SandboxLimits;
+
+/// The import module every host function lives in.
+pub const HOST_MODULE: &str = "astrid";
+/// The host functions this build links (everything else is refused at load).
+pub const HOST_FUNCTIONS: &[&str] = &["log", "clock_ms"];
+/// Longest log line a guest may pass.
+const MAX_LOG: usize = 64 * 1024;
+
+/// Why a capsule could not be loaded or a call failed. Each is the capsule's problem alone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SandboxError {
+    /// Not valid WebAssembly, or over the parse-time limits.
+    #[error("invalid module: {0}")]
+    Invalid(String),
+    /// The module imports something this host does not provide (WASI, for example).
+    #[error("forbidden import {module}.{name}: capsules may only import the astrid host functions")]
+    ForbiddenImport {
+        /// Import module.
+        module: String,
+        /// Import name.
+        name: String,
+    },
+    /// Instantiation failed (for example an initial memory over the ceiling).
+    #[error("cannot instantiate: {0}")]
+    Instantiate(String),
+    /// The export does not exist or has another signature.
+    #[error("no export {name} with the expected signature: {reason}")]
+    MissingExport {
+        /// The export.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The guest trapped (or a host function refused its misuse of the ABI).
+    #[error("trapped in {export}: {message}")]
+    Trap {
+        /// The export called.
+        export: String,
+        /// The trap.
+        message: String,
+    },
+    /// The call used its whole fuel budget.
+    #[error("{export} ran out of fuel after {fuel} units")]
+    OutOfFuel {
+        /// The export called.
+        export: String,
+        /// Fuel consumed.
+        fuel: u64,
+    },
+    /// The call passed its wall-clock deadline.
+    #[error("{export} exceeded its deadline ({elapsed_ms} ms)")]
+    Deadline {
+        /// The export called.
+        export: String,
+        /// Time taken when stopped.
+        elapsed_ms: u128,
+    },
+    /// A previous failure left the instance in an unknown state.
+    #[error("the instance failed earlier and must be re-instantiated")]
+    Poisoned,
+}
+
+/// Per-instance host state.
+#[derive(Debug)]
+pub struct HostState {
+    limits: StoreLimits,
+    capsule: String,
+    /// Lines the guest logged (also sent to the daemon log).
+    pub logs: Vec<String>,
+}
+
+/// A loaded, instantiated capsule.
+pub struct Sandbox {
+    store: Store<HostState>,
+    instance: Instance,
+    limits: SandboxLimits,
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox").field("capsule", &self.store.data().capsule).field("limits", &self.limits).finish()
+    }
+}
+
+impl Sandbox {
+    /// Validates `wasm` (binary only), checks its imports, and instantiates it.
+    pub fn load(engine: &Engine, capsule: &str, wasm: &[u8], limits: SandboxLimits) -> Result<Self, SandboxError> {
+        let module = Module::new(engine, wasm).map_err(|e| SandboxError::Invalid(e.to_string()))?;
+        for import in module.imports() {
+            if import.module() != HOST_MODULE || !HOST_FUNCTIONS.contains(&import.name()) {
+                return Err(SandboxError::ForbiddenImport {
+                    module: import.module().to_owned(),
+                    name: import.name().to_owned(),
+                });
+            }
+        }
+        let state = HostState {
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .instances(1)
+                .memories(1)
+                .tables(1)
+                .build(),
+            capsule: capsule.to_owned(),
+            logs: Vec::new(),
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|state| &mut state.limits);
+        let mut linker = Linker::<HostState>::new(engine);
+        link(&mut linker)?;
+        // Instantiation runs no guest code (start functions are refused by the engine config),
+        // but give it a slice of fuel for any lazy translation it does.
+        store.set_fuel(limits.fuel_slice).map_err(|e| SandboxError::Instantiate(e.to_string()))?;
+        let instance =
+            linker.instantiate_and_start(&mut store, &module).map_err(|e| SandboxError::Instantiate(e.to_string()))?;
+        Ok(Self { store, instance, limits, poisoned: false })
+    }
+
+    /// Calls `export` with `params` under the fuel budget and the deadline.
+    pub fn call<P: WasmParams, R: WasmResults>(&mut self, export: &str, params: P) -> Result<R, SandboxError> {
+        if self.poisoned {
+            return Err(SandboxError::Poisoned);
+        }
+        let func = self
+            .instance
+            .get_typed_func::<P, R>(&self.store, export)
+            .map_err(|e| SandboxError::MissingExport { name: export.to_owned(), reason: e.to_string() })?;
+        let result = self.run(export, |store| func.call_resumable(store, params));
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn run<R: WasmResults>(
+        &mut self,
+        export: &str,
+        start: impl FnOnce(&mut Store<HostState>) -> Result<TypedResumableCall<R>, wasmi::Error>,
+    ) -> Result<R, SandboxError> {
+        let trap = |e: wasmi::Error| SandboxError::Trap { export: export.to_owned(), message: e.to_string() };
+        let started = Instant::now();
+        let slice = self.limits.fuel_slice;
+        self.store.set_fuel(slice).map_err(trap)?;
+        let mut spent = 0u64;
+        let mut call = start(&mut self.store).map_err(trap)?;
+        loop {
+            match call {
+                TypedResumableCall::Finished(results) => return Ok(results),
+                TypedResumableCall::HostTrap(host) => {
+                    return Err(SandboxError::Trap {
+                        export: export.to_owned(),
+                        message: host.host_error().to_string(),
+                    });
+                }
+                TypedResumableCall::OutOfFuel(pending) => {
+                    spent = spent.saturating_add(slice);
+                    if spent >= self.limits.fuel_per_call {
+                        return Err(SandboxError::OutOfFuel { export: export.to_owned(), fuel: spent });
+                    }
+                    if started.elapsed() >= self.limits.deadline {
+                        return Err(SandboxError::Deadline {
+                            export: export.to_owned(),
+                            elapsed_ms: started.elapsed().as_millis(),
+                        });
+                    }
+                    self.store.set_fuel(slice.max(pending.required_fuel())).map_err(trap)?;
+                    call = pending.resume(&mut self.store).map_err(trap)?;
+                }
+            }
+        }
+    }
+
+    /// What the guest logged so far.
+    pub fn logs(&self) -> &[String] {
+        &self.store.data().logs
+    }
+}
+
+fn link(linker: &mut Linker<HostState>) -> Result<(), SandboxError> {
+    let err = |e: wasmi::errors::LinkerError| SandboxError::Instantiate(e.to_string());
+    linker
+        .func_wrap(
+            HOST_MODULE,
+            "log",
+            |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<(), wasmi::Error> {
+                let bytes = read_guest(&mut caller, ptr, len, MAX_LOG)?;
+                let line = String::from_utf8_lossy(&bytes).into_owned();
+                log::info!("capsule {}: {line}", caller.data().capsule);
+                caller.data_mut().logs.push(line);
+                Ok(())
+            },
+        )
+        .map_err(err)?;
+    linker.func_wrap(HOST_MODULE, "clock_ms", || -> i64 { chrono::Utc::now().timestamp_millis() }).map_err(err)?;
+    Ok(())
+}
+
+/// Copies `len` bytes at `ptr` out of the guest's memory, refusing anything out of bounds
+/// or over `max` (ABI misuse traps the guest; it never reaches the host as a panic).
+fn read_guest(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32, max: usize) -> Result<Vec<u8>, wasmi::Error> {
+    let (Ok(ptr), Ok(len)) = (usize::try_from(ptr), usize::try_from(len)) else {
+        return Err(wasmi::Error::new("negative pointer or length"));
+    };
+    if len > max {
+        return Err(wasmi::Error::new(format!("buffer of {len} bytes exceeds {max}")));
+    }
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return Err(wasmi::Error::new("the capsule exports no memory"));
+    };
+    let mut buffer = vec![0u8; len];
+    memory
+        .read(&*caller, ptr, &mut buffer)
+        .map_err(|e| wasmi::Error::new(format!("out-of-bounds guest buffer: {e}")))?;
+    Ok(buffer)
+}
+
+#[cfg(test)]
+#[path = "sandbox_tests.rs"]
+mod tests;

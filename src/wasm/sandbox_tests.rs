@@ -1,0 +1,108 @@
+//! Each limit has a test that fails if the limit is removed.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::wasm::engine;
+
+fn load(wat: &str, limits: SandboxLimits) -> Result<Sandbox, SandboxError> {
+    let wasm = wat::parse_str(wat).expect("valid WAT");
+    Sandbox::load(&engine(), "test", &wasm, limits)
+}
+
+fn quick() -> SandboxLimits {
+    SandboxLimits { deadline: Duration::from_millis(300), ..SandboxLimits::default() }
+}
+
+#[test]
+fn a_well_behaved_capsule_runs_and_logs_through_the_host() {
+    let mut sandbox = load(
+        r#"(module
+            (import "astrid" "log" (func $log (param i32 i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 8) "hello from wasm")
+            (func (export "add") (param i32 i32) (result i32) local.get 0 local.get 1 i32.add)
+            (func (export "greet") i32.const 8 i32.const 15 call $log))"#,
+        quick(),
+    )
+    .expect("load");
+    assert_eq!(sandbox.call::<(i32, i32), i32>("add", (2, 40)).expect("add"), 42);
+    sandbox.call::<(), ()>("greet", ()).expect("greet");
+    assert_eq!(sandbox.logs(), ["hello from wasm"]);
+}
+
+#[test]
+fn a_spinning_capsule_is_stopped_at_its_deadline_and_poisoned() {
+    let mut sandbox = load(r#"(module (func (export "spin") (loop br 0)))"#, quick()).expect("load");
+    let started = Instant::now();
+    let err = sandbox.call::<(), ()>("spin", ()).expect_err("must stop");
+    assert!(matches!(err, SandboxError::Deadline { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2), "stopped after {:?}", started.elapsed());
+    assert_eq!(sandbox.call::<(), ()>("spin", ()), Err(SandboxError::Poisoned));
+}
+
+#[test]
+fn the_fuel_budget_is_enforced() {
+    let limits = SandboxLimits { fuel_per_call: 5_000_000, fuel_slice: 1_000_000, ..quick() };
+    let mut sandbox = load(r#"(module (func (export "spin") (loop br 0)))"#, limits).expect("load");
+    assert!(matches!(sandbox.call::<(), ()>("spin", ()), Err(SandboxError::OutOfFuel { fuel: 5_000_000, .. })));
+}
+
+#[test]
+fn memory_cannot_grow_past_the_ceiling() {
+    let limits = SandboxLimits { memory_bytes: 4 * 65536, ..quick() };
+    let mut sandbox =
+        load(r#"(module (memory 1) (func (export "grow") (param i32) (result i32) local.get 0 memory.grow))"#, limits)
+            .expect("load");
+    assert_eq!(sandbox.call::<i32, i32>("grow", 3).expect("within"), 1);
+    assert_eq!(sandbox.call::<i32, i32>("grow", 1).expect("past the ceiling"), -1, "growth refused");
+    let bomb = load(r#"(module (memory 2000))"#, SandboxLimits::default());
+    assert!(matches!(bomb, Err(SandboxError::Instantiate(_))), "an initial memory over 64 MiB is refused");
+}
+
+#[test]
+fn wasi_and_unknown_imports_are_refused_by_name() {
+    let err = load(
+        r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))))"#,
+        quick(),
+    )
+    .expect_err("wasi");
+    assert_eq!(err, SandboxError::ForbiddenImport { module: "wasi_snapshot_preview1".into(), name: "fd_write".into() });
+    assert!(matches!(
+        load(r#"(module (import "astrid" "spawn" (func)))"#, quick()),
+        Err(SandboxError::ForbiddenImport { .. })
+    ));
+}
+
+#[test]
+fn start_functions_garbage_and_traps_are_errors_not_panics() {
+    assert!(load(r#"(module (func $s) (start $s))"#, quick()).is_err(), "no code runs at instantiation");
+    assert!(matches!(Sandbox::load(&engine(), "x", b"\0asm garbage", quick()), Err(SandboxError::Invalid(_))));
+    let mut sandbox = load(r#"(module (func (export "boom") unreachable))"#, quick()).expect("load");
+    assert!(matches!(sandbox.call::<(), ()>("boom", ()), Err(SandboxError::Trap { .. })));
+    let mut sandbox = load(r#"(module (func (export "f")))"#, quick()).expect("load");
+    assert!(matches!(sandbox.call::<(), i32>("f", ()), Err(SandboxError::MissingExport { .. })));
+}
+
+#[test]
+fn guest_buffers_out_of_bounds_trap_the_guest_only() {
+    let mut sandbox = load(
+        r#"(module
+            (import "astrid" "log" (func $log (param i32 i32)))
+            (memory (export "memory") 1)
+            (func (export "bad") i32.const 65530 i32.const 100 call $log)
+            (func (export "huge") i32.const 0 i32.const 2000000 call $log))"#,
+        quick(),
+    )
+    .expect("load");
+    assert!(matches!(sandbox.call::<(), ()>("bad", ()), Err(SandboxError::Trap { .. })));
+    let mut sandbox = load(
+        r#"(module
+            (import "astrid" "log" (func $log (param i32 i32)))
+            (memory (export "memory") 1)
+            (func (export "huge") i32.const 0 i32.const 2000000 call $log))"#,
+        quick(),
+    )
+    .expect("load");
+    assert!(matches!(sandbox.call::<(), ()>("huge", ()), Err(SandboxError::Trap { .. })));
+}
