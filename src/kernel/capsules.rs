@@ -17,10 +17,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 use super::capability::CapabilitySet;
 use super::grants::GrantStatus;
+use super::manifest::Manifest;
 use crate::types::kernel_api::{CapsuleMetadataEntry, CommandInfo};
 
 /// The name under which the built-in socket bridge is listed.
@@ -200,73 +199,31 @@ fn scan_dir(dir: &Path, origin: CapsuleOrigin) -> Vec<Capsule> {
     found
 }
 
-/// The part of `Capsule.toml` the registry needs. Other keys are left to the full manifest
-/// parser of the capsule host, so they are ignored here rather than refused.
-#[derive(Debug, Deserialize)]
-struct ManifestHeader {
-    package: PackageHeader,
-    #[serde(default)]
-    command: Vec<CommandHeader>,
-    #[serde(default)]
-    interceptor: Vec<InterceptorHeader>,
-    #[serde(default)]
-    capabilities: toml::Table,
-}
-
-#[derive(Debug, Deserialize)]
-struct PackageHeader {
-    name: String,
-    version: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct CommandHeader {
-    name: String,
-    description: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct InterceptorHeader {
-    event: String,
-}
-
 fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
     let manifest_path = dir.join(MANIFEST_FILE);
-    let fallback_name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
-    let failed = |reason: String| {
-        log::error!("capsule in {} failed: {reason}", dir.display());
-        Capsule {
-            name: fallback_name.clone(),
-            version: None,
-            origin,
-            dir: Some(dir.to_path_buf()),
-            state: CapsuleState::Failed(reason),
-            commands: Vec::new(),
-            interceptor_events: Vec::new(),
-            capabilities: CapabilitySet::default(),
-            grant: GrantStatus::NothingRequested,
+    let manifest = match Manifest::load(&manifest_path) {
+        Ok(manifest) => manifest,
+        Err(e) => {
+            log::error!("capsule in {} failed: {e}", dir.display());
+            let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+            return Capsule {
+                name,
+                version: None,
+                origin,
+                dir: Some(dir.to_path_buf()),
+                state: CapsuleState::Failed(e.to_string()),
+                commands: Vec::new(),
+                interceptor_events: Vec::new(),
+                capabilities: CapabilitySet::default(),
+                grant: GrantStatus::NothingRequested,
+            };
         }
     };
-    let text = match fs::read_to_string(&manifest_path) {
-        Ok(text) => text,
-        Err(e) => return failed(format!("cannot read {}: {e}", manifest_path.display())),
-    };
-    let header: ManifestHeader = match toml::from_str(&text) {
-        Ok(header) => header,
-        Err(e) => return failed(format!("{}: {}", manifest_path.display(), e.to_string().trim_end())),
-    };
-    if let Err(reason) = validate_name(&header.package.name) {
-        return failed(format!("{}: {reason}", manifest_path.display()));
-    }
-    let capabilities = match CapabilitySet::from_manifest(&header.capabilities) {
-        Ok(capabilities) => capabilities,
-        Err(e) => return failed(format!("{}: [capabilities]: {e}", manifest_path.display())),
-    };
-    let name = header.package.name;
+    let name = manifest.package.name;
     log::info!("capsule {name} found in {} (installed; not started: no capsule host in this build)", dir.display());
     Capsule {
-        commands: header
-            .command
+        commands: manifest
+            .commands
             .into_iter()
             .map(|c| CommandInfo {
                 name: c.name,
@@ -274,28 +231,15 @@ fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
                 provider_capsule: name.clone(),
             })
             .collect(),
-        interceptor_events: header.interceptor.into_iter().map(|i| i.event).collect(),
+        interceptor_events: manifest.interceptors.into_iter().map(|i| i.event).collect(),
         name,
-        version: header.package.version,
+        version: Some(manifest.package.version),
         origin,
         dir: Some(dir.to_path_buf()),
         state: CapsuleState::Installed,
-        capabilities,
+        capabilities: manifest.capabilities,
         grant: GrantStatus::NothingRequested,
     }
-}
-
-/// Capsule names end up in paths, topics and logs: 1–64 of `[a-z0-9_-]`, starting with a
-/// letter or digit.
-fn validate_name(name: &str) -> Result<(), String> {
-    let valid_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    let valid_start = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
-    if name.is_empty() || name.len() > 64 || !valid_chars || !valid_start {
-        return Err(format!(
-            "invalid package name {name:?}: use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit"
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -318,11 +262,11 @@ mod tests {
             "[package]\nname = \"echo\"\nversion = \"1.0.0\"\n\n[[command]]\nname = \"/echo\"\n",
         );
         write_capsule(&dirs.principal, "a", "[package\nname = ");
-        write_capsule(&dirs.workspace, "echo-again", "[package]\nname = \"echo\"\n");
+        write_capsule(&dirs.workspace, "echo-again", "[package]\nname = \"echo\"\nversion = \"1.0.0\"\n");
         write_capsule(
             &dirs.workspace,
             "guard",
-            "[package]\nname = \"guard\"\n[[interceptor]]\nevent = \"tool.v1.execute\"\n",
+            "[package]\nname = \"guard\"\nversion = \"1.0.0\"\n[[interceptor]]\nevent = \"tool.v1.execute\"\n",
         );
         let registry = CapsuleRegistry::discover(&dirs);
         assert_eq!(registry.names(), vec![BRIDGE_CAPSULE, "a", "echo", "guard"]);
@@ -336,13 +280,5 @@ mod tests {
             registry.metadata().iter().find(|m| m.name == "guard").expect("guard").interceptor_events,
             vec!["tool.v1.execute"]
         );
-    }
-
-    #[test]
-    fn names_are_checked() {
-        assert!(validate_name("astrid-capsule-cli").is_ok());
-        for bad in ["", "Upper", "../x", "-lead", &"x".repeat(65)] {
-            assert!(validate_name(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -11,6 +11,7 @@ pub mod capability;
 pub mod capsules;
 pub mod clients;
 pub mod grants;
+pub mod manifest;
 pub mod operator_kv;
 pub mod rate_limit;
 pub mod router;

@@ -11,7 +11,7 @@ fn kernel(tmp: &tempfile::TempDir) -> Arc<Kernel> {
     std::fs::create_dir_all(workspace.join(".astrid/capsules/fs")).expect("mkdir");
     std::fs::write(
         workspace.join(".astrid/capsules/fs/Capsule.toml"),
-        "[package]\nname = \"fs\"\n[capabilities]\nfs_read = [\"cwd://src\"]\n",
+        "[package]\nname = \"fs\"\nversion = \"0.1.0\"\n[capabilities]\nfs_read = [\"cwd://src\"]\n",
     )
     .expect("manifest");
     let state = KernelState {
@@ -42,7 +42,7 @@ fn capabilities_are_denied_until_the_exact_set_is_approved_and_every_decision_is
     // A changed manifest asks again.
     std::fs::write(
         tmp.path().join("ws/.astrid/capsules/fs/Capsule.toml"),
-        "[package]\nname = \"fs\"\n[capabilities]\nfs_read = [\"cwd://src\"]\nfs_write = [\"*\"]\n",
+        "[package]\nname = \"fs\"\nversion = \"0.1.0\"\n[capabilities]\nfs_read = [\"cwd://src\"]\nfs_write = [\"*\"]\n",
     )
     .expect("manifest");
     kernel.reload_capsules();

@@ -82,8 +82,16 @@ fn workspace_flag_not_cwd_decides_workspace_capsules() {
     let t = TestHome::new();
     let other = t.workspace.join("elsewhere");
     std::fs::create_dir_all(&other).expect("mkdir");
-    TestHome::write_capsule(&other.join(".astrid/capsules"), "echo", "[package]\nname = \"echo\"\n");
-    TestHome::write_capsule(&t.workspace.join(".astrid/capsules"), "cwd-only", "[package]\nname = \"cwd-only\"\n");
+    TestHome::write_capsule(
+        &other.join(".astrid/capsules"),
+        "echo",
+        "[package]\nname = \"echo\"\nversion = \"0.1.0\"\n",
+    );
+    TestHome::write_capsule(
+        &t.workspace.join(".astrid/capsules"),
+        "cwd-only",
+        "[package]\nname = \"cwd-only\"\nversion = \"0.1.0\"\n",
+    );
     let _daemon = t.daemon(&["-w", other.to_str().expect("utf8")]);
     let reply = t.client().request("list", json!({"method": "ListCapsules"}));
     assert_eq!(reply["payload"], json!({"status": "Success", "data": ["astrid-capsule-cli", "echo"]}));

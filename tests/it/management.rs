@@ -67,7 +67,11 @@ fn reload_rescans_both_directories_and_announces_it() {
     let t = TestHome::new();
     let _daemon = t.daemon(&[]);
     let mut client = t.client();
-    TestHome::write_capsule(&t.workspace.join(".astrid/capsules"), "late", "[package]\nname = \"late\"\n");
+    TestHome::write_capsule(
+        &t.workspace.join(".astrid/capsules"),
+        "late",
+        "[package]\nname = \"late\"\nversion = \"0.1.0\"\n",
+    );
     client.send_request("reload_capsules", json!({"method": "ReloadCapsules"}));
     // The reply travels in the control lane and may overtake the announcement: read both.
     let (mut saw_announcement, mut saw_reply) = (false, false);

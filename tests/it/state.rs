@@ -56,7 +56,11 @@ fn caps(t: &TestHome) -> Value {
 fn capability_grants_need_approval_persist_and_are_asked_again_when_the_manifest_changes() {
     let t = TestHome::new();
     let capsules = t.workspace.join(".astrid/capsules");
-    TestHome::write_capsule(&capsules, "fs", "[package]\nname = \"fs\"\n[capabilities]\nfs_read = [\"cwd://src\"]\n");
+    TestHome::write_capsule(
+        &capsules,
+        "fs",
+        "[package]\nname = \"fs\"\nversion = \"0.1.0\"\n[capabilities]\nfs_read = [\"cwd://src\"]\n",
+    );
     assert_eq!(t.cli(&["start"]).status.code(), Some(0));
     let listing = caps(&t);
     let pending = listing["pending"].as_array().expect("pending");
@@ -77,7 +81,7 @@ fn capability_grants_need_approval_persist_and_are_asked_again_when_the_manifest
     TestHome::write_capsule(
         &capsules,
         "fs",
-        "[package]\nname = \"fs\"\n[capabilities]\nfs_read = [\"cwd://src\"]\nnet = [\"example.com\"]\n",
+        "[package]\nname = \"fs\"\nversion = \"0.1.0\"\n[capabilities]\nfs_read = [\"cwd://src\"]\nnet = [\"example.com\"]\n",
     );
     let mut client = t.client();
     assert_eq!(client.request("reload", json!({"method": "ReloadCapsules"}))["payload"]["status"], "Success");

@@ -1,0 +1,494 @@
+//! `Capsule.toml`, parsed strictly.
+//!
+//! The reference ignores unknown keys, so a typo silently drops a permission or a handler.
+//! Here every table refuses unknown keys (`deny_unknown_fields`), and every error names the
+//! file, line and column, from the TOML parser or from our own checks (which keep the span
+//! of the value they reject). The `[capabilities]` table is validated by
+//! [`CapabilitySet::from_manifest`] and remains a request until the operator approves it.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::capability::CapabilitySet;
+use super::topic;
+
+/// A manifest that failed to load, with where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}:{column}: {message}", file.display())]
+pub struct ManifestError {
+    /// The manifest file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A parsed and validated manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// `[package]`.
+    pub package: Package,
+    /// What the capsule requests (not yet granted).
+    pub capabilities: CapabilitySet,
+    /// `[[component]]` (only the first is loaded).
+    pub components: Vec<Component>,
+    /// `[[command]]`.
+    pub commands: Vec<Command>,
+    /// `[[interceptor]]`.
+    pub interceptors: Vec<Interceptor>,
+    /// `[env.KEY]`.
+    pub env: BTreeMap<String, EnvDef>,
+    /// `[[mcp_server]]`.
+    pub mcp_servers: Vec<McpServer>,
+    /// `[[tool]]`.
+    pub tools: Vec<Tool>,
+    /// Tables accepted as written and interpreted by the parts of the host that use them:
+    /// `imports`, `exports`, `publish`, `subscribe` (keyed by table name), and the arrays
+    /// `context_file`, `skill`, `uplink`, `topic`.
+    pub other: BTreeMap<&'static str, toml::Value>,
+}
+
+/// `[package]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Package {
+    /// 1–64 of `[a-z0-9-]`.
+    pub name: String,
+    /// Full semver (`1.2.3`, optional `-pre` and `+build`).
+    pub version: String,
+    /// One line.
+    pub description: Option<String>,
+    /// The remaining `[package]` metadata (authors, license, …), as written.
+    pub metadata: toml::Table,
+}
+
+/// `[[component]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Component {
+    /// Identifier.
+    #[serde(default)]
+    pub id: String,
+    /// The `.wasm`, relative to the capsule directory.
+    #[serde(alias = "entrypoint")]
+    pub file: String,
+    /// Declared hash (informative; integrity is checked against the install record).
+    #[serde(default)]
+    pub hash: Option<String>,
+    /// `executable` or `library`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// `[[command]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    /// `/name`.
+    pub name: String,
+    /// One line.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// A file with the command's text.
+    #[serde(default)]
+    pub file: Option<String>,
+}
+
+/// `[[interceptor]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interceptor {
+    /// Topic pattern (`*` = exactly one segment).
+    pub event: String,
+    /// Handler name passed to the guest.
+    pub action: String,
+    /// Lower fires first.
+    pub priority: u32,
+}
+
+/// `[env.KEY]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvDef {
+    /// `string`, `secret`, `array`, `integer`, …
+    #[serde(rename = "type", default = "default_env_type")]
+    pub kind: String,
+    /// The question asked at install.
+    #[serde(default)]
+    pub request: Option<String>,
+    /// More explanation.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Suggested value.
+    #[serde(default)]
+    pub default: Option<toml::Value>,
+    /// Allowed values.
+    #[serde(default)]
+    pub enum_values: Vec<String>,
+    /// Input hint.
+    #[serde(default)]
+    pub placeholder: Option<String>,
+}
+
+fn default_env_type() -> String {
+    "string".to_owned()
+}
+
+/// `[[mcp_server]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServer {
+    /// Identifier.
+    pub id: String,
+    /// One line.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// `stdio` (the only type that starts a process).
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// Program.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// `[[tool]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    /// Tool name.
+    pub name: String,
+    /// What the model is told.
+    #[serde(default)]
+    pub description_for_llm: Option<String>,
+    /// WIT of the input.
+    #[serde(default)]
+    pub input_schema_wit: Option<String>,
+    /// Whether it changes things.
+    #[serde(default)]
+    pub mutable: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    package: RawPackage,
+    #[serde(default)]
+    component: Vec<Component>,
+    #[serde(default)]
+    imports: toml::Table,
+    #[serde(default)]
+    exports: toml::Table,
+    #[serde(default)]
+    publish: toml::Table,
+    #[serde(default)]
+    subscribe: toml::Table,
+    #[serde(default)]
+    tool: Vec<Tool>,
+    #[serde(default)]
+    capabilities: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    env: BTreeMap<String, EnvDef>,
+    #[serde(default)]
+    context_file: Vec<toml::Table>,
+    #[serde(default)]
+    command: Vec<Command>,
+    #[serde(default)]
+    mcp_server: Vec<McpServer>,
+    #[serde(default)]
+    skill: Vec<toml::Table>,
+    #[serde(default)]
+    uplink: Vec<toml::Table>,
+    #[serde(default)]
+    interceptor: Vec<RawInterceptor>,
+    #[serde(default)]
+    topic: Vec<toml::Table>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPackage {
+    name: Spanned<String>,
+    version: Spanned<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    authors: Vec<String>,
+    #[serde(default)]
+    repository: Option<String>,
+    #[serde(default)]
+    homepage: Option<String>,
+    #[serde(default)]
+    documentation: Option<String>,
+    #[serde(default)]
+    license: Option<String>,
+    #[serde(default)]
+    license_file: Option<String>,
+    #[serde(default)]
+    readme: Option<String>,
+    #[serde(default)]
+    keywords: Vec<String>,
+    #[serde(default)]
+    categories: Vec<String>,
+    #[serde(default)]
+    astrid_version: Option<String>,
+    #[serde(default)]
+    publish: Option<bool>,
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    #[serde(default)]
+    metadata: Option<toml::Value>,
+}
+
+impl RawPackage {
+    /// Everything but name, version and description, as a table (absent keys omitted).
+    fn metadata_table(&self) -> toml::Table {
+        let strings = |v: &Option<String>| v.clone().map(toml::Value::String);
+        let list = |v: &Vec<String>| {
+            (!v.is_empty()).then(|| toml::Value::Array(v.iter().cloned().map(toml::Value::String).collect()))
+        };
+        [
+            ("authors", list(&self.authors)),
+            ("repository", strings(&self.repository)),
+            ("homepage", strings(&self.homepage)),
+            ("documentation", strings(&self.documentation)),
+            ("license", strings(&self.license)),
+            ("license-file", strings(&self.license_file)),
+            ("readme", strings(&self.readme)),
+            ("keywords", list(&self.keywords)),
+            ("categories", list(&self.categories)),
+            ("astrid-version", strings(&self.astrid_version)),
+            ("publish", self.publish.map(toml::Value::Boolean)),
+            ("include", list(&self.include)),
+            ("exclude", list(&self.exclude)),
+            ("metadata", self.metadata.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key.to_owned(), value?)))
+        .collect()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterceptor {
+    event: Spanned<String>,
+    #[serde(default)]
+    action: String,
+    #[serde(default = "default_priority")]
+    priority: u32,
+}
+
+fn default_priority() -> u32 {
+    100
+}
+
+impl Manifest {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates manifest `text`; `path` is used in error messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ManifestError> {
+        let at = |span: Option<Range<usize>>, message: String| {
+            let (line, column) = span.map_or((1, 1), |s| line_column(text, s.start));
+            ManifestError { file: path.to_path_buf(), line, column, message }
+        };
+        let raw: RawManifest = toml::from_str(text).map_err(|e| at(e.span(), e.message().to_owned()))?;
+        let metadata = raw.package.metadata_table();
+        let name = &raw.package.name;
+        if !valid_name(name.get_ref()) {
+            return Err(at(
+                Some(name.span()),
+                format!("invalid package name {:?}: use 1-64 of a-z, 0-9 and '-'", name.get_ref()),
+            ));
+        }
+        let version = &raw.package.version;
+        if !valid_semver(version.get_ref()) {
+            return Err(at(
+                Some(version.span()),
+                format!("invalid version {:?}: a full semver such as 1.0.0 is required", version.get_ref()),
+            ));
+        }
+        let capabilities = match &raw.capabilities {
+            None => CapabilitySet::default(),
+            Some(table) => CapabilitySet::from_manifest(table.get_ref())
+                .map_err(|e| at(Some(table.span()), format!("[capabilities]: {e}")))?,
+        };
+        let mut interceptors = Vec::new();
+        for interceptor in raw.interceptor {
+            let event = interceptor.event.get_ref();
+            if event.is_empty()
+                || event.split('.').any(str::is_empty)
+                || event.split('.').count() > topic::MAX_TOPIC_SEGMENTS
+            {
+                return Err(at(Some(interceptor.event.span()), format!("invalid interceptor event {event:?}")));
+            }
+            interceptors.push(Interceptor {
+                event: event.clone(),
+                action: interceptor.action,
+                priority: interceptor.priority,
+            });
+        }
+        Ok(Self {
+            package: Package {
+                name: raw.package.name.into_inner(),
+                version: raw.package.version.into_inner(),
+                description: raw.package.description,
+                metadata,
+            },
+            capabilities,
+            components: raw.component,
+            commands: raw.command,
+            interceptors,
+            env: raw.env,
+            mcp_servers: raw.mcp_server,
+            tools: raw.tool,
+            other: BTreeMap::from([
+                ("imports", toml::Value::Table(raw.imports)),
+                ("exports", toml::Value::Table(raw.exports)),
+                ("publish", toml::Value::Table(raw.publish)),
+                ("subscribe", toml::Value::Table(raw.subscribe)),
+                ("context_file", tables(raw.context_file)),
+                ("skill", tables(raw.skill)),
+                ("uplink", tables(raw.uplink)),
+                ("topic", tables(raw.topic)),
+            ]),
+        })
+    }
+}
+
+fn tables(tables: Vec<toml::Table>) -> toml::Value {
+    toml::Value::Array(tables.into_iter().map(toml::Value::Table).collect())
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// 1–64 of `[a-z0-9-]`, starting with a letter or digit.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// `MAJOR.MINOR.PATCH` with optional `-pre` and `+build` (SemVer 2.0 shape).
+fn valid_semver(version: &str) -> bool {
+    let (core, _build) = version.split_once('+').unwrap_or((version, ""));
+    let (core, pre) = core.split_once('-').map_or((core, None), |(c, p)| (c, Some(p)));
+    let numbers: Vec<&str> = core.split('.').collect();
+    let numeric =
+        |n: &&str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n.len() == 1 || !n.starts_with('0'));
+    numbers.len() == 3
+        && numbers.iter().all(numeric)
+        && pre.is_none_or(|p| !p.is_empty() && p.split('.').all(|s| !s.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(Path::new("caps/x/Capsule.toml"), text)
+    }
+
+    #[test]
+    fn a_full_manifest_parses() {
+        let manifest = parse(
+            r#"
+[package]
+name = "fs-tool"
+version = "1.2.3-beta.1+build5"
+description = "Files"
+authors = ["a"]
+license-file = "LICENSE"
+
+[[component]]
+file = "fs.wasm"
+
+[capabilities]
+fs_read = ["cwd://src"]
+
+[env.API_KEY]
+type = "secret"
+request = "Key?"
+
+[[command]]
+name = "/ls"
+
+[[interceptor]]
+event = "tool.v1.request.*"
+action = "on_tool"
+
+[[mcp_server]]
+id = "time"
+type = "stdio"
+command = "uvx"
+args = ["mcp-server-time"]
+"#,
+        )
+        .expect("valid");
+        assert_eq!(manifest.package.name, "fs-tool");
+        assert_eq!(manifest.interceptors[0].priority, 100);
+        assert_eq!(manifest.capabilities.entries().collect::<Vec<_>>(), vec!["fs_read:cwd://src"]);
+        assert_eq!(manifest.env["API_KEY"].kind, "secret");
+        assert_eq!(manifest.mcp_servers[0].args, vec!["mcp-server-time"]);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let err = parse("[package]\nname = \"x\"\nversion = \"1.0.0\"\nextra = 1\n").expect_err("unknown key");
+        assert_eq!((err.line, err.column), (4, 1), "{err}");
+        assert!(err.to_string().starts_with("caps/x/Capsule.toml:4:1: unknown field `extra`"), "{err}");
+        let err = parse("[package]\nname = \"x\"\nversion = \"1.0.0\"\nlicence = \"MIT\"\n").expect_err("typo");
+        assert_eq!((err.line, err.column), (4, 1), "{err}");
+        assert!(err.message.contains("unknown field `licence`"), "{err}");
+        let err = parse("[package]\nname = \"Bad_Name\"\nversion = \"1.0.0\"\n").expect_err("name");
+        assert_eq!((err.line, err.column), (2, 8), "{err}");
+        let err = parse("[package]\nname = \"x\"\nversion = \"1.0\"\n").expect_err("semver");
+        assert!(err.message.contains("full semver"), "{err}");
+        assert_eq!(err.line, 3);
+        let err =
+            parse("[package]\nname = \"x\"\nversion = \"1.0.0\"\n[capabilities]\nfs_raed = []\n").expect_err("cap");
+        assert!(err.message.contains("unknown capability `fs_raed`"), "{err}");
+        assert_eq!(err.line, 4);
+        let err = parse("[package]\nname = \"x\"\nversion = \"1.0.0\"\n[[interceptor]]\nevent = \"a..b\"\n")
+            .expect_err("event");
+        assert_eq!(err.line, 5);
+        assert!(parse("[package\n").is_err());
+    }
+
+    #[test]
+    fn semver_shapes() {
+        for ok in ["0.1.0", "10.20.30", "1.0.0-alpha", "1.0.0+x", "1.0.0-rc.1+b.2"] {
+            assert!(valid_semver(ok), "{ok}");
+        }
+        for bad in ["1.0", "1", "01.0.0", "1.0.0-", "a.b.c", "1.0.0.0", ""] {
+            assert!(!valid_semver(bad), "{bad}");
+        }
+    }
+}
