@@ -13,9 +13,11 @@
 //! or a passed deadline is an error for that capsule alone, and the instance is poisoned so
 //! it is re-instantiated rather than reused in an unknown state.
 
+mod host_kv;
 mod sandbox;
 
-pub use sandbox::{HOST_FUNCTIONS, Sandbox, SandboxError};
+pub use host_kv::KvStatus;
+pub use sandbox::{HOST_FUNCTIONS, HostServices, Sandbox, SandboxError};
 
 use std::time::Duration;
 

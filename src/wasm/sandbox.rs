@@ -8,11 +8,12 @@ use wasmi::{
 };
 
 use super::SandboxLimits;
+use crate::store::{KvStore, Namespace};
 
 /// The import module every host function lives in.
 pub const HOST_MODULE: &str = "astrid";
 /// The host functions this build links (everything else is refused at load).
-pub const HOST_FUNCTIONS: &[&str] = &["log", "clock_ms"];
+pub const HOST_FUNCTIONS: &[&str] = &["log", "clock_ms", "kv_get", "kv_set", "kv_delete"];
 /// Longest log line a guest may pass.
 const MAX_LOG: usize = 64 * 1024;
 
@@ -70,11 +71,19 @@ pub enum SandboxError {
     Poisoned,
 }
 
+/// What the host offers one instance beyond the always-available functions.
+#[derive(Debug, Clone, Default)]
+pub struct HostServices {
+    /// The KV store and this capsule's namespace (chosen by the host, never by the guest).
+    pub kv: Option<(KvStore, Namespace)>,
+}
+
 /// Per-instance host state.
 #[derive(Debug)]
 pub struct HostState {
     limits: StoreLimits,
     capsule: String,
+    pub(super) kv: Option<(KvStore, Namespace)>,
     /// Lines the guest logged (also sent to the daemon log).
     pub logs: Vec<String>,
 }
@@ -96,6 +105,17 @@ impl std::fmt::Debug for Sandbox {
 impl Sandbox {
     /// Validates `wasm` (binary only), checks its imports, and instantiates it.
     pub fn load(engine: &Engine, capsule: &str, wasm: &[u8], limits: SandboxLimits) -> Result<Self, SandboxError> {
+        Self::load_with(engine, capsule, wasm, limits, HostServices::default())
+    }
+
+    /// [`Sandbox::load`] with host services (KV, …) for this instance.
+    pub fn load_with(
+        engine: &Engine,
+        capsule: &str,
+        wasm: &[u8],
+        limits: SandboxLimits,
+        services: HostServices,
+    ) -> Result<Self, SandboxError> {
         let module = Module::new(engine, wasm).map_err(|e| SandboxError::Invalid(e.to_string()))?;
         for import in module.imports() {
             if import.module() != HOST_MODULE || !HOST_FUNCTIONS.contains(&import.name()) {
@@ -113,6 +133,7 @@ impl Sandbox {
                 .tables(1)
                 .build(),
             capsule: capsule.to_owned(),
+            kv: services.kv,
             logs: Vec::new(),
         };
         let mut store = Store::new(engine, state);
@@ -203,12 +224,18 @@ fn link(linker: &mut Linker<HostState>) -> Result<(), SandboxError> {
         )
         .map_err(err)?;
     linker.func_wrap(HOST_MODULE, "clock_ms", || -> i64 { chrono::Utc::now().timestamp_millis() }).map_err(err)?;
+    super::host_kv::link(linker).map_err(err)?;
     Ok(())
 }
 
 /// Copies `len` bytes at `ptr` out of the guest's memory, refusing anything out of bounds
 /// or over `max` (ABI misuse traps the guest; it never reaches the host as a panic).
-fn read_guest(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32, max: usize) -> Result<Vec<u8>, wasmi::Error> {
+pub(super) fn read_guest(
+    caller: &mut Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+    max: usize,
+) -> Result<Vec<u8>, wasmi::Error> {
     let (Ok(ptr), Ok(len)) = (usize::try_from(ptr), usize::try_from(len)) else {
         return Err(wasmi::Error::new("negative pointer or length"));
     };
@@ -223,6 +250,26 @@ fn read_guest(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32, max: usize
         .read(&*caller, ptr, &mut buffer)
         .map_err(|e| wasmi::Error::new(format!("out-of-bounds guest buffer: {e}")))?;
     Ok(buffer)
+}
+
+/// Copies `bytes` into a buffer the guest allocates with its `astrid_alloc(len) -> ptr`
+/// export and returns `(ptr << 32) | len`. A guest without the export, or whose allocator
+/// returns an out-of-bounds pointer, traps.
+pub(super) fn write_guest(caller: &mut Caller<'_, HostState>, bytes: &[u8]) -> Result<i64, wasmi::Error> {
+    let len = i32::try_from(bytes.len()).map_err(|_| wasmi::Error::new("result too large for the guest"))?;
+    let Some(Extern::Func(alloc)) = caller.get_export("astrid_alloc") else {
+        return Err(wasmi::Error::new("the capsule exports no astrid_alloc"));
+    };
+    let alloc = alloc.typed::<i32, i32>(&*caller)?;
+    let ptr = alloc.call(&mut *caller, len)?;
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return Err(wasmi::Error::new("the capsule exports no memory"));
+    };
+    let offset = usize::try_from(ptr).map_err(|_| wasmi::Error::new("astrid_alloc returned a negative pointer"))?;
+    memory
+        .write(&mut *caller, offset, bytes)
+        .map_err(|e| wasmi::Error::new(format!("astrid_alloc returned a bad buffer: {e}")))?;
+    Ok((i64::from(ptr) << 32) | i64::from(len))
 }
 
 #[cfg(test)]

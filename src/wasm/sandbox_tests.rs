@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::wasm::engine;
+use crate::wasm::{KvStatus, engine};
 
 fn load(wat: &str, limits: SandboxLimits) -> Result<Sandbox, SandboxError> {
     let wasm = wat::parse_str(wat).expect("valid WAT");
@@ -105,4 +105,47 @@ fn guest_buffers_out_of_bounds_trap_the_guest_only() {
     )
     .expect("load");
     assert!(matches!(sandbox.call::<(), ()>("huge", ()), Err(SandboxError::Trap { .. })));
+}
+
+/// A capsule with a bump allocator that stores and reads back through the KV host functions.
+const KV_CAPSULE: &str = r#"(module
+    (import "astrid" "kv_set" (func $set (param i32 i32 i32 i32) (result i32)))
+    (import "astrid" "kv_get" (func $get (param i32 i32) (result i64)))
+    (import "astrid" "kv_delete" (func $delete (param i32 i32) (result i32)))
+    (memory (export "memory") 1)
+    (global $next (mut i32) (i32.const 1024))
+    (data (i32.const 0) "counter")
+    (data (i32.const 16) "forty-two")
+    (func (export "astrid_alloc") (param $len i32) (result i32)
+        global.get $next
+        global.get $next local.get $len i32.add global.set $next)
+    (func (export "store") (result i32) i32.const 0 i32.const 7 i32.const 16 i32.const 9 call $set)
+    (func (export "load") (result i64) i32.const 0 i32.const 7 call $get)
+    (func (export "forget") (result i32) i32.const 0 i32.const 7 call $delete)
+    (func (export "bad_key") (result i32) i32.const 0 i32.const 0 i32.const 16 i32.const 9 call $set)
+    (func (export "read") (param i32 i32) (result i32)
+        ;; first byte of the returned buffer
+        local.get 0 i32.load8_u))"#;
+
+#[test]
+fn kv_host_functions_use_the_host_chosen_namespace_and_return_typed_errors() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kv = crate::store::KvStore::open(&crate::home::AstridHome::at(tmp.path()), crate::store::KvConfig::default())
+        .expect("kv");
+    let namespace = crate::store::Namespace::capsule("default", "counter").expect("ns");
+    let wasm = wat::parse_str(KV_CAPSULE).expect("wat");
+    let services = HostServices { kv: Some((kv.clone(), namespace.clone())) };
+    let mut sandbox = Sandbox::load_with(&engine(), "counter", &wasm, quick(), services).expect("load");
+    assert_eq!(sandbox.call::<(), i32>("store", ()).expect("store"), 0);
+    assert_eq!(kv.get(&namespace, "counter").expect("get"), Some(b"forty-two".to_vec()), "written where the host said");
+    let packed = sandbox.call::<(), i64>("load", ()).expect("load");
+    let (ptr, len) = ((packed >> 32) as i32, (packed & 0xffff_ffff) as i32);
+    assert_eq!((ptr, len), (1024, 9));
+    assert_eq!(sandbox.call::<(i32, i32), i32>("read", (ptr, len)).expect("read"), i32::from(b'f'));
+    assert_eq!(sandbox.call::<(), i32>("bad_key", ()).expect("typed error"), KvStatus::InvalidInput as i32);
+    assert_eq!(sandbox.call::<(), i32>("forget", ()).expect("delete"), 1);
+    assert_eq!(sandbox.call::<(), i64>("load", ()).expect("absent"), KvStatus::Absent as i64);
+    // Without the service, the same capsule is refused with a value, not a trap.
+    let mut denied = Sandbox::load(&engine(), "counter", &wasm, quick()).expect("load");
+    assert_eq!(denied.call::<(), i32>("store", ()).expect("denied"), KvStatus::CapabilityDenied as i32);
 }

@@ -1,0 +1,112 @@
+//! KV host functions: a capsule's own namespace, chosen by the host.
+//!
+//! ABI (documented in `docs/capsule-abi.md`): keys and values travel as `(ptr, len)` pairs in
+//! guest memory. Results that carry bytes are placed in a buffer the guest allocates through
+//! its `astrid_alloc(len) -> ptr` export and returned packed as `(ptr << 32) | len` in an
+//! `i64`; negative values are typed errors ([`KvStatus`]), never traps. A capsule can only
+//! name keys, never a namespace: the host fixes it per instance (`<principal>:capsule:<name>`).
+
+use wasmi::{Caller, Linker};
+
+use super::sandbox::{HOST_MODULE, HostState, read_guest, write_guest};
+use crate::store::{KvError, MAX_KEY, MAX_VALUE};
+
+/// What a KV host function returns on failure (negative, so never a valid packed result).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum KvStatus {
+    /// `kv_get`: no such key.
+    Absent = -1,
+    /// Empty, oversized or NUL-bearing key.
+    InvalidInput = -2,
+    /// Value over 1 MiB.
+    TooLarge = -3,
+    /// The namespace's quota is full.
+    Quota = -4,
+    /// The store failed.
+    Storage = -5,
+    /// This instance has no KV access.
+    CapabilityDenied = -6,
+}
+
+fn status(e: &KvError) -> KvStatus {
+    match e {
+        KvError::KeyInvalid { .. } | KvError::KeyTooLong { .. } | KvError::InvalidNamespace { .. } => {
+            KvStatus::InvalidInput
+        }
+        KvError::ValueTooLarge { .. } => KvStatus::TooLarge,
+        KvError::QuotaExceeded { .. } => KvStatus::Quota,
+        KvError::Locked { .. } | KvError::Storage(_) => KvStatus::Storage,
+    }
+}
+
+fn key(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Result<String, KvStatus>, wasmi::Error> {
+    let bytes = read_guest(caller, ptr, len, MAX_KEY)?;
+    Ok(String::from_utf8(bytes).map_err(|_| KvStatus::InvalidInput))
+}
+
+/// Adds `kv_get`, `kv_set` and `kv_delete` to the linker.
+pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::LinkerError> {
+    linker.func_wrap(
+        HOST_MODULE,
+        "kv_get",
+        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
+            let Some((store, namespace)) = caller.data().kv.clone() else {
+                return Ok(KvStatus::CapabilityDenied as i64);
+            };
+            let key = match key(&mut caller, ptr, len)? {
+                Ok(key) => key,
+                Err(status) => return Ok(status as i64),
+            };
+            match store.get(&namespace, &key) {
+                Ok(Some(value)) => write_guest(&mut caller, &value),
+                Ok(None) => Ok(KvStatus::Absent as i64),
+                Err(e) => Ok(status(&e) as i64),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        HOST_MODULE,
+        "kv_set",
+        |mut caller: Caller<'_, HostState>,
+         key_ptr: i32,
+         key_len: i32,
+         value_ptr: i32,
+         value_len: i32|
+         -> Result<i32, wasmi::Error> {
+            let Some((store, namespace)) = caller.data().kv.clone() else {
+                return Ok(KvStatus::CapabilityDenied as i32);
+            };
+            let key = match key(&mut caller, key_ptr, key_len)? {
+                Ok(key) => key,
+                Err(status) => return Ok(status as i32),
+            };
+            if usize::try_from(value_len).is_ok_and(|len| len > MAX_VALUE) {
+                return Ok(KvStatus::TooLarge as i32);
+            }
+            let value = read_guest(&mut caller, value_ptr, value_len, MAX_VALUE)?;
+            Ok(match store.set(&namespace, &key, &value) {
+                Ok(()) => 0,
+                Err(e) => status(&e) as i32,
+            })
+        },
+    )?;
+    linker.func_wrap(
+        HOST_MODULE,
+        "kv_delete",
+        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
+            let Some((store, namespace)) = caller.data().kv.clone() else {
+                return Ok(KvStatus::CapabilityDenied as i32);
+            };
+            let key = match key(&mut caller, ptr, len)? {
+                Ok(key) => key,
+                Err(status) => return Ok(status as i32),
+            };
+            Ok(match store.delete(&namespace, &key) {
+                Ok(deleted) => i32::from(deleted),
+                Err(e) => status(&e) as i32,
+            })
+        },
+    )?;
+    Ok(())
+}
