@@ -40,7 +40,7 @@ fn status(e: &KvError) -> KvStatus {
     }
 }
 
-fn key(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Result<String, KvStatus>, wasmi::Error> {
+fn text(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Result<String, KvStatus>, wasmi::Error> {
     let bytes = read_guest(caller, ptr, len, MAX_KEY)?;
     Ok(String::from_utf8(bytes).map_err(|_| KvStatus::InvalidInput))
 }
@@ -54,7 +54,7 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::
             let Some((store, namespace)) = caller.data().kv.clone() else {
                 return Ok(KvStatus::CapabilityDenied as i64);
             };
-            let key = match key(&mut caller, ptr, len)? {
+            let key = match text(&mut caller, ptr, len)? {
                 Ok(key) => key,
                 Err(status) => return Ok(status as i64),
             };
@@ -77,7 +77,7 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::
             let Some((store, namespace)) = caller.data().kv.clone() else {
                 return Ok(KvStatus::CapabilityDenied as i32);
             };
-            let key = match key(&mut caller, key_ptr, key_len)? {
+            let key = match text(&mut caller, key_ptr, key_len)? {
                 Ok(key) => key,
                 Err(status) => return Ok(status as i32),
             };
@@ -98,7 +98,7 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::
             let Some((store, namespace)) = caller.data().kv.clone() else {
                 return Ok(KvStatus::CapabilityDenied as i32);
             };
-            let key = match key(&mut caller, ptr, len)? {
+            let key = match text(&mut caller, ptr, len)? {
                 Ok(key) => key,
                 Err(status) => return Ok(status as i32),
             };
@@ -108,5 +108,79 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::
             })
         },
     )?;
+    link_scans(linker)
+}
+
+/// `kv_list_keys`, `kv_clear_prefix` and `kv_cas`.
+fn link_scans(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::LinkerError> {
+    linker.func_wrap(
+        HOST_MODULE,
+        "kv_list_keys",
+        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
+            let Some((store, namespace)) = caller.data().kv.clone() else {
+                return Ok(KvStatus::CapabilityDenied as i64);
+            };
+            let prefix = match text(&mut caller, ptr, len)? {
+                Ok(prefix) => prefix,
+                Err(status) => return Ok(status as i64),
+            };
+            match store.list_keys(&namespace, &prefix) {
+                // A JSON array of strings: the one structured result of the KV functions.
+                Ok(keys) => write_guest(&mut caller, &serde_json::to_vec(&keys).unwrap_or_default()),
+                Err(e) => Ok(status(&e) as i64),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        HOST_MODULE,
+        "kv_clear_prefix",
+        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
+            let Some((store, namespace)) = caller.data().kv.clone() else {
+                return Ok(KvStatus::CapabilityDenied as i64);
+            };
+            let prefix = match text(&mut caller, ptr, len)? {
+                Ok(prefix) => prefix,
+                Err(status) => return Ok(status as i64),
+            };
+            Ok(match store.clear_prefix(&namespace, &prefix) {
+                Ok(count) => i64::try_from(count).unwrap_or(i64::MAX),
+                Err(e) => status(&e) as i64,
+            })
+        },
+    )?;
+    linker.func_wrap(
+        HOST_MODULE,
+        "kv_cas",
+        |mut caller: Caller<'_, HostState>,
+         key_ptr: i32,
+         key_len: i32,
+         expected_ptr: i32,
+         expected_len: i32,
+         new_ptr: i32,
+         new_len: i32|
+         -> Result<i32, wasmi::Error> {
+            let Some((store, namespace)) = caller.data().kv.clone() else {
+                return Ok(KvStatus::CapabilityDenied as i32);
+            };
+            let key = match text(&mut caller, key_ptr, key_len)? {
+                Ok(key) => key,
+                Err(status) => return Ok(status as i32),
+            };
+            // A length of -1 means "absent": expect no value, or delete.
+            let expected = optional(&mut caller, expected_ptr, expected_len)?;
+            let new = optional(&mut caller, new_ptr, new_len)?;
+            Ok(match store.compare_and_swap(&namespace, &key, expected.as_deref(), new.as_deref()) {
+                Ok(swapped) => i32::from(swapped),
+                Err(e) => status(&e) as i32,
+            })
+        },
+    )?;
     Ok(())
+}
+
+fn optional(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Option<Vec<u8>>, wasmi::Error> {
+    if len == -1 {
+        return Ok(None);
+    }
+    read_guest(caller, ptr, len, MAX_VALUE).map(Some)
 }

@@ -13,7 +13,10 @@ use crate::store::{KvStore, Namespace};
 /// The import module every host function lives in.
 pub const HOST_MODULE: &str = "astrid";
 /// The host functions this build links (everything else is refused at load).
-pub const HOST_FUNCTIONS: &[&str] = &["log", "clock_ms", "kv_get", "kv_set", "kv_delete"];
+pub const HOST_FUNCTIONS: &[&str] =
+    &["log", "clock_ms", "random_bytes", "kv_get", "kv_set", "kv_delete", "kv_list_keys", "kv_clear_prefix", "kv_cas"];
+/// Most random bytes one call may ask for.
+const MAX_RANDOM: usize = 64 * 1024;
 /// Longest log line a guest may pass.
 const MAX_LOG: usize = 64 * 1024;
 
@@ -224,6 +227,25 @@ fn link(linker: &mut Linker<HostState>) -> Result<(), SandboxError> {
         )
         .map_err(err)?;
     linker.func_wrap(HOST_MODULE, "clock_ms", || -> i64 { chrono::Utc::now().timestamp_millis() }).map_err(err)?;
+    linker
+        .func_wrap(
+            HOST_MODULE,
+            "random_bytes",
+            |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
+                // Checks the buffer first (read_guest bounds-checks), then fills it from the OS CSPRNG.
+                let mut bytes = read_guest(&mut caller, ptr, len, MAX_RANDOM)?;
+                if getrandom::fill(&mut bytes).is_err() {
+                    return Ok(-1);
+                }
+                let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+                    return Err(wasmi::Error::new("the capsule exports no memory"));
+                };
+                let offset = usize::try_from(ptr).map_err(|_| wasmi::Error::new("negative pointer"))?;
+                memory.write(&mut caller, offset, &bytes).map_err(|e| wasmi::Error::new(e.to_string()))?;
+                Ok(0)
+            },
+        )
+        .map_err(err)?;
     super::host_kv::link(linker).map_err(err)?;
     Ok(())
 }

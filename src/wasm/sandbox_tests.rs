@@ -112,6 +112,9 @@ const KV_CAPSULE: &str = r#"(module
     (import "astrid" "kv_set" (func $set (param i32 i32 i32 i32) (result i32)))
     (import "astrid" "kv_get" (func $get (param i32 i32) (result i64)))
     (import "astrid" "kv_delete" (func $delete (param i32 i32) (result i32)))
+    (import "astrid" "kv_list_keys" (func $list (param i32 i32) (result i64)))
+    (import "astrid" "kv_cas" (func $cas (param i32 i32 i32 i32 i32 i32) (result i32)))
+    (import "astrid" "random_bytes" (func $random (param i32 i32) (result i32)))
     (memory (export "memory") 1)
     (global $next (mut i32) (i32.const 1024))
     (data (i32.const 0) "counter")
@@ -122,6 +125,10 @@ const KV_CAPSULE: &str = r#"(module
     (func (export "store") (result i32) i32.const 0 i32.const 7 i32.const 16 i32.const 9 call $set)
     (func (export "load") (result i64) i32.const 0 i32.const 7 call $get)
     (func (export "forget") (result i32) i32.const 0 i32.const 7 call $delete)
+    (func (export "list") (result i64) i32.const 0 i32.const 0 call $list)
+    (func (export "cas_create") (result i32)
+        i32.const 0 i32.const 7 i32.const 0 i32.const -1 i32.const 16 i32.const 5 call $cas)
+    (func (export "random") (result i32) i32.const 512 i32.const 32 call $random)
     (func (export "bad_key") (result i32) i32.const 0 i32.const 0 i32.const 16 i32.const 9 call $set)
     (func (export "read") (param i32 i32) (result i32)
         ;; first byte of the returned buffer
@@ -143,6 +150,13 @@ fn kv_host_functions_use_the_host_chosen_namespace_and_return_typed_errors() {
     assert_eq!((ptr, len), (1024, 9));
     assert_eq!(sandbox.call::<(i32, i32), i32>("read", (ptr, len)).expect("read"), i32::from(b'f'));
     assert_eq!(sandbox.call::<(), i32>("bad_key", ()).expect("typed error"), KvStatus::InvalidInput as i32);
+    let listed = sandbox.call::<(), i64>("list", ()).expect("list");
+    assert_eq!(listed & 0xffff_ffff, br#"["counter"]"#.len() as i64);
+    assert_eq!(sandbox.call::<(), i32>("cas_create", ()).expect("cas"), 0, "key exists: no swap");
+    assert_eq!(sandbox.call::<(), i32>("random", ()).expect("random"), 0);
+    assert_eq!(sandbox.call::<(), i32>("forget", ()).expect("delete"), 1);
+    assert_eq!(sandbox.call::<(), i32>("cas_create", ()).expect("cas"), 1, "absent: created");
+    assert_eq!(kv.get(&namespace, "counter").expect("get"), Some(b"forty".to_vec()));
     assert_eq!(sandbox.call::<(), i32>("forget", ()).expect("delete"), 1);
     assert_eq!(sandbox.call::<(), i64>("load", ()).expect("absent"), KvStatus::Absent as i64);
     // Without the service, the same capsule is refused with a value, not a trap.
