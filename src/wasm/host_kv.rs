@@ -9,7 +9,7 @@
 use wasmi::{Caller, Linker};
 
 use super::sandbox::{HOST_MODULE, HostState, read_guest, write_guest};
-use crate::store::{KvError, MAX_KEY, MAX_VALUE};
+use crate::store::{KvError, KvStore, MAX_KEY, MAX_VALUE, Namespace};
 
 /// What a KV host function returns on failure (negative, so never a valid packed result).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,24 +40,36 @@ fn status(e: &KvError) -> KvStatus {
     }
 }
 
-fn text(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Result<String, KvStatus>, wasmi::Error> {
+/// The instance's store and namespace and the key (or prefix) at `(ptr, len)`, or the status
+/// to return to the guest. A bad buffer is ABI misuse and traps.
+fn target(
+    caller: &mut Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+) -> Result<Result<(KvStore, Namespace, String), KvStatus>, wasmi::Error> {
+    let Some((store, namespace)) = caller.data().kv.clone() else { return Ok(Err(KvStatus::CapabilityDenied)) };
     let bytes = read_guest(caller, ptr, len, MAX_KEY)?;
-    Ok(String::from_utf8(bytes).map_err(|_| KvStatus::InvalidInput))
+    Ok(String::from_utf8(bytes).map(|text| (store, namespace, text)).map_err(|_| KvStatus::InvalidInput))
 }
 
-/// Adds `kv_get`, `kv_set` and `kv_delete` to the linker.
+/// Unwraps a `target`/status result inside a host function, returning the status (as the
+/// function's integer type) to the guest on failure.
+macro_rules! or_status {
+    ($result:expr, $ty:ty) => {
+        match $result {
+            Ok(value) => value,
+            Err(status) => return Ok(status as $ty),
+        }
+    };
+}
+
+/// Adds the KV functions to the linker.
 pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::LinkerError> {
     linker.func_wrap(
         HOST_MODULE,
         "kv_get",
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
-            let Some((store, namespace)) = caller.data().kv.clone() else {
-                return Ok(KvStatus::CapabilityDenied as i64);
-            };
-            let key = match text(&mut caller, ptr, len)? {
-                Ok(key) => key,
-                Err(status) => return Ok(status as i64),
-            };
+            let (store, namespace, key) = or_status!(target(&mut caller, ptr, len)?, i64);
             match store.get(&namespace, &key) {
                 Ok(Some(value)) => write_guest(&mut caller, &value),
                 Ok(None) => Ok(KvStatus::Absent as i64),
@@ -74,56 +86,27 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::
          value_ptr: i32,
          value_len: i32|
          -> Result<i32, wasmi::Error> {
-            let Some((store, namespace)) = caller.data().kv.clone() else {
-                return Ok(KvStatus::CapabilityDenied as i32);
-            };
-            let key = match text(&mut caller, key_ptr, key_len)? {
-                Ok(key) => key,
-                Err(status) => return Ok(status as i32),
-            };
+            let (store, namespace, key) = or_status!(target(&mut caller, key_ptr, key_len)?, i32);
             if usize::try_from(value_len).is_ok_and(|len| len > MAX_VALUE) {
                 return Ok(KvStatus::TooLarge as i32);
             }
             let value = read_guest(&mut caller, value_ptr, value_len, MAX_VALUE)?;
-            Ok(match store.set(&namespace, &key, &value) {
-                Ok(()) => 0,
-                Err(e) => status(&e) as i32,
-            })
+            Ok(store.set(&namespace, &key, &value).map_or_else(|e| status(&e) as i32, |()| 0))
         },
     )?;
     linker.func_wrap(
         HOST_MODULE,
         "kv_delete",
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
-            let Some((store, namespace)) = caller.data().kv.clone() else {
-                return Ok(KvStatus::CapabilityDenied as i32);
-            };
-            let key = match text(&mut caller, ptr, len)? {
-                Ok(key) => key,
-                Err(status) => return Ok(status as i32),
-            };
-            Ok(match store.delete(&namespace, &key) {
-                Ok(deleted) => i32::from(deleted),
-                Err(e) => status(&e) as i32,
-            })
+            let (store, namespace, key) = or_status!(target(&mut caller, ptr, len)?, i32);
+            Ok(store.delete(&namespace, &key).map_or_else(|e| status(&e) as i32, i32::from))
         },
     )?;
-    link_scans(linker)
-}
-
-/// `kv_list_keys`, `kv_clear_prefix` and `kv_cas`.
-fn link_scans(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::LinkerError> {
     linker.func_wrap(
         HOST_MODULE,
         "kv_list_keys",
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
-            let Some((store, namespace)) = caller.data().kv.clone() else {
-                return Ok(KvStatus::CapabilityDenied as i64);
-            };
-            let prefix = match text(&mut caller, ptr, len)? {
-                Ok(prefix) => prefix,
-                Err(status) => return Ok(status as i64),
-            };
+            let (store, namespace, prefix) = or_status!(target(&mut caller, ptr, len)?, i64);
             match store.list_keys(&namespace, &prefix) {
                 // A JSON array of strings: the one structured result of the KV functions.
                 Ok(keys) => write_guest(&mut caller, &serde_json::to_vec(&keys).unwrap_or_default()),
@@ -135,17 +118,10 @@ fn link_scans(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::Linke
         HOST_MODULE,
         "kv_clear_prefix",
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
-            let Some((store, namespace)) = caller.data().kv.clone() else {
-                return Ok(KvStatus::CapabilityDenied as i64);
-            };
-            let prefix = match text(&mut caller, ptr, len)? {
-                Ok(prefix) => prefix,
-                Err(status) => return Ok(status as i64),
-            };
-            Ok(match store.clear_prefix(&namespace, &prefix) {
-                Ok(count) => i64::try_from(count).unwrap_or(i64::MAX),
-                Err(e) => status(&e) as i64,
-            })
+            let (store, namespace, prefix) = or_status!(target(&mut caller, ptr, len)?, i64);
+            Ok(store
+                .clear_prefix(&namespace, &prefix)
+                .map_or_else(|e| status(&e) as i64, |n| i64::try_from(n).unwrap_or(i64::MAX)))
         },
     )?;
     linker.func_wrap(
@@ -159,20 +135,13 @@ fn link_scans(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::Linke
          new_ptr: i32,
          new_len: i32|
          -> Result<i32, wasmi::Error> {
-            let Some((store, namespace)) = caller.data().kv.clone() else {
-                return Ok(KvStatus::CapabilityDenied as i32);
-            };
-            let key = match text(&mut caller, key_ptr, key_len)? {
-                Ok(key) => key,
-                Err(status) => return Ok(status as i32),
-            };
+            let (store, namespace, key) = or_status!(target(&mut caller, key_ptr, key_len)?, i32);
             // A length of -1 means "absent": expect no value, or delete.
             let expected = optional(&mut caller, expected_ptr, expected_len)?;
             let new = optional(&mut caller, new_ptr, new_len)?;
-            Ok(match store.compare_and_swap(&namespace, &key, expected.as_deref(), new.as_deref()) {
-                Ok(swapped) => i32::from(swapped),
-                Err(e) => status(&e) as i32,
-            })
+            Ok(store
+                .compare_and_swap(&namespace, &key, expected.as_deref(), new.as_deref())
+                .map_or_else(|e| status(&e) as i32, i32::from))
         },
     )?;
     Ok(())
