@@ -7,14 +7,33 @@ use wasmi::{
     WasmParams, WasmResults,
 };
 
+use std::time::Duration;
+
+use uuid::Uuid;
+
 use super::SandboxLimits;
+use super::host_ipc::IpcAccess;
+use crate::kernel::bus::Subscription;
 use crate::store::{KvStore, Namespace};
 
 /// The import module every host function lives in.
 pub const HOST_MODULE: &str = "astrid";
 /// The host functions this build links (everything else is refused at load).
-pub const HOST_FUNCTIONS: &[&str] =
-    &["log", "clock_ms", "random_bytes", "kv_get", "kv_set", "kv_delete", "kv_list_keys", "kv_clear_prefix", "kv_cas"];
+pub const HOST_FUNCTIONS: &[&str] = &[
+    "log",
+    "clock_ms",
+    "random_bytes",
+    "kv_get",
+    "kv_set",
+    "kv_delete",
+    "kv_list_keys",
+    "kv_clear_prefix",
+    "kv_cas",
+    "ipc_publish",
+    "ipc_subscribe",
+    "ipc_recv",
+    "ipc_unsubscribe",
+];
 /// Most random bytes one call may ask for.
 const MAX_RANDOM: usize = 64 * 1024;
 /// Longest log line a guest may pass.
@@ -79,6 +98,8 @@ pub enum SandboxError {
 pub struct HostServices {
     /// The KV store and this capsule's namespace (chosen by the host, never by the guest).
     pub kv: Option<(KvStore, Namespace)>,
+    /// The bus, through the kernel's capability checks.
+    pub ipc: Option<IpcAccess>,
 }
 
 /// Per-instance host state.
@@ -87,8 +108,22 @@ pub struct HostState {
     limits: StoreLimits,
     capsule: String,
     pub(super) kv: Option<(KvStore, Namespace)>,
+    pub(super) ipc: Option<IpcAccess>,
+    /// Bus subscriptions by handle (a freed handle is `None` and reused).
+    pub(super) subscriptions: Vec<Option<Subscription>>,
+    /// Time spent waiting in host calls during the current call (not charged to the deadline).
+    pub(super) waited: Duration,
+    /// The `source_id` of this instance's messages.
+    pub(super) source_id: Uuid,
     /// Lines the guest logged (also sent to the daemon log).
     pub logs: Vec<String>,
+}
+
+impl HostState {
+    /// The capsule this state belongs to.
+    pub fn capsule(&self) -> &str {
+        &self.capsule
+    }
 }
 
 /// A loaded, instantiated capsule.
@@ -137,6 +172,10 @@ impl Sandbox {
                 .build(),
             capsule: capsule.to_owned(),
             kv: services.kv,
+            ipc: services.ipc,
+            subscriptions: Vec::new(),
+            waited: Duration::ZERO,
+            source_id: Uuid::new_v4(),
             logs: Vec::new(),
         };
         let mut store = Store::new(engine, state);
@@ -174,6 +213,7 @@ impl Sandbox {
     ) -> Result<R, SandboxError> {
         let trap = |e: wasmi::Error| SandboxError::Trap { export: export.to_owned(), message: e.to_string() };
         let started = Instant::now();
+        self.store.data_mut().waited = Duration::ZERO;
         let slice = self.limits.fuel_slice;
         self.store.set_fuel(slice).map_err(trap)?;
         let mut spent = 0u64;
@@ -192,7 +232,9 @@ impl Sandbox {
                     if spent >= self.limits.fuel_per_call {
                         return Err(SandboxError::OutOfFuel { export: export.to_owned(), fuel: spent });
                     }
-                    if started.elapsed() >= self.limits.deadline {
+                    // Waiting in a host call (recv) is not running: only guest time counts.
+                    let running = started.elapsed().saturating_sub(self.store.data().waited);
+                    if running >= self.limits.deadline {
                         return Err(SandboxError::Deadline {
                             export: export.to_owned(),
                             elapsed_ms: started.elapsed().as_millis(),
@@ -203,6 +245,11 @@ impl Sandbox {
                 }
             }
         }
+    }
+
+    /// The capsule this instance runs.
+    pub fn capsule(&self) -> &str {
+        &self.store.data().capsule
     }
 
     /// What the guest logged so far.
@@ -247,6 +294,7 @@ fn link(linker: &mut Linker<HostState>) -> Result<(), SandboxError> {
         )
         .map_err(err)?;
     super::host_kv::link(linker).map_err(err)?;
+    super::host_ipc::link(linker).map_err(err)?;
     Ok(())
 }
 

@@ -141,7 +141,7 @@ fn kv_host_functions_use_the_host_chosen_namespace_and_return_typed_errors() {
         .expect("kv");
     let namespace = crate::store::Namespace::capsule("default", "counter").expect("ns");
     let wasm = wat::parse_str(KV_CAPSULE).expect("wat");
-    let services = HostServices { kv: Some((kv.clone(), namespace.clone())) };
+    let services = HostServices { kv: Some((kv.clone(), namespace.clone())), ipc: None };
     let mut sandbox = Sandbox::load_with(&engine(), "counter", &wasm, quick(), services).expect("load");
     assert_eq!(sandbox.call::<(), i32>("store", ()).expect("store"), 0);
     assert_eq!(kv.get(&namespace, "counter").expect("get"), Some(b"forty-two".to_vec()), "written where the host said");
@@ -162,4 +162,125 @@ fn kv_host_functions_use_the_host_chosen_namespace_and_return_typed_errors() {
     // Without the service, the same capsule is refused with a value, not a trap.
     let mut denied = Sandbox::load(&engine(), "counter", &wasm, quick()).expect("load");
     assert_eq!(denied.call::<(), i32>("store", ()).expect("denied"), KvStatus::CapabilityDenied as i32);
+}
+
+mod ipc {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::audit::AuditTrail;
+    use crate::home::AstridHome;
+    use crate::kernel::bus::{BusMessage, Origin};
+    use crate::kernel::{Kernel, KernelConfig, KernelState};
+    use crate::store::{KvConfig, KvStore};
+    use crate::types::{IpcMessage, IpcPayload, SYSTEM_SESSION_UUID};
+    use crate::vfs::Vfs;
+    use crate::wasm::{IpcAccess, IpcStatus};
+
+    /// A kernel in a temp home with one capsule, `chat`, whose IPC grant is approved.
+    fn kernel(tmp: &tempfile::TempDir) -> Arc<Kernel> {
+        let home = AstridHome::at(tmp.path().join("h"));
+        home.ensure().expect("ensure");
+        let workspace = tmp.path().join("ws");
+        std::fs::create_dir_all(workspace.join(".astrid/capsules/chat")).expect("mkdir");
+        std::fs::write(
+            workspace.join(".astrid/capsules/chat/Capsule.toml"),
+            "[package]\nname = \"chat\"\nversion = \"0.1.0\"\n[capabilities]\nipc_publish = [\"chat.v1.*\"]\nipc_subscribe = [\"chat.v1.*\"]\n",
+        )
+        .expect("manifest");
+        let state = KernelState {
+            store: KvStore::open(&home, KvConfig::default()).expect("store"),
+            audit: AuditTrail::open(&home).expect("audit"),
+            vfs: Vfs::open(&workspace, &home.overlay_dir(&workspace)).expect("vfs"),
+        };
+        let config = KernelConfig { session: uuid::Uuid::nil(), workspace, home, ephemeral: false };
+        let kernel = Kernel::new(config, state).expect("kernel");
+        kernel.reload_capsules();
+        let pending = kernel.grants().pending_list();
+        kernel.grants().approve(&pending[0].request_id, &pending[0].fingerprint).expect("approve");
+        kernel.refresh_grants();
+        kernel
+    }
+
+    const CHAT: &str = r#"(module
+        (import "astrid" "ipc_publish" (func $publish (param i32 i32 i32 i32) (result i32)))
+        (import "astrid" "ipc_subscribe" (func $subscribe (param i32 i32) (result i32)))
+        (import "astrid" "ipc_recv" (func $recv (param i32 i32) (result i64)))
+        (memory (export "memory") 1)
+        (global $next (mut i32) (i32.const 4096))
+        (data (i32.const 0) "chat.v1.out")
+        (data (i32.const 16) "{\"type\":\"custom\",\"data\":{\"n\":1}}")
+        (data (i32.const 64) "user.v1.prompt")
+        (data (i32.const 80) "chat.v1.*")
+        (data (i32.const 96) "astrid.v1.*")
+        (func (export "astrid_alloc") (param $len i32) (result i32)
+            global.get $next
+            global.get $next local.get $len i32.add global.set $next)
+        (func (export "publish_ok") (result i32) i32.const 0 i32.const 11 i32.const 16 i32.const 32 call $publish)
+        (func (export "publish_forbidden") (result i32) i32.const 64 i32.const 14 i32.const 16 i32.const 32 call $publish)
+        (func (export "subscribe_ok") (result i32) i32.const 80 i32.const 9 call $subscribe)
+        (func (export "subscribe_forbidden") (result i32) i32.const 96 i32.const 11 call $subscribe)
+        (func (export "recv") (param i32 i32) (result i64) local.get 0 local.get 1 call $recv))"#;
+
+    fn sandbox(kernel: &Arc<Kernel>, limits: SandboxLimits) -> Sandbox {
+        let services =
+            HostServices { kv: None, ipc: Some(IpcAccess { kernel: Arc::clone(kernel), principal: "default".into() }) };
+        Sandbox::load_with(&engine(), "chat", &wat::parse_str(CHAT).expect("wat"), limits, services).expect("load")
+    }
+
+    #[test]
+    fn publish_and_subscribe_follow_the_grant_and_are_audited() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let kernel = kernel(&tmp);
+        let mut observer = kernel.bus().subscribe("observer", &["chat.v1.*", "user.v1.*"]);
+        let mut chat = sandbox(&kernel, quick());
+        assert_eq!(chat.call::<(), i32>("publish_ok", ()).expect("publish"), 0);
+        let seen = observer.try_recv().expect("published");
+        assert_eq!(seen.message.topic, "chat.v1.out");
+        assert_eq!(seen.message.principal.as_deref(), Some("default"));
+        assert_eq!(chat.call::<(), i32>("publish_forbidden", ()).expect("denied"), IpcStatus::CapabilityDenied as i32);
+        assert!(observer.try_recv().is_none(), "nothing published on a forbidden topic");
+        assert_eq!(chat.call::<(), i32>("subscribe_ok", ()).expect("subscribe"), 0);
+        assert_eq!(
+            chat.call::<(), i32>("subscribe_forbidden", ()).expect("denied"),
+            IpcStatus::CapabilityDenied as i32
+        );
+        kernel.flush();
+        let entries = crate::audit::tail(&crate::audit::audit_dir(&kernel.config().home, "default"), 50).expect("tail");
+        let checks: Vec<_> = entries.iter().filter(|e| e.action == "capability.check").collect();
+        assert_eq!(checks.len(), 4);
+        assert_eq!(checks.iter().filter(|e| e.decision == crate::audit::Decision::Deny).count(), 2);
+    }
+
+    #[test]
+    fn recv_delivers_and_idling_in_it_is_not_charged_to_the_deadline() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let kernel = kernel(&tmp);
+        let limits = SandboxLimits { deadline: Duration::from_millis(200), ..SandboxLimits::default() };
+        let mut chat = sandbox(&kernel, limits);
+        let handle = chat.call::<(), i32>("subscribe_ok", ()).expect("subscribe");
+        // Nothing arrives: a timeout value, after waiting longer than the deadline, no kill.
+        let started = Instant::now();
+        assert_eq!(chat.call::<(i32, i32), i64>("recv", (handle, 400)).expect("timeout"), IpcStatus::Timeout as i64);
+        assert!(started.elapsed() >= Duration::from_millis(400));
+        // A message published by someone else is delivered as {topic, payload, source_id}.
+        let bus = kernel.bus().clone();
+        let publisher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let payload = IpcPayload::Custom { data: serde_json::json!({"hello": "capsule"}) };
+            bus.publish(BusMessage {
+                message: IpcMessage::new("chat.v1.in", payload, SYSTEM_SESSION_UUID),
+                origin: Origin::Kernel,
+                reply_to: None,
+            });
+        });
+        let packed = chat.call::<(i32, i32), i64>("recv", (handle, 5_000)).expect("recv");
+        publisher.join().expect("publisher");
+        assert!(packed > 0, "{packed}");
+        let len = (packed & 0xffff_ffff) as usize;
+        let frame = br#"{"topic":"chat.v1.in","payload":{"hello":"capsule"},"source_id":"00000000-0000-0000-0000-000000000000"}"#;
+        assert_eq!(len, frame.len());
+        assert_eq!(chat.call::<(i32, i32), i64>("recv", (99, 10)).expect("bad handle"), IpcStatus::InvalidInput as i64);
+    }
 }
