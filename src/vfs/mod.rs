@@ -23,7 +23,7 @@ use std::sync::{Mutex, MutexGuard};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
-pub use path::VfsPath;
+pub use path::{MAX_PATH, VfsPath};
 
 /// Largest file read or written through the VFS.
 pub const MAX_FILE: u64 = 10 * 1024 * 1024;

@@ -6,7 +6,6 @@
 //! call's wall-clock deadline: a run loop idling in `recv` is never killed for idling, while
 //! one that spins still is.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmi::{Caller, Linker};
@@ -15,7 +14,7 @@ use super::sandbox::{HOST_MODULE, HostState, read_guest, write_guest};
 use super::wait::block_on_timeout;
 use crate::kernel::bus::{BusMessage, Origin};
 use crate::kernel::capability::Capability;
-use crate::kernel::{Kernel, topic};
+use crate::kernel::topic;
 use crate::types::{EgressFrame, IpcMessage, IpcPayload};
 
 /// Most subscriptions one instance may hold.
@@ -40,15 +39,6 @@ pub enum IpcStatus {
     Closed = -5,
 }
 
-/// The kernel side of an instance's IPC.
-#[derive(Debug, Clone)]
-pub struct IpcAccess {
-    /// The kernel (bus, grants, audit).
-    pub kernel: Arc<Kernel>,
-    /// The principal the capsule acts for.
-    pub principal: String,
-}
-
 fn text(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32, max: usize) -> Result<Option<String>, wasmi::Error> {
     Ok(String::from_utf8(read_guest(caller, ptr, len, max)?).ok())
 }
@@ -71,7 +61,7 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::
          payload_ptr: i32,
          payload_len: i32|
          -> Result<i32, wasmi::Error> {
-            let Some(access) = caller.data().ipc.clone() else { return Ok(IpcStatus::CapabilityDenied as i32) };
+            let Some(access) = caller.data().kernel.clone() else { return Ok(IpcStatus::CapabilityDenied as i32) };
             let Some(name) = text(&mut caller, topic_ptr, topic_len, topic::MAX_TOPIC_BYTES)? else {
                 return Ok(IpcStatus::InvalidInput as i32);
             };
@@ -96,7 +86,7 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::
         HOST_MODULE,
         "ipc_subscribe",
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
-            let Some(access) = caller.data().ipc.clone() else { return Ok(IpcStatus::CapabilityDenied as i32) };
+            let Some(access) = caller.data().kernel.clone() else { return Ok(IpcStatus::CapabilityDenied as i32) };
             let Some(pattern) = text(&mut caller, ptr, len, topic::MAX_TOPIC_BYTES)? else {
                 return Ok(IpcStatus::InvalidInput as i32);
             };

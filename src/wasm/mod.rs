@@ -13,14 +13,16 @@
 //! or a passed deadline is an error for that capsule alone, and the instance is poisoned so
 //! it is re-instantiated rather than reused in an unknown state.
 
+mod host_fs;
 mod host_ipc;
 mod host_kv;
 mod sandbox;
 mod wait;
 
-pub use host_ipc::{IpcAccess, IpcStatus};
+pub use host_fs::FsStatus;
+pub use host_ipc::IpcStatus;
 pub use host_kv::KvStatus;
-pub use sandbox::{HOST_FUNCTIONS, HostServices, Sandbox, SandboxError};
+pub use sandbox::{HOST_FUNCTIONS, HostServices, KernelAccess, Sandbox, SandboxError};
 
 use std::time::Duration;
 

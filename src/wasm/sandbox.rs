@@ -12,7 +12,9 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::SandboxLimits;
-use super::host_ipc::IpcAccess;
+use std::sync::Arc;
+
+use crate::kernel::Kernel;
 use crate::kernel::bus::Subscription;
 use crate::store::{KvStore, Namespace};
 
@@ -33,6 +35,13 @@ pub const HOST_FUNCTIONS: &[&str] = &[
     "ipc_subscribe",
     "ipc_recv",
     "ipc_unsubscribe",
+    "fs_read",
+    "fs_write",
+    "fs_exists",
+    "fs_stat",
+    "fs_readdir",
+    "fs_mkdir",
+    "fs_unlink",
 ];
 /// Most random bytes one call may ask for.
 const MAX_RANDOM: usize = 64 * 1024;
@@ -93,13 +102,23 @@ pub enum SandboxError {
     Poisoned,
 }
 
+/// The kernel behind an instance's gated host functions (IPC, files): every call is
+/// checked against the capsule's approved grant and audited, for this principal.
+#[derive(Debug, Clone)]
+pub struct KernelAccess {
+    /// The kernel (bus, grants, audit).
+    pub kernel: Arc<Kernel>,
+    /// The principal the capsule acts for.
+    pub principal: String,
+}
+
 /// What the host offers one instance beyond the always-available functions.
 #[derive(Debug, Clone, Default)]
 pub struct HostServices {
     /// The KV store and this capsule's namespace (chosen by the host, never by the guest).
     pub kv: Option<(KvStore, Namespace)>,
     /// The bus, through the kernel's capability checks.
-    pub ipc: Option<IpcAccess>,
+    pub kernel: Option<KernelAccess>,
 }
 
 /// Per-instance host state.
@@ -108,7 +127,7 @@ pub struct HostState {
     limits: StoreLimits,
     capsule: String,
     pub(super) kv: Option<(KvStore, Namespace)>,
-    pub(super) ipc: Option<IpcAccess>,
+    pub(super) kernel: Option<KernelAccess>,
     /// Bus subscriptions by handle (a freed handle is `None` and reused).
     pub(super) subscriptions: Vec<Option<Subscription>>,
     /// Time spent waiting in host calls during the current call (not charged to the deadline).
@@ -172,7 +191,7 @@ impl Sandbox {
                 .build(),
             capsule: capsule.to_owned(),
             kv: services.kv,
-            ipc: services.ipc,
+            kernel: services.kernel,
             subscriptions: Vec::new(),
             waited: Duration::ZERO,
             source_id: Uuid::new_v4(),
@@ -295,6 +314,7 @@ fn link(linker: &mut Linker<HostState>) -> Result<(), SandboxError> {
         .map_err(err)?;
     super::host_kv::link(linker).map_err(err)?;
     super::host_ipc::link(linker).map_err(err)?;
+    super::host_fs::link(linker).map_err(err)?;
     Ok(())
 }
 

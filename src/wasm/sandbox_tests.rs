@@ -141,7 +141,7 @@ fn kv_host_functions_use_the_host_chosen_namespace_and_return_typed_errors() {
         .expect("kv");
     let namespace = crate::store::Namespace::capsule("default", "counter").expect("ns");
     let wasm = wat::parse_str(KV_CAPSULE).expect("wat");
-    let services = HostServices { kv: Some((kv.clone(), namespace.clone())), ipc: None };
+    let services = HostServices { kv: Some((kv.clone(), namespace.clone())), kernel: None };
     let mut sandbox = Sandbox::load_with(&engine(), "counter", &wasm, quick(), services).expect("load");
     assert_eq!(sandbox.call::<(), i32>("store", ()).expect("store"), 0);
     assert_eq!(kv.get(&namespace, "counter").expect("get"), Some(b"forty-two".to_vec()), "written where the host said");
@@ -176,7 +176,7 @@ mod ipc {
     use crate::store::{KvConfig, KvStore};
     use crate::types::{IpcMessage, IpcPayload, SYSTEM_SESSION_UUID};
     use crate::vfs::Vfs;
-    use crate::wasm::{IpcAccess, IpcStatus};
+    use crate::wasm::{IpcStatus, KernelAccess};
 
     /// A kernel in a temp home with one capsule, `chat`, whose IPC grant is approved.
     fn kernel(tmp: &tempfile::TempDir) -> Arc<Kernel> {
@@ -186,7 +186,7 @@ mod ipc {
         std::fs::create_dir_all(workspace.join(".astrid/capsules/chat")).expect("mkdir");
         std::fs::write(
             workspace.join(".astrid/capsules/chat/Capsule.toml"),
-            "[package]\nname = \"chat\"\nversion = \"0.1.0\"\n[capabilities]\nipc_publish = [\"chat.v1.*\"]\nipc_subscribe = [\"chat.v1.*\"]\n",
+            "[package]\nname = \"chat\"\nversion = \"0.1.0\"\n[capabilities]\nipc_publish = [\"chat.v1.*\"]\nipc_subscribe = [\"chat.v1.*\"]\nfs_read = [\"cwd://src\"]\nfs_write = [\"cwd://src\"]\n",
         )
         .expect("manifest");
         let state = KernelState {
@@ -224,8 +224,10 @@ mod ipc {
         (func (export "recv") (param i32 i32) (result i64) local.get 0 local.get 1 call $recv))"#;
 
     fn sandbox(kernel: &Arc<Kernel>, limits: SandboxLimits) -> Sandbox {
-        let services =
-            HostServices { kv: None, ipc: Some(IpcAccess { kernel: Arc::clone(kernel), principal: "default".into() }) };
+        let services = HostServices {
+            kv: None,
+            kernel: Some(KernelAccess { kernel: Arc::clone(kernel), principal: "default".into() }),
+        };
         Sandbox::load_with(&engine(), "chat", &wat::parse_str(CHAT).expect("wat"), limits, services).expect("load")
     }
 
@@ -282,5 +284,53 @@ mod ipc {
         let frame = br#"{"topic":"chat.v1.in","payload":{"hello":"capsule"},"source_id":"00000000-0000-0000-0000-000000000000"}"#;
         assert_eq!(len, frame.len());
         assert_eq!(chat.call::<(i32, i32), i64>("recv", (99, 10)).expect("bad handle"), IpcStatus::InvalidInput as i64);
+    }
+
+    const FILES: &str = r#"(module
+        (import "astrid" "fs_write" (func $write (param i32 i32 i32 i32) (result i32)))
+        (import "astrid" "fs_read" (func $read (param i32 i32) (result i64)))
+        (import "astrid" "fs_unlink" (func $unlink (param i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (global $next (mut i32) (i32.const 4096))
+        (data (i32.const 0) "src/a.txt")
+        (data (i32.const 16) "hello")
+        (data (i32.const 32) "README.md")
+        (data (i32.const 48) "../etc/passwd")
+        (func (export "astrid_alloc") (param $len i32) (result i32)
+            global.get $next
+            global.get $next local.get $len i32.add global.set $next)
+        (func (export "write_src") (result i32) i32.const 0 i32.const 9 i32.const 16 i32.const 5 call $write)
+        (func (export "read_src") (result i64) i32.const 0 i32.const 9 call $read)
+        (func (export "write_readme") (result i32) i32.const 32 i32.const 9 i32.const 16 i32.const 5 call $write)
+        (func (export "read_escape") (result i64) i32.const 48 i32.const 13 call $read)
+        (func (export "unlink_src") (result i32) i32.const 0 i32.const 9 call $unlink))"#;
+
+    #[test]
+    fn file_access_goes_through_the_grant_and_the_overlay() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let kernel = kernel(&tmp);
+        let services = HostServices {
+            kv: None,
+            kernel: Some(KernelAccess { kernel: Arc::clone(&kernel), principal: "default".into() }),
+        };
+        let mut files = Sandbox::load_with(&engine(), "chat", &wat::parse_str(FILES).expect("wat"), quick(), services)
+            .expect("load");
+        assert_eq!(files.call::<(), i32>("write_src", ()).expect("write"), 0);
+        assert!(!tmp.path().join("ws/src/a.txt").exists(), "writes wait in the overlay");
+        let packed = files.call::<(), i64>("read_src", ()).expect("read");
+        assert_eq!(packed & 0xffff_ffff, 5, "reads see the overlay");
+        assert_eq!(
+            files.call::<(), i32>("write_readme", ()).expect("denied"),
+            crate::wasm::FsStatus::CapabilityDenied as i32
+        );
+        assert_eq!(
+            files.call::<(), i64>("read_escape", ()).expect("invalid"),
+            crate::wasm::FsStatus::InvalidInput as i64
+        );
+        let changes = kernel.vfs().changes().expect("changes");
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].path, "src/a.txt");
+        assert_eq!(files.call::<(), i32>("unlink_src", ()).expect("unlink"), 0);
+        assert!(kernel.vfs().changes().expect("changes").is_empty());
     }
 }
