@@ -70,15 +70,6 @@ fn authorize(
     Ok(Ok((kernel, path)))
 }
 
-macro_rules! or_status {
-    ($result:expr, $ty:ty) => {
-        match $result {
-            Ok(value) => value,
-            Err(status) => return Ok(status as $ty),
-        }
-    };
-}
-
 /// Adds the file functions to the linker.
 pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::LinkerError> {
     linker.func_wrap(

@@ -52,17 +52,6 @@ fn target(
     Ok(String::from_utf8(bytes).map(|text| (store, namespace, text)).map_err(|_| KvStatus::InvalidInput))
 }
 
-/// Unwraps a `target`/status result inside a host function, returning the status (as the
-/// function's integer type) to the guest on failure.
-macro_rules! or_status {
-    ($result:expr, $ty:ty) => {
-        match $result {
-            Ok(value) => value,
-            Err(status) => return Ok(status as $ty),
-        }
-    };
-}
-
 /// Adds the KV functions to the linker.
 pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::LinkerError> {
     linker.func_wrap(
