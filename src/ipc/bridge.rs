@@ -317,12 +317,20 @@ async fn write_loop(
     drain_timeout: Duration,
 ) {
     loop {
-        let message = tokio::select! {
-            _ = closing.wait_for(|c| *c) => return,
-            _ = stop.wait_for(|s| *s) => break,
-            message = subscription.recv() => message,
+        // Biased: when the daemon stops, the reader also closes; the stop must win so what
+        // is queued (the Shutdown reply among it) is flushed rather than dropped.
+        let next = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => Next::Stop,
+            _ = closing.wait_for(|c| *c) => Next::Closing,
+            message = subscription.recv() => Next::Message(message),
         };
-        let Some(message) = message else { return };
+        let message = match next {
+            Next::Stop => break,
+            Next::Closing if *stop.borrow() => break,
+            Next::Closing | Next::Message(None) => return,
+            Next::Message(Some(message)) => message,
+        };
         if let Err(e) = send(&mut writer, &message).await {
             return log::warn!("client#{id}: write failed: {e}");
         }
@@ -337,6 +345,13 @@ async fn write_loop(
     if !matches!(drained, Ok(Ok(()))) {
         log::warn!("client#{id}: could not flush queued frames at shutdown");
     }
+}
+
+/// What woke the writer.
+enum Next {
+    Stop,
+    Closing,
+    Message(Option<std::sync::Arc<BusMessage>>),
 }
 
 async fn send(writer: &mut OwnedWriteHalf, message: &BusMessage) -> std::io::Result<()> {
