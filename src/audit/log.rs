@@ -10,6 +10,12 @@
 //! what is queued, appends each entry (hashed, chained and signed), then signs and writes
 //! each touched head once per batch. Order is preserved; [`AuditTrail::sync`] waits until
 //! everything handed over is written.
+//!
+//! A log is verified when the writer first opens it, before this process appends anything:
+//! that is the only moment the verdict is free of races with our own writes, and the only
+//! moment a tail cut while the daemon was down is still visible (the next head written would
+//! vouch for the shortened log). A broken chain is logged, kept for `GetStatus`, and recorded
+//! in the log itself as an `audit.chain_broken` entry so the evidence outlives the head.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -21,9 +27,9 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::entry::{AuditEntry, Head, Line, NewEntry, entry_hash, head_message, hex, unhex};
+use super::entry::{Actor, AuditEntry, Decision, Head, Line, NewEntry, entry_hash, head_message, hex, unhex};
 use super::key::RuntimeKey;
-use super::verify::{VerifyReport, read_lines, verify_log};
+use super::verify::{ChainStatus, VerifyReport, read_lines, verify_log};
 use super::{AuditError, HEAD_FILE, LOG_FILE};
 use crate::home::AstridHome;
 
@@ -42,6 +48,7 @@ pub struct AuditLog {
     dir: PathBuf,
     key: Arc<RuntimeKey>,
     tail: Mutex<Tail>,
+    verdict_at_open: VerifyReport,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -51,10 +58,13 @@ impl std::fmt::Debug for AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (creating) the log in `dir`, learning the last seq and hash.
+    /// Opens (creating) the log in `dir`, verifying it and learning the last seq and hash.
+    ///
+    /// The caller must be the log's only writer (the daemon's singleton lock guarantees it).
     pub fn open(dir: &Path, key: Arc<RuntimeKey>) -> Result<Self, AuditError> {
         fs::create_dir_all(dir).map_err(|e| AuditError::io("create", dir, e))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| AuditError::io("chmod", dir, e))?;
+        let verdict_at_open = verify_log(dir, &key.verifying_key())?;
         let log_path = dir.join(LOG_FILE);
         let (seq, hash) = match read_lines(&log_path)?.last() {
             Some(Ok(line)) => (line.entry.seq, line.hash.clone()),
@@ -74,7 +84,12 @@ impl AuditLog {
             .mode(0o600)
             .open(&head_path)
             .map_err(|e| AuditError::io("open", &head_path, e))?;
-        Ok(Self { dir: dir.to_path_buf(), key, tail: Mutex::new(Tail { seq, hash, log, head }) })
+        Ok(Self { dir: dir.to_path_buf(), key, tail: Mutex::new(Tail { seq, hash, log, head }), verdict_at_open })
+    }
+
+    /// The verdict on the log as it was found, before this process appended to it.
+    pub fn verdict_at_open(&self) -> &VerifyReport {
+        &self.verdict_at_open
     }
 
     fn tail(&self) -> MutexGuard<'_, Tail> {
@@ -149,7 +164,6 @@ impl AuditLog {
 /// dedicated thread.
 pub struct AuditTrail {
     home: AstridHome,
-    key: Arc<RuntimeKey>,
     queue: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -157,6 +171,7 @@ pub struct AuditTrail {
 enum Command {
     Append(NewEntry),
     Sync(mpsc::SyncSender<Result<(), String>>),
+    Verdicts(mpsc::SyncSender<Result<Vec<(String, VerifyReport)>, String>>),
 }
 
 impl std::fmt::Debug for AuditTrail {
@@ -175,12 +190,12 @@ impl AuditTrail {
     pub fn open(home: &AstridHome) -> Result<Self, AuditError> {
         let key = Arc::new(RuntimeKey::load_or_create(&home.root().join("keys").join("runtime.key"))?);
         let (queue, commands) = mpsc::channel();
-        let writer = Writer { home: home.clone(), key: Arc::clone(&key), logs: HashMap::new() };
+        let writer = Writer { home: home.clone(), key, logs: HashMap::new() };
         let handle = std::thread::Builder::new()
             .name("audit-writer".to_owned())
             .spawn(move || writer.run(&commands))
             .map_err(|e| AuditError::io("start the writer thread for", &home.root().join("keys"), e))?;
-        Ok(Self { home: home.clone(), key, queue: Mutex::new(Some(queue)), writer: Mutex::new(Some(handle)) })
+        Ok(Self { home: home.clone(), queue: Mutex::new(Some(queue)), writer: Mutex::new(Some(handle)) })
     }
 
     fn send(&self, command: Command) -> Result<(), AuditError> {
@@ -203,14 +218,15 @@ impl AuditTrail {
             .map_err(AuditError::Format)
     }
 
-    /// Verifies every principal's log (after writing what is pending).
+    /// Every principal's log as it was found when this process first opened it (the writer
+    /// opens, and so verifies, any log it has not touched yet). Entries appended since were
+    /// written by this process; `astrid audit verify` re-reads the files as they are now.
     pub fn verify_all(&self) -> Result<Vec<(String, VerifyReport)>, AuditError> {
-        self.sync()?;
-        let key = self.key.verifying_key();
-        principals_with_logs(&self.home)?
-            .into_iter()
-            .map(|principal| Ok((principal.clone(), verify_log(&audit_dir(&self.home, &principal), &key)?)))
-            .collect()
+        let (reply, done) = mpsc::sync_channel(1);
+        self.send(Command::Verdicts(reply))?;
+        done.recv()
+            .map_err(|_| AuditError::Format("the audit writer has stopped".to_owned()))?
+            .map_err(AuditError::Format)
     }
 }
 
@@ -249,6 +265,10 @@ impl Writer {
                             self.heads(&mut dirty).and_then(|()| self.logs.values().try_for_each(AuditLog::sync));
                         let _ = reply.send(result.map_err(|e| e.to_string()));
                     }
+                    Command::Verdicts(reply) => {
+                        let result = self.heads(&mut dirty).and_then(|()| self.verdicts());
+                        let _ = reply.send(result.map_err(|e| e.to_string()));
+                    }
                 }
                 next = commands.try_recv().ok();
             }
@@ -260,14 +280,38 @@ impl Writer {
     }
 
     fn append(&mut self, entry: NewEntry) -> Result<(), AuditError> {
-        if !self.logs.contains_key(&entry.principal) {
-            let log = AuditLog::open(&audit_dir(&self.home, &entry.principal), Arc::clone(&self.key))?;
-            self.logs.insert(entry.principal.clone(), log);
+        self.log(&entry.principal)?.append_line(entry).map(|_| ())
+    }
+
+    /// The open log of `principal`, opened (and verified) on first use. A broken chain is
+    /// recorded in the log itself, so the finding survives the heads written after it.
+    fn log(&mut self, principal: &str) -> Result<&AuditLog, AuditError> {
+        if !self.logs.contains_key(principal) {
+            let log = AuditLog::open(&audit_dir(&self.home, principal), Arc::clone(&self.key))?;
+            if let ChainStatus::Tampered { first_bad_seq, reason } = &log.verdict_at_open().status {
+                log::error!("AUDIT CHAIN OF {principal} IS BROKEN at entry {first_bad_seq}: {reason}");
+                log.append_line(NewEntry {
+                    session: Uuid::nil(),
+                    principal: principal.to_owned(),
+                    actor: Actor::Kernel,
+                    action: "audit.chain_broken".to_owned(),
+                    resource: format!("entry {first_bad_seq}: {reason}"),
+                    decision: Decision::Info,
+                    rule: "verified when first opened by this daemon".to_owned(),
+                })?;
+                log.write_head()?;
+            }
+            self.logs.insert(principal.to_owned(), log);
         }
-        match self.logs.get(&entry.principal) {
-            Some(log) => log.append_line(entry).map(|_| ()),
-            None => Ok(()),
-        }
+        self.logs.get(principal).ok_or_else(|| AuditError::Format(format!("the log of {principal} is not open")))
+    }
+
+    /// The verdict at open of every principal with a log, opening the ones not yet open.
+    fn verdicts(&mut self) -> Result<Vec<(String, VerifyReport)>, AuditError> {
+        principals_with_logs(&self.home)?
+            .into_iter()
+            .map(|principal| Ok((principal.clone(), self.log(&principal)?.verdict_at_open().clone())))
+            .collect()
     }
 
     fn heads(&mut self, dirty: &mut Vec<String>) -> Result<(), AuditError> {

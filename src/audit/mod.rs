@@ -150,4 +150,82 @@ mod tests {
         let other = RuntimeKey::load_or_create(&tmp.path().join("other.key")).expect("key");
         assert!(matches!(status(&dir, &other.verifying_key()), ChainStatus::Tampered { first_bad_seq: 1, .. }));
     }
+
+    #[test]
+    fn a_head_trailing_a_killed_batch_is_not_tampering() {
+        let (_tmp, dir, key) = setup(5);
+        let head = std::fs::read(dir.join(HEAD_FILE)).expect("head");
+        // Entries 6..=9 appended by a batch whose head write never happened.
+        let signer = Arc::new(RuntimeKey::load(&dir.parent().expect("parent").join("runtime.key")).expect("key"));
+        let log = AuditLog::open(&dir, signer).expect("reopen");
+        for i in 5..9 {
+            log.append(entry(i)).expect("append");
+        }
+        std::fs::write(dir.join(HEAD_FILE), head).expect("restore old head");
+        assert_eq!(status(&dir, &key), ChainStatus::Intact);
+    }
+
+    #[test]
+    fn a_trail_finds_a_tail_cut_while_it_was_down_and_records_it_in_the_log() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = crate::home::AstridHome::at(tmp.path());
+        let trail = AuditTrail::open(&home).expect("trail");
+        for i in 0..10 {
+            trail.record(entry(i)).expect("record");
+        }
+        trail.sync().expect("sync");
+        drop(trail);
+        let dir = audit_dir(&home, "default");
+        let kept = lines(&dir)[..6].to_vec();
+        write_lines(&dir, &kept);
+
+        let trail = AuditTrail::open(&home).expect("reopen");
+        trail.record(entry(10)).expect("record");
+        let verdicts = trail.verify_all().expect("verdicts");
+        match &verdicts[0].1.status {
+            ChainStatus::Tampered { first_bad_seq, reason } => {
+                assert_eq!(*first_bad_seq, 7);
+                assert!(reason.contains("truncated"), "{reason}");
+            }
+            ChainStatus::Intact => panic!("a cut tail went unnoticed once new entries were written"),
+        }
+        drop(trail);
+        let entries = tail(&dir, 10).expect("tail");
+        let broken = entries.iter().find(|e| e.action == "audit.chain_broken").expect("finding recorded");
+        assert_eq!(broken.seq, 7);
+        assert!(broken.resource.starts_with("entry 7: log truncated"), "{}", broken.resource);
+    }
+
+    #[test]
+    fn verifying_while_the_daemon_appends_never_reports_tampering() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = crate::home::AstridHome::at(tmp.path());
+        let trail = Arc::new(AuditTrail::open(&home).expect("trail"));
+        trail.record(entry(0)).expect("record");
+        trail.sync().expect("sync");
+        let key = RuntimeKey::load(&home.root().join("keys").join("runtime.key")).expect("key").verifying_key();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (trail, stop) = (Arc::clone(&trail), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut i = 1;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    trail.record(entry(i)).expect("record");
+                    i += 1;
+                    if i % 8 == 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+            })
+        };
+        let dir = audit_dir(&home, "default");
+        for _ in 0..20 {
+            assert_eq!(status(&dir, &key), ChainStatus::Intact);
+            assert!(trail.verify_all().expect("verdicts").iter().all(|(_, r)| r.status == ChainStatus::Intact));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().expect("writer");
+        trail.sync().expect("sync");
+        assert_eq!(status(&dir, &key), ChainStatus::Intact);
+    }
 }

@@ -1,8 +1,15 @@
 //! Checking a log with nothing but the public key: every line's hash and signature, the
 //! chain of `prev_hash`, consecutive `seq`s, and the signed head (which reveals a cut tail).
+//!
+//! The files may be read while a daemon appends to them (`astrid audit verify` never asks
+//! the daemon). The writer appends a line before it rewrites the head, so the head is read
+//! first: every entry up to the head's seq is settled and a problem there is final at once.
+//! A problem past it (or an unreadable head) may be a write in flight, so it is confirmed by
+//! reading again before it is reported.
 
 use std::fs;
 use std::path::Path;
+use std::time::Duration;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 
@@ -52,8 +59,42 @@ fn signature_ok(key: &VerifyingKey, message: &[u8], sig_hex: &str) -> bool {
     key.verify_strict(message, &Signature::from_bytes(&bytes)).is_ok()
 }
 
+/// How often a verdict about unsettled entries is confirmed by reading the files again.
+const CONFIRMATIONS: u32 = 10;
+/// The pause between readings: long enough for a writer's batch to finish.
+const CONFIRMATION_PAUSE: Duration = Duration::from_millis(25);
+
 /// Verifies the log in `dir`. Tampering is reported in the `Ok` value; `Err` is for I/O.
 pub fn verify_log(dir: &Path, key: &VerifyingKey) -> Result<VerifyReport, AuditError> {
+    let mut attempt = 0;
+    loop {
+        let head = read_head(dir)?;
+        let settled = head.as_ref().and_then(|h| serde_json::from_slice::<Head>(h.trim_ascii()).ok()).map(|h| h.seq);
+        let report = check(dir, key, head)?;
+        let final_verdict = match (&report.status, settled) {
+            (ChainStatus::Intact, _) => true,
+            (ChainStatus::Tampered { first_bad_seq, .. }, Some(settled)) => *first_bad_seq <= settled,
+            (ChainStatus::Tampered { .. }, None) => false,
+        };
+        attempt += 1;
+        if final_verdict || attempt >= CONFIRMATIONS {
+            return Ok(report);
+        }
+        std::thread::sleep(CONFIRMATION_PAUSE);
+    }
+}
+
+/// The head file's bytes (`None` if it does not exist).
+fn read_head(dir: &Path) -> Result<Option<Vec<u8>>, AuditError> {
+    match fs::read(dir.join(HEAD_FILE)) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(AuditError::io("read", &dir.join(HEAD_FILE), e)),
+    }
+}
+
+/// One reading: the log as it is now against the head read just before it.
+fn check(dir: &Path, key: &VerifyingKey, head_text: Option<Vec<u8>>) -> Result<VerifyReport, AuditError> {
     let lines = read_lines(&dir.join(LOG_FILE))?;
     let tampered = |seq: u64, reason: String, entries: u64| VerifyReport {
         entries,
@@ -86,15 +127,10 @@ pub fn verify_log(dir: &Path, key: &VerifyingKey) -> Result<VerifyReport, AuditE
         hashes.push(hash);
     }
     let entries = lines.len() as u64;
-    let head_text = match fs::read(dir.join(HEAD_FILE)) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && entries == 0 => {
-            return Ok(VerifyReport { entries, status: ChainStatus::Intact });
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(tampered(entries, "head missing".to_owned(), entries));
-        }
-        Err(e) => return Err(AuditError::io("read", &dir.join(HEAD_FILE), e)),
+    let head_text = match head_text {
+        Some(bytes) => bytes,
+        None if entries == 0 => return Ok(VerifyReport { entries, status: ChainStatus::Intact }),
+        None => return Ok(tampered(entries, "head missing".to_owned(), entries)),
     };
     if head_text.iter().all(u8::is_ascii_whitespace) && entries == 0 {
         return Ok(VerifyReport { entries, status: ChainStatus::Intact });
@@ -114,11 +150,12 @@ pub fn verify_log(dir: &Path, key: &VerifyingKey) -> Result<VerifyReport, AuditE
             entries,
         ));
     }
-    // The head may trail by one entry if the daemon died between the two writes.
-    let trails_ok = head.seq + 1 >= entries;
+    // The head may trail the log: the writer signs it once per batch of appends, and a
+    // daemon killed mid-batch leaves signed, chained entries past it. Those are as authentic
+    // as the rest; what the head guards is everything up to its seq.
     let matches =
         head.seq == 0 || hashes.get(head.seq as usize - 1).is_some_and(|h| h.as_bytes().as_slice() == head_hash);
-    if !matches || !trails_ok {
+    if !matches {
         return Ok(tampered(head.seq.max(1), "head does not match the log".to_owned(), entries));
     }
     Ok(VerifyReport { entries, status: ChainStatus::Intact })

@@ -226,9 +226,9 @@ impl Kernel {
         }
     }
 
-    /// Verifies every audit chain (run once after boot, off the boot path: a long log must
-    /// not delay readiness) and records the verdict for `GetStatus`. Tampering is logged as
-    /// an error, loudly; the daemon keeps running so the operator can look.
+    /// Collects the verdict on every audit chain as this daemon found it (run once after
+    /// boot, off the boot path: a long log must not delay readiness) and records it for
+    /// `GetStatus`. The daemon keeps running on a broken chain so the operator can look.
     pub fn verify_audit(&self) {
         let verdict = match self.audit.verify_all() {
             Ok(reports) => {
@@ -236,8 +236,8 @@ impl Kernel {
                     .into_iter()
                     .filter_map(|(principal, report)| match report.status {
                         crate::audit::ChainStatus::Intact => None,
-                        crate::audit::ChainStatus::Tampered { first_bad_seq, reason } => {
-                            log::error!("AUDIT CHAIN OF {principal} IS BROKEN at entry {first_bad_seq}: {reason}");
+                        // The audit writer has already said so, loudly, and recorded it.
+                        crate::audit::ChainStatus::Tampered { first_bad_seq, .. } => {
                             Some(format!("{principal}: tampered at entry {first_bad_seq}"))
                         }
                     })
