@@ -10,16 +10,17 @@
 //! built in and always present as [`BRIDGE_CAPSULE`], so frontends written for the
 //! reference find the capsule name they expect.
 //!
-//! Only the header of the manifest is read here (name, version, commands, interceptors).
-//! Running capsules needs the WebAssembly host, which is not part of this build; discovered
-//! capsules are therefore listed as [`CapsuleState::Installed`], never as running.
+//! Every capsule is checked as it is found ([`super::install::verify_installed`]): a capsule
+//! without `meta.json`, or whose manifest or module no longer matches the hashes pinned at
+//! install, is listed as failed with that reason and never started. Discovered capsules are
+//! [`CapsuleState::Installed`] until the capsule host starts them.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::capability::CapabilitySet;
 use super::grants::GrantStatus;
-use super::manifest::Manifest;
+use super::install::verify_installed;
 use crate::types::kernel_api::{CapsuleMetadataEntry, CommandInfo};
 
 /// The name under which the built-in socket bridge is listed.
@@ -43,8 +44,15 @@ pub enum CapsuleOrigin {
 pub enum CapsuleState {
     /// Running and serving events.
     Ready,
-    /// Installed and valid, but not started: this build has no WebAssembly capsule host.
+    /// Installed and valid, not (yet) running.
     Installed,
+    /// Stopped after a failure; the host starts it again after the delay.
+    Restarting {
+        /// Restarts so far in this streak.
+        attempt: u32,
+        /// Why it stopped.
+        reason: String,
+    },
     /// Could not be loaded; the reason is shown to the operator.
     Failed(String),
 }
@@ -68,6 +76,8 @@ pub struct Capsule {
     pub interceptor_events: Vec<String>,
     /// What its manifest requests (a request, not a grant).
     pub capabilities: CapabilitySet,
+    /// BLAKE3 of its module as verified at discovery (part of what the operator approves).
+    pub code_hash: Option<String>,
     /// Whether the operator approved that request (set by the kernel after discovery).
     pub grant: GrantStatus,
 }
@@ -100,6 +110,7 @@ impl CapsuleRegistry {
                 commands: Vec::new(),
                 interceptor_events: Vec::new(),
                 capabilities: CapabilitySet::default(),
+                code_hash: None,
                 grant: GrantStatus::NothingRequested,
             }],
         }
@@ -192,6 +203,8 @@ fn scan_dir(dir: &Path, origin: CapsuleOrigin) -> Vec<Capsule> {
     let mut subdirs: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|entry| entry.path())
+        // Hidden directories are installs in progress or leftovers, never capsules.
+        .filter(|path| !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
         .filter(|path| path.is_dir() && path.join(MANIFEST_FILE).is_file())
         .collect();
     subdirs.sort();
@@ -200,9 +213,8 @@ fn scan_dir(dir: &Path, origin: CapsuleOrigin) -> Vec<Capsule> {
 }
 
 fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
-    let manifest_path = dir.join(MANIFEST_FILE);
-    let manifest = match Manifest::load(&manifest_path) {
-        Ok(manifest) => manifest,
+    let (manifest, code_hash) = match verify_installed(dir) {
+        Ok(verified) => (verified.manifest, verified.meta.wasm_hash),
         Err(e) => {
             log::error!("capsule in {} failed: {e}", dir.display());
             let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
@@ -215,12 +227,13 @@ fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
                 commands: Vec::new(),
                 interceptor_events: Vec::new(),
                 capabilities: CapabilitySet::default(),
+                code_hash: None,
                 grant: GrantStatus::NothingRequested,
             };
         }
     };
     let name = manifest.package.name;
-    log::info!("capsule {name} found in {} (installed; not started: no capsule host in this build)", dir.display());
+    log::info!("capsule {name} found in {}", dir.display());
     Capsule {
         commands: manifest
             .commands
@@ -238,6 +251,7 @@ fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
         dir: Some(dir.to_path_buf()),
         state: CapsuleState::Installed,
         capabilities: manifest.capabilities,
+        code_hash,
         grant: GrantStatus::NothingRequested,
     }
 }
@@ -246,10 +260,16 @@ fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
 mod tests {
     use super::*;
 
+    /// Installs a capsule whose source directory is called `dir`; a manifest that does not
+    /// parse is written in place as is, the way a hand-made directory would be.
     fn write_capsule(root: &Path, dir: &str, manifest: &str) {
-        let dir = root.join(dir);
-        fs::create_dir_all(&dir).expect("mkdir");
-        fs::write(dir.join(MANIFEST_FILE), manifest).expect("write manifest");
+        let source = root.with_extension(format!("src-{dir}"));
+        fs::create_dir_all(&source).expect("mkdir");
+        fs::write(source.join(MANIFEST_FILE), manifest).expect("write manifest");
+        if crate::kernel::install::install(&source, root).is_err() {
+            fs::create_dir_all(root.join(dir)).expect("mkdir");
+            fs::write(root.join(dir).join(MANIFEST_FILE), manifest).expect("write manifest");
+        }
     }
 
     #[test]

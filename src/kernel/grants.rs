@@ -4,7 +4,10 @@
 //! set, identified by its fingerprint. `ApproveCapability { request_id, signature }` carries
 //! that fingerprint as its `signature`, so an approval can only ever cover the set the
 //! operator was shown: if the manifest changed in between, the fingerprints differ and the
-//! approval is refused. Grants live in the KV store (`system:grants`), flushed on change.
+//! approval is refused. The fingerprint also covers the BLAKE3 of the capsule's module:
+//! what the operator approves is this code with these capabilities, so new code under an old
+//! manifest is asked about again. Grants live in the KV store (`system:grants`), flushed on
+//! change.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
@@ -75,6 +78,21 @@ pub enum GrantError {
     Store(#[from] KvError),
 }
 
+/// What an approval covers: the capability set and the module it is granted to.
+pub fn fingerprint(requested: &CapabilitySet, code: Option<&str>) -> String {
+    match code {
+        None => requested.fingerprint(),
+        Some(code) => {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(b"astrid-grant-v1\n");
+            hasher.update(requested.fingerprint().as_bytes());
+            hasher.update(b"\n");
+            hasher.update(code.as_bytes());
+            hasher.finalize().to_hex().to_string()
+        }
+    }
+}
+
 /// Grants and pending requests.
 #[derive(Debug)]
 pub struct Grants {
@@ -92,13 +110,14 @@ impl Grants {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Decides the status of `capsule` requesting `requested`, registering a pending request
-    /// (idempotently) when consent is missing.
-    pub fn status(&self, capsule: &str, requested: &CapabilitySet) -> Result<GrantStatus, KvError> {
+    /// Decides the status of `capsule` (running the module with BLAKE3 `code`, if any)
+    /// requesting `requested`, registering a pending request (idempotently) when consent is
+    /// missing.
+    pub fn status(&self, capsule: &str, requested: &CapabilitySet, code: Option<&str>) -> Result<GrantStatus, KvError> {
         if requested.is_empty() {
             return Ok(GrantStatus::NothingRequested);
         }
-        let fingerprint = requested.fingerprint();
+        let fingerprint = fingerprint(requested, code);
         if self.grant(capsule)?.is_some_and(|g| g.fingerprint == fingerprint) {
             return Ok(GrantStatus::Approved);
         }

@@ -11,6 +11,7 @@ pub mod capability;
 pub mod capsules;
 pub mod clients;
 pub mod grants;
+pub mod install;
 pub mod manifest;
 pub mod operator_kv;
 pub mod rate_limit;
@@ -219,10 +220,13 @@ impl Kernel {
             if matches!(capsule.state, capsules::CapsuleState::Failed(_)) {
                 continue;
             }
-            capsule.grant = self.grants.status(&capsule.name, &capsule.capabilities).unwrap_or_else(|e| {
-                log::error!("cannot read the grant of {}: {e}; treating it as not approved", capsule.name);
-                GrantStatus::Pending { request_id: String::new() }
-            });
+            capsule.grant = self
+                .grants
+                .status(&capsule.name, &capsule.capabilities, capsule.code_hash.as_deref())
+                .unwrap_or_else(|e| {
+                    log::error!("cannot read the grant of {}: {e}; treating it as not approved", capsule.name);
+                    GrantStatus::Pending { request_id: String::new() }
+                });
         }
     }
 

@@ -8,12 +8,11 @@ fn kernel(tmp: &tempfile::TempDir) -> Arc<Kernel> {
     let home = AstridHome::at(tmp.path().join("h"));
     home.ensure().expect("ensure");
     let workspace = tmp.path().join("ws");
-    std::fs::create_dir_all(workspace.join(".astrid/capsules/fs")).expect("mkdir");
-    std::fs::write(
-        workspace.join(".astrid/capsules/fs/Capsule.toml"),
+    crate::kernel::install::install_for_test(
+        &workspace.join(".astrid/capsules"),
         "[package]\nname = \"fs\"\nversion = \"0.1.0\"\n[capabilities]\nfs_read = [\"cwd://src\"]\n",
-    )
-    .expect("manifest");
+        None,
+    );
     let state = KernelState {
         store: KvStore::open(&home, KvConfig::default()).expect("store"),
         audit: AuditTrail::open(&home).expect("audit"),

@@ -183,12 +183,11 @@ mod ipc {
         let home = AstridHome::at(tmp.path().join("h"));
         home.ensure().expect("ensure");
         let workspace = tmp.path().join("ws");
-        std::fs::create_dir_all(workspace.join(".astrid/capsules/chat")).expect("mkdir");
-        std::fs::write(
-            workspace.join(".astrid/capsules/chat/Capsule.toml"),
+        crate::kernel::install::install_for_test(
+            &workspace.join(".astrid/capsules"),
             "[package]\nname = \"chat\"\nversion = \"0.1.0\"\n[capabilities]\nipc_publish = [\"chat.v1.*\"]\nipc_subscribe = [\"chat.v1.*\"]\nfs_read = [\"cwd://src\"]\nfs_write = [\"cwd://src\"]\n",
-        )
-        .expect("manifest");
+            None,
+        );
         let state = KernelState {
             store: KvStore::open(&home, KvConfig::default()).expect("store"),
             audit: AuditTrail::open(&home).expect("audit"),

@@ -133,8 +133,17 @@ impl TestHome {
         client
     }
 
-    /// Writes a capsule manifest into `dir/name/Capsule.toml`.
+    /// Installs a capsule made of `manifest` into `dir` with the product's installer (the
+    /// code behind `astrid capsule install`), so it carries a valid `meta.json`.
     pub fn write_capsule(dir: &Path, name: &str, manifest: &str) {
+        let source = tempfile::tempdir().expect("source dir");
+        std::fs::write(source.path().join("Capsule.toml"), manifest).expect("manifest");
+        let installed = astrid::kernel::install::install(source.path(), dir).expect("install");
+        assert_eq!(installed.dir.file_name().and_then(|n| n.to_str()), Some(name), "package name");
+    }
+
+    /// Writes `dir/name/Capsule.toml` by hand, the way an install never would.
+    pub fn write_raw_capsule(dir: &Path, name: &str, manifest: &str) {
         let dir = dir.join(name);
         std::fs::create_dir_all(&dir).expect("capsule dir");
         std::fs::write(dir.join("Capsule.toml"), manifest).expect("manifest");

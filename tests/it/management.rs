@@ -41,7 +41,7 @@ fn capsule_listing_commands_and_metadata() {
         "react",
         "[package]\nname = \"react\"\nversion = \"0.1.0\"\n\n[[command]]\nname = \"/plan\"\ndescription = \"Make a plan\"\n\n[[interceptor]]\nevent = \"user.v1.prompt\"\n",
     );
-    TestHome::write_capsule(&installed, "broken", "[package\n");
+    TestHome::write_raw_capsule(&installed, "broken", "[package\n");
     let _daemon = t.daemon(&[]);
     let mut client = t.client();
     let listed = client.request("list_capsules", json!({"method": "ListCapsules"}));
