@@ -6,6 +6,7 @@
 //! call's wall-clock deadline: a run loop idling in `recv` is never killed for idling, while
 //! one that spins still is.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmi::{Caller, Linker};
@@ -123,24 +124,35 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::
             let Some(index) = usize::try_from(handle).ok() else { return Ok(IpcStatus::InvalidInput as i64) };
             let wait = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0)).min(MAX_RECV_WAIT);
             let started = Instant::now();
+            let stopped = caller.data().lifecycle.stopped();
             let received = {
                 let Some(Some(subscription)) = caller.data_mut().subscriptions.get_mut(index) else {
                     return Ok(IpcStatus::InvalidInput as i64);
                 };
                 match subscription.try_recv() {
                     Some(message) => Some(Some(message)),
-                    None => block_on_timeout(subscription.recv(), wait),
+                    // A stop asked for by the host ends the wait at once, as the closed case.
+                    None => block_on_timeout(first_of(subscription.recv(), stopped), wait),
                 }
             };
-            caller.data_mut().waited += started.elapsed();
-            match received {
-                None => Ok(IpcStatus::Timeout as i64),
-                Some(None) => Ok(IpcStatus::Closed as i64),
-                Some(Some(message)) => {
-                    let frame = serde_json::to_vec(&EgressFrame::from_message(&message.message)).unwrap_or_default();
-                    write_guest(&mut caller, &frame)
-                }
-            }
+            let state = caller.data_mut();
+            state.waited += started.elapsed();
+            state.waits += 1;
+            deliver(&mut caller, received)
+        },
+    )?;
+    linker.func_wrap(
+        HOST_MODULE,
+        "ipc_poll",
+        |mut caller: Caller<'_, HostState>, handle: i32| -> Result<i64, wasmi::Error> {
+            let Some(index) = usize::try_from(handle).ok() else { return Ok(IpcStatus::InvalidInput as i64) };
+            let state = caller.data_mut();
+            let Some(Some(subscription)) = state.subscriptions.get_mut(index) else {
+                return Ok(IpcStatus::InvalidInput as i64);
+            };
+            let received = subscription.try_recv().map(Some);
+            state.waits += 1;
+            deliver(&mut caller, received)
         },
     )?;
     linker.func_wrap(HOST_MODULE, "ipc_unsubscribe", |mut caller: Caller<'_, HostState>, handle: i32| -> i32 {
@@ -154,6 +166,33 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::
         }
     })?;
     Ok(())
+}
+
+/// Hands a received message to the guest as its egress JSON; `None` is a timeout (or nothing
+/// queued), `Some(None)` a closed subscription.
+fn deliver(caller: &mut Caller<'_, HostState>, received: Option<Option<Arc<BusMessage>>>) -> Result<i64, wasmi::Error> {
+    match received {
+        None => Ok(IpcStatus::Timeout as i64),
+        Some(None) => Ok(IpcStatus::Closed as i64),
+        Some(Some(message)) => {
+            let frame = serde_json::to_vec(&EgressFrame::from_message(&message.message))
+                .map_err(|e| wasmi::Error::new(format!("cannot encode a message: {e}")))?;
+            write_guest(caller, &frame)
+        }
+    }
+}
+
+/// Whichever of a message and a stop request comes first; a stop reads as `None` (closed).
+async fn first_of<T>(message: impl Future<Output = Option<T>>, stop: impl Future<Output = ()>) -> Option<T> {
+    let mut message = std::pin::pin!(message);
+    let mut stop = std::pin::pin!(stop);
+    std::future::poll_fn(|context| {
+        if let std::task::Poll::Ready(value) = message.as_mut().poll(context) {
+            return std::task::Poll::Ready(value);
+        }
+        stop.as_mut().poll(context).map(|()| None)
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -27,13 +27,17 @@ macro_rules! or_status {
 mod host_fs;
 mod host_ipc;
 mod host_kv;
+mod lifecycle;
 mod sandbox;
-mod wait;
+pub(crate) mod wait;
 
 pub use host_fs::FsStatus;
 pub use host_ipc::IpcStatus;
 pub use host_kv::KvStatus;
-pub use sandbox::{HOST_FUNCTIONS, HostServices, KernelAccess, Sandbox, SandboxError};
+pub use lifecycle::Lifecycle;
+pub use sandbox::{
+    HOOK_EXPORT, HOST_FUNCTIONS, HookAction, HookResult, HostServices, KernelAccess, RUN_EXPORT, Sandbox, SandboxError,
+};
 
 use std::time::Duration;
 

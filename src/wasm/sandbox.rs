@@ -1,18 +1,18 @@
 //! One capsule instance: its store, its limits, and calls into it.
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use serde::Deserialize;
+use uuid::Uuid;
 use wasmi::{
     Caller, Engine, Extern, Instance, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, TypedResumableCall,
     WasmParams, WasmResults,
 };
 
-use std::time::Duration;
-
-use uuid::Uuid;
-
 use super::SandboxLimits;
-use std::sync::Arc;
+use super::lifecycle::Lifecycle;
 
 use crate::kernel::Kernel;
 use crate::kernel::bus::Subscription;
@@ -25,6 +25,8 @@ pub const HOST_FUNCTIONS: &[&str] = &[
     "log",
     "clock_ms",
     "random_bytes",
+    "get_config",
+    "signal_ready",
     "kv_get",
     "kv_set",
     "kv_delete",
@@ -34,6 +36,7 @@ pub const HOST_FUNCTIONS: &[&str] = &[
     "ipc_publish",
     "ipc_subscribe",
     "ipc_recv",
+    "ipc_poll",
     "ipc_unsubscribe",
     "fs_read",
     "fs_write",
@@ -47,6 +50,19 @@ pub const HOST_FUNCTIONS: &[&str] = &[
 const MAX_RANDOM: usize = 64 * 1024;
 /// Longest log line a guest may pass.
 const MAX_LOG: usize = 64 * 1024;
+/// Longest configuration key.
+const MAX_CONFIG_KEY: usize = 256;
+/// Largest hook result a guest may return.
+const MAX_HOOK_RESULT: usize = 1024 * 1024;
+
+/// The guest export for run loops.
+pub const RUN_EXPORT: &str = "run";
+/// The guest export for interceptors, tools and commands.
+pub const HOOK_EXPORT: &str = "astrid_hook_trigger";
+/// The guest's allocator, through which the host hands it bytes.
+pub const ALLOC_EXPORT: &str = "astrid_alloc";
+/// The guest's optional deallocator, called on buffers the guest handed back.
+pub const FREE_EXPORT: &str = "astrid_free";
 
 /// Why a capsule could not be loaded or a call failed. Each is the capsule's problem alone.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,6 +116,20 @@ pub enum SandboxError {
     /// A previous failure left the instance in an unknown state.
     #[error("the instance failed earlier and must be re-instantiated")]
     Poisoned,
+    /// The host asked the instance to stop.
+    #[error("{export} was stopped by the host")]
+    Stopped {
+        /// The export called.
+        export: String,
+    },
+    /// The guest returned something that is not what the ABI specifies.
+    #[error("{export} returned a malformed result: {reason}")]
+    BadResult {
+        /// The export called.
+        export: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// The kernel behind an instance's gated host functions (IPC, files): every call is
@@ -119,6 +149,10 @@ pub struct HostServices {
     pub kv: Option<(KvStore, Namespace)>,
     /// The bus, through the kernel's capability checks.
     pub kernel: Option<KernelAccess>,
+    /// What `get_config` answers: the capsule's own `[env]` values, resolved at load.
+    pub config: BTreeMap<String, String>,
+    /// Readiness and stop, shared with the capsule host.
+    pub lifecycle: Arc<Lifecycle>,
 }
 
 /// Per-instance host state.
@@ -134,6 +168,12 @@ pub struct HostState {
     pub(super) waited: Duration,
     /// The `source_id` of this instance's messages.
     pub(super) source_id: Uuid,
+    /// The capsule's configuration.
+    config: BTreeMap<String, String>,
+    /// Readiness and stop.
+    pub(super) lifecycle: Arc<Lifecycle>,
+    /// How many times the guest has waited for messages (a run loop's budget restarts then).
+    pub(super) waits: u64,
     /// Lines the guest logged (also sent to the daemon log).
     pub logs: Vec<String>,
 }
@@ -143,6 +183,40 @@ impl HostState {
     pub fn capsule(&self) -> &str {
         &self.capsule
     }
+}
+
+/// How a call's fuel and deadline are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    /// Once for the whole call (hooks, tools, lifecycle).
+    PerCall,
+    /// Afresh after each wait for messages (run loops).
+    BetweenWaits,
+}
+
+/// What the guest's hook entry decided.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HookResult {
+    /// Go on, stop with a result, or refuse.
+    pub action: HookAction,
+    /// The replacement payload (`continue`, `final`) or the reason (`deny`).
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
+}
+
+/// The decision of a hook. Anything the guest names that is not one of these counts as
+/// `continue`, as in the reference (its SDK reports errors as action `"error"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookAction {
+    /// The event stops here with this result.
+    Final,
+    /// The event is refused.
+    #[serde(alias = "abort")]
+    Deny,
+    /// The event goes on.
+    #[serde(other)]
+    Continue,
 }
 
 /// A loaded, instantiated capsule.
@@ -195,6 +269,9 @@ impl Sandbox {
             subscriptions: Vec::new(),
             waited: Duration::ZERO,
             source_id: Uuid::new_v4(),
+            config: services.config,
+            lifecycle: services.lifecycle,
+            waits: 0,
             logs: Vec::new(),
         };
         let mut store = Store::new(engine, state);
@@ -211,6 +288,15 @@ impl Sandbox {
 
     /// Calls `export` with `params` under the fuel budget and the deadline.
     pub fn call<P: WasmParams, R: WasmResults>(&mut self, export: &str, params: P) -> Result<R, SandboxError> {
+        self.call_with(export, params, Budget::PerCall)
+    }
+
+    fn call_with<P: WasmParams, R: WasmResults>(
+        &mut self,
+        export: &str,
+        params: P,
+        budget: Budget,
+    ) -> Result<R, SandboxError> {
         if self.poisoned {
             return Err(SandboxError::Poisoned);
         }
@@ -218,21 +304,99 @@ impl Sandbox {
             .instance
             .get_typed_func::<P, R>(&self.store, export)
             .map_err(|e| SandboxError::MissingExport { name: export.to_owned(), reason: e.to_string() })?;
-        let result = self.run(export, |store| func.call_resumable(store, params));
+        let result = self.run(export, budget, |store| func.call_resumable(store, params));
         if result.is_err() {
             self.poisoned = true;
         }
         result
     }
 
+    /// Whether the module exports a function called `name`.
+    pub fn has_export(&self, name: &str) -> bool {
+        self.instance.get_func(&self.store, name).is_some()
+    }
+
+    /// Runs the guest's `run` export, the capsule's event loop, until it returns, fails or is
+    /// stopped. The fuel budget and the deadline apply to the stretch of work between two
+    /// waits for messages: a loop that idles in `ipc_recv` lives as long as it likes, one
+    /// that spins without waiting is stopped like any call.
+    pub fn run_loop(&mut self) -> Result<(), SandboxError> {
+        self.call_with(RUN_EXPORT, (), Budget::BetweenWaits)
+    }
+
+    /// Calls the guest's hook entry with an action name and a payload; the answer says
+    /// whether the event goes on (`continue`), stops here with a result (`final`) or is
+    /// refused (`deny`).
+    pub fn hook(&mut self, action: &str, payload: &[u8]) -> Result<HookResult, SandboxError> {
+        let export = HOOK_EXPORT;
+        let action_buffer = self.give(action.as_bytes())?;
+        let payload_buffer = self.give(payload)?;
+        let packed: i64 = self.call(export, (action_buffer.0, action_buffer.1, payload_buffer.0, payload_buffer.1))?;
+        let bad = |reason: String| SandboxError::BadResult { export: export.to_owned(), reason };
+        let bytes = self.take(packed, MAX_HOOK_RESULT).map_err(bad)?;
+        if bytes.is_empty() {
+            return Ok(HookResult { action: HookAction::Continue, data: None });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Copies `bytes` into a buffer from the guest's allocator: `(ptr, len)`.
+    fn give(&mut self, bytes: &[u8]) -> Result<(i32, i32), SandboxError> {
+        let len = i32::try_from(bytes.len())
+            .map_err(|_| SandboxError::BadResult { export: ALLOC_EXPORT.to_owned(), reason: "too large".to_owned() })?;
+        let ptr: i32 = self.call(ALLOC_EXPORT, len)?;
+        let memory = self.memory(ALLOC_EXPORT)?;
+        let offset = usize::try_from(ptr).map_err(|_| self.poison_with(ALLOC_EXPORT, "negative pointer"))?;
+        if memory.write(&mut self.store, offset, bytes).is_err() {
+            return Err(self.poison_with(ALLOC_EXPORT, "returned a buffer outside its memory"));
+        }
+        Ok((ptr, len))
+    }
+
+    /// Reads the guest buffer packed as `(ptr << 32) | len`, then hands it back to the
+    /// guest's `astrid_free` if it has one.
+    fn take(&mut self, packed: i64, max: usize) -> Result<Vec<u8>, String> {
+        let (ptr, len) = ((packed >> 32) as u32 as usize, (packed & 0xffff_ffff) as u32 as usize);
+        if len > max {
+            return Err(format!("{len} bytes is over the {max}-byte limit"));
+        }
+        let memory = self.memory(HOOK_EXPORT).map_err(|e| e.to_string())?;
+        let mut bytes = vec![0u8; len];
+        memory.read(&self.store, ptr, &mut bytes).map_err(|e| format!("buffer outside its memory: {e}"))?;
+        if len > 0 && self.has_export(FREE_EXPORT) {
+            let (ptr, len) = (i32::try_from(ptr).unwrap_or(0), i32::try_from(len).unwrap_or(0));
+            self.call::<(i32, i32), ()>(FREE_EXPORT, (ptr, len)).map_err(|e| e.to_string())?;
+        }
+        Ok(bytes)
+    }
+
+    fn memory(&self, export: &str) -> Result<wasmi::Memory, SandboxError> {
+        self.instance.get_memory(&self.store, "memory").ok_or_else(|| SandboxError::MissingExport {
+            name: "memory".to_owned(),
+            reason: format!("needed by {export}"),
+        })
+    }
+
+    fn poison_with(&mut self, export: &str, reason: &str) -> SandboxError {
+        self.poisoned = true;
+        SandboxError::BadResult { export: export.to_owned(), reason: reason.to_owned() }
+    }
+
+    /// The instance's lifecycle flags (readiness, stop).
+    pub fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.store.data().lifecycle
+    }
+
     fn run<R: WasmResults>(
         &mut self,
         export: &str,
+        budget: Budget,
         start: impl FnOnce(&mut Store<HostState>) -> Result<TypedResumableCall<R>, wasmi::Error>,
     ) -> Result<R, SandboxError> {
         let trap = |e: wasmi::Error| SandboxError::Trap { export: export.to_owned(), message: e.to_string() };
-        let started = Instant::now();
+        let mut started = Instant::now();
         self.store.data_mut().waited = Duration::ZERO;
+        let mut waits = self.store.data().waits;
         let slice = self.limits.fuel_slice;
         self.store.set_fuel(slice).map_err(trap)?;
         let mut spent = 0u64;
@@ -247,6 +411,16 @@ impl Sandbox {
                     });
                 }
                 TypedResumableCall::OutOfFuel(pending) => {
+                    if self.store.data().lifecycle.is_stopping() {
+                        return Err(SandboxError::Stopped { export: export.to_owned() });
+                    }
+                    if budget == Budget::BetweenWaits && self.store.data().waits != waits {
+                        // The guest waited for messages since the last slice: new work, new budget.
+                        waits = self.store.data().waits;
+                        spent = 0;
+                        started = Instant::now();
+                        self.store.data_mut().waited = Duration::ZERO;
+                    }
                     spent = spent.saturating_add(slice);
                     if spent >= self.limits.fuel_per_call {
                         return Err(SandboxError::OutOfFuel { export: export.to_owned(), fuel: spent });
@@ -293,6 +467,25 @@ fn link(linker: &mut Linker<HostState>) -> Result<(), SandboxError> {
         )
         .map_err(err)?;
     linker.func_wrap(HOST_MODULE, "clock_ms", || -> i64 { chrono::Utc::now().timestamp_millis() }).map_err(err)?;
+    linker
+        .func_wrap(HOST_MODULE, "signal_ready", |caller: Caller<'_, HostState>| {
+            caller.data().lifecycle.signal_ready();
+        })
+        .map_err(err)?;
+    linker
+        .func_wrap(
+            HOST_MODULE,
+            "get_config",
+            |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
+                let key = read_guest(&mut caller, ptr, len, MAX_CONFIG_KEY)?;
+                let value = std::str::from_utf8(&key).ok().and_then(|key| caller.data().config.get(key)).cloned();
+                match value {
+                    Some(value) => write_guest(&mut caller, value.as_bytes()),
+                    None => Ok(-1),
+                }
+            },
+        )
+        .map_err(err)?;
     linker
         .func_wrap(
             HOST_MODULE,

@@ -141,7 +141,7 @@ fn kv_host_functions_use_the_host_chosen_namespace_and_return_typed_errors() {
         .expect("kv");
     let namespace = crate::store::Namespace::capsule("default", "counter").expect("ns");
     let wasm = wat::parse_str(KV_CAPSULE).expect("wat");
-    let services = HostServices { kv: Some((kv.clone(), namespace.clone())), kernel: None };
+    let services = HostServices { kv: Some((kv.clone(), namespace.clone())), ..HostServices::default() };
     let mut sandbox = Sandbox::load_with(&engine(), "counter", &wasm, quick(), services).expect("load");
     assert_eq!(sandbox.call::<(), i32>("store", ()).expect("store"), 0);
     assert_eq!(kv.get(&namespace, "counter").expect("get"), Some(b"forty-two".to_vec()), "written where the host said");
@@ -224,8 +224,8 @@ mod ipc {
 
     fn sandbox(kernel: &Arc<Kernel>, limits: SandboxLimits) -> Sandbox {
         let services = HostServices {
-            kv: None,
             kernel: Some(KernelAccess { kernel: Arc::clone(kernel), principal: "default".into() }),
+            ..HostServices::default()
         };
         Sandbox::load_with(&engine(), "chat", &wat::parse_str(CHAT).expect("wat"), limits, services).expect("load")
     }
@@ -309,8 +309,8 @@ mod ipc {
         let tmp = tempfile::tempdir().expect("tempdir");
         let kernel = kernel(&tmp);
         let services = HostServices {
-            kv: None,
             kernel: Some(KernelAccess { kernel: Arc::clone(&kernel), principal: "default".into() }),
+            ..HostServices::default()
         };
         let mut files = Sandbox::load_with(&engine(), "chat", &wat::parse_str(FILES).expect("wat"), quick(), services)
             .expect("load");
@@ -332,4 +332,156 @@ mod ipc {
         assert_eq!(files.call::<(), i32>("unlink_src", ()).expect("unlink"), 0);
         assert!(kernel.vfs().changes().expect("changes").is_empty());
     }
+
+    /// A run loop that waits for messages forever, spins when told to, and stops on `stop`.
+    const LOOP: &str = r#"(module
+        (import "astrid" "ipc_subscribe" (func $subscribe (param i32 i32) (result i32)))
+        (import "astrid" "ipc_recv" (func $recv (param i32 i32) (result i64)))
+        (import "astrid" "signal_ready" (func $ready))
+        (memory (export "memory") 1)
+        (global $next (mut i32) (i32.const 4096))
+        (data (i32.const 80) "chat.v1.*")
+        (func (export "astrid_alloc") (param $len i32) (result i32)
+            global.get $next
+            global.get $next local.get $len i32.add global.set $next)
+        (func (export "run") (local $h i32) (local $got i64) (local $i i32)
+            (local.set $h (call $subscribe (i32.const 80) (i32.const 9)))
+            call $ready
+            (loop $forever
+                (local.set $got (call $recv (local.get $h) (i32.const 100)))
+                ;; -5: closed (or stopped by the host): leave the loop.
+                (if (i64.eq (local.get $got) (i64.const -5)) (then return))
+                ;; A message: burn some fuel, as real work would, well within one budget.
+                (if (i64.gt_s (local.get $got) (i64.const 0)) (then
+                    (local.set $i (i32.const 200000))
+                    (loop $work (local.set $i (i32.sub (local.get $i) (i32.const 1))) (br_if $work (local.get $i)))
+                    ;; A message whose payload starts with '{"s' ("spin") makes it spin forever.
+                    (if (i32.eq (i32.load8_u (i32.add (i32.wrap_i64 (i64.shr_u (local.get $got) (i64.const 32))) (i32.const 34))) (i32.const 115))
+                        (then (loop $spin (br $spin))))))
+                (br $forever))))"#;
+
+    #[test]
+    fn a_run_loop_lives_while_it_waits_dies_when_it_spins_and_wakes_for_a_stop() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let kernel = kernel(&tmp);
+        // A budget far smaller than the loop's lifetime: only work between waits counts.
+        let limits = SandboxLimits {
+            fuel_per_call: 5_000_000,
+            deadline: Duration::from_millis(500),
+            ..SandboxLimits::default()
+        };
+        let services = |lifecycle: &Arc<Lifecycle>| HostServices {
+            kernel: Some(KernelAccess { kernel: Arc::clone(&kernel), principal: "default".into() }),
+            lifecycle: Arc::clone(lifecycle),
+            ..HostServices::default()
+        };
+        let send = |text: &str| {
+            kernel.bus().publish(BusMessage {
+                message: IpcMessage::new(
+                    "chat.v1.in",
+                    IpcPayload::Custom {
+                        data: serde_json::Value::Object([(text.to_owned(), 1.into())].into_iter().collect()),
+                    },
+                    SYSTEM_SESSION_UUID,
+                ),
+                origin: Origin::Kernel,
+                reply_to: None,
+            });
+        };
+        let wasm = wat::parse_str(LOOP).expect("wat");
+
+        let lifecycle = Arc::new(Lifecycle::default());
+        let mut calm = Sandbox::load_with(&engine(), "chat", &wasm, limits, services(&lifecycle)).expect("load");
+        let stopper = Arc::clone(&lifecycle);
+        let runner = std::thread::spawn(move || (calm.run_loop(), calm.lifecycle().is_ready()));
+        // Forty messages of real work: together far over the budget, each well inside it.
+        std::thread::sleep(Duration::from_millis(100));
+        for _ in 0..40 {
+            send("work");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(!runner.is_finished(), "an idle or working loop is not killed");
+        let stop_asked = Instant::now();
+        stopper.stop();
+        let (result, ready) = runner.join().expect("runner");
+        assert_eq!(result, Ok(()), "a stop wakes recv as closed and the loop returns");
+        assert!(stop_asked.elapsed() < Duration::from_secs(1));
+        assert!(ready, "signal_ready reached the host");
+
+        let lifecycle = Arc::new(Lifecycle::default());
+        let mut spinner = Sandbox::load_with(&engine(), "chat", &wasm, limits, services(&lifecycle)).expect("load");
+        let runner = std::thread::spawn(move || spinner.run_loop());
+        std::thread::sleep(Duration::from_millis(100));
+        send("spin");
+        let waited = Instant::now();
+        while !runner.is_finished() && waited.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        lifecycle.stop(); // so a broken limit fails the test instead of hanging it
+        let result = runner.join().expect("runner");
+        assert!(matches!(result, Err(SandboxError::OutOfFuel { .. } | SandboxError::Deadline { .. })), "{result:?}");
+    }
+
+    #[test]
+    fn a_spinning_call_is_stopped_at_the_next_slice() {
+        let lifecycle = Arc::new(Lifecycle::default());
+        let services = HostServices { lifecycle: Arc::clone(&lifecycle), ..HostServices::default() };
+        let limits = SandboxLimits { deadline: Duration::from_secs(60), ..SandboxLimits::default() };
+        let wasm = wat::parse_str(r#"(module (func (export "spin") (loop br 0)))"#).expect("wat");
+        let mut sandbox = Sandbox::load_with(&engine(), "spin", &wasm, limits, services).expect("load");
+        let runner = std::thread::spawn(move || sandbox.call::<(), ()>("spin", ()));
+        std::thread::sleep(Duration::from_millis(50));
+        let asked = Instant::now();
+        lifecycle.stop();
+        assert!(matches!(runner.join().expect("runner"), Err(SandboxError::Stopped { .. })));
+        assert!(asked.elapsed() < Duration::from_secs(1));
+    }
+}
+
+/// A hook entry that answers by action name, and reads its configuration.
+const HOOKS: &str = r#"(module
+    (import "astrid" "get_config" (func $config (param i32 i32) (result i64)))
+    (memory (export "memory") 1)
+    (global $next (mut i32) (i32.const 4096))
+    (data (i32.const 0) "{\"action\":\"deny\",\"data\":\"no\"}")
+    (data (i32.const 64) "{\"action\":\"final\",\"data\":{\"n\":1}}")
+    (data (i32.const 128) "{\"action\":\"error\"}")
+    (data (i32.const 192) "not json")
+    (data (i32.const 256) "GREETING")
+    (data (i32.const 272) "MISSING")
+    (func (export "astrid_alloc") (param $len i32) (result i32)
+        global.get $next
+        global.get $next local.get $len i32.add global.set $next)
+    ;; Answers by the first letter of the action: d(eny), f(inal), e(rror), b(roken); else
+    ;; echoes the payload back as the packed result.
+    (func (export "astrid_hook_trigger") (param $a i32) (param $al i32) (param $p i32) (param $pl i32) (result i64)
+        (local $c i32)
+        (local.set $c (i32.load8_u (local.get $a)))
+        (if (i32.eq (local.get $c) (i32.const 100)) (then (return (i64.const 29))))
+        (if (i32.eq (local.get $c) (i32.const 102)) (then (return (i64.or (i64.shl (i64.const 64) (i64.const 32)) (i64.const 33)))))
+        (if (i32.eq (local.get $c) (i32.const 101)) (then (return (i64.or (i64.shl (i64.const 128) (i64.const 32)) (i64.const 18)))))
+        (if (i32.eq (local.get $c) (i32.const 98)) (then (return (i64.or (i64.shl (i64.const 192) (i64.const 32)) (i64.const 8)))))
+        (i64.or (i64.shl (i64.extend_i32_u (local.get $p)) (i64.const 32)) (i64.extend_i32_u (local.get $pl))))
+    (func (export "config") (result i64) (call $config (i32.const 256) (i32.const 8)))
+    (func (export "missing") (result i64) (call $config (i32.const 272) (i32.const 7))))"#;
+
+#[test]
+fn hooks_answer_continue_final_or_deny_and_config_is_the_capsules_own() {
+    let services = HostServices {
+        config: [("GREETING".to_owned(), "hi".to_owned())].into_iter().collect(),
+        ..HostServices::default()
+    };
+    let wasm = wat::parse_str(HOOKS).expect("wat");
+    let mut hooks = Sandbox::load_with(&engine(), "hooks", &wasm, quick(), services).expect("load");
+    let deny = hooks.hook("deny", b"{}").expect("deny");
+    assert_eq!((deny.action, deny.data), (HookAction::Deny, Some(serde_json::json!("no"))));
+    assert_eq!(hooks.hook("final", b"{}").expect("final").action, HookAction::Final);
+    assert_eq!(hooks.hook("error", b"{}").expect("error").action, HookAction::Continue, "unknown actions continue");
+    let echoed = hooks.hook("x", br#"{"action":"continue","data":[1,2]}"#).expect("echo");
+    assert_eq!((echoed.action, echoed.data), (HookAction::Continue, Some(serde_json::json!([1, 2]))));
+    assert!(hooks.call::<(), i64>("config", ()).expect("config") > 0);
+    assert_eq!(hooks.call::<(), i64>("missing", ()).expect("missing"), -1);
+    assert!(matches!(hooks.hook("broken", b"{}"), Err(SandboxError::BadResult { .. })));
+    assert!(hooks.has_export("astrid_hook_trigger") && !hooks.has_export("run"));
 }

@@ -1,0 +1,80 @@
+//! What the capsule host and a running instance share: readiness and the stop request.
+//!
+//! wasmi cannot be interrupted from outside, so stopping is cooperative on the host's side:
+//! a call that is running guest code sees the request at its next fuel slice, and a call
+//! waiting in a host function (`ipc_recv`) wakes at once, because its wait races
+//! [`Lifecycle::stopped`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::watch;
+
+/// Readiness and stop flags of one capsule instance.
+#[derive(Debug)]
+pub struct Lifecycle {
+    ready: AtomicBool,
+    stop: watch::Sender<bool>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self { ready: AtomicBool::new(false), stop: watch::channel(false).0 }
+    }
+}
+
+impl Lifecycle {
+    /// The guest called `signal_ready`.
+    pub fn signal_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether the guest has signalled readiness.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Asks the instance to stop (idempotent).
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Completes once a stop is asked for (at once if it already was). Needs no runtime.
+    pub fn stopped(&self) -> impl Future<Output = ()> + use<> {
+        let mut receiver = self.stop.subscribe();
+        async move {
+            let _ = receiver.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wasm::wait::block_on_timeout;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_stop_wakes_a_waiter_and_is_seen_by_later_ones() {
+        let lifecycle = Arc::new(Lifecycle::default());
+        let stopper = Arc::clone(&lifecycle);
+        let started = Instant::now();
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            stopper.stop();
+        });
+        assert_eq!(block_on_timeout(lifecycle.stopped(), Duration::from_secs(10)), Some(()));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        thread.join().expect("stopper");
+        assert!(lifecycle.is_stopping());
+        assert_eq!(block_on_timeout(lifecycle.stopped(), Duration::ZERO), Some(()));
+        assert!(!lifecycle.is_ready());
+        lifecycle.signal_ready();
+        assert!(lifecycle.is_ready());
+    }
+}
