@@ -41,6 +41,7 @@ use crate::ipc::bridge::{self, BridgeConfig};
 use crate::kernel::{Kernel, KernelConfig, KernelState, ShutdownReason};
 use crate::store::{KvConfig, KvStore};
 use crate::vfs::Vfs;
+use crate::wasm::supervisor::{CapsuleHost, HostConfig};
 use idle::IdlePolicy;
 use signals::Signals;
 
@@ -155,6 +156,22 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
         dirs.workspace.display()
     );
 
+    let capsule_host = CapsuleHost::new(
+        Arc::clone(&kernel),
+        HostConfig::from_env().map_err(anyhow::Error::msg).context("boot step 5/6 (capsule host)")?,
+    );
+    let host_task = tokio::spawn(keep_capsules_in_sync(Arc::clone(&capsule_host), kernel.capsules_changed()));
+    {
+        let host = Arc::clone(&capsule_host);
+        tokio::task::spawn_blocking(move || {
+            host.sync();
+            host.wait_ready(CAPSULE_READY_WAIT);
+        })
+        .await
+        .context("boot step 5/6 (starting capsules)")?;
+    }
+    log::info!("boot 5/6: running: {:?}", kernel.capsules().ready_names());
+
     let (stop, stop_rx) = watch::channel(false);
     let bridge_config = BridgeConfig { max_clients: config.max_clients, ..BridgeConfig::default() };
     let bridge = tokio::spawn(bridge::serve(listener, Arc::clone(&kernel), token, bridge_config, stop_rx));
@@ -186,6 +203,11 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
     if let Err(e) = bridge.await {
         log::error!("socket bridge ended abnormally: {e}");
     }
+    host_task.abort();
+    let host = Arc::clone(&capsule_host);
+    if let Err(e) = tokio::task::spawn_blocking(move || host.stop_all()).await {
+        log::error!("stopping capsules failed: {e}");
+    }
     router.abort();
     kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "daemon.stop", &reason.to_string(), Decision::Info, "shutdown");
     kernel.flush();
@@ -193,6 +215,19 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
     log::info!("removed {} run file(s); shutdown complete ({reason})", removed.len());
     drop(lock);
     Ok(())
+}
+
+/// How long boot waits for run-loop capsules to signal readiness (a slow one is logged).
+const CAPSULE_READY_WAIT: Duration = Duration::from_millis(500);
+
+/// Starts, restarts and stops capsules whenever the registry or a grant changes.
+async fn keep_capsules_in_sync(host: Arc<CapsuleHost>, mut changed: watch::Receiver<u64>) {
+    while changed.changed().await.is_ok() {
+        let host = Arc::clone(&host);
+        if let Err(e) = tokio::task::spawn_blocking(move || host.sync()).await {
+            log::error!("capsule host sync failed: {e}");
+        }
+    }
 }
 
 /// Opens the stores. The KV store comes after the singleton lock, so a second daemon never

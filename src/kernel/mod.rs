@@ -107,6 +107,8 @@ pub struct Kernel {
     vfs: Vfs,
     grants: Grants,
     approvals: Approvals,
+    /// Bumped whenever the registry or a grant changes, so the capsule host can catch up.
+    capsules_changed: watch::Sender<u64>,
 }
 
 impl Kernel {
@@ -123,6 +125,7 @@ impl Kernel {
             shutdown,
             grants: Grants::new(state.store.clone()),
             approvals,
+            capsules_changed: watch::channel(0).0,
             bus,
             store: state.store,
             audit: state.audit,
@@ -213,6 +216,20 @@ impl Kernel {
         outcome
     }
 
+    /// A receiver that changes whenever the registry or a grant changed: the capsule host
+    /// watches it to start, restart or stop capsules (the kernel does not run them itself).
+    pub fn capsules_changed(&self) -> watch::Receiver<u64> {
+        self.capsules_changed.subscribe()
+    }
+
+    /// Sets the state of a registered capsule (the capsule host reports what it runs).
+    pub fn set_capsule_state(&self, name: &str, state: capsules::CapsuleState) {
+        let mut registry = self.capsules();
+        if let Some(capsule) = registry.capsules_mut().iter_mut().find(|c| c.name == name) {
+            capsule.state = state;
+        }
+    }
+
     /// Recomputes every capsule's grant status (after discovery, an approval or a revoke).
     pub fn refresh_grants(&self) {
         let mut registry = self.capsules();
@@ -228,6 +245,8 @@ impl Kernel {
                     GrantStatus::Pending { request_id: String::new() }
                 });
         }
+        drop(registry);
+        self.capsules_changed.send_modify(|generation| *generation += 1);
     }
 
     /// Collects the verdict on every audit chain as this daemon found it (run once after

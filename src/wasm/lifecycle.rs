@@ -5,27 +5,59 @@
 //! waiting in a host function (`ipc_recv`) wakes at once, because its wait races
 //! [`Lifecycle::stopped`].
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
+type ReadyHook = Box<dyn FnOnce() + Send>;
+
 /// Readiness and stop flags of one capsule instance.
-#[derive(Debug)]
 pub struct Lifecycle {
     ready: AtomicBool,
+    on_ready: Mutex<Option<ReadyHook>>,
     stop: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifecycle").field("ready", &self.is_ready()).field("stopping", &self.is_stopping()).finish()
+    }
 }
 
 impl Default for Lifecycle {
     fn default() -> Self {
-        Self { ready: AtomicBool::new(false), stop: watch::channel(false).0 }
+        Self { ready: AtomicBool::new(false), on_ready: Mutex::new(None), stop: watch::channel(false).0 }
     }
 }
 
 impl Lifecycle {
+    /// Runs `hook` once, when the guest signals readiness (at once if it already has).
+    pub fn on_ready(&self, hook: impl FnOnce() + Send + 'static) {
+        let mut slot = self.on_ready.lock().unwrap_or_else(|e| e.into_inner());
+        if self.is_ready() {
+            drop(slot);
+            hook();
+        } else {
+            *slot = Some(Box::new(hook));
+        }
+    }
+
     /// The guest called `signal_ready`.
     pub fn signal_ready(&self) {
-        self.ready.store(true, Ordering::Release);
+        let hook = {
+            let mut slot = self.on_ready.lock().unwrap_or_else(|e| e.into_inner());
+            self.ready.store(true, Ordering::Release);
+            slot.take()
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+
+    /// Forgets readiness (a restarted instance must signal again).
+    pub fn reset_ready(&self) {
+        self.ready.store(false, Ordering::Release);
     }
 
     /// Whether the guest has signalled readiness.

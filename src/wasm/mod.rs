@@ -24,11 +24,13 @@ macro_rules! or_status {
     };
 }
 
+mod config;
 mod host_fs;
 mod host_ipc;
 mod host_kv;
 mod lifecycle;
 mod sandbox;
+pub mod supervisor;
 pub(crate) mod wait;
 
 pub use host_fs::FsStatus;

@@ -1,0 +1,77 @@
+//! What `get_config` answers: a capsule's own `[env]` values.
+//!
+//! Values the operator gave live in `home/<principal>/.config/env/<capsule>.env.json` (a JSON
+//! object of strings, 0600, outside the capsule directory so a reinstall keeps it). A key the
+//! file does not set falls back to the manifest's `default`. Only keys the manifest declares
+//! are ever handed to the capsule, and only to that capsule: one capsule's secrets are not in
+//! another's map.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::home::AstridHome;
+use crate::kernel::manifest::EnvDef;
+
+/// The env file of `capsule` for `principal`.
+pub fn env_file(home: &AstridHome, principal: &str, capsule: &str) -> PathBuf {
+    home.principal_dir(principal).join(".config").join("env").join(format!("{capsule}.env.json"))
+}
+
+/// The declared keys that have a value (given by the operator, or a default), and the keys
+/// that have none and still need one.
+pub fn resolve(
+    home: &AstridHome,
+    principal: &str,
+    capsule: &str,
+    declared: &BTreeMap<String, EnvDef>,
+) -> (BTreeMap<String, String>, Vec<String>) {
+    let path = env_file(home, principal, capsule);
+    let given: BTreeMap<String, String> = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            log::warn!("{} is not a JSON object of strings ({e}); ignoring it", path.display());
+            BTreeMap::new()
+        }),
+        Err(_) => BTreeMap::new(),
+    };
+    let mut values = BTreeMap::new();
+    let mut missing = Vec::new();
+    for (key, def) in declared {
+        let value = given.get(key).cloned().or_else(|| {
+            def.default.as_ref().map(|v| match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+        });
+        match value {
+            Some(value) => {
+                values.insert(key.clone(), value);
+            }
+            None => missing.push(key.clone()),
+        }
+    }
+    (values, missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_declared_keys_reach_the_capsule_and_defaults_fill_the_gaps() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = AstridHome::at(tmp.path());
+        let file = env_file(&home, "default", "llm");
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&file, r#"{"API_KEY": "sk-1", "OTHER_CAPSULES_KEY": "x"}"#).expect("write");
+        let manifest = crate::kernel::manifest::Manifest::parse(
+            std::path::Path::new("Capsule.toml"),
+            "[package]\nname = \"llm\"\nversion = \"1.0.0\"\n[env.API_KEY]\ntype = \"secret\"\n[env.MODEL]\ntype = \"string\"\ndefault = \"small\"\n[env.REGION]\ntype = \"string\"\n",
+        )
+        .expect("manifest");
+        let (values, missing) = resolve(&home, "default", "llm", &manifest.env);
+        assert_eq!(values.get("API_KEY").map(String::as_str), Some("sk-1"));
+        assert_eq!(values.get("MODEL").map(String::as_str), Some("small"));
+        assert!(!values.contains_key("OTHER_CAPSULES_KEY"), "undeclared keys are not handed out");
+        assert_eq!(missing, vec!["REGION"]);
+    }
+}

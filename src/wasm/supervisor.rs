@@ -1,0 +1,377 @@
+//! The capsule host inside the daemon: starts, supervises and stops capsule instances.
+//!
+//! Each running capsule has an OS thread of its own that owns its instance (wasmi runs
+//! guest code synchronously, and a run loop blocks in `ipc_recv`), so a busy or stuck capsule
+//! never holds up the kernel, the socket bridge or another capsule.
+//!
+//! What runs is decided from the kernel's registry, whenever it changes
+//! ([`Kernel::capsules_changed`]): a capsule runs when it is installed and intact, has a
+//! module, and its grant is approved (or it asks for nothing). A capsule whose code or grant
+//! changed is stopped and started again; one that left the registry or lost its grant is
+//! stopped.
+//!
+//! A capsule that traps, exhausts its budget, or whose run loop returns is audited
+//! (`capsule.crashed`), announced on `astrid.v1.health.failed`, and restarted on a fresh
+//! instance after a delay that doubles from the initial backoff up to two minutes. After
+//! five restarts in a row it is left failed with the last reason; a capsule that ran a minute
+//! without failing starts its count again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::lifecycle::Lifecycle;
+use super::sandbox::{HOOK_EXPORT, HookAction, HostServices, KernelAccess, RUN_EXPORT, Sandbox};
+use super::wait::block_on_timeout;
+use super::{SandboxLimits, config};
+use crate::audit::{Actor, Decision};
+use crate::home::DEFAULT_PRINCIPAL;
+use crate::kernel::capability::Capability;
+use crate::kernel::capsules::{CapsuleOrigin, CapsuleState};
+use crate::kernel::grants::GrantStatus;
+use crate::kernel::install::verify_installed;
+use crate::kernel::manifest::Manifest;
+use crate::kernel::{BusMessage, Kernel, Origin, topic};
+use crate::store::Namespace;
+use crate::types::{IpcMessage, IpcPayload};
+
+/// Topic on which a capsule failure is announced.
+pub const HEALTH_FAILED_TOPIC: &str = "astrid.v1.health.failed";
+/// Restarts in a row before a capsule is left failed.
+pub const MAX_RESTARTS: u32 = 5;
+/// The longest delay between two restarts.
+const MAX_BACKOFF: Duration = Duration::from_secs(120);
+/// Running this long without failing resets the restart count.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// How often a dispatch loop with nothing to do checks for a stop (a stop also wakes it).
+const IDLE_WAKE: Duration = Duration::from_secs(60);
+
+/// How the host runs capsules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostConfig {
+    /// Limits of every instance and call.
+    pub limits: SandboxLimits,
+    /// Delay before the first restart (doubles each time).
+    pub initial_backoff: Duration,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self { limits: SandboxLimits::default(), initial_backoff: Duration::from_secs(2) }
+    }
+}
+
+impl HostConfig {
+    /// The defaults, with `ASTRID_CAPSULE_BACKOFF_MS` overriding the first restart delay
+    /// (tests and impatient operators).
+    pub fn from_env() -> Result<Self, String> {
+        let mut config = Self::default();
+        if let Ok(raw) = std::env::var("ASTRID_CAPSULE_BACKOFF_MS") {
+            let ms: u64 = raw
+                .trim()
+                .parse()
+                .map_err(|_| format!("ASTRID_CAPSULE_BACKOFF_MS must be milliseconds, not {raw:?}"))?;
+            config.initial_backoff = Duration::from_millis(ms);
+        }
+        Ok(config)
+    }
+}
+
+/// What identifies the code and permissions a running instance was started with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Identity {
+    dir: PathBuf,
+    code_hash: Option<String>,
+    grant: GrantStatus,
+}
+
+struct Running {
+    identity: Identity,
+    lifecycle: Arc<Lifecycle>,
+    thread: JoinHandle<()>,
+}
+
+/// The daemon's capsule host.
+pub struct CapsuleHost {
+    kernel: Arc<Kernel>,
+    engine: wasmi::Engine,
+    config: HostConfig,
+    running: Mutex<HashMap<String, Running>>,
+}
+
+impl std::fmt::Debug for CapsuleHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CapsuleHost").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl CapsuleHost {
+    /// A host for `kernel`'s capsules; nothing runs until [`CapsuleHost::sync`].
+    pub fn new(kernel: Arc<Kernel>, config: HostConfig) -> Arc<Self> {
+        Arc::new(Self { kernel, engine: super::engine(), config, running: Mutex::new(HashMap::new()) })
+    }
+
+    fn running(&self) -> MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Brings what runs in line with the registry: starts, restarts and stops capsules.
+    pub fn sync(self: &Arc<Self>) {
+        let wanted: HashMap<String, Identity> = self
+            .kernel
+            .capsules()
+            .capsules()
+            .iter()
+            .filter(|c| c.origin != CapsuleOrigin::BuiltIn && c.code_hash.is_some())
+            .filter(|c| !matches!(c.state, CapsuleState::Failed(_)))
+            .filter(|c| matches!(c.grant, GrantStatus::Approved | GrantStatus::NothingRequested))
+            .filter_map(|c| {
+                let dir = c.dir.clone()?;
+                Some((c.name.clone(), Identity { dir, code_hash: c.code_hash.clone(), grant: c.grant.clone() }))
+            })
+            .collect();
+        let mut running = self.running();
+        let stale: Vec<String> = running
+            .iter()
+            .filter(|(name, r)| wanted.get(*name) != Some(&r.identity) || r.thread.is_finished())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some(old) = running.remove(&name) {
+                // A finished thread gave up (failed for good): it stays down until something
+                // about the capsule changes, which shows as a new identity.
+                if old.thread.is_finished() && wanted.get(&name) == Some(&old.identity) {
+                    running.insert(name, old);
+                    continue;
+                }
+                old.lifecycle.stop();
+                let _ = old.thread.join();
+                log::info!("capsule {name} stopped (changed, removed or no longer granted)");
+            }
+        }
+        for (name, identity) in wanted {
+            if let Some(current) = running.get(&name) {
+                // Reloading replaced the registry entry: report the state again.
+                if !current.thread.is_finished() && current.lifecycle.is_ready() {
+                    self.kernel.set_capsule_state(&name, CapsuleState::Ready);
+                }
+                continue;
+            }
+            let lifecycle = Arc::new(Lifecycle::default());
+            let host = Arc::clone(self);
+            let (thread_name, thread_lifecycle, dir) =
+                (format!("capsule:{name}"), Arc::clone(&lifecycle), identity.dir.clone());
+            let capsule = name.clone();
+            match std::thread::Builder::new()
+                .name(thread_name)
+                .spawn(move || host.supervise(&capsule, &dir, &thread_lifecycle))
+            {
+                Ok(thread) => {
+                    running.insert(name, Running { identity, lifecycle, thread });
+                }
+                Err(e) => {
+                    log::error!("cannot start a thread for capsule {name}: {e}");
+                    self.kernel.set_capsule_state(&name, CapsuleState::Failed(format!("cannot start a thread: {e}")));
+                }
+            }
+        }
+    }
+
+    /// Waits up to `within` for every running capsule to be ready (boot does not wait longer:
+    /// a slow capsule is logged, not fatal).
+    pub fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let waiting: Vec<String> = self
+                .running()
+                .iter()
+                .filter(|(_, r)| !r.lifecycle.is_ready() && !r.thread.is_finished())
+                .map(|(name, _)| name.clone())
+                .collect();
+            if waiting.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                log::warn!("capsule(s) not ready after {} ms: {}", within.as_millis(), waiting.join(", "));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops every capsule and waits for their threads (a stop reaches a waiting capsule at
+    /// once and a computing one within a fuel slice).
+    pub fn stop_all(&self) {
+        let running: Vec<(String, Running)> = self.running().drain().collect();
+        for (_, r) in &running {
+            r.lifecycle.stop();
+        }
+        for (name, r) in running {
+            if r.thread.join().is_err() {
+                log::error!("the thread of capsule {name} panicked");
+            }
+        }
+    }
+
+    /// The thread body: run the capsule, restart it with backoff when it fails.
+    fn supervise(&self, name: &str, dir: &Path, lifecycle: &Arc<Lifecycle>) {
+        let mut attempt = 0u32;
+        loop {
+            let started = Instant::now();
+            let outcome = self.run_once(name, dir, lifecycle);
+            if lifecycle.is_stopping() {
+                return;
+            }
+            let reason = match outcome {
+                Ok(()) => "its run loop returned".to_owned(),
+                Err(reason) => reason,
+            };
+            if started.elapsed() >= HEALTHY_AFTER {
+                attempt = 0;
+            }
+            attempt += 1;
+            self.report_failure(name, &reason, attempt);
+            if attempt > MAX_RESTARTS {
+                let message = format!("gave up after {MAX_RESTARTS} restarts: {reason}");
+                log::error!("capsule {name}: {message}");
+                self.kernel.set_capsule_state(name, CapsuleState::Failed(message));
+                return;
+            }
+            self.kernel.set_capsule_state(name, CapsuleState::Restarting { attempt, reason });
+            let delay = self.config.initial_backoff.saturating_mul(1 << (attempt - 1).min(16)).min(MAX_BACKOFF);
+            if block_on_timeout(lifecycle.stopped(), delay).is_some() {
+                return;
+            }
+        }
+    }
+
+    fn report_failure(&self, name: &str, reason: &str, attempt: u32) {
+        log::warn!("capsule {name} failed ({reason}); restart {attempt} of {MAX_RESTARTS}");
+        self.kernel.record(
+            DEFAULT_PRINCIPAL,
+            Actor::Capsule { name: name.to_owned() },
+            "capsule.crashed",
+            name,
+            Decision::Info,
+            reason,
+        );
+        let payload = IpcPayload::Custom { data: json!({"capsule_id": name, "reason": reason, "attempt": attempt}) };
+        self.kernel.bus().publish(BusMessage {
+            message: IpcMessage::new(HEALTH_FAILED_TOPIC, payload, self.kernel.session()),
+            origin: Origin::Kernel,
+            reply_to: None,
+        });
+    }
+
+    /// One life of an instance: load it (re-checking the installed files), then run its
+    /// loop or serve its interceptors until it fails or is stopped.
+    fn run_once(&self, name: &str, dir: &Path, lifecycle: &Arc<Lifecycle>) -> Result<(), String> {
+        lifecycle.reset_ready();
+        let verified = verify_installed(dir).map_err(|e| e.to_string())?;
+        let wasm = verified.wasm.ok_or("the capsule has no module")?;
+        let home = &self.kernel.config().home;
+        let (values, missing) = config::resolve(home, DEFAULT_PRINCIPAL, name, &verified.manifest.env);
+        if !missing.is_empty() {
+            log::warn!("capsule {name} has no value for {}; get_config answers none", missing.join(", "));
+        }
+        let services = HostServices {
+            kv: Some((
+                self.kernel.store().clone(),
+                Namespace::capsule(DEFAULT_PRINCIPAL, name).map_err(|e| e.to_string())?,
+            )),
+            kernel: Some(KernelAccess { kernel: Arc::clone(&self.kernel), principal: DEFAULT_PRINCIPAL.to_owned() }),
+            config: values,
+            lifecycle: Arc::clone(lifecycle),
+        };
+        let mut sandbox =
+            Sandbox::load_with(&self.engine, name, &wasm, self.config.limits, services).map_err(|e| e.to_string())?;
+        self.kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.start", name, Decision::Info, "instantiated");
+        if sandbox.has_export(RUN_EXPORT) {
+            log::info!("capsule {name} started (run loop)");
+            let (kernel, capsule) = (Arc::clone(&self.kernel), name.to_owned());
+            lifecycle.on_ready(move || {
+                log::info!("capsule {capsule} is ready");
+                kernel.set_capsule_state(&capsule, CapsuleState::Ready);
+            });
+            return sandbox.run_loop().map_err(|e| e.to_string());
+        }
+        lifecycle.signal_ready();
+        self.kernel.set_capsule_state(name, CapsuleState::Ready);
+        if sandbox.has_export(HOOK_EXPORT) {
+            return self.dispatch(name, &verified.manifest, &mut sandbox, lifecycle);
+        }
+        log::info!("capsule {name} started (no run loop and no hook entry: nothing to call)");
+        block_on_timeout(lifecycle.stopped(), Duration::MAX);
+        Ok(())
+    }
+
+    /// Serves the manifest's interceptors: each event on a bound topic is handed to the hook
+    /// entry with the interceptor's action. A binding the grant does not cover (`ipc_subscribe`)
+    /// is refused, audited, and left out; the capsule still serves the others.
+    fn dispatch(
+        &self,
+        name: &str,
+        manifest: &Manifest,
+        sandbox: &mut Sandbox,
+        lifecycle: &Arc<Lifecycle>,
+    ) -> Result<(), String> {
+        let mut bindings: Vec<(&str, &str, u32)> = manifest
+            .interceptors
+            .iter()
+            .filter(|i| {
+                self.kernel.check_capability(DEFAULT_PRINCIPAL, name, &Capability::IpcSubscribe(&i.event)) || {
+                    log::warn!("capsule {name}: interceptor on {} not bound: not in its ipc_subscribe grant", i.event);
+                    false
+                }
+            })
+            .map(|i| (i.event.as_str(), i.action.as_str(), i.priority))
+            .collect();
+        bindings.sort_by_key(|(_, _, priority)| *priority);
+        let patterns: Vec<&str> = bindings.iter().map(|(event, _, _)| *event).collect();
+        let mut subscription = self.kernel.bus().subscribe(format!("capsule:{name}"), &patterns);
+        log::info!("capsule {name} started ({} interceptor(s))", bindings.len());
+        loop {
+            let next = block_on_timeout(first_message(&mut subscription, lifecycle), IDLE_WAKE);
+            let message = match next {
+                None => continue,
+                Some(None) => return Ok(()),
+                Some(Some(message)) => message,
+            };
+            let payload = message.message.payload.to_guest_bytes();
+            for (_, action, _) in
+                bindings.iter().filter(|(event, _, _)| topic::subscription_matches(event, &message.message.topic))
+            {
+                let result = sandbox.hook(action, &payload).map_err(|e| e.to_string())?;
+                match result.action {
+                    HookAction::Continue => {}
+                    HookAction::Final => break,
+                    HookAction::Deny => {
+                        log::info!("capsule {name} denied {} ({action}): {:?}", message.message.topic, result.data);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The next message, or `None` once a stop is asked for.
+async fn first_message(
+    subscription: &mut crate::kernel::Subscription,
+    lifecycle: &Lifecycle,
+) -> Option<Arc<BusMessage>> {
+    let stopped = lifecycle.stopped();
+    let mut stopped = std::pin::pin!(stopped);
+    let mut next = std::pin::pin!(subscription.recv());
+    std::future::poll_fn(|context| {
+        if let std::task::Poll::Ready(message) = next.as_mut().poll(context) {
+            return std::task::Poll::Ready(message);
+        }
+        stopped.as_mut().poll(context).map(|()| None)
+    })
+    .await
+}
