@@ -66,16 +66,25 @@ impl Default for HostConfig {
 }
 
 impl HostConfig {
-    /// The defaults, with `ASTRID_CAPSULE_BACKOFF_MS` overriding the first restart delay
-    /// (tests and impatient operators).
+    /// The defaults, with `ASTRID_CAPSULE_BACKOFF_MS` (the first restart delay) and
+    /// `ASTRID_CAPSULE_DEADLINE_MS` (wall-clock time per call) overriding them.
     pub fn from_env() -> Result<Self, String> {
+        let millis = |name: &str| -> Result<Option<Duration>, String> {
+            match std::env::var(name) {
+                Ok(raw) => raw
+                    .trim()
+                    .parse()
+                    .map(|ms| Some(Duration::from_millis(ms)))
+                    .map_err(|_| format!("{name} must be milliseconds, not {raw:?}")),
+                Err(_) => Ok(None),
+            }
+        };
         let mut config = Self::default();
-        if let Ok(raw) = std::env::var("ASTRID_CAPSULE_BACKOFF_MS") {
-            let ms: u64 = raw
-                .trim()
-                .parse()
-                .map_err(|_| format!("ASTRID_CAPSULE_BACKOFF_MS must be milliseconds, not {raw:?}"))?;
-            config.initial_backoff = Duration::from_millis(ms);
+        if let Some(backoff) = millis("ASTRID_CAPSULE_BACKOFF_MS")? {
+            config.initial_backoff = backoff;
+        }
+        if let Some(deadline) = millis("ASTRID_CAPSULE_DEADLINE_MS")? {
+            config.limits.deadline = deadline;
         }
         Ok(config)
     }

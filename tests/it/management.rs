@@ -171,12 +171,8 @@ fn reload_is_rate_limited_with_a_reply() {
 #[test]
 fn the_shipped_example_manifest_is_discovered() {
     let t = TestHome::new();
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("capsules-examples/hello/Capsule.toml");
-    TestHome::write_capsule(
-        &t.workspace.join(".astrid/capsules"),
-        "hello",
-        &std::fs::read_to_string(example).expect("example manifest"),
-    );
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("capsules-examples/hello");
+    astrid::kernel::install::install(&example, &t.workspace.join(".astrid/capsules")).expect("install");
     let _daemon = t.daemon(&[]);
     let mut client = t.client();
     let commands = client.request("get_commands", json!({"method": "GetCommands"}));
@@ -185,5 +181,9 @@ fn the_shipped_example_manifest_is_discovered() {
         json!([{"name": "/hello", "description": "Say hello", "provider_capsule": "hello"}])
     );
     let status = client.request("status", json!({"method": "GetStatus"}));
-    assert_eq!(status["payload"]["data"]["loaded_capsules"], json!(["astrid-capsule-cli"]), "installed is not running");
+    assert_eq!(
+        status["payload"]["data"]["loaded_capsules"],
+        json!(["astrid-capsule-cli"]),
+        "not running before approval"
+    );
 }

@@ -1,0 +1,103 @@
+//! Typed failures of host calls, named as in the reference WIT (`capability-denied`, …).
+//! Each host domain numbers its codes on its own (see `docs/capsule-abi.md`); the SDK turns
+//! them into one enum.
+
+use std::fmt;
+
+/// Why a host call failed. A refusal by policy is a value the capsule can handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// The capsule's grant does not cover this (the refusal is audited).
+    CapabilityDenied,
+    /// Malformed input (topic, key, path, JSON, handle).
+    InvalidInput,
+    /// No such file or directory.
+    NotFound,
+    /// The path leads outside the workspace.
+    BoundaryEscape,
+    /// A directory where a file was expected, or the reverse.
+    WrongKind,
+    /// Over a size limit.
+    TooLarge,
+    /// Over a count limit (subscriptions, keys).
+    Quota,
+    /// Nothing arrived in time.
+    Timeout,
+    /// The subscription was closed (the host is stopping the capsule).
+    Closed,
+    /// The host's storage or file system failed.
+    Io,
+    /// The host gave this instance no access to the service.
+    Unavailable,
+    /// A code this SDK does not know.
+    Unknown(i64),
+}
+
+/// A host call's result.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::CapabilityDenied => f.write_str("capability-denied"),
+            Self::InvalidInput => f.write_str("invalid-input"),
+            Self::NotFound => f.write_str("not-found"),
+            Self::BoundaryEscape => f.write_str("boundary-escape"),
+            Self::WrongKind => f.write_str("wrong-kind"),
+            Self::TooLarge => f.write_str("too-large"),
+            Self::Quota => f.write_str("quota"),
+            Self::Timeout => f.write_str("timeout"),
+            Self::Closed => f.write_str("closed"),
+            Self::Io => f.write_str("io"),
+            Self::Unavailable => f.write_str("unavailable"),
+            Self::Unknown(code) => write!(f, "unknown({code})"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Error {
+    /// `Ok(value)` for a non-negative result of the always-available functions.
+    pub(crate) fn check(code: i64) -> Result<i64> {
+        if code >= 0 { Ok(code) } else { Err(Self::Unknown(code)) }
+    }
+
+    /// A negative KV code.
+    pub(crate) fn kv(code: i64) -> Self {
+        match code {
+            -2 => Self::InvalidInput,
+            -3 => Self::TooLarge,
+            -4 => Self::Quota,
+            -5 => Self::Io,
+            -6 => Self::Unavailable,
+            other => Self::Unknown(other),
+        }
+    }
+
+    /// A negative IPC code.
+    pub(crate) fn ipc(code: i64) -> Self {
+        match code {
+            -1 => Self::Timeout,
+            -2 => Self::InvalidInput,
+            -3 => Self::CapabilityDenied,
+            -4 => Self::Quota,
+            -5 => Self::Closed,
+            other => Self::Unknown(other),
+        }
+    }
+
+    /// A negative file code.
+    pub(crate) fn fs(code: i64) -> Self {
+        match code {
+            -1 => Self::NotFound,
+            -2 => Self::InvalidInput,
+            -3 => Self::CapabilityDenied,
+            -4 => Self::BoundaryEscape,
+            -5 => Self::WrongKind,
+            -6 => Self::TooLarge,
+            -7 => Self::Io,
+            other => Self::Unknown(other),
+        }
+    }
+}

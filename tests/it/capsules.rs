@@ -1,0 +1,169 @@
+//! Real capsules (the examples, built by rustc for wasm32 and committed) in the real daemon:
+//! installed, approved, run, and — for the hostile one — stopped and audited.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{RawClient, TestHome};
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("capsules-examples").join(name)
+}
+
+/// Installs an example with the product's installer.
+fn install(t: &TestHome, name: &str) {
+    let dir = t.home.join("home/default/.local/capsules");
+    astrid::kernel::install::install(&example(name), &dir).expect("install example");
+}
+
+/// Approves every pending capability request, as an operator would.
+fn approve_all(t: &TestHome) {
+    let output = t.cli(&["caps", "list", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let listing: Value = serde_json::from_slice(&output.stdout).expect("caps JSON");
+    for pending in listing["pending"].as_array().expect("pending") {
+        let id = pending["request_id"].as_str().expect("request id");
+        let approved = t.cli(&["caps", "approve", id]);
+        assert_eq!(approved.status.code(), Some(0), "{}", String::from_utf8_lossy(&approved.stderr));
+    }
+}
+
+/// Sends `text` as a user input on `topic` and returns the text of the next agent response.
+fn ask(client: &mut RawClient, topic: &str, text: &str) -> String {
+    client.send_json(&json!({
+        "topic": topic,
+        "payload": {"type": "user_input", "text": text, "session_id": "s1"},
+        "signature": null,
+        "source_id": "00000000-0000-0000-0000-000000000000",
+        "timestamp": "2026-11-22T12:00:00Z",
+        "seq": 0
+    }));
+    loop {
+        let frame = client.read_json().expect("connection closed before the answer");
+        if frame["topic"] == "agent.v1.response" {
+            return frame["payload"]["text"].as_str().expect("text").to_owned();
+        }
+    }
+}
+
+fn running(client: &mut RawClient) -> Vec<String> {
+    let status = client.request("status", json!({"method": "GetStatus"}));
+    serde_json::from_value(status["payload"]["data"]["loaded_capsules"].clone()).expect("names")
+}
+
+fn wait_running(t: &TestHome, client: &mut RawClient, names: &[&str]) {
+    let ok = t.wait_for(|| names.iter().all(|n| running(client).iter().any(|r| r == n)), Duration::from_secs(10));
+    assert!(ok, "{names:?} not running; running: {:?}\n{}", running(client), t.log());
+}
+
+fn audit_tail(t: &TestHome) -> Vec<Value> {
+    let output = t.cli(&["audit", "tail", "-n", "500", "--json"]);
+    String::from_utf8_lossy(&output.stdout).lines().map(|l| serde_json::from_str(l).expect("entry")).collect()
+}
+
+#[test]
+fn hello_runs_once_approved_and_answers_prompts() {
+    let t = TestHome::new();
+    install(&t, "hello");
+    let _daemon = t.daemon(&[]);
+    let mut client = t.client();
+    assert_eq!(running(&mut client), vec!["astrid-capsule-cli"], "nothing runs before approval");
+    approve_all(&t);
+    wait_running(&t, &mut client, &["hello"]);
+    assert_eq!(ask(&mut client, "user.v1.prompt", "world"), "hello, world");
+    assert_eq!(ask(&mut client, "user.v1.prompt", "again"), "hello, again");
+    assert!(t.log().contains("capsule hello is ready"), "signal_ready reached the host");
+}
+
+#[test]
+fn kv_counter_counts_and_its_count_survives_a_restart() {
+    let t = TestHome::new();
+    install(&t, "kv-counter");
+    let mut daemon = t.daemon(&[]);
+    approve_all(&t);
+    let mut client = t.client();
+    wait_running(&t, &mut client, &["kv-counter"]);
+    for n in 1..=3 {
+        assert_eq!(ask(&mut client, "cli.v1.command.execute", "/count"), format!("count = {n}"));
+    }
+    drop(client);
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    daemon.wait_exit(Duration::from_secs(10)).expect("exit");
+    let _daemon = t.daemon(&[]);
+    let mut client = t.client();
+    wait_running(&t, &mut client, &["kv-counter"]);
+    assert_eq!(ask(&mut client, "cli.v1.command.execute", "/count"), "count = 4");
+}
+
+#[test]
+fn the_file_tool_works_inside_its_grant_and_nowhere_else() {
+    let t = TestHome::new();
+    std::fs::write(t.workspace.join("secrets.txt"), "top secret").expect("write");
+    install(&t, "file-tool");
+    let _daemon = t.daemon(&[]);
+    approve_all(&t);
+    let mut client = t.client();
+    wait_running(&t, &mut client, &["file-tool"]);
+    let exec = "cli.v1.command.execute";
+    assert_eq!(ask(&mut client, exec, "/write notes/todo.txt buy milk"), "wrote 8 bytes to notes/todo.txt");
+    assert_eq!(ask(&mut client, exec, "/read notes/todo.txt"), "buy milk");
+    assert_eq!(ask(&mut client, exec, "/ls notes"), "todo.txt");
+    assert!(!t.workspace.join("notes/todo.txt").exists(), "writes wait in the overlay for review");
+    assert_eq!(ask(&mut client, exec, "/read secrets.txt"), "error: capability-denied");
+    assert_eq!(ask(&mut client, exec, "/write secrets.txt pwned"), "error: capability-denied");
+    assert_eq!(ask(&mut client, exec, "/read notes/../secrets.txt"), "error: invalid-input");
+    assert_eq!(ask(&mut client, exec, "/read /etc/passwd"), "error: invalid-input");
+    let diff = t.cli(&["workspace", "diff"]);
+    assert!(String::from_utf8_lossy(&diff.stdout).contains("notes/todo.txt"));
+    assert_eq!(std::fs::read_to_string(t.workspace.join("secrets.txt")).expect("read"), "top secret");
+    let denials = audit_tail(&t)
+        .into_iter()
+        .filter(|e| e["action"] == "capability.check" && e["decision"] == "deny")
+        .filter(|e| e["actor"]["name"] == "file-tool")
+        .count();
+    assert_eq!(denials, 2, "both refusals by grant are audited");
+}
+
+#[test]
+fn a_hostile_capsule_is_stopped_audited_and_restarted_while_others_keep_working() {
+    let t = TestHome::new();
+    std::fs::write(t.workspace.join("secrets.txt"), "top secret").expect("write");
+    install(&t, "hostile");
+    install(&t, "hello");
+    let env = [("ASTRID_CAPSULE_DEADLINE_MS", "500"), ("ASTRID_CAPSULE_BACKOFF_MS", "100")];
+    let _daemon = t.daemon_with(&[], &env);
+    approve_all(&t);
+    let mut client = t.client();
+    wait_running(&t, &mut client, &["hostile", "hello"]);
+    let exec = "cli.v1.command.execute";
+
+    let stolen = ask(&mut client, exec, "/steal");
+    assert_eq!(stolen, "secrets.txt: Err(CapabilityDenied); ../../etc/passwd: Err(InvalidInput)");
+    assert_eq!(ask(&mut client, exec, "/leak"), "publish: Err(CapabilityDenied)");
+    assert_eq!(ask(&mut client, exec, "/snoop"), "subscribe: Err(CapabilityDenied)");
+
+    for (command, reason) in [("/spin", "exceeded its deadline"), ("/bomb", "trapped"), ("/panic", "trapped")] {
+        let crashes = || audit_tail(&t).into_iter().filter(|e| e["action"] == "capsule.crashed").count();
+        let before = crashes();
+        let started = Instant::now();
+        client.send_json(&json!({
+            "topic": exec,
+            "payload": {"type": "user_input", "text": command, "session_id": "s1"},
+            "signature": null,
+            "source_id": "00000000-0000-0000-0000-000000000000",
+            "timestamp": "2026-11-22T12:00:00Z",
+            "seq": 0
+        }));
+        assert!(t.wait_for(|| crashes() > before, Duration::from_secs(10)), "{command} was not stopped\n{}", t.log());
+        assert!(started.elapsed() < Duration::from_secs(8), "{command} took {:?} to stop", started.elapsed());
+        let last = audit_tail(&t).into_iter().rev().find(|e| e["action"] == "capsule.crashed").expect("crash");
+        assert!(last["rule"].as_str().expect("rule").contains(reason), "{command}: {last}");
+        // The daemon and the other capsule never noticed.
+        assert_eq!(ask(&mut client, "user.v1.prompt", command), format!("hello, {command}"));
+        wait_running(&t, &mut client, &["hostile"]);
+    }
+    // Restarted on a fresh instance each time, and still refusing.
+    assert_eq!(ask(&mut client, exec, "/leak"), "publish: Err(CapabilityDenied)");
+}
