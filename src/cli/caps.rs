@@ -64,21 +64,7 @@ pub fn run(home: &AstridHome, args: &CapsArgs) -> anyhow::Result<ExitCode> {
                 print!("{}", render(&listing));
             }
         }
-        CapsCommand::Approve(approve) => {
-            // The signature is the fingerprint we are shown: an approval covers exactly that set.
-            let listing = list_capabilities(home)?;
-            let pending = listing["pending"].as_array().cloned().unwrap_or_default();
-            let Some(request) = pending.iter().find(|p| p["request_id"] == approve.request_id.as_str()) else {
-                bail!("no pending capability request {}", approve.request_id);
-            };
-            let fingerprint = request["fingerprint"].as_str().unwrap_or_default().to_owned();
-            let reply = request::send(
-                home,
-                "approve_capability",
-                &KernelRequest::ApproveCapability { request_id: approve.request_id.clone(), signature: fingerprint },
-            )?;
-            println!("approved: {}", request::success(reply)?);
-        }
+        CapsCommand::Approve(args) => println!("approved: {}", approve(home, &args.request_id)?),
         CapsCommand::Revoke(revoke) => {
             let reply =
                 request::send(home, "revoke_capability", &KernelRequest::RevokeCapability { id: revoke.id.clone() })?;
@@ -86,6 +72,23 @@ pub fn run(home: &AstridHome, args: &CapsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Approves the pending request `request_id`, signing it with the fingerprint the daemon
+/// shows for it: an approval covers exactly the set (and code) that was listed.
+pub fn approve(home: &AstridHome, request_id: &str) -> anyhow::Result<Value> {
+    let listing = list_capabilities(home)?;
+    let pending = listing["pending"].as_array().cloned().unwrap_or_default();
+    let Some(request) = pending.iter().find(|p| p["request_id"] == request_id) else {
+        bail!("no pending capability request {request_id}");
+    };
+    let fingerprint = request["fingerprint"].as_str().unwrap_or_default().to_owned();
+    let reply = request::send(
+        home,
+        "approve_capability",
+        &KernelRequest::ApproveCapability { request_id: request_id.to_owned(), signature: fingerprint },
+    )?;
+    request::success(reply)
 }
 
 fn list_capabilities(home: &AstridHome) -> anyhow::Result<Value> {

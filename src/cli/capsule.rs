@@ -1,18 +1,18 @@
-//! `astrid capsule …`: capsule commands. `list` asks the daemon, so the built-in bridge is
-//! listed too, and starts an ephemeral daemon when none runs.
+//! `astrid capsule …`: install, remove, list and show capsules. Every subcommand goes
+//! through the daemon (starting an ephemeral one when none runs): it owns the capsule
+//! directories, the grants and the audit trail, and starts what is installed.
 
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use argh::FromArgs;
+use serde_json::Value;
 
-use super::spawn;
+use super::{caps, request};
 use crate::home::AstridHome;
-use crate::ipc::Client;
 use crate::types::{KernelRequest, KernelResponse};
-
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// manage capsules
 #[derive(FromArgs, Debug)]
@@ -26,45 +26,223 @@ pub struct CapsuleArgs {
 #[argh(subcommand)]
 enum CapsuleCommand {
     List(ListArgs),
+    Show(ShowArgs),
+    Install(InstallArgs),
+    Remove(RemoveArgs),
 }
 
-/// list the capsules the daemon knows, with whether each is running
+/// list the capsules the daemon knows, with their state
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "list")]
 struct ListArgs {
-    /// print a JSON array of {name, running}
+    /// print a JSON array of {name, running, state, …}
     #[argh(switch)]
     json: bool,
+}
+
+/// show one capsule: version, origin, state, grant, capabilities, module hash
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "show")]
+struct ShowArgs {
+    /// the capsule
+    #[argh(positional)]
+    name: String,
+    /// print JSON
+    #[argh(switch)]
+    json: bool,
+}
+
+/// install a capsule from a directory holding Capsule.toml (or that file)
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "install")]
+struct InstallArgs {
+    /// the capsule directory or its Capsule.toml
+    #[argh(positional)]
+    source: PathBuf,
+    /// install into the workspace (.astrid/capsules) rather than your home
+    #[argh(switch)]
+    workspace: bool,
+    /// approve the requested capabilities without asking
+    #[argh(switch, short = 'y')]
+    yes: bool,
+}
+
+/// uninstall a capsule (its grant is withdrawn; its configuration is kept)
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "remove")]
+struct RemoveArgs {
+    /// the capsule
+    #[argh(positional)]
+    name: String,
+    /// remove from the workspace rather than your home
+    #[argh(switch)]
+    workspace: bool,
 }
 
 /// Runs a `capsule` subcommand.
 pub fn run(home: &AstridHome, args: &CapsuleArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
         CapsuleCommand::List(list) => self::list(home, list),
+        CapsuleCommand::Show(show) => self::show(home, show),
+        CapsuleCommand::Install(install) => self::install(home, install),
+        CapsuleCommand::Remove(remove) => {
+            let reply = request::send(
+                home,
+                "remove_capsule",
+                &KernelRequest::RemoveCapsule { name: remove.name.clone(), workspace: remove.workspace },
+            )?;
+            let removed = request::success(reply)?;
+            println!("removed {} {}", remove.name, removed["version"].as_str().unwrap_or("?"));
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
+fn describe(home: &AstridHome) -> anyhow::Result<Vec<Value>> {
+    let reply = request::send(home, "describe_capsules", &KernelRequest::DescribeCapsules)?;
+    Ok(serde_json::from_value(request::success(reply)?)?)
+}
+
 fn list(home: &AstridHome, args: &ListArgs) -> anyhow::Result<ExitCode> {
-    spawn::ensure_daemon(home)?;
-    let mut client = Client::connect(home)?;
-    let names: Vec<String> = match client.request("list_capsules", &KernelRequest::ListCapsules, REQUEST_TIMEOUT)? {
-        KernelResponse::Success(value) => serde_json::from_value(value)?,
-        other => bail!("unexpected reply to ListCapsules: {other:?}"),
-    };
-    let running = match client.request("status", &KernelRequest::GetStatus, REQUEST_TIMEOUT)? {
-        KernelResponse::Status(status) => status.loaded_capsules,
-        other => bail!("unexpected reply to GetStatus: {other:?}"),
-    };
+    let mut capsules = describe(home)?;
     if args.json {
-        let rows: Vec<serde_json::Value> =
-            names.iter().map(|name| serde_json::json!({"name": name, "running": running.contains(name)})).collect();
-        println!("{}", serde_json::Value::Array(rows));
+        for capsule in &mut capsules {
+            capsule["running"] = Value::Bool(capsule["state"] == "running");
+        }
+        println!("{}", Value::Array(capsules));
         return Ok(ExitCode::SUCCESS);
     }
-    let width = names.iter().map(String::len).max().unwrap_or(0);
-    for name in &names {
-        let state = if running.contains(name) { "running" } else { "not running" };
-        println!("{name:width$}  {state}");
+    let width = capsules.iter().filter_map(|c| c["name"].as_str()).map(str::len).max().unwrap_or(0);
+    for capsule in &capsules {
+        let name = capsule["name"].as_str().unwrap_or("?");
+        let state = capsule["state"].as_str().unwrap_or("?");
+        let detail = match (capsule["reason"].as_str(), capsule["grant"]["status"].as_str()) {
+            (Some(reason), _) => format!("  ({reason})"),
+            (None, Some("pending")) => {
+                format!(
+                    "  (awaiting approval: astrid caps approve {})",
+                    capsule["grant"]["request_id"].as_str().unwrap_or("?")
+                )
+            }
+            _ => String::new(),
+        };
+        println!("{name:width$}  {state}{detail}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn show(home: &AstridHome, args: &ShowArgs) -> anyhow::Result<ExitCode> {
+    let capsules = describe(home)?;
+    let Some(capsule) = capsules.iter().find(|c| c["name"] == args.name.as_str()) else {
+        bail!("no capsule named {}", args.name);
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(capsule)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text = |key: &str| capsule[key].as_str().map(str::to_owned).unwrap_or_else(|| "-".to_owned());
+    let list = |key: &str| {
+        let items: Vec<String> = capsule[key]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_str().map_or_else(|| v["name"].to_string(), str::to_owned)).collect())
+            .unwrap_or_default();
+        if items.is_empty() { "none".to_owned() } else { items.join(", ") }
+    };
+    println!("name:          {}", text("name"));
+    println!("version:       {}", text("version"));
+    println!("origin:        {}  {}", text("origin"), text("dir"));
+    println!(
+        "state:         {}{}",
+        text("state"),
+        capsule["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
+    );
+    println!("grant:         {}", capsule["grant"]["status"].as_str().unwrap_or("?"));
+    println!("capabilities:  {}", list("capabilities"));
+    println!("commands:      {}", list("commands"));
+    println!("interceptors:  {}", list("interceptors"));
+    println!("module BLAKE3: {}", text("wasm_blake3"));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn install(home: &AstridHome, args: &InstallArgs) -> anyhow::Result<ExitCode> {
+    // The daemon reads the files: give it an absolute path, resolved here where the user is.
+    let source = args.source.canonicalize().with_context(|| format!("cannot find {}", args.source.display()))?;
+    let reply = request::send(
+        home,
+        "install_capsule",
+        &KernelRequest::InstallCapsule { source: source.display().to_string(), workspace: args.workspace },
+    )?;
+    match reply {
+        KernelResponse::Success(done) => {
+            print_installed(&done);
+            report_start(home, done["name"].as_str().unwrap_or_default())
+        }
+        KernelResponse::ApprovalRequired { request_id, description, capabilities } => {
+            println!("{description}:");
+            for capability in &capabilities {
+                println!("  {capability}");
+            }
+            if !(args.yes || confirm("Approve?")?) {
+                println!("installed, not approved: it will not run until `astrid caps approve {request_id}`");
+                return Ok(ExitCode::from(3));
+            }
+            let approved = caps::approve(home, &request_id)?;
+            let name = approved["capsule"].as_str().unwrap_or_default();
+            println!("approved {name} ({})", short(&approved["fingerprint"]));
+            report_start(home, name)
+        }
+        KernelResponse::Error(message) => bail!("{message}"),
+        other => bail!("unexpected reply to InstallCapsule: {other:?}"),
+    }
+}
+
+/// How long `install` waits to see the capsule start.
+const START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until the daemon has started `name` (or failed to) and says which.
+fn report_start(home: &AstridHome, name: &str) -> anyhow::Result<ExitCode> {
+    let deadline = std::time::Instant::now() + START_WAIT;
+    loop {
+        let capsule = describe(home)?.into_iter().find(|c| c["name"] == name);
+        let state = capsule.as_ref().and_then(|c| c["state"].as_str()).unwrap_or("missing").to_owned();
+        let reason = capsule.as_ref().and_then(|c| c["reason"].as_str()).unwrap_or_default().to_owned();
+        match state.as_str() {
+            "running" => {
+                println!("{name} is running");
+                return Ok(ExitCode::SUCCESS);
+            }
+            "failed" | "restarting" => bail!("{name} does not start: {reason}"),
+            _ if std::time::Instant::now() >= deadline => {
+                println!("{name} is installed ({state}) but not running yet");
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
+fn print_installed(done: &Value) {
+    let name = done["name"].as_str().unwrap_or("?");
+    let version = done["version"].as_str().unwrap_or("?");
+    match done["replaced"].as_str() {
+        Some(old) => println!("installed {name} {version} (replacing {old})"),
+        None => println!("installed {name} {version}"),
+    }
+}
+
+fn short(fingerprint: &Value) -> String {
+    fingerprint.as_str().unwrap_or("?").chars().take(16).collect()
+}
+
+/// Asks on the terminal; without one (a script), the answer is no.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Ok(false);
+    }
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }

@@ -8,6 +8,7 @@
 pub mod approval;
 pub mod bus;
 pub mod capability;
+mod capsule_admin;
 pub mod capsules;
 pub mod clients;
 pub mod grants;

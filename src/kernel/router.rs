@@ -36,7 +36,9 @@ fn rate_limit(request: &KernelRequest) -> Option<usize> {
     match request {
         KernelRequest::ReloadCapsules => Some(5),
         KernelRequest::Shutdown { .. } => Some(1),
-        KernelRequest::InstallCapsule { .. } | KernelRequest::ApproveCapability { .. } => Some(10),
+        KernelRequest::InstallCapsule { .. }
+        | KernelRequest::ApproveCapability { .. }
+        | KernelRequest::RemoveCapsule { .. } => Some(10),
         KernelRequest::RevokeCapability { .. } | KernelRequest::WorkspaceCommit | KernelRequest::WorkspaceDiscard => {
             Some(30)
         }
@@ -96,9 +98,9 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
 
 /// Who sent a management request.
 #[derive(Debug, Clone)]
-struct Caller {
-    principal: String,
-    actor: Actor,
+pub(super) struct Caller {
+    pub(super) principal: String,
+    pub(super) actor: Actor,
 }
 
 fn decode(payload: &IpcPayload) -> Result<KernelRequest, String> {
@@ -150,12 +152,13 @@ fn handle(kernel: &Kernel, request: KernelRequest, caller: &Caller) -> (KernelRe
         KernelRequest::Shutdown { reason } => {
             (KernelResponse::Success(json!({"status": "shutting_down"})), Some(ShutdownReason::Request(reason)))
         }
-        KernelRequest::InstallCapsule { .. } => (
-            KernelResponse::Error(
-                "InstallCapsule is not available yet: capsule installation arrives with the capsule host".to_owned(),
-            ),
-            None,
-        ),
+        KernelRequest::InstallCapsule { source, workspace } => {
+            (super::capsule_admin::install(kernel, &source, workspace, caller), None)
+        }
+        KernelRequest::RemoveCapsule { name, workspace } => {
+            (super::capsule_admin::remove(kernel, &name, workspace, caller), None)
+        }
+        KernelRequest::DescribeCapsules => (super::capsule_admin::describe(kernel), None),
         KernelRequest::ApproveCapability { request_id, signature } => {
             (approve(kernel, &request_id, &signature, caller), None)
         }

@@ -79,6 +79,15 @@ pub enum KernelRequest {
         /// The prefix ("" for all).
         prefix: String,
     },
+    /// Astrid extension: uninstall a capsule (its grant is withdrawn with it).
+    RemoveCapsule {
+        /// The capsule.
+        name: String,
+        /// From the workspace rather than the principal's home.
+        workspace: bool,
+    },
+    /// Astrid extension: every capsule with its state, origin, grant and declarations.
+    DescribeCapsules,
     /// Astrid extension: pending workspace changes as a unified diff.
     WorkspaceDiff,
     /// Astrid extension: apply pending workspace changes.
@@ -105,6 +114,8 @@ impl KernelRequest {
             Self::KvSet { .. } => "KvSet",
             Self::KvDelete { .. } => "KvDelete",
             Self::KvList { .. } => "KvList",
+            Self::RemoveCapsule { .. } => "RemoveCapsule",
+            Self::DescribeCapsules => "DescribeCapsules",
             Self::WorkspaceDiff => "WorkspaceDiff",
             Self::WorkspaceCommit => "WorkspaceCommit",
             Self::WorkspaceDiscard => "WorkspaceDiscard",

@@ -12,10 +12,10 @@ fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("capsules-examples").join(name)
 }
 
-/// Installs an example with the product's installer.
+/// Installs an example with `astrid capsule install --yes` (the daemon must run).
 fn install(t: &TestHome, name: &str) {
-    let dir = t.home.join("home/default/.local/capsules");
-    astrid::kernel::install::install(&example(name), &dir).expect("install example");
+    let output = t.cli(&["capsule", "install", example(name).to_str().expect("utf8"), "--yes"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 /// Approves every pending capability request, as an operator would.
@@ -66,8 +66,15 @@ fn audit_tail(t: &TestHome) -> Vec<Value> {
 #[test]
 fn hello_runs_once_approved_and_answers_prompts() {
     let t = TestHome::new();
-    install(&t, "hello");
     let _daemon = t.daemon(&[]);
+    // Without a terminal and without --yes, consent is not assumed.
+    let output = t.cli(&["capsule", "install", example("hello").to_str().expect("utf8")]);
+    assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
+    let shown = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        shown.contains("hello 0.1.0 requests these capabilities") && shown.contains("ipc_publish:agent.v1.response"),
+        "{shown}"
+    );
     let mut client = t.client();
     assert_eq!(running(&mut client), vec!["astrid-capsule-cli"], "nothing runs before approval");
     approve_all(&t);
@@ -80,9 +87,8 @@ fn hello_runs_once_approved_and_answers_prompts() {
 #[test]
 fn kv_counter_counts_and_its_count_survives_a_restart() {
     let t = TestHome::new();
-    install(&t, "kv-counter");
     let mut daemon = t.daemon(&[]);
-    approve_all(&t);
+    install(&t, "kv-counter");
     let mut client = t.client();
     wait_running(&t, &mut client, &["kv-counter"]);
     for n in 1..=3 {
@@ -101,9 +107,8 @@ fn kv_counter_counts_and_its_count_survives_a_restart() {
 fn the_file_tool_works_inside_its_grant_and_nowhere_else() {
     let t = TestHome::new();
     std::fs::write(t.workspace.join("secrets.txt"), "top secret").expect("write");
-    install(&t, "file-tool");
     let _daemon = t.daemon(&[]);
-    approve_all(&t);
+    install(&t, "file-tool");
     let mut client = t.client();
     wait_running(&t, &mut client, &["file-tool"]);
     let exec = "cli.v1.command.execute";
@@ -130,11 +135,10 @@ fn the_file_tool_works_inside_its_grant_and_nowhere_else() {
 fn a_hostile_capsule_is_stopped_audited_and_restarted_while_others_keep_working() {
     let t = TestHome::new();
     std::fs::write(t.workspace.join("secrets.txt"), "top secret").expect("write");
-    install(&t, "hostile");
-    install(&t, "hello");
     let env = [("ASTRID_CAPSULE_DEADLINE_MS", "500"), ("ASTRID_CAPSULE_BACKOFF_MS", "100")];
     let _daemon = t.daemon_with(&[], &env);
-    approve_all(&t);
+    install(&t, "hostile");
+    install(&t, "hello");
     let mut client = t.client();
     wait_running(&t, &mut client, &["hostile", "hello"]);
     let exec = "cli.v1.command.execute";
@@ -166,4 +170,53 @@ fn a_hostile_capsule_is_stopped_audited_and_restarted_while_others_keep_working(
     }
     // Restarted on a fresh instance each time, and still refusing.
     assert_eq!(ask(&mut client, exec, "/leak"), "publish: Err(CapabilityDenied)");
+}
+
+fn describe(t: &TestHome, name: &str) -> Value {
+    let output = t.cli(&["capsule", "show", name, "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("show JSON")
+}
+
+#[test]
+fn install_show_upgrade_tamper_and_remove_through_the_cli() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    install(&t, "kv-counter");
+    let shown = describe(&t, "kv-counter");
+    assert_eq!(shown["state"], "running");
+    assert_eq!(shown["grant"]["status"], "approved");
+    assert_eq!(shown["wasm_blake3"].as_str().map(str::len), Some(64));
+    let mut client = t.client();
+    assert_eq!(ask(&mut client, "cli.v1.command.execute", "/count"), "count = 1");
+
+    // A reinstall of the same code and capabilities keeps its approval and keeps running.
+    install(&t, "kv-counter");
+    wait_running(&t, &mut client, &["kv-counter"]);
+
+    // A module swapped behind the installer's back is refused and the capsule stopped.
+    let installed = t.home.join("home/default/.local/capsules/kv-counter");
+    std::fs::copy(example("hello").join("hello.wasm"), installed.join("kv-counter.wasm")).expect("swap");
+    assert_eq!(client.request("reload", json!({"method": "ReloadCapsules"}))["payload"]["status"], "Success");
+    let shown = describe(&t, "kv-counter");
+    assert_eq!(shown["state"], "failed");
+    assert!(shown["reason"].as_str().expect("reason").contains("does not match the BLAKE3"), "{shown}");
+    assert!(!running(&mut client).contains(&"kv-counter".to_owned()));
+    let listing = String::from_utf8_lossy(&t.cli(&["capsule", "list"]).stdout).into_owned();
+    assert!(listing.contains("kv-counter") && listing.contains("failed"), "{listing}");
+
+    // Installing again repairs it, with the count intact (KV is not part of the install).
+    install(&t, "kv-counter");
+    wait_running(&t, &mut client, &["kv-counter"]);
+    assert_eq!(ask(&mut client, "cli.v1.command.execute", "/count"), "count = 2");
+
+    let removed = t.cli(&["capsule", "remove", "kv-counter"]);
+    assert_eq!(removed.status.code(), Some(0), "{}", String::from_utf8_lossy(&removed.stderr));
+    assert!(!installed.exists());
+    assert!(t.wait_for(|| !running(&mut client).contains(&"kv-counter".to_owned()), Duration::from_secs(5)));
+    assert_eq!(t.cli(&["capsule", "remove", "kv-counter"]).status.code(), Some(1), "nothing left to remove");
+    let actions: Vec<String> = audit_tail(&t).iter().filter_map(|e| e["action"].as_str().map(str::to_owned)).collect();
+    for action in ["capsule.install", "capsule.start", "capsule.remove", "capsule.failed"] {
+        assert!(actions.iter().any(|a| a == action), "{action} not audited");
+    }
 }

@@ -92,15 +92,43 @@ fn reload_rescans_both_directories_and_announces_it() {
 }
 
 #[test]
-fn install_is_not_available_yet_and_approval_needs_a_pending_request() {
+fn install_capsule_asks_for_approval_and_approve_capability_completes_it() {
     let t = TestHome::new();
     let _daemon = t.daemon(&[]);
     let mut client = t.client();
-    let install = json!({"method": "InstallCapsule", "params": {"source": "./x", "workspace": false}});
-    let KernelResponse::Error(message) = payload(&client.request("install", install)) else { panic!("not an error") };
-    assert!(message.contains("InstallCapsule") && message.contains("not available yet"), "{message}");
-    let approve = json!({"method": "ApproveCapability", "params": {"request_id": "r", "signature": "s"}});
-    let KernelResponse::Error(message) = payload(&client.request("approve", approve)) else { panic!("not an error") };
+    let install = |source: &str| json!({"method": "InstallCapsule", "params": {"source": source, "workspace": true}});
+    let KernelResponse::Error(message) = payload(&client.request("install", install("./x"))) else {
+        panic!("not an error")
+    };
+    assert!(message.contains("absolute path"), "{message}");
+    let KernelResponse::Error(message) = payload(&client.request("install", install("/nonexistent/capsule"))) else {
+        panic!("not an error")
+    };
+    assert!(message.contains("not a capsule"), "{message}");
+
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("capsules-examples/hello");
+    let reply = payload(&client.request("install", install(example.to_str().expect("utf8"))));
+    let KernelResponse::ApprovalRequired { request_id, description, capabilities } = reply else {
+        panic!("expected ApprovalRequired, got {reply:?}")
+    };
+    assert!(description.starts_with("hello 0.1.0 requests"), "{description}");
+    assert_eq!(capabilities, vec!["ipc_publish:agent.v1.response", "ipc_subscribe:user.v1.prompt"]);
+    assert!(t.workspace.join(".astrid/capsules/hello/meta.json").is_file(), "installed into the workspace");
+
+    let approve = |signature: &str| json!({"method": "ApproveCapability", "params": {"request_id": request_id, "signature": signature}});
+    let KernelResponse::Error(message) = payload(&client.request("approve", approve("not-the-fingerprint"))) else {
+        panic!("not an error")
+    };
+    assert!(message.contains("signature does not match"), "{message}");
+    let listing = payload(&client.request("caps", json!({"method": "ListCapabilities"})));
+    let KernelResponse::Success(listing) = listing else { panic!("no listing") };
+    let fingerprint = listing["pending"][0]["fingerprint"].as_str().expect("fingerprint").to_owned();
+    let KernelResponse::Success(granted) = payload(&client.request("approve", approve(&fingerprint))) else {
+        panic!("not approved")
+    };
+    assert_eq!(granted["capsule"], "hello");
+    let unknown = json!({"method": "ApproveCapability", "params": {"request_id": "r", "signature": "s"}});
+    let KernelResponse::Error(message) = payload(&client.request("approve", unknown)) else { panic!("not an error") };
     assert_eq!(message, "no pending capability request r");
 }
 
