@@ -26,14 +26,17 @@ macro_rules! or_status {
 
 mod config;
 mod host_fs;
+mod host_http;
 mod host_ipc;
 mod host_kv;
 mod lifecycle;
+mod net_policy;
 mod sandbox;
 pub mod supervisor;
 pub(crate) mod wait;
 
 pub use host_fs::FsStatus;
+pub use host_http::HttpStatus;
 pub use host_ipc::IpcStatus;
 pub use host_kv::KvStatus;
 pub use lifecycle::Lifecycle;

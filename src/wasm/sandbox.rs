@@ -45,6 +45,10 @@ pub const HOST_FUNCTIONS: &[&str] = &[
     "fs_readdir",
     "fs_mkdir",
     "fs_unlink",
+    "http_request",
+    "http_stream_start",
+    "http_stream_read",
+    "http_stream_close",
 ];
 /// Most random bytes one call may ask for.
 const MAX_RANDOM: usize = 64 * 1024;
@@ -151,6 +155,11 @@ pub struct HostServices {
     pub kernel: Option<KernelAccess>,
     /// What `get_config` answers: the capsule's own `[env]` values, resolved at load.
     pub config: BTreeMap<String, String>,
+    /// The `[env]` values declared `type = "secret"`: what `{{secret:NAME}}` in an HTTP
+    /// header may name, and what responses are redacted of.
+    pub secrets: BTreeMap<String, String>,
+    /// Whether HTTP may reach private and loopback addresses (operator setting).
+    pub allow_private_network: bool,
     /// Readiness and stop, shared with the capsule host.
     pub lifecycle: Arc<Lifecycle>,
 }
@@ -170,6 +179,14 @@ pub struct HostState {
     pub(super) source_id: Uuid,
     /// The capsule's configuration.
     config: BTreeMap<String, String>,
+    /// Its declared secrets.
+    pub(super) secrets: BTreeMap<String, String>,
+    /// Whether HTTP may reach internal addresses.
+    pub(super) allow_private_network: bool,
+    /// Open HTTP response streams by handle.
+    pub(super) streams: Vec<Option<super::host_http::Stream>>,
+    /// The call deadline (bounds host-side timeouts).
+    deadline: Duration,
     /// Readiness and stop.
     pub(super) lifecycle: Arc<Lifecycle>,
     /// How many times the guest has waited for messages (a run loop's budget restarts then).
@@ -182,6 +199,11 @@ impl HostState {
     /// The capsule this state belongs to.
     pub fn capsule(&self) -> &str {
         &self.capsule
+    }
+
+    /// The wall-clock deadline of a call into this instance.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
     }
 }
 
@@ -270,6 +292,10 @@ impl Sandbox {
             waited: Duration::ZERO,
             source_id: Uuid::new_v4(),
             config: services.config,
+            secrets: services.secrets,
+            allow_private_network: services.allow_private_network,
+            streams: Vec::new(),
+            deadline: limits.deadline,
             lifecycle: services.lifecycle,
             waits: 0,
             logs: Vec::new(),
@@ -508,6 +534,7 @@ fn link(linker: &mut Linker<HostState>) -> Result<(), SandboxError> {
     super::host_kv::link(linker).map_err(err)?;
     super::host_ipc::link(linker).map_err(err)?;
     super::host_fs::link(linker).map_err(err)?;
+    super::host_http::link(linker).map_err(err)?;
     Ok(())
 }
 

@@ -57,17 +57,20 @@ pub struct HostConfig {
     pub limits: SandboxLimits,
     /// Delay before the first restart (doubles each time).
     pub initial_backoff: Duration,
+    /// Whether capsule HTTP may reach private and loopback addresses.
+    pub allow_private_network: bool,
 }
 
 impl Default for HostConfig {
     fn default() -> Self {
-        Self { limits: SandboxLimits::default(), initial_backoff: Duration::from_secs(2) }
+        Self { limits: SandboxLimits::default(), initial_backoff: Duration::from_secs(2), allow_private_network: false }
     }
 }
 
 impl HostConfig {
-    /// The defaults, with `ASTRID_CAPSULE_BACKOFF_MS` (the first restart delay) and
-    /// `ASTRID_CAPSULE_DEADLINE_MS` (wall-clock time per call) overriding them.
+    /// The defaults, with `ASTRID_CAPSULE_BACKOFF_MS` (the first restart delay),
+    /// `ASTRID_CAPSULE_DEADLINE_MS` (wall-clock time per call) and `ASTRID_HTTP_ALLOW_PRIVATE=1`
+    /// (capsule HTTP may reach private networks; off by default) overriding them.
     pub fn from_env() -> Result<Self, String> {
         let millis = |name: &str| -> Result<Option<Duration>, String> {
             match std::env::var(name) {
@@ -86,6 +89,11 @@ impl HostConfig {
         if let Some(deadline) = millis("ASTRID_CAPSULE_DEADLINE_MS")? {
             config.limits.deadline = deadline;
         }
+        config.allow_private_network = match std::env::var("ASTRID_HTTP_ALLOW_PRIVATE").as_deref() {
+            Ok("1" | "true") => true,
+            Ok("" | "0" | "false") | Err(_) => false,
+            Ok(other) => return Err(format!("ASTRID_HTTP_ALLOW_PRIVATE must be 1 or 0, not {other:?}")),
+        };
         Ok(config)
     }
 }
@@ -293,7 +301,13 @@ impl CapsuleHost {
                 Namespace::capsule(DEFAULT_PRINCIPAL, name).map_err(|e| e.to_string())?,
             )),
             kernel: Some(KernelAccess { kernel: Arc::clone(&self.kernel), principal: DEFAULT_PRINCIPAL.to_owned() }),
+            secrets: values
+                .iter()
+                .filter(|(key, _)| verified.manifest.env.get(*key).is_some_and(|def| def.kind == "secret"))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
             config: values,
+            allow_private_network: self.config.allow_private_network,
             lifecycle: Arc::clone(lifecycle),
         };
         let mut sandbox =

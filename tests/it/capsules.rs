@@ -147,6 +147,7 @@ fn a_hostile_capsule_is_stopped_audited_and_restarted_while_others_keep_working(
     assert_eq!(stolen, "secrets.txt: Err(CapabilityDenied); ../../etc/passwd: Err(InvalidInput)");
     assert_eq!(ask(&mut client, exec, "/leak"), "publish: Err(CapabilityDenied)");
     assert_eq!(ask(&mut client, exec, "/snoop"), "subscribe: Err(CapabilityDenied)");
+    assert_eq!(ask(&mut client, exec, "/exfil"), "http: Err(CapabilityDenied)");
 
     for (command, reason) in [("/spin", "exceeded its deadline"), ("/bomb", "trapped"), ("/panic", "trapped")] {
         let crashes = || audit_tail(&t).into_iter().filter(|e| e["action"] == "capsule.crashed").count();
@@ -219,4 +220,85 @@ fn install_show_upgrade_tamper_and_remove_through_the_cli() {
     for action in ["capsule.install", "capsule.start", "capsule.remove", "capsule.failed"] {
         assert!(actions.iter().any(|a| a == action), "{action} not audited");
     }
+}
+
+/// A one-thread HTTP server on loopback that answers every request with what it was sent in
+/// `Authorization`, and records each request head it saw.
+fn echo_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut head = String::new();
+            let mut authorization = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(value) =
+                    line.strip_prefix("authorization: ").or_else(|| line.strip_prefix("Authorization: "))
+                {
+                    authorization = value.trim().to_owned();
+                }
+                head.push_str(&line);
+            }
+            log.lock().expect("log").push(head);
+            let body = format!("you sent: {authorization}; bye");
+            let _ =
+                write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    (port, seen)
+}
+
+fn install_http_fetch(t: &TestHome) {
+    let env = t.home.join("home/default/.config/env");
+    std::fs::create_dir_all(&env).expect("env dir");
+    std::fs::write(env.join("http-fetch.env.json"), r#"{"FETCH_TOKEN": "sk-test-42"}"#).expect("env");
+    install(t, "http-fetch");
+}
+
+#[test]
+fn http_refuses_internal_addresses_by_default_and_audits_it() {
+    let t = TestHome::new();
+    let (port, seen) = echo_server();
+    let _daemon = t.daemon(&[]);
+    install_http_fetch(&t);
+    let mut client = t.client();
+    let exec = "cli.v1.command.execute";
+    for url in [
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://localhost:{port}/"),
+        format!("http://[::ffff:127.0.0.1]:{port}/"),
+    ] {
+        assert_eq!(ask(&mut client, exec, &format!("/fetch {url}")), "error: address-refused", "{url}");
+    }
+    assert_eq!(ask(&mut client, exec, "/fetch file:///etc/passwd"), "error: invalid-input");
+    assert!(seen.lock().expect("seen").is_empty(), "nothing reached the internal server");
+    let refusals =
+        audit_tail(&t).into_iter().filter(|e| e["action"] == "net.connect" && e["decision"] == "deny").count();
+    assert_eq!(refusals, 3);
+}
+
+#[test]
+fn http_fills_secrets_host_side_and_redacts_their_echo() {
+    let t = TestHome::new();
+    let (port, seen) = echo_server();
+    let _daemon = t.daemon_with(&[], &[("ASTRID_HTTP_ALLOW_PRIVATE", "1")]);
+    install_http_fetch(&t);
+    let mut client = t.client();
+    let exec = "cli.v1.command.execute";
+    let url = format!("http://127.0.0.1:{port}/page");
+    assert_eq!(ask(&mut client, exec, &format!("/fetch {url}")), "200: you sent: Bearer [REDACTED]; bye");
+    let streamed = ask(&mut client, exec, &format!("/stream {url}"));
+    assert!(streamed.starts_with("200 in ") && streamed.ends_with(": you sent: Bearer [REDACTED]; bye"), "{streamed}");
+    let heads = seen.lock().expect("seen").clone();
+    assert_eq!(heads.len(), 2);
+    assert!(heads.iter().all(|h| h.to_ascii_lowercase().contains("authorization: bearer sk-test-42")), "{heads:?}");
 }

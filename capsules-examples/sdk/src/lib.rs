@@ -22,6 +22,7 @@
 pub mod abi;
 mod error;
 pub mod fs;
+pub mod http;
 pub mod ipc;
 pub mod kv;
 

@@ -1,0 +1,38 @@
+//! http-fetch: `/fetch URL` and `/stream URL` fetch a page with the capsule's API token,
+//! which the host fills in from `{{secret:FETCH_TOKEN}}`: the capsule never holds it.
+
+use astrid_sdk::http::Request;
+use astrid_sdk::types::IpcPayload;
+use astrid_sdk::{Hook, ipc};
+
+fn fetch(url: &str, streamed: bool) -> astrid_sdk::Result<String> {
+    let request = Request::new("GET", url).header("Authorization", "Bearer {{secret:FETCH_TOKEN}}");
+    if !streamed {
+        let response = request.send()?;
+        return Ok(format!("{}: {}", response.status, String::from_utf8_lossy(&response.body)));
+    }
+    let mut stream = request.stream()?;
+    let mut body = Vec::new();
+    let mut chunks = 0;
+    while let Some(chunk) = stream.read()? {
+        body.extend_from_slice(&chunk);
+        chunks += 1;
+    }
+    Ok(format!("{} in {chunks} chunk(s): {}", stream.status, String::from_utf8_lossy(&body)))
+}
+
+fn hook(_action: &str, payload: &[u8]) -> Hook {
+    let Ok(IpcPayload::UserInput { text, session_id, .. }) = serde_json::from_slice(payload) else {
+        return Hook::Continue(None);
+    };
+    let (streamed, url) = match text.trim().split_once(' ') {
+        Some(("/fetch", url)) => (false, url.trim()),
+        Some(("/stream", url)) => (true, url.trim()),
+        _ => return Hook::Continue(None),
+    };
+    let text = fetch(url, streamed).unwrap_or_else(|e| format!("error: {e}"));
+    let _ = ipc::publish("agent.v1.response", &IpcPayload::AgentResponse { text, is_final: true, session_id });
+    Hook::Final(serde_json::Value::Null)
+}
+
+astrid_sdk::capsule!(hook = hook);

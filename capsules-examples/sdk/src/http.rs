@@ -1,0 +1,120 @@
+//! HTTP, within the capsule's `net` grant. The host refuses private and loopback addresses
+//! (after DNS, and for IP literals), does not follow redirects, and fills `{{secret:NAME}}`
+//! in header values with the capsule's declared secret, so the secret never has to enter
+//! guest memory; a response that echoes it back arrives redacted.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::abi;
+use crate::error::{Error, Result};
+
+/// A request. Header values may contain `{{secret:NAME}}`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Request {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// An `http` or `https` URL.
+    pub url: String,
+    /// Header names and values.
+    pub headers: BTreeMap<String, String>,
+    /// The body (not serialized: it travels as raw bytes).
+    #[serde(skip)]
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// A request with `method` for `url`.
+    pub fn new(method: &str, url: &str) -> Self {
+        Self { method: method.to_owned(), url: url.to_owned(), ..Self::default() }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Sends it and reads the whole response (at most 10 MiB).
+    pub fn send(&self) -> Result<Response> {
+        let json = serde_json::to_vec(self).map_err(|_| Error::InvalidInput)?;
+        // SAFETY: valid buffers for the duration of the call.
+        let packed = unsafe { abi::http_request(json.as_ptr(), json.len(), self.body.as_ptr(), self.body.len()) };
+        let bytes = abi::unpack(packed).map_err(Error::http)?;
+        let head_len =
+            bytes.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize).ok_or(Error::InvalidInput)?;
+        let head: Head =
+            bytes.get(4..4 + head_len).and_then(|h| serde_json::from_slice(h).ok()).ok_or(Error::InvalidInput)?;
+        Ok(Response { status: head.status, headers: head.headers, body: bytes[4 + head_len..].to_vec() })
+    }
+
+    /// Sends it and returns the response head, with the body to read in chunks.
+    pub fn stream(&self) -> Result<Stream> {
+        let json = serde_json::to_vec(self).map_err(|_| Error::InvalidInput)?;
+        // SAFETY: valid buffers for the duration of the call.
+        let packed = unsafe { abi::http_stream_start(json.as_ptr(), json.len(), self.body.as_ptr(), self.body.len()) };
+        let bytes = abi::unpack(packed).map_err(Error::http)?;
+        let head: StreamHead = serde_json::from_slice(&bytes).map_err(|_| Error::InvalidInput)?;
+        Ok(Stream { handle: head.handle, status: head.head.status, headers: head.head.headers })
+    }
+}
+
+#[derive(Deserialize)]
+struct Head {
+    status: u16,
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct StreamHead {
+    handle: i32,
+    #[serde(flatten)]
+    head: Head,
+}
+
+/// A whole response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// Header names (lower case) and values.
+    pub headers: BTreeMap<String, String>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// A response whose body is read chunk by chunk (server-sent events, large downloads).
+#[derive(Debug)]
+pub struct Stream {
+    handle: i32,
+    /// The status code.
+    pub status: u16,
+    /// Header names and values.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Stream {
+    /// The next chunk of the body; `None` once it is over.
+    pub fn read(&mut self) -> Result<Option<Vec<u8>>> {
+        let chunk = abi::unpack(abi::http_stream_read(self.handle)).map_err(Error::http)?;
+        Ok(if chunk.is_empty() { None } else { Some(chunk) })
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        abi::http_stream_close(self.handle);
+    }
+}
+
+/// `GET url`.
+pub fn get(url: &str) -> Result<Response> {
+    Request::new("GET", url).send()
+}
