@@ -10,9 +10,14 @@ use anyhow::{Context, bail};
 use argh::FromArgs;
 use serde_json::Value;
 
+use std::collections::BTreeMap;
+
 use super::{caps, request};
-use crate::home::AstridHome;
+use crate::home::{AstridHome, DEFAULT_PRINCIPAL};
+use crate::kernel::capsules::MANIFEST_FILE;
+use crate::kernel::manifest::Manifest;
 use crate::types::{KernelRequest, KernelResponse};
+use crate::wasm::config;
 
 /// manage capsules
 #[derive(FromArgs, Debug)]
@@ -65,6 +70,10 @@ struct InstallArgs {
     /// approve the requested capabilities without asking
     #[argh(switch, short = 'y')]
     yes: bool,
+    /// a value for one of the capsule's [env] keys, KEY=VALUE (repeatable); missing ones
+    /// are asked on the terminal (secrets without echo)
+    #[argh(option, long = "env")]
+    env: Vec<String>,
 }
 
 /// uninstall a capsule (its grant is withdrawn; its configuration is kept)
@@ -167,6 +176,7 @@ fn show(home: &AstridHome, args: &ShowArgs) -> anyhow::Result<ExitCode> {
 fn install(home: &AstridHome, args: &InstallArgs) -> anyhow::Result<ExitCode> {
     // The daemon reads the files: give it an absolute path, resolved here where the user is.
     let source = args.source.canonicalize().with_context(|| format!("cannot find {}", args.source.display()))?;
+    collect_env(home, &source, &args.env)?;
     let reply = request::send(
         home,
         "install_capsule",
@@ -232,6 +242,67 @@ fn print_installed(done: &Value) {
 
 fn short(fingerprint: &Value) -> String {
     fingerprint.as_str().unwrap_or("?").chars().take(16).collect()
+}
+
+/// Gathers the capsule's missing `[env]` values (from `--env`, else asked on the terminal)
+/// and stores them 0600 in the principal's env file before the capsule first starts.
+fn collect_env(home: &AstridHome, source: &std::path::Path, given: &[String]) -> anyhow::Result<()> {
+    let manifest_path = if source.is_dir() { source.join(MANIFEST_FILE) } else { source.to_path_buf() };
+    let manifest = Manifest::load(&manifest_path)?;
+    let name = &manifest.package.name;
+    let mut values = BTreeMap::new();
+    for pair in given {
+        let Some((key, value)) = pair.split_once('=') else { bail!("--env takes KEY=VALUE, not {pair:?}") };
+        if !manifest.env.contains_key(key) {
+            bail!("{name} declares no [env.{key}]");
+        }
+        values.insert(key.to_owned(), value.to_owned());
+    }
+    let (_, missing) = config::resolve(home, DEFAULT_PRINCIPAL, name, &manifest.env);
+    let unanswered: Vec<String> = missing.into_iter().filter(|k| !values.contains_key(k)).collect();
+    for key in &unanswered {
+        let def = &manifest.env[key];
+        let question = def.request.clone().unwrap_or_else(|| format!("{name}: value for {key}"));
+        match ask(&question, def.kind == "secret")? {
+            Some(value) => {
+                values.insert(key.clone(), value);
+            }
+            None => println!("{name}: {key} has no value yet (give it with --env {key}=…)"),
+        }
+    }
+    if !values.is_empty() {
+        let path = config::store_values(home, DEFAULT_PRINCIPAL, name, &values)?;
+        println!("stored {} value(s) for {name} in {} (0600)", values.len(), path.display());
+    }
+    Ok(())
+}
+
+/// Asks a question on the terminal (without echo for secrets); `None` without a terminal.
+fn ask(question: &str, secret: bool) -> anyhow::Result<Option<String>> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Ok(None);
+    }
+    print!("{question}: ");
+    std::io::stdout().flush()?;
+    let restore = if secret {
+        let original = nix::sys::termios::tcgetattr(&stdin)?;
+        let mut quiet = original.clone();
+        quiet.local_flags.remove(nix::sys::termios::LocalFlags::ECHO);
+        nix::sys::termios::tcsetattr(&stdin, nix::sys::termios::SetArg::TCSANOW, &quiet)?;
+        Some(original)
+    } else {
+        None
+    };
+    let mut answer = String::new();
+    let read = stdin.lock().read_line(&mut answer);
+    if let Some(original) = restore {
+        nix::sys::termios::tcsetattr(&stdin, nix::sys::termios::SetArg::TCSANOW, &original)?;
+        println!();
+    }
+    read?;
+    let answer = answer.trim_end_matches(['\r', '\n']).to_owned();
+    Ok((!answer.is_empty()).then_some(answer))
 }
 
 /// Asks on the terminal; without one (a script), the answer is no.

@@ -7,10 +7,13 @@
 //! another's map.
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 
 use crate::home::AstridHome;
 use crate::kernel::manifest::EnvDef;
+use crate::types::{OnboardingField, OnboardingFieldType};
 
 /// The env file of `capsule` for `principal`.
 pub fn env_file(home: &AstridHome, principal: &str, capsule: &str) -> PathBuf {
@@ -52,6 +55,53 @@ pub fn resolve(
     (values, missing)
 }
 
+/// Merges `values` into the capsule's env file, written 0600 (in a 0700 directory) through
+/// a temporary file and a rename, so a crash never leaves half a file of secrets.
+pub fn store_values(
+    home: &AstridHome,
+    principal: &str,
+    capsule: &str,
+    values: &BTreeMap<String, String>,
+) -> std::io::Result<PathBuf> {
+    let path = env_file(home, principal, capsule);
+    let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let mut merged: BTreeMap<String, String> =
+        std::fs::read(&path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
+    merged.extend(values.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?;
+    file.write_all(&serde_json::to_vec_pretty(&merged).map_err(std::io::Error::other)?)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, &path)?;
+    Ok(path)
+}
+
+/// How to ask a person for each of `missing` (an `OnboardingRequired` payload).
+pub fn onboarding_fields(declared: &BTreeMap<String, EnvDef>, missing: &[String]) -> Vec<OnboardingField> {
+    missing
+        .iter()
+        .filter_map(|key| {
+            let def = declared.get(key)?;
+            let field_type = match def.kind.as_str() {
+                "secret" => OnboardingFieldType::Secret,
+                "array" => OnboardingFieldType::Array,
+                _ if def.enum_values.len() > 1 => OnboardingFieldType::Enum(def.enum_values.clone()),
+                _ => OnboardingFieldType::Text,
+            };
+            Some(OnboardingField {
+                key: key.clone(),
+                prompt: def.request.clone().unwrap_or_else(|| format!("Value for {key}")),
+                description: def.description.clone(),
+                field_type,
+                default: None,
+                placeholder: def.placeholder.clone(),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +123,15 @@ mod tests {
         assert_eq!(values.get("MODEL").map(String::as_str), Some("small"));
         assert!(!values.contains_key("OTHER_CAPSULES_KEY"), "undeclared keys are not handed out");
         assert_eq!(missing, vec!["REGION"]);
+        let fields = onboarding_fields(&manifest.env, &missing);
+        assert_eq!((fields[0].key.as_str(), &fields[0].field_type), ("REGION", &OnboardingFieldType::Text));
+
+        let stored =
+            store_values(&home, "default", "llm", &[("REGION".to_owned(), "eu".to_owned())].into()).expect("store");
+        assert_eq!(std::fs::metadata(&stored).expect("meta").permissions().mode() & 0o777, 0o600);
+        let (values, missing) = resolve(&home, "default", "llm", &manifest.env);
+        assert_eq!(values.get("REGION").map(String::as_str), Some("eu"));
+        assert_eq!(values.get("API_KEY").map(String::as_str), Some("sk-1"), "merged, not replaced");
+        assert!(missing.is_empty());
     }
 }

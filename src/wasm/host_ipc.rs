@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use wasmi::{Caller, Linker};
 
 use super::sandbox::{HOST_MODULE, HostState, read_guest, write_guest};
-use super::wait::block_on_timeout;
+use super::wait::{block_on_timeout, unless_stopped};
 use crate::kernel::bus::{BusMessage, Origin};
 use crate::kernel::capability::Capability;
 use crate::kernel::topic;
@@ -132,7 +132,7 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::
                 match subscription.try_recv() {
                     Some(message) => Some(Some(message)),
                     // A stop asked for by the host ends the wait at once, as the closed case.
-                    None => block_on_timeout(first_of(subscription.recv(), stopped), wait),
+                    None => block_on_timeout(unless_stopped(subscription.recv(), stopped), wait).map(Option::flatten),
                 }
             };
             let state = caller.data_mut();
@@ -180,19 +180,6 @@ fn deliver(caller: &mut Caller<'_, HostState>, received: Option<Option<Arc<BusMe
             write_guest(caller, &frame)
         }
     }
-}
-
-/// Whichever of a message and a stop request comes first; a stop reads as `None` (closed).
-async fn first_of<T>(message: impl Future<Output = Option<T>>, stop: impl Future<Output = ()>) -> Option<T> {
-    let mut message = std::pin::pin!(message);
-    let mut stop = std::pin::pin!(stop);
-    std::future::poll_fn(|context| {
-        if let std::task::Poll::Ready(value) = message.as_mut().poll(context) {
-            return std::task::Poll::Ready(value);
-        }
-        stop.as_mut().poll(context).map(|()| None)
-    })
-    .await
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@ macro_rules! or_status {
     };
 }
 
-mod config;
+mod approval;
+pub mod config;
 mod host_fs;
 mod host_http;
 mod host_ipc;

@@ -11,8 +11,8 @@ use wasmi::{
     WasmParams, WasmResults,
 };
 
-use super::SandboxLimits;
 use super::lifecycle::Lifecycle;
+use super::{SandboxLimits, approval};
 
 use crate::kernel::Kernel;
 use crate::kernel::bus::Subscription;
@@ -27,6 +27,7 @@ pub const HOST_FUNCTIONS: &[&str] = &[
     "random_bytes",
     "get_config",
     "signal_ready",
+    "request_approval",
     "kv_get",
     "kv_set",
     "kv_delete",
@@ -497,6 +498,15 @@ fn link(linker: &mut Linker<HostState>) -> Result<(), SandboxError> {
         .func_wrap(HOST_MODULE, "signal_ready", |caller: Caller<'_, HostState>| {
             caller.data().lifecycle.signal_ready();
         })
+        .map_err(err)?;
+    linker
+        .func_wrap(
+            HOST_MODULE,
+            "request_approval",
+            |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
+                approval::request(&mut caller, ptr, len)
+            },
+        )
         .map_err(err)?;
     linker
         .func_wrap(

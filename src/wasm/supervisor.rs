@@ -6,9 +6,9 @@
 //!
 //! What runs is decided from the kernel's registry, whenever it changes
 //! ([`Kernel::capsules_changed`]): a capsule runs when it is installed and intact, has a
-//! module, and its grant is approved (or it asks for nothing). A capsule whose code or grant
-//! changed is stopped and started again; one that left the registry or lost its grant is
-//! stopped.
+//! module, and its grant is approved (or it asks for nothing). A capsule whose code, grant or
+//! configuration changed is stopped and started again; one that left the registry or lost
+//! its grant is stopped.
 //!
 //! A capsule that traps, exhausts its budget, or whose run loop returns is audited
 //! (`capsule.crashed`), announced on `astrid.v1.health.failed`, and restarted on a fresh
@@ -26,7 +26,7 @@ use serde_json::json;
 
 use super::lifecycle::Lifecycle;
 use super::sandbox::{HOOK_EXPORT, HookAction, HostServices, KernelAccess, RUN_EXPORT, Sandbox};
-use super::wait::block_on_timeout;
+use super::wait::{block_on_timeout, unless_stopped};
 use super::{SandboxLimits, config};
 use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
@@ -39,6 +39,8 @@ use crate::kernel::{BusMessage, Kernel, Origin, topic};
 use crate::store::Namespace;
 use crate::types::{IpcMessage, IpcPayload};
 
+/// Topic on which the host asks frontends for a capsule's missing `[env]` values.
+pub const ONBOARDING_TOPIC: &str = "astrid.v1.onboarding.required";
 /// Topic on which a capsule failure is announced.
 pub const HEALTH_FAILED_TOPIC: &str = "astrid.v1.health.failed";
 /// Restarts in a row before a capsule is left failed.
@@ -104,6 +106,8 @@ struct Identity {
     dir: PathBuf,
     code_hash: Option<String>,
     grant: GrantStatus,
+    /// BLAKE3 of the capsule's env file: new values given by the operator restart it.
+    config_hash: Option<String>,
 }
 
 struct Running {
@@ -148,7 +152,10 @@ impl CapsuleHost {
             .filter(|c| matches!(c.grant, GrantStatus::Approved | GrantStatus::NothingRequested))
             .filter_map(|c| {
                 let dir = c.dir.clone()?;
-                Some((c.name.clone(), Identity { dir, code_hash: c.code_hash.clone(), grant: c.grant.clone() }))
+                let env = config::env_file(&self.kernel.config().home, DEFAULT_PRINCIPAL, &c.name);
+                let config_hash = std::fs::read(env).ok().map(|bytes| blake3::hash(&bytes).to_hex().to_string());
+                let identity = Identity { dir, code_hash: c.code_hash.clone(), grant: c.grant.clone(), config_hash };
+                Some((c.name.clone(), identity))
             })
             .collect();
         let mut running = self.running();
@@ -294,6 +301,13 @@ impl CapsuleHost {
         let (values, missing) = config::resolve(home, DEFAULT_PRINCIPAL, name, &verified.manifest.env);
         if !missing.is_empty() {
             log::warn!("capsule {name} has no value for {}; get_config answers none", missing.join(", "));
+            let fields = config::onboarding_fields(&verified.manifest.env, &missing);
+            let payload = IpcPayload::OnboardingRequired { capsule_id: name.to_owned(), fields };
+            self.kernel.bus().publish(BusMessage {
+                message: IpcMessage::new(ONBOARDING_TOPIC, payload, self.kernel.session()),
+                origin: Origin::Kernel,
+                reply_to: None,
+            });
         }
         let services = HostServices {
             kv: Some((
@@ -358,7 +372,8 @@ impl CapsuleHost {
         let mut subscription = self.kernel.bus().subscribe(format!("capsule:{name}"), &patterns);
         log::info!("capsule {name} started ({} interceptor(s))", bindings.len());
         loop {
-            let next = block_on_timeout(first_message(&mut subscription, lifecycle), IDLE_WAKE);
+            let next = block_on_timeout(unless_stopped(subscription.recv(), lifecycle.stopped()), IDLE_WAKE)
+                .map(Option::flatten);
             let message = match next {
                 None => continue,
                 Some(None) => return Ok(()),
@@ -380,21 +395,4 @@ impl CapsuleHost {
             }
         }
     }
-}
-
-/// The next message, or `None` once a stop is asked for.
-async fn first_message(
-    subscription: &mut crate::kernel::Subscription,
-    lifecycle: &Lifecycle,
-) -> Option<Arc<BusMessage>> {
-    let stopped = lifecycle.stopped();
-    let mut stopped = std::pin::pin!(stopped);
-    let mut next = std::pin::pin!(subscription.recv());
-    std::future::poll_fn(|context| {
-        if let std::task::Poll::Ready(message) = next.as_mut().poll(context) {
-            return std::task::Poll::Ready(message);
-        }
-        stopped.as_mut().poll(context).map(|()| None)
-    })
-    .await
 }

@@ -38,6 +38,20 @@ pub fn block_on_timeout<F: Future>(future: F, timeout: Duration) -> Option<F::Ou
     }
 }
 
+/// `future`'s output, or `None` if `stop` completes first (a capsule being stopped must not
+/// stay blocked in a host call).
+pub async fn unless_stopped<T>(future: impl Future<Output = T>, stop: impl Future<Output = ()>) -> Option<T> {
+    let mut future = pin!(future);
+    let mut stop = pin!(stop);
+    std::future::poll_fn(|context| {
+        if let Poll::Ready(value) = future.as_mut().poll(context) {
+            return Poll::Ready(Some(value));
+        }
+        stop.as_mut().poll(context).map(|()| None)
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

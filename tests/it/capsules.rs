@@ -14,8 +14,16 @@ fn example(name: &str) -> PathBuf {
 
 /// Installs an example with `astrid capsule install --yes` (the daemon must run).
 fn install(t: &TestHome, name: &str) {
-    let output = t.cli(&["capsule", "install", example(name).to_str().expect("utf8"), "--yes"]);
+    install_with(t, name, &[]);
+}
+
+fn install_with(t: &TestHome, name: &str, extra: &[&str]) -> String {
+    let source = example(name);
+    let mut args = vec!["capsule", "install", source.to_str().expect("utf8"), "--yes"];
+    args.extend_from_slice(extra);
+    let output = t.cli(&args);
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Approves every pending capability request, as an operator would.
@@ -258,10 +266,10 @@ fn echo_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
 }
 
 fn install_http_fetch(t: &TestHome) {
-    let env = t.home.join("home/default/.config/env");
-    std::fs::create_dir_all(&env).expect("env dir");
-    std::fs::write(env.join("http-fetch.env.json"), r#"{"FETCH_TOKEN": "sk-test-42"}"#).expect("env");
-    install(t, "http-fetch");
+    let said = install_with(t, "http-fetch", &["--env", "FETCH_TOKEN=sk-test-42"]);
+    assert!(said.contains("stored 1 value(s) for http-fetch"), "{said}");
+    let file = t.home.join("home/default/.config/env/http-fetch.env.json");
+    assert_eq!(crate::harness::mode(&file), 0o600, "secrets are private to the user");
 }
 
 #[test]
@@ -269,9 +277,24 @@ fn http_refuses_internal_addresses_by_default_and_audits_it() {
     let t = TestHome::new();
     let (port, seen) = echo_server();
     let _daemon = t.daemon(&[]);
-    install_http_fetch(&t);
     let mut client = t.client();
+    // Without its token the capsule still starts, and the frontends are asked for it.
+    install(&t, "http-fetch");
+    let onboarding = loop {
+        let frame = client.read_json().expect("frame");
+        if frame["topic"] == "astrid.v1.onboarding.required" {
+            break frame;
+        }
+    };
+    assert_eq!(onboarding["payload"]["capsule_id"], "http-fetch");
+    assert_eq!(onboarding["payload"]["fields"][0]["key"], "FETCH_TOKEN");
+    assert_eq!(onboarding["payload"]["fields"][0]["field_type"], "Secret");
     let exec = "cli.v1.command.execute";
+    let url = format!("http://127.0.0.1:{port}/");
+    assert_eq!(ask(&mut client, exec, &format!("/fetch {url}")), "error: invalid-input", "no token, no request");
+    // Giving the value restarts the capsule with it.
+    install_http_fetch(&t);
+    wait_running(&t, &mut client, &["http-fetch"]);
     for url in [
         format!("http://127.0.0.1:{port}/"),
         format!("http://localhost:{port}/"),
