@@ -19,6 +19,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::capability::CapabilitySet;
+use super::dependencies::{Interfaces, load_order};
 use super::grants::GrantStatus;
 use super::install::verify_installed;
 use crate::types::kernel_api::{CapsuleMetadataEntry, CommandInfo};
@@ -78,6 +79,8 @@ pub struct Capsule {
     pub capabilities: CapabilitySet,
     /// BLAKE3 of its module as verified at discovery (part of what the operator approves).
     pub code_hash: Option<String>,
+    /// What it imports and exports (decides the load order).
+    pub interfaces: Interfaces,
     /// Whether the operator approved that request (set by the kernel after discovery).
     pub grant: GrantStatus,
 }
@@ -111,6 +114,7 @@ impl CapsuleRegistry {
                 interceptor_events: Vec::new(),
                 capabilities: CapabilitySet::default(),
                 code_hash: None,
+                interfaces: Interfaces::default(),
                 grant: GrantStatus::NothingRequested,
             }],
         }
@@ -134,7 +138,21 @@ impl CapsuleRegistry {
                 registry.capsules.push(capsule);
             }
         }
+        registry.order_by_dependencies();
         registry
+    }
+
+    /// Puts importers after the capsules that export what they import (built-ins first).
+    fn order_by_dependencies(&mut self) {
+        let split = self.capsules.iter().take_while(|c| c.origin == CapsuleOrigin::BuiltIn).count();
+        let installed = self.capsules.split_off(split);
+        let named: Vec<(&str, &Interfaces)> = installed.iter().map(|c| (c.name.as_str(), &c.interfaces)).collect();
+        let (order, problems) = load_order(&named);
+        for problem in problems {
+            log::warn!("capsule dependencies: {problem}");
+        }
+        let mut slots: Vec<Option<Capsule>> = installed.into_iter().map(Some).collect();
+        self.capsules.extend(order.into_iter().filter_map(|i| slots.get_mut(i).and_then(Option::take)));
     }
 
     /// All capsules, in load order.
@@ -228,6 +246,7 @@ fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
                 interceptor_events: Vec::new(),
                 capabilities: CapabilitySet::default(),
                 code_hash: None,
+                interfaces: Interfaces::default(),
                 grant: GrantStatus::NothingRequested,
             };
         }
@@ -250,6 +269,7 @@ fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
         origin,
         dir: Some(dir.to_path_buf()),
         state: CapsuleState::Installed,
+        interfaces: Interfaces::from_manifest(manifest.other.get("imports"), manifest.other.get("exports")),
         capabilities: manifest.capabilities,
         code_hash,
         grant: GrantStatus::NothingRequested,

@@ -11,6 +11,7 @@ pub mod capability;
 mod capsule_admin;
 pub mod capsules;
 pub mod clients;
+pub mod dependencies;
 pub mod grants;
 pub mod install;
 pub mod manifest;

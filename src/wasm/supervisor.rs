@@ -116,6 +116,10 @@ struct Running {
     thread: JoinHandle<()>,
 }
 
+fn wanted_identity<'a>(wanted: &'a [(String, Identity)], name: &str) -> Option<&'a Identity> {
+    wanted.iter().find(|(n, _)| n == name).map(|(_, identity)| identity)
+}
+
 /// The daemon's capsule host.
 pub struct CapsuleHost {
     kernel: Arc<Kernel>,
@@ -142,7 +146,8 @@ impl CapsuleHost {
 
     /// Brings what runs in line with the registry: starts, restarts and stops capsules.
     pub fn sync(self: &Arc<Self>) {
-        let wanted: HashMap<String, Identity> = self
+        // In registry order, which is load order (importers after exporters).
+        let wanted: Vec<(String, Identity)> = self
             .kernel
             .capsules()
             .capsules()
@@ -161,14 +166,14 @@ impl CapsuleHost {
         let mut running = self.running();
         let stale: Vec<String> = running
             .iter()
-            .filter(|(name, r)| wanted.get(*name) != Some(&r.identity) || r.thread.is_finished())
+            .filter(|(name, r)| wanted_identity(&wanted, name) != Some(&r.identity) || r.thread.is_finished())
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
             if let Some(old) = running.remove(&name) {
                 // A finished thread gave up (failed for good): it stays down until something
                 // about the capsule changes, which shows as a new identity.
-                if old.thread.is_finished() && wanted.get(&name) == Some(&old.identity) {
+                if old.thread.is_finished() && wanted_identity(&wanted, &name) == Some(&old.identity) {
                     running.insert(name, old);
                     continue;
                 }
