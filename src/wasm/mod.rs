@@ -43,6 +43,7 @@ pub use host_kv::KvStatus;
 pub use lifecycle::Lifecycle;
 pub use sandbox::{
     HOOK_EXPORT, HOST_FUNCTIONS, HookAction, HookResult, HostServices, KernelAccess, RUN_EXPORT, Sandbox, SandboxError,
+    compile,
 };
 
 use std::time::Duration;
@@ -71,9 +72,19 @@ impl Default for SandboxLimits {
     }
 }
 
-/// The engine every capsule shares: fuel metering on, no start functions, strict limits.
+/// The engine every capsule shares: fuel metering on, no start functions, strict limits,
+/// and modules validated and compiled whole when loaded.
+///
+/// Compilation is eager on purpose: wasmi's lazy modes charge a function's compilation to
+/// the fuel of whichever call first reaches it, which can fail a call that had fuel left for
+/// its own work. The capsule host compiles each module once (per BLAKE3) and instantiates the
+/// compiled module, so restarts and further instances cost microseconds.
 pub fn engine() -> wasmi::Engine {
     let mut config = wasmi::Config::default();
-    config.consume_fuel(true).allow_start_fn(false).enforced_limits(wasmi::EnforcedLimits::strict());
+    config
+        .consume_fuel(true)
+        .allow_start_fn(false)
+        .enforced_limits(wasmi::EnforcedLimits::strict())
+        .compilation_mode(wasmi::CompilationMode::Eager);
     wasmi::Engine::new(&config)
 }

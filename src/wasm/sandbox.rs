@@ -64,6 +64,8 @@ const MAX_HOOK_RESULT: usize = 1024 * 1024;
 pub const RUN_EXPORT: &str = "run";
 /// The guest export for interceptors, tools and commands.
 pub const HOOK_EXPORT: &str = "astrid_hook_trigger";
+/// Fuel for one call of the guest's allocator from inside a host function.
+const ALLOC_FUEL: u64 = 1_000_000;
 /// The guest's allocator, through which the host hands it bytes.
 pub const ALLOC_EXPORT: &str = "astrid_alloc";
 /// The guest's optional deallocator, called on buffers the guest handed back.
@@ -208,6 +210,11 @@ impl HostState {
     }
 }
 
+/// Validates and compiles `wasm` (binary only, within the engine's parse-time limits).
+pub fn compile(engine: &Engine, wasm: &[u8]) -> Result<Module, SandboxError> {
+    Module::new(engine, wasm).map_err(|e| SandboxError::Invalid(e.to_string()))
+}
+
 /// How a call's fuel and deadline are counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Budget {
@@ -270,7 +277,18 @@ impl Sandbox {
         limits: SandboxLimits,
         services: HostServices,
     ) -> Result<Self, SandboxError> {
-        let module = Module::new(engine, wasm).map_err(|e| SandboxError::Invalid(e.to_string()))?;
+        Self::instantiate(engine, capsule, &compile(engine, wasm)?, limits, services)
+    }
+
+    /// Instantiates an already compiled module (see [`compile`]): what a restart or a
+    /// second instance of the same code costs.
+    pub fn instantiate(
+        engine: &Engine,
+        capsule: &str,
+        module: &Module,
+        limits: SandboxLimits,
+        services: HostServices,
+    ) -> Result<Self, SandboxError> {
         for import in module.imports() {
             if import.module() != HOST_MODULE || !HOST_FUNCTIONS.contains(&import.name()) {
                 return Err(SandboxError::ForbiddenImport {
@@ -309,7 +327,7 @@ impl Sandbox {
         // but give it a slice of fuel for any lazy translation it does.
         store.set_fuel(limits.fuel_slice).map_err(|e| SandboxError::Instantiate(e.to_string()))?;
         let instance =
-            linker.instantiate_and_start(&mut store, &module).map_err(|e| SandboxError::Instantiate(e.to_string()))?;
+            linker.instantiate_and_start(&mut store, module).map_err(|e| SandboxError::Instantiate(e.to_string()))?;
         Ok(Self { store, instance, limits, poisoned: false })
     }
 
@@ -581,7 +599,14 @@ pub(super) fn write_guest(caller: &mut Caller<'_, HostState>, bytes: &[u8]) -> R
         return Err(wasmi::Error::new("the capsule exports no astrid_alloc"));
     };
     let alloc = alloc.typed::<i32, i32>(&*caller)?;
-    let ptr = alloc.call(&mut *caller, len)?;
+    // The allocator runs on a fuel allowance of its own, not the guest's slice: the host asked
+    // for this call (and a lazily compiled allocator charges its compilation up front), while a
+    // hostile allocator that spins still stops at the allowance.
+    let saved = caller.get_fuel().unwrap_or(0);
+    caller.set_fuel(ALLOC_FUEL)?;
+    let ptr = alloc.call(&mut *caller, len);
+    caller.set_fuel(saved)?;
+    let ptr = ptr?;
     let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
         return Err(wasmi::Error::new("the capsule exports no memory"));
     };

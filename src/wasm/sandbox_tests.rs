@@ -485,3 +485,20 @@ fn hooks_answer_continue_final_or_deny_and_config_is_the_capsules_own() {
     assert!(matches!(hooks.hook("broken", b"{}"), Err(SandboxError::BadResult { .. })));
     assert!(hooks.has_export("astrid_hook_trigger") && !hooks.has_export("run"));
 }
+
+#[test]
+fn a_module_is_validated_whole_when_loaded() {
+    // Well-formed sections, but a function body that returns the wrong type: refused at load,
+    // not at its first call.
+    let broken = wat::parse_str(r#"(module (func (export "f") (result i32) i64.const 1))"#).expect("wat");
+    assert!(matches!(Sandbox::load(&engine(), "broken", &broken, quick()), Err(SandboxError::Invalid(_))));
+    // A compiled module is instantiated as often as needed without compiling again.
+    let fine = wat::parse_str(r#"(module (func (export "f") (result i32) i32.const 1))"#).expect("wat");
+    let engine = engine();
+    let module = crate::wasm::compile(&engine, &fine).expect("valid");
+    for _ in 0..3 {
+        let mut instance =
+            Sandbox::instantiate(&engine, "fine", &module, quick(), HostServices::default()).expect("load");
+        assert_eq!(instance.call::<(), i32>("f", ()).expect("call"), 1);
+    }
+}

@@ -126,6 +126,8 @@ pub struct CapsuleHost {
     engine: wasmi::Engine,
     config: HostConfig,
     running: Mutex<HashMap<String, Running>>,
+    /// Compiled modules by BLAKE3 (a module is compiled once, however often it restarts).
+    modules: Mutex<HashMap<String, wasmi::Module>>,
 }
 
 impl std::fmt::Debug for CapsuleHost {
@@ -137,7 +139,13 @@ impl std::fmt::Debug for CapsuleHost {
 impl CapsuleHost {
     /// A host for `kernel`'s capsules; nothing runs until [`CapsuleHost::sync`].
     pub fn new(kernel: Arc<Kernel>, config: HostConfig) -> Arc<Self> {
-        Arc::new(Self { kernel, engine: super::engine(), config, running: Mutex::new(HashMap::new()) })
+        Arc::new(Self {
+            kernel,
+            engine: super::engine(),
+            config,
+            running: Mutex::new(HashMap::new()),
+            modules: Mutex::new(HashMap::new()),
+        })
     }
 
     fn running(&self) -> MutexGuard<'_, HashMap<String, Running>> {
@@ -246,6 +254,18 @@ impl CapsuleHost {
         }
     }
 
+    /// The compiled module for `wasm` (BLAKE3 `hash`), compiling it on first use. Held
+    /// while compiling: capsules sharing a module wait for one compilation, not do it twice.
+    fn module(&self, hash: &str, wasm: &[u8]) -> Result<wasmi::Module, String> {
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(module) = modules.get(hash) {
+            return Ok(module.clone());
+        }
+        let module = super::compile(&self.engine, wasm).map_err(|e| e.to_string())?;
+        modules.insert(hash.to_owned(), module.clone());
+        Ok(module)
+    }
+
     /// The thread body: run the capsule, restart it with backoff when it fails.
     fn supervise(&self, name: &str, dir: &Path, lifecycle: &Arc<Lifecycle>) {
         let mut attempt = 0u32;
@@ -302,6 +322,8 @@ impl CapsuleHost {
         lifecycle.reset_ready();
         let verified = verify_installed(dir).map_err(|e| e.to_string())?;
         let wasm = verified.wasm.ok_or("the capsule has no module")?;
+        let hash = crate::kernel::install::hash_hex(&wasm);
+        let module = self.module(&hash, &wasm)?;
         let home = &self.kernel.config().home;
         let (values, missing) = config::resolve(home, DEFAULT_PRINCIPAL, name, &verified.manifest.env);
         if !missing.is_empty() {
@@ -329,8 +351,8 @@ impl CapsuleHost {
             allow_private_network: self.config.allow_private_network,
             lifecycle: Arc::clone(lifecycle),
         };
-        let mut sandbox =
-            Sandbox::load_with(&self.engine, name, &wasm, self.config.limits, services).map_err(|e| e.to_string())?;
+        let mut sandbox = Sandbox::instantiate(&self.engine, name, &module, self.config.limits, services)
+            .map_err(|e| e.to_string())?;
         self.kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.start", name, Decision::Info, "instantiated");
         if sandbox.has_export(RUN_EXPORT) {
             log::info!("capsule {name} started (run loop)");
