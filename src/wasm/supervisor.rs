@@ -33,12 +33,18 @@ use crate::home::DEFAULT_PRINCIPAL;
 use crate::kernel::capability::Capability;
 use crate::kernel::capsules::{CapsuleOrigin, CapsuleState};
 use crate::kernel::grants::GrantStatus;
-use crate::kernel::install::verify_installed;
+use crate::kernel::install::{CapsuleMeta, verify_installed};
 use crate::kernel::manifest::Manifest;
 use crate::kernel::{BusMessage, Kernel, Origin, topic};
 use crate::store::Namespace;
 use crate::types::{IpcMessage, IpcPayload};
 
+/// KV namespace recording, per capsule, the install whose lifecycle hook has run.
+const LIFECYCLE: &str = "lifecycle";
+/// Guest export run on the first start of an install.
+pub const INSTALL_EXPORT: &str = "astrid_install";
+/// Guest export run on the first start of a new version.
+pub const UPGRADE_EXPORT: &str = "astrid_upgrade";
 /// Topic on which the host asks frontends for a capsule's missing `[env]` values.
 pub const ONBOARDING_TOPIC: &str = "astrid.v1.onboarding.required";
 /// Topic on which a capsule failure is announced.
@@ -354,6 +360,7 @@ impl CapsuleHost {
         let mut sandbox = Sandbox::instantiate(&self.engine, name, &module, self.config.limits, services)
             .map_err(|e| e.to_string())?;
         self.kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.start", name, Decision::Info, "instantiated");
+        self.run_lifecycle_hook(name, &verified.meta, &mut sandbox)?;
         if sandbox.has_export(RUN_EXPORT) {
             log::info!("capsule {name} started (run loop)");
             let (kernel, capsule) = (Arc::clone(&self.kernel), name.to_owned());
@@ -371,6 +378,29 @@ impl CapsuleHost {
         log::info!("capsule {name} started (no run loop and no hook entry: nothing to call)");
         block_on_timeout(lifecycle.stopped(), Duration::MAX);
         Ok(())
+    }
+
+    /// Runs the guest's `astrid_install` on the first start of an install, or `astrid_upgrade`
+    /// on the first start of another version, before the capsule serves anything (under the
+    /// same limits, with its configuration). Done once: recorded per capsule in the KV store
+    /// only after the hook succeeded, so a failed hook is retried with the restart.
+    fn run_lifecycle_hook(&self, name: &str, meta: &CapsuleMeta, sandbox: &mut Sandbox) -> Result<(), String> {
+        let namespace = Namespace::system(LIFECYCLE);
+        let store = self.kernel.store();
+        let seen: Option<CapsuleMeta> =
+            store.get(&namespace, name).ok().flatten().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let hook = match &seen {
+            None => INSTALL_EXPORT,
+            Some(seen) if seen.installed_at != meta.installed_at => INSTALL_EXPORT,
+            Some(seen) if seen.version != meta.version => UPGRADE_EXPORT,
+            Some(_) => return Ok(()),
+        };
+        if sandbox.has_export(hook) {
+            sandbox.call::<(), ()>(hook, ()).map_err(|e| format!("{hook} failed: {e}"))?;
+            self.kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.lifecycle", name, Decision::Info, hook);
+        }
+        let record = serde_json::to_vec(meta).map_err(|e| e.to_string())?;
+        store.set(&namespace, name, &record).and_then(|()| store.flush().map(drop)).map_err(|e| e.to_string())
     }
 
     /// Serves the manifest's interceptors: each event on a bound topic is handed to the hook

@@ -198,6 +198,14 @@ fn install_show_upgrade_tamper_and_remove_through_the_cli() {
     assert_eq!(shown["wasm_blake3"].as_str().map(str::len), Some(64));
     let mut client = t.client();
     assert_eq!(ask(&mut client, "cli.v1.command.execute", "/count"), "count = 1");
+    // Its install hook ran once, before it served, in its own namespace.
+    let installed = t.cli(&["kv", "get", "installed", "--capsule", "kv-counter"]);
+    assert_eq!(
+        String::from_utf8_lossy(&installed.stdout).trim(),
+        "yes",
+        "{}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
 
     // A reinstall of the same code and capabilities keeps its approval and keeps running.
     install(&t, "kv-counter");
@@ -225,7 +233,7 @@ fn install_show_upgrade_tamper_and_remove_through_the_cli() {
     assert!(t.wait_for(|| !running(&mut client).contains(&"kv-counter".to_owned()), Duration::from_secs(5)));
     assert_eq!(t.cli(&["capsule", "remove", "kv-counter"]).status.code(), Some(1), "nothing left to remove");
     let actions: Vec<String> = audit_tail(&t).iter().filter_map(|e| e["action"].as_str().map(str::to_owned)).collect();
-    for action in ["capsule.install", "capsule.start", "capsule.remove", "capsule.failed"] {
+    for action in ["capsule.install", "capsule.start", "capsule.lifecycle", "capsule.remove", "capsule.failed"] {
         assert!(actions.iter().any(|a| a == action), "{action} not audited");
     }
 }

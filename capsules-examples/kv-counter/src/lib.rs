@@ -31,4 +31,10 @@ fn hook(_action: &str, payload: &[u8]) -> Hook {
     Hook::Final(serde_json::Value::Null)
 }
 
-astrid_sdk::capsule!(hook = hook);
+/// Runs once, on the first start after an install: the counter starts from zero.
+fn install() {
+    let _ = kv::set(KEY, b"0");
+    let _ = kv::set("installed", b"yes");
+}
+
+astrid_sdk::capsule!(hook = hook, install = install);

@@ -89,7 +89,8 @@ impl Hook {
 /// points given (`run` for an event loop, `hook` for interceptors, tools and commands).
 ///
 /// `capsule!(run = my_loop)`, `capsule!(hook = my_hook)` or both, where `my_loop: fn()` and
-/// `my_hook: fn(&str, &[u8]) -> Hook`.
+/// `my_hook: fn(&str, &[u8]) -> Hook`; optionally `install = f` (run once on the first start of
+/// an install) and `upgrade = f` (on the first start of a new version), both `fn()`.
 #[macro_export]
 macro_rules! capsule {
     ($($entry:ident = $handler:path),+ $(,)?) => {
@@ -114,6 +115,20 @@ macro_rules! capsule {
         #[doc(hidden)]
         #[unsafe(export_name = "run")]
         pub extern "C" fn __astrid_run() {
+            $handler()
+        }
+    };
+    (@entry install = $handler:path) => {
+        #[doc(hidden)]
+        #[unsafe(export_name = "astrid_install")]
+        pub extern "C" fn __astrid_install() {
+            $handler()
+        }
+    };
+    (@entry upgrade = $handler:path) => {
+        #[doc(hidden)]
+        #[unsafe(export_name = "astrid_upgrade")]
+        pub extern "C" fn __astrid_upgrade() {
             $handler()
         }
     };
