@@ -38,8 +38,8 @@ fn approve_all(t: &TestHome) {
     }
 }
 
-/// Sends `text` as a user input on `topic` and returns the text of the next agent response.
-fn ask(client: &mut RawClient, topic: &str, text: &str) -> String {
+/// Publishes `text` as a user input on `topic`.
+fn say(client: &mut RawClient, topic: &str, text: &str) {
     client.send_json(&json!({
         "topic": topic,
         "payload": {"type": "user_input", "text": text, "session_id": "s1"},
@@ -48,6 +48,11 @@ fn ask(client: &mut RawClient, topic: &str, text: &str) -> String {
         "timestamp": "2026-11-22T12:00:00Z",
         "seq": 0
     }));
+}
+
+/// Sends `text` as a user input on `topic` and returns the text of the next agent response.
+fn ask(client: &mut RawClient, topic: &str, text: &str) -> String {
+    say(client, topic, text);
     loop {
         let frame = client.read_json().expect("connection closed before the answer");
         if frame["topic"] == "agent.v1.response" {
@@ -67,7 +72,7 @@ fn wait_running(t: &TestHome, client: &mut RawClient, names: &[&str]) {
 }
 
 fn audit_tail(t: &TestHome) -> Vec<Value> {
-    let output = t.cli(&["audit", "tail", "-n", "500", "--json"]);
+    let output = t.cli(&["audit", "tail", "-n", "1000000", "--json"]);
     String::from_utf8_lossy(&output.stdout).lines().map(|l| serde_json::from_str(l).expect("entry")).collect()
 }
 
@@ -161,14 +166,7 @@ fn a_hostile_capsule_is_stopped_audited_and_restarted_while_others_keep_working(
         let crashes = || audit_tail(&t).into_iter().filter(|e| e["action"] == "capsule.crashed").count();
         let before = crashes();
         let started = Instant::now();
-        client.send_json(&json!({
-            "topic": exec,
-            "payload": {"type": "user_input", "text": command, "session_id": "s1"},
-            "signature": null,
-            "source_id": "00000000-0000-0000-0000-000000000000",
-            "timestamp": "2026-11-22T12:00:00Z",
-            "seq": 0
-        }));
+        say(&mut client, exec, command);
         assert!(t.wait_for(|| crashes() > before, Duration::from_secs(10)), "{command} was not stopped\n{}", t.log());
         assert!(started.elapsed() < Duration::from_secs(8), "{command} took {:?} to stop", started.elapsed());
         let last = audit_tail(&t).into_iter().rev().find(|e| e["action"] == "capsule.crashed").expect("crash");

@@ -74,55 +74,42 @@ impl Error {
 
     /// A negative KV code.
     pub(crate) fn kv(code: i64) -> Self {
-        match code {
-            -2 => Self::InvalidInput,
-            -3 => Self::TooLarge,
-            -4 => Self::Quota,
-            -5 => Self::Io,
-            -6 => Self::Unavailable,
-            other => Self::Unknown(other),
-        }
+        Self::from_table(code, &[Self::InvalidInput, Self::TooLarge, Self::Quota, Self::Io, Self::Unavailable], 2)
     }
 
     /// A negative IPC code.
     pub(crate) fn ipc(code: i64) -> Self {
-        match code {
-            -1 => Self::Timeout,
-            -2 => Self::InvalidInput,
-            -3 => Self::CapabilityDenied,
-            -4 => Self::Quota,
-            -5 => Self::Closed,
-            other => Self::Unknown(other),
-        }
+        Self::from_table(code, &IPC_CODES, 1)
     }
 
-    /// A negative HTTP code.
+    /// A negative HTTP code: the IPC codes, then its own.
     pub(crate) fn http(code: i64) -> Self {
-        match code {
-            -1 => Self::Timeout,
-            -2 => Self::InvalidInput,
-            -3 => Self::CapabilityDenied,
-            -4 => Self::Quota,
-            -5 => Self::Closed,
-            -6 => Self::TooLarge,
-            -7 => Self::Connection,
-            -8 => Self::Dns,
-            -9 => Self::AddressRefused,
-            other => Self::Unknown(other),
-        }
+        let table =
+            [IPC_CODES.as_slice(), &[Self::TooLarge, Self::Connection, Self::Dns, Self::AddressRefused]].concat();
+        Self::from_table(code, &table, 1)
     }
 
     /// A negative file code.
     pub(crate) fn fs(code: i64) -> Self {
-        match code {
-            -1 => Self::NotFound,
-            -2 => Self::InvalidInput,
-            -3 => Self::CapabilityDenied,
-            -4 => Self::BoundaryEscape,
-            -5 => Self::WrongKind,
-            -6 => Self::TooLarge,
-            -7 => Self::Io,
-            other => Self::Unknown(other),
-        }
+        let table = [
+            Self::NotFound,
+            Self::InvalidInput,
+            Self::CapabilityDenied,
+            Self::BoundaryEscape,
+            Self::WrongKind,
+            Self::TooLarge,
+            Self::Io,
+        ];
+        Self::from_table(code, &table, 1)
+    }
+
+    /// `table[0]` is code `-first`, `table[1]` is `-(first + 1)`, and so on (as numbered in
+    /// `docs/capsule-abi.md`).
+    fn from_table(code: i64, table: &[Self], first: i64) -> Self {
+        usize::try_from(-code - first).ok().and_then(|i| table.get(i).copied()).unwrap_or(Self::Unknown(code))
     }
 }
+
+/// Codes `-1` to `-5` of IPC (and HTTP).
+const IPC_CODES: [Error; 5] =
+    [Error::Timeout, Error::InvalidInput, Error::CapabilityDenied, Error::Quota, Error::Closed];
