@@ -111,6 +111,9 @@ pub struct Kernel {
     approvals: Approvals,
     /// Bumped whenever the registry or a grant changes, so the capsule host can catch up.
     capsules_changed: watch::Sender<u64>,
+    /// Bumped by every rescan (boot, `ReloadCapsules`, install, remove): a capsule that gave
+    /// up after its restarts is tried again then, and only then.
+    rescans: std::sync::atomic::AtomicU64,
 }
 
 impl Kernel {
@@ -128,6 +131,7 @@ impl Kernel {
             grants: Grants::new(state.store.clone()),
             approvals,
             capsules_changed: watch::channel(0).0,
+            rescans: std::sync::atomic::AtomicU64::new(0),
             bus,
             store: state.store,
             audit: state.audit,
@@ -222,6 +226,11 @@ impl Kernel {
     /// watches it to start, restart or stop capsules (the kernel does not run them itself).
     pub fn capsules_changed(&self) -> watch::Receiver<u64> {
         self.capsules_changed.subscribe()
+    }
+
+    /// How many rescans of the capsule directories there have been.
+    pub fn rescans(&self) -> u64 {
+        self.rescans.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Sets the state of a registered capsule (the capsule host reports what it runs).
@@ -329,6 +338,7 @@ impl Kernel {
     /// Scans both capsule directories, replaces the registry and announces
     /// `astrid.v1.capsules_loaded`. Returns the number of capsules registered.
     pub fn reload_capsules(&self) -> usize {
+        self.rescans.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let registry = CapsuleRegistry::discover(&self.capsule_dirs());
         let count = registry.capsules().len();
         *self.capsules() = registry;

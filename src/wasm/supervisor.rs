@@ -120,6 +120,27 @@ struct Running {
     identity: Identity,
     lifecycle: Arc<Lifecycle>,
     thread: JoinHandle<()>,
+    /// The kernel's rescan count when it started.
+    rescan: u64,
+}
+
+/// How long stopping waits for a capsule's thread. A stop wakes waits and computing guests
+/// quickly, but an HTTP request in flight runs to its own timeout.
+const STOP_WAIT: Duration = Duration::from_secs(2);
+
+/// Joins `thread` if it ends within `within`; otherwise leaves it running (detached).
+fn join_within(thread: JoinHandle<()>, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while !thread.is_finished() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if thread.join().is_err() {
+        log::error!("a capsule thread panicked");
+    }
+    true
 }
 
 fn wanted_identity<'a>(wanted: &'a [(String, Identity)], name: &str) -> Option<&'a Identity> {
@@ -177,6 +198,7 @@ impl CapsuleHost {
                 Some((c.name.clone(), identity))
             })
             .collect();
+        let rescan = self.kernel.rescans();
         let mut running = self.running();
         let stale: Vec<String> = running
             .iter()
@@ -186,13 +208,17 @@ impl CapsuleHost {
         for name in stale {
             if let Some(old) = running.remove(&name) {
                 // A finished thread gave up (failed for good): it stays down until something
-                // about the capsule changes, which shows as a new identity.
+                // about the capsule changes (a new identity) or the operator rescans.
                 if old.thread.is_finished() && wanted_identity(&wanted, &name) == Some(&old.identity) {
-                    running.insert(name, old);
+                    if old.rescan == rescan {
+                        running.insert(name, old);
+                    }
                     continue;
                 }
                 old.lifecycle.stop();
-                let _ = old.thread.join();
+                if !join_within(old.thread, STOP_WAIT) {
+                    log::warn!("capsule {name} did not stop within {} ms; left to finish alone", STOP_WAIT.as_millis());
+                }
                 log::info!("capsule {name} stopped (changed, removed or no longer granted)");
             }
         }
@@ -214,7 +240,7 @@ impl CapsuleHost {
                 .spawn(move || host.supervise(&capsule, &dir, &thread_lifecycle))
             {
                 Ok(thread) => {
-                    running.insert(name, Running { identity, lifecycle, thread });
+                    running.insert(name, Running { identity, lifecycle, thread, rescan });
                 }
                 Err(e) => {
                     log::error!("cannot start a thread for capsule {name}: {e}");
@@ -253,9 +279,10 @@ impl CapsuleHost {
         for (_, r) in &running {
             r.lifecycle.stop();
         }
+        let deadline = Instant::now() + STOP_WAIT;
         for (name, r) in running {
-            if r.thread.join().is_err() {
-                log::error!("the thread of capsule {name} panicked");
+            if !join_within(r.thread, deadline.saturating_duration_since(Instant::now())) {
+                log::warn!("capsule {name} did not stop in time (blocked in a host call); exiting without it");
             }
         }
     }

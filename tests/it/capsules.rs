@@ -331,3 +331,28 @@ fn http_fills_secrets_host_side_and_redacts_their_echo() {
     assert_eq!(heads.len(), 2);
     assert!(heads.iter().all(|h| h.to_ascii_lowercase().contains("authorization: bearer sk-test-42")), "{heads:?}");
 }
+
+#[test]
+fn a_capsule_that_keeps_failing_is_given_up_and_a_rescan_tries_it_again() {
+    let t = TestHome::new();
+    let env = [("ASTRID_CAPSULE_DEADLINE_MS", "200"), ("ASTRID_CAPSULE_BACKOFF_MS", "50")];
+    let _daemon = t.daemon_with(&[], &env);
+    install(&t, "hostile");
+    let mut client = t.client();
+    let exec = "cli.v1.command.execute";
+    // Each /panic kills the instance; the sixth failure in a row is one too many.
+    for attempt in 1..=6 {
+        wait_running(&t, &mut client, &["hostile"]);
+        say(&mut client, exec, "/panic");
+        let state = || describe(&t, "hostile");
+        let moved = t.wait_for(|| state()["state"] != "running", Duration::from_secs(10));
+        assert!(moved, "attempt {attempt}: still running");
+    }
+    let given_up = t.wait_for(|| describe(&t, "hostile")["state"] == "failed", Duration::from_secs(10));
+    assert!(given_up, "{}", describe(&t, "hostile"));
+    assert!(describe(&t, "hostile")["reason"].as_str().expect("reason").starts_with("gave up after 5 restarts"));
+    // It stays down through unrelated changes, and comes back when the operator rescans.
+    assert_eq!(client.request("reload", json!({"method": "ReloadCapsules"}))["payload"]["status"], "Success");
+    wait_running(&t, &mut client, &["hostile"]);
+    assert_eq!(ask(&mut client, exec, "/leak"), "publish: Err(CapabilityDenied)");
+}
