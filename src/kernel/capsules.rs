@@ -79,6 +79,8 @@ pub struct Capsule {
     pub capabilities: CapabilitySet,
     /// BLAKE3 of its module as verified at discovery (part of what the operator approves).
     pub code_hash: Option<String>,
+    /// BLAKE3 of its manifest as installed (a new manifest restarts a running capsule).
+    pub manifest_hash: Option<String>,
     /// What it imports and exports (decides the load order).
     pub interfaces: Interfaces,
     /// Whether the operator approved that request (set by the kernel after discovery).
@@ -114,6 +116,7 @@ impl CapsuleRegistry {
                 interceptor_events: Vec::new(),
                 capabilities: CapabilitySet::default(),
                 code_hash: None,
+                manifest_hash: None,
                 interfaces: Interfaces::default(),
                 grant: GrantStatus::NothingRequested,
             }],
@@ -231,8 +234,8 @@ fn scan_dir(dir: &Path, origin: CapsuleOrigin) -> Vec<Capsule> {
 }
 
 fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
-    let (manifest, code_hash) = match verify_installed(dir) {
-        Ok(verified) => (verified.manifest, verified.meta.wasm_hash),
+    let (manifest, code_hash, manifest_hash) = match verify_installed(dir) {
+        Ok(verified) => (verified.manifest, verified.meta.wasm_hash, verified.meta.manifest_hash),
         Err(e) => {
             log::error!("capsule in {} failed: {e}", dir.display());
             let name = dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
@@ -246,6 +249,7 @@ fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
                 interceptor_events: Vec::new(),
                 capabilities: CapabilitySet::default(),
                 code_hash: None,
+                manifest_hash: None,
                 interfaces: Interfaces::default(),
                 grant: GrantStatus::NothingRequested,
             };
@@ -272,6 +276,7 @@ fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
         interfaces: Interfaces::from_manifest(manifest.other.get("imports"), manifest.other.get("exports")),
         capabilities: manifest.capabilities,
         code_hash,
+        manifest_hash,
         grant: GrantStatus::NothingRequested,
     }
 }

@@ -114,6 +114,8 @@ struct Identity {
     grant: GrantStatus,
     /// BLAKE3 of the capsule's env file: new values given by the operator restart it.
     config_hash: Option<String>,
+    /// BLAKE3 of its manifest: a new version or new bindings restart it.
+    manifest_hash: Option<String>,
 }
 
 struct Running {
@@ -194,7 +196,13 @@ impl CapsuleHost {
                 let dir = c.dir.clone()?;
                 let env = config::env_file(&self.kernel.config().home, DEFAULT_PRINCIPAL, &c.name);
                 let config_hash = std::fs::read(env).ok().map(|bytes| blake3::hash(&bytes).to_hex().to_string());
-                let identity = Identity { dir, code_hash: c.code_hash.clone(), grant: c.grant.clone(), config_hash };
+                let identity = Identity {
+                    dir,
+                    code_hash: c.code_hash.clone(),
+                    grant: c.grant.clone(),
+                    config_hash,
+                    manifest_hash: c.manifest_hash.clone(),
+                };
                 Some((c.name.clone(), identity))
             })
             .collect();

@@ -225,6 +225,21 @@ fn install_show_upgrade_tamper_and_remove_through_the_cli() {
     wait_running(&t, &mut client, &["kv-counter"]);
     assert_eq!(ask(&mut client, "cli.v1.command.execute", "/count"), "count = 2");
 
+    // A new version is picked up without a daemon restart, and its upgrade hook runs once.
+    let newer = tempfile::tempdir().expect("tempdir");
+    for file in ["Capsule.toml", "kv-counter.wasm"] {
+        std::fs::copy(example("kv-counter").join(file), newer.path().join(file)).expect("copy");
+    }
+    let manifest = std::fs::read_to_string(newer.path().join("Capsule.toml")).expect("read");
+    std::fs::write(newer.path().join("Capsule.toml"), manifest.replace("version = \"0.1.0\"", "version = \"0.2.0\""))
+        .expect("bump");
+    let upgraded = t.cli(&["capsule", "install", newer.path().to_str().expect("utf8"), "--yes"]);
+    assert!(String::from_utf8_lossy(&upgraded.stdout).contains("installed kv-counter 0.2.0 (replacing 0.1.0)"));
+    assert_eq!(describe(&t, "kv-counter")["version"], "0.2.0");
+    assert_eq!(ask(&mut client, "cli.v1.command.execute", "/count"), "count = 3");
+    let upgraded = t.cli(&["kv", "get", "upgraded", "--capsule", "kv-counter"]);
+    assert_eq!(String::from_utf8_lossy(&upgraded.stdout).trim(), "yes");
+
     let removed = t.cli(&["capsule", "remove", "kv-counter"]);
     assert_eq!(removed.status.code(), Some(0), "{}", String::from_utf8_lossy(&removed.stderr));
     assert!(!installed.exists());

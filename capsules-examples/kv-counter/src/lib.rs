@@ -37,4 +37,9 @@ fn install() {
     let _ = kv::set("installed", b"yes");
 }
 
-astrid_sdk::capsule!(hook = hook, install = install);
+/// Runs once, on the first start of a new version: the count carries over.
+fn upgrade() {
+    let _ = kv::set("upgraded", b"yes");
+}
+
+astrid_sdk::capsule!(hook = hook, install = install, upgrade = upgrade);
