@@ -405,11 +405,10 @@ impl CapsuleHost {
             });
             return sandbox.run_loop().map_err(|e| e.to_string());
         }
-        lifecycle.signal_ready();
-        self.kernel.set_capsule_state(name, CapsuleState::Ready);
         if sandbox.has_export(HOOK_EXPORT) {
             return self.dispatch(name, &verified.manifest, &mut sandbox, lifecycle);
         }
+        self.mark_ready(name, lifecycle);
         log::info!("capsule {name} started (no run loop and no hook entry: nothing to call)");
         block_on_timeout(lifecycle.stopped(), Duration::MAX);
         Ok(())
@@ -438,6 +437,11 @@ impl CapsuleHost {
         store.set(&namespace, name, &record).and_then(|()| store.flush().map(drop)).map_err(|e| e.to_string())
     }
 
+    fn mark_ready(&self, name: &str, lifecycle: &Lifecycle) {
+        lifecycle.signal_ready();
+        self.kernel.set_capsule_state(name, CapsuleState::Ready);
+    }
+
     /// Serves the manifest's interceptors: each event on a bound topic is handed to the hook
     /// entry with the interceptor's action. A binding the grant does not cover (`ipc_subscribe`)
     /// is refused, audited, and left out; the capsule still serves the others.
@@ -462,6 +466,8 @@ impl CapsuleHost {
         bindings.sort_by_key(|(_, _, priority)| *priority);
         let patterns: Vec<&str> = bindings.iter().map(|(event, _, _)| *event).collect();
         let mut subscription = self.kernel.bus().subscribe(format!("capsule:{name}"), &patterns);
+        // Ready only once subscribed: an event sent the moment it shows as running is served.
+        self.mark_ready(name, lifecycle);
         log::info!("capsule {name} started ({} interceptor(s))", bindings.len());
         loop {
             let next = block_on_timeout(unless_stopped(subscription.recv(), lifecycle.stopped()), IDLE_WAKE)
