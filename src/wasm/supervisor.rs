@@ -126,6 +126,9 @@ struct Running {
     rescan: u64,
 }
 
+/// A module compiled once, on first use, by whichever capsule thread needs it first.
+type CompiledModule = Arc<std::sync::OnceLock<Result<wasmi::Module, String>>>;
+
 /// How long stopping waits for a capsule's thread. A stop wakes waits and computing guests
 /// quickly, but an HTTP request in flight runs to its own timeout.
 const STOP_WAIT: Duration = Duration::from_secs(2);
@@ -156,7 +159,7 @@ pub struct CapsuleHost {
     config: HostConfig,
     running: Mutex<HashMap<String, Running>>,
     /// Compiled modules by BLAKE3 (a module is compiled once, however often it restarts).
-    modules: Mutex<HashMap<String, wasmi::Module>>,
+    modules: Mutex<HashMap<String, CompiledModule>>,
 }
 
 impl std::fmt::Debug for CapsuleHost {
@@ -295,16 +298,12 @@ impl CapsuleHost {
         }
     }
 
-    /// The compiled module for `wasm` (BLAKE3 `hash`), compiling it on first use. Held
-    /// while compiling: capsules sharing a module wait for one compilation, not do it twice.
+    /// The compiled module for `wasm` (BLAKE3 `hash`), compiling it on first use. Capsules
+    /// sharing a module wait for one compilation; different modules compile in parallel.
     fn module(&self, hash: &str, wasm: &[u8]) -> Result<wasmi::Module, String> {
-        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(module) = modules.get(hash) {
-            return Ok(module.clone());
-        }
-        let module = super::compile(&self.engine, wasm).map_err(|e| e.to_string())?;
-        modules.insert(hash.to_owned(), module.clone());
-        Ok(module)
+        let cell =
+            Arc::clone(self.modules.lock().unwrap_or_else(|e| e.into_inner()).entry(hash.to_owned()).or_default());
+        cell.get_or_init(|| super::compile(&self.engine, wasm).map_err(|e| e.to_string())).clone()
     }
 
     /// The thread body: run the capsule, restart it with backoff when it fails.
