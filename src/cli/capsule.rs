@@ -153,7 +153,7 @@ fn show(home: &AstridHome, args: &ShowArgs) -> anyhow::Result<ExitCode> {
     let list = |key: &str| {
         let items: Vec<String> = capsule[key]
             .as_array()
-            .map(|a| a.iter().map(|v| v.as_str().map_or_else(|| v["name"].to_string(), str::to_owned)).collect())
+            .map(|a| a.iter().filter_map(|v| v.as_str().or_else(|| v["name"].as_str()).map(str::to_owned)).collect())
             .unwrap_or_default();
         if items.is_empty() { "none".to_owned() } else { items.join(", ") }
     };

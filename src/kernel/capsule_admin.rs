@@ -17,7 +17,6 @@ use super::grants::GrantStatus;
 use super::install;
 use super::router::Caller;
 use crate::audit::Decision;
-use crate::home::DEFAULT_PRINCIPAL;
 use crate::types::KernelResponse;
 
 fn target_dir(kernel: &Kernel, workspace: bool) -> std::path::PathBuf {
@@ -116,7 +115,7 @@ pub(super) fn describe(kernel: &Kernel) -> KernelResponse {
             };
             let origin = match c.origin {
                 CapsuleOrigin::BuiltIn => "built-in",
-                CapsuleOrigin::Principal => DEFAULT_PRINCIPAL,
+                CapsuleOrigin::Principal => "home",
                 CapsuleOrigin::Workspace => "workspace",
             };
             json!({
