@@ -13,7 +13,9 @@ pub mod kernel_api;
 pub mod llm;
 
 pub use handshake::{HandshakeRequest, HandshakeResponse, HandshakeStatus, PROTOCOL_VERSION};
-pub use ipc::{EgressFrame, IpcMessage, IpcPayload, OnboardingField, OnboardingFieldType, SelectionOption};
+pub use ipc::{
+    EgressFrame, IpcMessage, IpcPayload, OnboardingField, OnboardingFieldType, SelectionOption, UserInputFields,
+};
 pub use kernel_api::{
     CapsuleMetadataEntry, CommandInfo, DaemonStatus, KernelRequest, KernelResponse, PrincipalConnections,
     SYSTEM_SESSION_UUID, SubscriberDrops,

@@ -279,7 +279,7 @@ impl CapsuleHost {
                 log::warn!("capsule(s) not ready after {} ms: {}", within.as_millis(), waiting.join(", "));
                 return;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 

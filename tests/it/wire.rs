@@ -180,3 +180,18 @@ fn tool_names_split_at_the_first_colon_and_content_is_untagged() {
     assert_eq!(empty, MessageContent::ToolCalls(vec![]));
     assert_eq!(Usage { input_tokens: usize::MAX, output_tokens: 1 }.total(), usize::MAX);
 }
+
+#[test]
+fn user_input_fields_read_exactly_what_the_full_payload_decoder_reads() {
+    let full = IpcPayload::UserInput { text: "/count".into(), session_id: "s1".into(), context: Some(json!({"k": 1})) };
+    let fields = UserInputFields::from_payload(&full.to_guest_value()).expect("a user_input");
+    assert_eq!(
+        (fields.text.as_str(), fields.session_id.as_str(), fields.context),
+        ("/count", "s1", Some(json!({"k": 1})))
+    );
+    let defaulted = UserInputFields::from_payload(&json!({"type": "user_input", "text": "hi"})).expect("defaults");
+    assert_eq!(defaulted.session_id, "default", "same default as the enum");
+    let answer = IpcPayload::AgentResponse { text: "hi".into(), is_final: true, session_id: "s1".into() };
+    assert_eq!(UserInputFields::from_payload(&answer.to_guest_value()), None, "other kinds are not user input");
+    assert_eq!(UserInputFields::from_payload(&json!({"type": "user_input"})), None, "text is required");
+}

@@ -1,7 +1,7 @@
 //! file-tool: `/write PATH TEXT`, `/read PATH`, `/ls PATH`, `/rm PATH` on the workspace,
 //! within its grant (`notes/` only). Writes wait in the overlay for a person to commit.
 
-use astrid_sdk::types::IpcPayload;
+use astrid_sdk::types::{IpcPayload, UserInputFields};
 use astrid_sdk::{Hook, fs, ipc};
 
 fn run_command(text: &str) -> Option<String> {
@@ -26,7 +26,7 @@ fn run_command(text: &str) -> Option<String> {
 }
 
 fn hook(_action: &str, payload: &[u8]) -> Hook {
-    let Ok(IpcPayload::UserInput { text, session_id, .. }) = serde_json::from_slice(payload) else {
+    let Some(UserInputFields { text, session_id, .. }) = ipc::user_input(payload) else {
         return Hook::Continue(None);
     };
     let Some(text) = run_command(&text) else { return Hook::Continue(None) };

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use astrid_sdk::types::IpcPayload;
+use astrid_sdk::types::{IpcPayload, UserInputFields};
 use astrid_sdk::{Error, Subscription, ipc};
 
 fn run() {
@@ -14,7 +14,8 @@ fn run() {
     loop {
         match prompts.recv(Duration::from_secs(60)) {
             Ok(Some(message)) => {
-                let Ok(IpcPayload::UserInput { text, session_id, .. }) = serde_json::from_value(message.payload) else {
+                let Some(UserInputFields { text, session_id, .. }) = UserInputFields::from_payload(&message.payload)
+                else {
                     continue;
                 };
                 let reply = IpcPayload::AgentResponse { text: format!("hello, {text}"), is_final: true, session_id };

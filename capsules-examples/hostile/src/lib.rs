@@ -6,7 +6,7 @@
 //! granted, `/snoop` subscribes to the admin replies, `/exfil` sends a request to a host it
 //! has no `net` grant for.
 
-use astrid_sdk::types::IpcPayload;
+use astrid_sdk::types::{IpcPayload, UserInputFields};
 use astrid_sdk::{Hook, Subscription, fs, ipc};
 
 fn attempt(command: &str) -> Option<String> {
@@ -37,7 +37,7 @@ fn attempt(command: &str) -> Option<String> {
 }
 
 fn hook(_action: &str, payload: &[u8]) -> Hook {
-    let Ok(IpcPayload::UserInput { text, session_id, .. }) = serde_json::from_slice(payload) else {
+    let Some(UserInputFields { text, session_id, .. }) = ipc::user_input(payload) else {
         return Hook::Continue(None);
     };
     let Some(text) = attempt(text.trim()) else { return Hook::Continue(None) };

@@ -2,7 +2,7 @@
 //! which the host fills in from `{{secret:FETCH_TOKEN}}`: the capsule never holds it.
 
 use astrid_sdk::http::Request;
-use astrid_sdk::types::IpcPayload;
+use astrid_sdk::types::{IpcPayload, UserInputFields};
 use astrid_sdk::{Hook, ipc};
 
 fn fetch(url: &str, streamed: bool) -> astrid_sdk::Result<String> {
@@ -22,7 +22,7 @@ fn fetch(url: &str, streamed: bool) -> astrid_sdk::Result<String> {
 }
 
 fn hook(_action: &str, payload: &[u8]) -> Hook {
-    let Ok(IpcPayload::UserInput { text, session_id, .. }) = serde_json::from_slice(payload) else {
+    let Some(UserInputFields { text, session_id, .. }) = ipc::user_input(payload) else {
         return Hook::Continue(None);
     };
     let (streamed, url) = match text.trim().split_once(' ') {

@@ -1,7 +1,7 @@
 //! kv-counter: counts `/count` commands in its own KV namespace, safely under concurrency
 //! (compare-and-swap), and survives restarts because the KV store does.
 
-use astrid_sdk::types::IpcPayload;
+use astrid_sdk::types::{IpcPayload, UserInputFields};
 use astrid_sdk::{Hook, ipc, kv};
 
 const KEY: &str = "count";
@@ -17,7 +17,7 @@ fn increment() -> astrid_sdk::Result<u64> {
 }
 
 fn hook(_action: &str, payload: &[u8]) -> Hook {
-    let Ok(IpcPayload::UserInput { text, session_id, .. }) = serde_json::from_slice(payload) else {
+    let Some(UserInputFields { text, session_id, .. }) = ipc::user_input(payload) else {
         return Hook::Continue(None);
     };
     if text.trim() != "/count" {

@@ -11,6 +11,12 @@ use crate::error::{Error, Result};
 /// inner JSON of `custom` and `raw_json` payloads and the tagged object otherwise.
 pub type Message = astrid::types::EgressFrame;
 
+/// The user input (a prompt or a slash command) carried by a payload, if that is what it is.
+/// Cheap: it does not link the decoder of every payload kind.
+pub fn user_input(payload: &[u8]) -> Option<astrid::types::UserInputFields> {
+    astrid::types::UserInputFields::from_payload(&serde_json::from_slice(payload).ok()?)
+}
+
 /// Publishes `payload` (any JSON; an object whose `type` names a known payload becomes that
 /// payload, anything else is `custom`) on `topic`. Needs an `ipc_publish` grant for it.
 pub fn publish(topic: &str, payload: &impl Serialize) -> Result<()> {
