@@ -26,6 +26,7 @@ macro_rules! or_status {
 
 mod approval;
 pub mod config;
+mod elicit;
 mod host_fs;
 mod host_http;
 mod host_ipc;

@@ -26,8 +26,10 @@ pub const HOST_FUNCTIONS: &[&str] = &[
     "clock_ms",
     "random_bytes",
     "get_config",
+    "has_config",
     "signal_ready",
     "request_approval",
+    "elicit",
     "kv_get",
     "kv_set",
     "kv_delete",
@@ -163,6 +165,8 @@ pub struct HostServices {
     pub secrets: BTreeMap<String, String>,
     /// Whether HTTP may reach private and loopback addresses (operator setting).
     pub allow_private_network: bool,
+    /// The `[env]` declarations (what `elicit` may ask for).
+    pub env: BTreeMap<String, crate::kernel::manifest::EnvDef>,
     /// Readiness and stop, shared with the capsule host.
     pub lifecycle: Arc<Lifecycle>,
 }
@@ -186,6 +190,10 @@ pub struct HostState {
     pub(super) secrets: BTreeMap<String, String>,
     /// Whether HTTP may reach internal addresses.
     pub(super) allow_private_network: bool,
+    /// The `[env]` declarations.
+    pub(super) env: BTreeMap<String, crate::kernel::manifest::EnvDef>,
+    /// Whether the current call is an install or upgrade hook (the only time `elicit` works).
+    pub(super) in_lifecycle: bool,
     /// Open HTTP response streams by handle.
     pub(super) streams: Vec<Option<super::host_http::Stream>>,
     /// The call deadline (bounds host-side timeouts).
@@ -202,6 +210,11 @@ impl HostState {
     /// The capsule this state belongs to.
     pub fn capsule(&self) -> &str {
         &self.capsule
+    }
+
+    /// Sets a configuration value for the rest of this instance's life.
+    pub(super) fn set_config(&mut self, key: String, value: String) {
+        self.config.insert(key, value);
     }
 
     /// The wall-clock deadline of a call into this instance.
@@ -313,6 +326,8 @@ impl Sandbox {
             config: services.config,
             secrets: services.secrets,
             allow_private_network: services.allow_private_network,
+            env: services.env,
+            in_lifecycle: false,
             streams: Vec::new(),
             deadline: limits.deadline,
             lifecycle: services.lifecycle,
@@ -353,6 +368,14 @@ impl Sandbox {
         if result.is_err() {
             self.poisoned = true;
         }
+        result
+    }
+
+    /// Calls an install or upgrade hook (`() -> ()`): the only calls that may `elicit`.
+    pub fn call_lifecycle(&mut self, export: &str) -> Result<(), SandboxError> {
+        self.store.data_mut().in_lifecycle = true;
+        let result = self.call::<(), ()>(export, ());
+        self.store.data_mut().in_lifecycle = false;
         result
     }
 
@@ -523,6 +546,26 @@ fn link(linker: &mut Linker<HostState>) -> Result<(), SandboxError> {
             "request_approval",
             |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
                 approval::request(&mut caller, ptr, len)
+            },
+        )
+        .map_err(err)?;
+    linker
+        .func_wrap(
+            HOST_MODULE,
+            "has_config",
+            |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
+                let key = read_guest(&mut caller, ptr, len, MAX_CONFIG_KEY)?;
+                let present = std::str::from_utf8(&key).is_ok_and(|key| caller.data().config.contains_key(key));
+                Ok(i32::from(present))
+            },
+        )
+        .map_err(err)?;
+    linker
+        .func_wrap(
+            HOST_MODULE,
+            "elicit",
+            |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
+                super::elicit::elicit(&mut caller, ptr, len)
             },
         )
         .map_err(err)?;

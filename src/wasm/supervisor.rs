@@ -389,6 +389,7 @@ impl CapsuleHost {
                 .collect(),
             config: values,
             allow_private_network: self.config.allow_private_network,
+            env: verified.manifest.env.clone(),
             lifecycle: Arc::clone(lifecycle),
         };
         let mut sandbox = Sandbox::instantiate(&self.engine, name, &module, self.config.limits, services)
@@ -429,7 +430,7 @@ impl CapsuleHost {
             Some(_) => return Ok(()),
         };
         if sandbox.has_export(hook) {
-            sandbox.call::<(), ()>(hook, ()).map_err(|e| format!("{hook} failed: {e}"))?;
+            sandbox.call_lifecycle(hook).map_err(|e| format!("{hook} failed: {e}"))?;
             self.kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.lifecycle", name, Decision::Info, hook);
         }
         let record = serde_json::to_vec(meta).map_err(|e| e.to_string())?;

@@ -299,23 +299,57 @@ fn http_refuses_internal_addresses_by_default_and_audits_it() {
     let (port, seen) = echo_server();
     let _daemon = t.daemon(&[]);
     let mut client = t.client();
-    // Without its token the capsule still starts, and the frontends are asked for it.
-    install(&t, "http-fetch");
-    let onboarding = loop {
+    // Without its token the capsule still starts: the frontends are told what is missing, and
+    // its install hook asks for the token (elicit), which a person answers from a client.
+    let installer = {
+        let (bin, home, workspace) = (t.bin.clone(), t.home.clone(), t.workspace.clone());
+        let source = example("http-fetch");
+        std::thread::spawn(move || {
+            std::process::Command::new(bin.join("astrid"))
+                .args(["capsule", "install", source.to_str().expect("utf8"), "--yes"])
+                .env("ASTRID_HOME", home)
+                .current_dir(workspace)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("install")
+        })
+    };
+    let (mut onboarding, mut elicit) = (None, None);
+    while onboarding.is_none() || elicit.is_none() {
         let frame = client.read_json().expect("frame");
         if frame["topic"] == "astrid.v1.onboarding.required" {
-            break frame;
+            onboarding = Some(frame);
+        } else if frame["topic"] == "astrid.v1.elicit" {
+            elicit = Some(frame);
         }
-    };
+    }
+    let onboarding = onboarding.expect("onboarding");
     assert_eq!(onboarding["payload"]["capsule_id"], "http-fetch");
     assert_eq!(onboarding["payload"]["fields"][0]["key"], "FETCH_TOKEN");
     assert_eq!(onboarding["payload"]["fields"][0]["field_type"], "Secret");
-    let exec = "cli.v1.command.execute";
-    let url = format!("http://127.0.0.1:{port}/");
-    assert_eq!(ask(&mut client, exec, &format!("/fetch {url}")), "error: invalid-input", "no token, no request");
-    // Giving the value restarts the capsule with it.
-    install_http_fetch(&t);
+    let elicit = elicit.expect("elicit");
+    assert_eq!(elicit["payload"]["type"], "elicit_request");
+    assert_eq!(elicit["payload"]["field"]["key"], "FETCH_TOKEN");
+    let request_id = elicit["payload"]["request_id"].as_str().expect("id").to_owned();
+    client.send_json(&json!({
+        "topic": format!("astrid.v1.elicit.response.{request_id}"),
+        "payload": {"type": "elicit_response", "request_id": request_id, "value": "sk-test-42"},
+        "signature": null,
+        "source_id": "00000000-0000-0000-0000-000000000000",
+        "timestamp": "2026-11-22T12:00:00Z",
+        "seq": 0
+    }));
+    let installed = installer.join().expect("installer");
+    assert_eq!(installed.status.code(), Some(0), "{}", String::from_utf8_lossy(&installed.stderr));
     wait_running(&t, &mut client, &["http-fetch"]);
+    let file = t.home.join("home/default/.config/env/http-fetch.env.json");
+    assert_eq!(crate::harness::mode(&file), 0o600);
+    assert!(std::fs::read_to_string(&file).expect("env").contains("sk-test-42"), "the answer is stored");
+    let audit = audit_tail(&t);
+    assert!(audit.iter().any(|e| e["action"] == "elicit" && e["rule"] == "secret stored"), "the answer is audited");
+    assert!(!serde_json::to_string(&audit).expect("json").contains("sk-test-42"), "never the secret itself");
+    let exec = "cli.v1.command.execute";
+    // The secret is in use at once (an address refusal comes after the template is filled).
     for url in [
         format!("http://127.0.0.1:{port}/"),
         format!("http://localhost:{port}/"),

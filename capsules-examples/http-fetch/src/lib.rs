@@ -1,5 +1,6 @@
 //! http-fetch: `/fetch URL` and `/stream URL` fetch a page with the capsule's API token,
-//! which the host fills in from `{{secret:FETCH_TOKEN}}`: the capsule never holds it.
+//! which the host fills in from `{{secret:FETCH_TOKEN}}`: the capsule never holds it. Its
+//! install hook asks a person for the token (`elicit`) when the operator gave none.
 
 use astrid_sdk::http::Request;
 use astrid_sdk::types::{IpcPayload, UserInputFields};
@@ -35,4 +36,14 @@ fn hook(_action: &str, payload: &[u8]) -> Hook {
     Hook::Final(serde_json::Value::Null)
 }
 
-astrid_sdk::capsule!(hook = hook);
+/// On the first start after an install: ask for the token if the operator gave none. The
+/// host stores it and fills it into requests; this capsule never sees it.
+fn install() {
+    if !astrid_sdk::has_config("FETCH_TOKEN")
+        && let Err(e) = astrid_sdk::elicit("FETCH_TOKEN", Some("API token sent as a bearer token"))
+    {
+        astrid_sdk::log(&format!("no token: {e}; requests will be refused until one is given"));
+    }
+}
+
+astrid_sdk::capsule!(hook = hook, install = install);

@@ -33,6 +33,10 @@ pub enum Error {
     Dns,
     /// HTTP: the host resolves to a private or loopback address (refused and audited).
     AddressRefused,
+    /// Elicit: the person cancelled.
+    Cancelled,
+    /// Elicit: only install and upgrade hooks may ask.
+    NotInLifecycle,
     /// The host gave this instance no access to the service.
     Unavailable,
     /// A code this SDK does not know.
@@ -58,6 +62,8 @@ impl fmt::Display for Error {
             Self::Connection => f.write_str("connection-error"),
             Self::Dns => f.write_str("dns-error"),
             Self::AddressRefused => f.write_str("address-refused"),
+            Self::Cancelled => f.write_str("cancelled"),
+            Self::NotInLifecycle => f.write_str("not-in-lifecycle"),
             Self::Unavailable => f.write_str("unavailable"),
             Self::Unknown(code) => write!(f, "unknown({code})"),
         }
@@ -87,6 +93,18 @@ impl Error {
         let table =
             [IPC_CODES.as_slice(), &[Self::TooLarge, Self::Connection, Self::Dns, Self::AddressRefused]].concat();
         Self::from_table(code, &table, 1)
+    }
+
+    /// A negative elicit code.
+    pub(crate) fn elicit(code: i64) -> Self {
+        match code {
+            -1 => Self::Timeout,
+            -2 => Self::InvalidInput,
+            -5 => Self::Cancelled,
+            -6 => Self::NotInLifecycle,
+            -7 => Self::Io,
+            other => Self::Unknown(other),
+        }
     }
 
     /// A negative file code.

@@ -57,6 +57,43 @@ pub fn config(key: &str) -> Option<String> {
     abi::unpack(packed).ok().and_then(|bytes| String::from_utf8(bytes).ok())
 }
 
+/// Whether the capsule has a value for `key`, without handing it over (for secrets: ask
+/// whether one is set without ever holding it).
+pub fn has_config(key: &str) -> bool {
+    // SAFETY: a valid buffer for the duration of the call.
+    unsafe { abi::has_config(key.as_ptr(), key.len()) == 1 }
+}
+
+/// What a person answered to [`elicit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Elicited {
+    /// A single value.
+    Value(String),
+    /// A list of values.
+    Values(Vec<String>),
+    /// A secret: stored by the host for this capsule, never handed to the guest (use it in
+    /// HTTP header templates).
+    SecretStored,
+}
+
+/// Asks a person for the value of `key`, which must be declared in `[env]`; only inside
+/// an install or upgrade hook. The value is stored and [`config`] returns it from then on
+/// (except secrets, which stay with the host).
+pub fn elicit(key: &str, description: Option<&str>) -> Result<Elicited> {
+    let request = serde_json::json!({"key": key, "description": description});
+    let bytes = serde_json::to_vec(&request).map_err(|_| Error::InvalidInput)?;
+    // SAFETY: a valid buffer for the duration of the call.
+    let answer = abi::unpack(unsafe { abi::elicit(bytes.as_ptr(), bytes.len()) }).map_err(Error::elicit)?;
+    let answer: serde_json::Value = serde_json::from_slice(&answer).map_err(|_| Error::InvalidInput)?;
+    if answer["secret_stored"] == true {
+        return Ok(Elicited::SecretStored);
+    }
+    if let Some(values) = answer["values"].as_array() {
+        return Ok(Elicited::Values(values.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()));
+    }
+    Ok(Elicited::Value(answer["value"].as_str().unwrap_or_default().to_owned()))
+}
+
 /// Tells the host a run-loop capsule is ready to serve (boot waits briefly for this).
 pub fn signal_ready() {
     abi::signal_ready();
