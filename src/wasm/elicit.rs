@@ -20,7 +20,7 @@ use super::sandbox::{HostState, read_guest, write_guest};
 use super::wait::{block_on_timeout, unless_stopped};
 use crate::audit::{Actor, Decision};
 use crate::kernel::bus::{BusMessage, Origin};
-use crate::types::{IpcMessage, IpcPayload, OnboardingField, OnboardingFieldType};
+use crate::types::{IpcMessage, IpcPayload};
 
 /// Topic of elicitation requests.
 pub const ELICIT_TOPIC: &str = "astrid.v1.elicit";
@@ -64,22 +64,12 @@ pub(super) fn elicit(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> 
     let Some(access) = caller.data().kernel.clone() else { return Ok(ElicitStatus::InvalidInput as i64) };
     let capsule = caller.data().capsule().to_owned();
     let secret = def.kind == "secret";
-    let field = OnboardingField {
-        key: ask.key.clone(),
-        prompt: def.request.clone().unwrap_or_else(|| format!("{capsule}: value for {}", ask.key)),
-        description: ask.description.or(def.description.clone()),
-        field_type: if secret {
-            OnboardingFieldType::Secret
-        } else if def.enum_values.len() > 1 {
-            OnboardingFieldType::Enum(def.enum_values.clone())
-        } else if def.kind == "array" {
-            OnboardingFieldType::Array
-        } else {
-            OnboardingFieldType::Text
-        },
-        default: None,
-        placeholder: def.placeholder.clone(),
+    let Some(mut field) = config::onboarding_fields(&caller.data().env, std::slice::from_ref(&ask.key)).pop() else {
+        return Ok(ElicitStatus::InvalidInput as i64);
     };
+    if ask.description.is_some() {
+        field.description = ask.description;
+    }
     let request_id = Uuid::new_v4();
     let kernel = &access.kernel;
     let record = |decision, rule: &str| {
