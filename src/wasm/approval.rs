@@ -5,18 +5,19 @@
 //! the answer (or a timeout, which denies) comes back; both the question and the decision
 //! are audited. Waiting for the person is not charged to the capsule's CPU deadline.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
-use wasmi::Caller;
 
-use super::sandbox::{HostState, read_guest};
+use super::context::CapsuleContext;
+use super::host_call::HostReply;
 use super::wait::{block_on_timeout, unless_stopped};
 use crate::kernel::approval::{ApprovalOutcome, ApprovalRequest};
 
 /// Longest a capsule waits for a person (the kernel's own timeout, 60 s, answers first).
 const MAX_WAIT: Duration = Duration::from_secs(120);
-const MAX_REQUEST: usize = 16 * 1024;
+/// Largest request a guest may pass.
+pub(super) const MAX_REQUEST: usize = 16 * 1024;
 
 /// `request_approval` answers: approved.
 pub const APPROVED: i32 = 1;
@@ -31,25 +32,23 @@ struct Ask {
     resource: String,
 }
 
-/// Reads `{action, resource}` from the guest and blocks until the kernel decides.
-pub(super) fn request(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<i32, wasmi::Error> {
-    let bytes = read_guest(caller, ptr, len, MAX_REQUEST)?;
-    let Ok(ask) = serde_json::from_slice::<Ask>(&bytes) else { return Ok(INVALID) };
+/// Decides `{action, resource}` JSON: blocks until the kernel (a standing allowance, a
+/// person, or the timeout) answers.
+pub(super) fn request(context: &CapsuleContext, bytes: &[u8]) -> HostReply {
+    let Ok(ask) = serde_json::from_slice::<Ask>(bytes) else { return HostReply::value(INVALID) };
     if ask.action.is_empty() || ask.action.len() > 256 || ask.resource.len() > 4096 {
-        return Ok(INVALID);
+        return HostReply::value(INVALID);
     }
-    let Some(access) = caller.data().kernel.clone() else { return Ok(DENIED) };
+    let Some(access) = &context.kernel else { return HostReply::value(DENIED) };
     let request = ApprovalRequest {
         principal: access.principal.clone(),
-        capsule: caller.data().capsule().to_owned(),
+        capsule: context.capsule.clone(),
         action: ask.action,
         resource: ask.resource,
     };
-    let started = Instant::now();
-    let stopped = caller.data().lifecycle.stopped();
+    let stopped = context.lifecycle.stopped();
     let outcome = block_on_timeout(unless_stopped(access.kernel.request_approval(request), stopped), MAX_WAIT);
-    caller.data_mut().waited += started.elapsed();
-    Ok(match outcome {
+    HostReply::value(match outcome {
         Some(Some(ApprovalOutcome::Allowed { .. })) => APPROVED,
         _ => DENIED,
     })

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
-use wasmi::Caller;
 
 use super::config;
-use super::sandbox::{HostState, read_guest, write_guest};
+use super::context::CapsuleContext;
+use super::host_call::HostReply;
 use super::wait::{block_on_timeout, unless_stopped};
 use crate::audit::{Actor, Decision};
 use crate::kernel::bus::{BusMessage, Origin};
@@ -26,7 +26,8 @@ use crate::types::{IpcMessage, IpcPayload};
 pub const ELICIT_TOPIC: &str = "astrid.v1.elicit";
 /// Longest a capsule waits for the answer.
 const MAX_WAIT: Duration = Duration::from_secs(120);
-const MAX_REQUEST: usize = 16 * 1024;
+/// Largest request a guest may pass.
+pub(super) const MAX_REQUEST: usize = 16 * 1024;
 
 /// What `elicit` returns on failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,21 +52,22 @@ struct Ask {
     description: Option<String>,
 }
 
-/// Asks, waits, stores; returns `{"value"}`, `{"values"}` or `{"secret_stored": true}`, packed.
-pub(super) fn elicit(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<i64, wasmi::Error> {
-    let bytes = read_guest(caller, ptr, len, MAX_REQUEST)?;
-    if !caller.data().in_lifecycle {
-        return Ok(ElicitStatus::NotInLifecycle as i64);
+fn reply(status: ElicitStatus) -> HostReply {
+    HostReply::value(status as i32)
+}
+
+/// Asks, waits, stores; answers `{"value"}`, `{"values"}` or `{"secret_stored": true}`.
+pub(super) fn elicit(context: &mut CapsuleContext, bytes: &[u8], in_lifecycle: bool) -> HostReply {
+    if !in_lifecycle {
+        return reply(ElicitStatus::NotInLifecycle);
     }
-    let Ok(ask) = serde_json::from_slice::<Ask>(&bytes) else { return Ok(ElicitStatus::InvalidInput as i64) };
-    let Some(def) = caller.data().env.get(&ask.key).cloned() else {
-        return Ok(ElicitStatus::InvalidInput as i64);
-    };
-    let Some(access) = caller.data().kernel.clone() else { return Ok(ElicitStatus::InvalidInput as i64) };
-    let capsule = caller.data().capsule().to_owned();
+    let Ok(ask) = serde_json::from_slice::<Ask>(bytes) else { return reply(ElicitStatus::InvalidInput) };
+    let Some(def) = context.env.get(&ask.key).cloned() else { return reply(ElicitStatus::InvalidInput) };
+    let Some(access) = context.kernel.clone() else { return reply(ElicitStatus::InvalidInput) };
+    let capsule = context.capsule.clone();
     let secret = def.kind == "secret";
-    let Some(mut field) = config::onboarding_fields(&caller.data().env, std::slice::from_ref(&ask.key)).pop() else {
-        return Ok(ElicitStatus::InvalidInput as i64);
+    let Some(mut field) = config::onboarding_fields(&context.env, std::slice::from_ref(&ask.key)).pop() else {
+        return reply(ElicitStatus::InvalidInput);
     };
     if ask.description.is_some() {
         field.description = ask.description;
@@ -82,13 +84,12 @@ pub(super) fn elicit(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> 
         kernel.bus().subscribe(format!("elicit:{request_id}"), &[&format!("{ELICIT_TOPIC}.response.{request_id}")]);
     let payload = IpcPayload::ElicitRequest { request_id, capsule_id: capsule.clone(), field };
     kernel.bus().publish(BusMessage {
-        message: IpcMessage::new(ELICIT_TOPIC, payload, caller.data().source_id),
+        message: IpcMessage::new(ELICIT_TOPIC, payload, context.source_id),
         origin: Origin::Kernel,
         reply_to: None,
     });
-    let started = Instant::now();
-    let lifecycle = std::sync::Arc::clone(&caller.data().lifecycle);
-    let deadline = started + MAX_WAIT;
+    let lifecycle = std::sync::Arc::clone(&context.lifecycle);
+    let deadline = Instant::now() + MAX_WAIT;
     let answer = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let Some(Some(Some(message))) = block_on_timeout(unless_stopped(answers.recv(), lifecycle.stopped()), left)
@@ -105,15 +106,14 @@ pub(super) fn elicit(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> 
             break Some((value.clone(), values.clone()));
         }
     };
-    caller.data_mut().waited += started.elapsed();
     let (value, values) = match answer {
         None => {
             record(Decision::Deny, "no answer");
-            return Ok(ElicitStatus::Timeout as i64);
+            return reply(ElicitStatus::Timeout);
         }
         Some((None, None)) => {
             record(Decision::Deny, "cancelled");
-            return Ok(ElicitStatus::Cancelled as i64);
+            return reply(ElicitStatus::Cancelled);
         }
         Some(answer) => answer,
     };
@@ -123,20 +123,22 @@ pub(super) fn elicit(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> 
         config::store_values(&home, &access.principal, &capsule, &[(ask.key.clone(), stored.clone())].into())
     {
         log::error!("capsule {capsule}: cannot store the value of {}: {e}", ask.key);
-        return Ok(ElicitStatus::Store as i64);
+        return reply(ElicitStatus::Store);
     }
     record(Decision::Allow, if secret { "secret stored" } else { "value stored" });
-    let state = caller.data_mut();
     if secret {
-        state.secrets.insert(ask.key.clone(), stored.clone());
+        context.secrets.insert(ask.key.clone(), stored.clone());
     }
-    state.set_config(ask.key, stored);
-    let reply = if secret {
+    context.config.insert(ask.key, stored);
+    let answer = if secret {
         json!({"secret_stored": true})
     } else if let Some(values) = values {
         json!({"values": values})
     } else {
         json!({"value": value})
     };
-    write_guest(caller, &serde_json::to_vec(&reply).map_err(|e| wasmi::Error::new(e.to_string()))?)
+    match serde_json::to_vec(&answer) {
+        Ok(bytes) => HostReply::bytes(bytes),
+        Err(e) => HostReply::Trap(e.to_string()),
+    }
 }

@@ -7,7 +7,9 @@
 use serde_json::json;
 use wasmi::{Caller, Linker};
 
-use super::sandbox::{HOST_MODULE, HostState, KernelAccess, read_guest, write_guest};
+use super::context::CapsuleContext;
+use super::host_call::{HostCall, HostReply};
+use super::sandbox::{HOST_MODULE, HostState, KernelAccess, forward, forward_status, read_guest};
 use crate::kernel::capability::Capability;
 use crate::vfs::{MAX_FILE, VfsError, VfsPath};
 
@@ -48,41 +50,110 @@ enum Access {
     Write,
 }
 
+fn reply(status: FsStatus) -> HostReply {
+    HostReply::value(status as i32)
+}
+
 /// The kernel and the validated path, once the grant allowed the access; else the status.
-fn authorize(
-    caller: &mut Caller<'_, HostState>,
-    ptr: i32,
-    len: i32,
+fn authorize<'a>(
+    context: &'a CapsuleContext,
+    raw: &[u8],
     access: Access,
-) -> Result<Result<(KernelAccess, VfsPath), FsStatus>, wasmi::Error> {
-    let Some(kernel) = caller.data().kernel.clone() else { return Ok(Err(FsStatus::CapabilityDenied)) };
-    let Ok(raw) = String::from_utf8(read_guest(caller, ptr, len, crate::vfs::MAX_PATH)?) else {
-        return Ok(Err(FsStatus::InvalidInput));
+) -> Result<(&'a KernelAccess, VfsPath), FsStatus> {
+    let Some(kernel) = &context.kernel else { return Err(FsStatus::CapabilityDenied) };
+    let Some(raw) = std::str::from_utf8(raw).ok().filter(|raw| raw.len() <= crate::vfs::MAX_PATH) else {
+        return Err(FsStatus::InvalidInput);
     };
-    let Ok(path) = VfsPath::parse(&raw) else { return Ok(Err(FsStatus::InvalidInput)) };
+    let Ok(path) = VfsPath::parse(raw) else { return Err(FsStatus::InvalidInput) };
     let request = match access {
         Access::Read => Capability::FsRead(path.as_str()),
         Access::Write => Capability::FsWrite(path.as_str()),
     };
-    if !kernel.kernel.check_capability(&kernel.principal, caller.data().capsule(), &request) {
-        return Ok(Err(FsStatus::CapabilityDenied));
+    if !kernel.kernel.check_capability(&kernel.principal, &context.capsule, &request) {
+        return Err(FsStatus::CapabilityDenied);
     }
-    Ok(Ok((kernel, path)))
+    Ok((kernel, path))
 }
 
-/// Adds the file functions to the linker.
+/// Runs `act` on the authorized path; a refusal or a VFS error is the status.
+fn with_path(
+    context: &CapsuleContext,
+    raw: &[u8],
+    access: Access,
+    act: impl FnOnce(&crate::vfs::Vfs, &VfsPath) -> Result<HostReply, VfsError>,
+) -> HostReply {
+    match authorize(context, raw, access) {
+        Ok((kernel, path)) => act(kernel.kernel.vfs(), &path).unwrap_or_else(|e| reply(status(&e))),
+        Err(refused) => reply(refused),
+    }
+}
+
+/// `fs_read`: the file's bytes (overlay over workspace).
+pub(super) fn read(context: &CapsuleContext, path: &[u8]) -> HostReply {
+    with_path(context, path, Access::Read, |vfs, path| vfs.read(path).map(HostReply::bytes))
+}
+
+/// `fs_write`: into the overlay; 0 when written.
+pub(super) fn write(context: &CapsuleContext, path: &[u8], data: &[u8]) -> HostReply {
+    with_path(context, path, Access::Write, |vfs, path| {
+        if u64::try_from(data.len()).unwrap_or(u64::MAX) > MAX_FILE {
+            return Ok(reply(FsStatus::TooLarge));
+        }
+        vfs.write(path, data).map(|()| HostReply::value(0))
+    })
+}
+
+/// `fs_exists`: 1 or 0.
+pub(super) fn exists(context: &CapsuleContext, path: &[u8]) -> HostReply {
+    with_path(context, path, Access::Read, |vfs, path| vfs.exists(path).map(|e| HostReply::value(i32::from(e))))
+}
+
+/// `fs_stat`: `{is_dir, is_file, size}`.
+pub(super) fn stat(context: &CapsuleContext, path: &[u8]) -> HostReply {
+    with_path(context, path, Access::Read, |vfs, path| {
+        let meta = vfs.stat(path)?;
+        Ok(HostReply::bytes(json!({"is_dir": meta.is_dir, "is_file": meta.is_file, "size": meta.size}).to_string()))
+    })
+}
+
+/// `fs_readdir`: `[{name, is_dir}]`.
+pub(super) fn readdir(context: &CapsuleContext, path: &[u8]) -> HostReply {
+    with_path(context, path, Access::Read, |vfs, path| {
+        let entries: Vec<_> = vfs.readdir(path)?.iter().map(|e| json!({"name": e.name, "is_dir": e.is_dir})).collect();
+        Ok(HostReply::bytes(serde_json::Value::Array(entries).to_string()))
+    })
+}
+
+/// `fs_mkdir`: 0 when created.
+pub(super) fn mkdir(context: &CapsuleContext, path: &[u8]) -> HostReply {
+    with_path(context, path, Access::Write, |vfs, path| vfs.mkdir(path).map(|()| HostReply::value(0)))
+}
+
+/// `fs_unlink`: 0 when removed.
+pub(super) fn unlink(context: &CapsuleContext, path: &[u8]) -> HostReply {
+    with_path(context, path, Access::Write, |vfs, path| vfs.unlink(path).map(|()| HostReply::value(0)))
+}
+
+/// Adds the file functions to the linker (the guest side: copy out, forward, copy back).
 pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::LinkerError> {
-    linker.func_wrap(
-        HOST_MODULE,
-        "fs_read",
-        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
-            let (access, path) = or_status!(authorize(&mut caller, ptr, len, Access::Read)?, i64);
-            match access.kernel.vfs().read(&path) {
-                Ok(bytes) => write_guest(&mut caller, &bytes),
-                Err(e) => Ok(status(&e) as i64),
-            }
-        },
-    )?;
+    macro_rules! path_fn {
+        ($name:literal, $variant:ident, $ty:ty, $forward:ident) => {
+            linker.func_wrap(
+                HOST_MODULE,
+                $name,
+                |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<$ty, wasmi::Error> {
+                    let path = read_guest(&mut caller, ptr, len, crate::vfs::MAX_PATH)?;
+                    $forward(&mut caller, HostCall::$variant { path: path.into() })
+                },
+            )?;
+        };
+    }
+    path_fn!("fs_read", FsRead, i64, forward);
+    path_fn!("fs_exists", FsExists, i32, forward_status);
+    path_fn!("fs_stat", FsStat, i64, forward);
+    path_fn!("fs_readdir", FsReaddir, i64, forward);
+    path_fn!("fs_mkdir", FsMkdir, i32, forward_status);
+    path_fn!("fs_unlink", FsUnlink, i32, forward_status);
     linker.func_wrap(
         HOST_MODULE,
         "fs_write",
@@ -92,65 +163,13 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::
          data_ptr: i32,
          data_len: i32|
          -> Result<i32, wasmi::Error> {
-            let (access, path) = or_status!(authorize(&mut caller, ptr, len, Access::Write)?, i32);
+            let path = read_guest(&mut caller, ptr, len, crate::vfs::MAX_PATH)?;
             let limit = usize::try_from(MAX_FILE).unwrap_or(usize::MAX);
             if usize::try_from(data_len).is_ok_and(|n| n > limit) {
                 return Ok(FsStatus::TooLarge as i32);
             }
             let data = read_guest(&mut caller, data_ptr, data_len, limit)?;
-            Ok(access.kernel.vfs().write(&path, &data).map_or_else(|e| status(&e) as i32, |()| 0))
-        },
-    )?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "fs_exists",
-        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
-            let (access, path) = or_status!(authorize(&mut caller, ptr, len, Access::Read)?, i32);
-            Ok(access.kernel.vfs().exists(&path).map_or_else(|e| status(&e) as i32, i32::from))
-        },
-    )?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "fs_stat",
-        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
-            let (access, path) = or_status!(authorize(&mut caller, ptr, len, Access::Read)?, i64);
-            match access.kernel.vfs().stat(&path) {
-                Ok(meta) => {
-                    let json = json!({"is_dir": meta.is_dir, "is_file": meta.is_file, "size": meta.size});
-                    write_guest(&mut caller, json.to_string().as_bytes())
-                }
-                Err(e) => Ok(status(&e) as i64),
-            }
-        },
-    )?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "fs_readdir",
-        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
-            let (access, path) = or_status!(authorize(&mut caller, ptr, len, Access::Read)?, i64);
-            match access.kernel.vfs().readdir(&path) {
-                Ok(entries) => {
-                    let json: Vec<_> = entries.iter().map(|e| json!({"name": e.name, "is_dir": e.is_dir})).collect();
-                    write_guest(&mut caller, serde_json::Value::Array(json).to_string().as_bytes())
-                }
-                Err(e) => Ok(status(&e) as i64),
-            }
-        },
-    )?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "fs_mkdir",
-        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
-            let (access, path) = or_status!(authorize(&mut caller, ptr, len, Access::Write)?, i32);
-            Ok(access.kernel.vfs().mkdir(&path).map_or_else(|e| status(&e) as i32, |()| 0))
-        },
-    )?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "fs_unlink",
-        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
-            let (access, path) = or_status!(authorize(&mut caller, ptr, len, Access::Write)?, i32);
-            Ok(access.kernel.vfs().unlink(&path).map_or_else(|e| status(&e) as i32, |()| 0))
+            forward_status(&mut caller, HostCall::FsWrite { path: path.into(), data: data.into() })
         },
     )?;
     Ok(())

@@ -21,8 +21,10 @@ use serde::Deserialize;
 use serde_json::json;
 use wasmi::{Caller, Linker};
 
+use super::context::CapsuleContext;
+use super::host_call::{Blob, HostCall, HostReply};
 use super::net_policy::{fill_secrets, is_public, redact};
-use super::sandbox::{HOST_MODULE, HostState, read_guest, write_guest};
+use super::sandbox::{HOST_MODULE, HostState, forward, forward_status, read_guest};
 use crate::audit::{Actor, Decision};
 use crate::kernel::capability::Capability;
 
@@ -107,54 +109,50 @@ impl ureq::Resolver for VettedResolver {
 }
 
 /// Sends the guest's request after every check; the response and the secrets it used.
-fn send(
-    caller: &mut Caller<'_, HostState>,
-    request: (i32, i32),
-    body: (i32, i32),
-) -> Result<Result<(ureq::Response, Vec<String>), HttpStatus>, wasmi::Error> {
-    let Some(access) = caller.data().kernel.clone() else { return Ok(Err(HttpStatus::CapabilityDenied)) };
-    let raw = read_guest(caller, request.0, request.1, MAX_REQUEST_JSON)?;
-    let Ok(request) = serde_json::from_slice::<Request>(&raw) else { return Ok(Err(HttpStatus::InvalidRequest)) };
-    let body = if body.1 > 0 { read_guest(caller, body.0, body.1, MAX_BODY)? } else { Vec::new() };
+fn send(context: &CapsuleContext, raw: &[u8], body: &[u8]) -> Result<(ureq::Response, Vec<String>), HttpStatus> {
+    let Some(access) = &context.kernel else { return Err(HttpStatus::CapabilityDenied) };
+    if raw.len() > MAX_REQUEST_JSON || body.len() > MAX_BODY {
+        return Err(HttpStatus::TooLarge);
+    }
+    let Ok(request) = serde_json::from_slice::<Request>(raw) else { return Err(HttpStatus::InvalidRequest) };
     let method = request.method.to_ascii_uppercase();
     if !["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"].contains(&method.as_str()) {
-        return Ok(Err(HttpStatus::InvalidRequest));
+        return Err(HttpStatus::InvalidRequest);
     }
-    let Ok(url) = url::Url::parse(&request.url) else { return Ok(Err(HttpStatus::InvalidRequest)) };
+    let Ok(url) = url::Url::parse(&request.url) else { return Err(HttpStatus::InvalidRequest) };
     let host = match (url.scheme(), url.host_str()) {
         ("http" | "https", Some(host)) if url.username().is_empty() && url.password().is_none() => {
             host.trim_start_matches('[').trim_end_matches(']').to_owned()
         }
-        _ => return Ok(Err(HttpStatus::InvalidRequest)),
+        _ => return Err(HttpStatus::InvalidRequest),
     };
-    let capsule = caller.data().capsule().to_owned();
+    let capsule = context.capsule.clone();
     if !access.kernel.check_capability(&access.principal, &capsule, &Capability::Net(&host)) {
-        return Ok(Err(HttpStatus::CapabilityDenied));
+        return Err(HttpStatus::CapabilityDenied);
     }
     let mut used = Vec::new();
     let mut headers = Vec::with_capacity(request.headers.len());
     for (name, template) in &request.headers {
-        match fill_secrets(template, &caller.data().secrets, &mut used) {
+        match fill_secrets(template, &context.secrets, &mut used) {
             Ok(value) => headers.push((name.clone(), value)),
             Err(reason) => {
                 log::warn!("capsule {capsule}: HTTP header {name} refused: {reason}");
-                return Ok(Err(HttpStatus::InvalidRequest));
+                return Err(HttpStatus::InvalidRequest);
             }
         }
     }
     let refused = Arc::new(Mutex::new(None));
-    let resolver = VettedResolver { allow_private: caller.data().allow_private_network, refused: Arc::clone(&refused) };
-    let timeout = MAX_REQUEST_TIME.min(caller.data().deadline());
+    let resolver = VettedResolver { allow_private: context.allow_private_network, refused: Arc::clone(&refused) };
+    let timeout = MAX_REQUEST_TIME.min(context.deadline);
     let agent = ureq::AgentBuilder::new().resolver(resolver).redirects(0).timeout(timeout).build();
     let mut outgoing = agent.request_url(&method, &url);
     for (name, value) in &headers {
         outgoing = outgoing.set(name, value);
     }
     let started = Instant::now();
-    let result = outgoing.send_bytes(&body);
-    caller.data_mut().waited += started.elapsed();
+    let result = outgoing.send_bytes(body);
     match result {
-        Ok(response) | Err(ureq::Error::Status(_, response)) => Ok(Ok((response, used))),
+        Ok(response) | Err(ureq::Error::Status(_, response)) => Ok((response, used)),
         Err(ureq::Error::Transport(transport)) => {
             if let Some(address) = refused.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 access.kernel.record(
@@ -165,17 +163,17 @@ fn send(
                     Decision::Deny,
                     "internal address refused (SSRF guard)",
                 );
-                return Ok(Err(HttpStatus::AddressRefused));
+                return Err(HttpStatus::AddressRefused);
             }
             log::info!("capsule {capsule}: HTTP to {host} failed: {transport}");
-            Ok(Err(match transport.kind() {
+            Err(match transport.kind() {
                 ureq::ErrorKind::Dns => HttpStatus::DnsError,
                 ureq::ErrorKind::Io if started.elapsed() >= timeout => HttpStatus::Timeout,
                 ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme | ureq::ErrorKind::HTTP => {
                     HttpStatus::InvalidRequest
                 }
                 _ => HttpStatus::Connection,
-            }))
+            })
         }
     }
 }
@@ -193,83 +191,108 @@ fn meta(response: &ureq::Response, secrets: &[String]) -> serde_json::Value {
     json!({"status": response.status(), "headers": headers})
 }
 
-/// Adds the HTTP functions to the linker.
+fn reply(status: HttpStatus) -> HostReply {
+    HostReply::value(status as i32)
+}
+
+/// `http_request`: `[u32 BE length of the JSON head][head][body]`, secrets redacted.
+pub(super) fn request(context: &CapsuleContext, raw: &[u8], body: &[u8]) -> HostReply {
+    let (response, secrets) = match send(context, raw, body) {
+        Ok(sent) => sent,
+        Err(status) => return reply(status),
+    };
+    let meta = serde_json::to_vec(&meta(&response, &secrets)).unwrap_or_default();
+    let mut body = Vec::new();
+    if response.into_reader().take(MAX_BODY as u64 + 1).read_to_end(&mut body).is_err() {
+        return reply(HttpStatus::Connection);
+    }
+    if body.len() > MAX_BODY {
+        return reply(HttpStatus::TooLarge);
+    }
+    let meta_len = u32::try_from(meta.len()).unwrap_or(u32::MAX);
+    let mut out = meta_len.to_be_bytes().to_vec();
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(&redact(&body, &secrets));
+    HostReply::bytes(out)
+}
+
+/// `http_stream_start`: `{status, headers, handle}`; the body is read with `http_stream_read`.
+pub(super) fn stream_start(context: &mut CapsuleContext, raw: &[u8], body: &[u8]) -> HostReply {
+    if context.streams.iter().filter(|s| s.is_some()).count() >= MAX_STREAMS {
+        return reply(HttpStatus::Quota);
+    }
+    let (response, secrets) = match send(context, raw, body) {
+        Ok(sent) => sent,
+        Err(status) => return reply(status),
+    };
+    let mut meta = meta(&response, &secrets);
+    let stream = Stream { reader: Box::new(response.into_reader()), secrets, carry: Vec::new(), ended: false };
+    let streams = &mut context.streams;
+    let handle = match streams.iter().position(Option::is_none) {
+        Some(index) => {
+            streams[index] = Some(stream);
+            index
+        }
+        None => {
+            streams.push(Some(stream));
+            streams.len() - 1
+        }
+    };
+    meta["handle"] = json!(handle);
+    HostReply::bytes(serde_json::to_vec(&meta).unwrap_or_default())
+}
+
+/// `http_stream_read`: the next redacted chunk; empty at the end of the body.
+pub(super) fn stream_read(context: &mut CapsuleContext, handle: i32) -> HostReply {
+    let Some(Some(stream)) = usize::try_from(handle).ok().and_then(|i| context.streams.get_mut(i)) else {
+        return reply(HttpStatus::Closed);
+    };
+    next_chunk(stream).map_or_else(reply, HostReply::bytes)
+}
+
+/// `http_stream_close`: frees the handle.
+pub(super) fn stream_close(context: &mut CapsuleContext, handle: i32) -> HostReply {
+    match usize::try_from(handle).ok().and_then(|i| context.streams.get_mut(i)) {
+        Some(slot @ Some(_)) => {
+            *slot = None;
+            HostReply::value(0)
+        }
+        _ => reply(HttpStatus::Closed),
+    }
+}
+
+/// Adds the HTTP functions to the linker (the guest side: copy out, forward, copy back).
 pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::LinkerError> {
+    fn exchange(
+        caller: &mut Caller<'_, HostState>,
+        request: (i32, i32),
+        body: (i32, i32),
+    ) -> Result<(Blob, Blob), wasmi::Error> {
+        let request = read_guest(caller, request.0, request.1, MAX_REQUEST_JSON)?;
+        let body = if body.1 > 0 { read_guest(caller, body.0, body.1, MAX_BODY)? } else { Vec::new() };
+        Ok((request.into(), body.into()))
+    }
     linker.func_wrap(
         HOST_MODULE,
         "http_request",
         |mut caller: Caller<'_, HostState>, req_ptr: i32, req_len: i32, body_ptr: i32, body_len: i32| {
-            let (response, secrets) = or_status!(send(&mut caller, (req_ptr, req_len), (body_ptr, body_len))?, i64);
-            let meta = serde_json::to_vec(&meta(&response, &secrets)).unwrap_or_default();
-            let mut body = Vec::new();
-            let started = Instant::now();
-            let read = response.into_reader().take(MAX_BODY as u64 + 1).read_to_end(&mut body);
-            caller.data_mut().waited += started.elapsed();
-            if read.is_err() {
-                return Ok(HttpStatus::Connection as i64);
-            }
-            if body.len() > MAX_BODY {
-                return Ok(HttpStatus::TooLarge as i64);
-            }
-            // [u32 BE length of the JSON head][head][body]
-            let meta_len = u32::try_from(meta.len()).unwrap_or(u32::MAX);
-            let mut out = meta_len.to_be_bytes().to_vec();
-            out.extend_from_slice(&meta);
-            out.extend_from_slice(&redact(&body, &secrets));
-            write_guest(&mut caller, &out)
+            let (request, body) = exchange(&mut caller, (req_ptr, req_len), (body_ptr, body_len))?;
+            forward(&mut caller, HostCall::HttpRequest { request, body })
         },
     )?;
     linker.func_wrap(
         HOST_MODULE,
         "http_stream_start",
         |mut caller: Caller<'_, HostState>, req_ptr: i32, req_len: i32, body_ptr: i32, body_len: i32| {
-            let open = caller.data().streams.iter().filter(|s| s.is_some()).count();
-            if open >= MAX_STREAMS {
-                return Ok(HttpStatus::Quota as i64);
-            }
-            let (response, secrets) = or_status!(send(&mut caller, (req_ptr, req_len), (body_ptr, body_len))?, i64);
-            let mut meta = meta(&response, &secrets);
-            let stream = Stream { reader: Box::new(response.into_reader()), secrets, carry: Vec::new(), ended: false };
-            let streams = &mut caller.data_mut().streams;
-            let handle = match streams.iter().position(Option::is_none) {
-                Some(index) => {
-                    streams[index] = Some(stream);
-                    index
-                }
-                None => {
-                    streams.push(Some(stream));
-                    streams.len() - 1
-                }
-            };
-            meta["handle"] = json!(handle);
-            write_guest(&mut caller, &serde_json::to_vec(&meta).unwrap_or_default())
+            let (request, body) = exchange(&mut caller, (req_ptr, req_len), (body_ptr, body_len))?;
+            forward(&mut caller, HostCall::HttpStreamStart { request, body })
         },
     )?;
     linker.func_wrap(HOST_MODULE, "http_stream_read", |mut caller: Caller<'_, HostState>, handle: i32| {
-        let started = Instant::now();
-        let chunk = {
-            let Some(Some(stream)) = usize::try_from(handle).ok().and_then(|i| caller.data_mut().streams.get_mut(i))
-            else {
-                return Ok(HttpStatus::Closed as i64);
-            };
-            match next_chunk(stream) {
-                Ok(chunk) => chunk,
-                Err(status) => return Ok(status as i64),
-            }
-        };
-        let state = caller.data_mut();
-        state.waited += started.elapsed();
-        state.waits += 1;
-        write_guest(&mut caller, &chunk)
+        forward(&mut caller, HostCall::HttpStreamRead { handle })
     })?;
-    linker.func_wrap(HOST_MODULE, "http_stream_close", |mut caller: Caller<'_, HostState>, handle: i32| -> i32 {
-        match usize::try_from(handle).ok().and_then(|i| caller.data_mut().streams.get_mut(i)) {
-            Some(slot @ Some(_)) => {
-                *slot = None;
-                0
-            }
-            _ => HttpStatus::Closed as i32,
-        }
+    linker.func_wrap(HOST_MODULE, "http_stream_close", |mut caller: Caller<'_, HostState>, handle: i32| {
+        forward_status(&mut caller, HostCall::HttpStreamClose { handle })
     })?;
     Ok(())
 }

@@ -7,11 +7,13 @@
 //! one that spins still is.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmi::{Caller, Linker};
 
-use super::sandbox::{HOST_MODULE, HostState, read_guest, write_guest};
+use super::context::CapsuleContext;
+use super::host_call::{HostCall, HostReply};
+use super::sandbox::{HOST_MODULE, HostState, forward, forward_status, read_guest};
 use super::wait::{block_on_timeout, unless_stopped};
 use crate::kernel::bus::{BusMessage, Origin};
 use crate::kernel::capability::Capability;
@@ -40,10 +42,6 @@ pub enum IpcStatus {
     Closed = -5,
 }
 
-fn text(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32, max: usize) -> Result<Option<String>, wasmi::Error> {
-    Ok(String::from_utf8(read_guest(caller, ptr, len, max)?).ok())
-}
-
 /// A subscription pattern: valid segments, `*` only as a whole segment, at most 8 segments.
 fn valid_pattern(pattern: &str) -> bool {
     pattern.len() <= topic::MAX_TOPIC_BYTES
@@ -51,7 +49,128 @@ fn valid_pattern(pattern: &str) -> bool {
         && pattern.split('.').all(|s| !s.is_empty() && (s == "*" || !s.contains('*')))
 }
 
-/// Adds the IPC functions to the linker.
+fn reply(status: IpcStatus) -> HostReply {
+    HostReply::value(status as i32)
+}
+
+/// `ipc_publish`: checked against `ipc_publish` (audited), then on the bus as this capsule.
+pub(super) fn publish(context: &CapsuleContext, name: &[u8], payload: &[u8]) -> HostReply {
+    let Some(access) = &context.kernel else { return reply(IpcStatus::CapabilityDenied) };
+    let Some(name) = std::str::from_utf8(name).ok().filter(|name| topic::validate(name).is_ok()) else {
+        return reply(IpcStatus::InvalidInput);
+    };
+    if !access.kernel.check_capability(&access.principal, &context.capsule, &Capability::IpcPublish(name)) {
+        return reply(IpcStatus::CapabilityDenied);
+    }
+    if payload.len() > MAX_PAYLOAD {
+        return reply(IpcStatus::InvalidInput);
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return reply(IpcStatus::InvalidInput);
+    };
+    let mut message = IpcMessage::new(name, IpcPayload::from_json_value(value), context.source_id);
+    message.principal = Some(access.principal.clone());
+    access.kernel.bus().publish(BusMessage { message, origin: Origin::Kernel, reply_to: None });
+    HostReply::value(0)
+}
+
+/// `ipc_subscribe`: checked against `ipc_subscribe` (audited); a handle, or a status.
+pub(super) fn subscribe(context: &mut CapsuleContext, pattern: &[u8]) -> HostReply {
+    let Some(access) = context.kernel.clone() else { return reply(IpcStatus::CapabilityDenied) };
+    let Some(pattern) = std::str::from_utf8(pattern).ok().filter(|p| valid_pattern(p)) else {
+        return reply(IpcStatus::InvalidInput);
+    };
+    if !access.kernel.check_capability(&access.principal, &context.capsule, &Capability::IpcSubscribe(pattern)) {
+        return reply(IpcStatus::CapabilityDenied);
+    }
+    let slot = context.subscriptions.iter().position(Option::is_none);
+    if slot.is_none() && context.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+        return reply(IpcStatus::Quota);
+    }
+    let subscription = access.kernel.bus().subscribe(format!("capsule:{}", context.capsule), &[pattern]);
+    let handle = match slot {
+        Some(index) => {
+            context.subscriptions[index] = Some(subscription);
+            index
+        }
+        None => {
+            context.subscriptions.push(Some(subscription));
+            context.subscriptions.len() - 1
+        }
+    };
+    HostReply::value(i32::try_from(handle).unwrap_or(IpcStatus::Quota as i32))
+}
+
+/// `ipc_recv`: waits up to `timeout_ms` (at most a minute) without burning fuel; a stop
+/// asked for by the host ends the wait at once, as the closed case.
+pub(super) fn recv(context: &mut CapsuleContext, handle: i32, timeout_ms: i32) -> HostReply {
+    let wait = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0)).min(MAX_RECV_WAIT);
+    let stopped = context.lifecycle.stopped();
+    let Some(Some(subscription)) = usize::try_from(handle).ok().and_then(|i| context.subscriptions.get_mut(i)) else {
+        return reply(IpcStatus::InvalidInput);
+    };
+    let received = match subscription.try_recv() {
+        Some(message) => Some(Some(message)),
+        None => block_on_timeout(unless_stopped(subscription.recv(), stopped), wait).map(Option::flatten),
+    };
+    deliver(received)
+}
+
+/// `ipc_poll`: a queued message, or `Timeout` at once.
+pub(super) fn poll(context: &mut CapsuleContext, handle: i32) -> HostReply {
+    let Some(Some(subscription)) = usize::try_from(handle).ok().and_then(|i| context.subscriptions.get_mut(i)) else {
+        return reply(IpcStatus::InvalidInput);
+    };
+    deliver(subscription.try_recv().map(Some))
+}
+
+/// `ipc_unsubscribe`: frees the handle.
+pub(super) fn unsubscribe(context: &mut CapsuleContext, handle: i32) -> HostReply {
+    match usize::try_from(handle).ok().and_then(|index| context.subscriptions.get_mut(index)) {
+        Some(slot @ Some(_)) => {
+            *slot = None;
+            HostReply::value(0)
+        }
+        _ => reply(IpcStatus::InvalidInput),
+    }
+}
+
+/// The runner's wait for an event on the interceptor bindings: `[u32 BE topic length][topic]
+/// [payload as the guest reads it]`, `Timeout`, or `Closed` once the bus (or a stop) ends it.
+/// Without bindings it only waits for a stop.
+pub(super) fn next_event(context: &mut CapsuleContext, timeout_ms: u32) -> HostReply {
+    let wait = Duration::from_millis(u64::from(timeout_ms));
+    let stopped = context.lifecycle.stopped();
+    if context.interceptors.is_none()
+        && !context.interceptor_patterns.is_empty()
+        && let Some(access) = &context.kernel
+    {
+        let patterns: Vec<&str> = context.interceptor_patterns.iter().map(String::as_str).collect();
+        context.interceptors = Some(access.kernel.bus().subscribe(format!("capsule:{}", context.capsule), &patterns));
+    }
+    let Some(subscription) = context.interceptors.as_mut() else {
+        if wait.is_zero() {
+            return reply(IpcStatus::Timeout);
+        }
+        return match block_on_timeout(stopped, wait) {
+            Some(()) => reply(IpcStatus::Closed),
+            None => reply(IpcStatus::Timeout),
+        };
+    };
+    match block_on_timeout(unless_stopped(subscription.recv(), stopped), wait) {
+        None => reply(IpcStatus::Timeout),
+        Some(None | Some(None)) => reply(IpcStatus::Closed),
+        Some(Some(Some(message))) => {
+            let topic = message.message.topic.as_bytes();
+            let mut event = u32::try_from(topic.len()).unwrap_or(u32::MAX).to_be_bytes().to_vec();
+            event.extend_from_slice(topic);
+            event.extend_from_slice(&message.message.payload.to_guest_bytes());
+            HostReply::bytes(event)
+        }
+    }
+}
+
+/// Adds the IPC functions to the linker (the guest side: copy out, forward, copy back).
 pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::LinkerError> {
     linker.func_wrap(
         HOST_MODULE,
@@ -62,123 +181,53 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::
          payload_ptr: i32,
          payload_len: i32|
          -> Result<i32, wasmi::Error> {
-            let Some(access) = caller.data().kernel.clone() else { return Ok(IpcStatus::CapabilityDenied as i32) };
-            let Some(name) = text(&mut caller, topic_ptr, topic_len, topic::MAX_TOPIC_BYTES)? else {
-                return Ok(IpcStatus::InvalidInput as i32);
-            };
-            if topic::validate(&name).is_err() {
-                return Ok(IpcStatus::InvalidInput as i32);
-            }
-            let capsule = caller.data().capsule().to_owned();
-            if !access.kernel.check_capability(&access.principal, &capsule, &Capability::IpcPublish(&name)) {
-                return Ok(IpcStatus::CapabilityDenied as i32);
-            }
-            let bytes = read_guest(&mut caller, payload_ptr, payload_len, MAX_PAYLOAD)?;
-            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-                return Ok(IpcStatus::InvalidInput as i32);
-            };
-            let mut message = IpcMessage::new(name, IpcPayload::from_json_value(value), caller.data().source_id);
-            message.principal = Some(access.principal.clone());
-            access.kernel.bus().publish(BusMessage { message, origin: Origin::Kernel, reply_to: None });
-            Ok(0)
+            let topic = read_guest(&mut caller, topic_ptr, topic_len, topic::MAX_TOPIC_BYTES)?;
+            let payload = read_guest(&mut caller, payload_ptr, payload_len, MAX_PAYLOAD)?;
+            forward_status(&mut caller, HostCall::IpcPublish { topic: topic.into(), payload: payload.into() })
         },
     )?;
     linker.func_wrap(
         HOST_MODULE,
         "ipc_subscribe",
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
-            let Some(access) = caller.data().kernel.clone() else { return Ok(IpcStatus::CapabilityDenied as i32) };
-            let Some(pattern) = text(&mut caller, ptr, len, topic::MAX_TOPIC_BYTES)? else {
-                return Ok(IpcStatus::InvalidInput as i32);
-            };
-            if !valid_pattern(&pattern) {
-                return Ok(IpcStatus::InvalidInput as i32);
-            }
-            let capsule = caller.data().capsule().to_owned();
-            if !access.kernel.check_capability(&access.principal, &capsule, &Capability::IpcSubscribe(&pattern)) {
-                return Ok(IpcStatus::CapabilityDenied as i32);
-            }
-            let state = caller.data_mut();
-            let slot = state.subscriptions.iter().position(Option::is_none);
-            if slot.is_none() && state.subscriptions.len() >= MAX_SUBSCRIPTIONS {
-                return Ok(IpcStatus::Quota as i32);
-            }
-            let subscription = access.kernel.bus().subscribe(format!("capsule:{capsule}"), &[&pattern]);
-            let handle = match slot {
-                Some(index) => {
-                    state.subscriptions[index] = Some(subscription);
-                    index
-                }
-                None => {
-                    state.subscriptions.push(Some(subscription));
-                    state.subscriptions.len() - 1
-                }
-            };
-            Ok(i32::try_from(handle).unwrap_or(IpcStatus::Quota as i32))
+            let pattern = read_guest(&mut caller, ptr, len, topic::MAX_TOPIC_BYTES)?;
+            forward_status(&mut caller, HostCall::IpcSubscribe { pattern: pattern.into() })
         },
     )?;
     linker.func_wrap(
         HOST_MODULE,
         "ipc_recv",
         |mut caller: Caller<'_, HostState>, handle: i32, timeout_ms: i32| -> Result<i64, wasmi::Error> {
-            let Some(index) = usize::try_from(handle).ok() else { return Ok(IpcStatus::InvalidInput as i64) };
-            let wait = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0)).min(MAX_RECV_WAIT);
-            let started = Instant::now();
-            let stopped = caller.data().lifecycle.stopped();
-            let received = {
-                let Some(Some(subscription)) = caller.data_mut().subscriptions.get_mut(index) else {
-                    return Ok(IpcStatus::InvalidInput as i64);
-                };
-                match subscription.try_recv() {
-                    Some(message) => Some(Some(message)),
-                    // A stop asked for by the host ends the wait at once, as the closed case.
-                    None => block_on_timeout(unless_stopped(subscription.recv(), stopped), wait).map(Option::flatten),
-                }
-            };
-            let state = caller.data_mut();
-            state.waited += started.elapsed();
-            state.waits += 1;
-            deliver(&mut caller, received)
+            forward(&mut caller, HostCall::IpcRecv { handle, timeout_ms })
         },
     )?;
     linker.func_wrap(
         HOST_MODULE,
         "ipc_poll",
         |mut caller: Caller<'_, HostState>, handle: i32| -> Result<i64, wasmi::Error> {
-            let Some(index) = usize::try_from(handle).ok() else { return Ok(IpcStatus::InvalidInput as i64) };
-            let state = caller.data_mut();
-            let Some(Some(subscription)) = state.subscriptions.get_mut(index) else {
-                return Ok(IpcStatus::InvalidInput as i64);
-            };
-            let received = subscription.try_recv().map(Some);
-            state.waits += 1;
-            deliver(&mut caller, received)
+            forward(&mut caller, HostCall::IpcPoll { handle })
         },
     )?;
-    linker.func_wrap(HOST_MODULE, "ipc_unsubscribe", |mut caller: Caller<'_, HostState>, handle: i32| -> i32 {
-        let slot = usize::try_from(handle).ok().and_then(|index| caller.data_mut().subscriptions.get_mut(index));
-        match slot {
-            Some(slot @ Some(_)) => {
-                *slot = None;
-                0
-            }
-            _ => IpcStatus::InvalidInput as i32,
-        }
-    })?;
+    linker.func_wrap(
+        HOST_MODULE,
+        "ipc_unsubscribe",
+        |mut caller: Caller<'_, HostState>, handle: i32| -> Result<i32, wasmi::Error> {
+            forward_status(&mut caller, HostCall::IpcUnsubscribe { handle })
+        },
+    )?;
     Ok(())
 }
 
-/// Hands a received message to the guest as its egress JSON; `None` is a timeout (or nothing
-/// queued), `Some(None)` a closed subscription.
-fn deliver(caller: &mut Caller<'_, HostState>, received: Option<Option<Arc<BusMessage>>>) -> Result<i64, wasmi::Error> {
+/// A received message as the guest reads it (its egress JSON); `None` is a timeout (or
+/// nothing queued), `Some(None)` a closed subscription.
+fn deliver(received: Option<Option<Arc<BusMessage>>>) -> HostReply {
     match received {
-        None => Ok(IpcStatus::Timeout as i64),
-        Some(None) => Ok(IpcStatus::Closed as i64),
-        Some(Some(message)) => {
-            let frame = serde_json::to_vec(&EgressFrame::from_message(&message.message))
-                .map_err(|e| wasmi::Error::new(format!("cannot encode a message: {e}")))?;
-            write_guest(caller, &frame)
-        }
+        None => reply(IpcStatus::Timeout),
+        Some(None) => reply(IpcStatus::Closed),
+        Some(Some(message)) => match serde_json::to_vec(&EgressFrame::from_message(&message.message)) {
+            Ok(frame) => HostReply::bytes(frame),
+            Err(e) => HostReply::Trap(format!("cannot encode a message: {e}")),
+        },
     }
 }
 

@@ -8,7 +8,9 @@
 
 use wasmi::{Caller, Linker};
 
-use super::sandbox::{HOST_MODULE, HostState, read_guest, write_guest};
+use super::context::CapsuleContext;
+use super::host_call::{HostCall, HostReply};
+use super::sandbox::{HOST_MODULE, HostState, forward, forward_status, read_guest};
 use crate::store::{KvError, KvStore, MAX_KEY, MAX_VALUE, Namespace};
 
 /// What a KV host function returns on failure (negative, so never a valid packed result).
@@ -40,30 +42,101 @@ fn status(e: &KvError) -> KvStatus {
     }
 }
 
-/// The instance's store and namespace and the key (or prefix) at `(ptr, len)`, or the status
-/// to return to the guest. A bad buffer is ABI misuse and traps.
-fn target(
-    caller: &mut Caller<'_, HostState>,
-    ptr: i32,
-    len: i32,
-) -> Result<Result<(KvStore, Namespace, String), KvStatus>, wasmi::Error> {
-    let Some((store, namespace)) = caller.data().kv.clone() else { return Ok(Err(KvStatus::CapabilityDenied)) };
-    let bytes = read_guest(caller, ptr, len, MAX_KEY)?;
-    Ok(String::from_utf8(bytes).map(|text| (store, namespace, text)).map_err(|_| KvStatus::InvalidInput))
+/// The instance's store and namespace and the key (or prefix) as text, or the status to
+/// return to the guest.
+fn target<'a>(context: &CapsuleContext, key: &'a [u8]) -> Result<(KvStore, Namespace, &'a str), KvStatus> {
+    let Some((store, namespace)) = context.kv.clone() else { return Err(KvStatus::CapabilityDenied) };
+    if key.len() > MAX_KEY {
+        return Err(KvStatus::InvalidInput);
+    }
+    std::str::from_utf8(key).map(|text| (store, namespace, text)).map_err(|_| KvStatus::InvalidInput)
 }
 
-/// Adds the KV functions to the linker.
+fn reply(status: KvStatus) -> HostReply {
+    HostReply::value(status as i32)
+}
+
+/// `kv_get`: the value, or `Absent`.
+pub(super) fn get(context: &CapsuleContext, key: &[u8]) -> HostReply {
+    let (store, namespace, key) = match target(context, key) {
+        Ok(target) => target,
+        Err(status) => return reply(status),
+    };
+    match store.get(&namespace, key) {
+        Ok(Some(value)) => HostReply::bytes(value),
+        Ok(None) => reply(KvStatus::Absent),
+        Err(e) => reply(status(&e)),
+    }
+}
+
+/// `kv_set`: 0 when stored.
+pub(super) fn set(context: &CapsuleContext, key: &[u8], value: &[u8]) -> HostReply {
+    let (store, namespace, key) = match target(context, key) {
+        Ok(target) => target,
+        Err(status) => return reply(status),
+    };
+    if value.len() > MAX_VALUE {
+        return reply(KvStatus::TooLarge);
+    }
+    HostReply::value(store.set(&namespace, key, value).map_or_else(|e| status(&e) as i32, |()| 0))
+}
+
+/// `kv_delete`: 1 when something was deleted, 0 when there was nothing.
+pub(super) fn delete(context: &CapsuleContext, key: &[u8]) -> HostReply {
+    let (store, namespace, key) = match target(context, key) {
+        Ok(target) => target,
+        Err(status) => return reply(status),
+    };
+    HostReply::value(store.delete(&namespace, key).map_or_else(|e| status(&e) as i32, i32::from))
+}
+
+/// `kv_list_keys`: a JSON array of strings, the one structured result of the KV functions.
+pub(super) fn list_keys(context: &CapsuleContext, prefix: &[u8]) -> HostReply {
+    let (store, namespace, prefix) = match target(context, prefix) {
+        Ok(target) => target,
+        Err(status) => return reply(status),
+    };
+    match store.list_keys(&namespace, prefix) {
+        Ok(keys) => HostReply::bytes(serde_json::to_vec(&keys).unwrap_or_default()),
+        Err(e) => reply(status(&e)),
+    }
+}
+
+/// `kv_clear_prefix`: how many keys went.
+pub(super) fn clear_prefix(context: &CapsuleContext, prefix: &[u8]) -> HostReply {
+    let (store, namespace, prefix) = match target(context, prefix) {
+        Ok(target) => target,
+        Err(status) => return reply(status),
+    };
+    HostReply::Value(
+        store
+            .clear_prefix(&namespace, prefix)
+            .map_or_else(|e| status(&e) as i64, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+    )
+}
+
+/// `kv_cas`: 1 when swapped, 0 when the current value was not `expected`.
+pub(super) fn cas(context: &CapsuleContext, key: &[u8], expected: Option<&[u8]>, new: Option<&[u8]>) -> HostReply {
+    let (store, namespace, key) = match target(context, key) {
+        Ok(target) => target,
+        Err(status) => return reply(status),
+    };
+    if new.is_some_and(|new| new.len() > MAX_VALUE) {
+        return reply(KvStatus::TooLarge);
+    }
+    HostReply::value(
+        store.compare_and_swap(&namespace, key, expected, new).map_or_else(|e| status(&e) as i32, i32::from),
+    )
+}
+
+/// Adds the KV functions to the linker (the guest side: copy out, forward, copy back).
 pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::LinkerError> {
     linker.func_wrap(
         HOST_MODULE,
         "kv_get",
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
-            let (store, namespace, key) = or_status!(target(&mut caller, ptr, len)?, i64);
-            match store.get(&namespace, &key) {
-                Ok(Some(value)) => write_guest(&mut caller, &value),
-                Ok(None) => Ok(KvStatus::Absent as i64),
-                Err(e) => Ok(status(&e) as i64),
-            }
+            let key = read_guest(&mut caller, ptr, len, MAX_KEY)?;
+            forward(&mut caller, HostCall::KvGet { key: key.into() })
         },
     )?;
     linker.func_wrap(
@@ -75,42 +148,36 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::
          value_ptr: i32,
          value_len: i32|
          -> Result<i32, wasmi::Error> {
-            let (store, namespace, key) = or_status!(target(&mut caller, key_ptr, key_len)?, i32);
+            let key = read_guest(&mut caller, key_ptr, key_len, MAX_KEY)?;
             if usize::try_from(value_len).is_ok_and(|len| len > MAX_VALUE) {
                 return Ok(KvStatus::TooLarge as i32);
             }
             let value = read_guest(&mut caller, value_ptr, value_len, MAX_VALUE)?;
-            Ok(store.set(&namespace, &key, &value).map_or_else(|e| status(&e) as i32, |()| 0))
+            forward_status(&mut caller, HostCall::KvSet { key: key.into(), value: value.into() })
         },
     )?;
     linker.func_wrap(
         HOST_MODULE,
         "kv_delete",
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
-            let (store, namespace, key) = or_status!(target(&mut caller, ptr, len)?, i32);
-            Ok(store.delete(&namespace, &key).map_or_else(|e| status(&e) as i32, i32::from))
+            let key = read_guest(&mut caller, ptr, len, MAX_KEY)?;
+            forward_status(&mut caller, HostCall::KvDelete { key: key.into() })
         },
     )?;
     linker.func_wrap(
         HOST_MODULE,
         "kv_list_keys",
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
-            let (store, namespace, prefix) = or_status!(target(&mut caller, ptr, len)?, i64);
-            match store.list_keys(&namespace, &prefix) {
-                // A JSON array of strings: the one structured result of the KV functions.
-                Ok(keys) => write_guest(&mut caller, &serde_json::to_vec(&keys).unwrap_or_default()),
-                Err(e) => Ok(status(&e) as i64),
-            }
+            let prefix = read_guest(&mut caller, ptr, len, MAX_KEY)?;
+            forward(&mut caller, HostCall::KvListKeys { prefix: prefix.into() })
         },
     )?;
     linker.func_wrap(
         HOST_MODULE,
         "kv_clear_prefix",
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
-            let (store, namespace, prefix) = or_status!(target(&mut caller, ptr, len)?, i64);
-            Ok(store
-                .clear_prefix(&namespace, &prefix)
-                .map_or_else(|e| status(&e) as i64, |n| i64::try_from(n).unwrap_or(i64::MAX)))
+            let prefix = read_guest(&mut caller, ptr, len, MAX_KEY)?;
+            forward(&mut caller, HostCall::KvClearPrefix { prefix: prefix.into() })
         },
     )?;
     linker.func_wrap(
@@ -124,13 +191,13 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::
          new_ptr: i32,
          new_len: i32|
          -> Result<i32, wasmi::Error> {
-            let (store, namespace, key) = or_status!(target(&mut caller, key_ptr, key_len)?, i32);
+            let key = read_guest(&mut caller, key_ptr, key_len, MAX_KEY)?;
             // A length of -1 means "absent": expect no value, or delete.
             let expected = optional(&mut caller, expected_ptr, expected_len)?;
             let new = optional(&mut caller, new_ptr, new_len)?;
-            Ok(store
-                .compare_and_swap(&namespace, &key, expected.as_deref(), new.as_deref())
-                .map_or_else(|e| status(&e) as i32, i32::from))
+            let call =
+                HostCall::KvCas { key: key.into(), expected: expected.map(Into::into), new: new.map(Into::into) };
+            forward_status(&mut caller, call)
         },
     )?;
     Ok(())

@@ -13,26 +13,18 @@
 //! or a passed deadline is an error for that capsule alone, and the instance is poisoned so
 //! it is re-instantiated rather than reused in an unknown state.
 
-/// Unwraps a `Result<T, Status>` inside a host function, returning the negative status (as
-/// the function's integer type) to the guest on failure: policy failures are values.
-macro_rules! or_status {
-    ($result:expr, $ty:ty) => {
-        match $result {
-            Ok(value) => value,
-            Err(status) => return Ok(status as $ty),
-        }
-    };
-}
-
 mod approval;
 pub mod config;
+pub mod context;
 mod elicit;
+pub mod host_call;
 mod host_fs;
 mod host_http;
 mod host_ipc;
 mod host_kv;
 mod lifecycle;
 mod net_policy;
+pub mod runner;
 mod sandbox;
 pub mod supervisor;
 pub(crate) mod wait;

@@ -5,17 +5,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use uuid::Uuid;
 use wasmi::{
     Caller, Engine, Extern, Instance, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, TypedResumableCall,
     WasmParams, WasmResults,
 };
 
+use super::context::CapsuleContext;
+use super::host_call::{HostBackend, HostCall, HostReply};
 use super::lifecycle::Lifecycle;
-use super::{SandboxLimits, approval};
+use super::{SandboxLimits, approval, elicit};
 
 use crate::kernel::Kernel;
-use crate::kernel::bus::Subscription;
 use crate::store::{KvStore, Namespace};
 
 /// The import module every host function lives in.
@@ -171,34 +171,19 @@ pub struct HostServices {
     pub lifecycle: Arc<Lifecycle>,
 }
 
-/// Per-instance host state.
+/// Per-instance host state: the guest side of the host functions. What the calls act on is
+/// behind `backend` (see [`super::host_call`]).
 #[derive(Debug)]
 pub struct HostState {
     limits: StoreLimits,
     capsule: String,
-    pub(super) kv: Option<(KvStore, Namespace)>,
-    pub(super) kernel: Option<KernelAccess>,
-    /// Bus subscriptions by handle (a freed handle is `None` and reused).
-    pub(super) subscriptions: Vec<Option<Subscription>>,
+    /// Where host calls go: a [`CapsuleContext`] here, or the daemon over the socket.
+    backend: Box<dyn HostBackend>,
     /// Time spent waiting in host calls during the current call (not charged to the deadline).
     pub(super) waited: Duration,
-    /// The `source_id` of this instance's messages.
-    pub(super) source_id: Uuid,
-    /// The capsule's configuration.
-    config: BTreeMap<String, String>,
-    /// Its declared secrets.
-    pub(super) secrets: BTreeMap<String, String>,
-    /// Whether HTTP may reach internal addresses.
-    pub(super) allow_private_network: bool,
-    /// The `[env]` declarations.
-    pub(super) env: BTreeMap<String, crate::kernel::manifest::EnvDef>,
     /// Whether the current call is an install or upgrade hook (the only time `elicit` works).
     pub(super) in_lifecycle: bool,
-    /// Open HTTP response streams by handle.
-    pub(super) streams: Vec<Option<super::host_http::Stream>>,
-    /// The call deadline (bounds host-side timeouts).
-    deadline: Duration,
-    /// Readiness and stop.
+    /// Readiness and stop, as seen by the interpreter (checked at every fuel slice).
     pub(super) lifecycle: Arc<Lifecycle>,
     /// How many times the guest has waited for messages (a run loop's budget restarts then).
     pub(super) waits: u64,
@@ -206,21 +191,44 @@ pub struct HostState {
     pub logs: Vec<String>,
 }
 
-impl HostState {
-    /// The capsule this state belongs to.
-    pub fn capsule(&self) -> &str {
-        &self.capsule
+/// Hands `call` to the backend and the reply to the guest: a value as is, bytes through the
+/// guest's allocator (packed `(ptr << 32) | len`), a trap as a trap. Time spent in a call
+/// that blocks is not the guest's; a wait for input restarts a run loop's budget.
+pub(super) fn forward(caller: &mut Caller<'_, HostState>, call: HostCall) -> Result<i64, wasmi::Error> {
+    let (is_wait, blocks) = (call.is_wait(), call.blocks());
+    let started = Instant::now();
+    let reply = caller.data_mut().backend.call(call);
+    let state = caller.data_mut();
+    if blocks {
+        state.waited += started.elapsed();
     }
+    if is_wait {
+        state.waits += 1;
+    }
+    match reply {
+        HostReply::Value(value) => Ok(value),
+        HostReply::Bytes(bytes) => write_guest(caller, &bytes.0),
+        HostReply::Trap(message) => Err(wasmi::Error::new(message)),
+    }
+}
 
-    /// Sets a configuration value for the rest of this instance's life.
-    pub(super) fn set_config(&mut self, key: String, value: String) {
-        self.config.insert(key, value);
-    }
+/// [`forward`] for host functions whose result is an `i32` status.
+pub(super) fn forward_status(caller: &mut Caller<'_, HostState>, call: HostCall) -> Result<i32, wasmi::Error> {
+    let value = forward(caller, call)?;
+    i32::try_from(value).map_err(|_| wasmi::Error::new("the host answered a status call with bytes"))
+}
 
-    /// The wall-clock deadline of a call into this instance.
-    pub fn deadline(&self) -> Duration {
-        self.deadline
+/// Refuses a module that imports anything but the `astrid` host functions this build links.
+fn check_imports(module: &Module) -> Result<(), SandboxError> {
+    for import in module.imports() {
+        if import.module() != HOST_MODULE || !HOST_FUNCTIONS.contains(&import.name()) {
+            return Err(SandboxError::ForbiddenImport {
+                module: import.module().to_owned(),
+                name: import.name().to_owned(),
+            });
+        }
     }
+    Ok(())
 }
 
 /// Validates and compiles `wasm` (binary only, within the engine's parse-time limits).
@@ -302,14 +310,23 @@ impl Sandbox {
         limits: SandboxLimits,
         services: HostServices,
     ) -> Result<Self, SandboxError> {
-        for import in module.imports() {
-            if import.module() != HOST_MODULE || !HOST_FUNCTIONS.contains(&import.name()) {
-                return Err(SandboxError::ForbiddenImport {
-                    module: import.module().to_owned(),
-                    name: import.name().to_owned(),
-                });
-            }
-        }
+        let lifecycle = Arc::clone(&services.lifecycle);
+        let context = CapsuleContext::new(capsule, limits.deadline, services);
+        Self::instantiate_with(engine, capsule, module, limits, Box::new(context), lifecycle)
+    }
+
+    /// Instantiates a compiled module whose host calls go to `backend` (a capsule-host
+    /// process passes its link to the daemon); `lifecycle` is what the interpreter checks for
+    /// stop requests.
+    pub fn instantiate_with(
+        engine: &Engine,
+        capsule: &str,
+        module: &Module,
+        limits: SandboxLimits,
+        backend: Box<dyn HostBackend>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> Result<Self, SandboxError> {
+        check_imports(module)?;
         let state = HostState {
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
@@ -318,19 +335,10 @@ impl Sandbox {
                 .tables(1)
                 .build(),
             capsule: capsule.to_owned(),
-            kv: services.kv,
-            kernel: services.kernel,
-            subscriptions: Vec::new(),
+            backend,
             waited: Duration::ZERO,
-            source_id: Uuid::new_v4(),
-            config: services.config,
-            secrets: services.secrets,
-            allow_private_network: services.allow_private_network,
-            env: services.env,
             in_lifecycle: false,
-            streams: Vec::new(),
-            deadline: limits.deadline,
-            lifecycle: services.lifecycle,
+            lifecycle,
             waits: 0,
             logs: Vec::new(),
         };
@@ -508,6 +516,12 @@ impl Sandbox {
         }
     }
 
+    /// A host call made by the host itself on the instance's behalf (the runner's
+    /// `lifecycle_done`, `next_event`, `signal_ready`), through the same backend as the guest's.
+    pub fn host_call(&mut self, call: HostCall) -> HostReply {
+        self.store.data_mut().backend.call(call)
+    }
+
     /// The capsule this instance runs.
     pub fn capsule(&self) -> &str {
         &self.store.data().capsule
@@ -527,17 +541,16 @@ fn link(linker: &mut Linker<HostState>) -> Result<(), SandboxError> {
             "log",
             |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<(), wasmi::Error> {
                 let bytes = read_guest(&mut caller, ptr, len, MAX_LOG)?;
-                let line = String::from_utf8_lossy(&bytes).into_owned();
-                log::info!("capsule {}: {line}", caller.data().capsule);
-                caller.data_mut().logs.push(line);
-                Ok(())
+                caller.data_mut().logs.push(String::from_utf8_lossy(&bytes).into_owned());
+                forward(&mut caller, HostCall::Log { line: bytes.into() }).map(drop)
             },
         )
         .map_err(err)?;
     linker.func_wrap(HOST_MODULE, "clock_ms", || -> i64 { chrono::Utc::now().timestamp_millis() }).map_err(err)?;
     linker
-        .func_wrap(HOST_MODULE, "signal_ready", |caller: Caller<'_, HostState>| {
+        .func_wrap(HOST_MODULE, "signal_ready", |mut caller: Caller<'_, HostState>| -> Result<(), wasmi::Error> {
             caller.data().lifecycle.signal_ready();
+            forward(&mut caller, HostCall::SignalReady).map(drop)
         })
         .map_err(err)?;
     linker
@@ -545,7 +558,8 @@ fn link(linker: &mut Linker<HostState>) -> Result<(), SandboxError> {
             HOST_MODULE,
             "request_approval",
             |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
-                approval::request(&mut caller, ptr, len)
+                let request = read_guest(&mut caller, ptr, len, approval::MAX_REQUEST)?;
+                forward_status(&mut caller, HostCall::RequestApproval { request: request.into() })
             },
         )
         .map_err(err)?;
@@ -555,8 +569,7 @@ fn link(linker: &mut Linker<HostState>) -> Result<(), SandboxError> {
             "has_config",
             |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
                 let key = read_guest(&mut caller, ptr, len, MAX_CONFIG_KEY)?;
-                let present = std::str::from_utf8(&key).is_ok_and(|key| caller.data().config.contains_key(key));
-                Ok(i32::from(present))
+                forward_status(&mut caller, HostCall::HasConfig { key: key.into() })
             },
         )
         .map_err(err)?;
@@ -565,7 +578,9 @@ fn link(linker: &mut Linker<HostState>) -> Result<(), SandboxError> {
             HOST_MODULE,
             "elicit",
             |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
-                super::elicit::elicit(&mut caller, ptr, len)
+                let request = read_guest(&mut caller, ptr, len, elicit::MAX_REQUEST)?;
+                let in_lifecycle = caller.data().in_lifecycle;
+                forward(&mut caller, HostCall::Elicit { request: request.into(), in_lifecycle })
             },
         )
         .map_err(err)?;
@@ -575,11 +590,7 @@ fn link(linker: &mut Linker<HostState>) -> Result<(), SandboxError> {
             "get_config",
             |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
                 let key = read_guest(&mut caller, ptr, len, MAX_CONFIG_KEY)?;
-                let value = std::str::from_utf8(&key).ok().and_then(|key| caller.data().config.get(key)).cloned();
-                match value {
-                    Some(value) => write_guest(&mut caller, value.as_bytes()),
-                    None => Ok(-1),
-                }
+                forward(&mut caller, HostCall::GetConfig { key: key.into() })
             },
         )
         .map_err(err)?;

@@ -25,22 +25,18 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::lifecycle::Lifecycle;
-use super::sandbox::{HOOK_EXPORT, HookAction, HostServices, KernelAccess, RUN_EXPORT, Sandbox};
-use super::wait::{block_on_timeout, unless_stopped};
-use super::{SandboxLimits, config};
+use super::sandbox::Sandbox;
+use super::wait::block_on_timeout;
+use super::{SandboxLimits, config, runner};
 use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
-use crate::kernel::capability::Capability;
 use crate::kernel::capsules::{CapsuleOrigin, CapsuleState};
 use crate::kernel::grants::GrantStatus;
-use crate::kernel::install::{CapsuleMeta, verify_installed};
-use crate::kernel::manifest::Manifest;
-use crate::kernel::{BusMessage, Kernel, Origin, topic};
-use crate::store::Namespace;
+use crate::kernel::{BusMessage, Kernel, Origin};
 use crate::types::{IpcMessage, IpcPayload};
 
 /// KV namespace recording, per capsule, the install whose lifecycle hook has run.
-const LIFECYCLE: &str = "lifecycle";
+pub(super) const LIFECYCLE: &str = "lifecycle";
 /// Guest export run on the first start of an install.
 pub const INSTALL_EXPORT: &str = "astrid_install";
 /// Guest export run on the first start of a new version.
@@ -55,8 +51,6 @@ pub const MAX_RESTARTS: u32 = 5;
 const MAX_BACKOFF: Duration = Duration::from_secs(120);
 /// Running this long without failing resets the restart count.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
-/// How often a dispatch loop with nothing to do checks for a stop (a stop also wakes it).
-const IDLE_WAKE: Duration = Duration::from_secs(60);
 
 /// How the host runs capsules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -356,141 +350,16 @@ impl CapsuleHost {
         });
     }
 
-    /// One life of an instance: load it (re-checking the installed files), then run its
-    /// loop or serve its interceptors until it fails or is stopped.
+    /// One life of an instance: the kernel's half ([`runner::prepare`]), then the
+    /// interpreter's ([`runner::run`]) on this thread.
     fn run_once(&self, name: &str, dir: &Path, lifecycle: &Arc<Lifecycle>) -> Result<(), String> {
-        lifecycle.reset_ready();
-        let verified = verify_installed(dir).map_err(|e| e.to_string())?;
-        let wasm = verified.wasm.ok_or("the capsule has no module")?;
-        let hash = crate::kernel::install::hash_hex(&wasm);
-        let module = self.module(&hash, &wasm)?;
-        let home = &self.kernel.config().home;
-        let (values, missing) = config::resolve(home, DEFAULT_PRINCIPAL, name, &verified.manifest.env);
-        if !missing.is_empty() {
-            log::warn!("capsule {name} has no value for {}; get_config answers none", missing.join(", "));
-            let fields = config::onboarding_fields(&verified.manifest.env, &missing);
-            let payload = IpcPayload::OnboardingRequired { capsule_id: name.to_owned(), fields };
-            self.kernel.bus().publish(BusMessage {
-                message: IpcMessage::new(ONBOARDING_TOPIC, payload, self.kernel.session()),
-                origin: Origin::Kernel,
-                reply_to: None,
-            });
-        }
-        let services = HostServices {
-            kv: Some((
-                self.kernel.store().clone(),
-                Namespace::capsule(DEFAULT_PRINCIPAL, name).map_err(|e| e.to_string())?,
-            )),
-            kernel: Some(KernelAccess { kernel: Arc::clone(&self.kernel), principal: DEFAULT_PRINCIPAL.to_owned() }),
-            secrets: values
-                .iter()
-                .filter(|(key, _)| verified.manifest.env.get(*key).is_some_and(|def| def.kind == "secret"))
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect(),
-            config: values,
-            allow_private_network: self.config.allow_private_network,
-            env: verified.manifest.env.clone(),
-            lifecycle: Arc::clone(lifecycle),
-        };
-        let mut sandbox = Sandbox::instantiate(&self.engine, name, &module, self.config.limits, services)
-            .map_err(|e| e.to_string())?;
+        let prepared = runner::prepare(&self.kernel, &self.config, name, dir, Arc::clone(lifecycle))?;
+        let module = self.module(&prepared.hash, &prepared.wasm)?;
+        let backend = Box::new(prepared.context);
+        let mut sandbox =
+            Sandbox::instantiate_with(&self.engine, name, &module, self.config.limits, backend, Arc::clone(lifecycle))
+                .map_err(|e| e.to_string())?;
         self.kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.start", name, Decision::Info, "instantiated");
-        self.run_lifecycle_hook(name, &verified.meta, &mut sandbox)?;
-        if sandbox.has_export(RUN_EXPORT) {
-            log::info!("capsule {name} started (run loop)");
-            let (kernel, capsule) = (Arc::clone(&self.kernel), name.to_owned());
-            lifecycle.on_ready(move || {
-                log::info!("capsule {capsule} is ready");
-                kernel.set_capsule_state(&capsule, CapsuleState::Ready);
-            });
-            return sandbox.run_loop().map_err(|e| e.to_string());
-        }
-        if sandbox.has_export(HOOK_EXPORT) {
-            return self.dispatch(name, &verified.manifest, &mut sandbox, lifecycle);
-        }
-        self.mark_ready(name, lifecycle);
-        log::info!("capsule {name} started (no run loop and no hook entry: nothing to call)");
-        block_on_timeout(lifecycle.stopped(), Duration::MAX);
-        Ok(())
-    }
-
-    /// Runs the guest's `astrid_install` on the first start of an install, or `astrid_upgrade`
-    /// on the first start of another version, before the capsule serves anything (under the
-    /// same limits, with its configuration). Done once: recorded per capsule in the KV store
-    /// only after the hook succeeded, so a failed hook is retried with the restart.
-    fn run_lifecycle_hook(&self, name: &str, meta: &CapsuleMeta, sandbox: &mut Sandbox) -> Result<(), String> {
-        let namespace = Namespace::system(LIFECYCLE);
-        let store = self.kernel.store();
-        let seen: Option<CapsuleMeta> =
-            store.get(&namespace, name).ok().flatten().and_then(|bytes| serde_json::from_slice(&bytes).ok());
-        let hook = match &seen {
-            None => INSTALL_EXPORT,
-            Some(seen) if seen.installed_at != meta.installed_at => INSTALL_EXPORT,
-            Some(seen) if seen.version != meta.version => UPGRADE_EXPORT,
-            Some(_) => return Ok(()),
-        };
-        if sandbox.has_export(hook) {
-            sandbox.call_lifecycle(hook).map_err(|e| format!("{hook} failed: {e}"))?;
-            self.kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.lifecycle", name, Decision::Info, hook);
-        }
-        let record = serde_json::to_vec(meta).map_err(|e| e.to_string())?;
-        store.set(&namespace, name, &record).and_then(|()| store.flush().map(drop)).map_err(|e| e.to_string())
-    }
-
-    fn mark_ready(&self, name: &str, lifecycle: &Lifecycle) {
-        lifecycle.signal_ready();
-        self.kernel.set_capsule_state(name, CapsuleState::Ready);
-    }
-
-    /// Serves the manifest's interceptors: each event on a bound topic is handed to the hook
-    /// entry with the interceptor's action. A binding the grant does not cover (`ipc_subscribe`)
-    /// is refused, audited, and left out; the capsule still serves the others.
-    fn dispatch(
-        &self,
-        name: &str,
-        manifest: &Manifest,
-        sandbox: &mut Sandbox,
-        lifecycle: &Arc<Lifecycle>,
-    ) -> Result<(), String> {
-        let mut bindings: Vec<(&str, &str, u32)> = manifest
-            .interceptors
-            .iter()
-            .filter(|i| {
-                self.kernel.check_capability(DEFAULT_PRINCIPAL, name, &Capability::IpcSubscribe(&i.event)) || {
-                    log::warn!("capsule {name}: interceptor on {} not bound: not in its ipc_subscribe grant", i.event);
-                    false
-                }
-            })
-            .map(|i| (i.event.as_str(), i.action.as_str(), i.priority))
-            .collect();
-        bindings.sort_by_key(|(_, _, priority)| *priority);
-        let patterns: Vec<&str> = bindings.iter().map(|(event, _, _)| *event).collect();
-        let mut subscription = self.kernel.bus().subscribe(format!("capsule:{name}"), &patterns);
-        // Ready only once subscribed: an event sent the moment it shows as running is served.
-        self.mark_ready(name, lifecycle);
-        log::info!("capsule {name} started ({} interceptor(s))", bindings.len());
-        loop {
-            let next = block_on_timeout(unless_stopped(subscription.recv(), lifecycle.stopped()), IDLE_WAKE)
-                .map(Option::flatten);
-            let message = match next {
-                None => continue,
-                Some(None) => return Ok(()),
-                Some(Some(message)) => message,
-            };
-            let payload = message.message.payload.to_guest_bytes();
-            for (_, action, _) in
-                bindings.iter().filter(|(event, _, _)| topic::subscription_matches(event, &message.message.topic))
-            {
-                let result = sandbox.hook(action, &payload).map_err(|e| e.to_string())?;
-                match result.action {
-                    HookAction::Continue => {}
-                    HookAction::Final => break,
-                    HookAction::Deny => {
-                        log::info!("capsule {name} denied {} ({action}): {:?}", message.message.topic, result.data);
-                        break;
-                    }
-                }
-            }
-        }
+        runner::run(&mut sandbox, &prepared.plan)
     }
 }

@@ -1,0 +1,180 @@
+//! The kernel side of one capsule instance: what its host calls act on.
+//!
+//! A [`CapsuleContext`] holds everything a capsule's calls need besides its memory: who it
+//! is and for which principal, the kernel (grants, audit, bus, VFS), its KV namespace, its
+//! subscriptions and open HTTP streams, its configuration and secrets. It lives where the
+//! kernel lives, in the daemon, whether the guest runs on a thread beside it or in a
+//! capsule-host process at the other end of the socket.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::host_call::{HostBackend, HostCall, HostReply};
+use super::lifecycle::Lifecycle;
+use super::sandbox::{HostServices, KernelAccess};
+use super::{approval, elicit, host_fs, host_http, host_ipc, host_kv};
+use crate::audit::{Actor, Decision};
+use crate::kernel::bus::Subscription;
+use crate::kernel::install::CapsuleMeta;
+use crate::kernel::manifest::EnvDef;
+use crate::store::{KvStore, Namespace};
+
+/// Longest configuration key.
+const MAX_CONFIG_KEY: usize = 256;
+/// Longest log line.
+const MAX_LOG: usize = 64 * 1024;
+
+/// The state a capsule's host calls act on (see the module documentation).
+#[derive(Debug)]
+pub struct CapsuleContext {
+    pub(super) capsule: String,
+    pub(super) kv: Option<(KvStore, Namespace)>,
+    pub(super) kernel: Option<KernelAccess>,
+    /// Bus subscriptions by handle (a freed handle is `None` and reused).
+    pub(super) subscriptions: Vec<Option<Subscription>>,
+    /// The `source_id` of this instance's messages.
+    pub(super) source_id: Uuid,
+    /// The capsule's configuration.
+    pub(super) config: BTreeMap<String, String>,
+    /// Its declared secrets.
+    pub(super) secrets: BTreeMap<String, String>,
+    /// Whether HTTP may reach internal addresses.
+    pub(super) allow_private_network: bool,
+    /// The `[env]` declarations.
+    pub(super) env: BTreeMap<String, EnvDef>,
+    /// Open HTTP response streams by handle.
+    pub(super) streams: Vec<Option<host_http::Stream>>,
+    /// The call deadline (bounds host-side timeouts).
+    pub(super) deadline: Duration,
+    /// Readiness and stop of the instance.
+    pub(super) lifecycle: Arc<Lifecycle>,
+    /// The topic patterns of the runner's interceptor bindings (granted, checked when the
+    /// instance was prepared), and their subscription once `next_event` first asked.
+    pub(super) interceptor_patterns: Vec<String>,
+    pub(super) interceptors: Option<Subscription>,
+    /// The install record a finished lifecycle hook is recorded against.
+    pub(super) installed: Option<CapsuleMeta>,
+}
+
+impl CapsuleContext {
+    /// A context for `capsule` with these services and a call deadline.
+    pub fn new(capsule: &str, deadline: Duration, services: HostServices) -> Self {
+        Self {
+            capsule: capsule.to_owned(),
+            kv: services.kv,
+            kernel: services.kernel,
+            subscriptions: Vec::new(),
+            source_id: Uuid::new_v4(),
+            config: services.config,
+            secrets: services.secrets,
+            allow_private_network: services.allow_private_network,
+            env: services.env,
+            streams: Vec::new(),
+            deadline,
+            lifecycle: services.lifecycle,
+            interceptor_patterns: Vec::new(),
+            interceptors: None,
+            installed: None,
+        }
+    }
+
+    /// The capsule this context belongs to.
+    pub fn capsule(&self) -> &str {
+        &self.capsule
+    }
+
+    /// The instance's readiness and stop flags.
+    pub fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.lifecycle
+    }
+
+    /// The interceptor patterns `next_event` serves (already checked against the grant).
+    pub fn set_interceptors(&mut self, patterns: Vec<String>) {
+        self.interceptor_patterns = patterns;
+    }
+
+    /// The install whose lifecycle hook `lifecycle_done` records.
+    pub fn set_installed(&mut self, meta: CapsuleMeta) {
+        self.installed = Some(meta);
+    }
+
+    fn config_key(key: &[u8]) -> Option<&str> {
+        (key.len() <= MAX_CONFIG_KEY).then(|| std::str::from_utf8(key).ok()).flatten()
+    }
+
+    fn lifecycle_done(&mut self, hook: &str, ran: bool) -> HostReply {
+        let (Some(access), Some(meta), Some((store, _))) = (&self.kernel, &self.installed, &self.kv) else {
+            return HostReply::value(0);
+        };
+        if ran {
+            let actor = Actor::Kernel;
+            access.kernel.record(&access.principal, actor, "capsule.lifecycle", &self.capsule, Decision::Info, hook);
+        }
+        let namespace = Namespace::system(super::supervisor::LIFECYCLE);
+        let stored = serde_json::to_vec(meta)
+            .map_err(|e| e.to_string())
+            .and_then(|record| store.set(&namespace, &self.capsule, &record).map_err(|e| e.to_string()))
+            .and_then(|()| store.flush().map(drop).map_err(|e| e.to_string()));
+        match stored {
+            Ok(()) => HostReply::value(0),
+            Err(e) => HostReply::Trap(format!("cannot record that {hook} ran: {e}")),
+        }
+    }
+}
+
+impl HostBackend for CapsuleContext {
+    fn call(&mut self, call: HostCall) -> HostReply {
+        match call {
+            HostCall::Log { line } => {
+                let end = line.0.len().min(MAX_LOG);
+                log::info!("capsule {}: {}", self.capsule, String::from_utf8_lossy(&line.0[..end]));
+                HostReply::value(0)
+            }
+            HostCall::SignalReady => {
+                self.lifecycle.signal_ready();
+                HostReply::value(0)
+            }
+            HostCall::GetConfig { key } => match Self::config_key(&key.0).and_then(|key| self.config.get(key)) {
+                Some(value) => HostReply::bytes(value.as_bytes()),
+                None => HostReply::value(-1),
+            },
+            HostCall::HasConfig { key } => {
+                HostReply::value(i32::from(Self::config_key(&key.0).is_some_and(|key| self.config.contains_key(key))))
+            }
+            HostCall::RequestApproval { request } => approval::request(self, &request.0),
+            HostCall::Elicit { request, in_lifecycle } => elicit::elicit(self, &request.0, in_lifecycle),
+            HostCall::KvGet { key } => host_kv::get(self, &key.0),
+            HostCall::KvSet { key, value } => host_kv::set(self, &key.0, &value.0),
+            HostCall::KvDelete { key } => host_kv::delete(self, &key.0),
+            HostCall::KvListKeys { prefix } => host_kv::list_keys(self, &prefix.0),
+            HostCall::KvClearPrefix { prefix } => host_kv::clear_prefix(self, &prefix.0),
+            HostCall::KvCas { key, expected, new } => host_kv::cas(
+                self,
+                &key.0,
+                expected.as_ref().map(|b| b.0.as_slice()),
+                new.as_ref().map(|b| b.0.as_slice()),
+            ),
+            HostCall::IpcPublish { topic, payload } => host_ipc::publish(self, &topic.0, &payload.0),
+            HostCall::IpcSubscribe { pattern } => host_ipc::subscribe(self, &pattern.0),
+            HostCall::IpcRecv { handle, timeout_ms } => host_ipc::recv(self, handle, timeout_ms),
+            HostCall::IpcPoll { handle } => host_ipc::poll(self, handle),
+            HostCall::IpcUnsubscribe { handle } => host_ipc::unsubscribe(self, handle),
+            HostCall::FsRead { path } => host_fs::read(self, &path.0),
+            HostCall::FsWrite { path, data } => host_fs::write(self, &path.0, &data.0),
+            HostCall::FsExists { path } => host_fs::exists(self, &path.0),
+            HostCall::FsStat { path } => host_fs::stat(self, &path.0),
+            HostCall::FsReaddir { path } => host_fs::readdir(self, &path.0),
+            HostCall::FsMkdir { path } => host_fs::mkdir(self, &path.0),
+            HostCall::FsUnlink { path } => host_fs::unlink(self, &path.0),
+            HostCall::HttpRequest { request, body } => host_http::request(self, &request.0, &body.0),
+            HostCall::HttpStreamStart { request, body } => host_http::stream_start(self, &request.0, &body.0),
+            HostCall::HttpStreamRead { handle } => host_http::stream_read(self, handle),
+            HostCall::HttpStreamClose { handle } => host_http::stream_close(self, handle),
+            HostCall::LifecycleDone { hook, ran } => self.lifecycle_done(&hook, ran),
+            HostCall::NextEvent { timeout_ms } => host_ipc::next_event(self, timeout_ms),
+        }
+    }
+}
