@@ -8,13 +8,19 @@
 //! - [`types`]: the wire vocabulary (IPC envelope, LLM messages, management API, handshake).
 //!   No I/O; compiles for `wasm32-unknown-unknown` so capsules share it.
 //! - [`home`]: where Astrid keeps its files (`~/.astrid` or `$ASTRID_HOME`) and their modes.
-//! - [`kernel`]: the event bus, the capsule registry, client leases and the management
-//!   router. No sockets, no signals, no terminal.
+//! - [`store`], [`audit`], [`vfs`]: kernel state (sled KV, signed audit chain, workspace
+//!   overlay).
+//! - [`kernel`]: the event bus, the capsule registry, grants, approvals, client leases and
+//!   the management router. No sockets, no signals, no terminal, no WebAssembly.
+//! - [`wasm`]: the capsule sandbox on wasmi; host calls cross a seam ([`wasm::host_call`])
+//!   between guest memory and the kernel's side, so they can also cross a socket.
 //! - [`ipc`]: the only module that reads or writes socket bytes: framing, handshake,
-//!   session token, the daemon's socket bridge and the CLI's blocking client.
+//!   session token, the daemon's socket bridge, capsule-host sessions and the blocking
+//!   clients of the CLI and of the capsule host.
 //! - [`daemon`]: process lifetime of the kernel: singleton lock, boot and shutdown order,
 //!   signals, idle exit, logging. The only module that installs signal handlers.
 //! - [`cli`]: the frontend role (`astrid start|stop|status|capsule …`).
+//! - [`capsule_host`]: the capsule-host role (one capsule in a process of its own).
 //!
 //! Everything except [`types`] is host-only.
 
@@ -24,6 +30,8 @@ pub mod types;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod audit;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod capsule_host;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
 #[cfg(not(target_arch = "wasm32"))]

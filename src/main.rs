@@ -4,12 +4,13 @@
 //! | argv[0] basename      | role                                   |
 //! |-----------------------|----------------------------------------|
 //! | `astrid-daemon`       | the kernel ([`astrid::daemon`])        |
-//! | `astrid-capsule-host` | the capsule host (not built yet: exit 2) |
+//! | `astrid-capsule-host` | the capsule host ([`astrid::capsule_host`]) |
 //! | anything else         | the CLI ([`astrid::cli`])              |
 
 use std::path::Path;
 use std::process::ExitCode;
 
+use astrid::capsule_host::{self, CapsuleHostArgs};
 use astrid::cli;
 use astrid::daemon::{self, DaemonArgs};
 
@@ -29,7 +30,10 @@ fn main() -> ExitCode {
             Ok(daemon_args) => daemon::main(&daemon_args),
             Err(code) => code,
         },
-        Role::CapsuleHost => cli::capsule_host_unavailable(),
+        Role::CapsuleHost => match cli::parse_args::<CapsuleHostArgs>("astrid-capsule-host", &args) {
+            Ok(host_args) => capsule_host::main(&host_args),
+            Err(code) => code,
+        },
         Role::Cli => cli::main(&args),
     }
 }

@@ -20,11 +20,13 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 
+use crate::capsule_host::{self, CapsuleHostArgs};
 use crate::daemon::{self, DaemonArgs};
 use crate::home::AstridHome;
 
 /// Astrid, a secure runtime for AI agents. Roles: `astrid` (this CLI), `astrid daemon` or
-/// the `astrid-daemon` link (the kernel), `astrid-capsule-host` (not built yet). Exit codes:
+/// the `astrid-daemon` link (the kernel), `astrid capsule-host` or the `astrid-capsule-host`
+/// link (one capsule in a process of its own, started by the daemon). Exit codes:
 /// 0 success, 1 failure, 2 usage error.
 #[derive(FromArgs, Debug)]
 pub struct Cli {
@@ -50,17 +52,6 @@ enum Command {
     Audit(audit::AuditArgs),
     CapsuleHost(CapsuleHostArgs),
     InstallLinks(links::InstallLinksArgs),
-}
-
-/// run capsules in a process of their own (not built yet)
-#[derive(FromArgs, Debug)]
-#[argh(subcommand, name = "capsule-host")]
-struct CapsuleHostArgs {}
-
-/// The message and exit code of the capsule-host role until it exists.
-pub fn capsule_host_unavailable() -> ExitCode {
-    eprintln!("astrid-capsule-host: the capsule host role is not built yet; capsules cannot run out of process");
-    ExitCode::from(2)
 }
 
 /// Parses `args` as `T`; `--help` prints to stdout (exit 0), usage errors to stderr (exit 2).
@@ -96,7 +87,7 @@ pub fn main(args: &[&str]) -> ExitCode {
     };
     let result = match command {
         Command::Daemon(args) => return daemon::main(&args),
-        Command::CapsuleHost(_) => return capsule_host_unavailable(),
+        Command::CapsuleHost(args) => return capsule_host::main(&args),
         Command::InstallLinks(args) => links::install(&args),
         Command::Start(_) => with_home(|home| lifecycle::start(&home)),
         Command::Stop(_) => with_home(|home| lifecycle::stop(&home)),

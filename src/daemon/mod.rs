@@ -160,6 +160,18 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
         Arc::clone(&kernel),
         HostConfig::from_env().map_err(anyhow::Error::msg).context("boot step 5/6 (capsule host)")?,
     );
+    // The bridge accepts before capsules start: capsules with a process of their own attach
+    // through it. Frontends learn the daemon is ready from the ready file, written last.
+    let (stop, stop_rx) = watch::channel(false);
+    let bridge_config = BridgeConfig { max_clients: config.max_clients, ..BridgeConfig::default() };
+    let bridge = tokio::spawn(bridge::serve(
+        listener,
+        Arc::clone(&kernel),
+        Some(Arc::clone(&capsule_host)),
+        token,
+        bridge_config,
+        stop_rx,
+    ));
     let host_task = tokio::spawn(keep_capsules_in_sync(Arc::clone(&capsule_host), kernel.capsules_changed()));
     {
         let host = Arc::clone(&capsule_host);
@@ -172,9 +184,6 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
     }
     log::info!("boot 5/6: running: {:?}", kernel.capsules().ready_names());
 
-    let (stop, stop_rx) = watch::channel(false);
-    let bridge_config = BridgeConfig { max_clients: config.max_clients, ..BridgeConfig::default() };
-    let bridge = tokio::spawn(bridge::serve(listener, Arc::clone(&kernel), token, bridge_config, stop_rx));
     write_ready(&home).context("boot step 6/6 (ready)")?;
     log::info!("boot 6/6: ready in {:.1} ms", boot_started.elapsed().as_secs_f64() * 1000.0);
     let verifier = Arc::clone(&kernel);

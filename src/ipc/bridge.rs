@@ -26,6 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::timeout;
 use uuid::Uuid;
 
+use super::capsule_session;
 use super::frame::{FrameReader, MAX_CLIENT_FRAME, MAX_HANDSHAKE_FRAME, write_frame};
 use super::handshake::{Verdict, evaluate};
 use super::policy::{EGRESS_PATTERNS, ingress_allowed};
@@ -35,6 +36,7 @@ use crate::kernel::bus::{BusMessage, Origin, SubscriberId, Subscription};
 use crate::kernel::router::{REQUEST_PREFIX, response_topic};
 use crate::kernel::{Kernel, topic};
 use crate::types::{EgressFrame, HandshakeResponse, IpcMessage, IpcPayload, KernelResponse};
+use crate::wasm::supervisor::CapsuleHost;
 
 /// How long a new connection has to send its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -64,6 +66,8 @@ impl Default for BridgeConfig {
 
 struct Context {
     kernel: Arc<Kernel>,
+    /// Where capsule-host connections attach (none: they are refused).
+    capsules: Option<Arc<CapsuleHost>>,
     token: SessionToken,
     config: BridgeConfig,
     client_slots: Arc<Semaphore>,
@@ -72,16 +76,19 @@ struct Context {
 }
 
 /// Serves clients until `stop` turns true, then stops accepting, lets every connection
-/// flush what is queued for it (bounded by `drain_timeout`) and returns.
+/// flush what is queued for it (bounded by `drain_timeout`) and returns. Capsule-host
+/// connections attach to `capsules`.
 pub async fn serve(
     listener: UnixListener,
     kernel: Arc<Kernel>,
+    capsules: Option<Arc<CapsuleHost>>,
     token: SessionToken,
     config: BridgeConfig,
     mut stop: watch::Receiver<bool>,
 ) {
     let context = Arc::new(Context {
         kernel,
+        capsules,
         token,
         client_slots: Arc::new(Semaphore::new(config.max_clients)),
         config,
@@ -163,10 +170,10 @@ async fn connection(
             let _ = send_handshake(&mut write_half, HandshakeResponse::error(crate::VERSION, reason)).await;
             return;
         }
-        Verdict::Accept { client_version } => match Arc::clone(&context.client_slots).try_acquire_owned() {
+        Verdict::Accept { client_version, attach } => match Arc::clone(&context.client_slots).try_acquire_owned() {
             Ok(slot) => {
                 log::info!("client#{id}: authenticated (client version {client_version})");
-                slot
+                (slot, attach)
             }
             Err(_) => {
                 let reason =
@@ -177,11 +184,23 @@ async fn connection(
             }
         },
     };
+    let (slot, attach) = slot;
     if let Err(e) = send_handshake(&mut write_half, HandshakeResponse::ok(crate::VERSION)).await {
         return log::warn!("client#{id}: cannot send the handshake reply: {e}");
     }
     drop(pending);
-    serve_client(&context, id, reader, write_half, stop).await;
+    match (attach, &context.capsules) {
+        (None, _) => serve_client(&context, id, reader, write_half, stop).await,
+        (Some(attach), Some(capsules)) => {
+            capsule_session::serve(Arc::clone(capsules), id, attach, reader, write_half, stop).await;
+        }
+        (Some(_), None) => {
+            let refusal = capsule_session::SessionStart::Refused { reason: "this daemon runs no capsules".to_owned() };
+            if let Ok(bytes) = serde_json::to_vec(&refusal) {
+                let _ = timeout(WRITE_TIMEOUT, write_frame(&mut write_half, &bytes)).await;
+            }
+        }
+    }
     drop(slot);
 }
 

@@ -16,8 +16,8 @@ use super::token::{SessionToken, TokenError};
 use crate::home::AstridHome;
 use crate::kernel::router::{REQUEST_PREFIX, RESPONSE_PREFIX};
 use crate::types::{
-    HandshakeRequest, HandshakeResponse, HandshakeStatus, IpcMessage, IpcPayload, KernelRequest, KernelResponse,
-    PROTOCOL_VERSION, SYSTEM_SESSION_UUID,
+    CapsuleAttach, HandshakeRequest, HandshakeResponse, HandshakeStatus, IpcMessage, IpcPayload, KernelRequest,
+    KernelResponse, PROTOCOL_VERSION, SYSTEM_SESSION_UUID,
 };
 
 /// How long the client waits for each step of the handshake.
@@ -79,6 +79,11 @@ pub struct Client {
 impl Client {
     /// Connects to the daemon of `home` and completes the handshake.
     pub fn connect(home: &AstridHome) -> Result<Self, ClientError> {
+        Self::connect_as(home, None)
+    }
+
+    /// [`Client::connect`], as a capsule host serving the capsule `attach` names when given.
+    pub fn connect_as(home: &AstridHome, attach: Option<CapsuleAttach>) -> Result<Self, ClientError> {
         let path = home.socket_path();
         if !path.exists() {
             return Err(ClientError::NoSocket(path));
@@ -92,6 +97,7 @@ impl Client {
             token: token.to_hex(),
             protocol_version: PROTOCOL_VERSION,
             client_version: crate::VERSION.to_owned(),
+            capsule_host: attach,
         };
         write_frame_blocking(&mut stream, &to_json(&request)?)?;
         let reply = read_frame_blocking(&mut stream, MAX_HANDSHAKE_FRAME)?.ok_or(ClientError::Closed)?;
@@ -101,6 +107,12 @@ impl Client {
             HandshakeStatus::Ok => Ok(Self { stream }),
             HandshakeStatus::Error => Err(ClientError::Rejected(reply.reason.unwrap_or_default())),
         }
+    }
+
+    /// The connection itself, for a protocol other than management requests (a capsule
+    /// host's session).
+    pub fn into_stream(self) -> UnixStream {
+        self.stream
     }
 
     /// Sends `request` on `astrid.v1.request.<suffix>` and waits up to `wait` for the reply

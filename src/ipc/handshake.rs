@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 use super::token::SessionToken;
-use crate::types::handshake::PROTOCOL_VERSION;
+use crate::types::handshake::{CapsuleAttach, PROTOCOL_VERSION};
 
 /// The reason given for any token problem.
 pub const AUTH_FAILED: &str = "authentication failed";
@@ -21,6 +21,8 @@ pub enum Verdict {
     Accept {
         /// `client_version`, truncated to 64 characters.
         client_version: String,
+        /// The capsule it serves, when it is a capsule host.
+        attach: Option<CapsuleAttach>,
     },
     /// Reply with an error carrying this reason, then close.
     Reject(String),
@@ -45,7 +47,14 @@ pub fn evaluate(frame: &[u8], token: &SessionToken) -> Verdict {
         return Verdict::Reject(AUTH_FAILED.to_owned());
     }
     let client_version = request.get("client_version").and_then(Value::as_str).unwrap_or("unknown");
-    Verdict::Accept { client_version: client_version.chars().take(64).collect() }
+    let attach = match request.get("capsule_host") {
+        None | Some(Value::Null) => None,
+        Some(attach) => match serde_json::from_value::<CapsuleAttach>(attach.clone()) {
+            Ok(attach) => Some(attach),
+            Err(e) => return Verdict::Reject(format!("malformed capsule_host: {e}")),
+        },
+    };
+    Verdict::Accept { client_version: client_version.chars().take(64).collect(), attach }
 }
 
 fn version_mismatch(client: &Value) -> String {
@@ -70,7 +79,17 @@ mod tests {
             &frame(json!({"token": token.to_hex(), "protocol_version": 1, "client_version": "0.7.0"})),
             &token,
         );
-        assert_eq!(verdict, Verdict::Accept { client_version: "0.7.0".into() });
+        assert_eq!(verdict, Verdict::Accept { client_version: "0.7.0".into(), attach: None });
+        let attach = json!({"token": token.to_hex(), "protocol_version": 1, "client_version": "x",
+            "capsule_host": {"ticket": "t1"}});
+        let expected = CapsuleAttach { ticket: Some("t1".into()), ..CapsuleAttach::default() };
+        assert_eq!(
+            evaluate(&frame(attach), &token),
+            Verdict::Accept { client_version: "x".into(), attach: Some(expected) }
+        );
+        let bad = json!({"token": token.to_hex(), "protocol_version": 1, "client_version": "x",
+            "capsule_host": {"ticket": 7}});
+        assert!(matches!(evaluate(&frame(bad), &token), Verdict::Reject(reason) if reason.contains("capsule_host")));
     }
 
     #[test]

@@ -5,9 +5,13 @@
 //! - [`handshake`]: the server's judgement of a handshake frame;
 //! - [`policy`]: which topics clients may publish and receive;
 //! - [`bridge`]: the daemon's accept loop and per-connection tasks;
+//! - [`capsule_session`]: capsule-host connections, daemon side (host calls over the socket);
+//! - [`capsule_link`]: the capsule host's end of such a connection;
 //! - [`client`]: the CLI's blocking client.
 
 pub mod bridge;
+pub mod capsule_link;
+pub mod capsule_session;
 pub mod client;
 pub mod frame;
 pub mod handshake;

@@ -84,6 +84,22 @@ pub struct Component {
     /// `executable` or `library`.
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
+    /// Where the component runs: on a daemon thread (default) or in a capsule-host process.
+    #[serde(default)]
+    pub isolation: Isolation,
+}
+
+/// Where a component's instance runs. Either way its host calls are decided by the kernel;
+/// a process of its own adds an OS boundary around the interpreter (a crash or a wasmi bug
+/// ends that process, not the daemon) at the cost of a socket round trip per host call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A thread of the daemon.
+    #[default]
+    Thread,
+    /// An `astrid capsule-host` process attached to the daemon over the socket.
+    Process,
 }
 
 /// `[[command]]`.
@@ -457,6 +473,20 @@ args = ["mcp-server-time"]
         assert_eq!(manifest.capabilities.entries().collect::<Vec<_>>(), vec!["fs_read:cwd://src"]);
         assert_eq!(manifest.env["API_KEY"].kind, "secret");
         assert_eq!(manifest.mcp_servers[0].args, vec!["mcp-server-time"]);
+    }
+
+    #[test]
+    fn isolation_is_thread_unless_a_process_is_asked_for_and_nothing_else_is_accepted() {
+        let with = |isolation: &str| {
+            parse(&format!(
+                "[package]\nname = \"x\"\nversion = \"1.0.0\"\n\n[[component]]\nfile = \"x.wasm\"\n{isolation}"
+            ))
+        };
+        assert_eq!(with("").expect("default").components[0].isolation, Isolation::Thread);
+        assert_eq!(with("isolation = \"process\"").expect("process").components[0].isolation, Isolation::Process);
+        let err = with("isolation = \"vm\"").expect_err("unknown isolation");
+        assert_eq!((err.line, err.column), (7, 13), "{err}");
+        assert!(err.message.contains("process"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,25 @@ pub struct HandshakeRequest {
     pub protocol_version: u32,
     /// The client's own version (logged only).
     pub client_version: String,
+    /// Present when the client is a capsule host asking to serve one capsule over this
+    /// connection (an Astrid extension: the reference has no such role, and ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capsule_host: Option<CapsuleAttach>,
+}
+
+/// Which capsule a capsule-host connection serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapsuleAttach {
+    /// The one-time ticket the daemon handed a capsule-host process it started itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    /// A capsule directory to run for its author (`astrid capsule run DIR`), absolute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// The person running it consented to the capabilities it asks for.
+    #[serde(default)]
+    pub approve: bool,
 }
 
 /// Whether the handshake succeeded.

@@ -12,7 +12,7 @@ pub mod ipc;
 pub mod kernel_api;
 pub mod llm;
 
-pub use handshake::{HandshakeRequest, HandshakeResponse, HandshakeStatus, PROTOCOL_VERSION};
+pub use handshake::{CapsuleAttach, HandshakeRequest, HandshakeResponse, HandshakeStatus, PROTOCOL_VERSION};
 pub use ipc::{
     EgressFrame, IpcMessage, IpcPayload, OnboardingField, OnboardingFieldType, SelectionOption, UserInputFields,
 };

@@ -15,7 +15,7 @@ type ReadyHook = Box<dyn FnOnce() + Send>;
 /// Readiness and stop flags of one capsule instance.
 pub struct Lifecycle {
     ready: AtomicBool,
-    on_ready: Mutex<Option<ReadyHook>>,
+    on_ready: Mutex<Vec<ReadyHook>>,
     stop: watch::Sender<bool>,
 }
 
@@ -27,36 +27,39 @@ impl std::fmt::Debug for Lifecycle {
 
 impl Default for Lifecycle {
     fn default() -> Self {
-        Self { ready: AtomicBool::new(false), on_ready: Mutex::new(None), stop: watch::channel(false).0 }
+        Self { ready: AtomicBool::new(false), on_ready: Mutex::new(Vec::new()), stop: watch::channel(false).0 }
     }
 }
 
 impl Lifecycle {
-    /// Runs `hook` once, when the guest signals readiness (at once if it already has).
+    /// Runs `hook` once, when the guest signals readiness (at once if it already has). Hooks
+    /// not run yet are dropped by [`Lifecycle::reset_ready`].
     pub fn on_ready(&self, hook: impl FnOnce() + Send + 'static) {
         let mut slot = self.on_ready.lock().unwrap_or_else(|e| e.into_inner());
         if self.is_ready() {
             drop(slot);
             hook();
         } else {
-            *slot = Some(Box::new(hook));
+            slot.push(Box::new(hook));
         }
     }
 
     /// The guest called `signal_ready`.
     pub fn signal_ready(&self) {
-        let hook = {
+        let hooks = {
             let mut slot = self.on_ready.lock().unwrap_or_else(|e| e.into_inner());
             self.ready.store(true, Ordering::Release);
-            slot.take()
+            std::mem::take(&mut *slot)
         };
-        if let Some(hook) = hook {
+        for hook in hooks {
             hook();
         }
     }
 
     /// Forgets readiness (a restarted instance must signal again).
     pub fn reset_ready(&self) {
+        let mut slot = self.on_ready.lock().unwrap_or_else(|e| e.into_inner());
+        slot.clear();
         self.ready.store(false, Ordering::Release);
     }
 

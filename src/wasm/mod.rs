@@ -24,6 +24,7 @@ mod host_ipc;
 mod host_kv;
 mod lifecycle;
 mod net_policy;
+pub mod process;
 pub mod runner;
 mod sandbox;
 pub mod supervisor;
@@ -41,8 +42,9 @@ pub use sandbox::{
 
 use std::time::Duration;
 
-/// Limits for one capsule instance and each call into it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Limits for one capsule instance and each call into it (sent to a capsule-host process,
+/// which applies them to the instance it runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SandboxLimits {
     /// Linear memory ceiling in bytes.
     pub memory_bytes: usize,

@@ -16,9 +16,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::SandboxLimits;
 use super::config;
 use super::context::CapsuleContext;
-use super::host_call::{HostCall, HostReply};
+use super::host_call::{HostBackend, HostCall, HostReply};
 use super::host_ipc::IpcStatus;
 use super::lifecycle::Lifecycle;
 use super::sandbox::{HOOK_EXPORT, HookAction, HostServices, KernelAccess, RUN_EXPORT, Sandbox};
@@ -208,6 +209,23 @@ pub fn run(sandbox: &mut Sandbox, plan: &Plan) -> Result<(), String> {
             }
         }
     }
+}
+
+/// The whole life of an instance whose kernel is elsewhere (a capsule-host process): compile
+/// the module the daemon sent, instantiate it with `backend` as its host, [`run`] it.
+pub fn run_remote(
+    backend: Box<dyn HostBackend>,
+    capsule: &str,
+    wasm: &[u8],
+    limits: SandboxLimits,
+    plan: &Plan,
+) -> Result<(), String> {
+    let engine = super::engine();
+    let module = super::compile(&engine, wasm).map_err(|e| e.to_string())?;
+    let lifecycle = Arc::new(Lifecycle::default());
+    let mut sandbox =
+        Sandbox::instantiate_with(&engine, capsule, &module, limits, backend, lifecycle).map_err(|e| e.to_string())?;
+    run(&mut sandbox, plan)
 }
 
 fn expect_done(reply: HostReply) -> Result<(), String> {

@@ -25,14 +25,18 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::lifecycle::Lifecycle;
+use super::process::{self, Tickets};
 use super::sandbox::Sandbox;
 use super::wait::block_on_timeout;
 use super::{SandboxLimits, config, runner};
 use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
+use crate::kernel::capsules::MANIFEST_FILE;
 use crate::kernel::capsules::{CapsuleOrigin, CapsuleState};
 use crate::kernel::grants::GrantStatus;
+use crate::kernel::manifest::{Isolation, Manifest};
 use crate::kernel::{BusMessage, Kernel, Origin};
+use crate::types::CapsuleAttach;
 use crate::types::{IpcMessage, IpcPayload};
 
 /// KV namespace recording, per capsule, the install whose lifecycle hook has run.
@@ -61,18 +65,26 @@ pub struct HostConfig {
     pub initial_backoff: Duration,
     /// Whether capsule HTTP may reach private and loopback addresses.
     pub allow_private_network: bool,
+    /// `Process` runs every capsule in a capsule-host process, whatever its manifest says.
+    pub isolation: Isolation,
 }
 
 impl Default for HostConfig {
     fn default() -> Self {
-        Self { limits: SandboxLimits::default(), initial_backoff: Duration::from_secs(2), allow_private_network: false }
+        Self {
+            limits: SandboxLimits::default(),
+            initial_backoff: Duration::from_secs(2),
+            allow_private_network: false,
+            isolation: Isolation::Thread,
+        }
     }
 }
 
 impl HostConfig {
     /// The defaults, with `ASTRID_CAPSULE_BACKOFF_MS` (the first restart delay),
     /// `ASTRID_CAPSULE_DEADLINE_MS` (wall-clock time per call) and `ASTRID_HTTP_ALLOW_PRIVATE=1`
-    /// (capsule HTTP may reach private networks; off by default) overriding them.
+    /// (capsule HTTP may reach private networks; off by default) and
+    /// `ASTRID_CAPSULE_ISOLATION=process` (every capsule in a process of its own) overriding them.
     pub fn from_env() -> Result<Self, String> {
         let millis = |name: &str| -> Result<Option<Duration>, String> {
             match std::env::var(name) {
@@ -95,6 +107,11 @@ impl HostConfig {
             Ok("1" | "true") => true,
             Ok("" | "0" | "false") | Err(_) => false,
             Ok(other) => return Err(format!("ASTRID_HTTP_ALLOW_PRIVATE must be 1 or 0, not {other:?}")),
+        };
+        config.isolation = match std::env::var("ASTRID_CAPSULE_ISOLATION").as_deref() {
+            Ok("process") => Isolation::Process,
+            Ok("" | "thread") | Err(_) => Isolation::Thread,
+            Ok(other) => return Err(format!("ASTRID_CAPSULE_ISOLATION must be thread or process, not {other:?}")),
         };
         Ok(config)
     }
@@ -154,6 +171,20 @@ pub struct CapsuleHost {
     running: Mutex<HashMap<String, Running>>,
     /// Compiled modules by BLAKE3 (a module is compiled once, however often it restarts).
     modules: Mutex<HashMap<String, CompiledModule>>,
+    /// Attach tickets of the capsule-host processes this host started.
+    tickets: Tickets,
+}
+
+/// What the daemon keeps for a capsule-host connection that attached.
+#[derive(Debug)]
+pub struct Attachment {
+    /// The capsule's context (its host calls act on it), module and plan.
+    pub prepared: runner::Prepared,
+    /// The session's own lifecycle: stopped when the connection ends, which wakes a call
+    /// waiting on the bus or a person.
+    pub lifecycle: Arc<Lifecycle>,
+    /// The limits the capsule host must apply.
+    pub limits: SandboxLimits,
 }
 
 impl std::fmt::Debug for CapsuleHost {
@@ -171,6 +202,7 @@ impl CapsuleHost {
             config,
             running: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),
+            tickets: Tickets::default(),
         })
     }
 
@@ -350,9 +382,13 @@ impl CapsuleHost {
         });
     }
 
-    /// One life of an instance: the kernel's half ([`runner::prepare`]), then the
-    /// interpreter's ([`runner::run`]) on this thread.
+    /// One life of an instance, on this thread or, when its manifest or the operator asks
+    /// for it, in a capsule-host process.
     fn run_once(&self, name: &str, dir: &Path, lifecycle: &Arc<Lifecycle>) -> Result<(), String> {
+        if self.isolation(dir) == Isolation::Process {
+            let home = self.kernel.config().home.root().to_path_buf();
+            return process::run_child(&home, &self.tickets, name, dir, lifecycle);
+        }
         let prepared = runner::prepare(&self.kernel, &self.config, name, dir, Arc::clone(lifecycle))?;
         let module = self.module(&prepared.hash, &prepared.wasm)?;
         let backend = Box::new(prepared.context);
@@ -361,5 +397,41 @@ impl CapsuleHost {
                 .map_err(|e| e.to_string())?;
         self.kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.start", name, Decision::Info, "instantiated");
         runner::run(&mut sandbox, &prepared.plan)
+    }
+
+    /// Where the capsule in `dir` runs: the operator's setting wins, then its manifest's.
+    fn isolation(&self, dir: &Path) -> Isolation {
+        if self.config.isolation == Isolation::Process {
+            return Isolation::Process;
+        }
+        Manifest::load(&dir.join(MANIFEST_FILE))
+            .ok()
+            .and_then(|manifest| manifest.components.first().map(|c| c.isolation))
+            .unwrap_or_default()
+    }
+
+    /// Attaches a capsule-host connection to the capsule its ticket was issued for: the
+    /// kernel's half of starting it runs here, in the daemon, and stays here (the connection
+    /// carries only the module, the limits and the plan). Audited either way.
+    pub fn attach(&self, request: &CapsuleAttach) -> Result<Attachment, String> {
+        let audit = |capsule: &str, decision, rule: &str| {
+            self.kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.attach", capsule, decision, rule);
+        };
+        let Some(ticketed) = request.ticket.as_deref().and_then(|ticket| self.tickets.redeem(ticket)) else {
+            let reason = if request.ticket.is_some() {
+                "unknown, expired or used ticket"
+            } else {
+                "a capsule host must present the ticket the daemon gave it"
+            };
+            audit("-", Decision::Deny, reason);
+            return Err(reason.to_owned());
+        };
+        let session = Arc::new(Lifecycle::default());
+        let prepared = runner::prepare(&self.kernel, &self.config, &ticketed.name, &ticketed.dir, Arc::clone(&session))
+            .inspect_err(|reason| audit(&ticketed.name, Decision::Deny, reason))?;
+        let supervised = Arc::clone(&ticketed.lifecycle);
+        session.on_ready(move || supervised.signal_ready());
+        audit(&ticketed.name, Decision::Allow, "ticket redeemed; runs in a capsule-host process");
+        Ok(Attachment { prepared, lifecycle: session, limits: self.config.limits })
     }
 }

@@ -8,16 +8,16 @@ use serde_json::{Value, json};
 
 use crate::harness::{RawClient, TestHome};
 
-fn example(name: &str) -> PathBuf {
+pub(crate) fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("capsules-examples").join(name)
 }
 
 /// Installs an example with `astrid capsule install --yes` (the daemon must run).
-fn install(t: &TestHome, name: &str) {
+pub(crate) fn install(t: &TestHome, name: &str) {
     install_with(t, name, &[]);
 }
 
-fn install_with(t: &TestHome, name: &str, extra: &[&str]) -> String {
+pub(crate) fn install_with(t: &TestHome, name: &str, extra: &[&str]) -> String {
     let source = example(name);
     let mut args = vec!["capsule", "install", source.to_str().expect("utf8"), "--yes"];
     args.extend_from_slice(extra);
@@ -27,7 +27,7 @@ fn install_with(t: &TestHome, name: &str, extra: &[&str]) -> String {
 }
 
 /// Approves every pending capability request, as an operator would.
-fn approve_all(t: &TestHome) {
+pub(crate) fn approve_all(t: &TestHome) {
     let output = t.cli(&["caps", "list", "--json"]);
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
     let listing: Value = serde_json::from_slice(&output.stdout).expect("caps JSON");
@@ -39,7 +39,7 @@ fn approve_all(t: &TestHome) {
 }
 
 /// Publishes `text` as a user input on `topic`.
-fn say(client: &mut RawClient, topic: &str, text: &str) {
+pub(crate) fn say(client: &mut RawClient, topic: &str, text: &str) {
     client.send_json(&json!({
         "topic": topic,
         "payload": {"type": "user_input", "text": text, "session_id": "s1"},
@@ -51,7 +51,7 @@ fn say(client: &mut RawClient, topic: &str, text: &str) {
 }
 
 /// Sends `text` as a user input on `topic` and returns the text of the next agent response.
-fn ask(client: &mut RawClient, topic: &str, text: &str) -> String {
+pub(crate) fn ask(client: &mut RawClient, topic: &str, text: &str) -> String {
     say(client, topic, text);
     loop {
         let frame = client.read_json().expect("connection closed before the answer");
@@ -61,17 +61,17 @@ fn ask(client: &mut RawClient, topic: &str, text: &str) -> String {
     }
 }
 
-fn running(client: &mut RawClient) -> Vec<String> {
+pub(crate) fn running(client: &mut RawClient) -> Vec<String> {
     let status = client.request("status", json!({"method": "GetStatus"}));
     serde_json::from_value(status["payload"]["data"]["loaded_capsules"].clone()).expect("names")
 }
 
-fn wait_running(t: &TestHome, client: &mut RawClient, names: &[&str]) {
+pub(crate) fn wait_running(t: &TestHome, client: &mut RawClient, names: &[&str]) {
     let ok = t.wait_for(|| names.iter().all(|n| running(client).iter().any(|r| r == n)), Duration::from_secs(10));
     assert!(ok, "{names:?} not running; running: {:?}\n{}", running(client), t.log());
 }
 
-fn audit_tail(t: &TestHome) -> Vec<Value> {
+pub(crate) fn audit_tail(t: &TestHome) -> Vec<Value> {
     let output = t.cli(&["audit", "tail", "-n", "1000000", "--json"]);
     String::from_utf8_lossy(&output.stdout).lines().map(|l| serde_json::from_str(l).expect("entry")).collect()
 }
@@ -146,9 +146,16 @@ fn the_file_tool_works_inside_its_grant_and_nowhere_else() {
 
 #[test]
 fn a_hostile_capsule_is_stopped_audited_and_restarted_while_others_keep_working() {
+    hostile_is_contained(&[]);
+}
+
+/// The hostile capsule's attempts, each refused or stopped and audited, with `extra` in the
+/// daemon's environment (the capsule-host tests run it in processes of their own).
+pub(crate) fn hostile_is_contained(extra: &[(&str, &str)]) {
     let t = TestHome::new();
     std::fs::write(t.workspace.join("secrets.txt"), "top secret").expect("write");
-    let env = [("ASTRID_CAPSULE_DEADLINE_MS", "500"), ("ASTRID_CAPSULE_BACKOFF_MS", "100")];
+    let mut env = vec![("ASTRID_CAPSULE_DEADLINE_MS", "500"), ("ASTRID_CAPSULE_BACKOFF_MS", "100")];
+    env.extend_from_slice(extra);
     let _daemon = t.daemon_with(&[], &env);
     install(&t, "hostile");
     install(&t, "hello");

@@ -1,0 +1,97 @@
+//! The capsule-host role: `astrid capsule-host`, or the `astrid-capsule-host` link.
+//!
+//! The daemon starts this process for a capsule whose manifest (or operator) asks for
+//! `isolation = "process"`, with a one-time ticket in its environment. The process attaches
+//! to the daemon over the socket, receives the module, its limits and its plan, and runs the
+//! capsule on the wasmi interpreter; every host call goes back over the socket and is
+//! decided by the kernel. The process holds no secret, no store handle and no file of the
+//! home: a crash or an interpreter bug ends this process, never the daemon.
+//!
+//! Exit codes: 0 when the capsule ended on its own or the daemon went away cleanly, 1 when
+//! it failed (the last stderr line, `capsule failed: …`, says why), 2 on a usage error.
+
+use std::process::ExitCode;
+
+use argh::FromArgs;
+
+use crate::home::AstridHome;
+use crate::ipc::capsule_link::CapsuleLink;
+use crate::types::CapsuleAttach;
+use crate::wasm::process::{FAILURE_PREFIX, PARENT_ENV, TICKET_ENV};
+use crate::wasm::runner;
+
+/// run one capsule in this process, attached to the daemon (started by the daemon for
+/// capsules with isolation = "process"; authors use `astrid capsule run DIR`)
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "capsule-host")]
+pub struct CapsuleHostArgs {
+    /// the capsule this process serves (shown in process listings and logs)
+    #[argh(option)]
+    pub capsule: Option<String>,
+}
+
+/// Runs the role.
+pub fn main(args: &CapsuleHostArgs) -> ExitCode {
+    init_logging();
+    let Ok(ticket) = std::env::var(TICKET_ENV) else {
+        eprintln!(
+            "astrid capsule-host: no {TICKET_ENV}; this role is started by the daemon for capsules with \
+             isolation = \"process\". To run a capsule directory yourself, use `astrid capsule run DIR`."
+        );
+        return ExitCode::from(2);
+    };
+    if let Err(reason) = die_with_parent() {
+        eprintln!("{FAILURE_PREFIX}{reason}");
+        return ExitCode::FAILURE;
+    }
+    let home = match AstridHome::from_env() {
+        Ok(home) => home,
+        Err(e) => {
+            eprintln!("{FAILURE_PREFIX}cannot resolve the Astrid home: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let attach = CapsuleAttach { ticket: Some(ticket), ..CapsuleAttach::default() };
+    let name = args.capsule.as_deref().unwrap_or("?");
+    match serve(&home, attach) {
+        Ok(()) => {
+            log::info!("capsule {name}: ended");
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            eprintln!("{FAILURE_PREFIX}{reason}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Attaches as `attach` says and runs the capsule the daemon hands over until it ends.
+pub fn serve(home: &AstridHome, attach: CapsuleAttach) -> Result<(), String> {
+    let (link, attached) = CapsuleLink::attach(home, attach).map_err(|e| format!("cannot attach: {e}"))?;
+    log::info!("capsule {}: attached; {} bytes of module", attached.capsule, attached.module.0.len());
+    runner::run_remote(Box::new(link), &attached.capsule, &attached.module.0, attached.limits, &attached.plan)
+}
+
+/// Asks the OS to kill this process when the daemon that started it dies (a SIGKILLed
+/// daemon must leave no capsule behind), then checks the daemon did not die already.
+fn die_with_parent() -> Result<(), String> {
+    let Some(parent) = std::env::var(PARENT_ENV).ok().and_then(|pid| pid.parse::<i32>().ok()) else {
+        return Ok(());
+    };
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| format!("cannot tie this process to the daemon's life: {e}"))?;
+    if nix::unistd::getppid().as_raw() != parent {
+        return Err("the daemon that started this process is gone".to_owned());
+    }
+    Ok(())
+}
+
+/// Logs to stderr, which the daemon reads into its own log: `info`, or `ASTRID_LOG`.
+fn init_logging() {
+    let _ = env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .parse_env(env_logger::Env::new().filter("ASTRID_LOG"))
+        .format_timestamp(None)
+        .format_target(false)
+        .try_init();
+}

@@ -1,0 +1,77 @@
+//! The capsule host's end of a capsule-host connection (the protocol is described in
+//! [`super::capsule_session`]): attach, then one blocking host call at a time.
+//!
+//! Blocking std I/O, like the CLI's client: the interpreter calls host functions
+//! synchronously on its own thread, and a call is one frame out and one frame back.
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use super::capsule_session::{Attached, CallFrame, MAX_SESSION_FRAME, ReplyFrame, SessionStart};
+use super::client::{Client, ClientError};
+use super::frame::{FrameError, read_frame_blocking, write_frame_blocking};
+use crate::home::AstridHome;
+use crate::types::CapsuleAttach;
+use crate::wasm::host_call::{HostBackend, HostCall, HostReply};
+
+/// How long the daemon may take to attach (it verifies the capsule's files and hashes them).
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for one reply: a call may wait two minutes for a person, so a little more.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// An attached capsule-host connection; host calls go through it to the daemon.
+#[derive(Debug)]
+pub struct CapsuleLink {
+    stream: UnixStream,
+    next_id: u64,
+}
+
+impl CapsuleLink {
+    /// Connects to the daemon of `home`, attaches as `attach` says, and returns the link and
+    /// what to run. A refusal is [`ClientError::Rejected`] with the daemon's reason.
+    pub fn attach(home: &AstridHome, attach: CapsuleAttach) -> Result<(Self, Attached), ClientError> {
+        let mut stream = Client::connect_as(home, Some(attach))?.into_stream();
+        stream.set_read_timeout(Some(ATTACH_TIMEOUT))?;
+        let frame = read_frame_blocking(&mut stream, MAX_SESSION_FRAME)?.ok_or(ClientError::Closed)?;
+        let start: SessionStart =
+            serde_json::from_slice(&frame).map_err(|e| ClientError::Protocol(format!("bad session start: {e}")))?;
+        let attached = match start {
+            SessionStart::Attached(attached) => attached,
+            SessionStart::Refused { reason } => return Err(ClientError::Rejected(reason)),
+        };
+        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+        stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
+        Ok((Self { stream, next_id: 0 }, attached))
+    }
+
+    fn exchange(&mut self, call: HostCall) -> Result<HostReply, String> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let frame = serde_json::to_vec(&CallFrame { id, call }).map_err(|e| e.to_string())?;
+        write_frame_blocking(&mut self.stream, &frame).map_err(|e| format!("cannot reach the daemon: {e}"))?;
+        loop {
+            let frame = match read_frame_blocking(&mut self.stream, MAX_SESSION_FRAME) {
+                Ok(Some(frame)) => frame,
+                Ok(None) | Err(FrameError::Truncated { .. }) => return Err("the daemon closed the connection".into()),
+                Err(FrameError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Err(format!("no answer from the daemon within {REPLY_TIMEOUT:?}"));
+                }
+                Err(e) => return Err(format!("connection to the daemon failed: {e}")),
+            };
+            let reply: ReplyFrame =
+                serde_json::from_slice(&frame).map_err(|e| format!("the daemon sent a malformed reply: {e}"))?;
+            if reply.id == id {
+                return Ok(reply.reply);
+            }
+            log::warn!("ignoring the daemon's reply to call {} (waiting for {id})", reply.id);
+        }
+    }
+}
+
+impl HostBackend for CapsuleLink {
+    /// A lost or broken connection is a trap: the capsule cannot go on without its kernel.
+    fn call(&mut self, call: HostCall) -> HostReply {
+        self.exchange(call).unwrap_or_else(HostReply::Trap)
+    }
+}

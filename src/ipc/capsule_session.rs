@@ -1,0 +1,174 @@
+//! Capsule-host connections: a capsule running in another process, served by the daemon.
+//!
+//! A capsule host authenticates like any client (peer UID, token) and names, in its
+//! handshake, the capsule it serves ([`CapsuleAttach`]). The daemon attaches it
+//! ([`CapsuleHost::attach`]: ticket, pins, configuration, grant, audit) and answers with a
+//! [`SessionStart`]: the module, the limits and the plan, or why not. From then on the
+//! connection carries the capsule's host calls, strictly one at a time:
+//!
+//! ```text
+//! host   → daemon  {"id": 7, "call": {"fn": "kv_get", "key": "<base64>"}}
+//! daemon → host    {"id": 7, "reply": {"reply": "bytes", "value": "<base64>"}}
+//! ```
+//!
+//! Calls are performed by the capsule's [`crate::wasm::context::CapsuleContext`] on a thread
+//! of the daemon (they block: `ipc_recv`, approvals, HTTP), with the same checks and audit
+//! as a capsule on a daemon thread. When the connection ends the session's lifecycle is
+//! stopped, which wakes a call that is waiting, and the context (subscriptions, streams) is
+//! dropped with its thread.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
+
+use super::bridge::WRITE_TIMEOUT;
+use super::frame::{FrameReader, write_frame};
+use crate::types::CapsuleAttach;
+use crate::wasm::SandboxLimits;
+use crate::wasm::host_call::{Blob, HostBackend, HostCall, HostReply};
+use crate::wasm::runner::Plan;
+use crate::wasm::supervisor::{Attachment, CapsuleHost};
+
+/// Largest frame either side of a session sends: a 10 MiB file or body, in base64, in JSON.
+pub const MAX_SESSION_FRAME: usize = 16 * 1024 * 1024;
+
+/// The daemon's first frame on a capsule-host connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStart {
+    /// Serve this capsule.
+    Attached(Attached),
+    /// Not attached; the connection closes.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a capsule host needs to run its capsule, and nothing more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attached {
+    /// The capsule's name.
+    pub capsule: String,
+    /// The module, as the daemon verified it against its pin.
+    pub module: Blob,
+    /// The limits to apply to the instance and each call.
+    pub limits: SandboxLimits,
+    /// Lifecycle hook and interceptor bindings.
+    pub plan: Plan,
+}
+
+/// One host call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallFrame {
+    /// Chosen by the capsule host; echoed in the reply.
+    pub id: u64,
+    /// The call.
+    pub call: HostCall,
+}
+
+/// The answer to one host call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyFrame {
+    /// The call's id.
+    pub id: u64,
+    /// The answer.
+    pub reply: HostReply,
+}
+
+/// Serves one capsule-host connection until it closes or the daemon stops.
+pub(super) async fn serve(
+    capsules: Arc<CapsuleHost>,
+    id: u64,
+    attach: CapsuleAttach,
+    mut reader: FrameReader<OwnedReadHalf>,
+    mut writer: OwnedWriteHalf,
+    mut stop: watch::Receiver<bool>,
+) {
+    let attached = tokio::task::spawn_blocking(move || capsules.attach(&attach)).await;
+    let Attachment { prepared, lifecycle, limits } = match attached {
+        Ok(Ok(attachment)) => attachment,
+        Ok(Err(reason)) => {
+            log::warn!("client#{id}: capsule host refused: {reason}");
+            let _ = send(&mut writer, &SessionStart::Refused { reason }).await;
+            return;
+        }
+        Err(e) => return log::error!("client#{id}: attaching a capsule host failed: {e}"),
+    };
+    let name = prepared.context.capsule().to_owned();
+    let start = Attached { capsule: name.clone(), module: Blob(prepared.wasm), limits, plan: prepared.plan };
+    if let Err(e) = send(&mut writer, &SessionStart::Attached(start)).await {
+        return log::warn!("client#{id}: cannot start the session of capsule {name}: {e}");
+    }
+    log::info!("client#{id}: capsule host attached for capsule {name}");
+    let (calls, calls_rx) = std::sync::mpsc::channel::<CallFrame>();
+    let (replies_tx, mut replies) = mpsc::channel::<ReplyFrame>(1);
+    let mut context = prepared.context;
+    let worker = std::thread::Builder::new().name(format!("capsule-session:{name}")).spawn(move || {
+        while let Ok(frame) = calls_rx.recv() {
+            let reply = ReplyFrame { id: frame.id, reply: context.call(frame.call) };
+            if replies_tx.blocking_send(reply).is_err() {
+                return;
+            }
+        }
+    });
+    if let Err(e) = worker {
+        return log::error!("client#{id}: cannot start a session thread for capsule {name}: {e}");
+    }
+    reader.set_max(MAX_SESSION_FRAME);
+    let stopping = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    tokio::pin!(stopping);
+    let ended = loop {
+        tokio::select! {
+            () = &mut stopping => break "daemon shutting down".to_owned(),
+            reply = replies.recv() => match reply {
+                Some(reply) => {
+                    if let Err(e) = send(&mut writer, &reply).await {
+                        break format!("write failed: {e}");
+                    }
+                }
+                None => break "session thread ended".to_owned(),
+            },
+            frame = reader.next_frame() => match frame {
+                Ok(Some(frame)) => match serde_json::from_slice::<CallFrame>(&frame) {
+                    Ok(call) => {
+                        if calls.send(call).is_err() {
+                            break "session thread ended".to_owned();
+                        }
+                    }
+                    Err(e) => {
+                        // A malformed call still gets an answer when it names its id: the
+                        // guest that made it traps, the session goes on.
+                        let Some(call_id) = serde_json::from_slice::<Value>(&frame).ok().and_then(|v| v.get("id")?.as_u64())
+                        else {
+                            break format!("frame is not a host call: {e}");
+                        };
+                        let reply = ReplyFrame { id: call_id, reply: HostReply::Trap(format!("malformed host call: {e}")) };
+                        if let Err(e) = send(&mut writer, &reply).await {
+                            break format!("write failed: {e}");
+                        }
+                    }
+                },
+                Ok(None) => break "capsule host disconnected".to_owned(),
+                Err(e) => break format!("read error: {e}"),
+            },
+        }
+    };
+    lifecycle.stop();
+    drop(calls);
+    log::info!("client#{id}: capsule {name} session ended ({ended})");
+}
+
+async fn send<T: Serialize>(writer: &mut OwnedWriteHalf, frame: &T) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec(frame).map_err(std::io::Error::other)?;
+    match timeout(WRITE_TIMEOUT, write_frame(writer, &bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "capsule host is not reading")),
+    }
+}

@@ -1,0 +1,229 @@
+//! Capsules in a process of their own: the daemon's side of `isolation = "process"`.
+//!
+//! For each life of such a capsule the supervisor issues a one-time ticket and starts
+//! `astrid capsule-host --capsule NAME` with the ticket in its environment (never in argv,
+//! which every user can read). The child connects to the daemon's socket like any client,
+//! presents the ticket in its handshake, and from then on every host call of its capsule is
+//! decided by the daemon ([`super::runner::prepare`] runs when it attaches). The supervisor
+//! watches the child: a stop request terminates it, and its exit is the end of that life,
+//! with the reason the child printed last.
+//!
+//! The child gets a scrubbed environment, its own process group (a Ctrl-C meant for a
+//! foreground daemon does not race the daemon's own shutdown), and asks the OS to kill it
+//! when the daemon dies, so a SIGKILLed daemon leaves no capsule behind.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use subtle::ConstantTimeEq;
+
+use super::lifecycle::Lifecycle;
+use super::wait::block_on_timeout;
+
+/// The environment variable that carries a child's ticket.
+pub const TICKET_ENV: &str = "ASTRID_CAPSULE_TICKET";
+/// The environment variable that carries the daemon's pid (the child checks its parent).
+pub const PARENT_ENV: &str = "ASTRID_DAEMON_PID";
+/// How a capsule-host process begins the last line it prints when its capsule failed.
+pub const FAILURE_PREFIX: &str = "capsule failed: ";
+/// How long a ticket stays valid: the child attaches within milliseconds.
+const TICKET_LIFETIME: Duration = Duration::from_secs(30);
+/// How long a terminated child gets before it is killed.
+const TERMINATE_GRACE: Duration = Duration::from_secs(1);
+/// Environment variables a child keeps (logging only); everything else is dropped.
+const KEPT_ENV: &[&str] = &["RUST_LOG", "ASTRID_LOG", "RUST_BACKTRACE"];
+
+/// What a redeemed ticket stands for.
+#[derive(Debug, Clone)]
+pub struct Ticketed {
+    /// The capsule.
+    pub name: String,
+    /// Its installed directory.
+    pub dir: PathBuf,
+    /// The supervisor's lifecycle of it (readiness is reported there).
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+struct Pending {
+    ticket: [u8; 32],
+    issued: Instant,
+    ticketed: Ticketed,
+}
+
+/// Tickets issued and not yet redeemed.
+#[derive(Default)]
+pub struct Tickets(Mutex<Vec<Pending>>);
+
+impl std::fmt::Debug for Tickets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tickets").field("pending", &self.pending().len()).finish()
+    }
+}
+
+impl Tickets {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new ticket (hex) for one attach of `ticketed`.
+    pub fn issue(&self, ticketed: Ticketed) -> Result<String, String> {
+        let mut ticket = [0u8; 32];
+        getrandom::fill(&mut ticket).map_err(|e| format!("no randomness for a ticket: {e}"))?;
+        let mut pending = self.pending();
+        pending.retain(|p| p.issued.elapsed() < TICKET_LIFETIME);
+        pending.push(Pending { ticket, issued: Instant::now(), ticketed });
+        Ok(ticket.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The capsule `presented` was issued for, once; compared in constant time.
+    pub fn redeem(&self, presented: &str) -> Option<Ticketed> {
+        let presented = decode_hex(presented)?;
+        let mut pending = self.pending();
+        pending.retain(|p| p.issued.elapsed() < TICKET_LIFETIME);
+        let index = pending.iter().position(|p| bool::from(p.ticket.ct_eq(&presented)))?;
+        Some(pending.remove(index).ticketed)
+    }
+
+    /// Forgets the unredeemed tickets of `name` (its child is gone).
+    pub fn withdraw(&self, name: &str) {
+        self.pending().retain(|p| p.ticketed.name != name);
+    }
+}
+
+fn decode_hex(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let digits = std::str::from_utf8(pair).ok()?;
+        *slot = u8::from_str_radix(digits, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Runs one life of `name` in a child process and returns when the child exits (the reason
+/// it gave, if it failed) or, after terminating it, when `lifecycle` is stopped (`Ok`).
+pub fn run_child(
+    home: &Path,
+    tickets: &Tickets,
+    name: &str,
+    dir: &Path,
+    lifecycle: &Arc<Lifecycle>,
+) -> Result<(), String> {
+    lifecycle.reset_ready();
+    let ticket =
+        tickets.issue(Ticketed { name: name.to_owned(), dir: dir.to_path_buf(), lifecycle: Arc::clone(lifecycle) })?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the astrid binary: {e}"))?;
+    let mut command = Command::new(exe);
+    command
+        .args(["capsule-host", "--capsule", name])
+        .env_clear()
+        .env("ASTRID_HOME", home)
+        .env(TICKET_ENV, ticket)
+        .env(PARENT_ENV, std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    for key in KEPT_ENV {
+        if let Some(value) = std::env::var_os(key) {
+            command.env(key, value);
+        }
+    }
+    let mut child = command.spawn().map_err(|e| format!("cannot start a capsule-host process: {e}"))?;
+    let pid = child.id();
+    log::info!("capsule {name}: capsule-host process {pid} started");
+    let failure = Arc::new(Mutex::new(None::<String>));
+    let reader = child.stderr.take().map(|stderr| {
+        let (failure, capsule) = (Arc::clone(&failure), name.to_owned());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log::info!("capsule {capsule} (process {pid}): {line}");
+                if let Some(reason) = line.strip_prefix(FAILURE_PREFIX) {
+                    *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
+                }
+            }
+        })
+    });
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) => {}
+            Err(e) => {
+                log::error!("capsule {name}: cannot watch process {pid}: {e}");
+                break None;
+            }
+        }
+        if lifecycle.is_stopping() {
+            terminate(&mut child);
+            break None;
+        }
+        block_on_timeout(lifecycle.stopped(), Duration::from_millis(50));
+    };
+    tickets.withdraw(name);
+    if let Some(reader) = reader {
+        let _ = reader.join();
+    }
+    if lifecycle.is_stopping() {
+        return Ok(());
+    }
+    let reason = failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match (status, reason) {
+        (_, Some(reason)) => Err(reason),
+        (Some(status), None) if status.success() => Ok(()),
+        (Some(status), None) => Err(format!("capsule-host process {pid} {}", describe(status))),
+        (None, None) => Err(format!("lost track of capsule-host process {pid}")),
+    }
+}
+
+/// SIGTERM, then SIGKILL after a grace period; always reaped.
+fn terminate(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + TERMINATE_GRACE;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => "ended".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_is_redeemed_once_and_only_in_full() {
+        let tickets = Tickets::default();
+        let ticketed = || Ticketed { name: "hello".into(), dir: "/x".into(), lifecycle: Arc::default() };
+        let ticket = tickets.issue(ticketed()).expect("ticket");
+        assert_eq!(ticket.len(), 64);
+        assert!(tickets.redeem(&ticket[..63]).is_none());
+        assert!(tickets.redeem(&"0".repeat(64)).is_none());
+        assert!(tickets.redeem("not hex at all, but exactly sixty-four characters long, really!!").is_none());
+        assert_eq!(tickets.redeem(&ticket).map(|t| t.name), Some("hello".to_owned()));
+        assert!(tickets.redeem(&ticket).is_none(), "a ticket works once");
+        let other = tickets.issue(ticketed()).expect("ticket");
+        tickets.withdraw("hello");
+        assert!(tickets.redeem(&other).is_none(), "withdrawn with its child");
+    }
+}

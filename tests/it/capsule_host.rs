@@ -1,0 +1,175 @@
+//! The capsule-host role: capsules in processes of their own, attached to the real daemon over
+//! the real socket, every host call decided by the daemon.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::capsules::{ask, audit_tail, example, hostile_is_contained, install, wait_running};
+use crate::harness::TestHome;
+
+const PROCESS: (&str, &str) = ("ASTRID_CAPSULE_ISOLATION", "process");
+
+/// `(pid, capsule)` of every capsule-host process whose parent is `parent`.
+fn capsule_hosts(parent: i32) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The fields after the parenthesised command: state, ppid, …
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+        if ppid != Some(parent) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.iter().any(|a| a == "capsule-host")
+            && let Some(i) = args.iter().position(|a| a == "--capsule")
+        {
+            found.push((pid, args.get(i + 1).cloned().unwrap_or_default()));
+        }
+    }
+    found
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie has exited; /proc keeps its entry until it is reaped.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+}
+
+fn entries<'a>(audit: &'a [Value], action: &str) -> Vec<&'a Value> {
+    audit.iter().filter(|e| e["action"] == action).collect()
+}
+
+#[test]
+fn capsules_in_processes_of_their_own_serve_like_capsules_on_threads() {
+    let t = TestHome::new();
+    std::fs::write(t.workspace.join("secrets.txt"), "top secret").expect("write");
+    let mut daemon = t.daemon_with(&[], &[PROCESS]);
+    for name in ["hello", "kv-counter", "file-tool"] {
+        install(&t, name);
+    }
+    let mut client = t.client();
+    wait_running(&t, &mut client, &["hello", "kv-counter", "file-tool"]);
+    let mut hosts: Vec<String> = capsule_hosts(daemon.pid()).into_iter().map(|(_, name)| name).collect();
+    hosts.sort();
+    assert_eq!(hosts, ["file-tool", "hello", "kv-counter"].map(String::from).to_vec(), "one process per capsule");
+
+    assert_eq!(ask(&mut client, "user.v1.prompt", "world"), "hello, world");
+    let exec = "cli.v1.command.execute";
+    assert_eq!(ask(&mut client, exec, "/count"), "count = 1");
+    assert_eq!(ask(&mut client, exec, "/count"), "count = 2");
+    assert_eq!(ask(&mut client, exec, "/write notes/todo.txt buy milk"), "wrote 8 bytes to notes/todo.txt");
+    assert_eq!(ask(&mut client, exec, "/read notes/todo.txt"), "buy milk");
+    assert_eq!(ask(&mut client, exec, "/read secrets.txt"), "error: capability-denied");
+    assert!(!t.workspace.join("notes/todo.txt").exists(), "writes still wait in the overlay");
+
+    let audit = audit_tail(&t);
+    let attached: Vec<&str> = entries(&audit, "capsule.attach")
+        .into_iter()
+        .filter(|e| e["decision"] == "allow")
+        .filter_map(|e| e["resource"].as_str())
+        .collect();
+    for name in ["hello", "kv-counter", "file-tool"] {
+        assert!(attached.contains(&name), "{name} attach audited: {attached:?}");
+    }
+    let denied = entries(&audit, "capability.check").into_iter().any(|e| {
+        e["decision"] == "deny"
+            && e["actor"]["name"] == "file-tool"
+            && e["resource"].as_str().is_some_and(|r| r.contains("secrets.txt"))
+    });
+    assert!(denied, "the daemon decided and audited the process's file access");
+
+    // The install hook ran once, in the process, and was recorded by the daemon.
+    let installed = t.cli(&["kv", "get", "installed", "--capsule", "kv-counter"]);
+    assert_eq!(String::from_utf8_lossy(&installed.stdout).trim(), "yes");
+
+    let pids: Vec<i32> = capsule_hosts(daemon.pid()).into_iter().map(|(pid, _)| pid).collect();
+    drop(client);
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    let (status, _) = daemon.wait_exit(Duration::from_secs(10)).expect("daemon exits");
+    assert!(status.success(), "{status:?}\n{}", t.log());
+    assert!(t.wait_for(|| pids.iter().all(|pid| !alive(*pid)), Duration::from_secs(5)), "capsule hosts stopped");
+}
+
+#[test]
+fn the_hostile_capsule_is_contained_in_a_process_of_its_own_too() {
+    hostile_is_contained(&[PROCESS]);
+}
+
+/// A copy of the hello example whose manifest asks for a process of its own.
+fn isolated_hello(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("dir");
+    let source = example("hello");
+    std::fs::copy(source.join("hello.wasm"), dir.join("hello.wasm")).expect("wasm");
+    let manifest = std::fs::read_to_string(source.join("Capsule.toml")).expect("manifest");
+    let manifest = manifest.replace("file = \"hello.wasm\"", "file = \"hello.wasm\"\nisolation = \"process\"");
+    std::fs::write(dir.join("Capsule.toml"), manifest).expect("manifest");
+}
+
+#[test]
+fn a_manifest_asks_for_a_process_a_killed_one_is_restarted_and_a_killed_daemon_leaves_none() {
+    let t = TestHome::new();
+    let source = t.workspace.join("src-hello");
+    isolated_hello(&source);
+    let mut daemon = t.daemon_with(&[], &[("ASTRID_CAPSULE_BACKOFF_MS", "100")]);
+    let installed = t.cli(&["capsule", "install", source.to_str().expect("utf8"), "--yes"]);
+    assert_eq!(installed.status.code(), Some(0), "{}", String::from_utf8_lossy(&installed.stderr));
+    install(&t, "kv-counter");
+    let mut client = t.client();
+    wait_running(&t, &mut client, &["hello", "kv-counter"]);
+    let hosts = capsule_hosts(daemon.pid());
+    assert_eq!(hosts.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>(), ["hello"], "only hello asked for one");
+    assert_eq!(ask(&mut client, "user.v1.prompt", "world"), "hello, world");
+
+    // An interpreter process that dies is a crash of that capsule alone: audited, restarted.
+    let first = hosts[0].0;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let crashed = || {
+        audit_tail(&t).into_iter().any(|e| {
+            e["action"] == "capsule.crashed" && e["rule"].as_str().is_some_and(|r| r.contains("killed by signal 9"))
+        })
+    };
+    assert!(t.wait_for(crashed, Duration::from_secs(10)), "crash audited\n{}", t.log());
+    let restarted = || capsule_hosts(daemon.pid()).iter().any(|(pid, n)| n == "hello" && *pid != first);
+    assert!(t.wait_for(restarted, Duration::from_secs(10)), "restarted\n{}", t.log());
+    wait_running(&t, &mut client, &["hello"]);
+    assert_eq!(ask(&mut client, "user.v1.prompt", "again"), "hello, again");
+    assert_eq!(ask(&mut client, "cli.v1.command.execute", "/count"), "count = 1", "the others never noticed");
+
+    // SIGKILL gives the daemon no chance to stop anything: the OS ends its capsule hosts.
+    let pids: Vec<i32> = capsule_hosts(daemon.pid()).into_iter().map(|(pid, _)| pid).collect();
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    daemon.wait_exit(Duration::from_secs(5)).expect("killed");
+    assert!(t.wait_for(|| pids.iter().all(|pid| !alive(*pid)), Duration::from_secs(5)), "orphans: {pids:?}");
+}
+
+#[test]
+fn a_capsule_host_needs_the_ticket_the_daemon_gave_it() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    install(&t, "hello");
+
+    let output = t.cli(&["capsule-host", "--capsule", "hello"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("astrid capsule run DIR"));
+
+    let forged = "0".repeat(64);
+    for role in ["astrid", "astrid-capsule-host"] {
+        let mut command = t.command(role);
+        if role == "astrid" {
+            command.arg("capsule-host");
+        }
+        let output = command.args(["--capsule", "hello"]).env("ASTRID_CAPSULE_TICKET", &forged).output().expect("run");
+        assert_eq!(output.status.code(), Some(1), "{role}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("capsule failed: cannot attach") && stderr.contains("ticket"), "{role}: {stderr}");
+    }
+    let refusals =
+        audit_tail(&t).into_iter().filter(|e| e["action"] == "capsule.attach" && e["decision"] == "deny").count();
+    assert_eq!(refusals, 2, "each refused attach is audited");
+    let mut client = t.client();
+    assert_eq!(ask(&mut client, "user.v1.prompt", "still here"), "hello, still here");
+}
