@@ -16,6 +16,7 @@ use argh::FromArgs;
 
 use crate::home::AstridHome;
 use crate::ipc::capsule_link::CapsuleLink;
+use crate::ipc::capsule_session::Attached;
 use crate::types::CapsuleAttach;
 use crate::wasm::process::{FAILURE_PREFIX, PARENT_ENV, TICKET_ENV};
 use crate::wasm::runner;
@@ -32,7 +33,7 @@ pub struct CapsuleHostArgs {
 
 /// Runs the role.
 pub fn main(args: &CapsuleHostArgs) -> ExitCode {
-    init_logging();
+    init_logging(false);
     let Ok(ticket) = std::env::var(TICKET_ENV) else {
         eprintln!(
             "astrid capsule-host: no {TICKET_ENV}; this role is started by the daemon for capsules with \
@@ -68,6 +69,11 @@ pub fn main(args: &CapsuleHostArgs) -> ExitCode {
 /// Attaches as `attach` says and runs the capsule the daemon hands over until it ends.
 pub fn serve(home: &AstridHome, attach: CapsuleAttach) -> Result<(), String> {
     let (link, attached) = CapsuleLink::attach(home, attach).map_err(|e| format!("cannot attach: {e}"))?;
+    run_attached(link, &attached)
+}
+
+/// Runs the capsule of an attached link until it ends.
+pub fn run_attached(link: CapsuleLink, attached: &Attached) -> Result<(), String> {
     log::info!("capsule {}: attached; {} bytes of module", attached.capsule, attached.module.0.len());
     runner::run_remote(Box::new(link), &attached.capsule, &attached.module.0, attached.limits, &attached.plan)
 }
@@ -86,10 +92,14 @@ fn die_with_parent() -> Result<(), String> {
     Ok(())
 }
 
-/// Logs to stderr, which the daemon reads into its own log: `info`, or `ASTRID_LOG`.
-fn init_logging() {
+/// Logs to stderr (which the daemon reads into its own log): `info`, or `ASTRID_LOG`. The
+/// guest's own lines (target `astrid::capsule`) are shown too with `guest_lines`: the daemon
+/// logs them already, but an author running a capsule wants them in the terminal.
+pub fn init_logging(guest_lines: bool) {
+    let guest = if guest_lines { log::LevelFilter::Debug } else { log::LevelFilter::Info };
     let _ = env_logger::Builder::new()
         .filter_level(log::LevelFilter::Info)
+        .filter_module("astrid::capsule", guest)
         .parse_env(env_logger::Env::new().filter("ASTRID_LOG"))
         .format_timestamp(None)
         .format_target(false)

@@ -1,6 +1,7 @@
-//! `astrid capsule …`: install, remove, list and show capsules. Every subcommand goes
-//! through the daemon (starting an ephemeral one when none runs): it owns the capsule
-//! directories, the grants and the audit trail, and starts what is installed.
+//! `astrid capsule …`: install, remove, list and show capsules, and run a capsule directory
+//! for its author. Every subcommand goes through the daemon (starting an ephemeral one when
+//! none runs): it owns the capsule directories, the grants and the audit trail, and starts
+//! what is installed.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -12,11 +13,13 @@ use serde_json::Value;
 
 use std::collections::BTreeMap;
 
-use super::{caps, request};
+use super::{caps, request, spawn};
+use crate::capsule_host;
 use crate::home::{AstridHome, DEFAULT_PRINCIPAL};
+use crate::ipc::capsule_link::{AttachError, CapsuleLink};
 use crate::kernel::capsules::MANIFEST_FILE;
 use crate::kernel::manifest::Manifest;
-use crate::types::{KernelRequest, KernelResponse};
+use crate::types::{CapsuleAttach, KernelRequest, KernelResponse};
 use crate::wasm::config;
 
 /// manage capsules
@@ -34,6 +37,20 @@ enum CapsuleCommand {
     Show(ShowArgs),
     Install(InstallArgs),
     Remove(RemoveArgs),
+    Run(RunArgs),
+}
+
+/// run a capsule directory in this process against the daemon, until it ends or Ctrl-C
+/// (for authors: nothing is installed, and its grant lasts as long as the run)
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "run")]
+struct RunArgs {
+    /// the capsule directory (its Capsule.toml and built module)
+    #[argh(positional)]
+    dir: PathBuf,
+    /// consent to the capabilities it requests without asking
+    #[argh(switch, short = 'y')]
+    yes: bool,
 }
 
 /// list the capsules the daemon knows, with their state
@@ -94,6 +111,7 @@ pub fn run(home: &AstridHome, args: &CapsuleArgs) -> anyhow::Result<ExitCode> {
         CapsuleCommand::List(list) => self::list(home, list),
         CapsuleCommand::Show(show) => self::show(home, show),
         CapsuleCommand::Install(install) => self::install(home, install),
+        CapsuleCommand::Run(run) => self::run_dir(home, run),
         CapsuleCommand::Remove(remove) => {
             let reply = request::send(
                 home,
@@ -203,6 +221,41 @@ fn install(home: &AstridHome, args: &InstallArgs) -> anyhow::Result<ExitCode> {
         }
         KernelResponse::Error(message) => bail!("{message}"),
         other => bail!("unexpected reply to InstallCapsule: {other:?}"),
+    }
+}
+
+/// `capsule run`: this process becomes the capsule's host, attached to the daemon (see
+/// [`crate::wasm::development`]); the daemon decides every host call, as for any capsule.
+fn run_dir(home: &AstridHome, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let dir = args.dir.canonicalize().with_context(|| format!("cannot find {}", args.dir.display()))?;
+    spawn::ensure_daemon(home)?;
+    capsule_host::init_logging(true);
+    let mut attach = CapsuleAttach { dir: Some(dir.display().to_string()), approve: args.yes, ticket: None };
+    let (link, attached) = loop {
+        match CapsuleLink::attach(home, attach.clone()) {
+            Ok(attached) => break attached,
+            Err(AttachError::ConsentRequired { capsule, capabilities }) if !attach.approve => {
+                println!("{capsule} requests these capabilities for this run:");
+                for capability in &capabilities {
+                    println!("  {capability}");
+                }
+                if !confirm("Grant them until it stops?")? {
+                    println!("not started: run it with --yes to consent without a terminal");
+                    return Ok(ExitCode::from(3));
+                }
+                attach.approve = true;
+            }
+            Err(e) => bail!("{e}"),
+        }
+    };
+    let name = attached.capsule.clone();
+    println!("running {name} from {} (Ctrl-C stops it)", dir.display());
+    match capsule_host::run_attached(link, &attached) {
+        Ok(()) => {
+            println!("{name} ended");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(reason) => bail!("capsule {name} failed: {reason}"),
     }
 }
 

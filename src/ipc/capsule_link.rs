@@ -20,6 +20,22 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for one reply: a call may wait two minutes for a person, so a little more.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(150);
 
+/// Why attaching failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// Connecting, the handshake or the session start failed, or the daemon refused.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A development capsule requests capabilities the person running it must consent to.
+    #[error("{capsule} requests capabilities that need your consent: {}", capabilities.join(", "))]
+    ConsentRequired {
+        /// The capsule.
+        capsule: String,
+        /// What it requests.
+        capabilities: Vec<String>,
+    },
+}
+
 /// An attached capsule-host connection; host calls go through it to the daemon.
 #[derive(Debug)]
 pub struct CapsuleLink {
@@ -30,18 +46,23 @@ pub struct CapsuleLink {
 impl CapsuleLink {
     /// Connects to the daemon of `home`, attaches as `attach` says, and returns the link and
     /// what to run. A refusal is [`ClientError::Rejected`] with the daemon's reason.
-    pub fn attach(home: &AstridHome, attach: CapsuleAttach) -> Result<(Self, Attached), ClientError> {
+    pub fn attach(home: &AstridHome, attach: CapsuleAttach) -> Result<(Self, Attached), AttachError> {
         let mut stream = Client::connect_as(home, Some(attach))?.into_stream();
-        stream.set_read_timeout(Some(ATTACH_TIMEOUT))?;
-        let frame = read_frame_blocking(&mut stream, MAX_SESSION_FRAME)?.ok_or(ClientError::Closed)?;
+        stream.set_read_timeout(Some(ATTACH_TIMEOUT)).map_err(ClientError::Io)?;
+        let frame = read_frame_blocking(&mut stream, MAX_SESSION_FRAME)
+            .map_err(ClientError::from)?
+            .ok_or(ClientError::Closed)?;
         let start: SessionStart =
             serde_json::from_slice(&frame).map_err(|e| ClientError::Protocol(format!("bad session start: {e}")))?;
         let attached = match start {
             SessionStart::Attached(attached) => attached,
-            SessionStart::Refused { reason } => return Err(ClientError::Rejected(reason)),
+            SessionStart::Refused { reason } => return Err(ClientError::Rejected(reason).into()),
+            SessionStart::ConsentRequired { capsule, capabilities } => {
+                return Err(AttachError::ConsentRequired { capsule, capabilities });
+            }
         };
-        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-        stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
+        stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(ClientError::Io)?;
+        stream.set_write_timeout(Some(REPLY_TIMEOUT)).map_err(ClientError::Io)?;
         Ok((Self { stream, next_id: 0 }, attached))
     }
 

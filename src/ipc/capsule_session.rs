@@ -29,12 +29,14 @@ use super::bridge::WRITE_TIMEOUT;
 use super::frame::{FrameReader, write_frame};
 use crate::types::CapsuleAttach;
 use crate::wasm::SandboxLimits;
+use crate::wasm::development::Refusal;
 use crate::wasm::host_call::{Blob, HostBackend, HostCall, HostReply};
 use crate::wasm::runner::Plan;
 use crate::wasm::supervisor::{Attachment, CapsuleHost};
 
-/// Largest frame either side of a session sends: a 10 MiB file or body, in base64, in JSON.
-pub const MAX_SESSION_FRAME: usize = 16 * 1024 * 1024;
+/// Largest frame either side of a session sends: the session start carries a module of up to
+/// 64 MiB in base64; calls carry at most a 10 MiB file or body.
+pub const MAX_SESSION_FRAME: usize = 96 * 1024 * 1024;
 
 /// The daemon's first frame on a capsule-host connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +48,14 @@ pub enum SessionStart {
     Refused {
         /// Why.
         reason: String,
+    },
+    /// A development capsule requests capabilities: attach again with `approve` once the
+    /// person running it consented.
+    ConsentRequired {
+        /// The capsule.
+        capsule: String,
+        /// What it requests.
+        capabilities: Vec<String>,
     },
 }
 
@@ -90,11 +100,15 @@ pub(super) async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let attached = tokio::task::spawn_blocking(move || capsules.attach(&attach)).await;
-    let Attachment { prepared, lifecycle, limits } = match attached {
+    let Attachment { prepared, lifecycle, limits, registration } = match attached {
         Ok(Ok(attachment)) => attachment,
-        Ok(Err(reason)) => {
+        Ok(Err(Refusal::Refused(reason))) => {
             log::warn!("client#{id}: capsule host refused: {reason}");
             let _ = send(&mut writer, &SessionStart::Refused { reason }).await;
+            return;
+        }
+        Ok(Err(Refusal::ConsentRequired { capsule, capabilities })) => {
+            let _ = send(&mut writer, &SessionStart::ConsentRequired { capsule, capabilities }).await;
             return;
         }
         Err(e) => return log::error!("client#{id}: attaching a capsule host failed: {e}"),
@@ -162,6 +176,7 @@ pub(super) async fn serve(
     };
     lifecycle.stop();
     drop(calls);
+    drop(registration);
     log::info!("client#{id}: capsule {name} session ended ({ended})");
 }
 

@@ -117,6 +117,7 @@ pub(super) fn describe(kernel: &Kernel) -> KernelResponse {
                 CapsuleOrigin::BuiltIn => "built-in",
                 CapsuleOrigin::Principal => "home",
                 CapsuleOrigin::Workspace => "workspace",
+                CapsuleOrigin::Development => "development",
             };
             json!({
                 "name": c.name,

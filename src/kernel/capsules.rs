@@ -22,6 +22,7 @@ use super::capability::CapabilitySet;
 use super::dependencies::{Interfaces, load_order};
 use super::grants::GrantStatus;
 use super::install::verify_installed;
+use super::manifest::Manifest;
 use crate::types::kernel_api::{CapsuleMetadataEntry, CommandInfo};
 
 /// The name under which the built-in socket bridge is listed.
@@ -38,6 +39,9 @@ pub enum CapsuleOrigin {
     Principal,
     /// `<workspace>/.astrid/capsules/`.
     Workspace,
+    /// A directory an author runs with `astrid capsule run`, for as long as that runs; the
+    /// daemon does not start it (the author's process is its capsule host).
+    Development,
 }
 
 /// What a registered capsule is doing.
@@ -168,6 +172,22 @@ impl CapsuleRegistry {
         &mut self.capsules
     }
 
+    /// Adds `capsule` at the end (a development capsule), unless its name is taken: whether
+    /// it was added.
+    pub fn add(&mut self, capsule: Capsule) -> bool {
+        if self.get(&capsule.name).is_some() {
+            return false;
+        }
+        self.capsules.push(capsule);
+        true
+    }
+
+    /// Removes the capsule called `name` if it came from `origin`.
+    pub fn remove(&mut self, name: &str, origin: CapsuleOrigin) -> Option<Capsule> {
+        let index = self.capsules.iter().position(|c| c.name == name && c.origin == origin)?;
+        Some(self.capsules.remove(index))
+    }
+
     /// The capsule called `name`.
     pub fn get(&self, name: &str) -> Option<&Capsule> {
         self.capsules.iter().find(|c| c.name == name)
@@ -255,29 +275,42 @@ fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
             };
         }
     };
-    let name = manifest.package.name;
-    log::info!("capsule {name} found in {}", dir.display());
-    Capsule {
-        commands: manifest
-            .commands
-            .into_iter()
-            .map(|c| CommandInfo {
-                name: c.name,
-                description: c.description.unwrap_or_else(|| "No description".to_owned()),
-                provider_capsule: name.clone(),
-            })
-            .collect(),
-        interceptor_events: manifest.interceptors.into_iter().map(|i| i.event).collect(),
-        name,
-        version: Some(manifest.package.version),
-        origin,
-        dir: Some(dir.to_path_buf()),
-        state: CapsuleState::Installed,
-        interfaces: Interfaces::from_manifest(manifest.other.get("imports"), manifest.other.get("exports")),
-        capabilities: manifest.capabilities,
-        code_hash,
-        manifest_hash,
-        grant: GrantStatus::NothingRequested,
+    log::info!("capsule {} found in {}", manifest.package.name, dir.display());
+    Capsule::from_manifest(manifest, dir, origin, code_hash, manifest_hash)
+}
+
+impl Capsule {
+    /// The registry entry of a valid manifest found in `dir`.
+    pub fn from_manifest(
+        manifest: Manifest,
+        dir: &Path,
+        origin: CapsuleOrigin,
+        code_hash: Option<String>,
+        manifest_hash: Option<String>,
+    ) -> Self {
+        let name = manifest.package.name;
+        Self {
+            commands: manifest
+                .commands
+                .into_iter()
+                .map(|c| CommandInfo {
+                    name: c.name,
+                    description: c.description.unwrap_or_else(|| "No description".to_owned()),
+                    provider_capsule: name.clone(),
+                })
+                .collect(),
+            interceptor_events: manifest.interceptors.into_iter().map(|i| i.event).collect(),
+            name,
+            version: Some(manifest.package.version),
+            origin,
+            dir: Some(dir.to_path_buf()),
+            state: CapsuleState::Installed,
+            interfaces: Interfaces::from_manifest(manifest.other.get("imports"), manifest.other.get("exports")),
+            capabilities: manifest.capabilities,
+            code_hash,
+            manifest_hash,
+            grant: GrantStatus::NothingRequested,
+        }
     }
 }
 

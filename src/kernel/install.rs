@@ -163,6 +163,17 @@ fn read_module(path: &Path, manifest: &Manifest) -> Result<Vec<u8>, InstallError
     Ok(bytes)
 }
 
+/// Loads a capsule directory that is not installed (`astrid capsule run DIR`): its manifest
+/// and module, checked like an install would check them, but with no pins to compare.
+pub fn load_unpinned(dir: &Path) -> Result<(Manifest, Option<Vec<u8>>), InstallError> {
+    let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
+    let wasm = match component_path(dir, &manifest)? {
+        Some(path) => Some(read_module(&path, &manifest)?),
+        None => None,
+    };
+    Ok((manifest, wasm))
+}
+
 /// Loads and checks an installed capsule: `meta.json` present, manifest and module matching
 /// their pinned hashes. Called at discovery and again right before a capsule starts.
 pub fn verify_installed(dir: &Path) -> Result<VerifiedCapsule, InstallError> {

@@ -222,6 +222,42 @@ impl Kernel {
         outcome
     }
 
+    /// Registers a capsule an author runs from its directory (`astrid capsule run`), with
+    /// the consent the author gave for this run: approved, and gone with
+    /// [`Kernel::unregister_development`]. Refused when an installed or running capsule has
+    /// the name. Audited either way, with what was granted.
+    pub fn register_development(&self, mut capsule: capsules::Capsule) -> Result<(), String> {
+        let name = capsule.name.clone();
+        let granted = capsule.capabilities.entries().collect::<Vec<_>>().join(", ");
+        capsule.origin = capsules::CapsuleOrigin::Development;
+        capsule.grant =
+            if capsule.capabilities.is_empty() { GrantStatus::NothingRequested } else { GrantStatus::Approved };
+        let added = self.capsules().add(capsule);
+        if !added {
+            let reason = format!(
+                "a capsule called {name} is already installed or running; remove it or rename the development copy"
+            );
+            self.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.develop", &name, Decision::Deny, &reason);
+            return Err(reason);
+        }
+        let rule = if granted.is_empty() {
+            "no capabilities requested".to_owned()
+        } else {
+            format!("granted for this run: {granted}")
+        };
+        self.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.develop", &name, Decision::Allow, &rule);
+        self.capsules_changed.send_modify(|generation| *generation += 1);
+        Ok(())
+    }
+
+    /// Removes a development capsule and its consent (its run ended).
+    pub fn unregister_development(&self, name: &str) {
+        if self.capsules().remove(name, capsules::CapsuleOrigin::Development).is_some() {
+            self.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.develop", name, Decision::Info, "run ended");
+            self.capsules_changed.send_modify(|generation| *generation += 1);
+        }
+    }
+
     /// A receiver that changes whenever the registry or a grant changed: the capsule host
     /// watches it to start, restart or stop capsules (the kernel does not run them itself).
     pub fn capsules_changed(&self) -> watch::Receiver<u64> {
@@ -245,7 +281,10 @@ impl Kernel {
     pub fn refresh_grants(&self) {
         let mut registry = self.capsules();
         for capsule in registry.capsules_mut() {
-            if matches!(capsule.state, capsules::CapsuleState::Failed(_)) {
+            // A development capsule's consent was given by the person running it, for that run.
+            if matches!(capsule.state, capsules::CapsuleState::Failed(_))
+                || capsule.origin == capsules::CapsuleOrigin::Development
+            {
                 continue;
             }
             capsule.grant = self
@@ -339,7 +378,21 @@ impl Kernel {
     /// `astrid.v1.capsules_loaded`. Returns the number of capsules registered.
     pub fn reload_capsules(&self) -> usize {
         self.rescans.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let registry = CapsuleRegistry::discover(&self.capsule_dirs());
+        let mut registry = CapsuleRegistry::discover(&self.capsule_dirs());
+        // Capsules being run by their authors are not on disk to be found: they stay.
+        let development: Vec<capsules::Capsule> = self
+            .capsules()
+            .capsules()
+            .iter()
+            .filter(|c| c.origin == capsules::CapsuleOrigin::Development)
+            .cloned()
+            .collect();
+        for capsule in development {
+            let name = capsule.name.clone();
+            if !registry.add(capsule) {
+                log::warn!("development capsule {name} is now shadowed by an installed one");
+            }
+        }
         let count = registry.capsules().len();
         *self.capsules() = registry;
         self.refresh_grants();

@@ -16,6 +16,7 @@
 mod approval;
 pub mod config;
 pub mod context;
+pub mod development;
 mod elicit;
 pub mod host_call;
 mod host_fs;

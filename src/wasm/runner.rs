@@ -28,6 +28,7 @@ use crate::home::DEFAULT_PRINCIPAL;
 use crate::kernel::capability::Capability;
 use crate::kernel::capsules::CapsuleState;
 use crate::kernel::install::{CapsuleMeta, hash_hex, verify_installed};
+use crate::kernel::manifest::Manifest;
 use crate::kernel::{BusMessage, Kernel, Origin, topic};
 use crate::store::Namespace;
 use crate::types::{IpcMessage, IpcPayload};
@@ -67,8 +68,8 @@ pub struct Prepared {
     pub plan: Plan,
 }
 
-/// The kernel's half of starting `name` from `dir` (see the module documentation). Readiness
-/// signalled on `lifecycle` marks the capsule ready in the registry.
+/// The kernel's half of starting the installed capsule `name` from `dir` (see the module
+/// documentation). Readiness signalled on `lifecycle` marks the capsule ready in the registry.
 pub fn prepare(
     kernel: &Arc<Kernel>,
     host: &HostConfig,
@@ -76,11 +77,27 @@ pub fn prepare(
     dir: &Path,
     lifecycle: Arc<Lifecycle>,
 ) -> Result<Prepared, String> {
-    lifecycle.reset_ready();
     let verified = verify_installed(dir).map_err(|e| e.to_string())?;
+    if verified.manifest.package.name != name {
+        return Err(format!("{} now holds capsule {}", dir.display(), verified.manifest.package.name));
+    }
     let wasm = verified.wasm.ok_or("the capsule has no module")?;
+    prepare_loaded(kernel, host, &verified.manifest, wasm, Some(verified.meta), lifecycle)
+}
+
+/// [`prepare`] for a manifest and module already loaded (and checked): `installed` is the
+/// install record, or `None` for a development run (which runs `astrid_install` each time).
+pub fn prepare_loaded(
+    kernel: &Arc<Kernel>,
+    host: &HostConfig,
+    manifest: &Manifest,
+    wasm: Vec<u8>,
+    installed: Option<CapsuleMeta>,
+    lifecycle: Arc<Lifecycle>,
+) -> Result<Prepared, String> {
+    lifecycle.reset_ready();
+    let name = manifest.package.name.as_str();
     let hash = hash_hex(&wasm);
-    let manifest = &verified.manifest;
     let home = &kernel.config().home;
     let (values, missing) = config::resolve(home, DEFAULT_PRINCIPAL, name, &manifest.env);
     if !missing.is_empty() {
@@ -121,8 +138,14 @@ pub fn prepare(
     let bindings: Vec<Binding> =
         interceptors.iter().map(|i| Binding { event: i.event.clone(), action: i.action.clone() }).collect();
     context.set_interceptors(bindings.iter().map(|b| b.event.clone()).collect());
-    let lifecycle_hook = due_hook(kernel, name, &verified.meta);
-    context.set_installed(verified.meta);
+    let lifecycle_hook = match installed {
+        Some(meta) => {
+            let due = due_hook(kernel, name, &meta);
+            context.set_installed(meta);
+            due
+        }
+        None => Some(INSTALL_EXPORT.to_owned()),
+    };
     let (registry, capsule) = (Arc::clone(kernel), name.to_owned());
     lifecycle.on_ready(move || {
         log::info!("capsule {capsule} is ready");

@@ -541,7 +541,10 @@ fn link(linker: &mut Linker<HostState>) -> Result<(), SandboxError> {
             "log",
             |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<(), wasmi::Error> {
                 let bytes = read_guest(&mut caller, ptr, len, MAX_LOG)?;
-                caller.data_mut().logs.push(String::from_utf8_lossy(&bytes).into_owned());
+                let line = String::from_utf8_lossy(&bytes).into_owned();
+                // The kernel side logs it for the operator; this is for whoever runs the guest.
+                log::debug!(target: "astrid::capsule", "{}: {line}", caller.data().capsule);
+                caller.data_mut().logs.push(line);
                 forward(&mut caller, HostCall::Log { line: bytes.into() }).map(drop)
             },
         )

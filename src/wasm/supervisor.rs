@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::development::{self, Refusal};
 use super::lifecycle::Lifecycle;
 use super::process::{self, Tickets};
 use super::sandbox::Sandbox;
@@ -185,6 +186,8 @@ pub struct Attachment {
     pub lifecycle: Arc<Lifecycle>,
     /// The limits the capsule host must apply.
     pub limits: SandboxLimits,
+    /// A development capsule's registration, dropped (unregistered) with the session.
+    pub registration: Option<development::Registration>,
 }
 
 impl std::fmt::Debug for CapsuleHost {
@@ -218,7 +221,9 @@ impl CapsuleHost {
             .capsules()
             .capsules()
             .iter()
-            .filter(|c| c.origin != CapsuleOrigin::BuiltIn && c.code_hash.is_some())
+            // Built-ins are the daemon itself; development capsules run in their author's process.
+            .filter(|c| !matches!(c.origin, CapsuleOrigin::BuiltIn | CapsuleOrigin::Development))
+            .filter(|c| c.code_hash.is_some())
             .filter(|c| !matches!(c.state, CapsuleState::Failed(_)))
             .filter(|c| matches!(c.grant, GrantStatus::Approved | GrantStatus::NothingRequested))
             .filter_map(|c| {
@@ -410,28 +415,48 @@ impl CapsuleHost {
             .unwrap_or_default()
     }
 
-    /// Attaches a capsule-host connection to the capsule its ticket was issued for: the
-    /// kernel's half of starting it runs here, in the daemon, and stays here (the connection
-    /// carries only the module, the limits and the plan). Audited either way.
-    pub fn attach(&self, request: &CapsuleAttach) -> Result<Attachment, String> {
+    /// Attaches a capsule-host connection: to the capsule its ticket was issued for, or to
+    /// the development capsule in the directory it names (see [`development`]). The kernel's
+    /// half of starting it runs here, in the daemon, and stays here (the connection carries
+    /// only the module, the limits and the plan). Audited either way.
+    pub fn attach(&self, request: &CapsuleAttach) -> Result<Attachment, Refusal> {
         let audit = |capsule: &str, decision, rule: &str| {
             self.kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.attach", capsule, decision, rule);
         };
+        let refuse = |capsule: &str, reason: String| {
+            audit(capsule, Decision::Deny, &reason);
+            Refusal::Refused(reason)
+        };
+        let session = Arc::new(Lifecycle::default());
+        if let (None, Some(dir)) = (&request.ticket, &request.dir) {
+            let loaded = development::load(&self.kernel, dir, request.approve)?;
+            let name = loaded.manifest.package.name.clone();
+            let prepared = runner::prepare_loaded(
+                &self.kernel,
+                &self.config,
+                &loaded.manifest,
+                loaded.wasm,
+                None,
+                session.clone(),
+            )
+            .map_err(|reason| refuse(&name, reason))?;
+            audit(&name, Decision::Allow, &format!("development run of {dir}"));
+            let registration = Some(loaded.registration);
+            return Ok(Attachment { prepared, lifecycle: session, limits: self.config.limits, registration });
+        }
         let Some(ticketed) = request.ticket.as_deref().and_then(|ticket| self.tickets.redeem(ticket)) else {
             let reason = if request.ticket.is_some() {
                 "unknown, expired or used ticket"
             } else {
-                "a capsule host must present the ticket the daemon gave it"
+                "a capsule host must present the ticket the daemon gave it, or a capsule directory"
             };
-            audit("-", Decision::Deny, reason);
-            return Err(reason.to_owned());
+            return Err(refuse("-", reason.to_owned()));
         };
-        let session = Arc::new(Lifecycle::default());
         let prepared = runner::prepare(&self.kernel, &self.config, &ticketed.name, &ticketed.dir, Arc::clone(&session))
-            .inspect_err(|reason| audit(&ticketed.name, Decision::Deny, reason))?;
+            .map_err(|reason| refuse(&ticketed.name, reason))?;
         let supervised = Arc::clone(&ticketed.lifecycle);
         session.on_ready(move || supervised.signal_ready());
         audit(&ticketed.name, Decision::Allow, "ticket redeemed; runs in a capsule-host process");
-        Ok(Attachment { prepared, lifecycle: session, limits: self.config.limits })
+        Ok(Attachment { prepared, lifecycle: session, limits: self.config.limits, registration: None })
     }
 }

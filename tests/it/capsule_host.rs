@@ -173,3 +173,60 @@ fn a_capsule_host_needs_the_ticket_the_daemon_gave_it() {
     let mut client = t.client();
     assert_eq!(ask(&mut client, "user.v1.prompt", "still here"), "hello, still here");
 }
+
+#[test]
+fn an_author_runs_a_capsule_directory_against_the_daemon_for_as_long_as_the_run_lasts() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    let dir = example("hello");
+    let dir = dir.to_str().expect("utf8");
+
+    // No terminal and no --yes: consent is not assumed, and nothing is registered.
+    let refused = t.cli(&["capsule", "run", dir]);
+    assert_eq!(refused.status.code(), Some(3), "{}", String::from_utf8_lossy(&refused.stderr));
+    let shown = String::from_utf8_lossy(&refused.stdout);
+    assert!(shown.contains("hello requests these capabilities") && shown.contains("ipc_publish:agent.v1.response"));
+
+    let log = std::fs::File::create(t.workspace.join("run.log")).expect("log");
+    let mut run = t
+        .command("astrid")
+        .args(["capsule", "run", dir, "--yes"])
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("capsule run");
+    let mut client = t.client();
+    wait_running(&t, &mut client, &["hello"]);
+    assert_eq!(ask(&mut client, "user.v1.prompt", "author"), "hello, author");
+    let listed = t.cli(&["capsule", "show", "hello", "--json"]);
+    let shown: Value = serde_json::from_slice(&listed.stdout).expect("show JSON");
+    assert_eq!(shown["origin"], "development", "{shown}");
+    assert!(capsule_hosts(_daemon.pid()).is_empty(), "the author's process is the capsule host");
+
+    // One run of a name at a time.
+    let second = t.cli(&["capsule", "run", dir, "--yes"]);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already installed or running"));
+
+    // Stopping the run takes the capsule and its consent away.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(run.id() as i32), nix::sys::signal::Signal::SIGINT)
+        .expect("interrupt");
+    let _ = run.wait();
+    let gone = || {
+        let output = t.cli(&["capsule", "list", "--json"]);
+        let list: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        !list.iter().any(|c| c["name"] == "hello")
+    };
+    assert!(t.wait_for(gone, Duration::from_secs(5)), "unregistered when the run ended");
+    let audit = audit_tail(&t);
+    let develop: Vec<&str> =
+        entries(&audit, "capsule.develop").into_iter().filter_map(|e| e["rule"].as_str()).collect();
+    assert!(develop.iter().any(|r| r.contains("granted for this run: ipc_publish:agent.v1.response")), "{develop:?}");
+    assert!(develop.contains(&"run ended"), "{develop:?}");
+    assert!(
+        entries(&audit, "capability.check").iter().any(|e| e["actor"]["name"] == "hello" && e["decision"] == "allow"),
+        "the daemon checked the development capsule's calls"
+    );
+    let printed = std::fs::read_to_string(t.workspace.join("run.log")).expect("run log");
+    assert!(printed.contains("running hello from"), "{printed}");
+}
