@@ -2,6 +2,8 @@
 //! same run. Every figure is the median of several rounds.
 //!
 //! - host→guest call and guest→host call, against a native function call;
+//! - a guest→host call from a capsule-host process (over the socket to the real daemon),
+//!   against the same call in-process and a raw Unix-socket round trip;
 //! - validate + instantiate each example capsule (the committed modules);
 //! - boot-to-ready of the real daemon binary with 20 installed capsules, against the same
 //!   daemon booting with none.
@@ -27,6 +29,23 @@ const MODULE: &str = r#"(module
             local.get $i i32.const 1 i32.add local.tee $i
             local.get 0 i32.lt_u br_if $l)
         local.get $t))"#;
+
+/// A guest that asks `has_config` in a loop: the cheapest call that reaches the kernel side.
+const CONFIG_MODULE: &str = r#"(module
+    (import "astrid" "has_config" (func $has (param i32 i32) (result i32)))
+    (memory (export "memory") 1)
+    (data (i32.const 0) "KEY")
+    (func (export "astrid_alloc") (param i32) (result i32) i32.const 1024)
+    (func (export "config") (param i32) (result i32)
+        (local $i i32) (local $r i32)
+        (loop $l
+            i32.const 0 i32.const 3 call $has local.set $r
+            local.get $i i32.const 1 i32.add local.tee $i
+            local.get 0 i32.lt_u br_if $l)
+        local.get $r))"#;
+
+/// Round trips per sample over the socket.
+const SOCKET_CALLS: usize = 5_000;
 
 const EXAMPLES: &[&str] = &["hello", "kv-counter", "file-tool", "http-fetch", "hostile"];
 
@@ -79,6 +98,110 @@ fn boot_to_ready(home: &Path) -> f64 {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("stop daemon");
     daemon.wait().expect("wait");
     elapsed
+}
+
+/// A running daemon in `home`; stopped (SIGTERM) and reaped on drop.
+struct RunningDaemon(std::process::Child);
+
+impl RunningDaemon {
+    fn start(home: &Path) -> Self {
+        let ready = home.join("run/system.ready");
+        let child = Command::new(env!("CARGO_BIN_EXE_astrid"))
+            .arg("daemon")
+            .env("ASTRID_HOME", home)
+            .env("ASTRID_LOG", "warn")
+            .current_dir(home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn daemon");
+        let started = Instant::now();
+        while !ready.exists() {
+            assert!(started.elapsed() < Duration::from_secs(20), "daemon never became ready");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for RunningDaemon {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+/// Microseconds per round trip of a small frame over a Unix socket pair to an echo thread:
+/// the floor under any call that crosses the socket.
+fn raw_round_trip_us() -> f64 {
+    use std::io::{Read, Write};
+    let (mut client, mut server) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let echo = std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 4096];
+        loop {
+            let mut header = [0u8; 4];
+            if server.read_exact(&mut header).is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes(header) as usize;
+            server.read_exact(&mut buffer[..len]).expect("body");
+            server.write_all(&header).expect("header");
+            server.write_all(&buffer[..len]).expect("body");
+        }
+    });
+    let frame = br#"{"id":1,"call":{"fn":"has_config","key":"S0VZ"}}"#;
+    let mut reply = vec![0u8; frame.len()];
+    let samples = (0..ROUNDS)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..SOCKET_CALLS {
+                client.write_all(&(frame.len() as u32).to_be_bytes()).expect("write");
+                client.write_all(frame).expect("write");
+                let mut header = [0u8; 4];
+                client.read_exact(&mut header).expect("read");
+                client.read_exact(&mut reply).expect("read");
+            }
+            started.elapsed().as_secs_f64() * 1e6 / SOCKET_CALLS as f64
+        })
+        .collect();
+    drop(client);
+    echo.join().expect("echo");
+    median(samples)
+}
+
+/// Microseconds per `has_config` from a guest whose host calls go to the real daemon, as in
+/// a capsule-host process (attached as a development capsule, no capabilities).
+fn remote_host_call_us(root: &Path, engine: &wasmi::Engine, module: &[u8]) -> f64 {
+    let home = root.join("remote-home");
+    std::fs::create_dir_all(&home).expect("home");
+    let dir = root.join("remote-capsule");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("bench.wasm"), module).expect("module");
+    std::fs::write(
+        dir.join("Capsule.toml"),
+        "[package]\nname = \"bench-remote\"\nversion = \"1.0.0\"\n[[component]]\nfile = \"bench.wasm\"\n",
+    )
+    .expect("manifest");
+    let _daemon = RunningDaemon::start(&home);
+    let home = astrid::home::AstridHome::at(&home);
+    let attach = astrid::types::CapsuleAttach { dir: Some(dir.display().to_string()), approve: true, ticket: None };
+    let (link, attached) = astrid::ipc::capsule_link::CapsuleLink::attach(&home, attach).expect("attach");
+    let compiled = astrid::wasm::compile(engine, module).expect("valid");
+    let lifecycle = std::sync::Arc::new(astrid::wasm::Lifecycle::default());
+    let mut sandbox =
+        Sandbox::instantiate_with(engine, &attached.capsule, &compiled, attached.limits, Box::new(link), lifecycle)
+            .expect("instantiate");
+    median(
+        (0..ROUNDS)
+            .map(|_| {
+                let started = Instant::now();
+                black_box(sandbox.call::<i32, i32>("config", SOCKET_CALLS as i32).expect("config"));
+                started.elapsed().as_secs_f64() * 1e6 / SOCKET_CALLS as f64
+            })
+            .collect(),
+    )
 }
 
 /// `module` with a custom section named `name` appended: the same code under another BLAKE3.
@@ -158,6 +281,23 @@ fn main() {
         host_ns / native_ns
     );
 
+    let config_wasm = wat::parse_str(CONFIG_MODULE).expect("wat");
+    let mut local = Sandbox::load(&engine, "bench-local", &config_wasm, SandboxLimits::default()).expect("load");
+    let local_ns = per_call_ns(|| {
+        black_box(local.call::<i32, i32>("config", CALLS as i32).expect("config"));
+    });
+    let root = tempfile::Builder::new().prefix("astb").tempdir_in("/tmp").expect("tempdir");
+    let raw_us = raw_round_trip_us();
+    let remote_us = remote_host_call_us(root.path(), &engine, &config_wasm);
+    println!("guest->host call reaching the kernel side (has_config), in-process: {local_ns:.0} ns");
+    println!("raw Unix-socket round trip of a host-call-sized frame (baseline): {:.1} us", raw_us);
+    println!(
+        "guest->host call (has_config) from a capsule-host process, over the socket to the daemon: {remote_us:.1} us \
+         ({:.1}x the raw round trip; {:.0}x in-process)",
+        remote_us / raw_us,
+        remote_us * 1000.0 / local_ns
+    );
+
     for name in EXAMPLES {
         let module = std::fs::read(examples_dir().join(name).join(format!("{name}.wasm"))).expect("example module");
         let compilation = (0..11)
@@ -185,7 +325,6 @@ fn main() {
         );
     }
 
-    let root = tempfile::Builder::new().prefix("astb").tempdir_in("/tmp").expect("tempdir");
     let empty = home_with_capsules(root.path(), 0, false);
     let shared = home_with_capsules(root.path(), 20, false);
     let distinct = home_with_capsules(root.path(), 20, true);

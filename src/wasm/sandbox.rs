@@ -355,11 +355,11 @@ impl Sandbox {
     }
 
     /// Calls `export` with `params` under the fuel budget and the deadline.
-    pub fn call<P: WasmParams, R: WasmResults>(&mut self, export: &str, params: P) -> Result<R, SandboxError> {
+    pub fn call<P: WasmParams + Copy, R: WasmResults>(&mut self, export: &str, params: P) -> Result<R, SandboxError> {
         self.call_with(export, params, Budget::PerCall)
     }
 
-    fn call_with<P: WasmParams, R: WasmResults>(
+    fn call_with<P: WasmParams + Copy, R: WasmResults>(
         &mut self,
         export: &str,
         params: P,
@@ -467,16 +467,32 @@ impl Sandbox {
         &mut self,
         export: &str,
         budget: Budget,
-        start: impl FnOnce(&mut Store<HostState>) -> Result<TypedResumableCall<R>, wasmi::Error>,
+        mut start: impl FnMut(&mut Store<HostState>) -> Result<TypedResumableCall<R>, wasmi::Error>,
     ) -> Result<R, SandboxError> {
         let trap = |e: wasmi::Error| SandboxError::Trap { export: export.to_owned(), message: e.to_string() };
         let mut started = Instant::now();
         self.store.data_mut().waited = Duration::ZERO;
         let mut waits = self.store.data().waits;
         let slice = self.limits.fuel_slice;
-        self.store.set_fuel(slice).map_err(trap)?;
         let mut spent = 0u64;
-        let mut call = start(&mut self.store).map_err(trap)?;
+        let mut fuel = slice;
+        let mut call = loop {
+            self.store.set_fuel(fuel).map_err(trap)?;
+            match start(&mut self.store) {
+                Ok(call) => break call,
+                // The entry function is translated on its first call, and wasmi reports a
+                // translation that needs more than this fuel as an error before the call
+                // starts, not as a resumable call: start again with more, within the budget.
+                Err(e)
+                    if matches!(e.kind(), wasmi::errors::ErrorKind::ResumableOutOfFuel(_))
+                        && spent < self.limits.fuel_per_call =>
+                {
+                    spent = spent.saturating_add(fuel);
+                    fuel = fuel.saturating_mul(2).min(self.limits.fuel_per_call);
+                }
+                Err(e) => return Err(trap(e)),
+            }
+        };
         loop {
             match call {
                 TypedResumableCall::Finished(results) => return Ok(results),

@@ -487,6 +487,19 @@ fn hooks_answer_continue_final_or_deny_and_config_is_the_capsules_own() {
 }
 
 #[test]
+fn translation_on_first_call_is_charged_resumably_even_with_tiny_fuel_slices() {
+    // A big function, first called (and so translated) in a call whose slices are far
+    // smaller than its translation: the call resumes until it has the fuel, and succeeds.
+    let body = "i32.const 1 i32.add ".repeat(4000);
+    let wat = format!(r#"(module (func (export "big") (param i32) (result i32) local.get 0 {body}))"#);
+    let wasm = wat::parse_str(&wat).expect("wat");
+    let limits = SandboxLimits { fuel_slice: 10, ..quick() };
+    let mut sandbox = Sandbox::load(&engine(), "big", &wasm, limits).expect("load");
+    assert_eq!(sandbox.call::<i32, i32>("big", 1).expect("translated and run"), 4001);
+    assert_eq!(sandbox.call::<i32, i32>("big", 2).expect("already translated"), 4002);
+}
+
+#[test]
 fn a_module_is_validated_whole_when_loaded() {
     // Well-formed sections, but a function body that returns the wrong type: refused at load,
     // not at its first call.
