@@ -10,7 +10,9 @@
 //!
 //! The child gets a scrubbed environment, its own process group (a Ctrl-C meant for a
 //! foreground daemon does not race the daemon's own shutdown), and asks the OS to kill it
-//! when the daemon dies, so a SIGKILLed daemon leaves no capsule behind.
+//! when the daemon dies, so a SIGKILLed daemon leaves no capsule behind. (Linux sends that
+//! signal when the *thread* that spawned the child ends; [`run_child`] spawns and waits on the
+//! same thread, which therefore outlives the child.)
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;

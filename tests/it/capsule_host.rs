@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::capsules::{ask, audit_tail, example, hostile_is_contained, install, wait_running};
-use crate::harness::TestHome;
+use crate::harness::{RawClient, TestHome};
 
 const PROCESS: (&str, &str) = ("ASTRID_CAPSULE_ISOLATION", "process");
 
@@ -198,6 +198,10 @@ fn an_author_runs_a_capsule_directory_against_the_daemon_for_as_long_as_the_run_
     let mut client = t.client();
     wait_running(&t, &mut client, &["hello"]);
     assert_eq!(ask(&mut client, "user.v1.prompt", "author"), "hello, author");
+    // A rescan of the capsule directories does not lose it: it is not on disk to be found.
+    let reloaded = client.request("reload_capsules", json!({"method": "ReloadCapsules"}));
+    assert_eq!(reloaded["payload"]["status"], "Success", "{reloaded}");
+    assert_eq!(ask(&mut client, "user.v1.prompt", "again"), "hello, again");
     let listed = t.cli(&["capsule", "show", "hello", "--json"]);
     let shown: Value = serde_json::from_slice(&listed.stdout).expect("show JSON");
     assert_eq!(shown["origin"], "development", "{shown}");
@@ -229,4 +233,81 @@ fn an_author_runs_a_capsule_directory_against_the_daemon_for_as_long_as_the_run_
     );
     let printed = std::fs::read_to_string(t.workspace.join("run.log")).expect("run log");
     assert!(printed.contains("running hello from"), "{printed}");
+}
+
+/// A raw connection that has completed a capsule-host handshake with `attach`.
+fn attach_raw(t: &TestHome, attach: Value) -> (RawClient, Value) {
+    let mut raw = RawClient::connect(&t.socket());
+    raw.send_json(
+        &json!({"token": t.token(), "protocol_version": 1, "client_version": "test", "capsule_host": attach}),
+    );
+    assert_eq!(raw.read_json().expect("handshake")["status"], "ok");
+    let start = raw.read_json().expect("session start");
+    (raw, start)
+}
+
+#[test]
+fn the_session_protocol_refuses_bad_input_with_reasons_and_the_daemon_stays_healthy() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+
+    // A malformed attach is refused in the handshake itself.
+    let mut raw = RawClient::connect(&t.socket());
+    raw.send_json(
+        &json!({"token": t.token(), "protocol_version": 1, "client_version": "x", "capsule_host": {"dir": 7}}),
+    );
+    let reply = raw.read_json().expect("handshake");
+    assert_eq!(reply["status"], "error");
+    assert!(reply["reason"].as_str().expect("reason").contains("capsule_host"), "{reply}");
+
+    // No such directory, a relative one, a manifest that does not parse: reasons, not hangs.
+    let (_, start) = attach_raw(&t, json!({"dir": "/nonexistent/capsule", "approve": true}));
+    assert!(start["refused"]["reason"].as_str().expect("reason").contains("/nonexistent/capsule"), "{start}");
+    let (_, start) = attach_raw(&t, json!({"dir": "relative/dir", "approve": true}));
+    assert!(start["refused"]["reason"].as_str().expect("reason").contains("absolute"), "{start}");
+    let broken = t.workspace.join("broken");
+    std::fs::create_dir_all(&broken).expect("dir");
+    std::fs::write(broken.join("Capsule.toml"), "[package]\nname = \"broken\"\nversion = 1\n").expect("manifest");
+    let (_, start) = attach_raw(&t, json!({"dir": broken.to_str().expect("utf8"), "approve": true}));
+    let reason = start["refused"]["reason"].as_str().expect("reason");
+    assert!(reason.contains("Capsule.toml:3:"), "file:line:column: {reason}");
+
+    // Consent is asked for, with the capabilities, before anything is registered.
+    let hello = example("hello");
+    let (_, start) = attach_raw(&t, json!({"dir": hello.to_str().expect("utf8")}));
+    assert_eq!(start["consent_required"]["capsule"], "hello", "{start}");
+    assert!(
+        start["consent_required"]["capabilities"]
+            .as_array()
+            .expect("list")
+            .contains(&json!("ipc_subscribe:user.v1.prompt"))
+    );
+
+    // Attached: the documented frames work; a malformed call with an id is answered with a
+    // trap; a call to a function that does not exist too; a frame without an id ends the session.
+    let (mut session, start) = attach_raw(&t, json!({"dir": hello.to_str().expect("utf8"), "approve": true}));
+    assert_eq!(start["attached"]["capsule"], "hello", "{start}");
+    assert!(start["attached"]["module"].as_str().is_some_and(|m| m.len() > 1000), "the module, in base64");
+    session.send_json(&json!({"id": 1, "call": {"fn": "has_config", "key": "S0VZ"}}));
+    assert_eq!(session.read_json().expect("reply"), json!({"id": 1, "reply": {"reply": "value", "value": 0}}));
+    session.send_json(&json!({"id": 2, "call": {"fn": "kv_set", "key": "not base64!", "value": ""}}));
+    let reply = session.read_json().expect("reply");
+    assert_eq!(reply["id"], 2);
+    assert!(reply["reply"]["value"].as_str().expect("trap").contains("malformed host call"), "{reply}");
+    session.send_json(&json!({"id": 3, "call": {"fn": "spawn_shell"}}));
+    assert_eq!(session.read_json().expect("reply")["reply"]["reply"], "trap");
+    session.send_json(
+        &json!({"id": 4, "call": {"fn": "ipc_publish", "topic": "YWdlbnQudjEucmVzcG9uc2U=", "payload": "e30="}}),
+    );
+    assert_eq!(session.read_json().expect("reply")["reply"]["value"], 0, "granted for this run");
+    session.send_json(&json!({"id": 5, "call": {"fn": "ipc_publish", "topic": "YXN0cmlkLnYxLmFkbWluLnNodXRkb3du", "payload": "e30="}}));
+    assert_eq!(session.read_json().expect("reply")["reply"]["value"], -3, "not in its grant");
+    session.send_frame(b"not json at all");
+    assert!(session.closed(), "a frame that is not a host call ends the session");
+
+    let mut client = t.client();
+    let status = client.request("status", json!({"method": "GetStatus"}));
+    assert!(status["payload"]["data"]["pid"].as_u64().is_some(), "the daemon is fine: {status}");
+    let gone = || !t.cli(&["capsule", "list"]).stdout.windows(5).any(|w| w == b"hello");
+    assert!(t.wait_for(gone, Duration::from_secs(5)), "the development capsule left with its session");
 }
