@@ -77,26 +77,10 @@ fn examples_dir() -> PathBuf {
 
 /// Spawns the daemon in `home`, returns the time until `run/system.ready`, then stops it.
 fn boot_to_ready(home: &Path) -> f64 {
-    let ready = home.join("run/system.ready");
     let started = Instant::now();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_astrid"))
-        .arg("daemon")
-        .env("ASTRID_HOME", home)
-        .env("ASTRID_LOG", "warn")
-        .current_dir(home)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn daemon");
-    while !ready.exists() {
-        assert!(started.elapsed() < Duration::from_secs(20), "daemon never became ready");
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    let daemon = RunningDaemon::start(home);
     let elapsed = started.elapsed().as_secs_f64() * 1000.0;
-    let pid = nix::unistd::Pid::from_raw(daemon.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("stop daemon");
-    daemon.wait().expect("wait");
+    drop(daemon);
     elapsed
 }
 
@@ -119,7 +103,7 @@ impl RunningDaemon {
         let started = Instant::now();
         while !ready.exists() {
             assert!(started.elapsed() < Duration::from_secs(20), "daemon never became ready");
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(Duration::from_micros(200));
         }
         Self(child)
     }
@@ -146,19 +130,21 @@ fn raw_round_trip_us() -> f64 {
                 return;
             }
             let len = u32::from_be_bytes(header) as usize;
-            server.read_exact(&mut buffer[..len]).expect("body");
-            server.write_all(&header).expect("header");
-            server.write_all(&buffer[..len]).expect("body");
+            buffer[..4].copy_from_slice(&header);
+            server.read_exact(&mut buffer[4..4 + len]).expect("body");
+            server.write_all(&buffer[..4 + len]).expect("echo");
         }
     });
-    let frame = br#"{"id":1,"call":{"fn":"has_config","key":"S0VZ"}}"#;
-    let mut reply = vec![0u8; frame.len()];
+    let body = br#"{"id":1,"call":{"fn":"has_config","key":"S0VZ"}}"#;
+    // Header and body in one write, as the session's framing sends them.
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body);
+    let mut reply = vec![0u8; body.len()];
     let samples = (0..ROUNDS)
         .map(|_| {
             let started = Instant::now();
             for _ in 0..SOCKET_CALLS {
-                client.write_all(&(frame.len() as u32).to_be_bytes()).expect("write");
-                client.write_all(frame).expect("write");
+                client.write_all(&frame).expect("write");
                 let mut header = [0u8; 4];
                 client.read_exact(&mut header).expect("read");
                 client.read_exact(&mut reply).expect("read");
