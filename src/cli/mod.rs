@@ -4,11 +4,13 @@
 //! SIGKILL a daemon, the cleanup of that daemon's files) and never unlinks a socket that a
 //! live daemon holds. It runs no async runtime: each command is a few blocking calls.
 //!
-//! Exit codes (documented in README.md): 0 success, 1 failure, 2 usage error.
+//! Exit codes (documented in README.md): 0 success, 1 failure, 2 usage error, 3 consent not
+//! given, 53 a headless turn without an answer in time.
 
 pub mod audit;
 pub mod caps;
 pub mod capsule;
+pub mod headless;
 pub mod kv;
 pub mod lifecycle;
 pub mod links;
@@ -27,12 +29,24 @@ use crate::home::AstridHome;
 /// Astrid, a secure runtime for AI agents. Roles: `astrid` (this CLI), `astrid daemon` or
 /// the `astrid-daemon` link (the kernel), `astrid capsule-host` or the `astrid-capsule-host`
 /// link (one capsule in a process of its own, started by the daemon). Exit codes:
-/// 0 success, 1 failure, 2 usage error.
+/// 0 success, 1 failure, 2 usage error, 3 consent not given, 53 no answer in time (run/-p).
 #[derive(FromArgs, Debug)]
 pub struct Cli {
     /// print the version and exit
     #[argh(switch)]
     pub version: bool,
+    /// run this prompt headless and print the answer (as `astrid run PROMPT`)
+    #[argh(option, short = 'p')]
+    pub prompt: Option<String>,
+    /// with -p: approve approval requests instead of denying them
+    #[argh(switch, short = 'y')]
+    pub yes: bool,
+    /// with -p: pretty (default) or json
+    #[argh(option, default = "headless::Format::Pretty")]
+    pub format: headless::Format,
+    /// with -p: the conversation (a UUID, or a name)
+    #[argh(option)]
+    pub session: Option<String>,
     #[argh(subcommand)]
     command: Option<Command>,
 }
@@ -49,6 +63,7 @@ enum Command {
     Caps(caps::CapsArgs),
     Kv(kv::KvArgs),
     Workspace(workspace::WorkspaceArgs),
+    Run(headless::RunArgs),
     Audit(audit::AuditArgs),
     CapsuleHost(CapsuleHostArgs),
     InstallLinks(links::InstallLinksArgs),
@@ -78,6 +93,14 @@ pub fn main(args: &[&str]) -> ExitCode {
         println!("astrid {}", crate::VERSION);
         return ExitCode::SUCCESS;
     }
+    if let Some(prompt) = cli.prompt {
+        if cli.command.is_some() {
+            eprintln!("astrid: -p runs a prompt on its own; it takes no command");
+            return ExitCode::from(2);
+        }
+        let args = headless::RunArgs { prompt, session: cli.session, yes: cli.yes, format: cli.format };
+        return finish(with_home(|home| headless::run(&home, &args)));
+    }
     let Some(command) = cli.command else {
         if let Err(help) = Cli::from_args(&["astrid"], &["--help"]) {
             eprintln!("{}", help.output);
@@ -97,6 +120,7 @@ pub fn main(args: &[&str]) -> ExitCode {
         Command::Caps(args) => with_home(|home| caps::run(&home, &args)),
         Command::Kv(args) => with_home(|home| kv::run(&home, &args)),
         Command::Workspace(args) => with_home(|home| workspace::run(&home, &args)),
+        Command::Run(args) => with_home(|home| headless::run(&home, &args)),
         // `audit verify` reserves exit 1 for "tampered": an unusable home is an error (2).
         Command::Audit(args) => match AstridHome::from_env() {
             Ok(home) => return audit::run(&home, &args),
@@ -106,6 +130,11 @@ pub fn main(args: &[&str]) -> ExitCode {
             }
         },
     };
+    finish(result)
+}
+
+/// The exit code of a command's result; an error is printed first.
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {

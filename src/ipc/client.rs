@@ -109,6 +109,32 @@ impl Client {
         }
     }
 
+    /// Publishes `payload` on `topic` (an ingress topic: the daemon refuses others).
+    pub fn publish(&mut self, topic: &str, payload: &IpcPayload) -> Result<(), ClientError> {
+        let message = IpcMessage::new(topic, payload.clone(), SYSTEM_SESSION_UUID);
+        write_frame_blocking(&mut self.stream, &to_json(&message)?)?;
+        Ok(())
+    }
+
+    /// Publishes a payload given as JSON (`{"type": …, …}`) on `topic`.
+    pub fn publish_json(&mut self, topic: &str, payload: Value) -> Result<(), ClientError> {
+        self.publish(topic, &IpcPayload::from_json_value(payload))
+    }
+
+    /// The next frame from the daemon (`{topic, payload, source_id}`), waiting at most `wait`.
+    pub fn next_frame(&mut self, wait: Duration) -> Result<Value, ClientError> {
+        self.stream.set_read_timeout(Some(wait))?;
+        let frame = match read_frame_blocking(&mut self.stream, MAX_SERVER_FRAME) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Err(ClientError::Closed),
+            Err(FrameError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(ClientError::Timeout(wait));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::from_slice(&frame).map_err(|e| ClientError::Protocol(format!("frame is not JSON: {e}")))
+    }
+
     /// The connection itself, for a protocol other than management requests (a capsule
     /// host's session).
     pub fn into_stream(self) -> UnixStream {

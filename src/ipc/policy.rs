@@ -1,6 +1,7 @@
 //! Which topics socket clients may publish (ingress) and which they receive (egress).
 //!
-//! The lists are the reference proxy's (spec §2.3, §2.4) with two fixes: the bare
+//! The lists are the reference proxy's (spec §2.3, §2.4) with three fixes: tool calls and
+//! their results reach frontends (the reference's CLI renders them, its bridge dropped them); the bare
 //! `astrid.v1.elicit` request topic is forwarded (the reference's `astrid.v1.elicit.*`
 //! needed one more segment and silently hid it), and the admin API is reachable, as the
 //! later reference revision allows.
@@ -24,6 +25,12 @@ const INGRESS_DENIED_PREFIXES: &[&str] = &["astrid.v1.admin.response."];
 /// Bus subscriptions of every client connection (subscription wildcard semantics).
 pub const EGRESS_PATTERNS: &[&str] = &[
     "agent.v1.response",
+    // Streamed text of a turn, as the reference's bridge forwards it.
+    "agent.v1.stream.delta",
+    // Tool calls and their results, so a frontend can show what the agent does (the
+    // reference's CLI renders them but its bridge never forwarded them).
+    "tool.v1.request.execute",
+    "tool.v1.execute.result",
     "astrid.v1.onboarding.required",
     "astrid.v1.elicit",
     "astrid.v1.elicit.*",

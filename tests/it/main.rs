@@ -6,6 +6,7 @@ mod capsules;
 mod cli;
 mod daemon;
 mod harness;
+mod headless;
 mod management;
 mod pid1;
 mod protocol;

@@ -1,0 +1,59 @@
+//! Headless turns (`astrid run`, `astrid -p`) through the real binary, the real daemon and a
+//! real capsule that answers prompts (the hello example).
+
+use std::io::Write;
+use std::process::Stdio;
+
+use serde_json::Value;
+
+use crate::capsules::install;
+use crate::harness::TestHome;
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn a_headless_turn_prints_the_answer_in_either_format_and_takes_piped_stdin() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    install(&t, "hello");
+
+    let output = t.cli(&["run", "world"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout(&output), "hello, world\n");
+
+    let output = t.cli(&["run", "world", "--format", "json", "--session", "notes"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let answer: Value = serde_json::from_str(stdout(&output).trim()).expect("one JSON object");
+    assert_eq!(answer, serde_json::json!({"response": "hello, world", "tool_calls": []}));
+
+    let mut child = t
+        .command("astrid")
+        .args(["-p", "summarise"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().expect("stdin").write_all(b"a long log\n").expect("pipe");
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout(&output), "hello, a long log\n\nsummarise\n", "stdin first, as the reference");
+
+    assert_eq!(t.cli(&["-p", "x", "status"]).status.code(), Some(2), "-p takes no command");
+    assert_eq!(t.cli(&["run", "x", "--format", "xml"]).status.code(), Some(2));
+}
+
+#[test]
+fn a_headless_turn_nobody_answers_exits_53_after_the_timeout() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    let started = std::time::Instant::now();
+    let output = t.cli_with(&["run", "anyone?"], &[("ASTRID_RESPONSE_TIMEOUT_SECS", "1")]);
+    assert_eq!(output.status.code(), Some(53));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Timed out waiting for response (1s)"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let bad = t.cli_with(&["run", "x"], &[("ASTRID_RESPONSE_TIMEOUT_SECS", "soon")]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("ASTRID_RESPONSE_TIMEOUT_SECS"));
+}
