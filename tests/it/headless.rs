@@ -57,3 +57,33 @@ fn a_headless_turn_nobody_answers_exits_53_after_the_timeout() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("ASTRID_RESPONSE_TIMEOUT_SECS"));
 }
+
+#[test]
+fn the_orchestrator_and_the_offline_model_answer_a_turn_and_remember_the_conversation() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    install(&t, "llm-offline");
+    install(&t, "orchestrator");
+
+    let first = t.cli(&["run", "hello there", "--session", "chat-1"]);
+    assert_eq!(first.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&first.stderr), t.log());
+    let answer = stdout(&first);
+    assert!(
+        answer.starts_with("[offline model] You said: \"hello there\" (message 1 of this conversation)."),
+        "{answer}"
+    );
+    assert!(answer.contains("No model endpoint is configured"), "labelled as offline: {answer}");
+
+    // The same session goes on where it left off; another one starts afresh.
+    let second = t.cli(&["run", "and again", "--session", "chat-1", "--format", "json"]);
+    let second: Value = serde_json::from_str(stdout(&second).trim()).expect("json");
+    let response = second["response"].as_str().expect("response");
+    assert!(response.contains("\"and again\" (message 2 of this conversation)"), "{response}");
+    let other = t.cli(&["run", "hi", "--session", "chat-2"]);
+    assert!(stdout(&other).contains("(message 1 of this conversation)"));
+
+    // What was stored is the orchestrator's own, in its namespace.
+    let keys = t.cli(&["kv", "list", "--capsule", "orchestrator"]);
+    let keys = stdout(&keys);
+    assert_eq!(keys.lines().filter(|k| k.starts_with("history:")).count(), 2, "{keys}");
+}
