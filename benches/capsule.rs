@@ -94,6 +94,7 @@ impl RunningDaemon {
             .arg("daemon")
             .env("ASTRID_HOME", home)
             .env("ASTRID_LOG", "warn")
+            .env("ASTRID_DEFAULT_CAPSULES", "0")
             .current_dir(home)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -45,6 +45,8 @@ pub struct DaemonConfig {
     pub verbose: bool,
     /// Cap on authenticated connections.
     pub max_clients: usize,
+    /// Whether the default capsule set runs (`ASTRID_DEFAULT_CAPSULES=0` leaves it out).
+    pub default_capsules: bool,
 }
 
 impl DaemonArgs {
@@ -67,7 +69,19 @@ impl DaemonArgs {
         if max_clients == 0 {
             return Err("--max-clients must be at least 1".to_owned());
         }
-        Ok(DaemonConfig { session, workspace, ephemeral: self.ephemeral, verbose: self.verbose, max_clients })
+        let default_capsules = match std::env::var("ASTRID_DEFAULT_CAPSULES").as_deref() {
+            Ok("0" | "false") => false,
+            Ok("" | "1" | "true") | Err(_) => true,
+            Ok(other) => return Err(format!("ASTRID_DEFAULT_CAPSULES must be 1 or 0, not {other:?}")),
+        };
+        Ok(DaemonConfig {
+            session,
+            workspace,
+            ephemeral: self.ephemeral,
+            verbose: self.verbose,
+            max_clients,
+            default_capsules,
+        })
     }
 }
 

@@ -125,6 +125,7 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
             workspace: config.workspace.clone(),
             home: home.clone(),
             ephemeral: config.ephemeral,
+            default_capsules: config.default_capsules,
         },
         state,
     )

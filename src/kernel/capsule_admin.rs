@@ -118,6 +118,7 @@ pub(super) fn describe(kernel: &Kernel) -> KernelResponse {
                 CapsuleOrigin::Principal => "home",
                 CapsuleOrigin::Workspace => "workspace",
                 CapsuleOrigin::Development => "development",
+                CapsuleOrigin::Embedded => "embedded",
             };
             json!({
                 "name": c.name,

@@ -39,6 +39,8 @@ pub enum CapsuleOrigin {
     Principal,
     /// `<workspace>/.astrid/capsules/`.
     Workspace,
+    /// The default set compiled into the binary ([`super::defaults`]).
+    Embedded,
     /// A directory an author runs with `astrid capsule run`, for as long as that runs; the
     /// daemon does not start it (the author's process is its capsule host).
     Development,
@@ -170,6 +172,32 @@ impl CapsuleRegistry {
     /// All capsules, for the kernel to fill in what discovery cannot know (grants).
     pub fn capsules_mut(&mut self) -> &mut [Capsule] {
         &mut self.capsules
+    }
+
+    /// Adds the default capsule set, each unless an installed capsule has its name (then the
+    /// installed one replaces it). Its grant is what its manifest asks for.
+    pub fn add_defaults(&mut self) {
+        for default in super::defaults::DEFAULT_CAPSULES {
+            if self.get(default.name).is_some() {
+                log::info!("default capsule {} replaced by the installed one", default.name);
+                continue;
+            }
+            match default.manifest() {
+                Ok(manifest) => {
+                    let hash = super::install::hash_hex(default.wasm);
+                    let mut capsule =
+                        Capsule::from_manifest(manifest, Path::new(""), CapsuleOrigin::Embedded, Some(hash), None);
+                    capsule.dir = None;
+                    capsule.grant = if capsule.capabilities.is_empty() {
+                        GrantStatus::NothingRequested
+                    } else {
+                        GrantStatus::Approved
+                    };
+                    self.capsules.push(capsule);
+                }
+                Err(e) => log::error!("the embedded capsule {} has a broken manifest: {e}", default.name),
+            }
+        }
     }
 
     /// Adds `capsule` at the end (a development capsule), unless its name is taken: whether

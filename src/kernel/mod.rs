@@ -11,6 +11,7 @@ pub mod capability;
 mod capsule_admin;
 pub mod capsules;
 pub mod clients;
+pub mod defaults;
 pub mod dependencies;
 pub mod grants;
 pub mod install;
@@ -57,6 +58,8 @@ pub struct KernelConfig {
     pub home: AstridHome,
     /// Whether the daemon exits when idle (reported by `GetStatus`).
     pub ephemeral: bool,
+    /// Whether the default capsule set embedded in the binary is registered.
+    pub default_capsules: bool,
 }
 
 /// Why the daemon is shutting down. Logged as the real reason, unlike the reference which
@@ -283,7 +286,7 @@ impl Kernel {
         for capsule in registry.capsules_mut() {
             // A development capsule's consent was given by the person running it, for that run.
             if matches!(capsule.state, capsules::CapsuleState::Failed(_))
-                || capsule.origin == capsules::CapsuleOrigin::Development
+                || matches!(capsule.origin, capsules::CapsuleOrigin::Development | capsules::CapsuleOrigin::Embedded)
             {
                 continue;
             }
@@ -379,6 +382,9 @@ impl Kernel {
     pub fn reload_capsules(&self) -> usize {
         self.rescans.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut registry = CapsuleRegistry::discover(&self.capsule_dirs());
+        if self.config.default_capsules {
+            registry.add_defaults();
+        }
         // Capsules being run by their authors are not on disk to be found: they stay.
         let development: Vec<capsules::Capsule> = self
             .capsules()
@@ -396,9 +402,12 @@ impl Kernel {
         let count = registry.capsules().len();
         *self.capsules() = registry;
         self.refresh_grants();
-        for capsule in self.capsules().capsules().iter().filter(|c| c.dir.is_some()) {
+        for capsule in self.capsules().capsules().iter().filter(|c| c.origin != capsules::CapsuleOrigin::BuiltIn) {
             let (action, rule) = match (&capsule.state, &capsule.grant) {
                 (capsules::CapsuleState::Failed(reason), _) => ("capsule.failed", reason.clone()),
+                (_, _) if capsule.origin == capsules::CapsuleOrigin::Embedded => {
+                    ("capsule.discovered", "default set embedded in the binary; granted what it asks".to_owned())
+                }
                 (_, GrantStatus::Approved) => ("capsule.discovered", "grant approved".to_owned()),
                 (_, GrantStatus::Pending { request_id }) => {
                     ("capsule.discovered", format!("awaiting approval of request {request_id}"))

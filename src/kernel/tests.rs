@@ -18,7 +18,8 @@ fn kernel(tmp: &tempfile::TempDir) -> Arc<Kernel> {
         audit: AuditTrail::open(&home).expect("audit"),
         vfs: Vfs::open(&workspace, &home.overlay_dir(&workspace)).expect("vfs"),
     };
-    let config = KernelConfig { session: uuid::Uuid::nil(), workspace, home, ephemeral: false };
+    let config =
+        KernelConfig { session: uuid::Uuid::nil(), workspace, home, ephemeral: false, default_capsules: false };
     Kernel::new(config, state).expect("kernel")
 }
 

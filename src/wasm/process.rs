@@ -44,8 +44,8 @@ const KEPT_ENV: &[&str] = &["RUST_LOG", "ASTRID_LOG", "RUST_BACKTRACE"];
 pub struct Ticketed {
     /// The capsule.
     pub name: String,
-    /// Its installed directory.
-    pub dir: PathBuf,
+    /// Its installed directory; none for an embedded default capsule.
+    pub dir: Option<PathBuf>,
     /// The supervisor's lifecycle of it (readiness is reported there).
     pub lifecycle: Arc<Lifecycle>,
 }
@@ -115,12 +115,15 @@ pub fn run_child(
     home: &Path,
     tickets: &Tickets,
     name: &str,
-    dir: &Path,
+    dir: Option<&Path>,
     lifecycle: &Arc<Lifecycle>,
 ) -> Result<(), String> {
     lifecycle.reset_ready();
-    let ticket =
-        tickets.issue(Ticketed { name: name.to_owned(), dir: dir.to_path_buf(), lifecycle: Arc::clone(lifecycle) })?;
+    let ticket = tickets.issue(Ticketed {
+        name: name.to_owned(),
+        dir: dir.map(Path::to_path_buf),
+        lifecycle: Arc::clone(lifecycle),
+    })?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the astrid binary: {e}"))?;
     let mut command = Command::new(exe);
     command
@@ -216,7 +219,7 @@ mod tests {
     #[test]
     fn a_ticket_is_redeemed_once_and_only_in_full() {
         let tickets = Tickets::default();
-        let ticketed = || Ticketed { name: "hello".into(), dir: "/x".into(), lifecycle: Arc::default() };
+        let ticketed = || Ticketed { name: "hello".into(), dir: Some("/x".into()), lifecycle: Arc::default() };
         let ticket = tickets.issue(ticketed()).expect("ticket");
         assert_eq!(ticket.len(), 64);
         assert!(tickets.redeem(&ticket[..63]).is_none());

@@ -27,6 +27,7 @@ use super::supervisor::{HostConfig, INSTALL_EXPORT, LIFECYCLE, ONBOARDING_TOPIC,
 use crate::home::DEFAULT_PRINCIPAL;
 use crate::kernel::capability::Capability;
 use crate::kernel::capsules::CapsuleState;
+use crate::kernel::defaults;
 use crate::kernel::install::{CapsuleMeta, hash_hex, verify_installed};
 use crate::kernel::manifest::Manifest;
 use crate::kernel::{BusMessage, Kernel, Origin, topic};
@@ -68,15 +69,21 @@ pub struct Prepared {
     pub plan: Plan,
 }
 
-/// The kernel's half of starting the installed capsule `name` from `dir` (see the module
-/// documentation). Readiness signalled on `lifecycle` marks the capsule ready in the registry.
+/// The kernel's half of starting the capsule `name`: installed in `dir`, or, without one, the
+/// embedded default capsule of that name (see the module documentation). Readiness signalled
+/// on `lifecycle` marks the capsule ready in the registry.
 pub fn prepare(
     kernel: &Arc<Kernel>,
     host: &HostConfig,
     name: &str,
-    dir: &Path,
+    dir: Option<&Path>,
     lifecycle: Arc<Lifecycle>,
 ) -> Result<Prepared, String> {
+    let Some(dir) = dir else {
+        let embedded = defaults::find(name).ok_or_else(|| format!("{name} is neither installed nor embedded"))?;
+        let manifest = embedded.manifest().map_err(|e| e.to_string())?;
+        return prepare_loaded(kernel, host, &manifest, embedded.wasm.to_vec(), None, lifecycle);
+    };
     let verified = verify_installed(dir).map_err(|e| e.to_string())?;
     if verified.manifest.package.name != name {
         return Err(format!("{} now holds capsule {}", dir.display(), verified.manifest.package.name));

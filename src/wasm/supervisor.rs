@@ -34,6 +34,7 @@ use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
 use crate::kernel::capsules::MANIFEST_FILE;
 use crate::kernel::capsules::{CapsuleOrigin, CapsuleState};
+use crate::kernel::defaults;
 use crate::kernel::grants::GrantStatus;
 use crate::kernel::manifest::{Isolation, Manifest};
 use crate::kernel::{BusMessage, Kernel, Origin};
@@ -121,7 +122,8 @@ impl HostConfig {
 /// What identifies the code and permissions a running instance was started with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Identity {
-    dir: PathBuf,
+    /// Its installed directory; none for an embedded default capsule.
+    dir: Option<PathBuf>,
     code_hash: Option<String>,
     grant: GrantStatus,
     /// BLAKE3 of the capsule's env file: new values given by the operator restart it.
@@ -227,7 +229,10 @@ impl CapsuleHost {
             .filter(|c| !matches!(c.state, CapsuleState::Failed(_)))
             .filter(|c| matches!(c.grant, GrantStatus::Approved | GrantStatus::NothingRequested))
             .filter_map(|c| {
-                let dir = c.dir.clone()?;
+                let dir = c.dir.clone();
+                if dir.is_none() && c.origin != CapsuleOrigin::Embedded {
+                    return None;
+                }
                 let env = config::env_file(&self.kernel.config().home, DEFAULT_PRINCIPAL, &c.name);
                 let config_hash = std::fs::read(env).ok().map(|bytes| blake3::hash(&bytes).to_hex().to_string());
                 let identity = Identity {
@@ -279,7 +284,7 @@ impl CapsuleHost {
             let capsule = name.clone();
             match std::thread::Builder::new()
                 .name(thread_name)
-                .spawn(move || host.supervise(&capsule, &dir, &thread_lifecycle))
+                .spawn(move || host.supervise(&capsule, dir.as_deref(), &thread_lifecycle))
             {
                 Ok(thread) => {
                     running.insert(name, Running { identity, lifecycle, thread, rescan });
@@ -338,7 +343,7 @@ impl CapsuleHost {
     }
 
     /// The thread body: run the capsule, restart it with backoff when it fails.
-    fn supervise(&self, name: &str, dir: &Path, lifecycle: &Arc<Lifecycle>) {
+    fn supervise(&self, name: &str, dir: Option<&Path>, lifecycle: &Arc<Lifecycle>) {
         let mut attempt = 0u32;
         loop {
             let started = Instant::now();
@@ -389,8 +394,8 @@ impl CapsuleHost {
 
     /// One life of an instance, on this thread or, when its manifest or the operator asks
     /// for it, in a capsule-host process.
-    fn run_once(&self, name: &str, dir: &Path, lifecycle: &Arc<Lifecycle>) -> Result<(), String> {
-        if self.isolation(dir) == Isolation::Process {
+    fn run_once(&self, name: &str, dir: Option<&Path>, lifecycle: &Arc<Lifecycle>) -> Result<(), String> {
+        if self.isolation(name, dir) == Isolation::Process {
             let home = self.kernel.config().home.root().to_path_buf();
             return process::run_child(&home, &self.tickets, name, dir, lifecycle);
         }
@@ -404,15 +409,17 @@ impl CapsuleHost {
         runner::run(&mut sandbox, &prepared.plan)
     }
 
-    /// Where the capsule in `dir` runs: the operator's setting wins, then its manifest's.
-    fn isolation(&self, dir: &Path) -> Isolation {
+    /// Where the capsule runs: the operator's setting wins, then its manifest's (in `dir`, or
+    /// the embedded one).
+    fn isolation(&self, name: &str, dir: Option<&Path>) -> Isolation {
         if self.config.isolation == Isolation::Process {
             return Isolation::Process;
         }
-        Manifest::load(&dir.join(MANIFEST_FILE))
-            .ok()
-            .and_then(|manifest| manifest.components.first().map(|c| c.isolation))
-            .unwrap_or_default()
+        let manifest = match dir {
+            Some(dir) => Manifest::load(&dir.join(MANIFEST_FILE)).ok(),
+            None => defaults::find(name).and_then(|embedded| embedded.manifest().ok()),
+        };
+        manifest.and_then(|manifest| manifest.components.first().map(|c| c.isolation)).unwrap_or_default()
     }
 
     /// Attaches a capsule-host connection: to the capsule its ticket was issued for, or to
@@ -452,8 +459,9 @@ impl CapsuleHost {
             };
             return Err(refuse("-", reason.to_owned()));
         };
-        let prepared = runner::prepare(&self.kernel, &self.config, &ticketed.name, &ticketed.dir, Arc::clone(&session))
-            .map_err(|reason| refuse(&ticketed.name, reason))?;
+        let prepared =
+            runner::prepare(&self.kernel, &self.config, &ticketed.name, ticketed.dir.as_deref(), Arc::clone(&session))
+                .map_err(|reason| refuse(&ticketed.name, reason))?;
         let supervised = Arc::clone(&ticketed.lifecycle);
         session.on_ready(move || supervised.signal_ready());
         audit(&ticketed.name, Decision::Allow, "ticket redeemed; runs in a capsule-host process");

@@ -42,6 +42,8 @@ impl TestHome {
             .env("ASTRID_HOME", &self.home)
             .env_remove("ASTRID_IDLE_TIMEOUT_SECS")
             .env_remove("ASTRID_LOG")
+            // Tests install what they need; the embedded default set is opted into where wanted.
+            .env("ASTRID_DEFAULT_CAPSULES", "0")
             .current_dir(&self.workspace)
             .stdin(Stdio::null());
         command

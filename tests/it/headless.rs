@@ -87,3 +87,27 @@ fn the_orchestrator_and_the_offline_model_answer_a_turn_and_remember_the_convers
     let keys = stdout(&keys);
     assert_eq!(keys.lines().filter(|k| k.starts_with("history:")).count(), 2, "{keys}");
 }
+
+#[test]
+fn a_fresh_home_answers_offline_with_the_embedded_default_set() {
+    let t = TestHome::new();
+    let defaults = [("ASTRID_DEFAULT_CAPSULES", "1")];
+    // No daemon and nothing installed: `run` starts an ephemeral daemon, whose embedded
+    // orchestrator and offline model answer.
+    let output = t.cli_with(&["run", "are you there?"], &defaults);
+    assert_eq!(output.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&output.stderr), t.log());
+    let answer = stdout(&output);
+    assert!(answer.starts_with("[offline model] You said: \"are you there?\""), "{answer}");
+    let shown = t.cli_with(&["capsule", "show", "orchestrator", "--json"], &defaults);
+    let shown: Value = serde_json::from_slice(&shown.stdout).expect("show JSON");
+    assert_eq!(shown["origin"], "embedded", "{shown}");
+    assert_eq!(shown["state"], "running", "{shown}");
+    let audit = crate::capsules::audit_tail(&t);
+    assert!(
+        audit.iter().any(|e| e["action"] == "capsule.discovered"
+            && e["resource"] == "llm-offline"
+            && e["rule"].as_str().is_some_and(|r| r.contains("embedded"))),
+        "the default set's registration is audited"
+    );
+    assert_eq!(t.cli(&["stop"]).status.code(), Some(0));
+}
