@@ -4,10 +4,11 @@
 use std::io::Write;
 use std::process::Stdio;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::capsules::install;
 use crate::harness::TestHome;
+use crate::openai_server::{Script, Server};
 
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -110,4 +111,57 @@ fn a_fresh_home_answers_offline_with_the_embedded_default_set() {
         "the default set's registration is audited"
     );
     assert_eq!(t.cli(&["stop"]).status.code(), Some(0));
+}
+
+/// A daemon whose orchestrator talks to `server` through the llm-openai capsule.
+fn with_openai(t: &TestHome, server: &Server) -> crate::harness::Daemon {
+    let daemon = t.daemon_with(&[], &[("ASTRID_HTTP_ALLOW_PRIVATE", "1")]);
+    let base = format!("base_url={}", server.base_url());
+    crate::capsules::install_with(
+        t,
+        "llm-openai",
+        &["--env", &base, "--env", "api_key=sk-test-123", "--env", "model=test-model"],
+    );
+    crate::capsules::install_with(t, "orchestrator", &["--env", "provider=openai", "--env", "model=test-model"]);
+    daemon
+}
+
+#[test]
+fn an_openai_compatible_server_streams_the_answer_with_the_key_filled_in_host_side() {
+    let t = TestHome::new();
+    let server = Server::start(vec![Script::Text(vec!["Hel", "lo from ", "the server"])]);
+    let _daemon = with_openai(&t, &server);
+    let output = t.cli(&["run", "say hello"]);
+    assert_eq!(output.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&output.stderr), t.log());
+    assert_eq!(stdout(&output), "Hello from the server\n");
+
+    let requests = server.received();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert_eq!(request.path, "/v1/chat/completions");
+    assert_eq!(request.header("authorization"), Some("Bearer sk-test-123"), "the secret, filled in by the host");
+    assert_eq!(request.body["model"], "test-model");
+    assert_eq!(request.body["stream"], true);
+    let messages = request.body["messages"].as_array().expect("messages");
+    assert_eq!(messages.first().map(|m| m["role"].clone()), Some(json!("system")));
+    assert_eq!(messages.last().cloned(), Some(json!({"role": "user", "content": "say hello"})));
+}
+
+#[test]
+fn provider_failures_reach_the_user_as_clear_errors() {
+    let t = TestHome::new();
+    let server = Server::start(vec![Script::Status(401)]);
+    let _daemon = with_openai(&t, &server);
+    for (script, expected) in [
+        (Script::Status(401), "LLM error: HTTP 401: the API key was refused"),
+        (Script::Status(429), "LLM error: HTTP 429: rate limited"),
+        (Script::Status(503), "LLM error: HTTP 503: the server failed"),
+        (Script::Malformed, "LLM error: malformed stream"),
+    ] {
+        server.set(vec![script]);
+        let output = t.cli(&["run", "hi"]);
+        assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout(&output).starts_with(expected), "{expected}: {}", stdout(&output));
+        assert!(!stdout(&output).contains("sk-test-123"), "the key never reaches the answer");
+    }
 }

@@ -8,6 +8,7 @@ mod daemon;
 mod harness;
 mod headless;
 mod management;
+mod openai_server;
 mod pid1;
 mod protocol;
 mod state;
