@@ -311,7 +311,7 @@ fn collect_env(home: &AstridHome, source: &std::path::Path, given: &[String]) ->
         }
         values.insert(key.to_owned(), value.to_owned());
     }
-    let (_, missing) = config::resolve(home, DEFAULT_PRINCIPAL, name, &manifest.env);
+    let (_, missing) = config::resolve(home, DEFAULT_PRINCIPAL, name, &manifest.env, &BTreeMap::new());
     let unanswered: Vec<String> = missing.into_iter().filter(|k| !values.contains_key(k)).collect();
     for key in &unanswered {
         let def = &manifest.env[key];

@@ -8,6 +8,7 @@
 //! `ASTRID_DEFAULT_CAPSULES=0` leaves them out. The committed modules are proved by CI to be
 //! what their sources build to (`capsules-examples/build.sh --check`).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::manifest::{Manifest, ManifestError};
@@ -21,6 +22,9 @@ pub struct DefaultCapsule {
     pub manifest: &'static str,
     /// Its module.
     pub wasm: &'static [u8],
+    /// Configuration taken from the daemon's environment where the operator stored none
+    /// (only the default set gets this: it is code the operator runs anyway).
+    pub environment: fn() -> BTreeMap<String, String>,
 }
 
 impl DefaultCapsule {
@@ -31,9 +35,10 @@ impl DefaultCapsule {
 }
 
 macro_rules! embedded {
-    ($name:literal) => {
+    ($name:literal, $environment:expr) => {
         DefaultCapsule {
             name: $name,
+            environment: $environment,
             manifest: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/capsules-examples/", $name, "/Capsule.toml")),
             wasm: include_bytes!(concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -47,8 +52,36 @@ macro_rules! embedded {
     };
 }
 
-/// The default set, in load order (the provider before the loop that calls it).
-pub const DEFAULT_CAPSULES: &[DefaultCapsule] = &[embedded!("llm-offline"), embedded!("orchestrator")];
+/// The default set, in load order (the providers before the loop that calls them).
+pub const DEFAULT_CAPSULES: &[DefaultCapsule] = &[
+    embedded!("llm-offline", BTreeMap::new),
+    embedded!("llm-openai", openai_environment),
+    embedded!("orchestrator", orchestrator_environment),
+];
+
+/// A variable of the daemon's environment, if set and not empty.
+fn variable(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.trim().is_empty())
+}
+
+/// `OPENAI_BASE_URL`, `OPENAI_API_KEY` and `ASTRID_MODEL`, as the provider's configuration.
+fn openai_environment() -> BTreeMap<String, String> {
+    [("base_url", "OPENAI_BASE_URL"), ("api_key", "OPENAI_API_KEY"), ("model", "ASTRID_MODEL")]
+        .into_iter()
+        .filter_map(|(key, name)| Some((key.to_owned(), variable(name)?)))
+        .collect()
+}
+
+/// The orchestrator asks the OpenAI-compatible provider once an endpoint or a key is set in
+/// the environment, the offline model otherwise.
+fn orchestrator_environment() -> BTreeMap<String, String> {
+    let mut config = BTreeMap::new();
+    if variable("OPENAI_BASE_URL").is_some() || variable("OPENAI_API_KEY").is_some() {
+        config.insert("provider".to_owned(), "openai".to_owned());
+        config.insert("model".to_owned(), variable("ASTRID_MODEL").unwrap_or_default());
+    }
+    config
+}
 
 /// The default capsule called `name`.
 pub fn find(name: &str) -> Option<&'static DefaultCapsule> {

@@ -20,13 +20,15 @@ pub fn env_file(home: &AstridHome, principal: &str, capsule: &str) -> PathBuf {
     home.principal_dir(principal).join(".config").join("env").join(format!("{capsule}.env.json"))
 }
 
-/// The declared keys that have a value (given by the operator, or a default), and the keys
-/// that have none and still need one.
+/// The declared keys that have a value, and the keys that have none and still need one. A
+/// value is what the operator stored, else `fallback` (the daemon's environment, for the
+/// embedded default set only), else the manifest's default.
 pub fn resolve(
     home: &AstridHome,
     principal: &str,
     capsule: &str,
     declared: &BTreeMap<String, EnvDef>,
+    fallback: &BTreeMap<String, String>,
 ) -> (BTreeMap<String, String>, Vec<String>) {
     let path = env_file(home, principal, capsule);
     let given: BTreeMap<String, String> = match std::fs::read(&path) {
@@ -39,7 +41,7 @@ pub fn resolve(
     let mut values = BTreeMap::new();
     let mut missing = Vec::new();
     for (key, def) in declared {
-        let value = given.get(key).cloned().or_else(|| {
+        let value = given.get(key).or_else(|| fallback.get(key)).cloned().or_else(|| {
             def.default.as_ref().map(|v| match v {
                 toml::Value::String(s) => s.clone(),
                 other => other.to_string(),
@@ -118,7 +120,8 @@ mod tests {
             "[package]\nname = \"llm\"\nversion = \"1.0.0\"\n[env.API_KEY]\ntype = \"secret\"\n[env.MODEL]\ntype = \"string\"\ndefault = \"small\"\n[env.REGION]\ntype = \"string\"\n",
         )
         .expect("manifest");
-        let (values, missing) = resolve(&home, "default", "llm", &manifest.env);
+        let none = BTreeMap::new();
+        let (values, missing) = resolve(&home, "default", "llm", &manifest.env, &none);
         assert_eq!(values.get("API_KEY").map(String::as_str), Some("sk-1"));
         assert_eq!(values.get("MODEL").map(String::as_str), Some("small"));
         assert!(!values.contains_key("OTHER_CAPSULES_KEY"), "undeclared keys are not handed out");
@@ -129,9 +132,15 @@ mod tests {
         let stored =
             store_values(&home, "default", "llm", &[("REGION".to_owned(), "eu".to_owned())].into()).expect("store");
         assert_eq!(std::fs::metadata(&stored).expect("meta").permissions().mode() & 0o777, 0o600);
-        let (values, missing) = resolve(&home, "default", "llm", &manifest.env);
+        let (values, missing) = resolve(&home, "default", "llm", &manifest.env, &none);
         assert_eq!(values.get("REGION").map(String::as_str), Some("eu"));
         assert_eq!(values.get("API_KEY").map(String::as_str), Some("sk-1"), "merged, not replaced");
         assert!(missing.is_empty());
+        // The environment fallback comes after what is stored and before the default.
+        let fallback: BTreeMap<String, String> =
+            [("MODEL".to_owned(), "large".to_owned()), ("API_KEY".to_owned(), "sk-env".to_owned())].into();
+        let (values, _) = resolve(&home, "default", "llm", &manifest.env, &fallback);
+        assert_eq!(values.get("MODEL").map(String::as_str), Some("large"));
+        assert_eq!(values.get("API_KEY").map(String::as_str), Some("sk-1"), "stored wins");
     }
 }

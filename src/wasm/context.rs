@@ -43,6 +43,9 @@ pub struct CapsuleContext {
     pub(super) secrets: BTreeMap<String, String>,
     /// Whether HTTP may reach internal addresses.
     pub(super) allow_private_network: bool,
+    /// Hosts HTTP may reach on internal addresses all the same: the endpoint the operator
+    /// configured for an embedded provider (a local Ollama, say).
+    pub(super) private_hosts: Vec<String>,
     /// The `[env]` declarations.
     pub(super) env: BTreeMap<String, EnvDef>,
     /// Open HTTP response streams by handle.
@@ -71,6 +74,7 @@ impl CapsuleContext {
             config: services.config,
             secrets: services.secrets,
             allow_private_network: services.allow_private_network,
+            private_hosts: Vec::new(),
             env: services.env,
             streams: Vec::new(),
             deadline,
@@ -94,6 +98,28 @@ impl CapsuleContext {
     /// The interceptor patterns `next_event` serves (already checked against the grant).
     pub fn set_interceptors(&mut self, patterns: Vec<String>) {
         self.interceptor_patterns = patterns;
+    }
+
+    /// Lets HTTP reach the host of the configured `base_url` even on a private or loopback
+    /// address: for the embedded default set, whose endpoint only the operator configures
+    /// (environment or env file). Audited.
+    pub fn allow_configured_endpoint(&mut self, kernel: &crate::kernel::Kernel) {
+        let Some(host) =
+            self.config.get("base_url").and_then(|url| url::Url::parse(url).ok()?.host_str().map(str::to_owned))
+        else {
+            return;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let rule = "the operator's configured endpoint may be a private or loopback address";
+        kernel.record(
+            crate::home::DEFAULT_PRINCIPAL,
+            Actor::Kernel,
+            "net.private_host",
+            &format!("{} {host}", self.capsule),
+            Decision::Allow,
+            rule,
+        );
+        self.private_hosts.push(host);
     }
 
     /// The install whose lifecycle hook `lifecycle_done` records.

@@ -142,7 +142,8 @@ fn send(context: &CapsuleContext, raw: &[u8], body: &[u8]) -> Result<(ureq::Resp
         }
     }
     let refused = Arc::new(Mutex::new(None));
-    let resolver = VettedResolver { allow_private: context.allow_private_network, refused: Arc::clone(&refused) };
+    let allow_private = context.allow_private_network || context.private_hosts.contains(&host);
+    let resolver = VettedResolver { allow_private, refused: Arc::clone(&refused) };
     let timeout = MAX_REQUEST_TIME.min(context.deadline);
     let agent = ureq::AgentBuilder::new().resolver(resolver).redirects(0).timeout(timeout).build();
     let mut outgoing = agent.request_url(&method, &url);

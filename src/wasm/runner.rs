@@ -11,6 +11,7 @@
 //! dispatch. It reaches the kernel only through [`Sandbox::host_call`], so the same code
 //! serves a capsule on a daemon thread and one in a capsule-host process.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -82,31 +83,43 @@ pub fn prepare(
     let Some(dir) = dir else {
         let embedded = defaults::find(name).ok_or_else(|| format!("{name} is neither installed nor embedded"))?;
         let manifest = embedded.manifest().map_err(|e| e.to_string())?;
-        return prepare_loaded(kernel, host, &manifest, embedded.wasm.to_vec(), None, lifecycle);
+        let mut prepared = prepare_loaded(
+            kernel,
+            host,
+            &manifest,
+            embedded.wasm.to_vec(),
+            None,
+            &(embedded.environment)(),
+            lifecycle,
+        )?;
+        prepared.context.allow_configured_endpoint(kernel);
+        return Ok(prepared);
     };
     let verified = verify_installed(dir).map_err(|e| e.to_string())?;
     if verified.manifest.package.name != name {
         return Err(format!("{} now holds capsule {}", dir.display(), verified.manifest.package.name));
     }
     let wasm = verified.wasm.ok_or("the capsule has no module")?;
-    prepare_loaded(kernel, host, &verified.manifest, wasm, Some(verified.meta), lifecycle)
+    prepare_loaded(kernel, host, &verified.manifest, wasm, Some(verified.meta), &BTreeMap::new(), lifecycle)
 }
 
 /// [`prepare`] for a manifest and module already loaded (and checked): `installed` is the
-/// install record, or `None` for a development run (which runs `astrid_install` each time).
+/// install record, or `None` for a development run or an embedded capsule (which run
+/// `astrid_install` each time); `fallback` is configuration used where none is stored.
 pub fn prepare_loaded(
     kernel: &Arc<Kernel>,
     host: &HostConfig,
     manifest: &Manifest,
     wasm: Vec<u8>,
     installed: Option<CapsuleMeta>,
+    fallback: &BTreeMap<String, String>,
     lifecycle: Arc<Lifecycle>,
 ) -> Result<Prepared, String> {
     lifecycle.reset_ready();
     let name = manifest.package.name.as_str();
     let hash = hash_hex(&wasm);
     let home = &kernel.config().home;
-    let (values, missing) = config::resolve(home, DEFAULT_PRINCIPAL, name, &manifest.env);
+    let (values, missing) = config::resolve(home, DEFAULT_PRINCIPAL, name, &manifest.env, fallback);
     if !missing.is_empty() {
         log::warn!("capsule {name} has no value for {}; get_config answers none", missing.join(", "));
         let fields = config::onboarding_fields(&manifest.env, &missing);

@@ -444,7 +444,8 @@ impl CapsuleHost {
                 &loaded.manifest,
                 loaded.wasm,
                 None,
-                session.clone(),
+                &std::collections::BTreeMap::new(),
+                Arc::clone(&session),
             )
             .map_err(|reason| refuse(&name, reason))?;
             audit(&name, Decision::Allow, &format!("development run of {dir}"));

@@ -44,6 +44,10 @@ impl TestHome {
             .env_remove("ASTRID_LOG")
             // Tests install what they need; the embedded default set is opted into where wanted.
             .env("ASTRID_DEFAULT_CAPSULES", "0")
+            // A developer's own endpoint must not leak into the tests.
+            .env_remove("OPENAI_BASE_URL")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("ASTRID_MODEL")
             .current_dir(&self.workspace)
             .stdin(Stdio::null());
         command

@@ -165,3 +165,29 @@ fn provider_failures_reach_the_user_as_clear_errors() {
         assert!(!stdout(&output).contains("sk-test-123"), "the key never reaches the answer");
     }
 }
+
+#[test]
+fn the_default_set_uses_an_endpoint_from_the_environment_even_on_loopback() {
+    let t = TestHome::new();
+    let server = Server::start(vec![Script::Text(vec!["from ", "the environment"])]);
+    let base = server.base_url();
+    let env = [
+        ("ASTRID_DEFAULT_CAPSULES", "1"),
+        ("OPENAI_BASE_URL", base.as_str()),
+        ("OPENAI_API_KEY", "sk-env-456"),
+        ("ASTRID_MODEL", "env-model"),
+    ];
+    // No ASTRID_HTTP_ALLOW_PRIVATE: only the configured endpoint may be a loopback address.
+    let output = t.cli_with(&["run", "hi"], &env);
+    assert_eq!(output.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&output.stderr), t.log());
+    assert_eq!(stdout(&output), "from the environment\n");
+    let request = server.received().pop().expect("a request");
+    assert_eq!(request.header("authorization"), Some("Bearer sk-env-456"));
+    assert_eq!(request.body["model"], "env-model");
+    let audit = crate::capsules::audit_tail(&t);
+    assert!(
+        audit.iter().any(|e| e["action"] == "net.private_host" && e["resource"] == "llm-openai 127.0.0.1"),
+        "the exception is audited"
+    );
+    assert_eq!(t.cli(&["stop"]).status.code(), Some(0));
+}
