@@ -298,11 +298,30 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::
     Ok(())
 }
 
-/// The next redacted chunk; empty once the body is over. The last `longest secret − 1`
-/// bytes are held back until more arrive, so a secret split across reads is still caught.
+/// How many bytes at the end of `carry` could be the start of a secret (the longest suffix
+/// that is a proper prefix of one): only those must wait for the next read.
+fn pending_prefix(carry: &[u8], secrets: &[String]) -> usize {
+    secrets
+        .iter()
+        .map(String::as_bytes)
+        .filter_map(|secret| (1..secret.len()).rev().find(|&k| carry.ends_with(&secret[..k])))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The next redacted chunk; empty once the body is over. Bytes at the end that could be the
+/// start of a secret are held back until more arrive (so a secret split across reads is still
+/// caught); nothing else is, so a stream's events reach the guest as soon as they arrive.
 fn next_chunk(stream: &mut Stream) -> Result<Vec<u8>, HttpStatus> {
-    let hold = stream.secrets.iter().map(String::len).max().unwrap_or(0).saturating_sub(1);
-    while !stream.ended && stream.carry.len() <= hold {
+    loop {
+        if stream.ended {
+            let rest = std::mem::take(&mut stream.carry);
+            return Ok(redact(&rest, &stream.secrets));
+        }
+        let hold = pending_prefix(&stream.carry, &stream.secrets);
+        if stream.carry.len() > hold {
+            break;
+        }
         let mut buffer = vec![0u8; CHUNK];
         match stream.reader.read(&mut buffer) {
             Ok(0) => stream.ended = true,
@@ -313,15 +332,10 @@ fn next_chunk(stream: &mut Stream) -> Result<Vec<u8>, HttpStatus> {
             Err(_) => return Err(HttpStatus::Connection),
         }
     }
-    if stream.ended {
-        let rest = std::mem::take(&mut stream.carry);
-        return Ok(redact(&rest, &stream.secrets));
-    }
-    // Emit everything but a tail that could be the start of a secret; a whole secret that
-    // straddles the cut is emitted with the head (redacted), never split. The head is never
-    // empty (the carry is longer than the tail held back), so an empty chunk always means
-    // the end of the body.
-    let cut = stream.carry.len() - hold.min(stream.carry.len());
+    // Emit everything but the held tail; a whole secret that straddles the cut is emitted with
+    // the head (redacted), never split. The head is never empty, so an empty chunk always
+    // means the end of the body.
+    let cut = stream.carry.len() - pending_prefix(&stream.carry, &stream.secrets);
     let mut emit = cut;
     for secret in stream.secrets.iter().map(String::as_bytes).filter(|s| !s.is_empty()) {
         for start in cut.saturating_sub(secret.len() - 1)..cut {
@@ -351,6 +365,15 @@ mod tests {
                 _ => Ok(0),
             }
         }
+    }
+
+    #[test]
+    fn only_a_possible_start_of_a_secret_waits_for_the_next_read() {
+        let secrets = vec!["sk-test-42".to_owned()];
+        assert_eq!(pending_prefix(b"data: {}\n\n", &secrets), 0, "an event ending is not held back");
+        assert_eq!(pending_prefix(b"token sk-te", &secrets), 5);
+        assert_eq!(pending_prefix(b"token sk-test-42", &secrets), 0, "a whole secret is redacted, not held");
+        assert_eq!(pending_prefix(b"anything", &[]), 0);
     }
 
     #[test]
