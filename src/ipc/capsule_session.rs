@@ -124,7 +124,10 @@ pub(super) async fn serve(
     let mut context = prepared.context;
     let worker = std::thread::Builder::new().name(format!("capsule-session:{name}")).spawn(move || {
         while let Ok(frame) = calls_rx.recv() {
-            let reply = ReplyFrame { id: frame.id, reply: context.call(frame.call) };
+            // As in-process: a kernel-side bug costs the guest its call, not the session.
+            let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| context.call(frame.call)))
+                .unwrap_or_else(|_| HostReply::Trap("the host failed while serving this call (a bug)".to_owned()));
+            let reply = ReplyFrame { id: frame.id, reply };
             if replies_tx.blocking_send(reply).is_err() {
                 return;
             }

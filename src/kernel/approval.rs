@@ -128,6 +128,9 @@ pub struct Approvals {
     session: Mutex<Vec<(SubscriberId, Allowance)>>,
     /// "Always" allowances, mirrored from the store (written through, flushed).
     always: Mutex<Vec<Allowance>>,
+    /// The runtime whose timer bounds the wait: capsules ask from threads of their own, which
+    /// have no runtime, and a tokio timer made outside one panics.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Approvals {
@@ -142,7 +145,14 @@ impl Approvals {
                 Err(e) => log::error!("ignoring unreadable allowance {key}: {e}"),
             }
         }
-        Ok(Self { bus, store, timeout, session: Mutex::new(Vec::new()), always: Mutex::new(always) })
+        Ok(Self {
+            bus,
+            store,
+            timeout,
+            session: Mutex::new(Vec::new()),
+            always: Mutex::new(always),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        })
     }
 
     fn session_allowances(&self) -> MutexGuard<'_, Vec<(SubscriberId, Allowance)>> {
@@ -176,7 +186,7 @@ impl Approvals {
             origin: Origin::Kernel,
             reply_to: None,
         });
-        let answer = tokio::time::timeout(self.timeout, async {
+        let answered = async {
             while let Some(message) = answers.recv().await {
                 let Origin::Subscriber(client) = message.origin else { continue };
                 if let IpcPayload::ApprovalResponse { request_id: answered, decision, .. } = &message.message.payload
@@ -186,8 +196,19 @@ impl Approvals {
                 }
             }
             None
-        })
-        .await;
+        };
+        // The timer is made inside a runtime (the caller's, or the one the kernel was built
+        // in) and the guard dropped before waiting: the caller may be a capsule's thread.
+        let timed = {
+            let runtime = tokio::runtime::Handle::try_current().ok().or_else(|| self.runtime.clone());
+            let Some(runtime) = runtime else {
+                log::error!("approval {request_id}: no runtime to time the wait; denied");
+                return ApprovalOutcome::Denied { reason: "no timer available".to_owned() };
+            };
+            let _entered = runtime.enter();
+            tokio::time::timeout(self.timeout, answered)
+        };
+        let answer = timed.await;
         let Ok(Some((client, decision))) = answer else {
             return ApprovalOutcome::Denied { reason: format!("no answer within {} s", self.timeout.as_secs()) };
         };

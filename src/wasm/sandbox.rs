@@ -197,7 +197,12 @@ pub struct HostState {
 pub(super) fn forward(caller: &mut Caller<'_, HostState>, call: HostCall) -> Result<i64, wasmi::Error> {
     let (is_wait, blocks) = (call.is_wait(), call.blocks());
     let started = Instant::now();
-    let reply = caller.data_mut().backend.call(call);
+    // A bug on the kernel side must cost this guest its call, not the daemon its life: a
+    // panic cannot unwind through the interpreter, so it is caught here and becomes a trap.
+    let backend = &mut caller.data_mut().backend;
+    let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.call(call))).unwrap_or_else(|_| {
+        HostReply::Trap("the host failed while serving this call (a bug; see the daemon log)".to_owned())
+    });
     let state = caller.data_mut();
     if blocks {
         state.waited += started.elapsed();
