@@ -52,10 +52,11 @@ macro_rules! embedded {
     };
 }
 
-/// The default set, in load order (the providers before the loop that calls them).
+/// The default set, in load order (providers and tools before the loop that calls them).
 pub const DEFAULT_CAPSULES: &[DefaultCapsule] = &[
     embedded!("llm-offline", BTreeMap::new),
     embedded!("llm-openai", openai_environment),
+    embedded!("tools-fs", BTreeMap::new),
     embedded!("orchestrator", orchestrator_environment),
 ];
 

@@ -191,3 +191,54 @@ fn the_default_set_uses_an_endpoint_from_the_environment_even_on_loopback() {
     );
     assert_eq!(t.cli(&["stop"]).status.code(), Some(0));
 }
+
+#[test]
+fn the_offline_agent_uses_the_file_tools_and_writes_wait_for_approval_and_review() {
+    let t = TestHome::new();
+    std::fs::write(t.workspace.join("notes.txt"), "buy milk\n").expect("write");
+    let _daemon = t.daemon_with(&[], &[("ASTRID_DEFAULT_CAPSULES", "1")]);
+
+    // A read needs no approval: the model calls read_file, sees the result, reports it.
+    let read = t.cli(&["run", "read notes.txt", "--format", "json"]);
+    assert_eq!(
+        read.status.code(),
+        Some(0),
+        "stderr: {}\nstdout: {}\nlog: {}",
+        String::from_utf8_lossy(&read.stderr),
+        stdout(&read),
+        t.log()
+    );
+    let read: Value = serde_json::from_str(stdout(&read).trim()).expect("json");
+    assert_eq!(read["response"], "[offline model] read_file answered: buy milk\n", "{read}");
+    let call = &read["tool_calls"][0];
+    assert_eq!((call["name"].as_str(), call["arguments"]["path"].as_str()), (Some("read_file"), Some("notes.txt")));
+    assert_eq!((call["result"].as_str(), call["is_error"].as_bool()), (Some("buy milk\n"), Some(false)));
+
+    // A write without --yes is denied: nothing changes anywhere.
+    let denied = t.cli(&["run", "write todo.txt: ship it"]);
+    assert_eq!(denied.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&denied.stderr), t.log());
+    assert!(stdout(&denied).contains("write_file failed: the user did not approve"), "{}", stdout(&denied));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("approval denied"));
+    assert!(String::from_utf8_lossy(&t.cli(&["workspace", "diff"]).stdout).trim().is_empty());
+
+    // With --yes it is written, into the overlay: the workspace changes only on commit.
+    let approved = t.cli(&["run", "write todo.txt: ship it", "--yes"]);
+    assert!(stdout(&approved).contains("write_file answered: wrote 7 bytes to todo.txt"), "{}", stdout(&approved));
+    assert!(!t.workspace.join("todo.txt").exists());
+    let diff = String::from_utf8_lossy(&t.cli(&["workspace", "diff"]).stdout).into_owned();
+    assert!(diff.contains("todo.txt") && diff.contains("+ship it"), "{diff}");
+    assert_eq!(t.cli(&["workspace", "commit"]).status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(t.workspace.join("todo.txt")).expect("committed"), "ship it");
+
+    // Every step is in the audit trail.
+    let audit = crate::capsules::audit_tail(&t);
+    let decisions: Vec<(&str, &str)> = audit
+        .iter()
+        .filter(|e| e["action"] == "approval.decision")
+        .filter_map(|e| Some((e["resource"].as_str()?, e["decision"].as_str()?)))
+        .collect();
+    assert_eq!(decisions, [("write_file todo.txt", "deny"), ("write_file todo.txt", "allow")], "{decisions:?}");
+    assert!(audit.iter().any(|e| e["action"] == "capability.check"
+        && e["actor"]["name"] == "tools-fs"
+        && e["resource"].as_str().is_some_and(|r| r.contains("todo.txt"))));
+}

@@ -1,7 +1,11 @@
 //! llm-offline: answers `llm_request`s on `llm.v1.request.generate.offline` with a stream of
-//! `llm_stream_event`s on `llm.v1.stream.offline`, like any provider, but from a fixed rule
+//! `llm_stream_event`s on `llm.v1.stream.offline`, like any provider, but from fixed rules
 //! instead of a model: it repeats what it was told, says that it is offline, and names the
 //! tools it was offered. Same input, same output, no network.
+//!
+//! It also exercises tool calls, when the tool is offered: `read PATH` calls `read_file`,
+//! `list [PATH]` `list_dir`, `search TEXT` `search`, `write PATH: TEXT` `write_file`; after a
+//! tool's result it reports what the tool answered.
 
 use astrid_sdk::{Hook, ipc};
 use serde_json::{Value, json};
@@ -30,6 +34,43 @@ fn reply(messages: &[Value], tools: &[Value]) -> String {
     reply
 }
 
+/// The tool call a prompt asks for, if the tool is on offer.
+fn tool_call(said: &str, tools: &[Value]) -> Option<(&'static str, Value)> {
+    let offered = |name: &str| tools.iter().any(|t| t["name"] == name);
+    let said = said.trim();
+    if let Some(path) = said.strip_prefix("read ").filter(|_| offered("read_file")) {
+        return Some(("read_file", json!({"path": path.trim()})));
+    }
+    if (said == "list" || said.starts_with("list ")) && offered("list_dir") {
+        let path = said.strip_prefix("list").unwrap_or_default().trim();
+        return Some(("list_dir", json!({"path": if path.is_empty() { "." } else { path }})));
+    }
+    if let Some(text) = said.strip_prefix("search ").filter(|_| offered("search")) {
+        return Some(("search", json!({"text": text.trim()})));
+    }
+    if let Some((path, content)) = said.strip_prefix("write ").and_then(|rest| rest.split_once(':')) {
+        if offered("write_file") {
+            return Some(("write_file", json!({"path": path.trim(), "content": content.trim_start()})));
+        }
+    }
+    None
+}
+
+/// The report on a tool's result (the last message), naming the tool that was called.
+fn tool_report(messages: &[Value]) -> String {
+    let result = &messages[messages.len() - 1]["content"];
+    let name = messages
+        .iter()
+        .rev()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .find(|call| call["id"] == result["call_id"])
+        .and_then(|call| call["name"].as_str())
+        .unwrap_or("the tool");
+    let outcome = if result["is_error"] == true { "failed" } else { "answered" };
+    format!("[offline model] {name} {outcome}: {}", result["content"].as_str().unwrap_or_default())
+}
+
 fn event(request_id: &Value, event: Value) {
     let _ = ipc::publish(STREAM, &json!({"type": "llm_stream_event", "request_id": request_id, "event": event}));
 }
@@ -42,7 +83,27 @@ fn hook(_action: &str, payload: &[u8]) -> Hook {
     let id = &request["request_id"];
     let messages = request["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
     let tools = request["tools"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let text = reply(messages, tools);
+    let last_is_user = messages.last().is_some_and(|m| m["role"] == "user");
+    if let Some((name, arguments)) =
+        last_is_user.then(|| tool_call(&text_of(&messages[messages.len() - 1]["content"]), tools)).flatten()
+    {
+        let call_id = format!("call-{}", id.as_str().unwrap_or_default().chars().take(8).collect::<String>());
+        event(id, json!({"ToolCallStart": {"id": call_id, "name": name}}));
+        // The arguments in two fragments, as models send them.
+        let arguments = arguments.to_string();
+        let (head, tail) = arguments.split_at(arguments.len() / 2);
+        for fragment in [head, tail] {
+            event(id, json!({"ToolCallDelta": {"id": call_id, "args_delta": fragment}}));
+        }
+        event(id, json!({"ToolCallEnd": {"id": call_id}}));
+        event(id, json!("Done"));
+        return Hook::Final(Value::Null);
+    }
+    let text = if messages.last().is_some_and(|m| m["role"] == "tool") {
+        tool_report(messages)
+    } else {
+        reply(messages, tools)
+    };
     // Streamed a word at a time, as a model would.
     for piece in text.split_inclusive(' ') {
         event(id, json!({"TextDelta": piece}));

@@ -1,41 +1,67 @@
 //! orchestrator: one agent turn after another, per session.
 //!
 //! A `user_input` on `user.v1.prompt` starts a turn: the conversation so far (KV
-//! `history:<session>`) plus the prompt goes to the configured provider as an `llm_request`
-//! on `llm.v1.request.generate.<provider>`. The provider's `llm_stream_event`s on
-//! `llm.v1.stream.<provider>` come back to this capsule's hook: each text delta is passed on
-//! to the frontends at once (`agent_response`, not final, on `agent.v1.stream.delta`); `Done`
-//! stores the answer in the conversation and sends it whole as the final `agent_response` on
-//! `agent.v1.response`, as the reference pipeline does; an `Error` ends the turn with
-//! `LLM error: …`. A prompt whose context says `cancel_turn` ends the session's turn.
+//! `history:<session>`), the prompt and the tools on offer (asked once with
+//! `tool.v1.request.describe`) go to the configured provider as an `llm_request` on
+//! `llm.v1.request.generate.<provider>`. The provider's `llm_stream_event`s come back to this
+//! capsule's hook: text deltas go to the frontends at once (`agent.v1.stream.delta`); tool
+//! calls are assembled from their fragments. At `Done`, tool calls are sent to their tools
+//! (`tool.v1.execute.<tool>`, announced on `tool.v1.request.execute`) and, once every result
+//! is back (`tool.v1.execute.<tool>.result`, passed on as `tool.v1.execute.result`), the model
+//! is asked again; without tool calls the answer is stored and sent whole as the final
+//! `agent_response` on `agent.v1.response`. An `Error` ends the turn with `LLM error: …`, a
+//! prompt whose context says `cancel_turn` with `Cancelled.`, too many tool rounds with
+//! `Stopped: …`.
 //!
 //! Turns in flight live in this instance's memory (the hook entry runs one event at a time);
 //! only finished exchanges are stored, so a restart loses a turn, never the conversation.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::time::Duration;
 
-use astrid_sdk::{Hook, ipc, kv};
+use astrid_sdk::{Hook, Subscription, ipc, kv};
 use serde_json::{Value, json};
 
 /// Messages kept per conversation (the oldest go first).
 const MAX_HISTORY: usize = 100;
+/// Rounds of tool calls one turn may take.
+const MAX_TOOL_ROUNDS: u32 = 10;
+/// How long tools get to describe themselves.
+const DESCRIBE_WINDOW: Duration = Duration::from_millis(150);
 const SYSTEM_PROMPT: &str = "You are the agent of Astrid, a secure runtime. Answer plainly. \
     You can act only through the tools you are offered, and only within what the user granted.";
 
-/// A turn waiting for its provider.
+/// A tool call of the current model response.
+struct Call {
+    id: String,
+    name: String,
+    arguments: String,
+    result: Option<Value>,
+}
+
+/// A turn in flight.
 struct Turn {
     session_id: String,
     prompt: String,
+    /// What the next request sends: history, prompt, tool exchanges so far.
+    messages: Vec<Value>,
+    /// The request the provider is answering.
+    request_id: String,
+    /// Text of the current response.
     text: String,
+    calls: Vec<Call>,
+    rounds: u32,
+    /// The final answer, once the turn is over (sent and removed by [`sweep`]).
+    done: Option<String>,
 }
 
 thread_local! {
-    static TURNS: RefCell<BTreeMap<String, Turn>> = const { RefCell::new(BTreeMap::new()) };
+    static TURNS: RefCell<Vec<Turn>> = const { RefCell::new(Vec::new()) };
+    static TOOLS: RefCell<Option<Vec<Value>>> = const { RefCell::new(None) };
 }
 
-/// A fresh request id (a version 4 UUID from the host's CSPRNG).
-fn request_id() -> String {
+/// A fresh id (a version 4 UUID from the host's CSPRNG).
+fn new_id() -> String {
     let mut bytes = astrid_sdk::random_bytes(16).unwrap_or_else(|_| vec![0; 16]);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
@@ -75,37 +101,67 @@ fn respond(topic: &str, session_id: &str, text: &str, is_final: bool) {
     }
 }
 
-fn start_turn(text: String, session_id: String) {
+/// The tools on offer: asked of every tool capsule once (and again while none answered).
+fn tools() -> Vec<Value> {
+    if let Some(tools) = TOOLS.with(|t| t.borrow().clone()) {
+        return tools;
+    }
+    let Ok(replies) = Subscription::new("tool.v1.response.describe.*") else { return Vec::new() };
+    if ipc::publish("tool.v1.request.describe", &json!({})).is_err() {
+        return Vec::new();
+    }
+    let started = astrid_sdk::clock_ms();
+    let mut tools: Vec<Value> = Vec::new();
+    loop {
+        let left = DESCRIBE_WINDOW.as_millis() as i64 - (astrid_sdk::clock_ms() - started);
+        if left <= 0 {
+            break;
+        }
+        let Ok(Some(reply)) = replies.recv(Duration::from_millis(left as u64)) else { break };
+        for tool in reply.payload["tools"].as_array().into_iter().flatten() {
+            let name = tool["name"].as_str().unwrap_or_default();
+            if valid_tool_name(name) && !tools.iter().any(|t| t["name"] == name) {
+                tools.push(tool.clone());
+            }
+        }
+    }
+    if !tools.is_empty() {
+        TOOLS.with(|t| *t.borrow_mut() = Some(tools.clone()));
+    }
+    tools
+}
+
+/// Tool names become a topic segment: no dots, no wildcards, nothing else odd.
+fn valid_tool_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':'))
+}
+
+/// Sends the turn's messages to the provider under a new request id.
+fn ask_model(turn: &mut Turn) -> Result<(), String> {
     let provider = astrid_sdk::config("provider").unwrap_or_else(|| "offline".to_owned());
-    let model = astrid_sdk::config("model").unwrap_or_else(|| provider.clone());
-    let mut messages = history(&session_id);
-    messages.push(json!({"role": "user", "content": text}));
-    let id = request_id();
+    let model = astrid_sdk::config("model").filter(|m| !m.is_empty()).unwrap_or_else(|| provider.clone());
+    turn.request_id = new_id();
+    turn.text.clear();
+    turn.calls.clear();
     let request = json!({
         "type": "llm_request",
-        "request_id": id,
+        "request_id": turn.request_id,
         "model": model,
-        "messages": messages,
-        "tools": [],
+        "messages": turn.messages,
+        "tools": tools(),
         "system": SYSTEM_PROMPT,
     });
-    TURNS.with(|turns| {
-        turns.borrow_mut().insert(id, Turn { session_id: session_id.clone(), prompt: text, text: String::new() })
-    });
-    if let Err(e) = ipc::publish(&format!("llm.v1.request.generate.{provider}"), &request) {
-        TURNS.with(|turns| turns.borrow_mut().retain(|_, turn| turn.session_id != session_id));
-        respond("agent.v1.response", &session_id, &format!("LLM error: cannot reach provider {provider}: {e}"), true);
-    }
+    ipc::publish(&format!("llm.v1.request.generate.{provider}"), &request)
+        .map_err(|e| format!("LLM error: cannot reach provider {provider}: {e}"))
 }
 
 fn on_prompt(payload: &[u8]) {
     let Some(input) = ipc::user_input(payload) else { return };
-    let cancel = input.context.as_ref().is_some_and(|c| c["action"] == "cancel_turn");
-    if cancel {
+    if input.context.as_ref().is_some_and(|c| c["action"] == "cancel_turn") {
         let cancelled = TURNS.with(|turns| {
             let mut turns = turns.borrow_mut();
             let before = turns.len();
-            turns.retain(|_, turn| turn.session_id != input.session_id);
+            turns.retain(|turn| turn.session_id != input.session_id);
             before != turns.len()
         });
         if cancelled {
@@ -116,36 +172,156 @@ fn on_prompt(payload: &[u8]) {
     if input.text.trim().is_empty() {
         return;
     }
-    start_turn(input.text, input.session_id);
+    let mut messages = history(&input.session_id);
+    messages.push(json!({"role": "user", "content": input.text}));
+    let mut turn = Turn {
+        session_id: input.session_id,
+        prompt: input.text,
+        messages,
+        request_id: String::new(),
+        text: String::new(),
+        calls: Vec::new(),
+        rounds: 0,
+        done: None,
+    };
+    match ask_model(&mut turn) {
+        Ok(()) => TURNS.with(|turns| turns.borrow_mut().push(turn)),
+        Err(message) => respond("agent.v1.response", &turn.session_id, &message, true),
+    }
+}
+
+/// What to do once a response is complete.
+enum Next {
+    Wait,
+    Finish(String),
+    RunTools,
 }
 
 fn on_stream(payload: &[u8]) {
     let Ok(event) = serde_json::from_slice::<Value>(payload) else { return };
-    if event["type"] != "llm_stream_event" {
-        return;
-    }
-    let Some(id) = event["request_id"].as_str() else { return };
+    let Some(id) = event["request_id"].as_str().filter(|_| event["type"] == "llm_stream_event") else { return };
     TURNS.with(|turns| {
         let mut turns = turns.borrow_mut();
-        let Some(turn) = turns.get_mut(id) else { return };
-        match &event["event"] {
+        let Some(index) = turns.iter().position(|turn| turn.request_id == id) else { return };
+        let turn = &mut turns[index];
+        let next = match &event["event"] {
             Value::Object(map) if map.contains_key("TextDelta") => {
                 let delta = map["TextDelta"].as_str().unwrap_or_default();
                 turn.text.push_str(delta);
                 respond("agent.v1.stream.delta", &turn.session_id, delta, false);
+                Next::Wait
+            }
+            Value::Object(map) if map.contains_key("ToolCallStart") => {
+                let start = &map["ToolCallStart"];
+                turn.calls.push(Call {
+                    id: start["id"].as_str().unwrap_or_default().to_owned(),
+                    name: start["name"].as_str().unwrap_or_default().to_owned(),
+                    arguments: String::new(),
+                    result: None,
+                });
+                Next::Wait
+            }
+            Value::Object(map) if map.contains_key("ToolCallDelta") => {
+                let delta = &map["ToolCallDelta"];
+                if let Some(call) = turn.calls.iter_mut().find(|c| c.id == delta["id"]) {
+                    call.arguments.push_str(delta["args_delta"].as_str().unwrap_or_default());
+                }
+                Next::Wait
             }
             Value::Object(map) if map.contains_key("Error") => {
-                let message = map["Error"].as_str().unwrap_or("unknown error");
-                respond("agent.v1.response", &turn.session_id, &format!("LLM error: {message}"), true);
-                turns.remove(id);
+                Next::Finish(format!("LLM error: {}", map["Error"].as_str().unwrap_or("unknown error")))
             }
-            Value::String(done) if done == "Done" => {
-                if let Some(turn) = turns.remove(id) {
-                    remember(&turn.session_id, &turn.prompt, &turn.text);
-                    respond("agent.v1.response", &turn.session_id, &turn.text, true);
-                }
+            Value::String(done) if done == "Done" && turn.calls.is_empty() => {
+                remember(&turn.session_id, &turn.prompt, &turn.text);
+                Next::Finish(turn.text.clone())
             }
-            _ => {}
+            Value::String(done) if done == "Done" => Next::RunTools,
+            _ => Next::Wait,
+        };
+        match next {
+            Next::Wait => {}
+            Next::Finish(text) => {
+                let turn = turns.remove(index);
+                respond("agent.v1.response", &turn.session_id, &text, true);
+            }
+            Next::RunTools => run_tools(turn),
+        }
+    });
+}
+
+/// Sends each tool call to its tool (a malformed one is answered here, as a tool error).
+fn run_tools(turn: &mut Turn) {
+    let calls: Vec<Value> = turn
+        .calls
+        .iter()
+        .map(|c| json!({"id": c.id, "name": c.name, "arguments": serde_json::from_str::<Value>(&c.arguments).unwrap_or_else(|_| json!({}))}))
+        .collect();
+    turn.messages.push(json!({"role": "assistant", "content": calls}));
+    for (call, announced) in turn.calls.iter_mut().zip(&calls) {
+        let request = json!({"type": "tool_execute_request", "call_id": call.id, "tool_name": call.name,
+                             "arguments": announced["arguments"]});
+        let _ = ipc::publish("tool.v1.request.execute", &request);
+        if !valid_tool_name(&call.name) {
+            call.result = Some(
+                json!({"call_id": call.id, "content": format!("no tool called {:?}", call.name), "is_error": true}),
+            );
+            continue;
+        }
+        if let Err(e) = ipc::publish(&format!("tool.v1.execute.{}", call.name), &request) {
+            call.result = Some(
+                json!({"call_id": call.id, "content": format!("cannot call {}: {e}", call.name), "is_error": true}),
+            );
+        }
+    }
+    continue_if_complete(turn);
+}
+
+fn on_tool_result(payload: &[u8]) {
+    let Ok(event) = serde_json::from_slice::<Value>(payload) else { return };
+    if event["type"] != "tool_execute_result" {
+        return;
+    }
+    let Some(call_id) = event["call_id"].as_str() else { return };
+    TURNS.with(|turns| {
+        let mut turns = turns.borrow_mut();
+        let Some(turn) = turns.iter_mut().find(|t| t.calls.iter().any(|c| c.id == call_id && c.result.is_none()))
+        else {
+            return;
+        };
+        if let Some(call) = turn.calls.iter_mut().find(|c| c.id == call_id) {
+            call.result = Some(event["result"].clone());
+        }
+        let _ = ipc::publish("tool.v1.execute.result", &event);
+        continue_if_complete(turn);
+    });
+}
+
+/// Once every call of the round has its result: the results go to the model, which is asked
+/// again (within the turn's rounds).
+fn continue_if_complete(turn: &mut Turn) {
+    if turn.calls.iter().any(|c| c.result.is_none()) {
+        return;
+    }
+    for call in &turn.calls {
+        turn.messages.push(json!({"role": "tool", "content": call.result}));
+    }
+    turn.rounds += 1;
+    if turn.rounds > MAX_TOOL_ROUNDS {
+        turn.done = Some(format!("Stopped: the turn used all of its {MAX_TOOL_ROUNDS} rounds of tool calls."));
+        return;
+    }
+    if let Err(message) = ask_model(turn) {
+        turn.done = Some(message);
+    }
+}
+
+/// Sends the final answer of every turn that is over, and forgets it.
+fn sweep() {
+    TURNS.with(|turns| {
+        let mut turns = turns.borrow_mut();
+        while let Some(index) = turns.iter().position(|t| t.done.is_some()) {
+            let turn = turns.remove(index);
+            respond("agent.v1.response", &turn.session_id, turn.done.as_deref().unwrap_or_default(), true);
         }
     });
 }
@@ -154,8 +330,10 @@ fn hook(action: &str, payload: &[u8]) -> Hook {
     match action {
         "prompt" => on_prompt(payload),
         "stream" => on_stream(payload),
+        "tool_result" => on_tool_result(payload),
         _ => {}
     }
+    sweep();
     Hook::Continue(None)
 }
 

@@ -16,6 +16,7 @@ unsafe extern "C" {
     pub(crate) fn get_config(ptr: *const u8, len: usize) -> i64;
     pub(crate) fn elicit(ptr: *const u8, len: usize) -> i64;
     pub(crate) fn has_config(ptr: *const u8, len: usize) -> i32;
+    pub(crate) fn request_approval(ptr: *const u8, len: usize) -> i32;
 
     pub(crate) fn kv_get(key: *const u8, key_len: usize) -> i64;
     pub(crate) fn kv_set(key: *const u8, key_len: usize, value: *const u8, value_len: usize) -> i32;

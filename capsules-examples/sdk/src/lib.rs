@@ -94,6 +94,20 @@ pub fn elicit(key: &str, description: Option<&str>) -> Result<Elicited> {
     Ok(Elicited::Value(answer["value"].as_str().unwrap_or_default().to_owned()))
 }
 
+/// Asks a person (or a standing allowance) whether the capsule may do `action` on `resource`:
+/// `Ok(true)` approved, `Ok(false)` denied (including nobody answering within a minute).
+/// Waiting is not charged to the capsule's CPU deadline; question and answer are audited.
+pub fn request_approval(action: &str, resource: &str) -> Result<bool> {
+    let request = serde_json::json!({"action": action, "resource": resource});
+    let bytes = serde_json::to_vec(&request).map_err(|_| Error::InvalidInput)?;
+    // SAFETY: a valid buffer for the duration of the call.
+    match unsafe { abi::request_approval(bytes.as_ptr(), bytes.len()) } {
+        1 => Ok(true),
+        0 => Ok(false),
+        _ => Err(Error::InvalidInput),
+    }
+}
+
 /// Tells the host a run-loop capsule is ready to serve (boot waits briefly for this).
 pub fn signal_ready() {
     abi::signal_ready();

@@ -1,0 +1,128 @@
+//! tools-fs: file tools for the agent, through the workspace VFS and the capsule's grant.
+//!
+//! `tool.v1.request.describe` is answered on `tool.v1.response.describe.fs` with the tool
+//! definitions; a `tool_execute_request` on `tool.v1.execute.<tool>` is answered with a
+//! `tool_execute_result` on `tool.v1.execute.<tool>.result`. `write_file` and `edit_file` ask
+//! for approval first; a denial is a tool error the model sees, and nothing is written.
+
+use astrid_sdk::{Hook, fs, ipc};
+use serde_json::{Value, json};
+
+/// Largest file content handed to the model.
+const MAX_READ: usize = 64 * 1024;
+/// Most matches `search` reports.
+const MAX_MATCHES: usize = 50;
+
+fn definitions() -> Value {
+    let path = json!({"type": "string", "description": "A path relative to the workspace root"});
+    json!([
+        {"name": "read_file", "description": "Read a text file of the workspace",
+         "input_schema": {"type": "object", "properties": {"path": path}, "required": ["path"]}},
+        {"name": "list_dir", "description": "List a directory of the workspace",
+         "input_schema": {"type": "object", "properties": {"path": path}, "required": []}},
+        {"name": "search", "description": "Find lines containing a text in the files of a directory (not recursive)",
+         "input_schema": {"type": "object", "properties": {"text": {"type": "string"}, "path": path}, "required": ["text"]}},
+        {"name": "write_file", "description": "Write a whole file (asks the user; lands in the review overlay)",
+         "input_schema": {"type": "object", "properties": {"path": path, "content": {"type": "string"}}, "required": ["path", "content"]}},
+        {"name": "edit_file", "description": "Replace one exact text in a file by another (asks the user)",
+         "input_schema": {"type": "object", "properties": {"path": path, "old": {"type": "string"}, "new": {"type": "string"}}, "required": ["path", "old", "new"]}},
+    ])
+}
+
+fn text(arguments: &Value, key: &str) -> Result<String, String> {
+    arguments[key].as_str().map(str::to_owned).ok_or_else(|| format!("missing argument `{key}`"))
+}
+
+fn read_text(path: &str) -> Result<String, String> {
+    let bytes = fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    if text.len() > MAX_READ {
+        let mut end = MAX_READ;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("\n[truncated]");
+    }
+    Ok(text)
+}
+
+fn approved(action: &str, path: &str) -> Result<(), String> {
+    match astrid_sdk::request_approval(action, path) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!("the user did not approve {action} on {path}; nothing was written")),
+        Err(e) => Err(format!("cannot ask for approval: {e}")),
+    }
+}
+
+fn execute(tool: &str, arguments: &Value) -> Result<String, String> {
+    match tool {
+        "read_file" => read_text(&text(arguments, "path")?),
+        "list_dir" => {
+            let path = arguments["path"].as_str().filter(|p| !p.is_empty()).unwrap_or(".");
+            let entries = fs::read_dir(path).map_err(|e| format!("cannot list {path}: {e}"))?;
+            let mut names: Vec<String> =
+                entries.iter().map(|e| if e.is_dir { format!("{}/", e.name) } else { e.name.clone() }).collect();
+            names.sort();
+            Ok(names.join("\n"))
+        }
+        "search" => {
+            let needle = text(arguments, "text")?;
+            let dir = arguments["path"].as_str().filter(|p| !p.is_empty()).unwrap_or(".");
+            let entries = fs::read_dir(dir).map_err(|e| format!("cannot list {dir}: {e}"))?;
+            let mut found = Vec::new();
+            for entry in entries.iter().filter(|e| !e.is_dir) {
+                let path = if dir == "." { entry.name.clone() } else { format!("{dir}/{}", entry.name) };
+                let Ok(content) = read_text(&path) else { continue };
+                for (number, line) in content.lines().enumerate().filter(|(_, l)| l.contains(&needle)) {
+                    found.push(format!("{path}:{}: {line}", number + 1));
+                }
+            }
+            found.truncate(MAX_MATCHES);
+            Ok(if found.is_empty() { format!("no line contains {needle:?}") } else { found.join("\n") })
+        }
+        "write_file" => {
+            let (path, content) = (text(arguments, "path")?, text(arguments, "content")?);
+            approved("write_file", &path)?;
+            fs::write(&path, content.as_bytes()).map_err(|e| format!("cannot write {path}: {e}"))?;
+            Ok(format!("wrote {} bytes to {path} (pending review: astrid workspace diff)", content.len()))
+        }
+        "edit_file" => {
+            let (path, old, new) = (text(arguments, "path")?, text(arguments, "old")?, text(arguments, "new")?);
+            let content = read_text(&path)?;
+            if content.matches(old.as_str()).count() != 1 {
+                return Err(format!("{path} must contain the old text exactly once"));
+            }
+            approved("edit_file", &path)?;
+            fs::write(&path, content.replacen(&old, &new, 1).as_bytes())
+                .map_err(|e| format!("cannot write {path}: {e}"))?;
+            Ok(format!("edited {path} (pending review: astrid workspace diff)"))
+        }
+        other => Err(format!("no tool called {other}")),
+    }
+}
+
+fn hook(action: &str, payload: &[u8]) -> Hook {
+    let Ok(event) = serde_json::from_slice::<Value>(payload) else { return Hook::Continue(None) };
+    match action {
+        "describe" => {
+            let reply = json!({"tools": definitions(), "description": "Workspace files"});
+            let _ = ipc::publish("tool.v1.response.describe.fs", &reply);
+        }
+        "execute" if event["type"] == "tool_execute_request" => {
+            let tool = event["tool_name"].as_str().unwrap_or_default();
+            let call_id = event["call_id"].clone();
+            let (content, is_error) = match execute(tool, &event["arguments"]) {
+                Ok(content) => (content, false),
+                Err(content) => (content, true),
+            };
+            let result = json!({"type": "tool_execute_result", "call_id": call_id,
+                                "result": {"call_id": call_id, "content": content, "is_error": is_error}});
+            let _ = ipc::publish(&format!("tool.v1.execute.{tool}.result"), &result);
+        }
+        _ => {}
+    }
+    Hook::Final(Value::Null)
+}
+
+astrid_sdk::capsule!(hook = hook);
