@@ -101,9 +101,19 @@ fn response_timeout() -> anyhow::Result<Duration> {
     }
 }
 
-/// Runs one headless turn.
+/// Runs one headless turn (piped stdin prepended to the prompt).
 pub fn run(home: &AstridHome, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let prompt = full_prompt(&args.prompt)?;
+    turn(home, args, prompt)
+}
+
+/// Runs one headless turn whose prompt is `args.prompt` as it is (bare `astrid` with piped
+/// input: stdin was the prompt).
+pub fn run_prompt(home: &AstridHome, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    turn(home, args, args.prompt.clone())
+}
+
+fn turn(home: &AstridHome, args: &RunArgs, prompt: String) -> anyhow::Result<ExitCode> {
     let timeout = response_timeout()?;
     let session = session_id(args.session.as_deref()).to_string();
     spawn::ensure_daemon(home)?;

@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod caps;
 pub mod capsule;
+pub mod chat;
 pub mod headless;
 pub mod kv;
 pub mod lifecycle;
@@ -64,6 +65,7 @@ enum Command {
     Kv(kv::KvArgs),
     Workspace(workspace::WorkspaceArgs),
     Run(headless::RunArgs),
+    Chat(chat::ChatArgs),
     Audit(audit::AuditArgs),
     CapsuleHost(CapsuleHostArgs),
     InstallLinks(links::InstallLinksArgs),
@@ -101,6 +103,17 @@ pub fn main(args: &[&str]) -> ExitCode {
         let args = headless::RunArgs { prompt, session: cli.session, yes: cli.yes, format: cli.format };
         return finish(with_home(|home| headless::run(&home, &args)));
     }
+    // Bare `astrid`: a chat on a terminal, a headless turn on piped input (as the reference).
+    if cli.command.is_none() {
+        use std::io::IsTerminal;
+        if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+            return finish(with_home(|home| chat::run(&home, &chat::ChatArgs::default())));
+        }
+        if let Some(prompt) = piped_prompt() {
+            let args = headless::RunArgs { prompt, session: cli.session, yes: cli.yes, format: cli.format };
+            return finish(with_home(|home| headless::run_prompt(&home, &args)));
+        }
+    }
     let Some(command) = cli.command else {
         if let Err(help) = Cli::from_args(&["astrid"], &["--help"]) {
             eprintln!("{}", help.output);
@@ -121,6 +134,7 @@ pub fn main(args: &[&str]) -> ExitCode {
         Command::Kv(args) => with_home(|home| kv::run(&home, &args)),
         Command::Workspace(args) => with_home(|home| workspace::run(&home, &args)),
         Command::Run(args) => with_home(|home| headless::run(&home, &args)),
+        Command::Chat(args) => with_home(|home| chat::run(&home, &args)),
         // `audit verify` reserves exit 1 for "tampered": an unusable home is an error (2).
         Command::Audit(args) => match AstridHome::from_env() {
             Ok(home) => return audit::run(&home, &args),
@@ -131,6 +145,19 @@ pub fn main(args: &[&str]) -> ExitCode {
         },
     };
     finish(result)
+}
+
+/// All of piped stdin, when there is some.
+fn piped_prompt() -> Option<String> {
+    use std::io::{IsTerminal, Read};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return None;
+    }
+    let mut text = String::new();
+    stdin.lock().read_to_string(&mut text).ok()?;
+    let text = text.trim().to_owned();
+    (!text.is_empty()).then_some(text)
 }
 
 /// The exit code of a command's result; an error is printed first.

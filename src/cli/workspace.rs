@@ -44,12 +44,25 @@ struct DiscardArgs {}
 
 /// Runs a `workspace` subcommand.
 pub fn run(home: &AstridHome, args: &WorkspaceArgs) -> anyhow::Result<ExitCode> {
-    match &args.command {
-        WorkspaceCommand::Diff(_) => {
+    act(
+        home,
+        match &args.command {
+            WorkspaceCommand::Diff(_) => "diff",
+            WorkspaceCommand::Commit(_) => "commit",
+            WorkspaceCommand::Discard(_) => "discard",
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `diff`, `commit` or `discard`, printed (also `astrid chat`'s `/diff`, `/commit`, `/discard`).
+pub fn act(home: &AstridHome, action: &str) -> anyhow::Result<()> {
+    match action {
+        "diff" => {
             let data = request::success(request::send(home, "workspace_diff", &KernelRequest::WorkspaceDiff)?)?;
             print!("{}", data.get("diff").and_then(Value::as_str).unwrap_or_default());
         }
-        WorkspaceCommand::Commit(_) => {
+        "commit" => {
             let data = request::success(request::send(home, "workspace_commit", &KernelRequest::WorkspaceCommit)?)?;
             let committed = data.get("committed").and_then(Value::as_array).cloned().unwrap_or_default();
             for change in &committed {
@@ -57,10 +70,11 @@ pub fn run(home: &AstridHome, args: &WorkspaceArgs) -> anyhow::Result<ExitCode> 
             }
             println!("{} change(s) committed", committed.len());
         }
-        WorkspaceCommand::Discard(_) => {
+        "discard" => {
             let data = request::success(request::send(home, "workspace_discard", &KernelRequest::WorkspaceDiscard)?)?;
             println!("{} change(s) discarded", data.get("discarded").and_then(Value::as_u64).unwrap_or(0));
         }
+        other => anyhow::bail!("no workspace action {other:?}"),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -242,3 +242,34 @@ fn the_offline_agent_uses_the_file_tools_and_writes_wait_for_approval_and_review
         && e["actor"]["name"] == "tools-fs"
         && e["resource"].as_str().is_some_and(|r| r.contains("todo.txt"))));
 }
+
+#[test]
+fn chat_streams_answers_asks_for_approval_and_reviews_the_workspace() {
+    let t = TestHome::new();
+    std::fs::write(t.workspace.join("notes.txt"), "buy milk\n").expect("write");
+    let _daemon = t.daemon_with(&[], &[("ASTRID_DEFAULT_CAPSULES", "1")]);
+    let script = "hello\nread notes.txt\nwrite todo.txt: ship it\ny\n/diff\n/commit\n/help\n/quit\n";
+    let mut child = t
+        .command("astrid")
+        .arg("chat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chat");
+    child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("script");
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let shown = stdout(&output);
+    assert!(shown.contains("astrid> [offline model] You said: \"hello\" (message 1 of this conversation)."), "{shown}");
+    assert!(
+        shown.contains("• read_file {\"path\":\"notes.txt\"}") && shown.contains("read_file answered: buy milk"),
+        "{shown}"
+    );
+    assert!(shown.contains("Capsule 'tools-fs' requests approval: write_file on todo.txt"), "{shown}");
+    assert!(shown.contains("write_file answered: wrote 7 bytes to todo.txt"), "{shown}");
+    assert!(shown.contains("+ship it"), "/diff shows the pending change: {shown}");
+    assert!(shown.contains("1 change(s) committed"), "{shown}");
+    assert!(shown.contains("/clear") && shown.contains("Ctrl-C"), "/help: {shown}");
+    assert_eq!(std::fs::read_to_string(t.workspace.join("todo.txt")).expect("committed"), "ship it");
+}
