@@ -160,17 +160,10 @@ impl Client {
             if left.is_zero() {
                 return Err(ClientError::Timeout(wait));
             }
-            self.stream.set_read_timeout(Some(left))?;
-            let frame = match read_frame_blocking(&mut self.stream, MAX_SERVER_FRAME) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return Err(ClientError::Closed),
-                Err(FrameError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                    return Err(ClientError::Timeout(wait));
-                }
-                Err(e) => return Err(e.into()),
+            let frame = match self.next_frame(left) {
+                Err(ClientError::Timeout(_)) => return Err(ClientError::Timeout(wait)),
+                other => other?,
             };
-            let frame: Value =
-                serde_json::from_slice(&frame).map_err(|e| ClientError::Protocol(format!("frame is not JSON: {e}")))?;
             if frame.get("topic").and_then(Value::as_str) != Some(reply_topic.as_str()) {
                 continue;
             }
