@@ -26,8 +26,10 @@ use serde_json::{Value, json};
 const MAX_HISTORY: usize = 100;
 /// Rounds of tool calls one turn may take.
 const MAX_TOOL_ROUNDS: u32 = 10;
-/// How long tools get to describe themselves.
-const DESCRIBE_WINDOW: Duration = Duration::from_millis(150);
+/// The longest tools get to describe themselves (a loaded machine may be slow to answer)...
+const DESCRIBE_WINDOW: i64 = 1000;
+/// ...and the quiet after the last answer that ends the wait early.
+const DESCRIBE_QUIET: i64 = 50;
 const SYSTEM_PROMPT: &str = "You are the agent of Astrid, a secure runtime. Answer plainly. \
     You can act only through the tools you are offered, and only within what the user granted.";
 
@@ -101,7 +103,8 @@ fn respond(topic: &str, session_id: &str, text: &str, is_final: bool) {
     }
 }
 
-/// The tools on offer: asked of every tool capsule once (and again while none answered).
+/// The tools on offer: asked of every tool capsule once, and again after the capsules change
+/// (`astrid.v1.capsules_loaded`).
 fn tools() -> Vec<Value> {
     if let Some(tools) = TOOLS.with(|t| t.borrow().clone()) {
         return tools;
@@ -112,12 +115,15 @@ fn tools() -> Vec<Value> {
     }
     let started = astrid_sdk::clock_ms();
     let mut tools: Vec<Value> = Vec::new();
+    let mut answered = false;
     loop {
-        let left = DESCRIBE_WINDOW.as_millis() as i64 - (astrid_sdk::clock_ms() - started);
+        let now = astrid_sdk::clock_ms();
+        let left = (DESCRIBE_WINDOW - (now - started)).min(if answered { DESCRIBE_QUIET } else { DESCRIBE_WINDOW });
         if left <= 0 {
             break;
         }
         let Ok(Some(reply)) = replies.recv(Duration::from_millis(left as u64)) else { break };
+        answered = true;
         for tool in reply.payload["tools"].as_array().into_iter().flatten() {
             let name = tool["name"].as_str().unwrap_or_default();
             if valid_tool_name(name) && !tools.iter().any(|t| t["name"] == name) {
@@ -125,9 +131,7 @@ fn tools() -> Vec<Value> {
             }
         }
     }
-    if !tools.is_empty() {
-        TOOLS.with(|t| *t.borrow_mut() = Some(tools.clone()));
-    }
+    TOOLS.with(|t| *t.borrow_mut() = Some(tools.clone()));
     tools
 }
 
@@ -331,6 +335,8 @@ fn hook(action: &str, payload: &[u8]) -> Hook {
         "prompt" => on_prompt(payload),
         "stream" => on_stream(payload),
         "tool_result" => on_tool_result(payload),
+        // Capsules came or went: ask the tools again at the next turn.
+        "capsules_loaded" => TOOLS.with(|t| *t.borrow_mut() = None),
         _ => {}
     }
     sweep();
