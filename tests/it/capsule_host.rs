@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::capsules::{ask, audit_tail, example, hostile_is_contained, install, wait_running};
+use crate::capsules::{ask, audit_tail, audit_until, example, hostile_is_contained, install, wait_running};
 use crate::harness::{RawClient, TestHome};
 
 const PROCESS: (&str, &str) = ("ASTRID_CAPSULE_ISOLATION", "process");
@@ -66,7 +66,14 @@ fn capsules_in_processes_of_their_own_serve_like_capsules_on_threads() {
     assert_eq!(ask(&mut client, exec, "/read secrets.txt"), "error: capability-denied");
     assert!(!t.workspace.join("notes/todo.txt").exists(), "writes still wait in the overlay");
 
-    let audit = audit_tail(&t);
+    let denied_read = |audit: &[Value]| {
+        entries(audit, "capability.check").into_iter().any(|e| {
+            e["decision"] == "deny"
+                && e["actor"]["name"] == "file-tool"
+                && e["resource"].as_str().is_some_and(|r| r.contains("secrets.txt"))
+        })
+    };
+    let audit = audit_until(&t, denied_read);
     let attached: Vec<&str> = entries(&audit, "capsule.attach")
         .into_iter()
         .filter(|e| e["decision"] == "allow")
@@ -75,12 +82,7 @@ fn capsules_in_processes_of_their_own_serve_like_capsules_on_threads() {
     for name in ["hello", "kv-counter", "file-tool"] {
         assert!(attached.contains(&name), "{name} attach audited: {attached:?}");
     }
-    let denied = entries(&audit, "capability.check").into_iter().any(|e| {
-        e["decision"] == "deny"
-            && e["actor"]["name"] == "file-tool"
-            && e["resource"].as_str().is_some_and(|r| r.contains("secrets.txt"))
-    });
-    assert!(denied, "the daemon decided and audited the process's file access");
+    assert!(denied_read(&audit), "the daemon decided and audited the process's file access");
 
     // The install hook ran once, in the process, and was recorded by the daemon.
     let installed = t.cli(&["kv", "get", "installed", "--capsule", "kv-counter"]);
@@ -168,8 +170,8 @@ fn a_capsule_host_needs_the_ticket_the_daemon_gave_it() {
         assert!(stderr.contains("capsule failed: cannot attach") && stderr.contains("ticket"), "{role}: {stderr}");
     }
     let refusals =
-        audit_tail(&t).into_iter().filter(|e| e["action"] == "capsule.attach" && e["decision"] == "deny").count();
-    assert_eq!(refusals, 2, "each refused attach is audited");
+        |audit: &[Value]| audit.iter().filter(|e| e["action"] == "capsule.attach" && e["decision"] == "deny").count();
+    assert_eq!(refusals(&audit_until(&t, |a| refusals(a) >= 2)), 2, "each refused attach is audited");
     let mut client = t.client();
     assert_eq!(ask(&mut client, "user.v1.prompt", "still here"), "hello, still here");
 }
@@ -222,7 +224,7 @@ fn an_author_runs_a_capsule_directory_against_the_daemon_for_as_long_as_the_run_
         !list.iter().any(|c| c["name"] == "hello")
     };
     assert!(t.wait_for(gone, Duration::from_secs(5)), "unregistered when the run ended");
-    let audit = audit_tail(&t);
+    let audit = audit_until(&t, |a| entries(a, "capsule.develop").iter().any(|e| e["rule"] == "run ended"));
     let develop: Vec<&str> =
         entries(&audit, "capsule.develop").into_iter().filter_map(|e| e["rule"].as_str()).collect();
     assert!(develop.iter().any(|r| r.contains("granted for this run: ipc_publish:agent.v1.response")), "{develop:?}");

@@ -71,6 +71,19 @@ pub(crate) fn wait_running(t: &TestHome, client: &mut RawClient, names: &[&str])
     assert!(ok, "{names:?} not running; running: {:?}\n{}", running(client), t.log());
 }
 
+/// The audit trail once `holds` is true of it (entries are written by a background thread,
+/// so what a reply reports may reach the file a moment later), or as it is after 10 s.
+pub(crate) fn audit_until(t: &TestHome, mut holds: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = audit_tail(t);
+        if holds(&audit) || Instant::now() >= deadline {
+            return audit;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub(crate) fn audit_tail(t: &TestHome) -> Vec<Value> {
     let output = t.cli(&["audit", "tail", "-n", "1000000", "--json"]);
     String::from_utf8_lossy(&output.stdout).lines().map(|l| serde_json::from_str(l).expect("entry")).collect()

@@ -103,13 +103,14 @@ fn a_fresh_home_answers_offline_with_the_embedded_default_set() {
     let shown: Value = serde_json::from_slice(&shown.stdout).expect("show JSON");
     assert_eq!(shown["origin"], "embedded", "{shown}");
     assert_eq!(shown["state"], "running", "{shown}");
-    let audit = crate::capsules::audit_tail(&t);
-    assert!(
-        audit.iter().any(|e| e["action"] == "capsule.discovered"
-            && e["resource"] == "llm-offline"
-            && e["rule"].as_str().is_some_and(|r| r.contains("embedded"))),
-        "the default set's registration is audited"
-    );
+    let registered = |audit: &[Value]| {
+        audit.iter().any(|e| {
+            e["action"] == "capsule.discovered"
+                && e["resource"] == "llm-offline"
+                && e["rule"].as_str().is_some_and(|r| r.contains("embedded"))
+        })
+    };
+    assert!(registered(&crate::capsules::audit_until(&t, registered)), "the default set's registration is audited");
     assert_eq!(t.cli(&["stop"]).status.code(), Some(0));
 }
 
@@ -184,11 +185,10 @@ fn the_default_set_uses_an_endpoint_from_the_environment_even_on_loopback() {
     let request = server.received().pop().expect("a request");
     assert_eq!(request.header("authorization"), Some("Bearer sk-env-456"));
     assert_eq!(request.body["model"], "env-model");
-    let audit = crate::capsules::audit_tail(&t);
-    assert!(
-        audit.iter().any(|e| e["action"] == "net.private_host" && e["resource"] == "llm-openai 127.0.0.1"),
-        "the exception is audited"
-    );
+    let excepted = |audit: &[Value]| {
+        audit.iter().any(|e| e["action"] == "net.private_host" && e["resource"] == "llm-openai 127.0.0.1")
+    };
+    assert!(excepted(&crate::capsules::audit_until(&t, excepted)), "the exception is audited");
     assert_eq!(t.cli(&["stop"]).status.code(), Some(0));
 }
 
@@ -231,7 +231,8 @@ fn the_offline_agent_uses_the_file_tools_and_writes_wait_for_approval_and_review
     assert_eq!(std::fs::read_to_string(t.workspace.join("todo.txt")).expect("committed"), "ship it");
 
     // Every step is in the audit trail.
-    let audit = crate::capsules::audit_tail(&t);
+    let audit =
+        crate::capsules::audit_until(&t, |a| a.iter().filter(|e| e["action"] == "approval.decision").count() >= 2);
     let decisions: Vec<(&str, &str)> = audit
         .iter()
         .filter(|e| e["action"] == "approval.decision")
