@@ -22,7 +22,7 @@ use super::capability::CapabilitySet;
 use super::dependencies::{Interfaces, load_order};
 use super::grants::GrantStatus;
 use super::install::verify_installed;
-use super::manifest::Manifest;
+use super::manifest::{Isolation, Manifest};
 use crate::types::kernel_api::{CapsuleMetadataEntry, CommandInfo};
 
 /// The name under which the built-in socket bridge is listed.
@@ -91,6 +91,8 @@ pub struct Capsule {
     pub interfaces: Interfaces,
     /// Whether the operator approved that request (set by the kernel after discovery).
     pub grant: GrantStatus,
+    /// Where its manifest asks it to run.
+    pub isolation: Isolation,
 }
 
 /// Every capsule the kernel knows about, in load order.
@@ -125,6 +127,7 @@ impl CapsuleRegistry {
                 manifest_hash: None,
                 interfaces: Interfaces::default(),
                 grant: GrantStatus::NothingRequested,
+                isolation: Isolation::Thread,
             }],
         }
     }
@@ -188,11 +191,7 @@ impl CapsuleRegistry {
                     let mut capsule =
                         Capsule::from_manifest(manifest, Path::new(""), CapsuleOrigin::Embedded, Some(hash), None);
                     capsule.dir = None;
-                    capsule.grant = if capsule.capabilities.is_empty() {
-                        GrantStatus::NothingRequested
-                    } else {
-                        GrantStatus::Approved
-                    };
+                    capsule.grant_what_it_asks();
                     self.capsules.push(capsule);
                 }
                 Err(e) => log::error!("the embedded capsule {} has a broken manifest: {e}", default.name),
@@ -300,6 +299,7 @@ fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
                 manifest_hash: None,
                 interfaces: Interfaces::default(),
                 grant: GrantStatus::NothingRequested,
+                isolation: Isolation::Thread,
             };
         }
     };
@@ -308,6 +308,12 @@ fn load(dir: &Path, origin: CapsuleOrigin) -> Capsule {
 }
 
 impl Capsule {
+    /// Grants exactly what it requests, for capsules whose consent is not the operator's to
+    /// give at install (the embedded set, a development run).
+    pub fn grant_what_it_asks(&mut self) {
+        self.grant = if self.capabilities.is_empty() { GrantStatus::NothingRequested } else { GrantStatus::Approved };
+    }
+
     /// The registry entry of a valid manifest found in `dir`.
     pub fn from_manifest(
         manifest: Manifest,
@@ -334,6 +340,7 @@ impl Capsule {
             dir: Some(dir.to_path_buf()),
             state: CapsuleState::Installed,
             interfaces: Interfaces::from_manifest(manifest.other.get("imports"), manifest.other.get("exports")),
+            isolation: manifest.components.first().map(|c| c.isolation).unwrap_or_default(),
             capabilities: manifest.capabilities,
             code_hash,
             manifest_hash,

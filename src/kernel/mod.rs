@@ -233,8 +233,7 @@ impl Kernel {
         let name = capsule.name.clone();
         let granted = capsule.capabilities.entries().collect::<Vec<_>>().join(", ");
         capsule.origin = capsules::CapsuleOrigin::Development;
-        capsule.grant =
-            if capsule.capabilities.is_empty() { GrantStatus::NothingRequested } else { GrantStatus::Approved };
+        capsule.grant_what_it_asks();
         let added = self.capsules().add(capsule);
         if !added {
             let reason = format!(

@@ -103,7 +103,8 @@ impl CapsuleContext {
     /// Lets HTTP reach the host of the configured `base_url` even on a private or loopback
     /// address: for the embedded default set, whose endpoint only the operator configures
     /// (environment or env file). Audited.
-    pub fn allow_configured_endpoint(&mut self, kernel: &crate::kernel::Kernel) {
+    pub fn allow_configured_endpoint(&mut self) {
+        let Some(access) = &self.kernel else { return };
         let Some(host) =
             self.config.get("base_url").and_then(|url| url::Url::parse(url).ok()?.host_str().map(str::to_owned))
         else {
@@ -111,8 +112,8 @@ impl CapsuleContext {
         };
         let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
         let rule = "the operator's configured endpoint may be a private or loopback address";
-        kernel.record(
-            crate::home::DEFAULT_PRINCIPAL,
+        access.kernel.record(
+            &access.principal,
             Actor::Kernel,
             "net.private_host",
             &format!("{} {host}", self.capsule),

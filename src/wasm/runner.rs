@@ -92,7 +92,7 @@ pub fn prepare(
             &(embedded.environment)(),
             lifecycle,
         )?;
-        prepared.context.allow_configured_endpoint(kernel);
+        prepared.context.allow_configured_endpoint();
         return Ok(prepared);
     };
     let verified = verify_installed(dir).map_err(|e| e.to_string())?;

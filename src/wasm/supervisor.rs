@@ -32,11 +32,9 @@ use super::wait::block_on_timeout;
 use super::{SandboxLimits, config, runner};
 use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
-use crate::kernel::capsules::MANIFEST_FILE;
 use crate::kernel::capsules::{CapsuleOrigin, CapsuleState};
-use crate::kernel::defaults;
 use crate::kernel::grants::GrantStatus;
-use crate::kernel::manifest::{Isolation, Manifest};
+use crate::kernel::manifest::Isolation;
 use crate::kernel::{BusMessage, Kernel, Origin};
 use crate::types::CapsuleAttach;
 use crate::types::{IpcMessage, IpcPayload};
@@ -130,6 +128,8 @@ struct Identity {
     config_hash: Option<String>,
     /// BLAKE3 of its manifest: a new version or new bindings restart it.
     manifest_hash: Option<String>,
+    /// Where it runs (the operator's setting over its manifest's).
+    isolation: Isolation,
 }
 
 struct Running {
@@ -241,6 +241,11 @@ impl CapsuleHost {
                     grant: c.grant.clone(),
                     config_hash,
                     manifest_hash: c.manifest_hash.clone(),
+                    isolation: if self.config.isolation == Isolation::Process {
+                        Isolation::Process
+                    } else {
+                        c.isolation
+                    },
                 };
                 Some((c.name.clone(), identity))
             })
@@ -281,10 +286,10 @@ impl CapsuleHost {
             let host = Arc::clone(self);
             let (thread_name, thread_lifecycle, dir) =
                 (format!("capsule:{name}"), Arc::clone(&lifecycle), identity.dir.clone());
-            let capsule = name.clone();
+            let (capsule, isolation) = (name.clone(), identity.isolation);
             match std::thread::Builder::new()
                 .name(thread_name)
-                .spawn(move || host.supervise(&capsule, dir.as_deref(), &thread_lifecycle))
+                .spawn(move || host.supervise(&capsule, dir.as_deref(), isolation, &thread_lifecycle))
             {
                 Ok(thread) => {
                     running.insert(name, Running { identity, lifecycle, thread, rescan });
@@ -343,11 +348,11 @@ impl CapsuleHost {
     }
 
     /// The thread body: run the capsule, restart it with backoff when it fails.
-    fn supervise(&self, name: &str, dir: Option<&Path>, lifecycle: &Arc<Lifecycle>) {
+    fn supervise(&self, name: &str, dir: Option<&Path>, isolation: Isolation, lifecycle: &Arc<Lifecycle>) {
         let mut attempt = 0u32;
         loop {
             let started = Instant::now();
-            let outcome = self.run_once(name, dir, lifecycle);
+            let outcome = self.run_once(name, dir, isolation, lifecycle);
             if lifecycle.is_stopping() {
                 return;
             }
@@ -394,8 +399,14 @@ impl CapsuleHost {
 
     /// One life of an instance, on this thread or, when its manifest or the operator asks
     /// for it, in a capsule-host process.
-    fn run_once(&self, name: &str, dir: Option<&Path>, lifecycle: &Arc<Lifecycle>) -> Result<(), String> {
-        if self.isolation(name, dir) == Isolation::Process {
+    fn run_once(
+        &self,
+        name: &str,
+        dir: Option<&Path>,
+        isolation: Isolation,
+        lifecycle: &Arc<Lifecycle>,
+    ) -> Result<(), String> {
+        if isolation == Isolation::Process {
             let home = self.kernel.config().home.root().to_path_buf();
             return process::run_child(&home, &self.tickets, name, dir, lifecycle);
         }
@@ -407,19 +418,6 @@ impl CapsuleHost {
                 .map_err(|e| e.to_string())?;
         self.kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.start", name, Decision::Info, "instantiated");
         runner::run(&mut sandbox, &prepared.plan)
-    }
-
-    /// Where the capsule runs: the operator's setting wins, then its manifest's (in `dir`, or
-    /// the embedded one).
-    fn isolation(&self, name: &str, dir: Option<&Path>) -> Isolation {
-        if self.config.isolation == Isolation::Process {
-            return Isolation::Process;
-        }
-        let manifest = match dir {
-            Some(dir) => Manifest::load(&dir.join(MANIFEST_FILE)).ok(),
-            None => defaults::find(name).and_then(|embedded| embedded.manifest().ok()),
-        };
-        manifest.and_then(|manifest| manifest.components.first().map(|c| c.isolation)).unwrap_or_default()
     }
 
     /// Attaches a capsule-host connection: to the capsule its ticket was issued for, or to
