@@ -23,6 +23,7 @@ mod host_fs;
 mod host_http;
 mod host_ipc;
 mod host_kv;
+mod http_stream;
 mod lifecycle;
 mod net_policy;
 pub mod process;
@@ -74,15 +75,27 @@ impl Default for SandboxLimits {
 /// Validation is eager: untrusted code is checked completely, and refused, before anything
 /// of it runs. Translation to wasmi's bytecode is lazy, function by function on first call,
 /// which takes most of the compile time off the boot (20 distinct capsules went from 97 ms
-/// to 46 ms to ready). wasmi charges a translation to the fuel of the call that first reaches
-/// the function; every call the host makes is resumable on running out of fuel, so that is
-/// only a little of the call's budget, and the one nested call (the guest's allocator, from
-/// inside a host function) has an allowance of its own that covers translating it. Modules
-/// are validated once per BLAKE3 and instantiated from the cache.
+/// to 46 ms to ready).
+///
+/// Translation is **not charged to fuel**. wasmi would charge it to the call that first
+/// reaches the function, but when that happens in the middle of a call with less fuel left in
+/// the slice than the translation costs, wasmi 2 fails the whole call instead of pausing it
+/// (only running out of fuel *between instructions* is resumable): a capsule would trap at
+/// random, about once in every few hundred first calls. Free translation costs nothing in
+/// safety: each function is translated once per module, the work is bounded by the module's
+/// size (already validated whole, within the engine's limits), exactly what eager compilation
+/// would do at load, and the wall-clock deadline still applies. Modules are validated once per
+/// BLAKE3 and instantiated from the cache.
 pub fn engine() -> wasmi::Engine {
     let mut config = wasmi::Config::default();
     config
         .consume_fuel(true)
+        .fuel_cost(wasmi::CustomFuelCosts {
+            // wasmi's default for bulk copies (`memory.copy` and the like): still charged.
+            bytes_copied_per_fuel: 64,
+            fuel_per_bytes_translated: 0,
+            fuel_per_bytes_validated: 0,
+        })
         .allow_start_fn(false)
         .enforced_limits(wasmi::EnforcedLimits::strict())
         .compilation_mode(wasmi::CompilationMode::LazyTranslation);

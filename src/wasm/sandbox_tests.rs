@@ -488,16 +488,28 @@ fn hooks_answer_continue_final_or_deny_and_config_is_the_capsules_own() {
 }
 
 #[test]
-fn translation_on_first_call_is_charged_resumably_even_with_tiny_fuel_slices() {
-    // A big function, first called (and so translated) in a call whose slices are far
-    // smaller than its translation: the call resumes until it has the fuel, and succeeds.
+fn lazy_translation_never_fails_a_call_for_fuel_even_with_tiny_slices() {
+    // Big functions, first called (and so translated) in calls whose fuel slices are far
+    // smaller than their translation: as the entry point, and from the middle of a call, where
+    // wasmi 2 cannot resume a translation that runs out of fuel (it fails the whole call). So
+    // translation is not charged to fuel at all; see `engine`.
     let body = "i32.const 1 i32.add ".repeat(4000);
-    let wat = format!(r#"(module (func (export "big") (param i32) (result i32) local.get 0 {body}))"#);
+    let wat = format!(
+        r#"(module
+            (func $big (export "big") (param i32) (result i32) local.get 0 {body})
+            (func (export "calls_big") (param i32) (result i32)
+                (local $i i32)
+                (loop $spin (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                    (br_if $spin (i32.lt_u (local.get $i) (i32.const 50))))
+                (call $big (local.get 0))))"#
+    );
     let wasm = wat::parse_str(&wat).expect("wat");
     let limits = SandboxLimits { fuel_slice: 10, ..quick() };
-    let mut sandbox = Sandbox::load(&engine(), "big", &wasm, limits).expect("load");
-    assert_eq!(sandbox.call::<i32, i32>("big", 1).expect("translated and run"), 4001);
-    assert_eq!(sandbox.call::<i32, i32>("big", 2).expect("already translated"), 4002);
+    let mut nested = Sandbox::load(&engine(), "nested", &wasm, limits).expect("load");
+    assert_eq!(nested.call::<i32, i32>("calls_big", 1).expect("translated mid-call and run"), 4001);
+    let mut entry = Sandbox::load(&engine(), "entry", &wasm, limits).expect("load");
+    assert_eq!(entry.call::<i32, i32>("big", 1).expect("translated and run"), 4001);
+    assert_eq!(entry.call::<i32, i32>("big", 2).expect("already translated"), 4002);
 }
 
 #[test]
