@@ -51,6 +51,7 @@ pub const HOST_FUNCTIONS: &[&str] = &[
     "http_request",
     "http_stream_start",
     "http_stream_read",
+    "http_stream_wait",
     "http_stream_close",
 ];
 /// Most random bytes one call may ask for.
@@ -480,24 +481,8 @@ impl Sandbox {
         let mut waits = self.store.data().waits;
         let slice = self.limits.fuel_slice;
         let mut spent = 0u64;
-        let mut fuel = slice;
-        let mut call = loop {
-            self.store.set_fuel(fuel).map_err(trap)?;
-            match start(&mut self.store) {
-                Ok(call) => break call,
-                // The entry function is translated on its first call, and wasmi reports a
-                // translation that needs more than this fuel as an error before the call
-                // starts, not as a resumable call: start again with more, within the budget.
-                Err(e)
-                    if matches!(e.kind(), wasmi::errors::ErrorKind::ResumableOutOfFuel(_))
-                        && spent < self.limits.fuel_per_call =>
-                {
-                    spent = spent.saturating_add(fuel);
-                    fuel = fuel.saturating_mul(2).min(self.limits.fuel_per_call);
-                }
-                Err(e) => return Err(trap(e)),
-            }
-        };
+        self.store.set_fuel(slice).map_err(trap)?;
+        let mut call = start(&mut self.store).map_err(trap)?;
         loop {
             match call {
                 TypedResumableCall::Finished(results) => return Ok(results),
@@ -678,7 +663,7 @@ pub(super) fn write_guest(caller: &mut Caller<'_, HostState>, bytes: &[u8]) -> R
     };
     let alloc = alloc.typed::<i32, i32>(&*caller)?;
     // The allocator runs on a fuel allowance of its own, not the guest's slice: the host asked
-    // for this call (and a lazily compiled allocator charges its compilation up front), while a
+    // for this call (which, unlike the guest's own calls, cannot pause and resume), while a
     // hostile allocator that spins still stops at the allowance.
     let saved = caller.get_fuel().unwrap_or(0);
     caller.set_fuel(ALLOC_FUEL)?;
