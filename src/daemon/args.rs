@@ -4,6 +4,7 @@
 //! it into values the boot sequence can trust (a parsed UUID, a canonical workspace).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use argh::FromArgs;
 use uuid::Uuid;
@@ -47,6 +48,9 @@ pub struct DaemonConfig {
     pub max_clients: usize,
     /// Whether the default capsule set runs (`ASTRID_DEFAULT_CAPSULES=0` leaves it out).
     pub default_capsules: bool,
+    /// How often `astrid.v1.watchdog.tick` is published (`ASTRID_WATCHDOG_INTERVAL_MS`,
+    /// default 5 s).
+    pub watchdog_interval: Duration,
 }
 
 impl DaemonArgs {
@@ -74,6 +78,13 @@ impl DaemonArgs {
             Ok("" | "1" | "true") | Err(_) => true,
             Ok(other) => return Err(format!("ASTRID_DEFAULT_CAPSULES must be 1 or 0, not {other:?}")),
         };
+        let watchdog_interval = match std::env::var("ASTRID_WATCHDOG_INTERVAL_MS") {
+            Err(_) => crate::kernel::watchdog::DEFAULT_INTERVAL,
+            Ok(text) => match text.parse::<u64>() {
+                Ok(ms @ 10..=3_600_000) => Duration::from_millis(ms),
+                _ => return Err(format!("ASTRID_WATCHDOG_INTERVAL_MS must be 10 to 3600000 (ms), not {text:?}")),
+            },
+        };
         Ok(DaemonConfig {
             session,
             workspace,
@@ -81,6 +92,7 @@ impl DaemonArgs {
             verbose: self.verbose,
             max_clients,
             default_capsules,
+            watchdog_interval,
         })
     }
 }

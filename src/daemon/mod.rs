@@ -189,6 +189,7 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
     log::info!("boot 6/6: ready in {:.1} ms", boot_started.elapsed().as_secs_f64() * 1000.0);
     let verifier = Arc::clone(&kernel);
     tokio::task::spawn_blocking(move || verifier.verify_audit());
+    let watchdog = tokio::spawn(crate::kernel::watchdog::run(Arc::clone(&kernel), config.watchdog_interval));
 
     let ready_at = tokio::time::Instant::now();
     let idle = async {
@@ -219,6 +220,7 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
         log::error!("stopping capsules failed: {e}");
     }
     router.abort();
+    watchdog.abort();
     kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "daemon.stop", &reason.to_string(), Decision::Info, "shutdown");
     kernel.flush();
     let removed = singleton::remove_run_files(&home, &lock);

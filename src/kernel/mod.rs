@@ -20,6 +20,7 @@ pub mod operator_kv;
 pub mod rate_limit;
 pub mod router;
 pub mod topic;
+pub mod watchdog;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -5,9 +5,14 @@ use crate::audit::{ChainStatus, tail};
 use crate::store::KvConfig;
 
 fn kernel(tmp: &tempfile::TempDir) -> Arc<Kernel> {
-    let home = AstridHome::at(tmp.path().join("h"));
+    kernel_in(tmp.path())
+}
+
+/// A kernel over fresh stores under `root`, with one capsule `fs` discovered in its workspace.
+pub(super) fn kernel_in(root: &std::path::Path) -> Arc<Kernel> {
+    let home = AstridHome::at(root.join("h"));
     home.ensure().expect("ensure");
-    let workspace = tmp.path().join("ws");
+    let workspace = root.join("ws");
     crate::kernel::install::install_for_test(
         &workspace.join(".astrid/capsules"),
         "[package]\nname = \"fs\"\nversion = \"0.1.0\"\n[capabilities]\nfs_read = [\"cwd://src\"]\n",
