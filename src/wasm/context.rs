@@ -49,7 +49,7 @@ pub struct CapsuleContext {
     /// The `[env]` declarations.
     pub(super) env: BTreeMap<String, EnvDef>,
     /// Open HTTP response streams by handle.
-    pub(super) streams: Vec<Option<host_http::Stream>>,
+    pub(super) streams: Vec<Option<super::http_stream::Stream>>,
     /// The call deadline (bounds host-side timeouts).
     pub(super) deadline: Duration,
     /// Readiness and stop of the instance.
@@ -198,7 +198,10 @@ impl HostBackend for CapsuleContext {
             HostCall::FsUnlink { path } => host_fs::unlink(self, &path.0),
             HostCall::HttpRequest { request, body } => host_http::request(self, &request.0, &body.0),
             HostCall::HttpStreamStart { request, body } => host_http::stream_start(self, &request.0, &body.0),
-            HostCall::HttpStreamRead { handle } => host_http::stream_read(self, handle),
+            HostCall::HttpStreamRead { handle } => host_http::stream_read(self, handle, None),
+            HostCall::HttpStreamWait { handle, timeout_ms } => {
+                host_http::stream_read(self, handle, Some(Duration::from_millis(timeout_ms.into())))
+            }
             HostCall::HttpStreamClose { handle } => host_http::stream_close(self, handle),
             HostCall::LifecycleDone { hook, ran } => self.lifecycle_done(&hook, ran),
             HostCall::NextEvent { timeout_ms } => host_ipc::next_event(self, timeout_ms),

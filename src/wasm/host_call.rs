@@ -100,6 +100,8 @@ pub enum HostCall {
     HttpStreamStart { request: Blob, body: Blob },
     /// The next chunk of a response body.
     HttpStreamRead { handle: i32 },
+    /// `http_stream_wait`: the next chunk, or `Pending` after `timeout_ms`.
+    HttpStreamWait { handle: i32, timeout_ms: u32 },
     /// Close a response stream.
     HttpStreamClose { handle: i32 },
     /// The runner is past the install or upgrade hook `hook` (`ran`: the guest exports it):
@@ -113,7 +115,10 @@ pub enum HostCall {
 impl HostCall {
     /// Whether the guest is waiting for input (a run loop's budget starts afresh after it).
     pub fn is_wait(&self) -> bool {
-        matches!(self, Self::IpcRecv { .. } | Self::IpcPoll { .. } | Self::HttpStreamRead { .. })
+        matches!(
+            self,
+            Self::IpcRecv { .. } | Self::IpcPoll { .. } | Self::HttpStreamRead { .. } | Self::HttpStreamWait { .. }
+        )
     }
 
     /// Whether the call may block on something outside the guest (a person, the network, the
@@ -127,6 +132,7 @@ impl HostCall {
                 | Self::HttpRequest { .. }
                 | Self::HttpStreamStart { .. }
                 | Self::HttpStreamRead { .. }
+                | Self::HttpStreamWait { .. }
                 | Self::NextEvent { .. }
         )
     }

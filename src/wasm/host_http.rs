@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
@@ -23,6 +23,7 @@ use wasmi::{Caller, Linker};
 
 use super::context::CapsuleContext;
 use super::host_call::{Blob, HostCall, HostReply};
+use super::http_stream::Stream;
 use super::net_policy::{fill_secrets, is_public, redact};
 use super::sandbox::{HOST_MODULE, HostState, forward, forward_status, read_guest};
 use crate::audit::{Actor, Decision};
@@ -34,8 +35,23 @@ pub const MAX_BODY: usize = 10 * 1024 * 1024;
 pub const MAX_REQUEST_TIME: Duration = Duration::from_secs(30);
 /// Open response streams per instance.
 pub const MAX_STREAMS: usize = 4;
+/// A stream's default idle timeout: a model may think for a while before its next token.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(120);
+/// The longest idle timeout a stream may ask for.
+pub const MAX_IDLE: Duration = Duration::from_secs(600);
+/// The longest `http_stream_wait`.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
 const MAX_REQUEST_JSON: usize = 64 * 1024;
-const CHUNK: usize = 64 * 1024;
+
+/// How long a request may take.
+#[derive(Debug, Clone, Copy)]
+enum Timing {
+    /// A whole response read at once: one deadline for all of it.
+    Whole,
+    /// A streamed body: a connect timeout and an idle timeout per read, however long the
+    /// body goes on (a model may stream for minutes). The idle timeout is the stream's.
+    Streamed,
+}
 
 /// What an HTTP host function returns on failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +75,8 @@ pub enum HttpStatus {
     DnsError = -8,
     /// The host resolves to a private, loopback or otherwise internal address (audited).
     AddressRefused = -9,
+    /// `http_stream_wait`: nothing arrived within the wait; the stream goes on.
+    Pending = -10,
 }
 
 #[derive(Deserialize)]
@@ -68,25 +86,14 @@ struct Request {
     url: String,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// Streams only: the longest silence between two chunks (and before the response head)
+    /// before the request fails with `Timeout`; default [`DEFAULT_IDLE`].
+    #[serde(default)]
+    idle_timeout_ms: Option<u64>,
 }
 
 fn get() -> String {
     "GET".to_owned()
-}
-
-/// An open response body.
-pub(super) struct Stream {
-    reader: Box<dyn Read + Send>,
-    secrets: Vec<String>,
-    /// Bytes held back so a secret split across two chunks is still redacted.
-    carry: Vec<u8>,
-    ended: bool,
-}
-
-impl std::fmt::Debug for Stream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stream").field("ended", &self.ended).finish_non_exhaustive()
-    }
 }
 
 /// Resolves like the system does, then refuses the whole answer if any address is internal.
@@ -108,8 +115,15 @@ impl ureq::Resolver for VettedResolver {
     }
 }
 
-/// Sends the guest's request after every check; the response and the secrets it used.
-fn send(context: &CapsuleContext, raw: &[u8], body: &[u8]) -> Result<(ureq::Response, Vec<String>), HttpStatus> {
+/// What [`send`] gives back: the response, the secrets it used, the idle timeout it got.
+struct Sent {
+    response: ureq::Response,
+    secrets: Vec<String>,
+    idle: Duration,
+}
+
+/// Sends the guest's request after every check.
+fn send(context: &CapsuleContext, raw: &[u8], body: &[u8], timing: Timing) -> Result<Sent, HttpStatus> {
     let Some(access) = &context.kernel else { return Err(HttpStatus::CapabilityDenied) };
     if raw.len() > MAX_REQUEST_JSON || body.len() > MAX_BODY {
         return Err(HttpStatus::TooLarge);
@@ -144,16 +158,21 @@ fn send(context: &CapsuleContext, raw: &[u8], body: &[u8]) -> Result<(ureq::Resp
     let refused = Arc::new(Mutex::new(None));
     let allow_private = context.allow_private_network || context.private_hosts.contains(&host);
     let resolver = VettedResolver { allow_private, refused: Arc::clone(&refused) };
-    let timeout = MAX_REQUEST_TIME.min(context.deadline);
-    let agent = ureq::AgentBuilder::new().resolver(resolver).redirects(0).timeout(timeout).build();
+    let limit = MAX_REQUEST_TIME.min(context.deadline);
+    let idle =
+        request.idle_timeout_ms.map_or(DEFAULT_IDLE, Duration::from_millis).clamp(Duration::from_millis(100), MAX_IDLE);
+    let agent = ureq::AgentBuilder::new().resolver(resolver).redirects(0);
+    let agent = match timing {
+        Timing::Whole => agent.timeout(limit),
+        Timing::Streamed => agent.timeout_connect(limit).timeout_write(limit).timeout_read(idle),
+    }
+    .build();
     let mut outgoing = agent.request_url(&method, &url);
     for (name, value) in &headers {
         outgoing = outgoing.set(name, value);
     }
-    let started = Instant::now();
-    let result = outgoing.send_bytes(body);
-    match result {
-        Ok(response) | Err(ureq::Error::Status(_, response)) => Ok((response, used)),
+    match outgoing.send_bytes(body) {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => Ok(Sent { response, secrets: used, idle }),
         Err(ureq::Error::Transport(transport)) => {
             if let Some(address) = refused.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 access.kernel.record(
@@ -169,7 +188,7 @@ fn send(context: &CapsuleContext, raw: &[u8], body: &[u8]) -> Result<(ureq::Resp
             log::info!("capsule {capsule}: HTTP to {host} failed: {transport}");
             Err(match transport.kind() {
                 ureq::ErrorKind::Dns => HttpStatus::DnsError,
-                ureq::ErrorKind::Io if started.elapsed() >= timeout => HttpStatus::Timeout,
+                ureq::ErrorKind::Io if timed_out(&transport) => HttpStatus::Timeout,
                 ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme | ureq::ErrorKind::HTTP => {
                     HttpStatus::InvalidRequest
                 }
@@ -177,6 +196,14 @@ fn send(context: &CapsuleContext, raw: &[u8], body: &[u8]) -> Result<(ureq::Resp
             })
         }
     }
+}
+
+/// Whether a transport error is a timeout (ureq reports them as I/O errors).
+fn timed_out(transport: &ureq::Transport) -> bool {
+    let source = std::error::Error::source(transport);
+    source
+        .and_then(|e| e.downcast_ref::<std::io::Error>())
+        .is_some_and(|e| matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock))
 }
 
 /// `{status, headers}` of a response, with secrets redacted from header values.
@@ -198,7 +225,7 @@ fn reply(status: HttpStatus) -> HostReply {
 
 /// `http_request`: `[u32 BE length of the JSON head][head][body]`, secrets redacted.
 pub(super) fn request(context: &CapsuleContext, raw: &[u8], body: &[u8]) -> HostReply {
-    let (response, secrets) = match send(context, raw, body) {
+    let Sent { response, secrets, .. } = match send(context, raw, body, Timing::Whole) {
         Ok(sent) => sent,
         Err(status) => return reply(status),
     };
@@ -222,12 +249,18 @@ pub(super) fn stream_start(context: &mut CapsuleContext, raw: &[u8], body: &[u8]
     if context.streams.iter().filter(|s| s.is_some()).count() >= MAX_STREAMS {
         return reply(HttpStatus::Quota);
     }
-    let (response, secrets) = match send(context, raw, body) {
+    let Sent { response, secrets, idle } = match send(context, raw, body, Timing::Streamed) {
         Ok(sent) => sent,
         Err(status) => return reply(status),
     };
     let mut meta = meta(&response, &secrets);
-    let stream = Stream { reader: Box::new(response.into_reader()), secrets, carry: Vec::new(), ended: false };
+    let stream = match Stream::spawn(response.into_reader(), secrets, idle) {
+        Ok(stream) => stream,
+        Err(e) => {
+            log::error!("capsule {}: cannot start reading an HTTP body: {e}", context.capsule);
+            return reply(HttpStatus::Connection);
+        }
+    };
     let streams = &mut context.streams;
     let handle = match streams.iter().position(Option::is_none) {
         Some(index) => {
@@ -243,12 +276,14 @@ pub(super) fn stream_start(context: &mut CapsuleContext, raw: &[u8], body: &[u8]
     HostReply::bytes(serde_json::to_vec(&meta).unwrap_or_default())
 }
 
-/// `http_stream_read`: the next redacted chunk; empty at the end of the body.
-pub(super) fn stream_read(context: &mut CapsuleContext, handle: i32) -> HostReply {
+/// `http_stream_read` (`wait` None) and `http_stream_wait`: the next redacted chunk, empty
+/// at the end of the body; `Pending` when `wait` passed first, `Closed` on a stop.
+pub(super) fn stream_read(context: &mut CapsuleContext, handle: i32, wait: Option<Duration>) -> HostReply {
+    let stopped = context.lifecycle.stopped();
     let Some(Some(stream)) = usize::try_from(handle).ok().and_then(|i| context.streams.get_mut(i)) else {
         return reply(HttpStatus::Closed);
     };
-    next_chunk(stream).map_or_else(reply, HostReply::bytes)
+    stream.next_chunk(wait.map(|w| w.min(MAX_WAIT)), stopped).map_or_else(reply, HostReply::bytes)
 }
 
 /// `http_stream_close`: frees the handle.
@@ -292,108 +327,16 @@ pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::
     linker.func_wrap(HOST_MODULE, "http_stream_read", |mut caller: Caller<'_, HostState>, handle: i32| {
         forward(&mut caller, HostCall::HttpStreamRead { handle })
     })?;
+    linker.func_wrap(
+        HOST_MODULE,
+        "http_stream_wait",
+        |mut caller: Caller<'_, HostState>, handle: i32, timeout_ms: i32| {
+            let timeout_ms = u32::try_from(timeout_ms).unwrap_or(0);
+            forward(&mut caller, HostCall::HttpStreamWait { handle, timeout_ms })
+        },
+    )?;
     linker.func_wrap(HOST_MODULE, "http_stream_close", |mut caller: Caller<'_, HostState>, handle: i32| {
         forward_status(&mut caller, HostCall::HttpStreamClose { handle })
     })?;
     Ok(())
-}
-
-/// How many bytes at the end of `carry` could be the start of a secret (the longest suffix
-/// that is a proper prefix of one): only those must wait for the next read.
-fn pending_prefix(carry: &[u8], secrets: &[String]) -> usize {
-    secrets
-        .iter()
-        .map(String::as_bytes)
-        .filter_map(|secret| (1..secret.len()).rev().find(|&k| carry.ends_with(&secret[..k])))
-        .max()
-        .unwrap_or(0)
-}
-
-/// The next redacted chunk; empty once the body is over. Bytes at the end that could be the
-/// start of a secret are held back until more arrive (so a secret split across reads is still
-/// caught); nothing else is, so a stream's events reach the guest as soon as they arrive.
-fn next_chunk(stream: &mut Stream) -> Result<Vec<u8>, HttpStatus> {
-    loop {
-        if stream.ended {
-            let rest = std::mem::take(&mut stream.carry);
-            return Ok(redact(&rest, &stream.secrets));
-        }
-        let hold = pending_prefix(&stream.carry, &stream.secrets);
-        if stream.carry.len() > hold {
-            break;
-        }
-        let mut buffer = vec![0u8; CHUNK];
-        match stream.reader.read(&mut buffer) {
-            Ok(0) => stream.ended = true,
-            Ok(n) => stream.carry.extend_from_slice(&buffer[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut || e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(HttpStatus::Timeout);
-            }
-            Err(_) => return Err(HttpStatus::Connection),
-        }
-    }
-    // Emit everything but the held tail; a whole secret that straddles the cut is emitted with
-    // the head (redacted), never split. The head is never empty, so an empty chunk always
-    // means the end of the body.
-    let cut = stream.carry.len() - pending_prefix(&stream.carry, &stream.secrets);
-    let mut emit = cut;
-    for secret in stream.secrets.iter().map(String::as_bytes).filter(|s| !s.is_empty()) {
-        for start in cut.saturating_sub(secret.len() - 1)..cut {
-            if stream.carry[start..].starts_with(secret) {
-                emit = emit.max(start + secret.len());
-            }
-        }
-    }
-    let head: Vec<u8> = stream.carry.drain(..emit).collect();
-    Ok(redact(&head, &stream.secrets))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Reads one byte per call: the worst case for a secret split across reads.
-    struct Trickle(std::collections::VecDeque<u8>);
-
-    impl Read for Trickle {
-        fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-            match (self.0.pop_front(), buffer.first_mut()) {
-                (Some(byte), Some(slot)) => {
-                    *slot = byte;
-                    Ok(1)
-                }
-                _ => Ok(0),
-            }
-        }
-    }
-
-    #[test]
-    fn only_a_possible_start_of_a_secret_waits_for_the_next_read() {
-        let secrets = vec!["sk-test-42".to_owned()];
-        assert_eq!(pending_prefix(b"data: {}\n\n", &secrets), 0, "an event ending is not held back");
-        assert_eq!(pending_prefix(b"token sk-te", &secrets), 5);
-        assert_eq!(pending_prefix(b"token sk-test-42", &secrets), 0, "a whole secret is redacted, not held");
-        assert_eq!(pending_prefix(b"anything", &[]), 0);
-    }
-
-    #[test]
-    fn a_secret_split_across_reads_is_still_redacted_and_only_the_end_is_empty() {
-        for body in ["you sent: Bearer sk-test-42; bye", "sk-test-42", "x", "", "sk-test-4sk-test-42sk-test-42"] {
-            let mut stream = Stream {
-                reader: Box::new(Trickle(body.bytes().collect())),
-                secrets: vec!["sk-test-42".to_owned()],
-                carry: Vec::new(),
-                ended: false,
-            };
-            let mut out = Vec::new();
-            loop {
-                let chunk = next_chunk(&mut stream).expect("chunk");
-                if chunk.is_empty() {
-                    break;
-                }
-                out.extend_from_slice(&chunk);
-            }
-            assert_eq!(String::from_utf8(out).expect("utf8"), body.replace("sk-test-42", "[REDACTED]"), "{body:?}");
-        }
-    }
 }

@@ -4,6 +4,7 @@
 //! guest memory; a response that echoes it back arrives redacted.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,10 @@ pub struct Request {
     pub url: String,
     /// Header names and values.
     pub headers: BTreeMap<String, String>,
+    /// Streams only: the longest silence the server may keep between two chunks (default
+    /// 120 s, at most 600 s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
     /// The body (not serialized: it travels as raw bytes).
     #[serde(skip)]
     pub body: Vec<u8>,
@@ -33,6 +38,12 @@ impl Request {
     /// Adds a header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Streams only: fail with [`Error::Timeout`] once the server is silent this long.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout_ms = Some(u64::try_from(idle.as_millis()).unwrap_or(u64::MAX));
         self
     }
 
@@ -100,11 +111,38 @@ pub struct Stream {
     pub headers: BTreeMap<String, String>,
 }
 
+/// What [`Stream::wait`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chunk {
+    /// The next bytes of the body.
+    Data(Vec<u8>),
+    /// Nothing arrived within the wait; the stream goes on.
+    Pending,
+    /// The body is over.
+    End,
+}
+
+/// `http_stream_wait`'s code for "nothing yet".
+const PENDING: i64 = -10;
+
 impl Stream {
-    /// The next chunk of the body; `None` once it is over.
+    /// The next chunk of the body; `None` once it is over. Waits as long as the server may
+    /// stay silent (the request's `idle_timeout_ms`, then [`Error::Timeout`]).
     pub fn read(&mut self) -> Result<Option<Vec<u8>>> {
         let chunk = abi::unpack(abi::http_stream_read(self.handle)).map_err(Error::http)?;
         Ok(if chunk.is_empty() { None } else { Some(chunk) })
+    }
+
+    /// The next chunk, waiting at most `timeout` (at most a minute): a capsule that must
+    /// notice other things while a server is slow (a cancelled request) waits in slices.
+    pub fn wait(&mut self, timeout: Duration) -> Result<Chunk> {
+        let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        match abi::unpack(abi::http_stream_wait(self.handle, timeout_ms)) {
+            Ok(chunk) if chunk.is_empty() => Ok(Chunk::End),
+            Ok(chunk) => Ok(Chunk::Data(chunk)),
+            Err(PENDING) => Ok(Chunk::Pending),
+            Err(code) => Err(Error::http(code)),
+        }
     }
 }
 
