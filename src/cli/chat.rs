@@ -4,7 +4,9 @@
 //! sends each line as a prompt on `user.v1.prompt`; the answer streams as it is written
 //! (`agent.v1.stream.delta`), tool calls and their outcome are shown as they happen, and an
 //! approval request is asked right there: `y` once, `s` for the session, `a` always, `n` no.
-//! Ctrl-C during a turn cancels it (a second one leaves); at the prompt it clears the line.
+//! Ctrl-C during a turn cancels it; at the prompt it clears the line. Two in a row, with no
+//! line entered between them, leave (exit 130, as for any program a SIGINT ends): mashing
+//! Ctrl-C gets a person out however fast the turn's cancellation was.
 //!
 //! Slash commands: `/help`, `/quit`, `/clear` (a new conversation), `/diff`, `/commit`,
 //! `/discard` (the workspace overlay), and any command a capsule offers (`GetCommands`), sent
@@ -49,7 +51,7 @@ const HELP: &str = "\
 /diff      the agent's pending changes to the workspace
 /commit    apply them
 /discard   drop them
-Ctrl-C     cancel the current turn (twice: leave)";
+Ctrl-C     cancel the current turn, or clear the line (twice in a row: leave)";
 
 /// Runs the chat until the person leaves.
 pub fn run(home: &AstridHome, args: &ChatArgs) -> anyhow::Result<ExitCode> {
@@ -67,13 +69,21 @@ pub fn run(home: &AstridHome, args: &ChatArgs) -> anyhow::Result<ExitCode> {
     .context("cannot handle Ctrl-C")?;
     let capsule_commands = capsule_commands(home);
     println!("astrid chat: /help for commands, Ctrl-D to leave.");
+    // The last key was a Ctrl-C (a cancelled turn or a cleared line): another one leaves.
+    let mut armed = false;
     let code = loop {
         let line = match editor.readline("you> ") {
             Ok(line) => line,
-            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Interrupted) if armed => break ExitCode::from(130),
+            Err(ReadlineError::Interrupted) => {
+                armed = true;
+                println!("(Ctrl-C again to leave)");
+                continue;
+            }
             Err(ReadlineError::Eof) => break ExitCode::SUCCESS,
             Err(e) => return Err(e).context("cannot read a line"),
         };
+        armed = false;
         let line = line.trim();
         if line.is_empty() {
             continue;
@@ -105,8 +115,10 @@ pub fn run(home: &AstridHome, args: &ChatArgs) -> anyhow::Result<ExitCode> {
         interrupts.store(0, Ordering::SeqCst);
         let prompt = IpcPayload::UserInput { text: line.to_owned(), session_id: session.clone(), context: None };
         client.publish(topic, &prompt)?;
-        if turn(&mut client, &mut editor, &session, &interrupts)? == Turn::Leave {
-            break ExitCode::from(130);
+        match turn(&mut client, &mut editor, &session, &interrupts)? {
+            Turn::Done => {}
+            Turn::Cancelled => armed = true,
+            Turn::Leave => break ExitCode::from(130),
         }
     };
     if let Some(parent) = history.parent() {
@@ -133,6 +145,8 @@ fn capsule_commands(home: &AstridHome) -> Vec<(String, String)> {
 #[derive(Debug, PartialEq, Eq)]
 enum Turn {
     Done,
+    /// Ended by a Ctrl-C.
+    Cancelled,
     Leave,
 }
 
@@ -194,7 +208,7 @@ fn turn(
                 printed.push_str(text);
                 if payload["is_final"].as_bool().unwrap_or(false) {
                     println!();
-                    return Ok(Turn::Done);
+                    return Ok(if cancelled { Turn::Cancelled } else { Turn::Done });
                 }
             }
             ("tool.v1.request.execute", Some("tool_execute_request")) => {

@@ -31,6 +31,7 @@ use super::frame::{FrameReader, MAX_CLIENT_FRAME, MAX_HANDSHAKE_FRAME, write_fra
 use super::handshake::{Verdict, evaluate};
 use super::policy::{EGRESS_PATTERNS, ingress_allowed};
 use super::token::SessionToken;
+use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
 use crate::kernel::bus::{BusMessage, Origin, SubscriberId, Subscription};
 use crate::kernel::router::{REQUEST_PREFIX, response_topic};
@@ -259,10 +260,25 @@ fn ingress(kernel: &Kernel, id: u64, subscriber: SubscriberId, source_id: Uuid, 
     match decode_ingress(frame, source_id) {
         Ok(message) => {
             log::debug!("client#{id}: publishing on {}", message.topic);
+            if let IpcPayload::UserInput { text, session_id, context } = &message.payload {
+                // What a person asks the agent starts everything after it: on the record.
+                let principal = message.principal.as_deref().unwrap_or(DEFAULT_PRINCIPAL);
+                let what = match context.as_ref().and_then(|c| c.get("action")).and_then(Value::as_str) {
+                    Some(action) => format!("action {action}"),
+                    None => format!("{} characters", text.chars().count()),
+                };
+                let actor = Actor::Client { id: format!("client#{id}") };
+                let resource = format!("{} session {session_id}", message.topic);
+                kernel.record(principal, actor, "client.input", &resource, Decision::Info, &what);
+            }
             kernel.bus().publish(BusMessage { message, origin: Origin::Subscriber(subscriber), reply_to: None });
         }
         Err(refusal) => {
             log::warn!("client#{id}: frame dropped: {}", refusal.reason);
+            if let Some(topic) = refusal.topic.as_deref().filter(|t| !ingress_allowed(t)) {
+                let actor = Actor::Client { id: format!("client#{id}") };
+                kernel.record(DEFAULT_PRINCIPAL, actor, "client.publish", topic, Decision::Deny, &refusal.reason);
+            }
             // A refused management request still gets an answer; never leave a client waiting.
             if let Some(topic) = refusal.topic.filter(|t| t.starts_with(REQUEST_PREFIX) && topic::validate(t).is_ok()) {
                 kernel.reply(&response_topic(&topic), KernelResponse::Error(refusal.reason), Some(subscriber));

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::capsule_session::{Attached, CallFrame, MAX_SESSION_FRAME, ReplyFrame, SessionStart};
 use super::client::{Client, ClientError};
-use super::frame::{FrameError, read_frame_blocking, write_frame_blocking};
+use super::frame::{BlockingFrames, FrameError, write_frame_blocking};
 use crate::home::AstridHome;
 use crate::types::CapsuleAttach;
 use crate::wasm::host_call::{HostBackend, HostCall, HostReply};
@@ -40,6 +40,7 @@ pub enum AttachError {
 #[derive(Debug)]
 pub struct CapsuleLink {
     stream: UnixStream,
+    frames: BlockingFrames,
     next_id: u64,
 }
 
@@ -47,11 +48,10 @@ impl CapsuleLink {
     /// Connects to the daemon of `home`, attaches as `attach` says, and returns the link and
     /// what to run. A refusal is [`ClientError::Rejected`] with the daemon's reason.
     pub fn attach(home: &AstridHome, attach: CapsuleAttach) -> Result<(Self, Attached), AttachError> {
-        let mut stream = Client::connect_as(home, Some(attach))?.into_stream();
+        let (mut stream, mut frames) = Client::connect_as(home, Some(attach))?.into_parts();
         stream.set_read_timeout(Some(ATTACH_TIMEOUT)).map_err(ClientError::Io)?;
-        let frame = read_frame_blocking(&mut stream, MAX_SESSION_FRAME)
-            .map_err(ClientError::from)?
-            .ok_or(ClientError::Closed)?;
+        let frame =
+            frames.next_frame(&mut stream, MAX_SESSION_FRAME).map_err(ClientError::from)?.ok_or(ClientError::Closed)?;
         let start: SessionStart =
             serde_json::from_slice(&frame).map_err(|e| ClientError::Protocol(format!("bad session start: {e}")))?;
         let attached = match start {
@@ -63,7 +63,7 @@ impl CapsuleLink {
         };
         stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(ClientError::Io)?;
         stream.set_write_timeout(Some(REPLY_TIMEOUT)).map_err(ClientError::Io)?;
-        Ok((Self { stream, next_id: 0 }, attached))
+        Ok((Self { stream, frames, next_id: 0 }, attached))
     }
 
     fn exchange(&mut self, call: HostCall) -> Result<HostReply, String> {
@@ -72,7 +72,7 @@ impl CapsuleLink {
         let frame = serde_json::to_vec(&CallFrame { id, call }).map_err(|e| e.to_string())?;
         write_frame_blocking(&mut self.stream, &frame).map_err(|e| format!("cannot reach the daemon: {e}"))?;
         loop {
-            let frame = match read_frame_blocking(&mut self.stream, MAX_SESSION_FRAME) {
+            let frame = match self.frames.next_frame(&mut self.stream, MAX_SESSION_FRAME) {
                 Ok(Some(frame)) => frame,
                 Ok(None) | Err(FrameError::Truncated { .. }) => return Err("the daemon closed the connection".into()),
                 Err(FrameError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {

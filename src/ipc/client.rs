@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::frame::{FrameError, MAX_HANDSHAKE_FRAME, MAX_SERVER_FRAME, read_frame_blocking, write_frame_blocking};
+use super::frame::{BlockingFrames, FrameError, MAX_HANDSHAKE_FRAME, MAX_SERVER_FRAME, write_frame_blocking};
 use super::token::{SessionToken, TokenError};
 use crate::home::AstridHome;
 use crate::kernel::router::{REQUEST_PREFIX, RESPONSE_PREFIX};
@@ -74,6 +74,7 @@ impl From<FrameError> for ClientError {
 #[derive(Debug)]
 pub struct Client {
     stream: UnixStream,
+    frames: BlockingFrames,
 }
 
 impl Client {
@@ -100,11 +101,12 @@ impl Client {
             capsule_host: attach,
         };
         write_frame_blocking(&mut stream, &to_json(&request)?)?;
-        let reply = read_frame_blocking(&mut stream, MAX_HANDSHAKE_FRAME)?.ok_or(ClientError::Closed)?;
+        let mut frames = BlockingFrames::default();
+        let reply = frames.next_frame(&mut stream, MAX_HANDSHAKE_FRAME)?.ok_or(ClientError::Closed)?;
         let reply: HandshakeResponse =
             serde_json::from_slice(&reply).map_err(|e| ClientError::Protocol(format!("bad handshake reply: {e}")))?;
         match reply.status {
-            HandshakeStatus::Ok => Ok(Self { stream }),
+            HandshakeStatus::Ok => Ok(Self { stream, frames }),
             HandshakeStatus::Error => Err(ClientError::Rejected(reply.reason.unwrap_or_default())),
         }
     }
@@ -124,7 +126,7 @@ impl Client {
     /// The next frame from the daemon (`{topic, payload, source_id}`), waiting at most `wait`.
     pub fn next_frame(&mut self, wait: Duration) -> Result<Value, ClientError> {
         self.stream.set_read_timeout(Some(wait))?;
-        let frame = match read_frame_blocking(&mut self.stream, MAX_SERVER_FRAME) {
+        let frame = match self.frames.next_frame(&mut self.stream, MAX_SERVER_FRAME) {
             Ok(Some(frame)) => frame,
             Ok(None) => return Err(ClientError::Closed),
             Err(FrameError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
@@ -136,9 +138,9 @@ impl Client {
     }
 
     /// The connection itself, for a protocol other than management requests (a capsule
-    /// host's session).
-    pub fn into_stream(self) -> UnixStream {
-        self.stream
+    /// host's session), with whatever of the next frames was already read.
+    pub fn into_parts(self) -> (UnixStream, BlockingFrames) {
+        (self.stream, self.frames)
     }
 
     /// Sends `request` on `astrid.v1.request.<suffix>` and waits up to `wait` for the reply

@@ -83,16 +83,52 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     fn take_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
-        let Some(len) = announced_len(&self.buffer) else { return Ok(None) };
-        if len > self.max {
-            return Err(FrameError::TooLarge { len, max: self.max });
+        take_frame(&mut self.buffer, self.max)
+    }
+}
+
+/// The first complete frame of `buffer`, taken out of it.
+fn take_frame(buffer: &mut Vec<u8>, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
+    let Some(len) = announced_len(buffer) else { return Ok(None) };
+    if len > max {
+        return Err(FrameError::TooLarge { len, max });
+    }
+    if buffer.len() < HEADER + len {
+        return Ok(None);
+    }
+    let frame = buffer[HEADER..HEADER + len].to_vec();
+    buffer.drain(..HEADER + len);
+    Ok(Some(frame))
+}
+
+/// The blocking twin of [`FrameReader`], for the CLI and capsule hosts (no async runtime):
+/// the stream is read through it with a read timeout, and a timeout or a signal (`EINTR`, as
+/// when Ctrl-C arrives during a wait) in the middle of a frame loses nothing: the bytes read
+/// so far wait in the buffer for the next call. Reading a frame with exact reads instead would
+/// drop them and desynchronize the stream.
+#[derive(Debug, Default)]
+pub struct BlockingFrames {
+    buffer: Vec<u8>,
+}
+
+impl BlockingFrames {
+    /// The next frame of at most `max` bytes from `reader`; `Ok(None)` on a clean end of
+    /// stream between frames. A timeout of the reader is `FrameError::Io` (`WouldBlock` or
+    /// `TimedOut`) and may be retried.
+    pub fn next_frame<R: Read>(&mut self, reader: &mut R, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            if let Some(frame) = take_frame(&mut self.buffer, max)? {
+                return Ok(Some(frame));
+            }
+            match reader.read(&mut chunk) {
+                Ok(0) if self.buffer.is_empty() => return Ok(None),
+                Ok(0) => return Err(FrameError::Truncated { buffered: self.buffer.len() }),
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
         }
-        if self.buffer.len() < HEADER + len {
-            return Ok(None);
-        }
-        let frame = self.buffer[HEADER..HEADER + len].to_vec();
-        self.buffer.drain(..HEADER + len);
-        Ok(Some(frame))
     }
 }
 
@@ -121,29 +157,6 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, payload: &[u8]) 
 pub fn write_frame_blocking<W: Write>(writer: &mut W, payload: &[u8]) -> io::Result<()> {
     writer.write_all(&encode(payload)?)?;
     writer.flush()
-}
-
-/// Blocking read of one frame of at most `max` bytes; `Ok(None)` on a clean end of stream.
-pub fn read_frame_blocking<R: Read>(reader: &mut R, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
-    let mut header = [0u8; HEADER];
-    let mut got = 0;
-    while got < HEADER {
-        match reader.read(&mut header[got..])? {
-            0 if got == 0 => return Ok(None),
-            0 => return Err(FrameError::Truncated { buffered: got }),
-            n => got += n,
-        }
-    }
-    let len = usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX);
-    if len > max {
-        return Err(FrameError::TooLarge { len, max });
-    }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => FrameError::Truncated { buffered: HEADER },
-        _ => FrameError::Io(e),
-    })?;
-    Ok(Some(body))
 }
 
 #[cfg(test)]
@@ -190,7 +203,51 @@ mod tests {
         let mut wire = Vec::new();
         write_frame_blocking(&mut wire, b"hello").expect("write");
         let mut cursor = io::Cursor::new(wire);
-        assert_eq!(read_frame_blocking(&mut cursor, 16).expect("read"), Some(b"hello".to_vec()));
-        assert!(read_frame_blocking(&mut cursor, 16).expect("eof").is_none());
+        let mut frames = BlockingFrames::default();
+        assert_eq!(frames.next_frame(&mut cursor, 16).expect("read"), Some(b"hello".to_vec()));
+        assert!(frames.next_frame(&mut cursor, 16).expect("eof").is_none());
+    }
+
+    /// A socket that delivers a byte at a time, with a timeout and a signal between bytes.
+    struct Stuttering {
+        bytes: std::collections::VecDeque<u8>,
+        calls: usize,
+    }
+
+    impl Read for Stuttering {
+        fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+            self.calls += 1;
+            match self.calls % 3 {
+                0 => Err(io::ErrorKind::WouldBlock.into()),
+                1 => Err(io::ErrorKind::Interrupted.into()),
+                _ => match (self.bytes.pop_front(), buffer.first_mut()) {
+                    (Some(byte), Some(slot)) => {
+                        *slot = byte;
+                        Ok(1)
+                    }
+                    _ => Ok(0),
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn a_timeout_or_a_signal_in_the_middle_of_a_frame_loses_nothing() {
+        let mut wire = encode(b"first").expect("encode");
+        wire.extend(encode(b"second").expect("encode"));
+        let mut socket = Stuttering { bytes: wire.into_iter().collect(), calls: 0 };
+        let mut frames = BlockingFrames::default();
+        let mut got = Vec::new();
+        let mut timeouts = 0;
+        while got.len() < 2 {
+            match frames.next_frame(&mut socket, 64) {
+                Ok(Some(frame)) => got.push(frame),
+                Ok(None) => panic!("ended early"),
+                Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => timeouts += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, [b"first".to_vec(), b"second".to_vec()]);
+        assert!(timeouts > 5, "timeouts came in the middle of frames");
     }
 }

@@ -31,6 +31,8 @@ pub const EGRESS_PATTERNS: &[&str] = &[
     // reference's CLI renders them but its bridge never forwarded them).
     "tool.v1.request.execute",
     "tool.v1.execute.result",
+    // Tool calls a turn gave up on (cancelled or timed out), so a frontend can say so.
+    "tool.v1.request.cancel",
     "astrid.v1.onboarding.required",
     "astrid.v1.elicit",
     "astrid.v1.elicit.*",

@@ -1,6 +1,7 @@
 //! One integration-test binary (one link step): every test drives the real `astrid` binary
 //! through its role links, in a temp `ASTRID_HOME`, over the real socket.
 
+mod agent;
 mod capsule_host;
 mod capsules;
 mod cli;

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -17,6 +17,13 @@ pub enum Script {
     Status(u16),
     /// A stream that is not JSON.
     Malformed,
+    /// `piece` every `every`, until the client hangs up (a model that goes on and on); the
+    /// server records when it noticed.
+    Drip { piece: &'static str, every: Duration },
+    /// The pieces, then silence with the connection open (a model that hangs).
+    Stall(Vec<&'static str>),
+    /// A tool call streamed as OpenAI does: id and name first, the arguments in fragments.
+    ToolCall { name: &'static str, arguments: Value },
 }
 
 /// One request the server received.
@@ -38,6 +45,7 @@ pub struct Server {
     pub port: u16,
     script: Arc<Mutex<Vec<Script>>>,
     received: Arc<Mutex<Vec<Received>>>,
+    hangups: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl Server {
@@ -47,14 +55,20 @@ impl Server {
         let port = listener.local_addr().expect("addr").port();
         let script = Arc::new(Mutex::new(scripts));
         let received = Arc::new(Mutex::new(Vec::new()));
-        let (s, r) = (Arc::clone(&script), Arc::clone(&received));
+        let hangups = Arc::new(Mutex::new(Vec::new()));
+        let (s, r, h) = (Arc::clone(&script), Arc::clone(&received), Arc::clone(&hangups));
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (s, r) = (Arc::clone(&s), Arc::clone(&r));
-                std::thread::spawn(move || serve(stream, &s, &r));
+                let (s, r, h) = (Arc::clone(&s), Arc::clone(&r), Arc::clone(&h));
+                std::thread::spawn(move || serve(stream, &s, &r, &h));
             }
         });
-        Self { port, script, received }
+        Self { port, script, received, hangups }
+    }
+
+    /// When the server noticed a client hang up in the middle of a `Drip`.
+    pub fn hangups(&self) -> Vec<Instant> {
+        self.hangups.lock().expect("lock").clone()
     }
 
     pub fn base_url(&self) -> String {
@@ -70,7 +84,12 @@ impl Server {
     }
 }
 
-fn serve(stream: TcpStream, script: &Mutex<Vec<Script>>, received: &Mutex<Vec<Received>>) {
+fn serve(
+    stream: TcpStream,
+    script: &Mutex<Vec<Script>>,
+    received: &Mutex<Vec<Received>>,
+    hangups: &Mutex<Vec<Instant>>,
+) {
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut request_line = String::new();
@@ -126,12 +145,54 @@ fn serve(stream: TcpStream, script: &Mutex<Vec<Script>>, received: &Mutex<Vec<Re
             send(&mut out, &json!({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}));
             let _ = out.write_all(b"data: [DONE]\n\n");
         }
+        Script::Drip { piece, every } => {
+            let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+            let started = Instant::now();
+            // A hang-up shows as a failed write (RST after the client closed), at the latest a
+            // few writes later; give up after a minute.
+            while started.elapsed() < Duration::from_secs(60) {
+                if !send(
+                    &mut out,
+                    &json!({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]}),
+                ) {
+                    hangups.lock().expect("lock").push(Instant::now());
+                    return;
+                }
+                std::thread::sleep(every);
+            }
+        }
+        Script::Stall(pieces) => {
+            let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+            for piece in pieces {
+                send(&mut out, &json!({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]}));
+            }
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        Script::ToolCall { name, arguments } => {
+            let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+            let call = |function: Value| {
+                json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": 0, "id": "call_abc", "type": "function", "function": function}]}, "finish_reason": null}]})
+            };
+            send(&mut out, &call(json!({"name": name, "arguments": ""})));
+            let arguments = arguments.to_string();
+            let (first, rest) = arguments.split_at(arguments.len() / 3);
+            let (second, third) = rest.split_at(rest.len() / 2);
+            for fragment in [first, second, third] {
+                let delta = json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+                    {"index": 0, "function": {"arguments": fragment}}]}, "finish_reason": null}]});
+                send(&mut out, &delta);
+            }
+            send(&mut out, &json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}));
+            let _ = out.write_all(b"data: [DONE]\n\n");
+        }
     }
     let _ = out.flush();
 }
 
-fn send(out: &mut TcpStream, chunk: &Value) {
-    let _ = out.write_all(format!("data: {chunk}\n\n").as_bytes());
-    let _ = out.flush();
+/// Sends one event; false once the client is gone.
+fn send(out: &mut TcpStream, chunk: &Value) -> bool {
+    let sent = out.write_all(format!("data: {chunk}\n\n").as_bytes()).and_then(|()| out.flush()).is_ok();
     std::thread::sleep(Duration::from_millis(2));
+    sent
 }

@@ -2,15 +2,27 @@
 //! `POST {base_url}/chat/completions` calls; the server-sent events come back as
 //! `llm_stream_event`s on `llm.v1.stream.openai`: `TextDelta`, `ToolCallStart` /
 //! `ToolCallDelta` / `ToolCallEnd` (arguments arrive in fragments), `Usage`, then `Done`, or
-//! one `Error` that says what went wrong (401, 429, 5xx, a malformed stream, a timeout).
+//! one `Error` that says what went wrong (401, 429, 5xx, a malformed stream, a server silent
+//! for `stall_timeout_secs`).
+//!
+//! An `llm_cancel_request {request_id}` on `llm.v1.request.cancel.openai` stops the request in
+//! flight: the stream is read in short waits, the cancel topic is looked at between them, and
+//! a cancelled request's stream is closed (the server sees the connection go) and ends with
+//! `Error: "cancelled"`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use astrid_sdk::http::Request;
-use astrid_sdk::{Hook, ipc};
+use astrid_sdk::http::{Chunk, Request};
+use astrid_sdk::{Error, Hook, Subscription, ipc};
 use serde_json::{Value, json};
 
 const STREAM: &str = "llm.v1.stream.openai";
+const CANCEL: &str = "llm.v1.request.cancel.openai";
+/// How often a slow stream looks for a cancel.
+const CANCEL_CHECK: Duration = Duration::from_millis(100);
+/// The longest silence of the server, unless `stall_timeout_secs` says otherwise.
+const STALL_TIMEOUT_SECS: u64 = 120;
 
 fn event(request_id: &Value, event: Value) {
     let _ = ipc::publish(STREAM, &json!({"type": "llm_stream_event", "request_id": request_id, "event": event}));
@@ -124,8 +136,27 @@ fn on_data(request_id: &Value, data: &str, calls: &mut Calls) -> Result<bool, St
     Ok(false)
 }
 
+/// Whether a cancel for `id` has arrived.
+fn cancelled(cancels: Option<&Subscription>, id: &Value) -> bool {
+    let Some(cancels) = cancels else { return false };
+    while let Ok(Some(message)) = cancels.poll() {
+        if message.payload["type"] == "llm_cancel_request" && message.payload["request_id"] == *id {
+            return true;
+        }
+    }
+    false
+}
+
 fn generate(request: &Value) -> Result<(), String> {
     let id = &request["request_id"];
+    // Subscribed before the request goes out, so a cancel is never missed while it connects.
+    let cancels = Subscription::new(CANCEL)
+        .map_err(|e| astrid_sdk::log(&format!("cannot watch for cancels ({e}); requests cannot be cancelled")))
+        .ok();
+    let stall = astrid_sdk::config("stall_timeout_secs")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .unwrap_or(STALL_TIMEOUT_SECS);
     let base = astrid_sdk::config("base_url").unwrap_or_else(|| "https://api.openai.com/v1".to_owned());
     let configured = astrid_sdk::config("model").unwrap_or_default();
     let model = match request["model"].as_str() {
@@ -146,11 +177,15 @@ fn generate(request: &Value) -> Result<(), String> {
     let mut http = Request::new("POST", &format!("{}/chat/completions", base.trim_end_matches('/')))
         .header("Content-Type", "application/json")
         .header("Accept", "text/event-stream")
+        .idle_timeout(Duration::from_secs(stall))
         .body(serde_json::to_vec(&body).map_err(|e| e.to_string())?);
     if astrid_sdk::has_config("api_key") {
         http = http.header("Authorization", "Bearer {{secret:api_key}}");
     }
-    let mut stream = http.stream().map_err(|e| format!("cannot reach {base}: {e}"))?;
+    let mut stream = http.stream().map_err(|e| match e {
+        Error::Timeout => format!("{base} sent no response for {stall} s"),
+        e => format!("cannot reach {base}: {e}"),
+    })?;
     if stream.status != 200 {
         let mut body = Vec::new();
         while let Ok(Some(chunk)) = stream.read() {
@@ -164,9 +199,14 @@ fn generate(request: &Value) -> Result<(), String> {
     let mut calls = Calls::default();
     let mut buffer = String::new();
     loop {
-        let chunk = match stream.read() {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => return Err("the stream ended before [DONE]".to_owned()),
+        if cancelled(cancels.as_ref(), id) {
+            return Err("cancelled".to_owned());
+        }
+        let chunk = match stream.wait(CANCEL_CHECK) {
+            Ok(Chunk::Data(chunk)) => chunk,
+            Ok(Chunk::Pending) => continue,
+            Ok(Chunk::End) => return Err("the stream ended before [DONE]".to_owned()),
+            Err(Error::Timeout) => return Err(format!("the server sent nothing for {stall} s")),
             Err(e) => return Err(format!("the stream broke: {e}")),
         };
         buffer.push_str(&String::from_utf8_lossy(&chunk));

@@ -11,7 +11,13 @@
 //! is asked again; without tool calls the answer is stored and sent whole as the final
 //! `agent_response` on `agent.v1.response`. An `Error` ends the turn with `LLM error: …`, a
 //! prompt whose context says `cancel_turn` with `Cancelled.`, too many tool rounds with
-//! `Stopped: …`.
+//! `Stopped: …`, a model silent for `stream_timeout_secs` or tools not done within
+//! `tool_timeout_secs` (checked on every `astrid.v1.watchdog.tick`) with `Request timed out (…)`.
+//!
+//! A turn that ends early stops what it started: the provider is told on
+//! `llm.v1.request.cancel.<provider>` (`{"type": "llm_cancel_request", "request_id"}`; the
+//! provider drops the HTTP request) and unfinished tool calls on `tool.v1.request.cancel`
+//! (`tool_cancel_request {call_ids}`).
 //!
 //! Turns in flight live in this instance's memory (the hook entry runs one event at a time);
 //! only finished exchanges are stored, so a restart loses a turn, never the conversation.
@@ -30,6 +36,10 @@ const MAX_TOOL_ROUNDS: u32 = 10;
 const DESCRIBE_WINDOW: i64 = 1000;
 /// ...and the quiet after the last answer that ends the wait early.
 const DESCRIBE_QUIET: i64 = 50;
+/// The phase timeouts of the reference: a model silent this long since its last token...
+const STREAM_TIMEOUT_SECS: i64 = 120;
+/// ...or tools that have not all answered this long after they were called, end the turn.
+const TOOL_TIMEOUT_SECS: i64 = 60;
 const SYSTEM_PROMPT: &str = "You are the agent of Astrid, a secure runtime. Answer plainly. \
     You can act only through the tools you are offered, and only within what the user granted.";
 
@@ -41,14 +51,27 @@ struct Call {
     result: Option<Value>,
 }
 
+/// What a turn waits for.
+#[derive(Clone, Copy)]
+enum Phase {
+    /// The model's streamed answer.
+    Model,
+    /// The results of the tool calls it made.
+    Tools,
+}
+
 /// A turn in flight.
 struct Turn {
     session_id: String,
     prompt: String,
     /// What the next request sends: history, prompt, tool exchanges so far.
     messages: Vec<Value>,
-    /// The request the provider is answering.
+    /// The provider answering, and the request it is answering.
+    provider: String,
     request_id: String,
+    phase: Phase,
+    /// When the turn last made progress (a token, a tool result), host clock in ms.
+    since_ms: i64,
     /// Text of the current response.
     text: String,
     calls: Vec<Call>,
@@ -145,6 +168,9 @@ fn ask_model(turn: &mut Turn) -> Result<(), String> {
     let provider = astrid_sdk::config("provider").unwrap_or_else(|| "offline".to_owned());
     let model = astrid_sdk::config("model").filter(|m| !m.is_empty()).unwrap_or_else(|| provider.clone());
     turn.request_id = new_id();
+    turn.provider = provider.clone();
+    turn.phase = Phase::Model;
+    turn.since_ms = astrid_sdk::clock_ms();
     turn.text.clear();
     turn.calls.clear();
     let request = json!({
@@ -159,18 +185,31 @@ fn ask_model(turn: &mut Turn) -> Result<(), String> {
         .map_err(|e| format!("LLM error: cannot reach provider {provider}: {e}"))
 }
 
+/// Stops what a turn that ends early has started: the model's request (if it is still
+/// answering) and the tool calls without a result.
+fn stop_work(turn: &Turn) {
+    match turn.phase {
+        Phase::Model => {
+            let cancel = json!({"type": "llm_cancel_request", "request_id": turn.request_id});
+            let _ = ipc::publish(&format!("llm.v1.request.cancel.{}", turn.provider), &cancel);
+        }
+        Phase::Tools => {
+            let pending: Vec<&str> = turn.calls.iter().filter(|c| c.result.is_none()).map(|c| c.id.as_str()).collect();
+            let cancel = json!({"type": "tool_cancel_request", "call_ids": pending});
+            let _ = ipc::publish("tool.v1.request.cancel", &cancel);
+        }
+    }
+}
+
 fn on_prompt(payload: &[u8]) {
     let Some(input) = ipc::user_input(payload) else { return };
     if input.context.as_ref().is_some_and(|c| c["action"] == "cancel_turn") {
-        let cancelled = TURNS.with(|turns| {
-            let mut turns = turns.borrow_mut();
-            let before = turns.len();
-            turns.retain(|turn| turn.session_id != input.session_id);
-            before != turns.len()
+        TURNS.with(|turns| {
+            for turn in turns.borrow_mut().iter_mut().filter(|t| t.session_id == input.session_id && t.done.is_none()) {
+                stop_work(turn);
+                turn.done = Some("Cancelled.".to_owned());
+            }
         });
-        if cancelled {
-            respond("agent.v1.response", &input.session_id, "Cancelled.", true);
-        }
         return;
     }
     if input.text.trim().is_empty() {
@@ -182,7 +221,10 @@ fn on_prompt(payload: &[u8]) {
         session_id: input.session_id,
         prompt: input.text,
         messages,
+        provider: String::new(),
         request_id: String::new(),
+        phase: Phase::Model,
+        since_ms: 0,
         text: String::new(),
         calls: Vec::new(),
         rounds: 0,
@@ -206,8 +248,9 @@ fn on_stream(payload: &[u8]) {
     let Some(id) = event["request_id"].as_str().filter(|_| event["type"] == "llm_stream_event") else { return };
     TURNS.with(|turns| {
         let mut turns = turns.borrow_mut();
-        let Some(index) = turns.iter().position(|turn| turn.request_id == id) else { return };
+        let Some(index) = turns.iter().position(|turn| turn.request_id == id && turn.done.is_none()) else { return };
         let turn = &mut turns[index];
+        turn.since_ms = astrid_sdk::clock_ms();
         let next = match &event["event"] {
             Value::Object(map) if map.contains_key("TextDelta") => {
                 let delta = map["TextDelta"].as_str().unwrap_or_default();
@@ -261,6 +304,8 @@ fn run_tools(turn: &mut Turn) {
         .map(|c| json!({"id": c.id, "name": c.name, "arguments": serde_json::from_str::<Value>(&c.arguments).unwrap_or_else(|_| json!({}))}))
         .collect();
     turn.messages.push(json!({"role": "assistant", "content": calls}));
+    turn.phase = Phase::Tools;
+    turn.since_ms = astrid_sdk::clock_ms();
     for (call, announced) in turn.calls.iter_mut().zip(&calls) {
         let request = json!({"type": "tool_execute_request", "call_id": call.id, "tool_name": call.name,
                              "arguments": announced["arguments"]});
@@ -288,10 +333,13 @@ fn on_tool_result(payload: &[u8]) {
     let Some(call_id) = event["call_id"].as_str() else { return };
     TURNS.with(|turns| {
         let mut turns = turns.borrow_mut();
-        let Some(turn) = turns.iter_mut().find(|t| t.calls.iter().any(|c| c.id == call_id && c.result.is_none()))
+        let Some(turn) = turns
+            .iter_mut()
+            .find(|t| t.done.is_none() && t.calls.iter().any(|c| c.id == call_id && c.result.is_none()))
         else {
             return;
         };
+        turn.since_ms = astrid_sdk::clock_ms();
         if let Some(call) = turn.calls.iter_mut().find(|c| c.id == call_id) {
             call.result = Some(event["result"].clone());
         }
@@ -319,6 +367,31 @@ fn continue_if_complete(turn: &mut Turn) {
     }
 }
 
+/// A setting in whole seconds (a bad or missing value is the default).
+fn seconds(name: &str, default: i64) -> i64 {
+    astrid_sdk::config(name).and_then(|v| v.trim().parse::<i64>().ok()).filter(|&s| s > 0).unwrap_or(default)
+}
+
+/// The watchdog's tick: a turn whose model or tools went quiet for too long is ended (what it
+/// started is cancelled).
+fn on_tick() {
+    let now = astrid_sdk::clock_ms();
+    let stream_limit = seconds("stream_timeout_secs", STREAM_TIMEOUT_SECS);
+    let tool_limit = seconds("tool_timeout_secs", TOOL_TIMEOUT_SECS);
+    TURNS.with(|turns| {
+        for turn in turns.borrow_mut().iter_mut().filter(|t| t.done.is_none()) {
+            let (limit, what) = match turn.phase {
+                Phase::Model => (stream_limit, "no answer from the model"),
+                Phase::Tools => (tool_limit, "tools still running"),
+            };
+            if now - turn.since_ms >= limit * 1000 {
+                stop_work(turn);
+                turn.done = Some(format!("Request timed out ({what} for {limit} s)."));
+            }
+        }
+    });
+}
+
 /// Sends the final answer of every turn that is over, and forgets it.
 fn sweep() {
     TURNS.with(|turns| {
@@ -337,6 +410,7 @@ fn hook(action: &str, payload: &[u8]) -> Hook {
         "tool_result" => on_tool_result(payload),
         // Capsules came or went: ask the tools again at the next turn.
         "capsules_loaded" => TOOLS.with(|t| *t.borrow_mut() = None),
+        "tick" => on_tick(),
         _ => {}
     }
     sweep();

@@ -1,0 +1,279 @@
+//! Agent turns against a real OpenAI-compatible server (local HTTP and SSE): tool calls
+//! streamed in fragments, cancelled and stalled requests, and the audit trail of a whole turn.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::capsules::{audit_until, install_with};
+use crate::harness::{TestHome, wait_for};
+use crate::openai_server::{Script, Server};
+
+/// A daemon whose orchestrator asks `server` through llm-openai, with the file tools, plus
+/// `settings` for the orchestrator (`name=value`).
+fn agent(t: &TestHome, server: &Server, orchestrator: &[&str], env: &[(&str, &str)]) -> crate::harness::Daemon {
+    let mut env = env.to_vec();
+    env.push(("ASTRID_HTTP_ALLOW_PRIVATE", "1"));
+    let daemon = t.daemon_with(&[], &env);
+    let base = format!("base_url={}", server.base_url());
+    install_with(t, "llm-openai", &["--env", &base, "--env", "model=test-model"]);
+    install_with(t, "tools-fs", &[]);
+    let mut settings = vec!["--env", "provider=openai", "--env", "model=test-model"];
+    for setting in orchestrator {
+        settings.extend(["--env", setting]);
+    }
+    install_with(t, "orchestrator", &settings);
+    daemon
+}
+
+/// One expected entry of the audit trail: what it is, and how to recognise it.
+type Step<'a> = (&'a str, &'a dyn Fn(&Value) -> bool);
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn a_tool_call_streamed_in_fragments_runs_the_tool_and_its_result_goes_back_to_the_model() {
+    let t = TestHome::new();
+    std::fs::write(t.workspace.join("notes.txt"), "buy milk\n").expect("write");
+    let server = Server::start(vec![
+        Script::ToolCall { name: "read_file", arguments: json!({"path": "notes.txt"}) },
+        Script::Text(vec!["The notes say: ", "buy milk"]),
+    ]);
+    let _daemon = agent(&t, &server, &[], &[]);
+    let output =
+        t.cli_with(&["run", "what do my notes say?", "--format", "json"], &[("ASTRID_RESPONSE_TIMEOUT_SECS", "10")]);
+    assert_eq!(output.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&output.stderr), t.log());
+    let answer: Value = serde_json::from_str(stdout(&output).trim()).expect("json");
+    assert_eq!(answer["response"], "The notes say: buy milk");
+    let call = &answer["tool_calls"][0];
+    assert_eq!(call["name"], "read_file");
+    assert_eq!(call["arguments"], json!({"path": "notes.txt"}), "the fragments, assembled");
+    assert_eq!((call["result"].as_str(), call["is_error"].as_bool()), (Some("buy milk\n"), Some(false)));
+
+    let requests = server.received();
+    assert_eq!(requests.len(), 2, "one request per model round");
+    let offered: Vec<&str> = requests[0].body["tools"]
+        .as_array()
+        .expect("tools offered")
+        .iter()
+        .filter_map(|t| t["function"]["name"].as_str())
+        .collect();
+    assert!(offered.contains(&"read_file") && offered.contains(&"write_file"), "{offered:?}");
+    let messages = requests[1].body["messages"].as_array().expect("messages");
+    let n = messages.len();
+    assert_eq!(messages[n - 2]["role"], "assistant");
+    assert_eq!(messages[n - 2]["tool_calls"][0]["id"], "call_abc");
+    assert_eq!(messages[n - 2]["tool_calls"][0]["function"]["name"], "read_file");
+    let arguments: Value =
+        serde_json::from_str(messages[n - 2]["tool_calls"][0]["function"]["arguments"].as_str().expect("string"))
+            .expect("arguments are JSON text");
+    assert_eq!(arguments, json!({"path": "notes.txt"}));
+    assert_eq!(messages[n - 1], json!({"role": "tool", "tool_call_id": "call_abc", "content": "buy milk\n"}));
+}
+
+#[test]
+fn every_step_of_an_approved_tool_turn_is_in_the_audit_trail_in_order() {
+    let t = TestHome::new();
+    let server = Server::start(vec![
+        Script::ToolCall { name: "write_file", arguments: json!({"path": "todo.txt", "content": "ship it"}) },
+        Script::Text(vec!["Done."]),
+    ]);
+    let _daemon = agent(&t, &server, &[], &[]);
+    let output = t.cli(&["run", "note that we ship it", "--yes"]);
+    assert_eq!(output.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&output.stderr), t.log());
+    assert_eq!(stdout(&output).lines().last(), Some("Done."), "{}", stdout(&output));
+    assert!(!t.workspace.join("todo.txt").exists(), "the write waits in the overlay");
+
+    // The steps, in the order they must happen; each is found after the one before.
+    let steps: [Step; 10] = [
+        ("the person's prompt", &|e| {
+            e["action"] == "client.input" && e["resource"].as_str().is_some_and(|r| r.starts_with("user.v1.prompt"))
+        }),
+        ("the orchestrator asks the provider", &|e| {
+            e["actor"]["name"] == "orchestrator" && e["resource"] == "ipc_publish llm.v1.request.generate.openai"
+        }),
+        ("the provider may reach the server", &|e| {
+            e["actor"]["name"] == "llm-openai" && e["resource"] == "net 127.0.0.1" && e["decision"] == "allow"
+        }),
+        ("the call goes to the tool", &|e| {
+            e["actor"]["name"] == "orchestrator" && e["resource"] == "ipc_publish tool.v1.execute.write_file"
+        }),
+        ("the tool asks for approval", &|e| e["action"] == "approval.request"),
+        ("the user approves", &|e| e["action"] == "approval.decision" && e["decision"] == "allow"),
+        ("the tool may write the file", &|e| e["actor"]["name"] == "tools-fs" && e["resource"] == "fs_write todo.txt"),
+        ("the result goes back", &|e| {
+            e["actor"]["name"] == "tools-fs" && e["resource"] == "ipc_publish tool.v1.execute.write_file.result"
+        }),
+        ("the model is asked again", &|e| {
+            e["actor"]["name"] == "orchestrator" && e["resource"] == "ipc_publish llm.v1.request.generate.openai"
+        }),
+        ("the answer goes out", &|e| {
+            e["actor"]["name"] == "orchestrator" && e["resource"] == "ipc_publish agent.v1.response"
+        }),
+    ];
+    let walk = |audit: &[Value]| -> Result<(), String> {
+        let mut at = 0;
+        for (what, matches) in &steps {
+            match audit[at..].iter().position(matches) {
+                Some(offset) => at += offset + 1,
+                None => return Err(format!("missing (after entry {at}): {what}")),
+            }
+        }
+        Ok(())
+    };
+    let audit = audit_until(&t, |a| walk(a).is_ok());
+    if let Err(missing) = walk(&audit) {
+        let shown: Vec<String> = audit
+            .iter()
+            .map(|e| format!("{} {} {} {}", e["action"], e["actor"]["name"], e["resource"], e["decision"]))
+            .collect();
+        panic!("{missing}\n{}", shown.join("\n"));
+    }
+}
+
+/// A terminal: `astrid chat` in a detached tmux session of its own (a real pty, so Ctrl-C is
+/// the terminal's SIGINT, and the line editor runs as it does for a person).
+struct Terminal {
+    socket: std::path::PathBuf,
+}
+
+impl Terminal {
+    fn start(t: &TestHome, program: &str) -> Self {
+        let socket = t.home.with_extension("tmux");
+        let quoted = |s: &std::path::Path| format!("'{}'", s.display());
+        // After the program ends, its exit status stays on the screen.
+        let command = format!(
+            "cd {} && env -u OPENAI_BASE_URL -u OPENAI_API_KEY -u ASTRID_MODEL ASTRID_HOME={} \
+             ASTRID_DEFAULT_CAPSULES=0 {}; echo \"EXIT=$?\"; sleep 120",
+            quoted(&t.workspace),
+            quoted(&t.home),
+            program
+        );
+        let status = std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&socket)
+            .args(["new-session", "-d", "-x", "120", "-y", "50", &command])
+            .status()
+            .expect("tmux (CI installs it)");
+        assert!(status.success(), "tmux new-session");
+        Self { socket }
+    }
+
+    fn tmux(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("tmux").arg("-S").arg(&self.socket).args(args).output().expect("tmux")
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "0"];
+        args.extend_from_slice(keys);
+        assert!(self.tmux(&args).status.success(), "send-keys {keys:?}");
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.tmux(&["capture-pane", "-p", "-J", "-t", "0", "-S", "-200"]).stdout).into_owned()
+    }
+
+    /// Waits until the screen shows `text` `times` times; the screen either way.
+    fn wait_for(&self, text: &str, times: usize) -> Result<String, String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let screen = self.screen();
+            if screen.matches(text).count() >= times {
+                return Ok(screen);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("never showed {text:?} ×{times}:\n{screen}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-server"]);
+    }
+}
+
+#[test]
+fn ctrl_c_on_a_terminal_cancels_the_turn_and_stops_the_request_and_twice_leaves() {
+    let t = TestHome::new();
+    let drip = Script::Drip { piece: "word ", every: Duration::from_millis(40) };
+    let server = Server::start(vec![drip.clone(), Script::Text(vec!["Hi ", "again"]), drip]);
+    let _daemon = agent(&t, &server, &[], &[]);
+    let chat = Terminal::start(&t, &format!("'{}' chat", t.bin.join("astrid").display()));
+    chat.wait_for("you>", 1).unwrap_or_else(|e| panic!("{e}\n{}", t.log()));
+
+    // A turn that would go on for a minute: Ctrl-C cancels it, and the provider hangs up.
+    chat.keys(&["tell me everything", "Enter"]);
+    chat.wait_for("word word word", 1).unwrap_or_else(|e| panic!("{e}\n{}", t.log()));
+    let interrupted = Instant::now();
+    chat.keys(&["C-c"]);
+    let screen = chat.wait_for("Cancelled.", 1).unwrap_or_else(|e| panic!("{e}\n{}", t.log()));
+    assert!(screen.contains("(cancelling; Ctrl-C again to leave)"), "{screen}");
+    assert!(
+        wait_for(&mut || !server.hangups().is_empty(), Duration::from_secs(5)),
+        "the server's request was never dropped\n{}",
+        t.log()
+    );
+    let dropped_after = server.hangups()[0].duration_since(interrupted);
+    assert!(dropped_after < Duration::from_secs(2), "dropped {dropped_after:?} after Ctrl-C");
+
+    // The conversation goes on; Ctrl-C at the prompt only clears the line.
+    chat.wait_for("you>", 2).expect("a new prompt");
+    chat.keys(&["hello", "Enter"]);
+    chat.wait_for("Hi again", 1).unwrap_or_else(|e| panic!("{e}\n{}", t.log()));
+    chat.wait_for("you>", 3).expect("a prompt");
+    chat.keys(&["half a line", "C-c"]);
+    chat.wait_for("(Ctrl-C again to leave)", 1).expect("the hint");
+    chat.keys(&["what now", "Enter"]);
+    // Ctrl-C twice leaves (130, as a shell expects of SIGINT): the first cancels the turn,
+    // the second, however soon, leaves.
+    chat.wait_for("word word word", 2).expect("streaming again");
+    let prompts: Vec<String> = server.received().iter().map(|r| r.body["messages"].to_string()).collect();
+    assert_eq!(prompts.len(), 3);
+    assert!(prompts[2].contains("what now") && !prompts[2].contains("half a line"), "the cleared line was never sent");
+    chat.keys(&["C-c"]);
+    chat.wait_for("(cancelling", 2).expect("cancelling");
+    chat.keys(&["C-c"]);
+    chat.wait_for("EXIT=130", 1).unwrap_or_else(|e| panic!("{e}\n{}", t.log()));
+
+    // The cancels are on the record: the person's, and the orchestrator's to the provider.
+    let audit = audit_until(&t, |a| {
+        a.iter().filter(|e| e["action"] == "client.input" && e["rule"] == "action cancel_turn").count() >= 2
+            && a.iter().any(|e| e["resource"] == "ipc_publish llm.v1.request.cancel.openai")
+    });
+    assert!(audit.iter().any(|e| e["resource"] == "ipc_publish llm.v1.request.cancel.openai"), "{audit:?}");
+}
+
+#[test]
+fn a_model_that_goes_silent_ends_the_turn_at_the_orchestrators_timeout_and_the_request_is_dropped() {
+    let t = TestHome::new();
+    let server = Server::start(vec![Script::Stall(vec!["Let me think"])]);
+    let _daemon = agent(&t, &server, &["stream_timeout_secs=1"], &[("ASTRID_WATCHDOG_INTERVAL_MS", "100")]);
+    let started = Instant::now();
+    let output = t.cli(&["run", "hard question"]);
+    assert_eq!(output.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&output.stderr), t.log());
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(stdout(&output).contains("Request timed out (no answer from the model for 1 s)."), "{}", stdout(&output));
+    // The provider was told, and gave up the request.
+    let cancelled = |a: &[Value]| a.iter().any(|e| e["resource"] == "ipc_publish llm.v1.request.cancel.openai");
+    assert!(cancelled(&audit_until(&t, cancelled)), "{}", t.log());
+    assert!(t.wait_for(|| t.log().contains("request failed: cancelled"), Duration::from_secs(5)), "{}", t.log());
+}
+
+#[test]
+fn a_server_silent_past_the_providers_stall_timeout_is_a_clear_error() {
+    let t = TestHome::new();
+    let server = Server::start(vec![Script::Stall(vec![])]);
+    let daemon = t.daemon_with(&[], &[("ASTRID_HTTP_ALLOW_PRIVATE", "1")]);
+    let base = format!("base_url={}", server.base_url());
+    install_with(&t, "llm-openai", &["--env", &base, "--env", "model=m", "--env", "stall_timeout_secs=1"]);
+    install_with(&t, "orchestrator", &["--env", "provider=openai"]);
+    let output = t.cli(&["run", "hi"]);
+    assert_eq!(output.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&output.stderr), t.log());
+    assert_eq!(stdout(&output).trim(), "LLM error: the server sent nothing for 1 s");
+    drop(daemon);
+}
