@@ -6,12 +6,17 @@
 //! printed as it arrives. Nobody is there to answer questions, so approvals are denied
 //! (`headless mode`) unless `--yes` approves them, and elicitations are cancelled.
 //!
+//! Ctrl-C (SIGINT) cancels the turn in the daemon (so the provider drops its request) before
+//! leaving with 130; the reference's headless mode just died, and the turn ran on.
+//!
 //! Exit codes: 0 answered, 53 no frame for the response timeout (120 s,
-//! `ASTRID_RESPONSE_TIMEOUT_SECS`), 1 other failures, as the reference.
+//! `ASTRID_RESPONSE_TIMEOUT_SECS`), 130 interrupted, 1 other failures.
 
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use argh::FromArgs;
@@ -29,6 +34,8 @@ pub const TIMEOUT_EXIT: u8 = 53;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Topic of the user's prompts.
 const PROMPT_TOPIC: &str = "user.v1.prompt";
+/// How often a waiting turn looks for Ctrl-C.
+const POLL: Duration = Duration::from_millis(100);
 
 /// run one prompt without a terminal and print the answer
 #[derive(FromArgs, Debug)]
@@ -118,13 +125,31 @@ fn turn(home: &AstridHome, args: &RunArgs, prompt: String) -> anyhow::Result<Exi
     let session = session_id(args.session.as_deref()).to_string();
     spawn::ensure_daemon(home)?;
     let mut client = Client::connect(home)?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupted);
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("cannot handle Ctrl-C")?;
     client
         .publish(PROMPT_TOPIC, &IpcPayload::UserInput { text: prompt, session_id: session.clone(), context: None })?;
     let mut turn = Turn::default();
     let mut stdout = std::io::stdout();
+    let mut last_frame = Instant::now();
     loop {
-        let frame = match client.next_frame(timeout) {
-            Ok(frame) => frame,
+        if interrupted.load(Ordering::SeqCst) {
+            let cancel = IpcPayload::UserInput {
+                text: String::new(),
+                session_id: session.clone(),
+                context: Some(json!({"action": "cancel_turn"})),
+            };
+            client.publish(PROMPT_TOPIC, &cancel)?;
+            eprintln!("\n[headless] Interrupted: the turn is cancelled");
+            return Ok(ExitCode::from(130));
+        }
+        let frame = match client.next_frame(POLL) {
+            Ok(frame) => {
+                last_frame = Instant::now();
+                frame
+            }
+            Err(ClientError::Timeout(_)) if last_frame.elapsed() < timeout => continue,
             Err(ClientError::Timeout(_)) => {
                 eprintln!("[headless] Timed out waiting for response ({}s)", timeout.as_secs());
                 return Ok(ExitCode::from(TIMEOUT_EXIT));

@@ -5,7 +5,7 @@
 //! live daemon holds. It runs no async runtime: each command is a few blocking calls.
 //!
 //! Exit codes (documented in README.md): 0 success, 1 failure, 2 usage error, 3 consent not
-//! given, 53 a headless turn without an answer in time.
+//! given, 53 a headless turn without an answer in time, 130 interrupted (Ctrl-C).
 
 pub mod audit;
 pub mod caps;
@@ -30,7 +30,8 @@ use crate::home::AstridHome;
 /// Astrid, a secure runtime for AI agents. Roles: `astrid` (this CLI), `astrid daemon` or
 /// the `astrid-daemon` link (the kernel), `astrid capsule-host` or the `astrid-capsule-host`
 /// link (one capsule in a process of its own, started by the daemon). Exit codes:
-/// 0 success, 1 failure, 2 usage error, 3 consent not given, 53 no answer in time (run/-p).
+/// 0 success, 1 failure, 2 usage error, 3 consent not given, 53 no answer in time (run/-p),
+/// 130 interrupted.
 #[derive(FromArgs, Debug)]
 pub struct Cli {
     /// print the version and exit

@@ -277,3 +277,32 @@ fn a_server_silent_past_the_providers_stall_timeout_is_a_clear_error() {
     assert_eq!(stdout(&output).trim(), "LLM error: the server sent nothing for 1 s");
     drop(daemon);
 }
+
+#[test]
+fn ctrl_c_in_a_headless_turn_cancels_it_in_the_daemon_before_leaving() {
+    let t = TestHome::new();
+    let server = Server::start(vec![Script::Drip { piece: "more ", every: Duration::from_millis(40) }]);
+    let _daemon = agent(&t, &server, &[], &[]);
+    let child = t
+        .command("astrid")
+        .args(["run", "go on forever"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("astrid run");
+    assert!(wait_for(&mut || !server.received().is_empty(), Duration::from_secs(10)), "{}", t.log());
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    let interrupted = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout(&output).starts_with("more more"), "streamed until then: {}", stdout(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Interrupted: the turn is cancelled"));
+    assert!(
+        wait_for(&mut || !server.hangups().is_empty(), Duration::from_secs(5)),
+        "the provider's request went on\n{}",
+        t.log()
+    );
+    assert!(server.hangups()[0].duration_since(interrupted) < Duration::from_secs(2));
+}
