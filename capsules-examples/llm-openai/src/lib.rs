@@ -136,23 +136,35 @@ fn on_data(request_id: &Value, data: &str, calls: &mut Calls) -> Result<bool, St
     Ok(false)
 }
 
+thread_local! {
+    /// The cancel topic, subscribed once for the instance's life (a subscription per request
+    /// would cost a capability check on every request's critical path).
+    static CANCELS: Option<Subscription> = Subscription::new(CANCEL)
+        .map_err(|e| astrid_sdk::log(&format!("cannot watch for cancels ({e}); requests cannot be cancelled")))
+        .ok();
+}
+
+/// Forgets cancels of requests that are over (they may arrive after their request ended).
+fn forget_old_cancels() {
+    CANCELS.with(|cancels| while let Some(Ok(Some(_))) = cancels.as_ref().map(Subscription::poll) {});
+}
+
 /// Whether a cancel for `id` has arrived.
-fn cancelled(cancels: Option<&Subscription>, id: &Value) -> bool {
-    let Some(cancels) = cancels else { return false };
-    while let Ok(Some(message)) = cancels.poll() {
-        if message.payload["type"] == "llm_cancel_request" && message.payload["request_id"] == *id {
-            return true;
+fn cancelled(id: &Value) -> bool {
+    CANCELS.with(|cancels| {
+        let Some(cancels) = cancels else { return false };
+        while let Ok(Some(message)) = cancels.poll() {
+            if message.payload["type"] == "llm_cancel_request" && message.payload["request_id"] == *id {
+                return true;
+            }
         }
-    }
-    false
+        false
+    })
 }
 
 fn generate(request: &Value) -> Result<(), String> {
     let id = &request["request_id"];
-    // Subscribed before the request goes out, so a cancel is never missed while it connects.
-    let cancels = Subscription::new(CANCEL)
-        .map_err(|e| astrid_sdk::log(&format!("cannot watch for cancels ({e}); requests cannot be cancelled")))
-        .ok();
+    forget_old_cancels();
     let stall = astrid_sdk::config("stall_timeout_secs")
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|&s| s > 0)
@@ -199,7 +211,7 @@ fn generate(request: &Value) -> Result<(), String> {
     let mut calls = Calls::default();
     let mut buffer = String::new();
     loop {
-        if cancelled(cancels.as_ref(), id) {
+        if cancelled(id) {
             return Err("cancelled".to_owned());
         }
         let chunk = match stream.wait(CANCEL_CHECK) {
