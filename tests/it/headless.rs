@@ -156,6 +156,7 @@ fn provider_failures_reach_the_user_as_clear_errors() {
     for (script, expected) in [
         (Script::Status(401), "LLM error: HTTP 401: the API key was refused"),
         (Script::Status(429), "LLM error: HTTP 429: rate limited"),
+        (Script::Status(500), "LLM error: HTTP 500: the server failed"),
         (Script::Status(503), "LLM error: HTTP 503: the server failed"),
         (Script::Malformed, "LLM error: malformed stream"),
     ] {
