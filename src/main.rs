@@ -5,6 +5,7 @@
 //! |-----------------------|----------------------------------------|
 //! | `astrid-daemon`       | the kernel ([`astrid::daemon`])        |
 //! | `astrid-capsule-host` | the capsule host ([`astrid::capsule_host`]) |
+//! | `astrid-mcp-exec`     | the start of an MCP server's process ([`astrid::mcp::exec`]); the daemon's own |
 //! | anything else         | the CLI ([`astrid::cli`])              |
 
 use std::path::Path;
@@ -13,6 +14,7 @@ use std::process::ExitCode;
 use astrid::capsule_host::{self, CapsuleHostArgs};
 use astrid::cli;
 use astrid::daemon::{self, DaemonArgs};
+use astrid::mcp;
 
 fn main() -> ExitCode {
     let mut argv = std::env::args_os();
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
             Ok(host_args) => capsule_host::main(&host_args),
             Err(code) => code,
         },
+        Role::McpExec => mcp::exec::main(&args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>()),
         Role::Cli => cli::main(&args),
     }
 }
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
 enum Role {
     Daemon,
     CapsuleHost,
+    McpExec,
     Cli,
 }
 
@@ -49,6 +53,7 @@ fn role(argv0: &Path) -> Role {
     match argv0.file_name().and_then(|name| name.to_str()) {
         Some("astrid-daemon") => Role::Daemon,
         Some("astrid-capsule-host") => Role::CapsuleHost,
+        Some(mcp::exec::ROLE) => Role::McpExec,
         _ => Role::Cli,
     }
 }

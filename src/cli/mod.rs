@@ -15,6 +15,7 @@ pub mod headless;
 pub mod kv;
 pub mod lifecycle;
 pub mod links;
+pub mod mcp;
 pub mod request;
 pub mod spawn;
 pub mod workspace;
@@ -63,6 +64,7 @@ enum Command {
     Status(lifecycle::StatusArgs),
     Capsule(capsule::CapsuleArgs),
     Caps(caps::CapsArgs),
+    Mcp(mcp::McpArgs),
     Kv(kv::KvArgs),
     Workspace(workspace::WorkspaceArgs),
     Run(headless::RunArgs),
@@ -132,6 +134,7 @@ pub fn main(args: &[&str]) -> ExitCode {
         Command::Status(args) => with_home(|home| lifecycle::status(&home, &args)),
         Command::Capsule(args) => with_home(|home| capsule::run(&home, &args)),
         Command::Caps(args) => with_home(|home| caps::run(&home, &args)),
+        Command::Mcp(args) => with_home(|home| mcp::run(&home, &args)),
         Command::Kv(args) => with_home(|home| kv::run(&home, &args)),
         Command::Workspace(args) => with_home(|home| workspace::run(&home, &args)),
         Command::Run(args) => with_home(|home| headless::run(&home, &args)),

@@ -149,6 +149,12 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
     token.write_atomic(&home.token_path()).context("boot step 4/6 (token)")?;
     log::info!("boot 4/6: session token written to {}", home.token_path().display());
 
+    let (servers, refused) = crate::mcp::config::load(&home.root().join("etc").join("servers.toml"));
+    let mcp = crate::mcp::McpHost::start(Arc::clone(&kernel), config.workspace.clone(), servers, refused);
+    kernel.set_mcp(Arc::clone(&mcp) as Arc<dyn crate::kernel::mcp_service::McpService>);
+    let mcp_tools = tokio::spawn(crate::mcp::tools::serve(Arc::clone(&kernel), Arc::clone(&mcp)));
+    log::info!("boot 5/6: MCP servers starting: {}", mcp.list()["servers"].as_array().map_or(0, Vec::len));
+
     let capsules = kernel.reload_capsules();
     let dirs = kernel.capsule_dirs();
     log::info!(
@@ -219,6 +225,8 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
     if let Err(e) = tokio::task::spawn_blocking(move || host.stop_all()).await {
         log::error!("stopping capsules failed: {e}");
     }
+    mcp_tools.abort();
+    mcp.stop_all().await;
     router.abort();
     watchdog.abort();
     kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "daemon.stop", &reason.to_string(), Decision::Info, "shutdown");

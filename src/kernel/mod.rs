@@ -16,6 +16,7 @@ pub mod dependencies;
 pub mod grants;
 pub mod install;
 pub mod manifest;
+pub mod mcp_service;
 pub mod operator_kv;
 pub mod rate_limit;
 pub mod router;
@@ -118,6 +119,8 @@ pub struct Kernel {
     /// Bumped by every rescan (boot, `ReloadCapsules`, install, remove): a capsule that gave
     /// up after its restarts is tried again then, and only then.
     rescans: std::sync::atomic::AtomicU64,
+    /// The MCP host, once the daemon started one.
+    mcp: std::sync::OnceLock<Arc<dyn mcp_service::McpService>>,
 }
 
 impl Kernel {
@@ -136,6 +139,7 @@ impl Kernel {
             approvals,
             capsules_changed: watch::channel(0).0,
             rescans: std::sync::atomic::AtomicU64::new(0),
+            mcp: std::sync::OnceLock::new(),
             bus,
             store: state.store,
             audit: state.audit,
@@ -342,6 +346,16 @@ impl Kernel {
     /// Starts the management router. Must be called from within a tokio runtime.
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(router::run(Arc::clone(self)))
+    }
+
+    /// Hands the kernel the daemon's MCP host (once; later calls are ignored).
+    pub fn set_mcp(&self, mcp: Arc<dyn mcp_service::McpService>) {
+        let _ = self.mcp.set(mcp);
+    }
+
+    /// The MCP host, when the daemon runs one.
+    pub fn mcp(&self) -> Option<&Arc<dyn mcp_service::McpService>> {
+        self.mcp.get()
     }
 
     /// The session id (`source_id` of kernel-originated messages).

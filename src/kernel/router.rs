@@ -61,6 +61,12 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
             actor: requester.map_or(Actor::Kernel, |id| Actor::Client { id: format!("client#{id}") }),
         };
         let request = decode(&incoming.message.payload);
+        if let Ok(KernelRequest::McpCall { server, tool, arguments }) = &request {
+            // A tool call may take a minute: answered from a task of its own.
+            let call = (server.clone(), tool.clone(), arguments.clone());
+            tokio::spawn(mcp_call(Arc::clone(&kernel), call, caller, reply_topic, requester));
+            continue;
+        }
         let (response, after, verdict) = match &request {
             Err(problem) => (KernelResponse::Error(problem.clone()), None, Err(problem.clone())),
             Ok(request) => answer(&kernel, &mut limiter, request.clone(), &caller),
@@ -94,6 +100,31 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
             kernel.request_shutdown(reason);
         }
     }
+}
+
+/// `McpCall`: the operator's own call, audited as `mcp.call` (the operator is the one who
+/// would approve it), answered with `{"content", "is_error"}`.
+async fn mcp_call(
+    kernel: Arc<Kernel>,
+    (server, tool, arguments): (String, String, serde_json::Value),
+    caller: Caller,
+    reply_topic: String,
+    requester: Option<SubscriberId>,
+) {
+    let name = format!("{server}:{tool}");
+    let response = match kernel.mcp() {
+        None => KernelResponse::Error("this daemon runs no MCP servers".to_owned()),
+        Some(mcp) => match mcp.call(server, tool, arguments).await {
+            Ok(outcome) => KernelResponse::Success(outcome),
+            Err(reason) => KernelResponse::Error(reason),
+        },
+    };
+    let (decision, rule) = match &response {
+        KernelResponse::Error(reason) => (Decision::Deny, reason.clone()),
+        _ => (Decision::Allow, "the local operator (astrid mcp call)".to_owned()),
+    };
+    kernel.record(&caller.principal, caller.actor.clone(), "mcp.call", &name, decision, &rule);
+    kernel.reply(&reply_topic, response, requester);
 }
 
 /// Who sent a management request.
@@ -171,6 +202,12 @@ fn handle(kernel: &Kernel, request: KernelRequest, caller: &Caller) -> (KernelRe
         KernelRequest::WorkspaceDiff | KernelRequest::WorkspaceCommit | KernelRequest::WorkspaceDiscard => {
             (workspace(kernel, &request, caller), None)
         }
+        KernelRequest::McpList => match kernel.mcp() {
+            Some(mcp) => (KernelResponse::Success(mcp.list()), None),
+            None => (KernelResponse::Success(json!({"servers": [], "refused": []})), None),
+        },
+        // Served by `mcp_call`, from a task of its own.
+        KernelRequest::McpCall { .. } => (KernelResponse::Error("an MCP call is answered on its own".to_owned()), None),
     }
 }
 

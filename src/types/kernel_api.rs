@@ -94,6 +94,17 @@ pub enum KernelRequest {
     WorkspaceCommit,
     /// Astrid extension: drop pending workspace changes.
     WorkspaceDiscard,
+    /// Astrid extension: the MCP servers, their state and tools.
+    McpList,
+    /// Astrid extension: call an MCP tool as the operator (audited; no approval prompt).
+    McpCall {
+        /// The server.
+        server: String,
+        /// The tool on it.
+        tool: String,
+        /// Its arguments (an object).
+        arguments: Value,
+    },
 }
 
 impl KernelRequest {
@@ -119,6 +130,8 @@ impl KernelRequest {
             Self::WorkspaceDiff => "WorkspaceDiff",
             Self::WorkspaceCommit => "WorkspaceCommit",
             Self::WorkspaceDiscard => "WorkspaceDiscard",
+            Self::McpList => "McpList",
+            Self::McpCall { .. } => "McpCall",
         }
     }
 }

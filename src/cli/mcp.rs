@@ -1,0 +1,112 @@
+//! `astrid mcp …`: the MCP servers the daemon runs (`etc/servers.toml`), for operators.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use argh::FromArgs;
+use serde_json::Value;
+
+use super::{request, spawn};
+use crate::home::AstridHome;
+use crate::ipc::Client;
+use crate::types::KernelRequest;
+
+/// The longest an operator's call may take (a server's own call timeout is usually shorter).
+const CALL_WAIT: Duration = Duration::from_secs(130);
+
+/// MCP servers: their state and tools, and calling a tool by hand
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "mcp")]
+pub struct McpArgs {
+    #[argh(subcommand)]
+    command: McpCommand,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum McpCommand {
+    List(ListArgs),
+    Call(CallArgs),
+}
+
+/// list the servers, their state and their tools
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+struct ListArgs {
+    /// print the daemon's JSON answer
+    #[argh(switch)]
+    json: bool,
+}
+
+/// call a tool: astrid mcp call SERVER TOOL '{"arg": 1}'
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "call")]
+struct CallArgs {
+    /// the server (as named in etc/servers.toml)
+    #[argh(positional)]
+    server: String,
+    /// the tool
+    #[argh(positional)]
+    tool: String,
+    /// the arguments, a JSON object (default {})
+    #[argh(positional, default = "String::from(\"{}\")")]
+    arguments: String,
+}
+
+/// Runs an `mcp` subcommand against the daemon (starting one if needed).
+pub fn run(home: &AstridHome, args: &McpArgs) -> anyhow::Result<ExitCode> {
+    match &args.command {
+        McpCommand::List(list) => {
+            let listing = request::success(request::send(home, "mcp_list", &KernelRequest::McpList)?)?;
+            if list.json {
+                println!("{listing}");
+            } else {
+                print_listing(&listing);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        McpCommand::Call(call) => {
+            let arguments: Value = serde_json::from_str(&call.arguments)
+                .with_context(|| format!("the arguments are not JSON: {}", call.arguments))?;
+            anyhow::ensure!(arguments.is_object(), "the arguments must be a JSON object, like {{\"a\": 1}}");
+            spawn::ensure_daemon(home)?;
+            let mut client = Client::connect(home)?;
+            let request = KernelRequest::McpCall { server: call.server.clone(), tool: call.tool.clone(), arguments };
+            let outcome = request::success(client.request("mcp_call", &request, CALL_WAIT)?)?;
+            println!("{}", outcome["content"].as_str().unwrap_or_default());
+            Ok(if outcome["is_error"].as_bool().unwrap_or(false) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+    }
+}
+
+fn print_listing(listing: &Value) {
+    let servers = listing["servers"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if servers.is_empty() {
+        println!("No MCP servers are configured (etc/servers.toml in the Astrid home).");
+    }
+    for server in servers {
+        let tools = server["tools"].as_array().map(Vec::as_slice).unwrap_or_default();
+        println!(
+            "{}  {}  {} tool(s)  {}",
+            server["name"].as_str().unwrap_or("?"),
+            server["state"].as_str().unwrap_or("?"),
+            tools.len(),
+            server["command"].as_str().unwrap_or_default()
+        );
+        if let Some(error) = server["last_error"].as_str() {
+            println!("  last error: {error}");
+        }
+        for tool in tools {
+            let description: String = tool["description"].as_str().unwrap_or_default().chars().take(70).collect();
+            println!(
+                "  {}:{}  {description}",
+                server["name"].as_str().unwrap_or("?"),
+                tool["name"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    for refused in listing["refused"].as_array().into_iter().flatten() {
+        println!("refused: {}", refused.as_str().unwrap_or_default());
+    }
+}

@@ -1,0 +1,375 @@
+//! The MCP host: every configured server, supervised.
+//!
+//! Each server has a task of its own: start → initialize (within its init timeout) →
+//! `tools/list` → ready; a tool list change is read again; an exit is restarted with backoff
+//! (1 s doubling to 30 s, at most [`MAX_FAILURES`] in a row, per its restart policy). A server
+//! that does not answer `initialize` in time is marked failed and not retried (it would only
+//! hang again). Nothing here waits on a server: boot, other servers and the daemon go on
+//! whatever one server does. Every start, exit and failure is audited (`mcp.server`).
+//!
+//! When the set of tools changes, `astrid.v1.capsules_loaded` is published, which is what
+//! tells the orchestrator to ask for the tools again.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+use super::client::{CallOutcome, Event, McpClient, McpError, ToolInfo};
+use super::config::{RestartPolicy, ServerConfig};
+use crate::audit::{Actor, Decision};
+use crate::home::DEFAULT_PRINCIPAL;
+use crate::kernel::{BusMessage, CAPSULES_LOADED_TOPIC, Kernel, Origin};
+use crate::types::{IpcMessage, IpcPayload};
+
+/// Failed starts (or exits) in a row after which a server is given up.
+pub const MAX_FAILURES: u32 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Completes once the daemon stops the servers (holding no borrow across an await).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Where a server is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Started, not yet initialized.
+    Starting,
+    /// Initialized; its tools are offered.
+    Ready,
+    /// Exited; started again after a backoff.
+    Restarting,
+    /// Given up (see its last error).
+    Failed,
+    /// Exited cleanly and not restarted, or stopped with the daemon.
+    Stopped,
+}
+
+impl State {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Restarting => "restarting",
+            Self::Failed => "failed",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Server {
+    config: ServerConfig,
+    state: State,
+    tools: Vec<ToolInfo>,
+    client: Option<Arc<McpClient>>,
+    last_error: Option<String>,
+    starts: u32,
+}
+
+/// The supervised servers.
+#[derive(Debug)]
+pub struct McpHost {
+    kernel: Arc<Kernel>,
+    workspace: PathBuf,
+    servers: Mutex<BTreeMap<String, Server>>,
+    refused: Vec<String>,
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl McpHost {
+    /// Starts supervising `configs` (on the current runtime); `refused` are configuration
+    /// errors to show in `astrid mcp list`.
+    pub fn start(
+        kernel: Arc<Kernel>,
+        workspace: PathBuf,
+        configs: Vec<ServerConfig>,
+        refused: Vec<String>,
+    ) -> Arc<Self> {
+        let servers = configs
+            .into_iter()
+            .map(|config| {
+                let server = Server {
+                    config: config.clone(),
+                    state: State::Starting,
+                    tools: Vec::new(),
+                    client: None,
+                    last_error: None,
+                    starts: 0,
+                };
+                (config.name, server)
+            })
+            .collect::<BTreeMap<_, _>>();
+        for reason in &refused {
+            log::error!("MCP server refused: {reason}");
+            kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "mcp.server", "servers.toml", Decision::Deny, reason);
+        }
+        let names: Vec<String> = servers.keys().cloned().collect();
+        let host = Arc::new(Self {
+            kernel,
+            workspace,
+            servers: Mutex::new(servers),
+            refused,
+            stop: watch::channel(false).0,
+            tasks: Mutex::new(Vec::new()),
+        });
+        let tasks = names.into_iter().map(|name| tokio::spawn(Arc::clone(&host).supervise(name))).collect();
+        *host.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+        host
+    }
+
+    fn servers(&self) -> MutexGuard<'_, BTreeMap<String, Server>> {
+        self.servers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a server called `name` is configured.
+    pub fn has_server(&self, name: &str) -> bool {
+        self.servers().contains_key(name)
+    }
+
+    /// Every ready server's tools, as `server:tool` descriptions for agents.
+    pub fn tool_descriptions(&self) -> Vec<Value> {
+        let servers = self.servers();
+        servers
+            .iter()
+            .filter(|(_, s)| s.state == State::Ready)
+            .flat_map(|(name, s)| {
+                s.tools.iter().map(move |t| {
+                    json!({"name": format!("{name}:{}", t.name), "description": t.description, "input_schema": t.input_schema})
+                })
+            })
+            .collect()
+    }
+
+    /// `astrid mcp list`: each server's state, pid, tools and last error, and the refused ones.
+    pub fn list(&self) -> Value {
+        let servers: Vec<Value> = self
+            .servers()
+            .iter()
+            .map(|(name, s)| {
+                json!({
+                    "name": name,
+                    "state": s.state.as_str(),
+                    "description": s.config.description,
+                    "command": s.config.command,
+                    "pid": s.client.as_ref().and_then(|c| c.pid()),
+                    "protocol_version": s.client.as_ref().map(|c| c.protocol_version.clone()),
+                    "starts": s.starts,
+                    "last_error": s.last_error,
+                    "tools": s.tools.iter().map(|t| json!({"name": t.name, "description": t.description})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({"servers": servers, "refused": self.refused})
+    }
+
+    /// Calls `tool` on `server` (no approval asked here: the caller decided), within the
+    /// server's call timeout or until `cancel` completes.
+    pub async fn call(
+        &self,
+        server: &str,
+        tool: &str,
+        arguments: Value,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<CallOutcome, String> {
+        let (client, timeout, known) = {
+            let servers = self.servers();
+            let Some(entry) = servers.get(server) else { return Err(format!("no MCP server called {server}")) };
+            let known = entry.tools.iter().any(|t| t.name == tool);
+            (entry.client.clone().filter(|_| entry.state == State::Ready), entry.config.call_timeout, known)
+        };
+        let Some(client) = client else { return Err(format!("MCP server {server} is not ready")) };
+        if !known {
+            return Err(format!("MCP server {server} has no tool called {tool}"));
+        }
+        client.call_tool(tool, arguments, timeout, cancel).await.map_err(|e| format!("{server}:{tool}: {e}"))
+    }
+
+    /// Stops every server and waits for them (their process groups are killed if they do not
+    /// leave on their own).
+    pub async fn stop_all(&self) {
+        self.stop.send_replace(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    fn update(&self, name: &str, change: impl FnOnce(&mut Server)) {
+        if let Some(server) = self.servers().get_mut(name) {
+            change(server);
+        }
+    }
+
+    fn audit(&self, name: &str, decision: Decision, what: &str) {
+        self.kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "mcp.server", name, decision, what);
+    }
+
+    fn announce_tools(&self) {
+        let payload = IpcPayload::RawJson(json!({"status": "ready"}));
+        self.kernel.bus().publish(BusMessage {
+            message: IpcMessage::new(CAPSULES_LOADED_TOPIC, payload, self.kernel.session()),
+            origin: Origin::Kernel,
+            reply_to: None,
+        });
+    }
+
+    /// One server's life, until the daemon stops or the server is given up.
+    async fn supervise(self: Arc<Self>, name: String) {
+        let Some(config) = self.servers().get(&name).map(|s| s.config.clone()) else { return };
+        let mut stop = self.stop.subscribe();
+        let mut failures = 0u32;
+        loop {
+            self.update(&name, |s| {
+                s.state = State::Starting;
+                s.starts += 1;
+            });
+            let (events, mut incoming) = mpsc::unbounded_channel();
+            let started = tokio::select! {
+                started = McpClient::start(&config, &self.workspace, events) => started,
+                () = stopped(&mut stop) => return self.update(&name, |s| s.state = State::Stopped),
+            };
+            let exit = match started {
+                Err(McpError::Protocol(reason)) if reason.contains("initialize") || reason.contains("protocol") => {
+                    log::error!("mcp {name}: {reason}; marked failed");
+                    self.audit(&name, Decision::Deny, &format!("failed: {reason}"));
+                    return self.update(&name, |s| {
+                        s.state = State::Failed;
+                        s.last_error = Some(reason);
+                    });
+                }
+                Err(e) => format!("did not start: {e}"),
+                Ok(client) => {
+                    let client = Arc::new(client);
+                    match self.serve(&name, &config, &client, &mut incoming, &mut stop).await {
+                        None => {
+                            client.stop().await;
+                            self.update(&name, |s| {
+                                s.state = State::Stopped;
+                                s.client = None;
+                            });
+                            return;
+                        }
+                        Some(why) => {
+                            client.stop().await;
+                            failures = 0;
+                            why
+                        }
+                    }
+                }
+            };
+            let clean = exit.contains("exit status: 0");
+            log::warn!("mcp {name}: {exit}");
+            self.audit(&name, Decision::Info, &exit);
+            let had_tools = self.servers().get(&name).is_some_and(|s| !s.tools.is_empty());
+            self.update(&name, |s| {
+                s.client = None;
+                s.tools.clear();
+                s.last_error = Some(exit.clone());
+            });
+            if had_tools {
+                self.announce_tools();
+            }
+            failures += 1;
+            let give_up = match config.restart {
+                RestartPolicy::Never => true,
+                RestartPolicy::OnFailure => clean,
+                RestartPolicy::Always => false,
+            };
+            if give_up || failures > MAX_FAILURES {
+                let state = if clean { State::Stopped } else { State::Failed };
+                if state == State::Failed {
+                    self.audit(&name, Decision::Deny, &format!("given up after {failures} failure(s): {exit}"));
+                }
+                return self.update(&name, |s| s.state = state);
+            }
+            self.update(&name, |s| s.state = State::Restarting);
+            let backoff = (FIRST_BACKOFF * 2u32.saturating_pow(failures - 1)).min(MAX_BACKOFF);
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = stopped(&mut stop) => return self.update(&name, |s| s.state = State::Stopped),
+            }
+        }
+    }
+
+    /// Lists the tools and serves events until the server exits (`Some(why)`) or the daemon
+    /// stops (`None`).
+    async fn serve(
+        &self,
+        name: &str,
+        config: &ServerConfig,
+        client: &Arc<McpClient>,
+        incoming: &mut mpsc::UnboundedReceiver<Event>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<String> {
+        let tools = match client.list_tools(config.init_timeout).await {
+            Ok(tools) => tools,
+            Err(e) => return Some(format!("tools/list failed: {e}")),
+        };
+        let (count, pid) = (tools.len(), client.pid());
+        self.update(name, |s| {
+            s.state = State::Ready;
+            s.tools = tools;
+            s.client = Some(Arc::clone(client));
+            s.last_error = None;
+        });
+        log::info!("mcp {name}: ready (pid {pid:?}, protocol {}, {count} tool(s))", client.protocol_version);
+        self.audit(name, Decision::Info, &format!("ready: {count} tool(s), protocol {}", client.protocol_version));
+        self.announce_tools();
+        loop {
+            tokio::select! {
+                event = incoming.recv() => match event {
+                    Some(Event::ToolsChanged) => match client.list_tools(config.init_timeout).await {
+                        Ok(tools) => {
+                            log::info!("mcp {name}: tool list changed ({} tool(s))", tools.len());
+                            self.update(name, |s| s.tools = tools);
+                            self.announce_tools();
+                        }
+                        Err(e) => log::warn!("mcp {name}: cannot read the changed tool list: {e}"),
+                    },
+                    Some(Event::Exited(why)) => return Some(format!("exited ({why}, {})", client.exit_status().await)),
+                    None => return Some("exited".to_owned()),
+                },
+                () = stopped(stop) => return None,
+            }
+        }
+    }
+}
+
+impl crate::kernel::mcp_service::McpService for McpHost {
+    fn list(&self) -> Value {
+        McpHost::list(self)
+    }
+
+    fn call(&self, server: String, tool: String, arguments: Value) -> crate::kernel::mcp_service::CallFuture {
+        let client = {
+            let servers = self.servers();
+            servers.get(&server).and_then(|s| s.client.clone().filter(|_| s.state == State::Ready))
+        };
+        let known =
+            self.servers().get(&server).map(|s| (s.config.call_timeout, s.tools.iter().any(|t| t.name == tool)));
+        Box::pin(async move {
+            let Some((timeout, has_tool)) = known else { return Err(format!("no MCP server called {server}")) };
+            let Some(client) = client else { return Err(format!("MCP server {server} is not ready")) };
+            if !has_tool {
+                return Err(format!("MCP server {server} has no tool called {tool}"));
+            }
+            let outcome = client
+                .call_tool(&tool, arguments, timeout, std::future::pending())
+                .await
+                .map_err(|e| format!("{server}:{tool}: {e}"))?;
+            Ok(json!({"content": outcome.text, "is_error": outcome.is_error}))
+        })
+    }
+}

@@ -1,0 +1,125 @@
+//! MCP tools for agents: the bus side.
+//!
+//! Answers `tool.v1.request.describe` with every ready server's tools named `server:tool`
+//! (on `tool.v1.response.describe.mcp`), and serves `tool.v1.execute.<server:tool>` like a
+//! tool capsule would: each call is asked of the person through the kernel's approval flow
+//! (`mcp.call` on `server:tool`, so "allow for the session" and "always" work as for any
+//! capsule), then made within the server's call timeout, and answered on
+//! `tool.v1.execute.<server:tool>.result`. A `tool_cancel_request` naming the call cancels it,
+//! at the server too. Every call is audited (`mcp.call`) with how it ended.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::host::McpHost;
+use crate::audit::{Actor, Decision};
+use crate::home::DEFAULT_PRINCIPAL;
+use crate::kernel::approval::{ApprovalOutcome, ApprovalRequest};
+use crate::kernel::{BusMessage, Kernel, Origin};
+use crate::types::{IpcMessage, IpcPayload};
+
+const DESCRIBE: &str = "tool.v1.request.describe";
+const EXECUTE_PREFIX: &str = "tool.v1.execute.";
+const CANCEL: &str = "tool.v1.request.cancel";
+
+/// Calls in flight, by call id: dropping the sender cancels the call.
+type InFlight = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
+
+/// Serves agents' tool traffic for `host` until the bus goes away.
+pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
+    let mut requests = kernel.bus().subscribe("mcp-tools", &[DESCRIBE, "tool.v1.execute.*", CANCEL]);
+    let in_flight: InFlight = Arc::default();
+    while let Some(incoming) = requests.recv().await {
+        let topic = incoming.message.topic.as_str();
+        let payload = incoming.message.payload.to_guest_value();
+        if topic == DESCRIBE {
+            let tools = host.tool_descriptions();
+            if !tools.is_empty() {
+                publish(
+                    &kernel,
+                    "tool.v1.response.describe.mcp",
+                    json!({"tools": tools, "description": "MCP servers"}),
+                );
+            }
+        } else if topic == CANCEL {
+            let mut in_flight = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            for id in payload["call_ids"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                if let Some(cancel) = in_flight.remove(id) {
+                    let _ = cancel.send(());
+                }
+            }
+        } else if let Some(name) = topic.strip_prefix(EXECUTE_PREFIX).filter(|n| !n.ends_with(".result")) {
+            let Some((server, tool)) = name.split_once(':') else { continue };
+            if !host.has_server(server) || payload["type"] != "tool_execute_request" {
+                continue;
+            }
+            let principal = incoming.message.principal.clone().unwrap_or_else(|| DEFAULT_PRINCIPAL.to_owned());
+            let call = Call {
+                principal,
+                server: server.to_owned(),
+                tool: tool.to_owned(),
+                call_id: payload["call_id"].as_str().unwrap_or_default().to_owned(),
+                arguments: payload["arguments"].clone(),
+            };
+            let (cancel, cancelled) = oneshot::channel();
+            in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(call.call_id.clone(), cancel);
+            let (kernel, host, in_flight) = (Arc::clone(&kernel), Arc::clone(&host), Arc::clone(&in_flight));
+            tokio::spawn(async move {
+                let (content, is_error) = execute(&kernel, &host, &call, cancelled).await;
+                in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&call.call_id);
+                let result = json!({"type": "tool_execute_result", "call_id": call.call_id,
+                                    "result": {"call_id": call.call_id, "content": content, "is_error": is_error}});
+                publish(&kernel, &format!("{EXECUTE_PREFIX}{}:{}.result", call.server, call.tool), result);
+            });
+        }
+    }
+}
+
+struct Call {
+    principal: String,
+    server: String,
+    tool: String,
+    call_id: String,
+    arguments: Value,
+}
+
+/// Approval, then the call; the result text and whether it is an error.
+async fn execute(kernel: &Kernel, host: &McpHost, call: &Call, cancelled: oneshot::Receiver<()>) -> (String, bool) {
+    let name = format!("{}:{}", call.server, call.tool);
+    let actor = || Actor::Capsule { name: format!("mcp:{}", call.server) };
+    let request = ApprovalRequest {
+        principal: call.principal.clone(),
+        capsule: format!("mcp:{}", call.server),
+        action: "mcp.call".to_owned(),
+        resource: name.clone(),
+    };
+    if let ApprovalOutcome::Denied { reason } = kernel.request_approval(request).await {
+        kernel.record(&call.principal, actor(), "mcp.call", &name, Decision::Deny, &reason);
+        return (format!("{name} was not run: the user did not approve ({reason})"), true);
+    }
+    let cancel = async {
+        // A dropped sender (the call finished) is not a cancel.
+        if cancelled.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    match host.call(&call.server, &call.tool, call.arguments.clone(), cancel).await {
+        Ok(outcome) => {
+            let how = if outcome.is_error { "the tool reported an error" } else { "ok" };
+            kernel.record(&call.principal, actor(), "mcp.call", &name, Decision::Allow, how);
+            (outcome.text, outcome.is_error)
+        }
+        Err(reason) => {
+            kernel.record(&call.principal, actor(), "mcp.call", &name, Decision::Allow, &format!("failed: {reason}"));
+            (reason, true)
+        }
+    }
+}
+
+fn publish(kernel: &Kernel, topic: &str, payload: Value) {
+    let message = IpcMessage::new(topic, IpcPayload::from_json_value(payload), kernel.session());
+    kernel.bus().publish(BusMessage { message, origin: Origin::Kernel, reply_to: None });
+}
