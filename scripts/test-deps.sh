@@ -1,16 +1,36 @@
 #!/usr/bin/env bash
 # What the tests drive besides the astrid binary, installed if missing (idempotent, quiet when
-# everything is there). Debian packages need root, or sudo.
-#   tmux: the chat's Ctrl-C test runs `astrid chat` on a real terminal.
+# everything is there):
+#   tmux (Debian): the chat's Ctrl-C test runs `astrid chat` on a real terminal;
+#   two real MCP servers, pinned, into .test-deps/ of this checkout (not committed):
+#     @modelcontextprotocol/server-everything (npm) and mcp-server-time (PyPI, in a venv).
+# Debian packages need root, or sudo; the servers need node/npm and python3 with venv.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-missing=()
-command -v tmux >/dev/null || missing+=(tmux)
+EVERYTHING_VERSION=2026.8.31
+TIME_VERSION=2026.10.19
+deps=.test-deps
 
-if [ "${#missing[@]}" -gt 0 ]; then
+if ! command -v tmux >/dev/null; then
     sudo_if_needed=""
     [ "$(id -u)" -eq 0 ] || sudo_if_needed="sudo"
-    echo "installing ${missing[*]}" >&2
+    echo "installing tmux" >&2
     $sudo_if_needed apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq tmux >/dev/null
+fi
+
+everything="$deps/npm/node_modules/.bin/mcp-server-everything"
+if [ ! -x "$everything" ] || ! grep -q "\"version\": \"$EVERYTHING_VERSION\"" \
+        "$deps/npm/node_modules/@modelcontextprotocol/server-everything/package.json" 2>/dev/null; then
+    echo "installing @modelcontextprotocol/server-everything@$EVERYTHING_VERSION" >&2
+    npm install --silent --no-audit --no-fund --prefix "$deps/npm" \
+        "@modelcontextprotocol/server-everything@$EVERYTHING_VERSION" >/dev/null
+fi
+
+time_server="$deps/venv/bin/mcp-server-time"
+if [ ! -x "$time_server" ] || ! "$deps/venv/bin/pip" show mcp-server-time 2>/dev/null | grep -qx "Version: $TIME_VERSION"; then
+    echo "installing mcp-server-time==$TIME_VERSION" >&2
+    python3 -m venv "$deps/venv"
+    "$deps/venv/bin/pip" install --quiet --disable-pip-version-check "mcp-server-time==$TIME_VERSION"
 fi

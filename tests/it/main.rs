@@ -9,6 +9,7 @@ mod daemon;
 mod harness;
 mod headless;
 mod management;
+mod mcp;
 mod openai_server;
 mod pid1;
 mod protocol;

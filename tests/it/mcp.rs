@@ -1,0 +1,276 @@
+//! MCP servers through the real daemon: two real servers from the package registries
+//! (installed by scripts/test-deps.sh), and servers that fail in each way one can.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::capsules::{audit_until, install_with};
+use crate::harness::{TestHome, wait_for};
+use crate::openai_server::{Script, Server};
+
+/// A server installed by scripts/test-deps.sh.
+fn installed(relative: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-deps").join(relative);
+    assert!(path.exists(), "{} is missing: run scripts/test-deps.sh (the README's test command does)", path.display());
+    path
+}
+
+fn everything() -> PathBuf {
+    installed("npm/node_modules/.bin/mcp-server-everything")
+}
+
+fn time_server() -> PathBuf {
+    installed("venv/bin/mcp-server-time")
+}
+
+fn write_servers(t: &TestHome, toml: &str) {
+    let etc = t.home.join("etc");
+    std::fs::create_dir_all(&etc).expect("etc");
+    std::fs::write(etc.join("servers.toml"), toml).expect("servers.toml");
+}
+
+fn real_servers() -> String {
+    format!(
+        "[servers.everything]\ncommand = {:?}\n\n[servers.time]\ncommand = {:?}\n",
+        everything().display().to_string(),
+        time_server().display().to_string()
+    )
+}
+
+fn listing(t: &TestHome) -> Value {
+    let output = t.cli(&["mcp", "list", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("json")
+}
+
+fn server<'a>(listing: &'a Value, name: &str) -> &'a Value {
+    listing["servers"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("{name} is not listed: {listing:#}"))
+}
+
+/// Waits until every server named has left `starting`; the last listing.
+fn settled(t: &TestHome, names: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = listing(t);
+        let done = names.iter().all(|n| !["starting"].contains(&server(&now, n)["state"].as_str().unwrap_or("")));
+        if done || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn call(t: &TestHome, server: &str, tool: &str, arguments: &str) -> std::process::Output {
+    t.cli(&["mcp", "call", server, tool, arguments])
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn real_servers_from_npm_and_pypi_list_their_tools_and_answer_calls() {
+    let t = TestHome::new();
+    write_servers(&t, &real_servers());
+    let _daemon = t.daemon(&[]);
+    let listed = settled(&t, &["everything", "time"]);
+    for name in ["everything", "time"] {
+        assert_eq!(server(&listed, name)["state"], "ready", "{listed:#}\n{}", t.log());
+    }
+    let tools = |name: &str| -> Vec<String> {
+        server(&listed, name)["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(tools("everything").iter().any(|t| t == "echo") && tools("everything").iter().any(|t| t == "get-sum"));
+    assert!(tools("time").iter().any(|t| t == "get_current_time"), "{:?}", tools("time"));
+
+    let echo = call(&t, "everything", "echo", r#"{"message": "hello from astrid"}"#);
+    assert_eq!((echo.status.code(), stdout(&echo).trim()), (Some(0), "Echo: hello from astrid"));
+    let sum = call(&t, "everything", "get-sum", r#"{"a": 2, "b": 40}"#);
+    assert_eq!(stdout(&sum).trim(), "The sum of 2 and 40 is 42.");
+    let now = call(&t, "time", "get_current_time", r#"{"timezone": "UTC"}"#);
+    let now: Value = serde_json::from_str(stdout(&now).trim()).expect("the time server answers JSON");
+    assert_eq!(now["timezone"], "UTC");
+
+    // Mistakes get clear errors, and the servers stay up.
+    let unknown = call(&t, "time", "no_such_tool", "{}");
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("has no tool called no_such_tool"));
+    let bad = call(&t, "time", "get_current_time", "not json");
+    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(server(&listing(&t), "time")["state"], "ready");
+
+    let audit = audit_until(&t, |a| a.iter().filter(|e| e["action"] == "mcp.call").count() >= 4);
+    let calls: Vec<(&str, &str)> = audit
+        .iter()
+        .filter(|e| e["action"] == "mcp.call")
+        .filter_map(|e| Some((e["resource"].as_str()?, e["decision"].as_str()?)))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("everything:echo", "allow"),
+            ("everything:get-sum", "allow"),
+            ("time:get_current_time", "allow"),
+            ("time:no_such_tool", "deny")
+        ]
+    );
+    assert!(audit.iter().any(|e| e["action"] == "mcp.server"
+        && e["resource"] == "time"
+        && e["rule"].as_str().is_some_and(|r| r.starts_with("ready"))));
+}
+
+#[test]
+fn an_mcp_tool_runs_in_an_agent_turn_only_once_approved() {
+    let t = TestHome::new();
+    write_servers(&t, &format!("[servers.time]\ncommand = {:?}\n", time_server().display().to_string()));
+    let tool_call = Script::ToolCall { name: "time__get_current_time", arguments: json!({"timezone": "UTC"}) };
+    let model = Server::start(vec![
+        tool_call.clone(),
+        Script::Text(vec!["It is late."]),
+        tool_call,
+        Script::Text(vec!["Sorry."]),
+    ]);
+    let _daemon = t.daemon_with(&[], &[("ASTRID_HTTP_ALLOW_PRIVATE", "1")]);
+    let base = format!("base_url={}", model.base_url());
+    install_with(&t, "llm-openai", &["--env", &base, "--env", "model=m"]);
+    install_with(&t, "orchestrator", &["--env", "provider=openai"]);
+    assert_eq!(server(&settled(&t, &["time"]), "time")["state"], "ready");
+
+    let approved = t.cli(&["run", "what time is it?", "--yes", "--format", "json"]);
+    assert_eq!(approved.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&approved.stderr), t.log());
+    let answer: Value = serde_json::from_str(stdout(&approved).trim()).expect("json");
+    assert_eq!(answer["response"], "It is late.");
+    let call = &answer["tool_calls"][0];
+    assert_eq!(call["name"], "time:get_current_time");
+    assert_eq!(call["is_error"], false);
+    assert!(call["result"].as_str().is_some_and(|r| r.contains("\"timezone\": \"UTC\"")), "{call}");
+    // The model saw the tool under an OpenAI-safe name, and got its result back.
+    let requests = model.received();
+    let offered = requests[0].body["tools"].to_string();
+    assert!(offered.contains("time__get_current_time"), "{offered}");
+    assert!(requests[1].body["messages"].to_string().contains("UTC"));
+
+    // Without approval the call is not made.
+    let denied = t.cli(&["run", "and now?", "--format", "json"]);
+    let answer: Value = serde_json::from_str(stdout(&denied).trim()).expect("json");
+    assert_eq!(answer["tool_calls"][0]["is_error"], true);
+    assert!(answer["tool_calls"][0]["result"].as_str().is_some_and(|r| r.contains("did not approve")), "{answer}");
+
+    let audit = audit_until(&t, |a| a.iter().filter(|e| e["action"] == "mcp.call").count() >= 2);
+    let asked = audit
+        .iter()
+        .filter(|e| e["action"] == "approval.request" && e["resource"] == "mcp.call time:get_current_time")
+        .count();
+    assert_eq!(asked, 2, "both calls were asked about");
+    let outcomes: Vec<&str> =
+        audit.iter().filter(|e| e["action"] == "mcp.call").filter_map(|e| e["decision"].as_str()).collect();
+    assert_eq!(outcomes, ["allow", "deny"]);
+}
+
+#[test]
+fn servers_that_die_hang_or_print_garbage_leave_the_daemon_healthy() {
+    let t = TestHome::new();
+    let hang = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_hang.py");
+    write_servers(
+        &t,
+        &format!(
+            r#"
+[servers.dies]
+command = "sh"
+args = ["-c", "exit 3"]
+
+[servers.mute]
+command = "sleep"
+args = ["600"]
+init_timeout_secs = 1
+
+[servers.hangs]
+command = "python3"
+args = [{hang:?}]
+call_timeout_secs = 1
+
+[servers.garbage]
+command = "sh"
+args = ["-c", "echo 'Starting up!'; echo '{{not json'; exec {time}"]
+
+[servers."bad.name"]
+command = "x"
+"#,
+            hang = hang.display().to_string(),
+            time = time_server().display()
+        ),
+    );
+    let mut daemon = t.daemon(&[]);
+    let listed = settled(&t, &["dies", "mute", "hangs", "garbage"]);
+    let state = |name: &str| server(&listed, name)["state"].as_str().unwrap_or_default().to_owned();
+    let error = |name: &str| server(&listed, name)["last_error"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(state("mute"), "failed", "{listed:#}");
+    assert!(error("mute").contains("did not answer initialize within 1s"), "{}", error("mute"));
+    assert!(["restarting", "failed"].contains(&state("dies").as_str()), "{listed:#}");
+    assert!(error("dies").contains("exited") || error("dies").contains("did not start"), "{}", error("dies"));
+    assert_eq!(state("garbage"), "ready", "garbage on stdout is skipped: {listed:#}\n{}", t.log());
+    assert_eq!(state("hangs"), "ready", "{listed:#}");
+    assert!(listed["refused"].to_string().contains("bad.name"), "{listed:#}");
+
+    let started = Instant::now();
+    let hung = call(&t, "hangs", "wait", "{}");
+    assert_eq!(hung.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&hung.stderr).contains("no answer within 1s"),
+        "{}",
+        String::from_utf8_lossy(&hung.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let time = call(&t, "garbage", "get_current_time", r#"{"timezone": "UTC"}"#);
+    assert_eq!(time.status.code(), Some(0), "{}", String::from_utf8_lossy(&time.stderr));
+
+    // The daemon answers, and stops cleanly, taking every server with it.
+    assert_eq!(t.cli(&["status"]).status.code(), Some(0));
+    let pids: Vec<i32> = listing(&t)["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["pid"].as_i64().and_then(|p| i32::try_from(p).ok()))
+        .collect();
+    assert!(pids.len() >= 2, "{pids:?}");
+    assert_eq!(t.cli(&["stop"]).status.code(), Some(0));
+    assert!(daemon.wait_exit(Duration::from_secs(10)).is_some(), "the daemon stopped");
+    assert!(wait_for(&mut || pids.iter().all(|&p| !alive(p)), Duration::from_secs(5)), "servers outlived the daemon");
+}
+
+/// Whether `pid` is a live process (a zombie waiting for its reaper is not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+}
+
+#[test]
+fn no_server_survives_a_sigkilled_daemon() {
+    let t = TestHome::new();
+    write_servers(&t, &real_servers());
+    let daemon = t.daemon(&[]);
+    let listed = settled(&t, &["everything", "time"]);
+    let pids: Vec<i32> = listed["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["pid"].as_i64().and_then(|p| i32::try_from(p).ok()))
+        .collect();
+    assert_eq!(pids.len(), 2, "{listed:#}");
+    assert!(pids.iter().all(|&p| alive(p)));
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(
+        wait_for(&mut || pids.iter().all(|&p| !alive(p)), Duration::from_secs(5)),
+        "orphaned MCP servers: {pids:?}"
+    );
+}
