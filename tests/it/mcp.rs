@@ -25,6 +25,11 @@ fn time_server() -> PathBuf {
     installed("venv/bin/mcp-server-time")
 }
 
+/// tests/fixtures/mcp_scripted.py: paged tools, one that never answers, one that adds a tool.
+fn scripted() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_scripted.py")
+}
+
 fn write_servers(t: &TestHome, toml: &str) {
     let etc = t.home.join("etc");
     std::fs::create_dir_all(&etc).expect("etc");
@@ -180,7 +185,7 @@ fn an_mcp_tool_runs_in_an_agent_turn_only_once_approved() {
 #[test]
 fn servers_that_die_hang_or_print_garbage_leave_the_daemon_healthy() {
     let t = TestHome::new();
-    let hang = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_hang.py");
+    let hang = scripted();
     write_servers(
         &t,
         &format!(
@@ -273,4 +278,64 @@ fn no_server_survives_a_sigkilled_daemon() {
         wait_for(&mut || pids.iter().all(|&p| !alive(p)), Duration::from_secs(5)),
         "orphaned MCP servers: {pids:?}"
     );
+}
+
+#[test]
+fn paged_tool_lists_are_read_whole_and_a_changed_list_is_read_again() {
+    let t = TestHome::new();
+    let script = scripted().display().to_string();
+    write_servers(&t, &format!("[servers.scripted]\ncommand = \"python3\"\nargs = [{script:?}]\n"));
+    let _daemon = t.daemon(&[]);
+    let names = |listed: &Value| -> Vec<String> {
+        server(listed, "scripted")["tools"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str().map(str::to_owned)).collect()
+    };
+    assert_eq!(names(&settled(&t, &["scripted"])), ["wait", "grow"], "both pages");
+    let grow = call(&t, "scripted", "grow", "{}");
+    assert_eq!(stdout(&grow).trim(), "grown");
+    assert!(
+        wait_for(&mut || names(&listing(&t)).contains(&"grown".to_owned()), Duration::from_secs(5)),
+        "the list_changed notification was followed: {:#}",
+        listing(&t)
+    );
+}
+
+#[test]
+fn cancelling_a_turn_cancels_its_mcp_call_at_the_server() {
+    let t = TestHome::new();
+    let received = t.home.with_extension("mcp-received");
+    let script = scripted().display().to_string();
+    write_servers(
+        &t,
+        &format!(
+            "[servers.scripted]\ncommand = \"python3\"\nargs = [{script:?}]\nenv = {{ MCP_FIXTURE_LOG = {:?} }}\n",
+            received.display().to_string()
+        ),
+    );
+    let model = Server::start(vec![Script::ToolCall { name: "scripted__wait", arguments: json!({}) }]);
+    let _daemon = t.daemon_with(&[], &[("ASTRID_HTTP_ALLOW_PRIVATE", "1")]);
+    let base = format!("base_url={}", model.base_url());
+    install_with(&t, "llm-openai", &["--env", &base, "--env", "model=m"]);
+    install_with(&t, "orchestrator", &["--env", "provider=openai"]);
+    assert_eq!(server(&settled(&t, &["scripted"]), "scripted")["state"], "ready");
+
+    let child = t
+        .command("astrid")
+        .args(["run", "wait for it", "--yes"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("astrid run");
+    let log = || std::fs::read_to_string(&received).unwrap_or_default();
+    assert!(wait_for(&mut || log().contains("tools/call"), Duration::from_secs(10)), "the call reached the server\n{}", t.log());
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    assert_eq!(child.wait_with_output().expect("wait").status.code(), Some(130));
+    assert!(
+        wait_for(&mut || log().contains("notifications/cancelled"), Duration::from_secs(5)),
+        "the server was told: {}\n{}",
+        log(),
+        t.log()
+    );
+    let cancel = log().lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|m| m["method"] == "notifications/cancelled");
+    assert_eq!(cancel.expect("cancel")["params"]["reason"], "cancelled");
 }
