@@ -195,6 +195,10 @@ fn install(home: &AstridHome, args: &InstallArgs) -> anyhow::Result<ExitCode> {
     // The daemon reads the files: give it an absolute path, resolved here where the user is.
     let source = args.source.canonicalize().with_context(|| format!("cannot find {}", args.source.display()))?;
     collect_env(home, &source, &args.env)?;
+    // A capsule without a module (only MCP servers, say) has nothing to wait for.
+    let runs_a_module =
+        Manifest::load(&source.join(crate::kernel::capsules::MANIFEST_FILE)).map_or(true, |m| !m.components.is_empty());
+    let report = |name: &str| if runs_a_module { report_start(home, name) } else { Ok(ExitCode::SUCCESS) };
     let reply = request::send(
         home,
         "install_capsule",
@@ -203,7 +207,7 @@ fn install(home: &AstridHome, args: &InstallArgs) -> anyhow::Result<ExitCode> {
     match reply {
         KernelResponse::Success(done) => {
             print_installed(&done);
-            report_start(home, done["name"].as_str().unwrap_or_default())
+            report(done["name"].as_str().unwrap_or_default())
         }
         KernelResponse::ApprovalRequired { request_id, description, capabilities } => {
             println!("{description}:");
@@ -217,7 +221,7 @@ fn install(home: &AstridHome, args: &InstallArgs) -> anyhow::Result<ExitCode> {
             let approved = caps::approve(home, &request_id)?;
             let name = approved["capsule"].as_str().unwrap_or_default();
             println!("approved {name} ({})", short(&approved["fingerprint"]));
-            report_start(home, name)
+            report(name)
         }
         KernelResponse::Error(message) => bail!("{message}"),
         other => bail!("unexpected reply to InstallCapsule: {other:?}"),

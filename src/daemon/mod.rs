@@ -156,6 +156,7 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
     log::info!("boot 5/6: MCP servers starting: {}", mcp.list()["servers"].as_array().map_or(0, Vec::len));
 
     let capsules = kernel.reload_capsules();
+    let mcp_capsules = tokio::spawn(follow_capsule_servers(Arc::clone(&kernel), Arc::clone(&mcp)));
     let dirs = kernel.capsule_dirs();
     log::info!(
         "boot 5/6: {capsules} capsule(s) registered (searched {} and {})",
@@ -226,6 +227,7 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
         log::error!("stopping capsules failed: {e}");
     }
     mcp_tools.abort();
+    mcp_capsules.abort();
     mcp.stop_all().await;
     router.abort();
     watchdog.abort();
@@ -246,6 +248,18 @@ async fn keep_capsules_in_sync(host: Arc<CapsuleHost>, mut changed: watch::Recei
         let host = Arc::clone(&host);
         if let Err(e) = tokio::task::spawn_blocking(move || host.sync()).await {
             log::error!("capsule host sync failed: {e}");
+        }
+    }
+}
+
+/// Starts and stops the MCP servers capsules declare as capsules come, go and get grants.
+async fn follow_capsule_servers(kernel: Arc<Kernel>, mcp: Arc<crate::mcp::McpHost>) {
+    let mut changed = kernel.capsules_changed();
+    loop {
+        let (servers, refused) = crate::mcp::capsule_servers::collect(&kernel);
+        mcp.sync_capsule_servers(servers, refused);
+        if changed.changed().await.is_err() {
+            return;
         }
     }
 }

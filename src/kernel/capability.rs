@@ -165,6 +165,9 @@ pub enum Capability<'a> {
     FsWrite(&'a str),
     /// Reach a network host.
     Net(&'a str),
+    /// Start a program on the host (an MCP server a capsule declares): the command as
+    /// written in the manifest.
+    HostProcess(&'a str),
     /// A boolean capability such as `uplink`.
     Flag(&'a str),
 }
@@ -177,6 +180,7 @@ impl fmt::Display for Capability<'_> {
             Self::FsRead(p) => write!(f, "fs_read {p}"),
             Self::FsWrite(p) => write!(f, "fs_write {p}"),
             Self::Net(h) => write!(f, "net {h}"),
+            Self::HostProcess(c) => write!(f, "host_process {c}"),
             Self::Flag(name) => f.write_str(name),
         }
     }
@@ -191,6 +195,10 @@ fn entry_allows(entry: &str, request: &Capability<'_>) -> bool {
         Capability::FsRead(path) => field == "fs_read" && fs_pattern_allows(value, path),
         Capability::FsWrite(path) => field == "fs_write" && fs_pattern_allows(value, path),
         Capability::Net(host) => field == "net" && net_pattern_allows(value, host),
+        Capability::HostProcess(command) => {
+            field == "host_process"
+                && (value == *command || value.strip_suffix('*').is_some_and(|prefix| command.starts_with(prefix)))
+        }
     }
 }
 

@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub call_timeout: Duration,
     /// When a server that exits is started again.
     pub restart: RestartPolicy,
+    /// The capsule that declares it (`None`: `etc/servers.toml`).
+    pub capsule: Option<String>,
 }
 
 /// When a server that exits is started again (with backoff, at most a few times in a row).
@@ -165,6 +167,7 @@ fn server(name: &str, value: toml::Value) -> Result<Option<ServerConfig>, String
         init_timeout: seconds(raw.init_timeout_secs, DEFAULT_INIT_TIMEOUT),
         call_timeout: seconds(raw.call_timeout_secs, DEFAULT_CALL_TIMEOUT),
         restart: raw.restart_policy.unwrap_or(RestartPolicy::OnFailure),
+        capsule: None,
     }))
 }
 

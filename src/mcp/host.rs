@@ -70,11 +70,16 @@ impl State {
 #[derive(Debug)]
 struct Server {
     config: ServerConfig,
+    /// Which launch of this name the entry belongs to (a task of an earlier one, still
+    /// stopping, must not touch it).
+    generation: u64,
     state: State,
     tools: Vec<ToolInfo>,
     client: Option<Arc<McpClient>>,
     last_error: Option<String>,
     starts: u32,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The supervised servers.
@@ -83,9 +88,11 @@ pub struct McpHost {
     kernel: Arc<Kernel>,
     workspace: PathBuf,
     servers: Mutex<BTreeMap<String, Server>>,
+    /// Configuration errors of `etc/servers.toml`.
     refused: Vec<String>,
-    stop: watch::Sender<bool>,
-    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Declarations of capsules that were refused, as of the last sync.
+    capsule_refused: Mutex<Vec<String>>,
+    generations: std::sync::atomic::AtomicU64,
 }
 
 impl McpHost {
@@ -97,36 +104,89 @@ impl McpHost {
         configs: Vec<ServerConfig>,
         refused: Vec<String>,
     ) -> Arc<Self> {
-        let servers = configs
-            .into_iter()
-            .map(|config| {
-                let server = Server {
-                    config: config.clone(),
-                    state: State::Starting,
-                    tools: Vec::new(),
-                    client: None,
-                    last_error: None,
-                    starts: 0,
-                };
-                (config.name, server)
-            })
-            .collect::<BTreeMap<_, _>>();
         for reason in &refused {
             log::error!("MCP server refused: {reason}");
             kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "mcp.server", "servers.toml", Decision::Deny, reason);
         }
-        let names: Vec<String> = servers.keys().cloned().collect();
         let host = Arc::new(Self {
             kernel,
             workspace,
-            servers: Mutex::new(servers),
+            servers: Mutex::new(BTreeMap::new()),
             refused,
-            stop: watch::channel(false).0,
-            tasks: Mutex::new(Vec::new()),
+            capsule_refused: Mutex::new(Vec::new()),
+            generations: std::sync::atomic::AtomicU64::new(0),
         });
-        let tasks = names.into_iter().map(|name| tokio::spawn(Arc::clone(&host).supervise(name))).collect();
-        *host.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
+        for config in configs {
+            host.launch(config);
+        }
         host
+    }
+
+    /// Starts supervising one server (its name is free).
+    fn launch(self: &Arc<Self>, config: ServerConfig) {
+        let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (stop, stopped) = watch::channel(false);
+        let name = config.name.clone();
+        let server = Server {
+            config,
+            generation,
+            state: State::Starting,
+            tools: Vec::new(),
+            client: None,
+            last_error: None,
+            starts: 0,
+            stop,
+            task: None,
+        };
+        self.servers().insert(name.clone(), server);
+        let task = tokio::spawn(Arc::clone(self).supervise(name.clone(), generation, stopped));
+        if let Some(server) = self.servers().get_mut(&name).filter(|s| s.generation == generation) {
+            server.task = Some(task);
+        }
+    }
+
+    /// Brings the capsules' servers in line with `declared` (what approved capsules declare
+    /// now): new ones start, gone or changed ones stop. A name `etc/servers.toml` already
+    /// uses is refused.
+    pub fn sync_capsule_servers(self: &Arc<Self>, declared: Vec<ServerConfig>, mut refused: Vec<String>) {
+        let mut stopping = Vec::new();
+        {
+            let mut servers = self.servers();
+            let gone: Vec<String> = servers
+                .iter()
+                .filter(|(_, s)| s.config.capsule.is_some() && !declared.contains(&s.config))
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in gone {
+                if let Some(server) = servers.remove(&name) {
+                    server.stop.send_replace(true);
+                    stopping.extend(server.task);
+                }
+            }
+        }
+        for config in declared {
+            let taken = self.servers().get(&config.name).map(|s| s.config == config);
+            match taken {
+                Some(true) => {}
+                Some(false) => refused.push(format!(
+                    "capsule {}: mcp_server {:?}: the name is taken by another server",
+                    config.capsule.as_deref().unwrap_or("?"),
+                    config.name
+                )),
+                None => self.launch(config),
+            }
+        }
+        for reason in &refused {
+            log::warn!("MCP server refused: {reason}");
+        }
+        *self.capsule_refused.lock().unwrap_or_else(|e| e.into_inner()) = refused;
+        if !stopping.is_empty() {
+            tokio::spawn(async move {
+                for task in stopping {
+                    let _ = task.await;
+                }
+            });
+        }
     }
 
     fn servers(&self) -> MutexGuard<'_, BTreeMap<String, Server>> {
@@ -163,6 +223,7 @@ impl McpHost {
                     "state": s.state.as_str(),
                     "description": s.config.description,
                     "command": s.config.command,
+                    "capsule": s.config.capsule,
                     "pid": s.client.as_ref().and_then(|c| c.pid()),
                     "protocol_version": s.client.as_ref().map(|c| c.protocol_version.clone()),
                     "starts": s.starts,
@@ -171,7 +232,9 @@ impl McpHost {
                 })
             })
             .collect();
-        json!({"servers": servers, "refused": self.refused})
+        let mut refused = self.refused.clone();
+        refused.extend(self.capsule_refused.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
+        json!({"servers": servers, "refused": refused})
     }
 
     /// Calls `tool` on `server` (no approval asked here: the caller decided), within the
@@ -199,15 +262,21 @@ impl McpHost {
     /// Stops every server and waits for them (their process groups are killed if they do not
     /// leave on their own).
     pub async fn stop_all(&self) {
-        self.stop.send_replace(true);
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let tasks: Vec<_> = self
+            .servers()
+            .values_mut()
+            .filter_map(|server| {
+                server.stop.send_replace(true);
+                server.task.take()
+            })
+            .collect();
         for task in tasks {
             let _ = task.await;
         }
     }
 
-    fn update(&self, name: &str, change: impl FnOnce(&mut Server)) {
-        if let Some(server) = self.servers().get_mut(name) {
+    fn update(&self, name: &str, generation: u64, change: impl FnOnce(&mut Server)) {
+        if let Some(server) = self.servers().get_mut(name).filter(|s| s.generation == generation) {
             change(server);
         }
     }
@@ -226,25 +295,24 @@ impl McpHost {
     }
 
     /// One server's life, until the daemon stops or the server is given up.
-    async fn supervise(self: Arc<Self>, name: String) {
+    async fn supervise(self: Arc<Self>, name: String, generation: u64, mut stop: watch::Receiver<bool>) {
         let Some(config) = self.servers().get(&name).map(|s| s.config.clone()) else { return };
-        let mut stop = self.stop.subscribe();
         let mut failures = 0u32;
         loop {
-            self.update(&name, |s| {
+            self.update(&name, generation, |s| {
                 s.state = State::Starting;
                 s.starts += 1;
             });
             let (events, mut incoming) = mpsc::unbounded_channel();
             let started = tokio::select! {
                 started = McpClient::start(&config, &self.workspace, events) => started,
-                () = stopped(&mut stop) => return self.update(&name, |s| s.state = State::Stopped),
+                () = stopped(&mut stop) => return self.update(&name, generation, |s| s.state = State::Stopped),
             };
             let exit = match started {
                 Err(McpError::Protocol(reason)) if reason.contains("initialize") || reason.contains("protocol") => {
                     log::error!("mcp {name}: {reason}; marked failed");
                     self.audit(&name, Decision::Deny, &format!("failed: {reason}"));
-                    return self.update(&name, |s| {
+                    return self.update(&name, generation, |s| {
                         s.state = State::Failed;
                         s.last_error = Some(reason);
                     });
@@ -252,10 +320,10 @@ impl McpHost {
                 Err(e) => format!("did not start: {e}"),
                 Ok(client) => {
                     let client = Arc::new(client);
-                    match self.serve(&name, &config, &client, &mut incoming, &mut stop).await {
+                    match self.serve(&name, generation, &config, &client, &mut incoming, &mut stop).await {
                         None => {
                             client.stop().await;
-                            self.update(&name, |s| {
+                            self.update(&name, generation, |s| {
                                 s.state = State::Stopped;
                                 s.client = None;
                             });
@@ -273,7 +341,7 @@ impl McpHost {
             log::warn!("mcp {name}: {exit}");
             self.audit(&name, Decision::Info, &exit);
             let had_tools = self.servers().get(&name).is_some_and(|s| !s.tools.is_empty());
-            self.update(&name, |s| {
+            self.update(&name, generation, |s| {
                 s.client = None;
                 s.tools.clear();
                 s.last_error = Some(exit.clone());
@@ -292,13 +360,13 @@ impl McpHost {
                 if state == State::Failed {
                     self.audit(&name, Decision::Deny, &format!("given up after {failures} failure(s): {exit}"));
                 }
-                return self.update(&name, |s| s.state = state);
+                return self.update(&name, generation, |s| s.state = state);
             }
-            self.update(&name, |s| s.state = State::Restarting);
+            self.update(&name, generation, |s| s.state = State::Restarting);
             let backoff = (FIRST_BACKOFF * 2u32.saturating_pow(failures - 1)).min(MAX_BACKOFF);
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
-                () = stopped(&mut stop) => return self.update(&name, |s| s.state = State::Stopped),
+                () = stopped(&mut stop) => return self.update(&name, generation, |s| s.state = State::Stopped),
             }
         }
     }
@@ -308,6 +376,7 @@ impl McpHost {
     async fn serve(
         &self,
         name: &str,
+        generation: u64,
         config: &ServerConfig,
         client: &Arc<McpClient>,
         incoming: &mut mpsc::UnboundedReceiver<Event>,
@@ -318,7 +387,7 @@ impl McpHost {
             Err(e) => return Some(format!("tools/list failed: {e}")),
         };
         let (count, pid) = (tools.len(), client.pid());
-        self.update(name, |s| {
+        self.update(name, generation, |s| {
             s.state = State::Ready;
             s.tools = tools;
             s.client = Some(Arc::clone(client));
@@ -333,7 +402,7 @@ impl McpHost {
                     Some(Event::ToolsChanged) => match client.list_tools(config.init_timeout).await {
                         Ok(tools) => {
                             log::info!("mcp {name}: tool list changed ({} tool(s))", tools.len());
-                            self.update(name, |s| s.tools = tools);
+                            self.update(name, generation, |s| s.tools = tools);
                             self.announce_tools();
                         }
                         Err(e) => log::warn!("mcp {name}: cannot read the changed tool list: {e}"),

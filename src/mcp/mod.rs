@@ -2,6 +2,7 @@
 //! its approval and audit rules.
 //!
 //! - [`config`]: `etc/servers.toml`, parsed strictly;
+//! - [`capsule_servers`]: servers approved capsules declare (`[[mcp_server]]`);
 //! - [`client`]: one server over stdio (JSON-RPC 2.0 lines), with timeouts and cancellation;
 //! - [`host`]: every server supervised (restarts with backoff, failed servers never block);
 //! - [`tools`]: their tools on the bus as `server:tool`, each call approved and audited;
@@ -14,6 +15,7 @@
 //! its own process handling where ours must guarantee no orphans. JSON is parsed by
 //! serde_json; nothing here parses a format by hand.
 
+pub mod capsule_servers;
 pub mod client;
 pub mod config;
 pub mod exec;

@@ -287,7 +287,12 @@ fn paged_tool_lists_are_read_whole_and_a_changed_list_is_read_again() {
     write_servers(&t, &format!("[servers.scripted]\ncommand = \"python3\"\nargs = [{script:?}]\n"));
     let _daemon = t.daemon(&[]);
     let names = |listed: &Value| -> Vec<String> {
-        server(listed, "scripted")["tools"].as_array().into_iter().flatten().filter_map(|t| t["name"].as_str().map(str::to_owned)).collect()
+        server(listed, "scripted")["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .collect()
     };
     assert_eq!(names(&settled(&t, &["scripted"])), ["wait", "grow"], "both pages");
     let grow = call(&t, "scripted", "grow", "{}");
@@ -326,7 +331,11 @@ fn cancelling_a_turn_cancels_its_mcp_call_at_the_server() {
         .spawn()
         .expect("astrid run");
     let log = || std::fs::read_to_string(&received).unwrap_or_default();
-    assert!(wait_for(&mut || log().contains("tools/call"), Duration::from_secs(10)), "the call reached the server\n{}", t.log());
+    assert!(
+        wait_for(&mut || log().contains("tools/call"), Duration::from_secs(10)),
+        "the call reached the server\n{}",
+        t.log()
+    );
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
     assert_eq!(child.wait_with_output().expect("wait").status.code(), Some(130));
@@ -336,6 +345,68 @@ fn cancelling_a_turn_cancels_its_mcp_call_at_the_server() {
         log(),
         t.log()
     );
-    let cancel = log().lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|m| m["method"] == "notifications/cancelled");
+    let cancel = log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|m| m["method"] == "notifications/cancelled");
     assert_eq!(cancel.expect("cancel")["params"]["reason"], "cancelled");
+}
+
+#[test]
+fn a_capsule_declares_servers_that_run_only_within_its_grant() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    let source = t.home.with_extension("clock-src");
+    std::fs::create_dir_all(&source).expect("source");
+    std::fs::copy(scripted(), source.join("server.py")).expect("fixture");
+    let manifest = r#"
+[package]
+name = "clockcap"
+version = "0.1.0"
+
+[capabilities]
+host_process = ["python3"]
+
+[[mcp_server]]
+id = "clock"
+type = "stdio"
+command = "python3"
+args = ["server.py"]
+
+[[mcp_server]]
+id = "shell"
+type = "stdio"
+command = "sh"
+args = ["-c", "echo hi"]
+
+[[mcp_server]]
+id = "escape"
+type = "stdio"
+command = "../../outside"
+"#;
+    std::fs::write(source.join("Capsule.toml"), manifest).expect("manifest");
+    let installed = t.cli(&["capsule", "install", source.to_str().expect("utf8"), "--yes"]);
+    assert_eq!(installed.status.code(), Some(0), "{}", String::from_utf8_lossy(&installed.stderr));
+    assert!(
+        wait_for(&mut || listing(&t)["servers"].to_string().contains("\"clock\""), Duration::from_secs(10)),
+        "the capsule's server was started: {:#}\n{}",
+        listing(&t),
+        t.log()
+    );
+    let listed = settled(&t, &["clock"]);
+    assert_eq!(server(&listed, "clock")["state"], "ready", "{listed:#}\n{}", t.log());
+    assert_eq!(server(&listed, "clock")["capsule"], "clockcap");
+    let refused = listed["refused"].to_string();
+    assert!(refused.contains("\\\"shell\\\"") && refused.contains("host_process"), "{refused}");
+    assert!(refused.contains("\\\"escape\\\""), "{refused}");
+    // The grant check was audited: allowed for python3, denied for sh.
+    let audit = audit_until(&t, |a| a.iter().any(|e| e["resource"] == "host_process sh"));
+    assert!(audit.iter().any(|e| e["resource"] == "host_process python3" && e["decision"] == "allow"));
+    assert!(audit.iter().any(|e| e["resource"] == "host_process sh" && e["decision"] == "deny"));
+
+    // Removing the capsule stops its server.
+    let pid = server(&listed, "clock")["pid"].as_i64().and_then(|p| i32::try_from(p).ok()).expect("pid");
+    assert_eq!(t.cli(&["capsule", "remove", "clockcap"]).status.code(), Some(0));
+    assert!(wait_for(&mut || !alive(pid), Duration::from_secs(10)), "the server outlived its capsule");
+    assert!(!listing(&t)["servers"].to_string().contains("\"clock\""));
 }
