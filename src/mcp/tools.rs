@@ -19,7 +19,7 @@ use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
 use crate::kernel::approval::{ApprovalOutcome, ApprovalRequest};
 use crate::kernel::{BusMessage, Kernel, Origin};
-use crate::types::{IpcMessage, IpcPayload};
+use crate::types::{IpcMessage, IpcPayload, ToolCall, ToolCallResult};
 
 const DESCRIBE: &str = "tool.v1.request.describe";
 const EXECUTE_PREFIX: &str = "tool.v1.execute.";
@@ -38,11 +38,8 @@ pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
         if topic == DESCRIBE {
             let tools = host.tool_descriptions();
             if !tools.is_empty() {
-                publish(
-                    &kernel,
-                    "tool.v1.response.describe.mcp",
-                    json!({"tools": tools, "description": "MCP servers"}),
-                );
+                let described = IpcPayload::RawJson(json!({"tools": tools, "description": "MCP servers"}));
+                publish(&kernel, "tool.v1.response.describe.mcp", described);
             }
         } else if topic == CANCEL {
             let mut in_flight = in_flight.lock().unwrap_or_else(|e| e.into_inner());
@@ -51,18 +48,21 @@ pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
                     let _ = cancel.send(());
                 }
             }
-        } else if let Some(name) = topic.strip_prefix(EXECUTE_PREFIX).filter(|n| !n.ends_with(".result")) {
-            let Some((server, tool)) = name.split_once(':') else { continue };
-            if !host.has_server(server) || payload["type"] != "tool_execute_request" {
+        } else if topic.starts_with(EXECUTE_PREFIX) && !topic.ends_with(".result") {
+            let IpcPayload::ToolExecuteRequest { call_id, tool_name, arguments } = &incoming.message.payload else {
                 continue;
-            }
+            };
+            let requested = ToolCall { id: call_id.clone(), name: tool_name.clone(), arguments: arguments.clone() };
+            let Some((server, tool)) = requested.parse_name().filter(|(server, _)| host.has_server(server)) else {
+                continue;
+            };
             let principal = incoming.message.principal.clone().unwrap_or_else(|| DEFAULT_PRINCIPAL.to_owned());
             let call = Call {
                 principal,
                 server: server.to_owned(),
                 tool: tool.to_owned(),
-                call_id: payload["call_id"].as_str().unwrap_or_default().to_owned(),
-                arguments: payload["arguments"].clone(),
+                call_id: requested.id.clone(),
+                arguments: requested.arguments.clone(),
             };
             let (cancel, cancelled) = oneshot::channel();
             in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(call.call_id.clone(), cancel);
@@ -70,8 +70,10 @@ pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
             tokio::spawn(async move {
                 let (content, is_error) = execute(&kernel, &host, &call, cancelled).await;
                 in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&call.call_id);
-                let result = json!({"type": "tool_execute_result", "call_id": call.call_id,
-                                    "result": {"call_id": call.call_id, "content": content, "is_error": is_error}});
+                let result = IpcPayload::ToolExecuteResult {
+                    call_id: call.call_id.clone(),
+                    result: ToolCallResult { call_id: call.call_id.clone(), content, is_error },
+                };
                 publish(&kernel, &format!("{EXECUTE_PREFIX}{}:{}.result", call.server, call.tool), result);
             });
         }
@@ -119,7 +121,7 @@ async fn execute(kernel: &Kernel, host: &McpHost, call: &Call, cancelled: onesho
     }
 }
 
-fn publish(kernel: &Kernel, topic: &str, payload: Value) {
-    let message = IpcMessage::new(topic, IpcPayload::from_json_value(payload), kernel.session());
+fn publish(kernel: &Kernel, topic: &str, payload: IpcPayload) {
+    let message = IpcMessage::new(topic, payload, kernel.session());
     kernel.bus().publish(BusMessage { message, origin: Origin::Kernel, reply_to: None });
 }
