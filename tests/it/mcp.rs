@@ -410,3 +410,27 @@ command = "../../outside"
     assert!(wait_for(&mut || !alive(pid), Duration::from_secs(10)), "the server outlived its capsule");
     assert!(!listing(&t)["servers"].to_string().contains("\"clock\""));
 }
+
+#[test]
+fn a_server_that_crashes_is_restarted_and_its_tools_come_back() {
+    let t = TestHome::new();
+    let script = scripted().display().to_string();
+    write_servers(&t, &format!("[servers.scripted]\ncommand = \"python3\"\nargs = [{script:?}]\n"));
+    let _daemon = t.daemon(&[]);
+    let first = settled(&t, &["scripted"]);
+    assert_eq!(server(&first, "scripted")["state"], "ready");
+    let pid = server(&first, "scripted")["pid"].as_i64().and_then(|p| i32::try_from(p).ok()).expect("pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let again = |listed: &Value| {
+        let s = server(listed, "scripted");
+        s["state"] == "ready" && s["pid"].as_i64() != Some(i64::from(pid)) && s["starts"] == 2
+    };
+    assert!(wait_for(&mut || again(&listing(&t)), Duration::from_secs(10)), "{:#}\n{}", listing(&t), t.log());
+    let audit = audit_until(&t, |a| {
+        a.iter().any(|e| e["action"] == "mcp.server" && e["rule"].as_str().is_some_and(|r| r.contains("SIGKILL")))
+    });
+    assert!(
+        audit.iter().any(|e| e["action"] == "mcp.server" && e["rule"].as_str().is_some_and(|r| r.contains("SIGKILL"))),
+        "the crash is on the record"
+    );
+}
