@@ -241,16 +241,17 @@ command = "x"
 
     // The daemon answers, and stops cleanly, taking every server with it.
     assert_eq!(t.cli(&["status"]).status.code(), Some(0));
-    let pids: Vec<i32> = listing(&t)["servers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s["pid"].as_i64().and_then(|p| i32::try_from(p).ok()))
-        .collect();
+    let pids = pids(&listing(&t));
     assert!(pids.len() >= 2, "{pids:?}");
     assert_eq!(t.cli(&["stop"]).status.code(), Some(0));
     assert!(daemon.wait_exit(Duration::from_secs(10)).is_some(), "the daemon stopped");
     assert!(wait_for(&mut || pids.iter().all(|&p| !alive(p)), Duration::from_secs(5)), "servers outlived the daemon");
+}
+
+/// The pids of the servers that have a process.
+fn pids(listing: &Value) -> Vec<i32> {
+    let servers = listing["servers"].as_array().map(Vec::as_slice).unwrap_or_default();
+    servers.iter().filter_map(|s| s["pid"].as_i64().and_then(|p| i32::try_from(p).ok())).collect()
 }
 
 /// Whether `pid` is a live process (a zombie waiting for its reaper is not).
@@ -265,12 +266,7 @@ fn no_server_survives_a_sigkilled_daemon() {
     write_servers(&t, &real_servers());
     let daemon = t.daemon(&[]);
     let listed = settled(&t, &["everything", "time"]);
-    let pids: Vec<i32> = listed["servers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s["pid"].as_i64().and_then(|p| i32::try_from(p).ok()))
-        .collect();
+    let pids = pids(&listed);
     assert_eq!(pids.len(), 2, "{listed:#}");
     assert!(pids.iter().all(|&p| alive(p)));
     daemon.signal(nix::sys::signal::Signal::SIGKILL);
