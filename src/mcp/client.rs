@@ -64,6 +64,10 @@ pub enum McpError {
     /// The server could not be started or spoke something else.
     #[error("{0}")]
     Protocol(String),
+    /// The server runs but cannot be used: it never answered `initialize`, or it speaks no
+    /// protocol version this client does. Starting it again would not help.
+    #[error("{0}")]
+    Unusable(String),
 }
 
 /// What the server tells the host without being asked.
@@ -161,7 +165,7 @@ impl McpClient {
                 client.stop().await;
                 return Err(match e {
                     McpError::Timeout(after) => {
-                        McpError::Protocol(format!("did not answer initialize within {after:?}"))
+                        McpError::Unusable(format!("did not answer initialize within {after:?}"))
                     }
                     other => other,
                 });
@@ -170,7 +174,7 @@ impl McpClient {
         let version = reply["protocolVersion"].as_str().unwrap_or_default().to_owned();
         if !PROTOCOL_VERSIONS.contains(&version.as_str()) {
             client.stop().await;
-            return Err(McpError::Protocol(format!(
+            return Err(McpError::Unusable(format!(
                 "the server speaks protocol {version:?}; this client speaks {}",
                 PROTOCOL_VERSIONS.join(", ")
             )));
@@ -235,15 +239,10 @@ impl McpClient {
         Ok(CallOutcome { text: text_of(&result), is_error: result["isError"].as_bool().unwrap_or(false) })
     }
 
-    /// How the server's process ended ("exit status: 0", "signal: 9 (SIGKILL)"), waiting a
-    /// moment for it.
-    pub async fn exit_status(&self) -> String {
+    /// How the server's process ended, waiting a moment for it; `None` if it has not (yet).
+    pub async fn exit_status(&self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.lock().await;
-        match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
-            Ok(Ok(status)) => status.to_string(),
-            Ok(Err(e)) => format!("cannot tell how it ended: {e}"),
-            Err(_) => "its process is still running".to_owned(),
-        }
+        tokio::time::timeout(Duration::from_secs(1), child.wait()).await.ok().and_then(Result::ok)
     }
 
     /// Stops the server: stdin closed, then SIGTERM, then SIGKILL to its process group, each

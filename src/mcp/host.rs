@@ -31,6 +31,15 @@ pub const MAX_FAILURES: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How a server's run ended.
+#[derive(Debug)]
+struct Exit {
+    /// What happened, for the log, the audit trail and `astrid mcp list`.
+    why: String,
+    /// It exited with status 0 (`on_failure` does not restart it).
+    clean: bool,
+}
+
 /// Completes once the daemon stops the servers (holding no borrow across an await).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     while !*stop.borrow_and_update() {
@@ -309,7 +318,7 @@ impl McpHost {
                 () = stopped(&mut stop) => return self.update(&name, generation, |s| s.state = State::Stopped),
             };
             let exit = match started {
-                Err(McpError::Protocol(reason)) if reason.contains("initialize") || reason.contains("protocol") => {
+                Err(McpError::Unusable(reason)) => {
                     log::error!("mcp {name}: {reason}; marked failed");
                     self.audit(&name, Decision::Deny, &format!("failed: {reason}"));
                     return self.update(&name, generation, |s| {
@@ -317,7 +326,7 @@ impl McpHost {
                         s.last_error = Some(reason);
                     });
                 }
-                Err(e) => format!("did not start: {e}"),
+                Err(e) => Exit { why: format!("did not start: {e}"), clean: false },
                 Ok(client) => {
                     let client = Arc::new(client);
                     match self.serve(&name, generation, &config, &client, &mut incoming, &mut stop).await {
@@ -337,7 +346,7 @@ impl McpHost {
                     }
                 }
             };
-            let clean = exit.contains("exit status: 0");
+            let Exit { why: exit, clean } = exit;
             log::warn!("mcp {name}: {exit}");
             self.audit(&name, Decision::Info, &exit);
             let had_tools = self.servers().get(&name).is_some_and(|s| !s.tools.is_empty());
@@ -371,7 +380,7 @@ impl McpHost {
         }
     }
 
-    /// Lists the tools and serves events until the server exits (`Some(why)`) or the daemon
+    /// Lists the tools and serves events until the server exits (`Some`) or the daemon
     /// stops (`None`).
     async fn serve(
         &self,
@@ -381,10 +390,10 @@ impl McpHost {
         client: &Arc<McpClient>,
         incoming: &mut mpsc::UnboundedReceiver<Event>,
         stop: &mut watch::Receiver<bool>,
-    ) -> Option<String> {
+    ) -> Option<Exit> {
         let tools = match client.list_tools(config.init_timeout).await {
             Ok(tools) => tools,
-            Err(e) => return Some(format!("tools/list failed: {e}")),
+            Err(e) => return Some(Exit { why: format!("tools/list failed: {e}"), clean: false }),
         };
         let (count, pid) = (tools.len(), client.pid());
         self.update(name, generation, |s| {
@@ -407,8 +416,12 @@ impl McpHost {
                         }
                         Err(e) => log::warn!("mcp {name}: cannot read the changed tool list: {e}"),
                     },
-                    Some(Event::Exited(why)) => return Some(format!("exited ({why}, {})", client.exit_status().await)),
-                    None => return Some("exited".to_owned()),
+                    Some(Event::Exited(why)) => {
+                        let status = client.exit_status().await;
+                        let how = status.map_or_else(|| "still running".to_owned(), |s| s.to_string());
+                        return Some(Exit { why: format!("exited ({why}, {how})"), clean: status.is_some_and(|s| s.success()) });
+                    }
+                    None => return Some(Exit { why: "exited".to_owned(), clean: false }),
                 },
                 () = stopped(stop) => return None,
             }
