@@ -199,6 +199,21 @@ command = "sleep"
 args = ["600"]
 init_timeout_secs = 1
 
+[servers.slow]
+command = "sleep"
+args = ["600"]
+init_timeout_secs = 60
+
+[servers.older]
+command = "python3"
+args = [{hang:?}]
+env = {{ MCP_FIXTURE_VERSION = "2024-11-05" }}
+
+[servers.future]
+command = "python3"
+args = [{hang:?}]
+env = {{ MCP_FIXTURE_VERSION = "2099-01-01" }}
+
 [servers.hangs]
 command = "python3"
 args = [{hang:?}]
@@ -215,8 +230,10 @@ command = "x"
             time = time_server().display()
         ),
     );
+    let booting = Instant::now();
     let mut daemon = t.daemon(&[]);
-    let listed = settled(&t, &["dies", "mute", "hangs", "garbage"]);
+    assert!(booting.elapsed() < Duration::from_secs(5), "boot waited for a server: {:?}", booting.elapsed());
+    let listed = settled(&t, &["dies", "mute", "hangs", "garbage", "older", "future"]);
     let state = |name: &str| server(&listed, name)["state"].as_str().unwrap_or_default().to_owned();
     let error = |name: &str| server(&listed, name)["last_error"].as_str().unwrap_or_default().to_owned();
     assert_eq!(state("mute"), "failed", "{listed:#}");
@@ -226,6 +243,15 @@ command = "x"
     assert_eq!(state("garbage"), "ready", "garbage on stdout is skipped: {listed:#}\n{}", t.log());
     assert_eq!(state("hangs"), "ready", "{listed:#}");
     assert!(listed["refused"].to_string().contains("bad.name"), "{listed:#}");
+    // Version negotiation: an older version both speak is used; one the client does not speak fails.
+    assert_eq!(
+        (state("older").as_str(), server(&listed, "older")["protocol_version"].as_str()),
+        ("ready", Some("2024-11-05"))
+    );
+    assert_eq!(state("future"), "failed");
+    assert!(error("future").contains("speaks protocol \"2099-01-01\""), "{}", error("future"));
+    // A server still initializing holds up nothing, and stops with the daemon.
+    assert_eq!(state("slow"), "starting");
 
     let started = Instant::now();
     let hung = call(&t, "hangs", "wait", "{}");
