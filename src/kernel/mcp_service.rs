@@ -14,5 +14,5 @@ pub trait McpService: Send + Sync + std::fmt::Debug {
     /// Every server with its state and tools.
     fn list(&self) -> Value;
     /// Calls `tool` on `server`: `{"content", "is_error"}`, or why it could not be called.
-    fn call(&self, server: String, tool: String, arguments: Value) -> CallFuture;
+    fn call(self: std::sync::Arc<Self>, server: String, tool: String, arguments: Value) -> CallFuture;
 }

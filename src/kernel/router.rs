@@ -114,7 +114,7 @@ async fn mcp_call(
     let name = format!("{server}:{tool}");
     let response = match kernel.mcp() {
         None => KernelResponse::Error("this daemon runs no MCP servers".to_owned()),
-        Some(mcp) => match mcp.call(server, tool, arguments).await {
+        Some(mcp) => match Arc::clone(mcp).call(server, tool, arguments).await {
             Ok(outcome) => KernelResponse::Success(outcome),
             Err(reason) => KernelResponse::Error(reason),
         },

@@ -434,23 +434,9 @@ impl crate::kernel::mcp_service::McpService for McpHost {
         McpHost::list(self)
     }
 
-    fn call(&self, server: String, tool: String, arguments: Value) -> crate::kernel::mcp_service::CallFuture {
-        let client = {
-            let servers = self.servers();
-            servers.get(&server).and_then(|s| s.client.clone().filter(|_| s.state == State::Ready))
-        };
-        let known =
-            self.servers().get(&server).map(|s| (s.config.call_timeout, s.tools.iter().any(|t| t.name == tool)));
+    fn call(self: Arc<Self>, server: String, tool: String, arguments: Value) -> crate::kernel::mcp_service::CallFuture {
         Box::pin(async move {
-            let Some((timeout, has_tool)) = known else { return Err(format!("no MCP server called {server}")) };
-            let Some(client) = client else { return Err(format!("MCP server {server} is not ready")) };
-            if !has_tool {
-                return Err(format!("MCP server {server} has no tool called {tool}"));
-            }
-            let outcome = client
-                .call_tool(&tool, arguments, timeout, std::future::pending())
-                .await
-                .map_err(|e| format!("{server}:{tool}: {e}"))?;
+            let outcome = McpHost::call(&self, &server, &tool, arguments, std::future::pending()).await?;
             Ok(json!({"content": outcome.text, "is_error": outcome.is_error}))
         })
     }
