@@ -13,10 +13,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use astrid::home::AstridHome;
-use astrid::ipc::Client;
 use astrid::types::{KernelRequest, KernelResponse};
 use serde_json::{Value, json};
+
+#[path = "support/daemon.rs"]
+mod daemon;
+
+use daemon::Daemon;
 
 const CALLS: usize = 200;
 const WARMUP: usize = 20;
@@ -76,24 +79,7 @@ fn through_astrid(root: &Path) -> f64 {
         format!("[servers.bench]\ncommand = \"python3\"\nargs = [{:?}]\n", fixture()),
     )
     .expect("servers.toml");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_astrid"))
-        .arg("daemon")
-        .env("ASTRID_HOME", &home)
-        .env("ASTRID_LOG", "warn")
-        .env("ASTRID_DEFAULT_CAPSULES", "0")
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("daemon");
-    let ready = home.join("run/system.ready");
-    let waited = Instant::now();
-    while !ready.exists() {
-        assert!(waited.elapsed() < Duration::from_secs(20), "daemon never became ready");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut client = Client::connect(&AstridHome::at(&home)).expect("connect");
+    let (_daemon, mut client) = Daemon::start(root, "home", &[("ASTRID_DEFAULT_CAPSULES", "0".to_owned())]);
     let request =
         KernelRequest::McpCall { server: "bench".into(), tool: "echo".into(), arguments: json!({"text": "hi"}) };
     let mut call = || -> Option<f64> {
@@ -112,8 +98,6 @@ fn through_astrid(root: &Path) -> f64 {
         call();
     }
     let samples = (0..CALLS).filter_map(|_| call()).collect();
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    let _ = daemon.wait();
     median(samples)
 }
 
