@@ -48,10 +48,16 @@ pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
                     let _ = cancel.send(());
                 }
             }
-        } else if topic.starts_with(EXECUTE_PREFIX) && !topic.ends_with(".result") {
+        } else if let Some(addressed) = topic.strip_prefix(EXECUTE_PREFIX).filter(|n| !n.ends_with(".result")) {
             let IpcPayload::ToolExecuteRequest { call_id, tool_name, arguments } = &incoming.message.payload else {
                 continue;
             };
+            // The topic is what the publisher's grant was checked against: the name inside
+            // the payload must not name another tool.
+            if tool_name != addressed {
+                log::warn!("ignoring a call of {tool_name:?} published on {topic}");
+                continue;
+            }
             let requested = ToolCall { id: call_id.clone(), name: tool_name.clone(), arguments: arguments.clone() };
             let Some((server, tool)) = requested.parse_name().filter(|(server, _)| host.has_server(server)) else {
                 continue;
