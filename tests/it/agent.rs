@@ -306,3 +306,23 @@ fn ctrl_c_in_a_headless_turn_cancels_it_in_the_daemon_before_leaving() {
     );
     assert!(server.hangups()[0].duration_since(interrupted) < Duration::from_secs(2));
 }
+
+#[test]
+fn a_tool_the_model_invents_is_answered_at_once_as_an_error() {
+    let t = TestHome::new();
+    let server = Server::start(vec![
+        Script::ToolCall { name: "launch_rockets", arguments: json!({}) },
+        Script::Text(vec!["I cannot do that."]),
+    ]);
+    let _daemon = agent(&t, &server, &[], &[]);
+    let started = Instant::now();
+    let output = t.cli(&["run", "launch", "--format", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&output.stderr), t.log());
+    assert!(started.elapsed() < Duration::from_secs(10), "no waiting for a tool nobody offers");
+    let answer: Value = serde_json::from_str(stdout(&output).trim()).expect("json");
+    assert_eq!(answer["response"], "I cannot do that.");
+    let requests = server.received();
+    let result = requests[1].body["messages"].as_array().and_then(|m| m.last().cloned()).expect("a tool message");
+    assert_eq!(result["role"], "tool");
+    assert!(result["content"].as_str().is_some_and(|c| c.contains("no tool called")), "{result}");
+}

@@ -148,6 +148,8 @@ fn an_mcp_tool_runs_in_an_agent_turn_only_once_approved() {
     let _daemon = t.daemon_with(&[], &[("ASTRID_HTTP_ALLOW_PRIVATE", "1")]);
     let base = format!("base_url={}", model.base_url());
     install_with(&t, "llm-openai", &["--env", &base, "--env", "model=m"]);
+    // The file tools listen on tool.v1.execute.* too: they must leave MCP tools alone.
+    install_with(&t, "tools-fs", &[]);
     install_with(&t, "orchestrator", &["--env", "provider=openai"]);
     assert_eq!(server(&settled(&t, &["time"]), "time")["state"], "ready");
 

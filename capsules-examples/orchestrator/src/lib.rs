@@ -310,7 +310,11 @@ fn run_tools(turn: &mut Turn) {
         let request = json!({"type": "tool_execute_request", "call_id": call.id, "tool_name": call.name,
                              "arguments": announced["arguments"]});
         let _ = ipc::publish("tool.v1.request.execute", &request);
-        if !valid_tool_name(&call.name) {
+        // A name no tool offered (a model's invention) is answered at once rather than left to
+        // the tool timeout: nobody would answer it.
+        let offered =
+            TOOLS.with(|t| t.borrow().as_ref().is_some_and(|tools| tools.iter().any(|t| t["name"] == call.name)));
+        if !valid_tool_name(&call.name) || !offered {
             call.result = Some(
                 json!({"call_id": call.id, "content": format!("no tool called {:?}", call.name), "is_error": true}),
             );

@@ -111,6 +111,11 @@ fn hook(action: &str, payload: &[u8]) -> Hook {
         }
         "execute" if event["type"] == "tool_execute_request" => {
             let tool = event["tool_name"].as_str().unwrap_or_default();
+            // Every tool's calls pass here (tool.v1.execute.*): answer only our own, or another
+            // tool (an MCP server's, another capsule's) would get our "no such tool" first.
+            if !definitions().as_array().is_some_and(|tools| tools.iter().any(|d| d["name"] == tool)) {
+                return Hook::Continue(None);
+            }
             let call_id = event["call_id"].clone();
             let (content, is_error) = match execute(tool, &event["arguments"]) {
                 Ok(content) => (content, false),
