@@ -18,7 +18,7 @@ use crate::home::AstridHome;
 use crate::ipc::capsule_link::CapsuleLink;
 use crate::ipc::capsule_session::Attached;
 use crate::types::CapsuleAttach;
-use crate::wasm::process::{FAILURE_PREFIX, PARENT_ENV, TICKET_ENV};
+use crate::wasm::process::{FAILURE_PREFIX, TICKET_ENV};
 use crate::wasm::runner;
 
 /// run one capsule in this process, attached to the daemon (started by the daemon for
@@ -41,7 +41,7 @@ pub fn main(args: &CapsuleHostArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    if let Err(reason) = die_with_parent() {
+    if let Err(reason) = crate::lifeline::die_with_parent() {
         eprintln!("{FAILURE_PREFIX}{reason}");
         return ExitCode::FAILURE;
     }
@@ -76,20 +76,6 @@ pub fn serve(home: &AstridHome, attach: CapsuleAttach) -> Result<(), String> {
 pub fn run_attached(link: CapsuleLink, attached: &Attached) -> Result<(), String> {
     log::info!("capsule {}: attached; {} bytes of module", attached.capsule, attached.module.0.len());
     runner::run_remote(Box::new(link), &attached.capsule, &attached.module.0, attached.limits, &attached.plan)
-}
-
-/// Asks the OS to kill this process when the daemon that started it dies (a SIGKILLed
-/// daemon must leave no capsule behind), then checks the daemon did not die already.
-fn die_with_parent() -> Result<(), String> {
-    let Some(parent) = std::env::var(PARENT_ENV).ok().and_then(|pid| pid.parse::<i32>().ok()) else {
-        return Ok(());
-    };
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-        .map_err(|e| format!("cannot tie this process to the daemon's life: {e}"))?;
-    if nix::unistd::getppid().as_raw() != parent {
-        return Err("the daemon that started this process is gone".to_owned());
-    }
-    Ok(())
 }
 
 /// Logs to stderr (which the daemon reads into its own log): `info`, or `ASTRID_LOG`. The

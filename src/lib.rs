@@ -43,6 +43,8 @@ pub mod ipc;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod kernel;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod lifeline;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod mcp;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod store;

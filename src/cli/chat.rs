@@ -32,8 +32,6 @@ use crate::types::{IpcPayload, KernelRequest};
 
 /// How long a turn may go without any frame from the daemon.
 const TURN_TIMEOUT: Duration = Duration::from_secs(120);
-/// How often a waiting turn looks at Ctrl-C.
-const POLL: Duration = Duration::from_millis(100);
 
 /// talk to the agent (the default on a terminal)
 #[derive(FromArgs, Debug, Default)]
@@ -166,18 +164,13 @@ fn turn(
             0 => {}
             1 if !cancelled => {
                 cancelled = true;
-                let cancel = IpcPayload::UserInput {
-                    text: String::new(),
-                    session_id: session.to_owned(),
-                    context: Some(json!({"action": "cancel_turn"})),
-                };
-                client.publish("user.v1.prompt", &cancel)?;
+                headless::cancel_turn(client, session)?;
                 println!("\n(cancelling; Ctrl-C again to leave)");
             }
             1 => {}
             _ => return Ok(Turn::Leave),
         }
-        let frame = match client.next_frame(POLL) {
+        let frame = match client.next_frame(headless::POLL) {
             Ok(frame) => frame,
             Err(ClientError::Timeout(_)) if last_frame.elapsed() < TURN_TIMEOUT => continue,
             Err(ClientError::Timeout(_)) => {

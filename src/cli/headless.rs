@@ -34,8 +34,8 @@ pub const TIMEOUT_EXIT: u8 = 53;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Topic of the user's prompts.
 const PROMPT_TOPIC: &str = "user.v1.prompt";
-/// How often a waiting turn looks for Ctrl-C.
-const POLL: Duration = Duration::from_millis(100);
+/// How often a waiting turn looks for Ctrl-C (here and in the chat).
+pub(super) const POLL: Duration = Duration::from_millis(100);
 
 /// run one prompt without a terminal and print the answer
 #[derive(FromArgs, Debug)]
@@ -84,6 +84,17 @@ pub fn session_id(session: Option<&str>) -> Uuid {
         None => Uuid::new_v4(),
         Some(text) => Uuid::parse_str(text).unwrap_or_else(|_| Uuid::new_v5(&Uuid::NAMESPACE_URL, text.as_bytes())),
     }
+}
+
+/// Asks the agent to cancel the turn of `session` (as the reference: an empty prompt whose
+/// context says `cancel_turn`).
+pub(super) fn cancel_turn(client: &mut Client, session: &str) -> Result<(), ClientError> {
+    let cancel = IpcPayload::UserInput {
+        text: String::new(),
+        session_id: session.to_owned(),
+        context: Some(json!({"action": "cancel_turn"})),
+    };
+    client.publish(PROMPT_TOPIC, &cancel)
 }
 
 /// The prompt with piped stdin prepended, as the reference does.
@@ -135,12 +146,7 @@ fn turn(home: &AstridHome, args: &RunArgs, prompt: String) -> anyhow::Result<Exi
     let mut last_frame = Instant::now();
     loop {
         if interrupted.load(Ordering::SeqCst) {
-            let cancel = IpcPayload::UserInput {
-                text: String::new(),
-                session_id: session.clone(),
-                context: Some(json!({"action": "cancel_turn"})),
-            };
-            client.publish(PROMPT_TOPIC, &cancel)?;
+            cancel_turn(&mut client, &session)?;
             eprintln!("\n[headless] Interrupted: the turn is cancelled");
             return Ok(ExitCode::from(130));
         }

@@ -150,10 +150,10 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
     log::info!("boot 4/6: session token written to {}", home.token_path().display());
 
     let (servers, refused) = crate::mcp::config::load(&home.root().join("etc").join("servers.toml"));
+    log::info!("boot 5/6: {} MCP server(s) configured in etc/servers.toml, starting", servers.len());
     let mcp = crate::mcp::McpHost::start(Arc::clone(&kernel), config.workspace.clone(), servers, refused);
     kernel.set_mcp(Arc::clone(&mcp) as Arc<dyn crate::kernel::mcp_service::McpService>);
     let mcp_tools = tokio::spawn(crate::mcp::tools::serve(Arc::clone(&kernel), Arc::clone(&mcp)));
-    log::info!("boot 5/6: MCP servers starting: {}", mcp.list()["servers"].as_array().map_or(0, Vec::len));
 
     let capsules = kernel.reload_capsules();
     let mcp_capsules = tokio::spawn(follow_capsule_servers(Arc::clone(&kernel), Arc::clone(&mcp)));

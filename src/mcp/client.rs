@@ -350,7 +350,7 @@ fn spawn(config: &ServerConfig, workspace: &Path) -> Result<Child, McpError> {
         .env_clear()
         .envs(INHERITED_ENV.iter().filter_map(|name| Some((*name, std::env::var_os(name)?))))
         .envs(&config.env)
-        .env(exec::PARENT_ENV, std::process::id().to_string())
+        .env(crate::lifeline::PARENT_ENV, std::process::id().to_string())
         .current_dir(config.cwd.as_deref().unwrap_or(workspace))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -10,10 +10,10 @@
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
+use crate::lifeline::{PARENT_ENV, die_with_parent};
+
 /// The name (argv[0]) the daemon starts this role under.
 pub const ROLE: &str = "astrid-mcp-exec";
-/// The daemon's pid, so the role can tell it is still alive after arming the signal.
-pub const PARENT_ENV: &str = "ASTRID_MCP_PARENT";
 
 /// Runs `args` (program, then its arguments) in place of this process; returns only on
 /// failure (exit 127, as a shell does for a program it cannot run).
@@ -22,15 +22,9 @@ pub fn main(args: &[String]) -> ExitCode {
         eprintln!("{ROLE}: no program to run (this role is started by the Astrid daemon)");
         return ExitCode::from(2);
     };
-    if let Some(parent) = std::env::var(PARENT_ENV).ok().and_then(|pid| pid.parse::<i32>().ok()) {
-        if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
-            eprintln!("{ROLE}: cannot tie the server to the daemon's life: {e}");
-            return ExitCode::FAILURE;
-        }
-        if nix::unistd::getppid().as_raw() != parent {
-            eprintln!("{ROLE}: the daemon that started this server is gone");
-            return ExitCode::FAILURE;
-        }
+    if let Err(reason) = die_with_parent() {
+        eprintln!("{ROLE}: {reason}");
+        return ExitCode::FAILURE;
     }
     let error = std::process::Command::new(program).args(rest).env_remove(PARENT_ENV).exec();
     eprintln!("{ROLE}: cannot run {program}: {error}");

@@ -34,7 +34,6 @@ pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
     let in_flight: InFlight = Arc::default();
     while let Some(incoming) = requests.recv().await {
         let topic = incoming.message.topic.as_str();
-        let payload = incoming.message.payload.to_guest_value();
         if topic == DESCRIBE {
             let tools = host.tool_descriptions();
             if !tools.is_empty() {
@@ -42,6 +41,7 @@ pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
                 publish(&kernel, "tool.v1.response.describe.mcp", described);
             }
         } else if topic == CANCEL {
+            let payload = incoming.message.payload.to_guest_value();
             let mut in_flight = in_flight.lock().unwrap_or_else(|e| e.into_inner());
             for id in payload["call_ids"].as_array().into_iter().flatten().filter_map(Value::as_str) {
                 if let Some(cancel) = in_flight.remove(id) {

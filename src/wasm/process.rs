@@ -28,8 +28,7 @@ use super::wait::block_on_timeout;
 
 /// The environment variable that carries a child's ticket.
 pub const TICKET_ENV: &str = "ASTRID_CAPSULE_TICKET";
-/// The environment variable that carries the daemon's pid (the child checks its parent).
-pub const PARENT_ENV: &str = "ASTRID_DAEMON_PID";
+pub use crate::lifeline::PARENT_ENV;
 /// How a capsule-host process begins the last line it prints when its capsule failed.
 pub const FAILURE_PREFIX: &str = "capsule failed: ";
 /// How long a ticket stays valid: the child attaches within milliseconds.

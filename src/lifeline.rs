@@ -1,0 +1,20 @@
+//! A child process's tie to the daemon's life: the daemon's own helper processes (capsule
+//! hosts, the start of each MCP server) must not outlive it, even when it is SIGKILLed.
+
+/// The environment variable that carries the daemon's pid to a child it starts.
+pub const PARENT_ENV: &str = "ASTRID_DAEMON_PID";
+
+/// Asks the OS to kill this process when the daemon that started it dies
+/// (`PR_SET_PDEATHSIG`, which survives `exec`), then checks the daemon did not die already.
+/// Without [`PARENT_ENV`] (not started by a daemon) there is nothing to tie to.
+pub fn die_with_parent() -> Result<(), String> {
+    let Some(parent) = std::env::var(PARENT_ENV).ok().and_then(|pid| pid.parse::<i32>().ok()) else {
+        return Ok(());
+    };
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| format!("cannot tie this process to the daemon's life: {e}"))?;
+    if nix::unistd::getppid().as_raw() != parent {
+        return Err("the daemon that started this process is gone".to_owned());
+    }
+    Ok(())
+}
