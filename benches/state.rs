@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use astrid::audit::{Actor, AuditTrail, Decision, NewEntry};
 use astrid::home::AstridHome;
-use astrid::kernel::bus::{Bus, BusMessage, Origin};
+use astrid::kernel::bus::{Bus, BusMessage};
 use astrid::store::{KvConfig, KvStore, Namespace};
 use astrid::types::{IpcMessage, IpcPayload, SYSTEM_SESSION_UUID};
 
@@ -95,11 +95,7 @@ fn percentiles(samples: impl Iterator<Item = f64>) -> (f64, f64) {
 
 fn message() -> BusMessage {
     let payload = IpcPayload::Custom { data: serde_json::json!({"n": 1}) };
-    BusMessage {
-        message: IpcMessage::new("bench.v1.event", payload, SYSTEM_SESSION_UUID),
-        origin: Origin::Kernel,
-        reply_to: None,
-    }
+    BusMessage::from_kernel(IpcMessage::new("bench.v1.event", payload, SYSTEM_SESSION_UUID))
 }
 
 async fn mpsc_throughput() -> f64 {
@@ -123,9 +119,9 @@ async fn mpsc_throughput() -> f64 {
     received as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Publishes as fast as the slowest subscriber drains: the bus never blocks a publisher
-/// (it drops for a full queue instead), so the publisher paces itself on the consumers'
-/// progress and the figure counts deliveries, with zero drops asserted.
+/// Publishes paced, as capsules do: the bus holds the publisher back while a subscriber is at
+/// its pace mark, so the figure counts deliveries at the speed of the slowest subscriber,
+/// with zero losses asserted.
 async fn bus_throughput(subscribers: usize) -> f64 {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let bus = Bus::new();
@@ -145,15 +141,8 @@ async fn bus_throughput(subscribers: usize) -> f64 {
         }));
     }
     let started = Instant::now();
-    let mut sent = 0;
-    while sent < MESSAGES {
-        let slowest = progress.iter().map(|c| c.load(Ordering::Relaxed)).min().unwrap_or(0);
-        if sent - slowest >= 900 {
-            tokio::task::yield_now().await;
-            continue;
-        }
-        bus.publish(message());
-        sent += 1;
+    for _ in 0..MESSAGES {
+        bus.publish_paced(message()).await;
     }
     for consumer in consumers {
         assert_eq!(consumer.await.expect("consumer"), 0, "messages were dropped");

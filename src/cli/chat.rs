@@ -1,18 +1,29 @@
 //! `astrid chat`: talk to the agent.
 //!
 //! A line editor (rustyline: history kept in `var/chat_history`, editing, Ctrl-D to leave)
-//! sends each line as a prompt on `user.v1.prompt`; the answer streams as it is written
-//! (`agent.v1.stream.delta`), tool calls and their outcome are shown as they happen, and an
-//! approval request is asked right there: `y` once, `s` for the session, `a` always, `n` no.
-//! Ctrl-C during a turn cancels it; at the prompt it clears the line. Two in a row, with no
-//! line entered between them, leave (exit 130, as for any program a SIGINT ends): mashing
-//! Ctrl-C gets a person out however fast the turn's cancellation was.
+//! sends each line as a prompt on `user.v1.prompt`; the turn loop is [`super::turn`], shared
+//! with `astrid run`. The answer streams as it is written, each answer under the prompt it
+//! answers (several capsules answering are shown one after the other, named), tool calls and
+//! their outcome as they happen, and an approval request is asked right there, showing what
+//! will happen (a write's diff, a tool call's arguments) and what "session" and "always"
+//! would cover: `y` once, `s` for the session, `a` always, `n` no; anything else asks again.
+//!
+//! Ctrl-C during a turn cancels it (the provider drops its request); at the prompt it clears
+//! the line. Two in a row, with no line entered between them, leave (exit 130, as for any
+//! program a SIGINT ends). Text typed while a turn runs is not lost to a Ctrl-C: the terminal
+//! is told not to flush its input on an interrupt (`NOFLSH`), so it is on the next prompt.
+//!
+//! A daemon that stops or drops the connection is noticed, said in one line, and reconnected
+//! to (a new one started if this chat had started the last one); the conversation goes on,
+//! since it lives in the daemon's store under the session id.
 //!
 //! Slash commands: `/help`, `/quit`, `/clear` (a new conversation), `/diff`, `/commit`,
-//! `/discard` (the workspace overlay), and any command a capsule offers (`GetCommands`), sent
-//! on `cli.v1.command.execute`. Without a terminal the same loop reads lines from stdin.
+//! `/discard` (the workspace overlay), and any command a capsule offers, sent on
+//! `cli.v1.command.execute`: the daemon answers at once when no running capsule offers it.
+//! Without a terminal the same loop reads lines from stdin.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,16 +33,18 @@ use anyhow::Context;
 use argh::FromArgs;
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
+use super::turn::{self, Decision, End, Frontend, Interrupt, Question, Report};
 use super::{headless, request, spawn, workspace};
 use crate::home::AstridHome;
 use crate::ipc::{Client, ClientError};
-use crate::types::{IpcPayload, KernelRequest};
+use crate::types::turn::{COMMAND_TOPIC, PROMPT_TOPIC};
+use crate::types::{KernelRequest, KernelResponse, TurnOutcome};
 
-/// How long a turn may go without any frame from the daemon.
-const TURN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a lost chat waits for a daemon it did not start to come back (a restart).
+const RECONNECT_WAIT: Duration = Duration::from_secs(10);
 
 /// talk to the agent (the default on a terminal)
 #[derive(FromArgs, Debug, Default)]
@@ -40,6 +53,9 @@ pub struct ChatArgs {
     /// the conversation to continue: a UUID, or a name
     #[argh(option, short = 's')]
     pub session: Option<String>,
+    /// the directory the agent works on (default: the current one)
+    #[argh(option, short = 'w')]
+    pub workspace: Option<PathBuf>,
 }
 
 const HELP: &str = "\
@@ -53,9 +69,10 @@ Ctrl-C     cancel the current turn, or clear the line (twice in a row: leave)";
 
 /// Runs the chat until the person leaves.
 pub fn run(home: &AstridHome, args: &ChatArgs) -> anyhow::Result<ExitCode> {
-    spawn::ensure_daemon(home)?;
-    let mut client = Client::connect(home)?;
+    let workspace = headless::workspace(args.workspace.as_ref())?;
+    let mut link = Link::open(home, &workspace)?;
     let mut session = headless::session_id(args.session.as_deref()).to_string();
+    let timeout = headless::response_timeout()?;
     let mut editor = DefaultEditor::new().context("cannot start the line editor")?;
     let history = home.root().join("var").join("chat_history");
     let _ = editor.load_history(&history);
@@ -65,8 +82,9 @@ pub fn run(home: &AstridHome, args: &ChatArgs) -> anyhow::Result<ExitCode> {
         counter.fetch_add(1, Ordering::SeqCst);
     })
     .context("cannot handle Ctrl-C")?;
-    let capsule_commands = capsule_commands(home);
-    println!("astrid chat: /help for commands, Ctrl-D to leave.");
+    keep_typed_input_on_interrupt();
+    let capsule_commands = capsule_commands(&mut link.client);
+    println!("astrid chat in {}: /help for commands, Ctrl-D to leave.", workspace.display());
     // The last key was a Ctrl-C (a cancelled turn or a cleared line): another one leaves.
     let mut armed = false;
     let code = loop {
@@ -102,21 +120,36 @@ pub fn run(home: &AstridHome, args: &ChatArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
             Some(command @ ("/diff" | "/commit" | "/discard")) => {
-                if let Err(e) = workspace::act(home, &command[1..]) {
+                let done = link.with(|client| match workspace::act(client, &command[1..]) {
+                    Err(e) => match e.downcast::<ClientError>() {
+                        Ok(lost) => Err(lost),
+                        Err(other) => {
+                            println!("({other:#})");
+                            Ok(())
+                        }
+                    },
+                    Ok(()) => Ok(()),
+                });
+                if let Err(e) = done {
                     println!("({e:#})");
                 }
                 continue;
             }
-            Some(command) if command.starts_with('/') => "cli.v1.command.execute",
-            _ => "user.v1.prompt",
+            Some(command) if command.starts_with('/') => COMMAND_TOPIC,
+            _ => PROMPT_TOPIC,
         };
         interrupts.store(0, Ordering::SeqCst);
-        let prompt = IpcPayload::UserInput { text: line.to_owned(), session_id: session.clone(), context: None };
-        client.publish(topic, &prompt)?;
-        match turn(&mut client, &mut editor, &session, &interrupts)? {
-            Turn::Done => {}
-            Turn::Cancelled => armed = true,
-            Turn::Leave => break ExitCode::from(130),
+        let mut frontend = Chat { editor: &mut editor, interrupts: &interrupts, line_open: false };
+        let report = link.turn(&mut frontend, topic, line, &session, timeout);
+        match report {
+            Ok(report) => match report.end {
+                End::Answered => {}
+                End::Refused(reason) => println!("({reason})"),
+                End::Cancelled => armed = true,
+                End::Left => break ExitCode::from(130),
+                End::NoFrame(after) => println!("(no answer within {} s)", after.as_secs()),
+            },
+            Err(e) => println!("({e:#})"),
         }
     };
     if let Some(parent) = history.parent() {
@@ -126,132 +159,230 @@ pub fn run(home: &AstridHome, args: &ChatArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-/// The slash commands capsules offer, for `/help`.
-fn capsule_commands(home: &AstridHome) -> Vec<(String, String)> {
-    let Ok(reply) = request::send(home, "get_commands", &KernelRequest::GetCommands) else { return Vec::new() };
-    let value = serde_json::to_value(reply).unwrap_or(Value::Null);
-    value["data"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| {
-            Some((c["name"].as_str()?.to_owned(), c["description"].as_str().unwrap_or_default().to_owned()))
-        })
-        .collect()
+/// The chat's connection, reconnected when the daemon goes away.
+struct Link<'a> {
+    home: &'a AstridHome,
+    workspace: PathBuf,
+    client: Client,
+    /// Whether this chat started the daemon it talks to (it starts a new one if that one goes).
+    started: bool,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Turn {
-    Done,
-    /// Ended by a Ctrl-C.
-    Cancelled,
-    Leave,
-}
+impl<'a> Link<'a> {
+    fn open(home: &'a AstridHome, workspace: &Path) -> anyhow::Result<Self> {
+        let started = spawn::ensure_daemon_in(home, workspace)?;
 
-/// Shows one turn as it happens, until its final answer.
-fn turn(
-    client: &mut Client,
-    editor: &mut DefaultEditor,
-    session: &str,
-    interrupts: &AtomicUsize,
-) -> anyhow::Result<Turn> {
-    let mut stdout = std::io::stdout();
-    let mut printed = String::new();
-    let mut cancelled = false;
-    let mut last_frame = Instant::now();
-    loop {
-        match interrupts.load(Ordering::SeqCst) {
-            0 => {}
-            1 if !cancelled => {
-                cancelled = true;
-                headless::cancel_turn(client, session)?;
-                println!("\n(cancelling; Ctrl-C again to leave)");
+        let client = Client::connect_in(home, Some(workspace))?;
+        Ok(Self { home, workspace: workspace.to_owned(), client, started })
+    }
+
+    /// Runs `act` on the connection; if the daemon went away before it, reconnects and runs
+    /// it once more.
+    fn with<T>(&mut self, mut act: impl FnMut(&mut Client) -> Result<T, ClientError>) -> anyhow::Result<T> {
+        match act(&mut self.client) {
+            Err(e) if lost(&e) => {
+                self.reconnect(&e)?;
+                Ok(act(&mut self.client)?)
             }
-            1 => {}
-            _ => return Ok(Turn::Leave),
+            other => Ok(other?),
         }
-        let frame = match client.next_frame(headless::POLL) {
-            Ok(frame) => frame,
-            Err(ClientError::Timeout(_)) if last_frame.elapsed() < TURN_TIMEOUT => continue,
-            Err(ClientError::Timeout(_)) => {
-                println!("(no answer within {} s)", TURN_TIMEOUT.as_secs());
-                return Ok(Turn::Done);
+    }
+
+    /// One turn; a daemon lost before the prompt went out is reconnected to and the prompt
+    /// sent again, one lost during the turn is reconnected to and the turn reported lost.
+    fn turn(
+        &mut self,
+        frontend: &mut Chat<'_>,
+        topic: &str,
+        line: &str,
+        session: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Report> {
+        // A closed socket shows on the first write: check the connection before the prompt
+        // goes out, so a prompt is never half-sent to a daemon that is gone.
+        if let Err(e) = self.client.drain()
+            && lost(&e)
+        {
+            self.reconnect(&e)?;
+        }
+        match turn::run(&mut self.client, frontend, topic, line, session, timeout) {
+            Err(e) if lost(&e) => {
+                frontend.close_line()?;
+                self.reconnect(&e)?;
+                anyhow::bail!("the turn was lost with the connection; ask again")
             }
-            Err(e) => return Err(e.into()),
-        };
-        last_frame = Instant::now();
-        let payload = &frame["payload"];
-        let ours = payload["session_id"].as_str().is_none_or(|s| s == session);
-        match (frame["topic"].as_str().unwrap_or_default(), payload["type"].as_str()) {
-            ("agent.v1.stream.delta", _) if ours => {
-                if printed.is_empty() {
-                    print!("astrid> ");
+            other => Ok(other?),
+        }
+    }
+
+    /// Says once that the daemon is gone, and connects again: to a new daemon this chat
+    /// starts if it had started the last one, else to whichever comes back within a while.
+    fn reconnect(&mut self, why: &ClientError) -> anyhow::Result<()> {
+        println!("(lost the daemon: {why}; reconnecting)");
+        let deadline = Instant::now() + RECONNECT_WAIT;
+        loop {
+            if self.started {
+                spawn::ensure_daemon_in(self.home, &self.workspace)?;
+            }
+            match Client::connect_in(self.home, Some(&self.workspace)) {
+                Ok(client) => {
+                    self.client = client;
+                    println!("(reconnected; the conversation goes on)");
+                    return Ok(());
                 }
-                let delta = payload["text"].as_str().unwrap_or_default();
-                printed.push_str(delta);
-                print!("{delta}");
-                stdout.flush()?;
-            }
-            ("agent.v1.response", Some("agent_response")) if ours => {
-                let text = payload["text"].as_str().unwrap_or_default();
-                match text.strip_prefix(printed.as_str()) {
-                    Some(rest) if !printed.is_empty() => print!("{rest}"),
-                    _ => print!("{}astrid> {text}", if printed.is_empty() { "" } else { "\n" }),
+                Err(e) if Instant::now() > deadline => {
+                    anyhow::bail!("no daemon to reconnect to ({e}); `astrid start`, then type again")
                 }
-                printed.push_str(text);
-                if payload["is_final"].as_bool().unwrap_or(false) {
-                    println!();
-                    return Ok(if cancelled { Turn::Cancelled } else { Turn::Done });
-                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
-            ("tool.v1.request.execute", Some("tool_execute_request")) => {
-                println!("  • {} {}", payload["tool_name"].as_str().unwrap_or("?"), payload["arguments"]);
-            }
-            ("tool.v1.execute.result", Some("tool_execute_result")) => {
-                let failed = payload["result"]["is_error"].as_bool().unwrap_or(false);
-                let first =
-                    payload["result"]["content"].as_str().unwrap_or_default().lines().next().unwrap_or_default();
-                println!("    {} {first}", if failed { "✗" } else { "✓" });
-            }
-            ("astrid.v1.approval", Some("approval_required")) => approve(client, editor, payload)?,
-            ("astrid.v1.elicit", Some("elicit_request")) => {
-                let request_id = payload["request_id"].as_str().unwrap_or_default();
-                let question = payload["field"]["prompt"].as_str().unwrap_or("a value");
-                let value = editor.readline(&format!("{} asks: {question}: ", payload["capsule_id"])).ok();
-                client.publish_json(
-                    &format!("astrid.v1.elicit.response.{request_id}"),
-                    json!({"type": "elicit_response", "request_id": request_id, "value": value.filter(|v| !v.is_empty())}),
-                )?;
-            }
-            _ => {}
         }
     }
 }
 
-/// Asks the person about an approval request and answers it.
-fn approve(client: &mut Client, editor: &mut DefaultEditor, payload: &Value) -> anyhow::Result<()> {
-    let request_id = payload["request_id"].as_str().unwrap_or_default();
-    // The question on a line of its own: a line editor shows no prompt without a terminal.
-    println!(
-        "\n  {}: {} on {}",
-        payload["reason"].as_str().unwrap_or("a capsule"),
-        payload["action"].as_str().unwrap_or("?"),
-        payload["resource"].as_str().unwrap_or("?")
-    );
-    let answer = editor.readline("  Allow? [y]es once, [s]ession, [a]lways, [n]o: ").unwrap_or_default();
-    let decision = match answer.trim() {
-        "y" | "Y" | "yes" => "approve",
-        "s" | "S" => "approve_session",
-        "a" | "A" => "approve_always",
-        _ => "deny",
-    };
-    client.publish(
-        &format!("astrid.v1.approval.response.{request_id}"),
-        &IpcPayload::ApprovalResponse {
-            request_id: request_id.to_owned(),
-            decision: decision.to_owned(),
-            reason: Some("astrid chat".to_owned()),
-        },
-    )?;
-    Ok(())
+/// Whether `e` means the daemon is gone (rather than slow, or confused).
+fn lost(e: &ClientError) -> bool {
+    matches!(e, ClientError::Closed | ClientError::Io(_) | ClientError::NoSocket(_) | ClientError::Connect { .. })
+}
+
+/// Tells the terminal not to flush typed input on an interrupt, so a Ctrl-C during a turn
+/// does not throw away what the person typed meanwhile.
+fn keep_typed_input_on_interrupt() {
+    use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return;
+    }
+    if let Ok(mut settings) = tcgetattr(&stdin) {
+        settings.local_flags.insert(LocalFlags::NOFLSH);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &settings);
+    }
+}
+
+/// The slash commands capsules offer, for `/help`.
+fn capsule_commands(client: &mut Client) -> Vec<(String, String)> {
+    match client.request("get_commands", &KernelRequest::GetCommands, request::REQUEST_TIMEOUT) {
+        Ok(KernelResponse::Commands(commands)) => {
+            commands.into_iter().map(|command| (command.name, command.description)).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The chat's side of a turn.
+struct Chat<'a> {
+    editor: &'a mut DefaultEditor,
+    interrupts: &'a AtomicUsize,
+    /// Whether a line of output is still open (an answer being streamed).
+    line_open: bool,
+}
+
+impl Chat<'_> {
+    fn close_line(&mut self) -> std::io::Result<()> {
+        if self.line_open {
+            println!();
+            self.line_open = false;
+        }
+        std::io::stdout().flush()
+    }
+
+    /// Asks until the answer is one of the four.
+    fn ask(&mut self, scope: &str) -> Decision {
+        let prompt = format!("  Allow? [y] once, [s] {scope} this session, [a] {scope} always, [n] no: ");
+        loop {
+            match self.editor.readline(&prompt) {
+                Ok(answer) => match answer.trim() {
+                    "y" | "Y" | "yes" => return Decision::Once,
+                    "s" | "S" => return Decision::Session,
+                    "a" | "A" => return Decision::Always,
+                    "n" | "N" | "no" => return Decision::Deny,
+                    _ => println!("  (y, s, a or n)"),
+                },
+                // Ctrl-C at the question: no, and the turn is cancelled.
+                Err(ReadlineError::Interrupted) => {
+                    self.interrupts.fetch_add(1, Ordering::SeqCst);
+                    return Decision::Deny;
+                }
+                Err(_) => return Decision::Deny,
+            }
+        }
+    }
+}
+
+impl Frontend for Chat<'_> {
+    fn begin_answer(&mut self, speaker: Option<&str>) -> std::io::Result<()> {
+        self.close_line()?;
+        print!("{}> ", speaker.unwrap_or("astrid"));
+        self.line_open = true;
+        std::io::stdout().flush()
+    }
+
+    fn text(&mut self, text: &str) -> std::io::Result<()> {
+        print!("{text}");
+        self.line_open = !text.ends_with('\n');
+        std::io::stdout().flush()
+    }
+
+    fn end_answer(&mut self, outcome: TurnOutcome, message: &str) -> std::io::Result<()> {
+        self.line_open = true;
+        self.close_line()?;
+        if outcome != TurnOutcome::Answered {
+            println!("  ✗ {message}");
+        }
+        Ok(())
+    }
+
+    fn tool_call(&mut self, name: &str, arguments: &Value) -> std::io::Result<()> {
+        self.close_line()?;
+        println!("  • {name} {arguments}");
+        Ok(())
+    }
+
+    fn tool_result(&mut self, content: &str, is_error: bool) -> std::io::Result<()> {
+        self.close_line()?;
+        let first = content.lines().next().unwrap_or_default();
+        println!("    {} {first}", if is_error { "✗" } else { "✓" });
+        Ok(())
+    }
+
+    fn notice(&mut self, text: &str) -> std::io::Result<()> {
+        self.close_line()?;
+        println!("  ({text})");
+        Ok(())
+    }
+
+    fn approve(&mut self, question: &Question) -> Decision {
+        let _ = self.close_line();
+        // The question on lines of its own: a line editor shows no prompt without a terminal.
+        println!("  {}: {} on {}", question.reason, question.action, question.resource);
+        let colour = std::io::stdout().is_terminal();
+        for line in question.details.as_deref().unwrap_or_default().lines() {
+            let paint = match line.chars().next() {
+                Some('+') if colour && !line.starts_with("+++") => "\x1b[32m",
+                Some('-') if colour && !line.starts_with("---") => "\x1b[31m",
+                _ => "",
+            };
+            println!("    {paint}{line}{}", if paint.is_empty() { "" } else { "\x1b[0m" });
+        }
+        let scope = question.scope.clone().unwrap_or_else(|| format!("{} on {}", question.action, question.resource));
+        self.ask(&scope)
+    }
+
+    fn elicit(&mut self, capsule: &str, prompt: &str) -> Option<String> {
+        let _ = self.close_line();
+        self.editor.readline(&format!("{capsule} asks: {prompt}: ")).ok()
+    }
+
+    fn interrupt(&mut self) -> Interrupt {
+        match self.interrupts.load(Ordering::SeqCst) {
+            0 => Interrupt::None,
+            1 => Interrupt::Cancel,
+            _ => Interrupt::Leave,
+        }
+    }
+
+    fn cancelling(&mut self) -> std::io::Result<()> {
+        self.close_line()?;
+        println!("(cancelling; Ctrl-C again to leave)");
+        Ok(())
+    }
 }

@@ -1,22 +1,27 @@
 //! Headless turns: `astrid run "prompt"` and `astrid -p "prompt"`.
 //!
 //! One prompt, one answer, no terminal needed: the prompt (with piped stdin prepended, as
-//! `"<stdin>\n\n<prompt>"`) goes out on `user.v1.prompt`, and what the agent says comes back
-//! on `agent.v1.response` until a final response. Streamed text (`agent.v1.stream.delta`) is
-//! printed as it arrives. Nobody is there to answer questions, so approvals are denied
-//! (`headless mode`) unless `--yes` approves them, and elicitations are cancelled.
+//! `"<stdin>\n\n<prompt>"`) goes out on `user.v1.prompt` and the answer streams to stdout as
+//! it is written (the turn loop is [`super::turn`], shared with the chat). Nobody is there to
+//! answer questions, so approvals are denied (`headless mode`) unless `--yes` approves them,
+//! and elicitations are cancelled. `--yes` answers only this run's own approvals: the daemon
+//! asks a turn's approvals of the connection that started it, and nobody else's.
 //!
 //! Ctrl-C (SIGINT) cancels the turn in the daemon (so the provider drops its request) before
 //! leaving with 130; the reference's headless mode just died, and the turn ran on.
 //!
-//! Exit codes: 0 answered, 53 no frame for the response timeout (120 s,
-//! `ASTRID_RESPONSE_TIMEOUT_SECS`), 130 interrupted, 1 other failures.
+//! Exit codes: 0 answered; 1 the turn failed (the model's endpoint unreachable or failing, a
+//! malformed stream, a timeout in the daemon, nobody to answer), with the reason on stderr;
+//! 2 usage (an empty prompt); 4 answered, but an approval it asked for was denied (run again
+//! with `--yes`, or answer it in `astrid chat`); 53 no frame at all for the response timeout
+//! (120 s, `ASTRID_RESPONSE_TIMEOUT_SECS`); 130 interrupted.
 
 use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use argh::FromArgs;
@@ -24,18 +29,16 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::spawn;
+use super::turn::{self, Decision, End, Frontend, Interrupt, Question};
 use crate::home::AstridHome;
 use crate::ipc::{Client, ClientError};
-use crate::types::IpcPayload;
+use crate::types::TurnOutcome;
+use crate::types::turn::PROMPT_TOPIC;
 
 /// The exit code of a turn that timed out (the reference's).
 pub const TIMEOUT_EXIT: u8 = 53;
-/// How long a turn may go without any frame from the daemon.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
-/// Topic of the user's prompts.
-const PROMPT_TOPIC: &str = "user.v1.prompt";
-/// How often a waiting turn looks for Ctrl-C (here and in the chat).
-pub(super) const POLL: Duration = Duration::from_millis(100);
+/// The exit code of a turn that was answered but needed an approval that was denied.
+pub const DENIED_EXIT: u8 = 4;
 
 /// run one prompt without a terminal and print the answer
 #[derive(FromArgs, Debug)]
@@ -47,12 +50,15 @@ pub struct RunArgs {
     #[argh(option, long = "session")]
     /// the conversation: a UUID, or a name (the same name is always the same conversation)
     pub session: Option<String>,
-    /// approve every approval request instead of denying it
+    /// approve this run's approval requests instead of denying them
     #[argh(switch, short = 'y')]
     pub yes: bool,
     /// output: pretty (default, streamed) or json ({"response", "tool_calls"})
     #[argh(option, default = "Format::Pretty")]
     pub format: Format,
+    /// the directory the turn works on (default: the current one)
+    #[argh(option, short = 'w')]
+    pub workspace: Option<PathBuf>,
 }
 
 /// How a headless answer is printed.
@@ -86,17 +92,6 @@ pub fn session_id(session: Option<&str>) -> Uuid {
     }
 }
 
-/// Asks the agent to cancel the turn of `session` (as the reference: an empty prompt whose
-/// context says `cancel_turn`).
-pub(super) fn cancel_turn(client: &mut Client, session: &str) -> Result<(), ClientError> {
-    let cancel = IpcPayload::UserInput {
-        text: String::new(),
-        session_id: session.to_owned(),
-        context: Some(json!({"action": "cancel_turn"})),
-    };
-    client.publish(PROMPT_TOPIC, &cancel)
-}
-
 /// The prompt with piped stdin prepended, as the reference does.
 fn full_prompt(prompt: &str) -> anyhow::Result<String> {
     let stdin = std::io::stdin();
@@ -108,171 +103,164 @@ fn full_prompt(prompt: &str) -> anyhow::Result<String> {
     Ok(if piped.trim().is_empty() { prompt.to_owned() } else { format!("{}\n\n{prompt}", piped.trim_end()) })
 }
 
-fn response_timeout() -> anyhow::Result<Duration> {
+/// The response timeout: `ASTRID_RESPONSE_TIMEOUT_SECS`, or the default.
+pub fn response_timeout() -> anyhow::Result<Duration> {
     match std::env::var("ASTRID_RESPONSE_TIMEOUT_SECS") {
         Ok(raw) => {
             raw.trim().parse::<u64>().ok().filter(|secs| *secs > 0).map(Duration::from_secs).with_context(|| {
                 format!("ASTRID_RESPONSE_TIMEOUT_SECS must be a positive number of seconds, not {raw:?}")
             })
         }
-        Err(_) => Ok(DEFAULT_TIMEOUT),
+        Err(_) => Ok(turn::DEFAULT_TIMEOUT),
     }
 }
 
 /// Runs one headless turn (piped stdin prepended to the prompt).
 pub fn run(home: &AstridHome, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    if args.prompt.trim().is_empty() {
+        eprintln!("astrid run: the prompt is empty (astrid run \"what to do\")");
+        return Ok(ExitCode::from(2));
+    }
     let prompt = full_prompt(&args.prompt)?;
-    turn(home, args, prompt)
+    headless_turn(home, args, prompt)
 }
 
 /// Runs one headless turn whose prompt is `args.prompt` as it is (bare `astrid` with piped
 /// input: stdin was the prompt).
 pub fn run_prompt(home: &AstridHome, args: &RunArgs) -> anyhow::Result<ExitCode> {
-    turn(home, args, args.prompt.clone())
+    headless_turn(home, args, args.prompt.clone())
 }
 
-fn turn(home: &AstridHome, args: &RunArgs, prompt: String) -> anyhow::Result<ExitCode> {
+/// The workspace a command works on: `-w`, else the current directory.
+pub fn workspace(flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    let path = match flag {
+        Some(path) => path.clone(),
+        None => std::env::current_dir().context("cannot determine the current directory")?,
+    };
+    path.canonicalize().with_context(|| format!("workspace {}", path.display()))
+}
+
+fn headless_turn(home: &AstridHome, args: &RunArgs, prompt: String) -> anyhow::Result<ExitCode> {
     let timeout = response_timeout()?;
+    let workspace = workspace(args.workspace.as_ref())?;
     let session = session_id(args.session.as_deref()).to_string();
-    spawn::ensure_daemon(home)?;
-    let mut client = Client::connect(home)?;
+    spawn::ensure_daemon_in(home, &workspace)?;
+
+    let mut client = Client::connect_in(home, Some(&workspace))?;
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&interrupted);
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("cannot handle Ctrl-C")?;
-    client
-        .publish(PROMPT_TOPIC, &IpcPayload::UserInput { text: prompt, session_id: session.clone(), context: None })?;
-    let mut turn = Turn::default();
-    let mut stdout = std::io::stdout();
-    let mut last_frame = Instant::now();
-    loop {
-        if interrupted.load(Ordering::SeqCst) {
-            cancel_turn(&mut client, &session)?;
+    let mut frontend = Headless { format: args.format, yes: args.yes, interrupted, wrote: false, line_open: false };
+    let report = match turn::run(&mut client, &mut frontend, PROMPT_TOPIC, &prompt, &session, timeout) {
+        Ok(report) => report,
+        Err(ClientError::Closed) => bail!("the daemon closed the connection before the answer"),
+        Err(e) => return Err(e.into()),
+    };
+    let code = match &report.end {
+        End::Refused(reason) => {
+            eprintln!("astrid: {reason}");
+            return Ok(ExitCode::FAILURE);
+        }
+        End::Left | End::Cancelled => {
             eprintln!("\n[headless] Interrupted: the turn is cancelled");
             return Ok(ExitCode::from(130));
         }
-        let frame = match client.next_frame(POLL) {
-            Ok(frame) => {
-                last_frame = Instant::now();
-                frame
-            }
-            Err(ClientError::Timeout(_)) if last_frame.elapsed() < timeout => continue,
-            Err(ClientError::Timeout(_)) => {
-                eprintln!("[headless] Timed out waiting for response ({}s)", timeout.as_secs());
-                return Ok(ExitCode::from(TIMEOUT_EXIT));
-            }
-            Err(ClientError::Closed) => bail!("the daemon closed the connection before the answer"),
-            Err(e) => return Err(e.into()),
-        };
-        let topic = frame["topic"].as_str().unwrap_or_default();
-        let payload = &frame["payload"];
-        match (topic, payload["type"].as_str()) {
-            ("agent.v1.stream.delta", _) if payload["session_id"].as_str().is_none_or(|s| s == session) => {
-                if let Some(delta) = payload["text"].as_str().or_else(|| payload["delta"].as_str()) {
-                    turn.streamed.push_str(delta);
-                    if args.format == Format::Pretty {
-                        print!("{delta}");
-                        stdout.flush()?;
-                    }
-                }
-            }
-            ("agent.v1.response", Some("agent_response")) if payload["session_id"] == session.as_str() => {
-                let text = payload["text"].as_str().unwrap_or_default();
-                let final_response = payload["is_final"].as_bool().unwrap_or(false);
-                if args.format == Format::Pretty {
-                    print!("{}", turn.unprinted(text, final_response));
-                    stdout.flush()?;
-                }
-                if final_response {
-                    turn.response = text.to_owned();
-                    break;
-                }
-            }
-            ("tool.v1.request.execute", Some("tool_execute_request")) => turn.tool_call(payload),
-            ("tool.v1.execute.result", Some("tool_execute_result")) => turn.tool_result(payload),
-            ("astrid.v1.approval", Some("approval_required")) => {
-                answer_approval(&mut client, payload, args.yes)?;
-            }
-            ("astrid.v1.elicit", Some("elicit_request")) => {
-                let request_id = payload["request_id"].as_str().unwrap_or_default();
-                eprintln!("[headless] {} asks for a value; nobody is here to answer", payload["capsule_id"]);
-                client.publish_json(
-                    &format!("astrid.v1.elicit.response.{request_id}"),
-                    json!({"type": "elicit_response", "request_id": request_id}),
-                )?;
-            }
-            ("astrid.v1.onboarding.required", _) => {
-                eprintln!(
-                    "[headless] capsule {} needs configuration: astrid capsule install again",
-                    payload["capsule_id"]
-                );
-            }
-            _ => {}
+        End::NoFrame(timeout) => {
+            eprintln!("[headless] Timed out waiting for response ({}s)", timeout.as_secs());
+            return Ok(ExitCode::from(TIMEOUT_EXIT));
         }
-    }
+        End::Answered if report.failure().is_some() => ExitCode::FAILURE,
+        End::Answered if report.denied > 0 => ExitCode::from(DENIED_EXIT),
+        End::Answered => ExitCode::SUCCESS,
+    };
     match args.format {
-        Format::Pretty => println!(),
-        Format::Json => println!("{}", json!({"response": turn.response, "tool_calls": turn.tool_calls})),
+        Format::Pretty if frontend.line_open => println!(),
+        Format::Pretty => {}
+        Format::Json => println!("{}", json!({"response": report.response(), "tool_calls": report.tool_calls})),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
-fn answer_approval(client: &mut Client, payload: &Value, yes: bool) -> anyhow::Result<()> {
-    let request_id = payload["request_id"].as_str().unwrap_or_default();
-    let (decision, reason) = if yes { ("approve", "headless --yes mode") } else { ("deny", "headless mode") };
-    eprintln!(
-        "[headless] approval {}: {} on {}",
-        if yes { "granted" } else { "denied (use --yes to approve)" },
-        payload["action"].as_str().unwrap_or("?"),
-        payload["resource"].as_str().unwrap_or("?")
-    );
-    client.publish(
-        &format!("astrid.v1.approval.response.{request_id}"),
-        &IpcPayload::ApprovalResponse {
-            request_id: request_id.to_owned(),
-            decision: decision.to_owned(),
-            reason: Some(reason.to_owned()),
-        },
-    )?;
-    Ok(())
+/// The headless frontend: text to stdout, everything else to stderr, approvals by `--yes`.
+struct Headless {
+    format: Format,
+    yes: bool,
+    interrupted: Arc<AtomicBool>,
+    /// Whether anything went to stdout, and whether its last line is still open (the output
+    /// ends with a newline, as the reference's does).
+    wrote: bool,
+    line_open: bool,
 }
 
-/// What a headless turn collected.
-#[derive(Debug, Default)]
-struct Turn {
-    /// Text printed so far (streamed deltas and partial responses).
-    streamed: String,
-    /// The final response.
-    response: String,
-    /// `{call_id, name, arguments, result?, is_error?}` per tool call seen.
-    tool_calls: Vec<Value>,
-}
-
-impl Turn {
-    /// The part of `text` not printed yet: a final response usually repeats what streamed.
-    fn unprinted(&mut self, text: &str, final_response: bool) -> String {
-        let rest = match text.strip_prefix(self.streamed.as_str()) {
-            Some(rest) => rest.to_owned(),
-            None if final_response && !self.streamed.is_empty() => format!("\n{text}"),
-            None => text.to_owned(),
-        };
-        self.streamed.push_str(&rest);
-        rest
-    }
-
-    fn tool_call(&mut self, payload: &Value) {
-        self.tool_calls.push(json!({
-            "call_id": payload["call_id"],
-            "name": payload["tool_name"],
-            "arguments": payload["arguments"],
-        }));
-    }
-
-    fn tool_result(&mut self, payload: &Value) {
-        let call_id = &payload["call_id"];
-        if let Some(call) = self.tool_calls.iter_mut().find(|c| &c["call_id"] == call_id) {
-            call["result"] = payload["result"]["content"].clone();
-            call["is_error"] = payload["result"]["is_error"].clone();
+impl Headless {
+    fn print(&mut self, text: &str) -> std::io::Result<()> {
+        if self.format == Format::Pretty && !text.is_empty() {
+            let mut stdout = std::io::stdout();
+            stdout.write_all(text.as_bytes())?;
+            stdout.flush()?;
+            self.wrote = true;
+            self.line_open = !text.ends_with('\n');
         }
+        Ok(())
+    }
+
+    fn close_line(&mut self) -> std::io::Result<()> {
+        if self.line_open { self.print("\n") } else { Ok(()) }
+    }
+}
+
+impl Frontend for Headless {
+    fn begin_answer(&mut self, _speaker: Option<&str>) -> std::io::Result<()> {
+        // Several answers, one after the other, each on lines of its own.
+        self.close_line()
+    }
+
+    fn text(&mut self, text: &str) -> std::io::Result<()> {
+        self.print(text)
+    }
+
+    fn end_answer(&mut self, outcome: TurnOutcome, message: &str) -> std::io::Result<()> {
+        if outcome != TurnOutcome::Answered {
+            self.close_line()?;
+            eprintln!("astrid: {message}");
+        }
+        Ok(())
+    }
+
+    fn tool_call(&mut self, _name: &str, _arguments: &Value) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn tool_result(&mut self, _content: &str, _is_error: bool) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn notice(&mut self, text: &str) -> std::io::Result<()> {
+        eprintln!("[headless] {text}");
+        Ok(())
+    }
+
+    fn approve(&mut self, question: &Question) -> Decision {
+        eprintln!(
+            "[headless] approval {}: {} on {}",
+            if self.yes { "granted" } else { "denied (use --yes to approve)" },
+            question.action,
+            question.resource
+        );
+        if self.yes { Decision::Once } else { Decision::Deny }
+    }
+
+    fn elicit(&mut self, capsule: &str, _prompt: &str) -> Option<String> {
+        eprintln!("[headless] {capsule} asks for a value; nobody is here to answer");
+        None
+    }
+
+    fn interrupt(&mut self) -> Interrupt {
+        if self.interrupted.load(Ordering::SeqCst) { Interrupt::Leave } else { Interrupt::None }
+    }
+
+    fn cancelling(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -291,14 +279,9 @@ mod tests {
     }
 
     #[test]
-    fn a_final_response_prints_only_what_did_not_stream() {
-        let mut turn = Turn::default();
-        assert_eq!(turn.unprinted("Hel", false), "Hel");
-        assert_eq!(turn.unprinted("Hello", false), "lo");
-        assert_eq!(turn.unprinted("Hello, world", true), ", world");
-        let mut other = Turn { streamed: "thinking".into(), ..Turn::default() };
-        assert_eq!(other.unprinted("Answer", true), "\nAnswer");
+    fn formats_parse_as_the_reference_names_them() {
         assert_eq!("json".parse::<Format>(), Ok(Format::Json));
+        assert_eq!("stream-json".parse::<Format>(), Ok(Format::Json));
         assert!("xml".parse::<Format>().is_err());
     }
 }

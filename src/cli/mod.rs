@@ -18,6 +18,7 @@ pub mod links;
 pub mod mcp;
 pub mod request;
 pub mod spawn;
+pub mod turn;
 pub mod workspace;
 
 use std::process::ExitCode;
@@ -103,7 +104,8 @@ pub fn main(args: &[&str]) -> ExitCode {
             eprintln!("astrid: -p runs a prompt on its own; it takes no command");
             return ExitCode::from(2);
         }
-        let args = headless::RunArgs { prompt, session: cli.session, yes: cli.yes, format: cli.format };
+        let args =
+            headless::RunArgs { prompt, session: cli.session, yes: cli.yes, format: cli.format, workspace: None };
         return finish(with_home(|home| headless::run(&home, &args)));
     }
     // Bare `astrid`: a chat on a terminal, a headless turn on piped input (as the reference).
@@ -113,7 +115,8 @@ pub fn main(args: &[&str]) -> ExitCode {
             return finish(with_home(|home| chat::run(&home, &chat::ChatArgs::default())));
         }
         if let Some(prompt) = piped_prompt() {
-            let args = headless::RunArgs { prompt, session: cli.session, yes: cli.yes, format: cli.format };
+            let args =
+                headless::RunArgs { prompt, session: cli.session, yes: cli.yes, format: cli.format, workspace: None };
             return finish(with_home(|home| headless::run_prompt(&home, &args)));
         }
     }

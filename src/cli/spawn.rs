@@ -32,17 +32,22 @@ pub enum Mode {
     Persistent,
 }
 
-/// Makes sure a daemon serves `home`, starting an ephemeral one if none runs.
-/// Returns whether this call started it.
+/// Makes sure a daemon serves `home`, starting an ephemeral one (in the current directory)
+/// if none runs. Returns whether this call started it.
 pub fn ensure_daemon(home: &AstridHome) -> anyhow::Result<bool> {
+    let cwd = std::env::current_dir().context("cannot determine the current directory")?;
+    ensure_daemon_in(home, &cwd)
+}
+
+/// [`ensure_daemon`], starting the daemon in `workspace`.
+pub fn ensure_daemon_in(home: &AstridHome, workspace: &Path) -> anyhow::Result<bool> {
     match singleton::probe(home)? {
         Liveness::Running { .. } => {
             wait_ready(home, None)?;
             Ok(false)
         }
         Liveness::Stopped => {
-            let cwd = std::env::current_dir().context("cannot determine the current directory")?;
-            let child = spawn(Mode::Ephemeral, &cwd)?;
+            let child = spawn(Mode::Ephemeral, workspace)?;
             wait_ready(home, Some(child))?;
             Ok(true)
         }

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use argh::FromArgs;
 use serde_json::Value;
 
-use super::request;
+use super::{request, spawn};
 use crate::home::AstridHome;
+use crate::ipc::Client;
 use crate::types::KernelRequest;
 
 /// review and apply the changes capsules made to the workspace
@@ -44,8 +45,10 @@ struct DiscardArgs {}
 
 /// Runs a `workspace` subcommand.
 pub fn run(home: &AstridHome, args: &WorkspaceArgs) -> anyhow::Result<ExitCode> {
+    spawn::ensure_daemon(home)?;
+    let mut client = Client::connect(home)?;
     act(
-        home,
+        &mut client,
         match &args.command {
             WorkspaceCommand::Diff(_) => "diff",
             WorkspaceCommand::Commit(_) => "commit",
@@ -55,15 +58,19 @@ pub fn run(home: &AstridHome, args: &WorkspaceArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// `diff`, `commit` or `discard`, printed (also `astrid chat`'s `/diff`, `/commit`, `/discard`).
-pub fn act(home: &AstridHome, action: &str) -> anyhow::Result<()> {
+/// `diff`, `commit` or `discard` of the workspace `client` works in, printed (also `astrid
+/// chat`'s `/diff`, `/commit`, `/discard`).
+pub fn act(client: &mut Client, action: &str) -> anyhow::Result<()> {
+    let mut send = |suffix: &str, request: KernelRequest| -> anyhow::Result<Value> {
+        request::success(client.request(suffix, &request, request::REQUEST_TIMEOUT)?)
+    };
     match action {
         "diff" => {
-            let data = request::success(request::send(home, "workspace_diff", &KernelRequest::WorkspaceDiff)?)?;
+            let data = send("workspace_diff", KernelRequest::WorkspaceDiff)?;
             print!("{}", data.get("diff").and_then(Value::as_str).unwrap_or_default());
         }
         "commit" => {
-            let data = request::success(request::send(home, "workspace_commit", &KernelRequest::WorkspaceCommit)?)?;
+            let data = send("workspace_commit", KernelRequest::WorkspaceCommit)?;
             let committed = data.get("committed").and_then(Value::as_array).cloned().unwrap_or_default();
             for change in &committed {
                 println!("{} {}", change["kind"].as_str().unwrap_or("?"), change["path"].as_str().unwrap_or("?"));
@@ -71,7 +78,7 @@ pub fn act(home: &AstridHome, action: &str) -> anyhow::Result<()> {
             println!("{} change(s) committed", committed.len());
         }
         "discard" => {
-            let data = request::success(request::send(home, "workspace_discard", &KernelRequest::WorkspaceDiscard)?)?;
+            let data = send("workspace_discard", KernelRequest::WorkspaceDiscard)?;
             println!("{} change(s) discarded", data.get("discarded").and_then(Value::as_u64).unwrap_or(0));
         }
         other => anyhow::bail!("no workspace action {other:?}"),

@@ -14,6 +14,7 @@
 //! The accept loop only accepts and spawns: it never waits on a connection's work, so a
 //! burst of slow or silent clients cannot wedge it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -33,9 +34,10 @@ use super::policy::{EGRESS_PATTERNS, ingress_allowed};
 use super::token::SessionToken;
 use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
-use crate::kernel::bus::{BusMessage, Origin, SubscriberId, Subscription};
+use crate::kernel::bus::{BusMessage, Origin, Paced, SubscriberId, SubscriberKind, Subscription};
 use crate::kernel::router::{REQUEST_PREFIX, response_topic};
-use crate::kernel::{Kernel, topic};
+use crate::kernel::{Kernel, prompts, topic};
+use crate::types::turn::DELTA_TOPIC;
 use crate::types::{EgressFrame, HandshakeResponse, IpcMessage, IpcPayload, KernelResponse};
 use crate::wasm::supervisor::CapsuleHost;
 
@@ -171,10 +173,20 @@ async fn connection(
             let _ = send_handshake(&mut write_half, HandshakeResponse::error(crate::VERSION, reason)).await;
             return;
         }
-        Verdict::Accept { client_version, attach } => match Arc::clone(&context.client_slots).try_acquire_owned() {
+        Verdict::Accept { client_version, attach, workspace } => match Arc::clone(&context.client_slots)
+            .try_acquire_owned()
+        {
             Ok(slot) => {
+                let workspace = match workspace.as_deref().map(workspace_dir).transpose() {
+                    Ok(workspace) => workspace,
+                    Err(reason) => {
+                        log::warn!("client#{id}: handshake refused: {reason}");
+                        let _ = send_handshake(&mut write_half, HandshakeResponse::error(crate::VERSION, reason)).await;
+                        return;
+                    }
+                };
                 log::info!("client#{id}: authenticated (client version {client_version})");
-                (slot, attach)
+                (slot, attach, workspace)
             }
             Err(_) => {
                 let reason =
@@ -185,13 +197,13 @@ async fn connection(
             }
         },
     };
-    let (slot, attach) = slot;
+    let (slot, attach, workspace) = slot;
     if let Err(e) = send_handshake(&mut write_half, HandshakeResponse::ok(crate::VERSION)).await {
         return log::warn!("client#{id}: cannot send the handshake reply: {e}");
     }
     drop(pending);
     match (attach, &context.capsules) {
-        (None, _) => serve_client(&context, id, reader, write_half, stop).await,
+        (None, _) => serve_client(&context, id, reader, write_half, stop, workspace).await,
         (Some(attach), Some(capsules)) => {
             capsule_session::serve(Arc::clone(capsules), id, attach, reader, write_half, stop).await;
         }
@@ -203,6 +215,19 @@ async fn connection(
         }
     }
     drop(slot);
+}
+
+/// The workspace a client asked for, canonical, or why it cannot be one.
+fn workspace_dir(raw: &str) -> Result<Arc<PathBuf>, String> {
+    let path = std::path::Path::new(raw);
+    if !path.is_absolute() {
+        return Err(format!("workspace {raw:?} is not an absolute path"));
+    }
+    let canonical = path.canonicalize().map_err(|e| format!("workspace {raw}: {e}"))?;
+    if !canonical.is_dir() {
+        return Err(format!("workspace {raw} is not a directory"));
+    }
+    Ok(Arc::new(canonical))
 }
 
 async fn send_handshake<W: AsyncWrite + Unpin>(writer: &mut W, response: HandshakeResponse) -> std::io::Result<()> {
@@ -220,34 +245,47 @@ async fn serve_client(
     mut reader: FrameReader<tokio::net::unix::OwnedReadHalf>,
     write_half: OwnedWriteHalf,
     mut stop: watch::Receiver<bool>,
+    workspace: Option<Arc<PathBuf>>,
 ) {
     let kernel = &context.kernel;
     let _lease = kernel.clients().open(DEFAULT_PRINCIPAL);
-    let subscription = kernel.bus().subscribe(format!("client#{id}"), EGRESS_PATTERNS);
+    let subscription = kernel.bus().subscribe_as(format!("client#{id}"), SubscriberKind::Client, EGRESS_PATTERNS);
     let subscriber = subscription.id();
+    kernel.set_client_workspace(subscriber, workspace.clone());
     let source_id = Uuid::new_v4();
     reader.set_max(MAX_CLIENT_FRAME);
     let (closing, closing_rx) = watch::channel(false);
     let mut writer =
         tokio::spawn(write_loop(id, write_half, subscription, stop.clone(), closing_rx, context.config.drain_timeout));
     let ended = loop {
-        tokio::select! {
+        let frame = tokio::select! {
             _ = stop.wait_for(|stop| *stop) => break "daemon shutting down",
             _ = &mut writer => break "writer ended",
-            frame = reader.next_frame() => match frame {
-                Ok(Some(frame)) => ingress(kernel, id, subscriber, source_id, &frame),
-                Ok(None) => break "client disconnected",
-                Err(e) => {
-                    log::warn!("client#{id}: {e}");
-                    break "read error";
+            frame = reader.next_frame() => frame,
+        };
+        match frame {
+            Ok(Some(frame)) => {
+                // Paced: a client that sends faster than its messages are taken waits (its
+                // socket fills), as a capsule would; a stop still ends the wait.
+                if let Some(paced) = ingress(kernel, id, subscriber, source_id, &frame, workspace.clone()) {
+                    tokio::select! {
+                        _ = stop.wait_for(|stop| *stop) => break "daemon shutting down",
+                        _ = paced => {}
+                    }
                 }
-            },
+            }
+            Ok(None) => break "client disconnected",
+            Err(e) => {
+                log::warn!("client#{id}: {e}");
+                break "read error";
+            }
         }
     };
     closing.send_replace(true);
     if !writer.is_finished() {
         let _ = writer.await;
     }
+    kernel.set_client_workspace(subscriber, None);
     let ended_allowances = kernel.approvals().end_session(subscriber);
     if ended_allowances > 0 {
         log::info!("client#{id}: {ended_allowances} session allowance(s) ended with the connection");
@@ -255,23 +293,23 @@ async fn serve_client(
     log::info!("client#{id}: connection closed ({ended})");
 }
 
-/// Publishes one client frame on the bus, or explains why not.
-fn ingress(kernel: &Kernel, id: u64, subscriber: SubscriberId, source_id: Uuid, frame: &[u8]) {
+/// Publishes one client frame on the bus (prompts and commands through the kernel's intake),
+/// or explains why not. The returned wait paces the client.
+fn ingress(
+    kernel: &Kernel,
+    id: u64,
+    subscriber: SubscriberId,
+    source_id: Uuid,
+    frame: &[u8],
+    workspace: Option<Arc<PathBuf>>,
+) -> Option<Paced> {
     match decode_ingress(frame, source_id) {
         Ok(message) => {
             log::debug!("client#{id}: publishing on {}", message.topic);
-            if let IpcPayload::UserInput { text, session_id, context } = &message.payload {
-                // What a person asks the agent starts everything after it: on the record.
-                let principal = message.principal.as_deref().unwrap_or(DEFAULT_PRINCIPAL);
-                let what = match context.as_ref().and_then(|c| c.get("action")).and_then(Value::as_str) {
-                    Some(action) => format!("action {action}"),
-                    None => format!("{} characters", text.chars().count()),
-                };
-                let actor = Actor::Client { id: format!("client#{id}") };
-                let resource = format!("{} session {session_id}", message.topic);
-                kernel.record(principal, actor, "client.input", &resource, Decision::Info, &what);
+            if prompts::is_input_topic(&message.topic) {
+                return kernel.accept_input(subscriber, &format!("client#{id}"), message, workspace);
             }
-            kernel.bus().publish(BusMessage { message, origin: Origin::Subscriber(subscriber), reply_to: None });
+            Some(kernel.bus().publish_paced(BusMessage::from(Origin::Subscriber(subscriber), message)))
         }
         Err(refusal) => {
             log::warn!("client#{id}: frame dropped: {}", refusal.reason);
@@ -283,6 +321,7 @@ fn ingress(kernel: &Kernel, id: u64, subscriber: SubscriberId, source_id: Uuid, 
             if let Some(topic) = refusal.topic.filter(|t| t.starts_with(REQUEST_PREFIX) && topic::validate(t).is_ok()) {
                 kernel.reply(&response_topic(&topic), KernelResponse::Error(refusal.reason), Some(subscriber));
             }
+            None
         }
     }
 }
@@ -343,6 +382,10 @@ fn valid_principal(id: &str) -> bool {
 
 /// Writes bus messages to the client until it goes away, or until the daemon stops, in
 /// which case whatever is already queued (such as the reply to `Shutdown`) is flushed first.
+///
+/// Streamed pieces of an answer that queued up while the client was busy are sent as one
+/// frame (consecutive `agent.v1.stream.delta`s of one answerer and session, up to
+/// [`MAX_MERGED_DELTA`] bytes): a slow reader gets fewer, larger frames and the same text.
 async fn write_loop(
     id: u64,
     mut writer: OwnedWriteHalf,
@@ -351,27 +394,40 @@ async fn write_loop(
     mut closing: watch::Receiver<bool>,
     drain_timeout: Duration,
 ) {
+    let mut held: Option<Arc<BusMessage>> = None;
     loop {
-        // Biased: when the daemon stops, the reader also closes; the stop must win so what
-        // is queued (the Shutdown reply among it) is flushed rather than dropped.
-        let next = tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => Next::Stop,
-            _ = closing.wait_for(|c| *c) => Next::Closing,
-            message = subscription.recv() => Next::Message(message),
+        let message = match held.take() {
+            Some(message) => message,
+            None => {
+                // Biased: when the daemon stops, the reader also closes; the stop must win so
+                // what is queued (the Shutdown reply among it) is flushed rather than dropped.
+                let next = tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => Next::Stop,
+                    _ = closing.wait_for(|c| *c) => Next::Closing,
+                    message = subscription.recv() => Next::Message(message),
+                };
+                match next {
+                    Next::Stop => break,
+                    Next::Closing if *stop.borrow() => break,
+                    Next::Closing => return,
+                    Next::Message(None) => {
+                        if subscription.is_cut_off() {
+                            log::error!("client#{id}: cut off: it stopped reading what was sent to it");
+                        }
+                        return;
+                    }
+                    Next::Message(Some(message)) => message,
+                }
+            }
         };
-        let message = match next {
-            Next::Stop => break,
-            Next::Closing if *stop.borrow() => break,
-            Next::Closing | Next::Message(None) => return,
-            Next::Message(Some(message)) => message,
-        };
+        let message = merge_deltas(message, &mut subscription, &mut held);
         if let Err(e) = send(&mut writer, &message).await {
             return log::warn!("client#{id}: write failed: {e}");
         }
     }
     let drained = timeout(drain_timeout, async {
-        while let Some(message) = subscription.try_recv() {
+        for message in held.into_iter().chain(std::iter::from_fn(|| subscription.try_recv())) {
             send(&mut writer, &message).await?;
         }
         std::io::Result::Ok(())
@@ -382,20 +438,74 @@ async fn write_loop(
     }
 }
 
+/// Largest text one merged delta frame carries.
+pub const MAX_MERGED_DELTA: usize = 64 * 1024;
+
+/// `message`, with the deltas queued right behind it appended when it is a delta; the first
+/// queued message that does not fit is left in `held`.
+fn merge_deltas(
+    message: Arc<BusMessage>,
+    queue: &mut Subscription,
+    held: &mut Option<Arc<BusMessage>>,
+) -> Arc<BusMessage> {
+    let piece = |m: &BusMessage| match &m.message.payload {
+        IpcPayload::AgentResponse { text, is_final: false, session_id, .. } if m.message.topic == DELTA_TOPIC => {
+            Some((text.len(), session_id.clone(), m.message.source_id))
+        }
+        _ => None,
+    };
+    let Some((mut length, session, source)) = piece(&message) else { return message };
+    let mut merged: Option<BusMessage> = None;
+    while length < MAX_MERGED_DELTA {
+        let Some(next) = queue.try_recv() else { break };
+        match piece(&next) {
+            Some((more, next_session, next_source))
+                if next_session == session && next_source == source && length + more <= MAX_MERGED_DELTA =>
+            {
+                let into = merged.get_or_insert_with(|| (*message).clone());
+                if let (IpcPayload::AgentResponse { text, .. }, IpcPayload::AgentResponse { text: next_text, .. }) =
+                    (&mut into.message.payload, &next.message.payload)
+                {
+                    text.push_str(next_text);
+                }
+                length += more;
+            }
+            _ => {
+                *held = Some(next);
+                break;
+            }
+        }
+    }
+    merged.map_or(message, Arc::new)
+}
+
 /// What woke the writer.
 enum Next {
     Stop,
     Closing,
-    Message(Option<std::sync::Arc<BusMessage>>),
+    Message(Option<Arc<BusMessage>>),
 }
 
+/// Writes one frame. A client that accepts no byte for [`WRITE_TIMEOUT`] is stuck; one that
+/// reads slowly is not, however long a large frame takes it.
 async fn send(writer: &mut OwnedWriteHalf, message: &BusMessage) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
     let frame = EgressFrame::from_message(&message.message);
-    let bytes = serde_json::to_vec(&frame).map_err(std::io::Error::other)?;
-    match timeout(WRITE_TIMEOUT, write_frame(writer, &bytes)).await {
-        Ok(result) => result,
-        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client is not reading")),
+    let body = serde_json::to_vec(&frame).map_err(std::io::Error::other)?;
+    let length = u32::try_from(body.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    let mut bytes = Vec::with_capacity(body.len() + 4);
+    bytes.extend_from_slice(&length.to_be_bytes());
+    bytes.extend_from_slice(&body);
+    let mut written = 0;
+    while written < bytes.len() {
+        match timeout(WRITE_TIMEOUT, writer.write(&bytes[written..])).await {
+            Ok(Ok(0)) => return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "the client is gone")),
+            Ok(Ok(n)) => written += n,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client is not reading")),
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]

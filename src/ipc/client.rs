@@ -6,7 +6,7 @@
 
 use std::io;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -78,13 +78,29 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the daemon of `home` and completes the handshake.
+    /// Connects to the daemon of `home` and completes the handshake, working in the current
+    /// directory (what the user's turns read and write; management requests about the
+    /// workspace concern it too).
     pub fn connect(home: &AstridHome) -> Result<Self, ClientError> {
-        Self::connect_as(home, None)
+        let cwd = std::env::current_dir().ok();
+        Self::connect_in(home, cwd.as_deref())
+    }
+
+    /// [`Client::connect`], working in `workspace` (`None`: the daemon's own).
+    pub fn connect_in(home: &AstridHome, workspace: Option<&Path>) -> Result<Self, ClientError> {
+        Self::handshake(home, None, workspace)
     }
 
     /// [`Client::connect`], as a capsule host serving the capsule `attach` names when given.
     pub fn connect_as(home: &AstridHome, attach: Option<CapsuleAttach>) -> Result<Self, ClientError> {
+        Self::handshake(home, attach, None)
+    }
+
+    fn handshake(
+        home: &AstridHome,
+        attach: Option<CapsuleAttach>,
+        workspace: Option<&Path>,
+    ) -> Result<Self, ClientError> {
         let path = home.socket_path();
         if !path.exists() {
             return Err(ClientError::NoSocket(path));
@@ -99,6 +115,7 @@ impl Client {
             protocol_version: PROTOCOL_VERSION,
             client_version: crate::VERSION.to_owned(),
             capsule_host: attach,
+            workspace: workspace.and_then(|w| w.canonicalize().ok()).map(|w| w.display().to_string()),
         };
         write_frame_blocking(&mut stream, &to_json(&request)?)?;
         let mut frames = BlockingFrames::default();
@@ -135,6 +152,18 @@ impl Client {
             Err(e) => return Err(e.into()),
         };
         serde_json::from_slice(&frame).map_err(|e| ClientError::Protocol(format!("frame is not JSON: {e}")))
+    }
+
+    /// Discards the frames already waiting (left over from an earlier turn), and tells whether
+    /// the daemon is still there: `Err(Closed)` once it has gone.
+    pub fn drain(&mut self) -> Result<(), ClientError> {
+        loop {
+            match self.next_frame(Duration::from_millis(1)) {
+                Ok(_) => {}
+                Err(ClientError::Timeout(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The connection itself, for a protocol other than management requests (a capsule

@@ -23,6 +23,9 @@ pub enum Verdict {
         client_version: String,
         /// The capsule it serves, when it is a capsule host.
         attach: Option<CapsuleAttach>,
+        /// The workspace it asks to work in, as it sent it (checked by the caller, which
+        /// may touch the file system).
+        workspace: Option<String>,
     },
     /// Reply with an error carrying this reason, then close.
     Reject(String),
@@ -54,7 +57,12 @@ pub fn evaluate(frame: &[u8], token: &SessionToken) -> Verdict {
             Err(e) => return Verdict::Reject(format!("malformed capsule_host: {e}")),
         },
     };
-    Verdict::Accept { client_version: client_version.chars().take(64).collect(), attach }
+    let workspace = match request.get("workspace") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(path)) => Some(path.clone()),
+        Some(other) => return Verdict::Reject(format!("malformed workspace: {other} is not a path")),
+    };
+    Verdict::Accept { client_version: client_version.chars().take(64).collect(), attach, workspace }
 }
 
 fn version_mismatch(client: &Value) -> String {
@@ -79,13 +87,13 @@ mod tests {
             &frame(json!({"token": token.to_hex(), "protocol_version": 1, "client_version": "0.7.0"})),
             &token,
         );
-        assert_eq!(verdict, Verdict::Accept { client_version: "0.7.0".into(), attach: None });
+        assert_eq!(verdict, Verdict::Accept { client_version: "0.7.0".into(), attach: None, workspace: None });
         let attach = json!({"token": token.to_hex(), "protocol_version": 1, "client_version": "x",
             "capsule_host": {"ticket": "t1"}});
         let expected = CapsuleAttach { ticket: Some("t1".into()), ..CapsuleAttach::default() };
         assert_eq!(
             evaluate(&frame(attach), &token),
-            Verdict::Accept { client_version: "x".into(), attach: Some(expected) }
+            Verdict::Accept { client_version: "x".into(), attach: Some(expected), workspace: None }
         );
         let bad = json!({"token": token.to_hex(), "protocol_version": 1, "client_version": "x",
             "capsule_host": {"ticket": 7}});

@@ -27,6 +27,10 @@ pub const EGRESS_PATTERNS: &[&str] = &[
     "agent.v1.response",
     // Streamed text of a turn, as the reference's bridge forwards it.
     "agent.v1.stream.delta",
+    // What a capsule tells the person about a turn besides the answer (Astrid extension).
+    "agent.v1.notice",
+    // The kernel's receipt for a prompt: who answers it, or why nobody does (Astrid extension).
+    "astrid.v1.prompt.receipt",
     // Tool calls and their results, so a frontend can show what the agent does (the
     // reference's CLI renders them but its bridge never forwarded them).
     "tool.v1.request.execute",

@@ -1,26 +1,41 @@
 //! Runtime approvals: a capsule asks, a person answers, silence means no.
 //!
-//! The request goes out as `ApprovalRequired` on `astrid.v1.approval` (to every connected
-//! frontend) and the answer is awaited on `astrid.v1.approval.response.<id>`, subscribed to
-//! *before* the request is published so a fast answer cannot be missed. Only a socket
-//! client may answer (a message from the kernel itself is ignored).
+//! The request goes out as `ApprovalRequired` on `astrid.v1.approval` and the answer is
+//! awaited on `astrid.v1.approval.response.<id>`, subscribed to *before* the request is
+//! published so a fast answer cannot be missed.
+//!
+//! **Who is asked.** A request that descends from a client's turn (its [`Cause`], which the
+//! kernel carried along the chain) is sent to that connection only, and only that connection
+//! may answer it: one frontend's `--yes` never approves another's write, and nobody sees
+//! prompts of a turn that is not theirs. A request without a cause (a capsule acting on its
+//! own) goes to every frontend, and any of them may answer. A message from the kernel itself
+//! is never an answer. A request whose connection is gone, or whose turn is cancelled
+//! ([`Approvals::withdraw`]) or whose connection closes while it waits, is denied at once.
+//!
+//! **What the person sees.** The request carries `details` (a write's diff, a tool call's
+//! arguments; computed by the kernel side, capped) and `scope`, which says what "session"
+//! and "always" would cover.
 //!
 //! Decisions, failing closed (the reference once treated anything but `"deny"` as yes):
-//! `approve` (this once), `approve_session` (until the answering client disconnects),
-//! `approve_always` (persisted; survives restarts, listable and revocable); any other
-//! string, and no answer within the timeout, is a deny.
+//! `approve` (this once), `approve_session` (for that connection's session, until it
+//! disconnects), `approve_always` (persisted; survives restarts, listable and revocable);
+//! any other string, and no answer within the timeout, is a deny.
 //!
-//! Allowances are scoped to (principal, capsule, action, resource): one capsule's "always"
+//! Allowances are scoped to (principal, capsule, action) and a resource: exactly the one
+//! approved, or, for a path, everything under the directory it is in (`write_file under
+//! notes/`): what people mean by "allow writes for this session". One capsule's "always"
 //! never answers for another capsule.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::bus::{Bus, BusMessage, Origin, SubscriberId};
+use super::cause::Cause;
 use crate::store::{KvError, KvStore, Namespace};
 use crate::types::{IpcMessage, IpcPayload, SYSTEM_SESSION_UUID};
 
@@ -34,6 +49,26 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_ACTION: usize = 256;
 /// Longest resource text kept (longer ones are cut).
 const MAX_RESOURCE: usize = 1024;
+/// Longest details text sent to a frontend (longer ones are cut, and say so).
+pub const MAX_DETAILS: usize = 16 * 1024;
+
+/// What "session" and "always" would cover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Exactly the resource asked about.
+    Resource,
+    /// Any resource under this directory of the workspace (`""`: the whole workspace); for
+    /// requests whose resource is a workspace path.
+    Under(String),
+}
+
+impl Scope {
+    /// The scope for a request on the workspace path `path`: the directory it is in.
+    pub fn directory_of(path: &str) -> Self {
+        let path = path.trim_start_matches("./").trim_end_matches('/');
+        Self::Under(path.rsplit_once('/').map(|(dir, _)| dir.to_owned()).unwrap_or_default())
+    }
+}
 
 /// What a capsule wants a person to allow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +81,36 @@ pub struct ApprovalRequest {
     pub action: String,
     /// To what (for example `src/main.rs`).
     pub resource: String,
+    /// What will happen, shown to the person (a diff, the arguments); capped.
+    pub details: Option<String>,
+    /// What "session" and "always" would cover.
+    pub scope: Scope,
+    /// The client request this one descends from (set by the kernel, never by a capsule).
+    pub cause: Option<Arc<Cause>>,
+}
+
+impl ApprovalRequest {
+    /// A request for `action` on `resource`, exactly, with no details and no cause.
+    pub fn new(principal: &str, capsule: &str, action: &str, resource: &str) -> Self {
+        Self {
+            principal: principal.to_owned(),
+            capsule: capsule.to_owned(),
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            details: None,
+            scope: Scope::Resource,
+            cause: None,
+        }
+    }
+
+    /// What an allowance made from this request covers, in words.
+    fn scope_text(&self) -> String {
+        match &self.scope {
+            Scope::Resource => format!("{} on {}", self.action, self.resource),
+            Scope::Under(dir) if dir.is_empty() => format!("{} anywhere in the workspace", self.action),
+            Scope::Under(dir) => format!("{} under {dir}/", self.action),
+        }
+    }
 }
 
 /// The answer, with the rule that produced it (for the audit log).
@@ -99,8 +164,11 @@ pub struct Allowance {
     pub capsule: String,
     /// Action it allows.
     pub action: String,
-    /// Resource it allows.
+    /// Resource it allows: exactly this one, or, with `under`, this directory.
     pub resource: String,
+    /// Whether `resource` is a directory whose every path is covered (`""`: the workspace).
+    #[serde(default)]
+    pub under: bool,
     /// `session` or `always`.
     pub scope: String,
     /// When it was granted.
@@ -109,14 +177,42 @@ pub struct Allowance {
 
 impl Allowance {
     fn covers(&self, request: &ApprovalRequest) -> bool {
+        let resource = match &request.scope {
+            Scope::Under(_) => request.resource.trim_start_matches("./"),
+            Scope::Resource => request.resource.as_str(),
+        };
+        let resource_covered = if self.under {
+            self.resource.is_empty()
+                || resource == self.resource
+                || resource.strip_prefix(self.resource.as_str()).is_some_and(|rest| rest.starts_with('/'))
+        } else {
+            self.resource == request.resource
+        };
         self.principal == request.principal
             && self.capsule == request.capsule
             && self.action == request.action
-            && self.resource == request.resource
+            && resource_covered
     }
 }
 
 const ALLOWANCES: &str = "allowances";
+
+/// A session allowance: granted by a connection, for one of its sessions.
+#[derive(Debug)]
+struct SessionAllowance {
+    client: SubscriberId,
+    session: String,
+    allowance: Allowance,
+}
+
+/// A request waiting for its person.
+#[derive(Debug)]
+struct Pending {
+    request_id: String,
+    client: Option<SubscriberId>,
+    session: Option<String>,
+    withdraw: oneshot::Sender<&'static str>,
+}
 
 /// The approval broker.
 #[derive(Debug)]
@@ -125,12 +221,19 @@ pub struct Approvals {
     store: KvStore,
     timeout: Duration,
     /// Session allowances with the client whose disconnect ends them.
-    session: Mutex<Vec<(SubscriberId, Allowance)>>,
+    session: Mutex<Vec<SessionAllowance>>,
     /// "Always" allowances, mirrored from the store (written through, flushed).
     always: Mutex<Vec<Allowance>>,
+    /// Requests waiting for an answer.
+    pending: Mutex<Vec<Pending>>,
     /// The runtime whose timer bounds the wait: capsules ask from threads of their own, which
     /// have no runtime, and a tokio timer made outside one panics.
     runtime: Option<tokio::runtime::Handle>,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a panic while holding it; the list itself is still valid.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Approvals {
@@ -151,16 +254,9 @@ impl Approvals {
             timeout,
             session: Mutex::new(Vec::new()),
             always: Mutex::new(always),
+            pending: Mutex::new(Vec::new()),
             runtime: tokio::runtime::Handle::try_current().ok(),
         })
-    }
-
-    fn session_allowances(&self) -> MutexGuard<'_, Vec<(SubscriberId, Allowance)>> {
-        self.session.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn always_allowances(&self) -> MutexGuard<'_, Vec<Allowance>> {
-        self.always.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Asks (or answers from a standing allowance) and waits for the decision.
@@ -172,47 +268,97 @@ impl Approvals {
         if let Some(rule) = self.standing_allowance(&request) {
             return ApprovalOutcome::Allowed { rule };
         }
+        let asker = request.cause.as_ref().map(|cause| cause.client);
+        if let Some(client) = asker
+            && !self.bus.is_subscribed(client)
+        {
+            return ApprovalOutcome::Denied { reason: "the connection whose turn asked is gone".to_owned() };
+        }
         let request_id = Uuid::new_v4().to_string();
         let mut answers =
             self.bus.subscribe(format!("approval {request_id}"), &[&format!("{RESPONSE_PREFIX}{request_id}")]);
+        let (withdraw, withdrawn) = oneshot::channel();
+        locked(&self.pending).push(Pending {
+            request_id: request_id.clone(),
+            client: asker,
+            session: request.cause.as_ref().map(|cause| cause.session.clone()),
+            withdraw,
+        });
         let payload = IpcPayload::ApprovalRequired {
             request_id: request_id.clone(),
             action: request.action.clone(),
             resource: request.resource.clone(),
             reason: format!("Capsule '{}' requests approval", request.capsule),
+            details: request.details.clone(),
+            scope: Some(request.scope_text()),
         };
-        self.bus.publish(BusMessage {
-            message: IpcMessage::new(APPROVAL_TOPIC, payload, SYSTEM_SESSION_UUID),
-            origin: Origin::Kernel,
-            reply_to: None,
-        });
+        let message = IpcMessage::new(APPROVAL_TOPIC, payload, SYSTEM_SESSION_UUID);
+        self.bus.publish(BusMessage::from_kernel(message).to(asker).caused_by(request.cause.clone()));
         let answered = async {
             while let Some(message) = answers.recv().await {
                 let Origin::Subscriber(client) = message.origin else { continue };
+                if asker.is_some_and(|asker| asker != client) {
+                    log::warn!("approval {request_id}: an answer from client {client}, which was not asked, ignored");
+                    continue;
+                }
                 if let IpcPayload::ApprovalResponse { request_id: answered, decision, .. } = &message.message.payload
                     && *answered == request_id
                 {
-                    return Some((client, decision.clone()));
+                    return Ok((client, decision.clone()));
                 }
             }
-            None
+            Err("the bus closed")
+        };
+        let decided = async {
+            tokio::select! {
+                answer = answered => answer,
+                why = withdrawn => Err(why.unwrap_or("withdrawn")),
+            }
         };
         // The timer is made inside a runtime (the caller's, or the one the kernel was built
         // in) and the guard dropped before waiting: the caller may be a capsule's thread.
         let timed = {
             let runtime = tokio::runtime::Handle::try_current().ok().or_else(|| self.runtime.clone());
             let Some(runtime) = runtime else {
+                self.forget(&request_id);
                 log::error!("approval {request_id}: no runtime to time the wait; denied");
                 return ApprovalOutcome::Denied { reason: "no timer available".to_owned() };
             };
             let _entered = runtime.enter();
-            tokio::time::timeout(self.timeout, answered)
+            tokio::time::timeout(self.timeout, decided)
         };
         let answer = timed.await;
-        let Ok(Some((client, decision))) = answer else {
-            return ApprovalOutcome::Denied { reason: format!("no answer within {} s", self.timeout.as_secs()) };
-        };
-        self.apply(Decision::parse(&decision), &decision, &request, client)
+        self.forget(&request_id);
+        match answer {
+            Err(_) => ApprovalOutcome::Denied { reason: format!("no answer within {} s", self.timeout.as_secs()) },
+            Ok(Err(why)) => ApprovalOutcome::Denied { reason: why.to_owned() },
+            Ok(Ok((client, decision))) => self.apply(Decision::parse(&decision), &decision, &request, client),
+        }
+    }
+
+    fn forget(&self, request_id: &str) {
+        locked(&self.pending).retain(|p| p.request_id != request_id);
+    }
+
+    /// Denies every request waiting on `client`'s turns in `session` (the turn was
+    /// cancelled). Returns how many there were.
+    pub fn withdraw(&self, client: SubscriberId, session: &str) -> usize {
+        self.withdraw_where(
+            |p| p.client == Some(client) && p.session.as_deref() == Some(session),
+            "the turn was cancelled",
+        )
+    }
+
+    fn withdraw_where(&self, matches: impl Fn(&Pending) -> bool, why: &'static str) -> usize {
+        let mut pending = locked(&self.pending);
+        let (gone, kept): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut *pending).into_iter().partition(matches);
+        *pending = kept;
+        drop(pending);
+        let count = gone.len();
+        for request in gone {
+            let _ = request.withdraw.send(why);
+        }
+        count
     }
 
     fn apply(
@@ -222,19 +368,27 @@ impl Approvals {
         request: &ApprovalRequest,
         client: SubscriberId,
     ) -> ApprovalOutcome {
-        let allowance = |scope: &str| Allowance {
-            id: Uuid::new_v4().to_string(),
-            principal: request.principal.clone(),
-            capsule: request.capsule.clone(),
-            action: request.action.clone(),
-            resource: request.resource.clone(),
-            scope: scope.to_owned(),
-            created_at: Utc::now(),
+        let allowance = |scope: &str| {
+            let (resource, under) = match &request.scope {
+                Scope::Resource => (request.resource.clone(), false),
+                Scope::Under(dir) => (dir.clone(), true),
+            };
+            Allowance {
+                id: Uuid::new_v4().to_string(),
+                principal: request.principal.clone(),
+                capsule: request.capsule.clone(),
+                action: request.action.clone(),
+                resource,
+                under,
+                scope: scope.to_owned(),
+                created_at: Utc::now(),
+            }
         };
         match decision {
             Decision::Once => ApprovalOutcome::Allowed { rule: "approve".to_owned() },
             Decision::Session => {
-                self.session_allowances().push((client, allowance("session")));
+                let session = request.cause.as_ref().map(|cause| cause.session.clone()).unwrap_or_default();
+                locked(&self.session).push(SessionAllowance { client, session, allowance: allowance("session") });
                 ApprovalOutcome::Allowed { rule: "approve_session".to_owned() }
             }
             Decision::Always => {
@@ -243,7 +397,7 @@ impl Approvals {
                     // The person said yes to this request; only the "always" part failed.
                     log::error!("cannot persist allowance {}: {e}; it applies this once", allowance.id);
                 } else {
-                    self.always_allowances().push(allowance);
+                    locked(&self.always).push(allowance);
                 }
                 ApprovalOutcome::Allowed { rule: "approve_always".to_owned() }
             }
@@ -261,33 +415,40 @@ impl Approvals {
     }
 
     fn standing_allowance(&self, request: &ApprovalRequest) -> Option<String> {
-        let always = self.always_allowances();
+        let always = locked(&self.always);
         if let Some(found) = always.iter().find(|a| a.covers(request)) {
             return Some(format!("allowance {} (always)", found.id));
         }
         drop(always);
-        let session = self.session_allowances();
-        session.iter().find(|(_, a)| a.covers(request)).map(|(_, a)| format!("allowance {} (session)", a.id))
+        // A session allowance answers only for the connection and session that granted it.
+        let cause = request.cause.as_ref()?;
+        let session = locked(&self.session);
+        session
+            .iter()
+            .find(|s| s.client == cause.client && s.session == cause.session && s.allowance.covers(request))
+            .map(|s| format!("allowance {} (session)", s.allowance.id))
     }
 
-    /// Ends the session allowances granted by `client` (called when it disconnects).
+    /// Ends what `client` held (it disconnected): its session allowances, and the requests
+    /// waiting on it, which are denied. Returns how many allowances ended.
     pub fn end_session(&self, client: SubscriberId) -> usize {
-        let mut session = self.session_allowances();
+        self.withdraw_where(|p| p.client == Some(client), "the connection whose turn asked closed");
+        let mut session = locked(&self.session);
         let before = session.len();
-        session.retain(|(owner, _)| *owner != client);
+        session.retain(|s| s.client != client);
         before - session.len()
     }
 
     /// Every standing allowance, "always" first.
     pub fn list(&self) -> Vec<Allowance> {
-        let mut all = self.always_allowances().clone();
-        all.extend(self.session_allowances().iter().map(|(_, a)| a.clone()));
+        let mut all = locked(&self.always).clone();
+        all.extend(locked(&self.session).iter().map(|s| s.allowance.clone()));
         all
     }
 
     /// Revokes the allowance with this id; returns whether one existed.
     pub fn revoke(&self, id: &str) -> Result<bool, KvError> {
-        let mut always = self.always_allowances();
+        let mut always = locked(&self.always);
         if let Some(index) = always.iter().position(|a| a.id == id) {
             self.store.delete(&Namespace::system(ALLOWANCES), id)?;
             self.store.flush()?;
@@ -295,9 +456,9 @@ impl Approvals {
             return Ok(true);
         }
         drop(always);
-        let mut session = self.session_allowances();
+        let mut session = locked(&self.session);
         let before = session.len();
-        session.retain(|(_, a)| a.id != id);
+        session.retain(|s| s.allowance.id != id);
         Ok(session.len() < before)
     }
 }
@@ -313,6 +474,19 @@ fn sanitize(mut request: ApprovalRequest) -> Result<ApprovalRequest, String> {
     if request.action.chars().count() > MAX_ACTION {
         return Err(format!("action longer than {MAX_ACTION} characters"));
     }
+    // Details keep their lines (a diff is lines), nothing else a terminal would act on.
+    request.details = request.details.map(|details| {
+        let mut clean: String = details.chars().filter(|c| *c == '\n' || *c == '\t' || !c.is_control()).collect();
+        if clean.len() > MAX_DETAILS {
+            let mut end = MAX_DETAILS;
+            while !clean.is_char_boundary(end) {
+                end -= 1;
+            }
+            clean.truncate(end);
+            clean.push_str("\n[… cut]");
+        }
+        clean
+    });
     Ok(request)
 }
 
@@ -335,19 +509,16 @@ mod tests {
     }
 
     fn request(capsule: &str) -> ApprovalRequest {
-        ApprovalRequest {
-            principal: "default".into(),
-            capsule: capsule.into(),
-            action: "fs.write".into(),
-            resource: "src/main.rs".into(),
-        }
+        ApprovalRequest::new("default", capsule, "fs.write", "src/main.rs")
     }
 
-    /// A frontend on the bus that answers the next approval request with `decision`.
-    fn frontend(bus: &Bus, decision: &'static str) -> tokio::task::JoinHandle<SubscriberId> {
-        let mut requests = bus.subscribe("frontend", &[APPROVAL_TOPIC]);
+    /// A frontend on the bus that answers the next approval request it sees with `decision`;
+    /// its id is known at once (a cause may name it).
+    fn frontend(bus: &Bus, decision: &'static str) -> (SubscriberId, tokio::task::JoinHandle<SubscriberId>) {
+        let mut requests = bus.subscribe_as("frontend", super::super::bus::SubscriberKind::Client, &[APPROVAL_TOPIC]);
+        let id = requests.id();
         let bus = bus.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let message = requests.recv().await.expect("approval request");
             let IpcPayload::ApprovalRequired { request_id, .. } = &message.message.payload else {
                 panic!("not a request")
@@ -357,13 +528,20 @@ mod tests {
                 decision: decision.into(),
                 reason: None,
             };
-            bus.publish(BusMessage {
-                message: IpcMessage::new(format!("{RESPONSE_PREFIX}{request_id}"), answer, SYSTEM_SESSION_UUID),
-                origin: Origin::Subscriber(requests.id()),
-                reply_to: None,
-            });
+            bus.publish(BusMessage::from(
+                Origin::Subscriber(requests.id()),
+                IpcMessage::new(format!("{RESPONSE_PREFIX}{request_id}"), answer, SYSTEM_SESSION_UUID),
+            ));
+            // Stay connected until the test is done with the answer.
+            tokio::time::sleep(Duration::from_millis(200)).await;
             requests.id()
-        })
+        });
+        (id, task)
+    }
+
+    fn caused(mut request: ApprovalRequest, client: SubscriberId, session: &str) -> ApprovalRequest {
+        request.cause = Some(Cause::new(client, session, None));
+        request
     }
 
     #[tokio::test]
@@ -381,7 +559,7 @@ mod tests {
         ] {
             let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_secs(5)).expect("approvals");
             // A fresh capsule name each time, so no earlier allowance answers.
-            let answerer = frontend(&s.bus, decision);
+            let (_, answerer) = frontend(&s.bus, decision);
             let outcome = approvals.request(request(&format!("c{}", decision.len()))).await;
             answerer.await.expect("frontend");
             assert_eq!(matches!(outcome, ApprovalOutcome::Allowed { .. }), allowed, "{decision:?}: {outcome:?}");
@@ -403,7 +581,7 @@ mod tests {
     async fn allowances_are_scoped_persisted_and_revocable() {
         let s = setup();
         let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_secs(5)).expect("approvals");
-        let answerer = frontend(&s.bus, "approve_always");
+        let (_, answerer) = frontend(&s.bus, "approve_always");
         assert!(matches!(approvals.request(request("writer")).await, ApprovalOutcome::Allowed { .. }));
         answerer.await.expect("frontend");
         // Answered from the allowance, no frontend needed.
@@ -421,15 +599,95 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn session_allowances_end_with_the_answering_client() {
+    async fn session_allowances_hold_for_the_granting_connection_and_session_and_end_with_it() {
         let s = setup();
         let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_millis(300)).expect("approvals");
-        let answerer = frontend(&s.bus, "approve_session");
-        assert!(matches!(approvals.request(request("s")).await, ApprovalOutcome::Allowed { .. }));
-        let client = answerer.await.expect("frontend");
-        assert!(matches!(approvals.request(request("s")).await, ApprovalOutcome::Allowed { .. }));
+        let (client, answerer) = frontend(&s.bus, "approve_session");
+        assert!(matches!(
+            approvals.request(caused(request("s"), client, "chat")).await,
+            ApprovalOutcome::Allowed { .. }
+        ));
+        assert!(matches!(
+            approvals.request(caused(request("s"), client, "chat")).await,
+            ApprovalOutcome::Allowed { .. }
+        ));
+        assert!(
+            matches!(approvals.request(caused(request("s"), client, "chat")).await, ApprovalOutcome::Allowed { rule } if rule.contains("session"))
+        );
+        // Another connection (a concurrent `astrid run`) is not covered by this one's "session".
+        let (other, _other_task) = frontend(&s.bus, "deny");
+        assert!(matches!(approvals.request(caused(request("s"), other, "run")).await, ApprovalOutcome::Denied { .. }));
+        // Another session of the same connection is not covered either.
+        assert!(matches!(
+            approvals.request(caused(request("s"), client, "other")).await,
+            ApprovalOutcome::Denied { .. }
+        ));
         assert_eq!(approvals.end_session(client), 1);
-        assert!(matches!(approvals.request(request("s")).await, ApprovalOutcome::Denied { .. }));
+        answerer.await.expect("frontend");
+        // A connection that is gone is not asked at all.
+        let gone = approvals.request(caused(request("s"), client, "chat")).await;
+        assert!(matches!(&gone, ApprovalOutcome::Denied { reason } if reason.contains("gone")), "{gone:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_goes_to_the_connection_whose_turn_asked_and_only_it_may_answer() {
+        let s = setup();
+        let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_secs(2)).expect("approvals");
+        let mut asker = s.bus.subscribe_as("asker", super::super::bus::SubscriberKind::Client, &[APPROVAL_TOPIC]);
+        // A bystander that would approve anything it sees (`astrid run --yes`).
+        let (_, bystander) = frontend(&s.bus, "approve");
+        let outcome = approvals.request(caused(request("w"), asker.id(), "chat")).await;
+        assert!(matches!(&outcome, ApprovalOutcome::Denied { reason } if reason.contains("no answer")), "{outcome:?}");
+        assert!(asker.try_recv().is_some(), "the asking connection saw the question");
+        assert!(!bystander.is_finished(), "the bystander never saw it");
+        bystander.abort();
+        // An answer from a connection that was not asked is ignored even if it names the id.
+        let approvals = std::sync::Arc::new(approvals);
+        let waiting = tokio::spawn({
+            let approvals = std::sync::Arc::clone(&approvals);
+            let asker = asker.id();
+            async move { approvals.request(caused(request("w"), asker, "chat")).await }
+        });
+        let question = asker.recv().await.expect("question");
+        let IpcPayload::ApprovalRequired { request_id, details, scope, .. } = &question.message.payload else {
+            panic!()
+        };
+        assert_eq!(details, &None);
+        assert_eq!(scope.as_deref(), Some("fs.write on src/main.rs"));
+        let forger = s.bus.subscribe_as("forger", super::super::bus::SubscriberKind::Client, &[]);
+        let answer =
+            IpcPayload::ApprovalResponse { request_id: request_id.clone(), decision: "approve".into(), reason: None };
+        s.bus.publish(BusMessage::from(
+            Origin::Subscriber(forger.id()),
+            IpcMessage::new(format!("{RESPONSE_PREFIX}{request_id}"), answer, SYSTEM_SESSION_UUID),
+        ));
+        // The turn is cancelled: the request is denied at once, not after the timeout.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(approvals.withdraw(asker.id(), "chat"), 1);
+        let outcome = waiting.await.expect("request");
+        assert_eq!(outcome, ApprovalOutcome::Denied { reason: "the turn was cancelled".into() });
+    }
+
+    #[tokio::test]
+    async fn a_path_allowance_covers_its_directory_and_nothing_beside_it() {
+        let s = setup();
+        let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_millis(300)).expect("approvals");
+        let write = |path: &str| {
+            let mut request = ApprovalRequest::new("default", "tools-fs", "write_file", path);
+            request.scope = Scope::directory_of(path);
+            request
+        };
+        assert_eq!(write("notes/a.txt").scope_text(), "write_file under notes/");
+        assert_eq!(write("a.txt").scope_text(), "write_file anywhere in the workspace");
+        let (_, answerer) = frontend(&s.bus, "approve_always");
+        assert!(matches!(approvals.request(write("notes/a.txt")).await, ApprovalOutcome::Allowed { .. }));
+        answerer.await.expect("frontend");
+        for covered in ["notes/b.txt", "notes/deep/c.txt", "./notes/d.txt"] {
+            assert!(matches!(approvals.request(write(covered)).await, ApprovalOutcome::Allowed { .. }), "{covered}");
+        }
+        for outside in ["notesx/a.txt", "a.txt", "other/notes/a.txt"] {
+            assert!(matches!(approvals.request(write(outside)).await, ApprovalOutcome::Denied { .. }), "{outside}");
+        }
     }
 
     #[tokio::test]
@@ -447,11 +705,11 @@ mod tests {
                 decision: "approve".into(),
                 reason: None,
             };
-            bus.publish(BusMessage {
-                message: IpcMessage::new(format!("{RESPONSE_PREFIX}{request_id}"), answer, SYSTEM_SESSION_UUID),
-                origin: Origin::Kernel,
-                reply_to: None,
-            });
+            bus.publish(BusMessage::from_kernel(IpcMessage::new(
+                format!("{RESPONSE_PREFIX}{request_id}"),
+                answer,
+                SYSTEM_SESSION_UUID,
+            )));
         });
         let mut forged = request("k");
         forged.action = "fs.\u{1b}[2Kwrite".into();

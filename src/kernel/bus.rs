@@ -1,41 +1,61 @@
 //! The event bus: every message in the kernel passes through here.
 //!
-//! Each subscriber owns a bounded queue, so a slow subscriber (a client that stopped reading)
-//! loses its own messages and never blocks the publisher or anyone else; what it loses is
-//! counted per subscriber and logged. Publishing is synchronous and never awaits, which keeps
-//! the ordering simple: a message published before another reaches every queue first.
+//! **Nothing is lost silently.** Each subscriber has one queue, in publish order. A turn's
+//! stream (a model's deltas, the tool calls, the final answer) is a flow that must arrive
+//! whole and in order at any length and any reader speed, so the bus does not drop it when a
+//! reader falls behind: it slows the writer down instead. A publisher that can wait (a
+//! capsule's thread, a client's reader task, the MCP bridge) publishes *paced*
+//! ([`Bus::publish_paced`]): once a queue it wrote to holds [`PACE_MARK`] messages, it waits
+//! until that reader has taken some. Backpressure travels back up the chain, subscriber by
+//! subscriber, to whoever produces too fast (a provider then reads its HTTP stream later).
+//! The kernel's own services never wait ([`Bus::publish`]): they write little.
 //!
-//! A message may name a single recipient ([`BusMessage::reply_to`]): management replies go
-//! only to the connection that asked, where the reference broadcast them to every client.
+//! Only two things end a delivery, both loudly:
+//! - telemetry that is stale once late ([`is_droppable`]: the watchdog's tick) is dropped for
+//!   a subscriber whose queue is at the pace mark, counted and logged;
+//! - a subscriber that stops taking messages is cut off: when its queue passes [`CUT_MARK`]
+//!   or makes no progress for [`STALL`] while a publisher waits on it (checked by
+//!   [`Bus::cut_off_stalled`], which the kernel runs every second). Its
+//!   [`Subscription::recv`] then returns `None`, so a socket client sees its connection
+//!   close, and the reason is logged as an error. A stuck reader cannot hold up everyone else
+//!   for long, and never quietly loses part of a stream.
 //!
-//! Control topics (approvals, elicitation, management replies; see [`is_control_topic`])
-//! travel in a second, separate lane per subscriber and are never dropped silently: a
-//! subscriber whose control lane is full is cut off (its [`Subscription::recv`] returns
-//! `None`, so a socket client sees its connection close) and the cut is logged as an error.
-//! Losing an approval request quietly would leave a capsule waiting for a denial by timeout
-//! and the person never asked.
+//! **Routing.** A message may name one recipient ([`BusMessage::reply_to`]): management
+//! replies go only to the connection that asked. Socket clients additionally see only what
+//! is theirs: a payload that names a session goes to the connections that speak in that
+//! session ([`Bus::claim_session`]); any other message descending from a client's request
+//! (its [`Cause`]) goes to that client only; the rest is broadcast. The reference
+//! broadcast everything to every frontend, so two frontends saw (and answered) each other's
+//! approval prompts.
 
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
+use uuid::Uuid;
 
+use super::cause::Cause;
 use super::topic;
 use crate::types::IpcMessage;
 
-/// Messages a subscriber may have queued before further ones are dropped for it.
-pub const SUBSCRIBER_QUEUE: usize = 1024;
-/// Control messages a subscriber may have queued before it is cut off.
-pub const CONTROL_QUEUE: usize = 256;
+/// Messages a subscriber may have queued before paced publishers wait for it.
+pub const PACE_MARK: usize = 1024;
+/// Messages a subscriber may have queued at all; one more cuts it off.
+pub const CUT_MARK: usize = 16 * 1024;
+/// How long a subscriber may take no message while a publisher waits on it.
+pub const STALL: Duration = Duration::from_secs(30);
 
-/// Topics that must never be lost: approvals, elicitation and management replies.
-pub fn is_control_topic(topic: &str) -> bool {
-    ["astrid.v1.approval", "astrid.v1.elicit", "astrid.v1.response.", "astrid.v1.admin.response."]
-        .iter()
-        .any(|prefix| topic.starts_with(prefix))
+/// Topics whose messages are worthless once late: dropped for a subscriber that is behind.
+pub fn is_droppable(topic: &str) -> bool {
+    topic == super::watchdog::TICK_TOPIC
 }
 
-/// Identifies one subscriber (a socket client, the management router, …).
+/// Identifies one subscriber (a socket client, the management router, a capsule, …).
 pub type SubscriberId = u64;
 
 /// Who put a message on the bus.
@@ -56,20 +76,151 @@ pub struct BusMessage {
     pub origin: Origin,
     /// When set, only this subscriber receives the message.
     pub reply_to: Option<SubscriberId>,
+    /// The client request this message descends from, if any (set by the kernel only).
+    pub cause: Option<Arc<Cause>>,
+}
+
+impl BusMessage {
+    /// A message from the kernel to every subscriber of its topic.
+    pub fn from_kernel(message: IpcMessage) -> Self {
+        Self { message, origin: Origin::Kernel, reply_to: None, cause: None }
+    }
+
+    /// A message from `origin`.
+    pub fn from(origin: Origin, message: IpcMessage) -> Self {
+        Self { message, origin, reply_to: None, cause: None }
+    }
+
+    /// Addressed to `subscriber` only.
+    pub fn to(mut self, subscriber: Option<SubscriberId>) -> Self {
+        self.reply_to = subscriber;
+        self
+    }
+
+    /// Descending from `cause`.
+    pub fn caused_by(mut self, cause: Option<Arc<Cause>>) -> Self {
+        self.cause = cause;
+        self
+    }
+}
+
+/// What a subscriber is, which decides what it may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriberKind {
+    /// A kernel service (the router, the MCP bridge, an approval waiting for its answer).
+    Service,
+    /// A socket client: sees only its own sessions' and requests' messages, and broadcasts.
+    Client,
+    /// A capsule instance, publishing as `source_id`.
+    Capsule {
+        /// The capsule's name.
+        name: String,
+        /// The `source_id` of what the instance publishes.
+        source_id: Uuid,
+    },
+}
+
+/// A capsule a message was delivered to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// The capsule's name.
+    pub capsule: String,
+    /// The `source_id` its messages carry.
+    pub source_id: Uuid,
+}
+
+/// Why a subscriber's queue stopped delivering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Closed {
+    /// Its subscription was dropped.
+    Unsubscribed,
+    /// The bus cut it off (the reason is logged).
+    CutOff,
+}
+
+#[derive(Debug)]
+struct QueueState {
+    items: VecDeque<Arc<BusMessage>>,
+    closed: Option<Closed>,
+    /// When the reader last took a message (or the queue was created).
+    last_taken: Instant,
+}
+
+/// One subscriber's queue, shared by the bus (writers) and the [`Subscription`] (reader).
+#[derive(Debug)]
+struct Queue {
+    name: String,
+    state: Mutex<QueueState>,
+    /// Wakes the reader: a message arrived or the queue closed.
+    readable: Notify,
+    /// Wakes paced writers: the queue went below the pace mark or closed.
+    writable: Notify,
+    dropped: AtomicU64,
+}
+
+impl Queue {
+    fn new(name: String) -> Self {
+        Self {
+            name,
+            state: Mutex::new(QueueState { items: VecDeque::new(), closed: None, last_taken: Instant::now() }),
+            readable: Notify::new(),
+            writable: Notify::new(),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // A poisoned lock means a panic while holding it; the queue itself is still valid.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes the queue; a cut-off also loses what it held (logged by the caller).
+    fn close(&self, why: Closed) {
+        let mut state = self.lock();
+        if state.closed.is_none() {
+            if why == Closed::CutOff {
+                let lost = state.items.len() as u64;
+                state.items.clear();
+                self.dropped.fetch_add(lost, Ordering::Relaxed);
+            }
+            state.closed = Some(why);
+        }
+        drop(state);
+        self.readable.notify_one();
+        self.writable.notify_waiters();
+    }
+
+    /// Whether a paced writer may go on: below the pace mark, or closed.
+    fn has_room(&self) -> bool {
+        let state = self.lock();
+        state.closed.is_some() || state.items.len() < PACE_MARK
+    }
+
+    fn take(&self) -> Option<Arc<BusMessage>> {
+        let mut state = self.lock();
+        let message = state.items.pop_front()?;
+        state.last_taken = Instant::now();
+        let room = state.items.len() < PACE_MARK;
+        drop(state);
+        if room {
+            self.writable.notify_waiters();
+        }
+        Some(message)
+    }
 }
 
 struct Subscriber {
     id: SubscriberId,
-    name: String,
+    kind: SubscriberKind,
     patterns: Vec<String>,
-    queue: mpsc::Sender<Arc<BusMessage>>,
-    control: mpsc::Sender<Arc<BusMessage>>,
-    dropped: Arc<AtomicU64>,
+    queue: Arc<Queue>,
 }
 
 #[derive(Default)]
 struct Shared {
     subscribers: Mutex<Vec<Subscriber>>,
+    /// Sessions and the client connections that speak in them.
+    sessions: Mutex<HashMap<String, Vec<SubscriberId>>>,
     next_id: AtomicU64,
     seq: AtomicU64,
 }
@@ -78,6 +229,10 @@ impl Shared {
     fn subscribers(&self) -> MutexGuard<'_, Vec<Subscriber>> {
         // A poisoned lock means a panic while holding it; the list itself is still valid.
         self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Vec<SubscriberId>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -98,8 +253,19 @@ impl std::fmt::Debug for Bus {
 pub struct SubscriberStats {
     /// The subscriber's name (for example `client#3` or `router`).
     pub name: String,
-    /// Messages dropped because its queue was full.
+    /// Messages it lost: droppable ones while behind, and what it held when cut off.
     pub dropped: u64,
+    /// Messages waiting for it now.
+    pub queued: usize,
+}
+
+/// What one publish did.
+#[derive(Debug, Default)]
+struct Delivery {
+    delivered: usize,
+    recipients: Vec<Recipient>,
+    /// Queues at or over the pace mark after this message went in.
+    behind: Vec<Arc<Queue>>,
 }
 
 impl Bus {
@@ -108,67 +274,176 @@ impl Bus {
         Self::default()
     }
 
-    /// Subscribes to every topic matching any of `patterns` (subscription semantics, see
-    /// [`topic::subscription_matches`]). Dropping the [`Subscription`] unsubscribes.
+    /// Subscribes a kernel service to every topic matching any of `patterns`
+    /// (subscription semantics, see [`topic::subscription_matches`]). Dropping the
+    /// [`Subscription`] unsubscribes.
     pub fn subscribe(&self, name: impl Into<String>, patterns: &[&str]) -> Subscription {
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let (queue, receiver) = mpsc::channel(SUBSCRIBER_QUEUE);
-        let (control, control_receiver) = mpsc::channel(CONTROL_QUEUE);
-        let dropped = Arc::new(AtomicU64::new(0));
-        self.shared.subscribers().push(Subscriber {
-            id,
-            name: name.into(),
-            patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
-            queue,
-            control,
-            dropped: Arc::clone(&dropped),
-        });
-        Subscription { id, receiver, control_receiver, dropped, shared: Arc::clone(&self.shared) }
+        self.subscribe_as(name, SubscriberKind::Service, patterns)
     }
 
-    /// Stamps `seq` and delivers to every matching subscriber (or only to `reply_to`).
-    /// Returns how many subscribers received it.
-    pub fn publish(&self, mut bus_message: BusMessage) -> usize {
+    /// [`Bus::subscribe`] for a subscriber of `kind`.
+    pub fn subscribe_as(&self, name: impl Into<String>, kind: SubscriberKind, patterns: &[&str]) -> Subscription {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let queue = Arc::new(Queue::new(name.into()));
+        self.shared.subscribers().push(Subscriber {
+            id,
+            kind,
+            patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
+            queue: Arc::clone(&queue),
+        });
+        Subscription { id, queue, shared: Arc::clone(&self.shared) }
+    }
+
+    /// Records that the client `subscriber` speaks in `session`: payloads naming that session
+    /// go to it (and to any other client that claimed it). Released when it unsubscribes.
+    pub fn claim_session(&self, subscriber: SubscriberId, session: &str) {
+        let mut sessions = self.shared.sessions();
+        let clients = sessions.entry(session.to_owned()).or_default();
+        if !clients.contains(&subscriber) {
+            clients.push(subscriber);
+        }
+    }
+
+    /// Whether the client `subscriber` is still connected.
+    pub fn is_subscribed(&self, subscriber: SubscriberId) -> bool {
+        self.shared.subscribers().iter().any(|s| s.id == subscriber)
+    }
+
+    /// Stamps `seq` and delivers to every matching subscriber, never waiting. Returns how
+    /// many subscribers received it. For the kernel's own messages; publishers that produce
+    /// streams use [`Bus::publish_paced`].
+    pub fn publish(&self, bus_message: BusMessage) -> usize {
+        self.deliver(bus_message).delivered
+    }
+
+    /// Delivers like [`Bus::publish`] at once, then waits (the returned future) until every
+    /// subscriber it delivered to is below [`PACE_MARK`] again, or gone. The future resolves
+    /// to the number of subscribers that received the message.
+    pub fn publish_paced(&self, bus_message: BusMessage) -> Paced {
+        let delivery = self.deliver(bus_message);
+        Paced { delivered: delivery.delivered, behind: delivery.behind, waiting: None }
+    }
+
+    /// Delivers like [`Bus::publish_paced`] and also names the capsules that received it.
+    pub fn publish_traced(&self, bus_message: BusMessage) -> (Paced, Vec<Recipient>) {
+        let delivery = self.deliver(bus_message);
+        (Paced { delivered: delivery.delivered, behind: delivery.behind, waiting: None }, delivery.recipients)
+    }
+
+    /// The capsules a message on `topic` would be delivered to now.
+    pub fn capsules_subscribed(&self, topic: &str) -> Vec<Recipient> {
+        let mut found: Vec<Recipient> = Vec::new();
+        for subscriber in self.shared.subscribers().iter() {
+            if let SubscriberKind::Capsule { name, source_id } = &subscriber.kind
+                && subscriber.patterns.iter().any(|p| topic::subscription_matches(p, topic))
+                && !found.iter().any(|r| r.capsule == *name)
+            {
+                found.push(Recipient { capsule: name.clone(), source_id: *source_id });
+            }
+        }
+        found
+    }
+
+    fn deliver(&self, mut bus_message: BusMessage) -> Delivery {
         bus_message.message.seq = self.shared.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let bus_message = Arc::new(bus_message);
         let topic = bus_message.message.topic.as_str();
-        let control = is_control_topic(topic);
-        let mut delivered = 0;
+        let droppable = is_droppable(topic);
+        // The clients a client-facing message is for; `None`: every client.
+        let audience = self.audience(&bus_message);
+        let mut delivery = Delivery::default();
         let mut cut_off = Vec::new();
-        let mut subscribers = self.shared.subscribers();
+        let subscribers = self.shared.subscribers();
         for subscriber in subscribers.iter() {
             if bus_message.origin == Origin::Subscriber(subscriber.id)
                 || bus_message.reply_to.is_some_and(|to| to != subscriber.id)
+                || (subscriber.kind == SubscriberKind::Client
+                    && audience.as_ref().is_some_and(|clients| !clients.contains(&subscriber.id)))
                 || !subscriber.patterns.iter().any(|p| topic::subscription_matches(p, topic))
             {
                 continue;
             }
-            let lane = if control { &subscriber.control } else { &subscriber.queue };
-            match lane.try_send(Arc::clone(&bus_message)) {
-                Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) if control => {
-                    log::error!(
-                        "bus: {} has {CONTROL_QUEUE} undelivered control messages; cutting it off rather than losing {topic}",
-                        subscriber.name
-                    );
-                    cut_off.push(subscriber.id);
+            let queue = &subscriber.queue;
+            let mut state = queue.lock();
+            if state.closed.is_some() {
+                continue;
+            }
+            if droppable && state.items.len() >= PACE_MARK {
+                drop(state);
+                let dropped = queue.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    log::warn!("bus: {} is behind; {dropped} stale {topic} message(s) dropped for it", queue.name);
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    let dropped = subscriber.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                    if dropped.is_power_of_two() {
-                        log::warn!(
-                            "bus: {} is not keeping up; {dropped} message(s) dropped for it so far (last on {topic})",
-                            subscriber.name
-                        );
-                    }
-                }
-                // The receiver is gone; its Subscription's Drop is about to remove it.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                continue;
+            }
+            if state.items.len() >= CUT_MARK {
+                drop(state);
+                cut_off.push(Arc::clone(queue));
+                continue;
+            }
+            state.items.push_back(Arc::clone(&bus_message));
+            let behind = state.items.len() >= PACE_MARK;
+            drop(state);
+            queue.readable.notify_one();
+            delivery.delivered += 1;
+            if behind {
+                delivery.behind.push(Arc::clone(queue));
+            }
+            if let SubscriberKind::Capsule { name, source_id } = &subscriber.kind
+                && !delivery.recipients.iter().any(|r| r.capsule == *name)
+            {
+                delivery.recipients.push(Recipient { capsule: name.clone(), source_id: *source_id });
             }
         }
-        // Dropping the senders closes both lanes: the subscriber's `recv` returns None.
-        subscribers.retain(|s| !cut_off.contains(&s.id));
-        delivered
+        drop(subscribers);
+        for queue in cut_off {
+            log::error!(
+                "bus: {} holds {CUT_MARK} messages it has not taken; cutting it off rather than losing {topic}",
+                queue.name
+            );
+            queue.close(Closed::CutOff);
+        }
+        delivery
+    }
+
+    /// Which clients may see `message` (`None`: all of them): the ones speaking in the
+    /// session its payload names, else the one whose request it descends from.
+    fn audience(&self, message: &BusMessage) -> Option<Vec<SubscriberId>> {
+        if let Some(session) = message.message.payload.session_id() {
+            return Some(self.shared.sessions().get(session).cloned().unwrap_or_default());
+        }
+        message.cause.as_ref().map(|cause| vec![cause.client])
+    }
+
+    /// Cuts off every subscriber that is at the pace mark and has taken nothing for
+    /// [`STALL`]: someone may be waiting on it. Returns their names.
+    pub fn cut_off_stalled(&self) -> Vec<String> {
+        self.cut_off_stalled_after(STALL)
+    }
+
+    fn cut_off_stalled_after(&self, stall: Duration) -> Vec<String> {
+        let stalled: Vec<Arc<Queue>> = self
+            .shared
+            .subscribers()
+            .iter()
+            .filter(|s| {
+                let state = s.queue.lock();
+                state.closed.is_none() && state.items.len() >= PACE_MARK && state.last_taken.elapsed() >= stall
+            })
+            .map(|s| Arc::clone(&s.queue))
+            .collect();
+        stalled
+            .into_iter()
+            .map(|queue| {
+                log::error!(
+                    "bus: {} took nothing for {} s with {PACE_MARK}+ messages waiting; cut off",
+                    queue.name,
+                    stall.as_secs()
+                );
+                queue.close(Closed::CutOff);
+                queue.name.clone()
+            })
+            .collect()
     }
 
     /// Delivery figures of every current subscriber.
@@ -176,18 +451,73 @@ impl Bus {
         self.shared
             .subscribers()
             .iter()
-            .map(|s| SubscriberStats { name: s.name.clone(), dropped: s.dropped.load(Ordering::Relaxed) })
+            .map(|s| SubscriberStats {
+                name: s.queue.name.clone(),
+                dropped: s.queue.dropped.load(Ordering::Relaxed),
+                queued: s.queue.lock().items.len(),
+            })
             .collect()
     }
 }
 
-/// A live subscription: a bounded queue of matching messages.
+/// The wait of a paced publish: resolves once every queue the message went into is below
+/// the pace mark again (or closed), to the number of subscribers that received it.
+#[must_use = "a paced publish only paces when awaited"]
+pub struct Paced {
+    delivered: usize,
+    behind: Vec<Arc<Queue>>,
+    waiting: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl std::fmt::Debug for Paced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Paced").field("delivered", &self.delivered).field("behind", &self.behind.len()).finish()
+    }
+}
+
+impl Paced {
+    /// How many subscribers received the message (known at once).
+    pub fn delivered(&self) -> usize {
+        self.delivered
+    }
+}
+
+impl Future for Paced {
+    type Output = usize;
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<usize> {
+        loop {
+            if let Some(waiting) = self.waiting.as_mut() {
+                if waiting.as_mut().poll(context).is_pending() {
+                    return Poll::Pending;
+                }
+                self.waiting = None;
+            }
+            let Some(queue) = self.behind.last().cloned() else { return Poll::Ready(self.delivered) };
+            if queue.has_room() {
+                self.behind.pop();
+                continue;
+            }
+            self.waiting = Some(Box::pin(async move {
+                loop {
+                    let notified = queue.writable.notified();
+                    let mut notified = std::pin::pin!(notified);
+                    notified.as_mut().enable();
+                    if queue.has_room() {
+                        return;
+                    }
+                    notified.await;
+                }
+            }));
+        }
+    }
+}
+
+/// A live subscription: the subscriber's queue of matching messages.
 #[derive(Debug)]
 pub struct Subscription {
     id: SubscriberId,
-    receiver: mpsc::Receiver<Arc<BusMessage>>,
-    control_receiver: mpsc::Receiver<Arc<BusMessage>>,
-    dropped: Arc<AtomicU64>,
+    queue: Arc<Queue>,
     shared: Arc<Shared>,
 }
 
@@ -203,31 +533,46 @@ impl Subscription {
         self.id
     }
 
-    /// Waits for the next message, control messages first. `None` when the subscriber was
-    /// cut off (or the bus is gone).
+    /// Waits for the next message, in publish order. `None` once the subscriber was cut off.
     pub async fn recv(&mut self) -> Option<Arc<BusMessage>> {
-        tokio::select! {
-            biased;
-            Some(message) = self.control_receiver.recv() => Some(message),
-            Some(message) = self.receiver.recv() => Some(message),
-            else => None,
+        loop {
+            let notified = self.queue.readable.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(message) = self.queue.take() {
+                return Some(message);
+            }
+            if self.queue.lock().closed.is_some() {
+                return None;
+            }
+            notified.await;
         }
     }
 
-    /// Takes a queued message without waiting (used to drain at shutdown).
+    /// Takes a queued message without waiting.
     pub fn try_recv(&mut self) -> Option<Arc<BusMessage>> {
-        self.control_receiver.try_recv().or_else(|_| self.receiver.try_recv()).ok()
+        self.queue.take()
     }
 
-    /// Messages dropped for this subscriber so far.
+    /// Messages this subscriber lost so far.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.queue.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Whether the bus cut this subscriber off.
+    pub fn is_cut_off(&self) -> bool {
+        self.queue.lock().closed == Some(Closed::CutOff)
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.queue.close(Closed::Unsubscribed);
         self.shared.subscribers().retain(|s| s.id != self.id);
+        self.shared.sessions().retain(|_, clients| {
+            clients.retain(|c| *c != self.id);
+            !clients.is_empty()
+        });
     }
 }
 
@@ -238,11 +583,17 @@ mod tests {
 
     fn message(topic: &str) -> BusMessage {
         let payload = IpcPayload::Custom { data: serde_json::json!({}) };
-        BusMessage {
-            message: IpcMessage::new(topic, payload, SYSTEM_SESSION_UUID),
-            origin: Origin::Kernel,
-            reply_to: None,
-        }
+        BusMessage::from_kernel(IpcMessage::new(topic, payload, SYSTEM_SESSION_UUID))
+    }
+
+    fn answer(session: &str, text: &str) -> BusMessage {
+        let payload = IpcPayload::AgentResponse {
+            text: text.to_owned(),
+            is_final: false,
+            session_id: session.to_owned(),
+            outcome: None,
+        };
+        BusMessage::from_kernel(IpcMessage::new("agent.v1.response", payload, SYSTEM_SESSION_UUID))
     }
 
     #[tokio::test]
@@ -263,54 +614,150 @@ mod tests {
         let bus = Bus::new();
         let mut a = bus.subscribe("a", &["astrid.v1.response.*"]);
         let mut b = bus.subscribe("b", &["astrid.v1.response.*"]);
-        let mut reply = message("astrid.v1.response.status");
-        reply.reply_to = Some(a.id());
-        bus.publish(reply);
+        bus.publish(message("astrid.v1.response.status").to(Some(a.id())));
         assert!(a.try_recv().is_some());
         assert!(b.try_recv().is_none());
-        let mut own = message("astrid.v1.response.status");
-        own.origin = Origin::Subscriber(b.id());
+        let own = BusMessage::from(Origin::Subscriber(b.id()), message("astrid.v1.response.status").message);
         bus.publish(own);
         assert!(a.try_recv().is_some());
         assert!(b.try_recv().is_none(), "a publisher must not receive its own message");
     }
 
     #[tokio::test]
-    async fn a_full_queue_drops_for_that_subscriber_only() {
+    async fn a_slow_reader_gets_everything_in_order_and_paces_its_writer() {
         let bus = Bus::new();
-        let slow = bus.subscribe("slow", &["t.v1.x"]);
-        let mut fast = bus.subscribe("fast", &["t.v1.x"]);
-        for _ in 0..SUBSCRIBER_QUEUE + 10 {
-            bus.publish(message("t.v1.x"));
-            assert!(fast.try_recv().is_some());
+        let mut slow = bus.subscribe("slow", &["t.v1.x"]);
+        let total = PACE_MARK * 3;
+        let writer = {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+                let mut waited = 0;
+                for n in 0..total {
+                    let payload = IpcPayload::Custom { data: serde_json::json!({"n": n}) };
+                    let paced = bus.publish_paced(BusMessage::from_kernel(IpcMessage::new(
+                        "t.v1.x",
+                        payload,
+                        SYSTEM_SESSION_UUID,
+                    )));
+                    if !paced.behind.is_empty() {
+                        waited += 1;
+                    }
+                    runtime.block_on(paced);
+                }
+                waited
+            })
+        };
+        for n in 0..total {
+            if n % 64 == 0 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let message = slow.recv().await.expect("message");
+            assert_eq!(message.message.payload.to_guest_value()["n"], n, "in order, none lost");
         }
-        assert_eq!(slow.dropped(), 10);
-        assert_eq!(fast.dropped(), 0);
-        drop(slow);
-        assert_eq!(bus.stats().len(), 1, "dropping a subscription unsubscribes");
+        let waited = writer.join().expect("writer");
+        assert!(waited > 0, "the writer was held back at the pace mark");
+        assert_eq!(slow.dropped(), 0);
     }
 
     #[tokio::test]
-    async fn control_messages_are_never_dropped_silently() {
+    async fn only_stale_telemetry_is_dropped_for_a_reader_that_is_behind() {
         let bus = Bus::new();
-        let mut stuck = bus.subscribe("stuck", &["astrid.v1.approval", "t.v1.x"]);
-        // Data floods do not touch the control lane.
-        for _ in 0..SUBSCRIBER_QUEUE + 5 {
+        let mut behind = bus.subscribe("behind", &["t.v1.x", super::super::watchdog::TICK_TOPIC]);
+        for _ in 0..PACE_MARK {
             bus.publish(message("t.v1.x"));
         }
-        for _ in 0..CONTROL_QUEUE {
-            assert_eq!(bus.publish(message("astrid.v1.approval")), 1);
-        }
-        assert_eq!(stuck.dropped(), 5);
-        // One more control message cannot be queued: the subscriber is cut off, not skipped.
-        assert_eq!(bus.publish(message("astrid.v1.approval")), 0);
-        assert!(bus.stats().is_empty());
-        // Control messages come out first, then the data, then the end.
-        assert_eq!(stuck.recv().await.expect("control").message.topic, "astrid.v1.approval");
-        let mut received = 1;
-        while stuck.recv().await.is_some() {
+        assert_eq!(bus.publish(message(super::super::watchdog::TICK_TOPIC)), 0);
+        assert_eq!(bus.publish(message("t.v1.x")), 1, "a stream message still gets in");
+        assert_eq!(behind.dropped(), 1);
+        let mut received = 0;
+        while behind.try_recv().is_some() {
             received += 1;
         }
-        assert_eq!(received, CONTROL_QUEUE + SUBSCRIBER_QUEUE);
+        assert_eq!(received, PACE_MARK + 1);
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_stops_is_cut_off_loudly_not_skipped() {
+        let bus = Bus::new();
+        let mut stuck = bus.subscribe("stuck", &["t.v1.x"]);
+        let mut healthy = bus.subscribe("healthy", &["t.v1.x"]);
+        for _ in 0..PACE_MARK {
+            bus.publish(message("t.v1.x"));
+            healthy.try_recv().expect("healthy keeps up");
+        }
+        assert!(bus.cut_off_stalled_after(Duration::from_secs(60)).is_empty(), "not stalled long enough");
+        assert_eq!(bus.cut_off_stalled_after(Duration::ZERO), vec!["stuck".to_owned()]);
+        assert!(stuck.is_cut_off());
+        assert!(stuck.recv().await.is_none(), "the reader learns it was cut off");
+        assert_eq!(stuck.dropped(), PACE_MARK as u64, "what it lost is counted");
+        assert_eq!(bus.publish(message("t.v1.x")), 1, "the others go on");
+        // A queue past the hard mark is cut off at the next message, by any publisher.
+        let flooded = bus.subscribe("flooded", &["t.v1.y"]);
+        for _ in 0..CUT_MARK {
+            bus.publish(message("t.v1.y"));
+        }
+        assert_eq!(bus.publish(message("t.v1.y")), 0);
+        assert!(flooded.is_cut_off());
+    }
+
+    #[tokio::test]
+    async fn a_paced_publisher_is_released_when_its_reader_goes_away() {
+        let bus = Bus::new();
+        let gone = bus.subscribe("gone", &["t.v1.x"]);
+        for _ in 0..PACE_MARK - 1 {
+            bus.publish(message("t.v1.x"));
+        }
+        let paced = bus.publish_paced(message("t.v1.x"));
+        drop(gone);
+        assert_eq!(tokio::time::timeout(Duration::from_secs(10), paced).await.expect("released"), 1);
+    }
+
+    #[tokio::test]
+    async fn clients_see_their_own_sessions_and_requests_only() {
+        let bus = Bus::new();
+        let mut alice = bus.subscribe_as("alice", SubscriberKind::Client, &["agent.v1.response", "astrid.v1.approval"]);
+        let mut bob = bus.subscribe_as("bob", SubscriberKind::Client, &["agent.v1.response", "astrid.v1.approval"]);
+        let mut capsule = bus.subscribe_as(
+            "capsule:spy",
+            SubscriberKind::Capsule { name: "spy".into(), source_id: Uuid::nil() },
+            &["agent.v1.response"],
+        );
+        bus.claim_session(alice.id(), "s-alice");
+        bus.claim_session(bob.id(), "s-bob");
+        bus.publish(answer("s-alice", "for alice"));
+        assert!(alice.try_recv().is_some());
+        assert!(bob.try_recv().is_none(), "another session's answer is not bob's");
+        assert!(capsule.try_recv().is_some(), "capsules see what their grant covers");
+        bus.publish(answer("nobody's", "lost soul"));
+        assert!(alice.try_recv().is_none() && bob.try_recv().is_none(), "an unclaimed session goes to no client");
+        // A message without a session goes where its cause came from, or to everyone.
+        let caused = message("astrid.v1.approval").caused_by(Some(Cause::new(bob.id(), "s-bob", None)));
+        bus.publish(caused);
+        assert!(bob.try_recv().is_some());
+        assert!(alice.try_recv().is_none(), "bob's approval is not alice's to see");
+        bus.publish(message("astrid.v1.approval"));
+        assert!(alice.try_recv().is_some() && bob.try_recv().is_some());
+        // A claim ends with the connection.
+        let bob_id = bob.id();
+        drop(bob);
+        assert!(!bus.is_subscribed(bob_id));
+        assert!(!bus.shared.sessions().contains_key("s-bob"));
+    }
+
+    #[tokio::test]
+    async fn traced_publishes_name_the_capsules_that_received_them() {
+        let bus = Bus::new();
+        let source = Uuid::new_v4();
+        let _hook = bus.subscribe_as(
+            "capsule:orchestrator",
+            SubscriberKind::Capsule { name: "orchestrator".into(), source_id: source },
+            &["user.v1.prompt"],
+        );
+        let _service = bus.subscribe("audit", &["user.v1.prompt"]);
+        assert_eq!(bus.capsules_subscribed("user.v1.prompt").len(), 1);
+        let (paced, recipients) = bus.publish_traced(message("user.v1.prompt"));
+        assert_eq!(paced.await, 2);
+        assert_eq!(recipients, vec![Recipient { capsule: "orchestrator".into(), source_id: source }]);
     }
 }

@@ -10,6 +10,7 @@ pub mod bus;
 pub mod capability;
 mod capsule_admin;
 pub mod capsules;
+pub mod cause;
 pub mod clients;
 pub mod defaults;
 pub mod dependencies;
@@ -18,13 +19,14 @@ pub mod install;
 pub mod manifest;
 pub mod mcp_service;
 pub mod operator_kv;
+pub mod prompts;
 pub mod rate_limit;
 pub mod router;
 pub mod topic;
 pub mod watchdog;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -34,6 +36,7 @@ use uuid::Uuid;
 
 pub use bus::{Bus, BusMessage, Origin, Subscription};
 pub use capsules::{CapsuleDirs, CapsuleRegistry};
+pub use cause::Cause;
 pub use clients::{ClientLease, ClientTracker};
 
 use approval::{ApprovalOutcome, ApprovalRequest, Approvals};
@@ -44,7 +47,7 @@ use crate::audit::{Actor, AuditTrail, Decision, NewEntry};
 use crate::home::{AstridHome, DEFAULT_PRINCIPAL};
 use crate::store::{KvError, KvStore};
 use crate::types::{DaemonStatus, IpcMessage, IpcPayload, SubscriberDrops};
-use crate::vfs::Vfs;
+use crate::vfs::{Vfs, VfsError};
 
 /// Topic on which the kernel announces that capsule loading finished (boot and reload).
 pub const CAPSULES_LOADED_TOPIC: &str = "astrid.v1.capsules_loaded";
@@ -111,7 +114,12 @@ pub struct Kernel {
     audit: AuditTrail,
     /// `verifying` until [`Kernel::verify_audit`] has run, then `intact` or the problem.
     audit_health: Mutex<String>,
-    vfs: Vfs,
+    /// The daemon's workspace (`--workspace`).
+    vfs: Arc<Vfs>,
+    /// Other workspaces clients work in, opened on first use (each with its own overlay).
+    workspaces: Mutex<Vec<Arc<Vfs>>>,
+    /// The workspace each client connection named in its handshake.
+    client_workspaces: Mutex<std::collections::HashMap<bus::SubscriberId, Arc<PathBuf>>>,
     grants: Grants,
     approvals: Approvals,
     /// Bumped whenever the registry or a grant changes, so the capsule host can catch up.
@@ -144,7 +152,9 @@ impl Kernel {
             store: state.store,
             audit: state.audit,
             audit_health: Mutex::new("verifying".to_owned()),
-            vfs: state.vfs,
+            vfs: Arc::new(state.vfs),
+            workspaces: Mutex::new(Vec::new()),
+            client_workspaces: Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -153,9 +163,38 @@ impl Kernel {
         &self.store
     }
 
-    /// The workspace VFS.
+    /// The daemon's workspace (`--workspace`), behind its overlay.
     pub fn vfs(&self) -> &Vfs {
         &self.vfs
+    }
+
+    /// The workspace `root` (canonical) behind its overlay, or the daemon's own for `None`.
+    /// A workspace is opened on first use and kept: its overlay is keyed by its path, so
+    /// pending writes of two directories never mix.
+    pub fn workspace(&self, root: Option<&Path>) -> Result<Arc<Vfs>, VfsError> {
+        let Some(root) = root.filter(|root| *root != self.vfs.root()) else { return Ok(Arc::clone(&self.vfs)) };
+        let mut open = self.workspaces.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(vfs) = open.iter().find(|vfs| vfs.root() == root) {
+            return Ok(Arc::clone(vfs));
+        }
+        let vfs = Arc::new(Vfs::open(root, &self.config.home.overlay_dir(root))?);
+        log::info!("workspace {} opened for a client", root.display());
+        open.push(Arc::clone(&vfs));
+        Ok(vfs)
+    }
+
+    /// Records the workspace the client `subscriber` works in (`None`: forgets it).
+    pub fn set_client_workspace(&self, subscriber: bus::SubscriberId, workspace: Option<Arc<PathBuf>>) {
+        let mut clients = self.client_workspaces.lock().unwrap_or_else(|e| e.into_inner());
+        match workspace {
+            Some(workspace) => clients.insert(subscriber, workspace),
+            None => clients.remove(&subscriber),
+        };
+    }
+
+    /// The workspace the client `subscriber` works in (`None`: the daemon's).
+    pub fn client_workspace(&self, subscriber: bus::SubscriberId) -> Option<Arc<PathBuf>> {
+        self.client_workspaces.lock().unwrap_or_else(|e| e.into_inner()).get(&subscriber).cloned()
     }
 
     /// Install-time capability grants.
@@ -343,8 +382,19 @@ impl Kernel {
         }
     }
 
-    /// Starts the management router. Must be called from within a tokio runtime.
+    /// Starts the management router, and the check that cuts off bus subscribers that stopped
+    /// reading while someone waits on them (see [`bus`]). Must be called from within a tokio
+    /// runtime; the returned handle is the router's.
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                every.tick().await;
+                bus.cut_off_stalled();
+            }
+        });
         tokio::spawn(router::run(Arc::clone(self)))
     }
 
@@ -431,11 +481,7 @@ impl Kernel {
             self.record(DEFAULT_PRINCIPAL, Actor::Kernel, action, &capsule.name, Decision::Info, &rule);
         }
         let payload = IpcPayload::RawJson(json!({"status": "ready"}));
-        self.bus.publish(BusMessage {
-            message: IpcMessage::new(CAPSULES_LOADED_TOPIC, payload, self.session()),
-            origin: Origin::Kernel,
-            reply_to: None,
-        });
+        self.bus.publish(BusMessage::from_kernel(IpcMessage::new(CAPSULES_LOADED_TOPIC, payload, self.session())));
         count
     }
 

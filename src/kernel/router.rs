@@ -59,6 +59,7 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
         let caller = Caller {
             principal: incoming.message.principal.clone().unwrap_or_else(|| DEFAULT_PRINCIPAL.to_owned()),
             actor: requester.map_or(Actor::Kernel, |id| Actor::Client { id: format!("client#{id}") }),
+            workspace: requester.and_then(|id| kernel.client_workspace(id)),
         };
         let request = decode(&incoming.message.payload);
         if let Ok(KernelRequest::McpCall { server, tool, arguments }) = &request {
@@ -132,6 +133,8 @@ async fn mcp_call(
 pub(super) struct Caller {
     pub(super) principal: String,
     pub(super) actor: Actor,
+    /// The workspace the requesting connection works in (`None`: the daemon's).
+    pub(super) workspace: Option<Arc<std::path::PathBuf>>,
 }
 
 fn decode(payload: &IpcPayload) -> Result<KernelRequest, String> {
@@ -265,7 +268,10 @@ fn revoke(kernel: &Kernel, id: &str, caller: &Caller) -> KernelResponse {
 }
 
 fn workspace(kernel: &Kernel, request: &KernelRequest, caller: &Caller) -> KernelResponse {
-    let vfs = kernel.vfs();
+    let vfs = match kernel.workspace(caller.workspace.as_deref().map(|p| p.as_path())) {
+        Ok(vfs) => vfs,
+        Err(e) => return KernelResponse::Error(format!("cannot open the workspace: {e}")),
+    };
     let result = match request {
         KernelRequest::WorkspaceDiff => vfs.diff().and_then(|diff| {
             let changes = vfs.changes()?;
@@ -332,7 +338,7 @@ impl Kernel {
             }
         };
         let message = crate::types::IpcMessage::new(topic, payload, self.session());
-        self.bus().publish(BusMessage { message, origin: Origin::Kernel, reply_to: requester });
+        self.bus().publish(BusMessage::from_kernel(message).to(requester));
     }
 }
 

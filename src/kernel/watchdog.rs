@@ -13,7 +13,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::Kernel;
-use super::bus::{BusMessage, Origin};
+use super::bus::BusMessage;
 use crate::types::{IpcMessage, IpcPayload};
 
 /// The topic of the tick.
@@ -27,11 +27,11 @@ pub async fn run(kernel: Arc<Kernel>, interval: Duration) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         ticker.tick().await;
-        kernel.bus().publish(BusMessage {
-            message: IpcMessage::new(TICK_TOPIC, IpcPayload::Custom { data: json!({}) }, Uuid::new_v4()),
-            origin: Origin::Kernel,
-            reply_to: None,
-        });
+        kernel.bus().publish(BusMessage::from_kernel(IpcMessage::new(
+            TICK_TOPIC,
+            IpcPayload::Custom { data: json!({}) },
+            Uuid::new_v4(),
+        )));
     }
 }
 

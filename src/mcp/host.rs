@@ -23,7 +23,7 @@ use super::client::{CallOutcome, Event, McpClient, McpError, ToolInfo};
 use super::config::{RestartPolicy, ServerConfig};
 use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
-use crate::kernel::{BusMessage, CAPSULES_LOADED_TOPIC, Kernel, Origin};
+use crate::kernel::{BusMessage, CAPSULES_LOADED_TOPIC, Kernel};
 use crate::types::{IpcMessage, IpcPayload};
 
 /// Failed starts (or exits) in a row after which a server is given up.
@@ -296,11 +296,11 @@ impl McpHost {
 
     fn announce_tools(&self) {
         let payload = IpcPayload::RawJson(json!({"status": "ready"}));
-        self.kernel.bus().publish(BusMessage {
-            message: IpcMessage::new(CAPSULES_LOADED_TOPIC, payload, self.kernel.session()),
-            origin: Origin::Kernel,
-            reply_to: None,
-        });
+        self.kernel.bus().publish(BusMessage::from_kernel(IpcMessage::new(
+            CAPSULES_LOADED_TOPIC,
+            payload,
+            self.kernel.session(),
+        )));
     }
 
     /// One server's life, until the daemon stops or the server is given up.

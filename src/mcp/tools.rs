@@ -18,7 +18,7 @@ use super::host::McpHost;
 use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
 use crate::kernel::approval::{ApprovalOutcome, ApprovalRequest};
-use crate::kernel::{BusMessage, Kernel, Origin};
+use crate::kernel::{BusMessage, Cause, Kernel};
 use crate::types::{IpcMessage, IpcPayload, ToolCall, ToolCallResult};
 
 const DESCRIBE: &str = "tool.v1.request.describe";
@@ -38,7 +38,7 @@ pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
             let tools = host.tool_descriptions();
             if !tools.is_empty() {
                 let described = IpcPayload::RawJson(json!({"tools": tools, "description": "MCP servers"}));
-                publish(&kernel, "tool.v1.response.describe.mcp", described);
+                publish(&kernel, "tool.v1.response.describe.mcp", described, incoming.cause.clone()).await;
             }
         } else if topic == CANCEL {
             let payload = incoming.message.payload.to_guest_value();
@@ -64,6 +64,7 @@ pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
             };
             let principal = incoming.message.principal.clone().unwrap_or_else(|| DEFAULT_PRINCIPAL.to_owned());
             let call = Call {
+                cause: incoming.cause.clone(),
                 principal,
                 server: server.to_owned(),
                 tool: tool.to_owned(),
@@ -80,13 +81,16 @@ pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
                     call_id: call.call_id.clone(),
                     result: ToolCallResult { call_id: call.call_id.clone(), content, is_error },
                 };
-                publish(&kernel, &format!("{EXECUTE_PREFIX}{}:{}.result", call.server, call.tool), result);
+                let topic = format!("{EXECUTE_PREFIX}{}:{}.result", call.server, call.tool);
+                publish(&kernel, &topic, result, call.cause.clone()).await;
             });
         }
     }
 }
 
 struct Call {
+    /// The turn the call belongs to: its approval is asked of that turn's frontend.
+    cause: Option<Arc<Cause>>,
     principal: String,
     server: String,
     tool: String,
@@ -98,12 +102,9 @@ struct Call {
 async fn execute(kernel: &Kernel, host: &McpHost, call: &Call, cancelled: oneshot::Receiver<()>) -> (String, bool) {
     let name = format!("{}:{}", call.server, call.tool);
     let actor = || Actor::Capsule { name: format!("mcp:{}", call.server) };
-    let request = ApprovalRequest {
-        principal: call.principal.clone(),
-        capsule: format!("mcp:{}", call.server),
-        action: "mcp.call".to_owned(),
-        resource: name.clone(),
-    };
+    let mut request = ApprovalRequest::new(&call.principal, &format!("mcp:{}", call.server), "mcp.call", &name);
+    request.cause = call.cause.clone();
+    request.details = Some(arguments_preview(&call.arguments));
     if let ApprovalOutcome::Denied { reason } = kernel.request_approval(request).await {
         kernel.record(&call.principal, actor(), "mcp.call", &name, Decision::Deny, &reason);
         return (format!("{name} was not run: the user did not approve ({reason})"), true);
@@ -127,7 +128,14 @@ async fn execute(kernel: &Kernel, host: &McpHost, call: &Call, cancelled: onesho
     }
 }
 
-fn publish(kernel: &Kernel, topic: &str, payload: IpcPayload) {
+/// The arguments of a call as the person approving it reads them: pretty JSON.
+fn arguments_preview(arguments: &Value) -> String {
+    let pretty = serde_json::to_string_pretty(arguments).unwrap_or_else(|_| arguments.to_string());
+    format!("arguments:\n{pretty}")
+}
+
+/// Publishes as the MCP bridge, for `cause`'s turn, paced to the speed of the readers.
+async fn publish(kernel: &Kernel, topic: &str, payload: IpcPayload, cause: Option<Arc<Cause>>) {
     let message = IpcMessage::new(topic, payload, kernel.session());
-    kernel.bus().publish(BusMessage { message, origin: Origin::Kernel, reply_to: None });
+    kernel.bus().publish_paced(BusMessage::from_kernel(message).caused_by(cause)).await;
 }

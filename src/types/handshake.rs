@@ -18,6 +18,11 @@ pub struct HandshakeRequest {
     /// connection (an Astrid extension: the reference has no such role, and ignores it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capsule_host: Option<CapsuleAttach>,
+    /// The directory this client works in (absolute): its turns read and write that
+    /// workspace, through an overlay of its own (an Astrid extension; absent, the daemon's
+    /// `--workspace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
 }
 
 /// Which capsule a capsule-host connection serves.

@@ -6,6 +6,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::llm::{LlmResponse, LlmToolDefinition, Message, StreamEvent, ToolCallResult};
+use super::turn::TurnOutcome;
 
 /// One message on the bus.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +89,9 @@ pub enum IpcPayload {
         /// The conversation it belongs to.
         #[serde(default = "default_session")]
         session_id: String,
+        /// Astrid extension, on a final response: how the turn ended (absent: answered).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outcome: Option<TurnOutcome>,
     },
     /// A capsule asks the operator for consent.
     ApprovalRequired {
@@ -99,6 +103,14 @@ pub enum IpcPayload {
         resource: String,
         /// Why.
         reason: String,
+        /// Astrid extension: what will happen, for the person to see before deciding (a
+        /// write's diff, a tool call's arguments, a command line), capped by the kernel.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        details: Option<String>,
+        /// Astrid extension: what `approve_session` and `approve_always` would cover (for
+        /// example `write_file under notes/`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<String>,
     },
     /// The operator's answer to an approval request.
     ApprovalResponse {
@@ -289,6 +301,17 @@ impl IpcPayload {
         match self {
             Self::RawJson(value) | Self::Custom { data: value } => value.clone(),
             other => serde_json::to_value(other).unwrap_or(Value::Null),
+        }
+    }
+
+    /// The conversation this payload belongs to, when it names one: the `session_id` of a
+    /// user input or an agent response, or a string `session_id` at the top of a custom or
+    /// raw JSON object.
+    pub fn session_id(&self) -> Option<&str> {
+        match self {
+            Self::UserInput { session_id, .. } | Self::AgentResponse { session_id, .. } => Some(session_id),
+            Self::RawJson(value) | Self::Custom { data: value } => value.get("session_id").and_then(Value::as_str),
+            _ => None,
         }
     }
 

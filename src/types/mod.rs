@@ -11,6 +11,7 @@ pub mod handshake;
 pub mod ipc;
 pub mod kernel_api;
 pub mod llm;
+pub mod turn;
 
 pub use handshake::{CapsuleAttach, HandshakeRequest, HandshakeResponse, HandshakeStatus, PROTOCOL_VERSION};
 pub use ipc::{
@@ -24,3 +25,4 @@ pub use llm::{
     ContentPart, LlmResponse, LlmToolDefinition, Message, MessageContent, MessageRole, StopReason, StreamEvent,
     ToolCall, ToolCallResult, Usage,
 };
+pub use turn::{Answerer, TurnEvent, TurnOutcome};

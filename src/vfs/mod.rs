@@ -192,6 +192,11 @@ impl Vfs {
         })
     }
 
+    /// The workspace root, as opened.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn whiteouts(&self) -> MutexGuard<'_, BTreeSet<String>> {
         self.whiteouts.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -397,6 +402,39 @@ impl Vfs {
             }
         }
         Ok(out)
+    }
+
+    /// What writing `new` to `path` would change, for a person to approve: a header with
+    /// the sizes, then a unified diff against what the path holds now (pending writes
+    /// included), at most `max_lines` lines of it (the cut is marked).
+    pub fn preview_write(&self, path: &VfsPath, new: &[u8], max_lines: usize) -> String {
+        let old = self.read(path).ok();
+        let header = match &old {
+            None => format!("new file {path}, {} bytes", new.len()),
+            Some(old) if old.as_slice() == new => format!("{path} unchanged ({} bytes)", new.len()),
+            Some(old) => format!("{path}: {} → {} bytes", old.len(), new.len()),
+        };
+        let old = old.unwrap_or_default();
+        let (Ok(old_text), Ok(new_text)) = (std::str::from_utf8(&old), std::str::from_utf8(new)) else {
+            return format!("{header} (binary)");
+        };
+        let (old_name, new_name) = if old.is_empty() {
+            ("/dev/null".to_owned(), format!("b/{path}"))
+        } else {
+            (format!("a/{path}"), format!("b/{path}"))
+        };
+        let diff = similar::TextDiff::from_lines(old_text, new_text);
+        let diff = diff.unified_diff().context_radius(3).header(&old_name, &new_name).to_string();
+        let lines: Vec<&str> = diff.lines().collect();
+        let mut out = header;
+        for line in lines.iter().take(max_lines) {
+            out.push('\n');
+            out.push_str(line);
+        }
+        if lines.len() > max_lines {
+            out.push_str(&format!("\n[… {} more diff lines]", lines.len() - max_lines));
+        }
+        out
     }
 
     /// Applies every pending change to the workspace. Each file is replaced atomically (temp

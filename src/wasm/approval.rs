@@ -1,9 +1,16 @@
 //! `request_approval`: a capsule asks a person before doing something consequential.
 //!
 //! The request goes through the kernel ([`crate::kernel::Kernel::request_approval`]): a
-//! standing allowance answers at once, otherwise `ApprovalRequired` goes to the frontends and
-//! the answer (or a timeout, which denies) comes back; both the question and the decision
-//! are audited. Waiting for the person is not charged to the capsule's CPU deadline.
+//! standing allowance answers at once, otherwise `ApprovalRequired` goes to the frontend
+//! whose turn the capsule is working for (the cause of the event it handles) and the answer
+//! (or a timeout, which denies) comes back; both the question and the decision are audited.
+//! Waiting for the person is not charged to the capsule's CPU deadline.
+//!
+//! `{"action", "resource"}`, plus, so the person sees what will happen, either `"write"`
+//! (the full new content of the workspace path `resource`: the kernel shows the diff against
+//! what the capsule would overwrite, and "session"/"always" then cover that path's directory)
+//! or `"details"` (text shown as is, capped). The preview is computed here, on the kernel
+//! side, from the workspace itself, not taken from the capsule's description of it.
 
 use std::time::Duration;
 
@@ -12,12 +19,15 @@ use serde::Deserialize;
 use super::context::CapsuleContext;
 use super::host_call::HostReply;
 use super::wait::{block_on_timeout, unless_stopped};
-use crate::kernel::approval::{ApprovalOutcome, ApprovalRequest};
+use crate::kernel::approval::{ApprovalOutcome, ApprovalRequest, Scope};
+use crate::vfs::VfsPath;
 
 /// Longest a capsule waits for a person (the kernel's own timeout, 60 s, answers first).
 const MAX_WAIT: Duration = Duration::from_secs(120);
-/// Largest request a guest may pass.
-pub(super) const MAX_REQUEST: usize = 16 * 1024;
+/// Largest request a guest may pass (a write's whole new content travels in it).
+pub(super) const MAX_REQUEST: usize = 10 * 1024 * 1024 + 64 * 1024;
+/// Diff lines shown for a write.
+const PREVIEW_LINES: usize = 120;
 
 /// `request_approval` answers: approved.
 pub const APPROVED: i32 = 1;
@@ -30,22 +40,30 @@ pub const INVALID: i32 = -2;
 struct Ask {
     action: String,
     resource: String,
+    #[serde(default)]
+    write: Option<String>,
+    #[serde(default)]
+    details: Option<String>,
 }
 
 /// Decides `{action, resource}` JSON: blocks until the kernel (a standing allowance, a
 /// person, or the timeout) answers.
 pub(super) fn request(context: &CapsuleContext, bytes: &[u8]) -> HostReply {
     let Ok(ask) = serde_json::from_slice::<Ask>(bytes) else { return HostReply::value(INVALID) };
-    if ask.action.is_empty() || ask.action.len() > 256 || ask.resource.len() > 4096 {
+    if ask.action.is_empty() || ask.action.len() > 256 || ask.resource.len() > crate::vfs::MAX_PATH {
         return HostReply::value(INVALID);
     }
     let Some(access) = &context.kernel else { return HostReply::value(DENIED) };
-    let request = ApprovalRequest {
-        principal: access.principal.clone(),
-        capsule: context.capsule.clone(),
-        action: ask.action,
-        resource: ask.resource,
-    };
+    let mut request = ApprovalRequest::new(&access.principal, &context.capsule, &ask.action, &ask.resource);
+    request.cause = context.cause.clone();
+    request.details = ask.details;
+    if let Some(content) = ask.write {
+        let Ok(path) = VfsPath::parse(&ask.resource) else { return HostReply::value(INVALID) };
+        request.resource = path.as_str().to_owned();
+        request.scope = Scope::directory_of(path.as_str());
+        let Some(vfs) = context.workspace() else { return HostReply::value(DENIED) };
+        request.details = Some(vfs.preview_write(&path, content.as_bytes(), PREVIEW_LINES));
+    }
     let stopped = context.lifecycle.stopped();
     let outcome = block_on_timeout(unless_stopped(access.kernel.request_approval(request), stopped), MAX_WAIT);
     HostReply::value(match outcome {

@@ -17,7 +17,8 @@ use super::lifecycle::Lifecycle;
 use super::sandbox::{HostServices, KernelAccess};
 use super::{approval, elicit, host_fs, host_http, host_ipc, host_kv};
 use crate::audit::{Actor, Decision};
-use crate::kernel::bus::Subscription;
+use crate::kernel::Cause;
+use crate::kernel::bus::{BusMessage, SubscriberKind, Subscription};
 use crate::kernel::install::CapsuleMeta;
 use crate::kernel::manifest::EnvDef;
 use crate::store::{KvStore, Namespace};
@@ -60,6 +61,10 @@ pub struct CapsuleContext {
     pub(super) interceptors: Option<Subscription>,
     /// The install record a finished lifecycle hook is recorded against.
     pub(super) installed: Option<CapsuleMeta>,
+    /// The client request the instance is working for: the cause of the event its hook is
+    /// handling (a run loop: of the last message it received). Its publishes and approval
+    /// requests carry it on; the kernel sets it, the guest cannot.
+    pub(super) cause: Option<Arc<Cause>>,
 }
 
 impl CapsuleContext {
@@ -82,6 +87,42 @@ impl CapsuleContext {
             interceptor_patterns: Vec::new(),
             interceptors: None,
             installed: None,
+            cause: None,
+        }
+    }
+
+    /// The workspace this instance's file calls act on: that of the client whose turn it is
+    /// working for, else the daemon's.
+    pub(super) fn workspace(&self) -> Option<Arc<crate::vfs::Vfs>> {
+        let access = self.kernel.as_ref()?;
+        let root = self.cause.as_ref().and_then(|cause| cause.workspace.clone());
+        match access.kernel.workspace(root.as_deref().map(|p| p.as_path())) {
+            Ok(vfs) => Some(vfs),
+            Err(e) => {
+                log::error!("capsule {}: cannot open its turn's workspace: {e}", self.capsule);
+                None
+            }
+        }
+    }
+
+    /// The name of this instance's bus subscriptions (in the log and `status`).
+    pub(super) fn bus_name(&self) -> String {
+        format!("capsule:{}", self.capsule)
+    }
+
+    /// What this instance is to the bus: the capsule, publishing as its `source_id`.
+    pub(super) fn subscriber_kind(&self) -> SubscriberKind {
+        SubscriberKind::Capsule { name: self.capsule.clone(), source_id: self.source_id }
+    }
+
+    /// A run loop took `message` off a subscription: what it does next, it does for that
+    /// message's cause. (A hook's cause is the event it was handed; what it polls on the
+    /// side, such as a cancel, does not change whose work it is doing.)
+    pub(super) fn received(&mut self, message: Option<&Arc<BusMessage>>) {
+        if let Some(message) = message
+            && self.interceptor_patterns.is_empty()
+        {
+            self.cause = message.cause.clone();
         }
     }
 

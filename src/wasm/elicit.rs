@@ -83,11 +83,7 @@ pub(super) fn elicit(context: &mut CapsuleContext, bytes: &[u8], in_lifecycle: b
     let mut answers =
         kernel.bus().subscribe(format!("elicit:{request_id}"), &[&format!("{ELICIT_TOPIC}.response.{request_id}")]);
     let payload = IpcPayload::ElicitRequest { request_id, capsule_id: capsule.clone(), field };
-    kernel.bus().publish(BusMessage {
-        message: IpcMessage::new(ELICIT_TOPIC, payload, context.source_id),
-        origin: Origin::Kernel,
-        reply_to: None,
-    });
+    kernel.bus().publish(BusMessage::from_kernel(IpcMessage::new(ELICIT_TOPIC, payload, context.source_id)));
     let lifecycle = std::sync::Arc::clone(&context.lifecycle);
     let deadline = Instant::now() + MAX_WAIT;
     let answer = loop {

@@ -122,11 +122,12 @@ impl HostCall {
     }
 
     /// Whether the call may block on something outside the guest (a person, the network, the
-    /// bus): its time is not charged to the call's CPU deadline.
+    /// bus, a reader the bus paces a publish for): its time is not charged to the call's CPU deadline.
     pub fn blocks(&self) -> bool {
         matches!(
             self,
             Self::IpcRecv { .. }
+                | Self::IpcPublish { .. }
                 | Self::RequestApproval { .. }
                 | Self::Elicit { .. }
                 | Self::HttpRequest { .. }

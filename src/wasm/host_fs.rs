@@ -83,7 +83,10 @@ fn with_path(
     act: impl FnOnce(&crate::vfs::Vfs, &VfsPath) -> Result<HostReply, VfsError>,
 ) -> HostReply {
     match authorize(context, raw, access) {
-        Ok((kernel, path)) => act(kernel.kernel.vfs(), &path).unwrap_or_else(|e| reply(status(&e))),
+        Ok((_, path)) => match context.workspace() {
+            Some(vfs) => act(&vfs, &path).unwrap_or_else(|e| reply(status(&e))),
+            None => reply(FsStatus::Io),
+        },
         Err(refused) => reply(refused),
     }
 }

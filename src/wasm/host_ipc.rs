@@ -15,7 +15,7 @@ use super::context::CapsuleContext;
 use super::host_call::{HostCall, HostReply};
 use super::sandbox::{HOST_MODULE, HostState, forward, forward_status, read_guest};
 use super::wait::{block_on_timeout, unless_stopped};
-use crate::kernel::bus::{BusMessage, Origin};
+use crate::kernel::bus::BusMessage;
 use crate::kernel::capability::Capability;
 use crate::kernel::topic;
 use crate::types::{EgressFrame, IpcMessage, IpcPayload};
@@ -24,7 +24,11 @@ use crate::types::{EgressFrame, IpcMessage, IpcPayload};
 pub const MAX_SUBSCRIPTIONS: usize = 128;
 /// Longest a single `ipc_recv` may wait.
 pub const MAX_RECV_WAIT: Duration = Duration::from_secs(60);
-const MAX_PAYLOAD: usize = 1024 * 1024;
+/// Largest payload a capsule may publish: a turn's conversation (tool results included)
+/// travels in one `llm_request`.
+pub const MAX_PAYLOAD: usize = 8 * 1024 * 1024;
+/// Longest a publish waits for slow readers (the bus cuts off a stalled one well before).
+const MAX_PUBLISH_WAIT: Duration = Duration::from_secs(600);
 
 /// What an IPC host function returns on failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +74,11 @@ pub(super) fn publish(context: &CapsuleContext, name: &[u8], payload: &[u8]) -> 
     };
     let mut message = IpcMessage::new(name, IpcPayload::from_json_value(value), context.source_id);
     message.principal = Some(access.principal.clone());
-    access.kernel.bus().publish(BusMessage { message, origin: Origin::Kernel, reply_to: None });
+    // Paced: a capsule that produces faster than its readers take waits for them (never past
+    // a stop), so a stream is slowed down rather than cut. The bus cuts off a reader that
+    // stopped reading, which ends the wait.
+    let paced = access.kernel.bus().publish_paced(BusMessage::from_kernel(message).caused_by(context.cause.clone()));
+    let _ = block_on_timeout(unless_stopped(paced, context.lifecycle.stopped()), MAX_PUBLISH_WAIT);
     HostReply::value(0)
 }
 
@@ -87,7 +95,7 @@ pub(super) fn subscribe(context: &mut CapsuleContext, pattern: &[u8]) -> HostRep
     if slot.is_none() && context.subscriptions.len() >= MAX_SUBSCRIPTIONS {
         return reply(IpcStatus::Quota);
     }
-    let subscription = access.kernel.bus().subscribe(format!("capsule:{}", context.capsule), &[pattern]);
+    let subscription = access.kernel.bus().subscribe_as(context.bus_name(), context.subscriber_kind(), &[pattern]);
     let handle = match slot {
         Some(index) => {
             context.subscriptions[index] = Some(subscription);
@@ -113,6 +121,7 @@ pub(super) fn recv(context: &mut CapsuleContext, handle: i32, timeout_ms: i32) -
         Some(message) => Some(Some(message)),
         None => block_on_timeout(unless_stopped(subscription.recv(), stopped), wait).map(Option::flatten),
     };
+    context.received(received.as_ref().and_then(Option::as_ref));
     deliver(received)
 }
 
@@ -121,7 +130,9 @@ pub(super) fn poll(context: &mut CapsuleContext, handle: i32) -> HostReply {
     let Some(Some(subscription)) = usize::try_from(handle).ok().and_then(|i| context.subscriptions.get_mut(i)) else {
         return reply(IpcStatus::InvalidInput);
     };
-    deliver(subscription.try_recv().map(Some))
+    let received = subscription.try_recv();
+    context.received(received.as_ref());
+    deliver(received.map(Some))
 }
 
 /// `ipc_unsubscribe`: frees the handle.
@@ -146,7 +157,8 @@ pub(super) fn next_event(context: &mut CapsuleContext, timeout_ms: u32) -> HostR
         && let Some(access) = &context.kernel
     {
         let patterns: Vec<&str> = context.interceptor_patterns.iter().map(String::as_str).collect();
-        context.interceptors = Some(access.kernel.bus().subscribe(format!("capsule:{}", context.capsule), &patterns));
+        context.interceptors =
+            Some(access.kernel.bus().subscribe_as(context.bus_name(), context.subscriber_kind(), &patterns));
     }
     let Some(subscription) = context.interceptors.as_mut() else {
         if wait.is_zero() {
@@ -161,6 +173,8 @@ pub(super) fn next_event(context: &mut CapsuleContext, timeout_ms: u32) -> HostR
         None => reply(IpcStatus::Timeout),
         Some(None | Some(None)) => reply(IpcStatus::Closed),
         Some(Some(Some(message))) => {
+            // What the hook does now, it does for this event's cause.
+            context.cause = message.cause.clone();
             let topic = message.message.topic.as_bytes();
             let mut event = u32::try_from(topic.len()).unwrap_or(u32::MAX).to_be_bytes().to_vec();
             event.extend_from_slice(topic);

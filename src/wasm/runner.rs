@@ -31,7 +31,7 @@ use crate::kernel::capsules::CapsuleState;
 use crate::kernel::defaults;
 use crate::kernel::install::{CapsuleMeta, hash_hex, verify_installed};
 use crate::kernel::manifest::Manifest;
-use crate::kernel::{BusMessage, Kernel, Origin, topic};
+use crate::kernel::{BusMessage, Kernel, topic};
 use crate::store::Namespace;
 use crate::types::{IpcMessage, IpcPayload};
 
@@ -124,11 +124,7 @@ pub fn prepare_loaded(
         log::warn!("capsule {name} has no value for {}; get_config answers none", missing.join(", "));
         let fields = config::onboarding_fields(&manifest.env, &missing);
         let payload = IpcPayload::OnboardingRequired { capsule_id: name.to_owned(), fields };
-        kernel.bus().publish(BusMessage {
-            message: IpcMessage::new(ONBOARDING_TOPIC, payload, kernel.session()),
-            origin: Origin::Kernel,
-            reply_to: None,
-        });
+        kernel.bus().publish(BusMessage::from_kernel(IpcMessage::new(ONBOARDING_TOPIC, payload, kernel.session())));
     }
     let services = HostServices {
         kv: Some((kernel.store().clone(), Namespace::capsule(DEFAULT_PRINCIPAL, name).map_err(|e| e.to_string())?)),

@@ -171,7 +171,7 @@ mod ipc {
     use super::*;
     use crate::audit::AuditTrail;
     use crate::home::AstridHome;
-    use crate::kernel::bus::{BusMessage, Origin};
+    use crate::kernel::bus::BusMessage;
     use crate::kernel::{Kernel, KernelConfig, KernelState};
     use crate::store::{KvConfig, KvStore};
     use crate::types::{IpcMessage, IpcPayload, SYSTEM_SESSION_UUID};
@@ -271,11 +271,7 @@ mod ipc {
         let publisher = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             let payload = IpcPayload::Custom { data: serde_json::json!({"hello": "capsule"}) };
-            bus.publish(BusMessage {
-                message: IpcMessage::new("chat.v1.in", payload, SYSTEM_SESSION_UUID),
-                origin: Origin::Kernel,
-                reply_to: None,
-            });
+            bus.publish(BusMessage::from_kernel(IpcMessage::new("chat.v1.in", payload, SYSTEM_SESSION_UUID)));
         });
         let packed = chat.call::<(i32, i32), i64>("recv", (handle, 5_000)).expect("recv");
         publisher.join().expect("publisher");
@@ -377,17 +373,13 @@ mod ipc {
             ..HostServices::default()
         };
         let send = |text: &str| {
-            kernel.bus().publish(BusMessage {
-                message: IpcMessage::new(
-                    "chat.v1.in",
-                    IpcPayload::Custom {
-                        data: serde_json::Value::Object([(text.to_owned(), 1.into())].into_iter().collect()),
-                    },
-                    SYSTEM_SESSION_UUID,
-                ),
-                origin: Origin::Kernel,
-                reply_to: None,
-            });
+            kernel.bus().publish(BusMessage::from_kernel(IpcMessage::new(
+                "chat.v1.in",
+                IpcPayload::Custom {
+                    data: serde_json::Value::Object([(text.to_owned(), 1.into())].into_iter().collect()),
+                },
+                SYSTEM_SESSION_UUID,
+            )));
         };
         let wasm = wat::parse_str(LOOP).expect("wat");
 

@@ -35,7 +35,7 @@ use crate::home::DEFAULT_PRINCIPAL;
 use crate::kernel::capsules::{CapsuleOrigin, CapsuleState};
 use crate::kernel::grants::GrantStatus;
 use crate::kernel::manifest::Isolation;
-use crate::kernel::{BusMessage, Kernel, Origin};
+use crate::kernel::{BusMessage, Kernel};
 use crate::types::CapsuleAttach;
 use crate::types::{IpcMessage, IpcPayload};
 
@@ -390,11 +390,11 @@ impl CapsuleHost {
             reason,
         );
         let payload = IpcPayload::Custom { data: json!({"capsule_id": name, "reason": reason, "attempt": attempt}) };
-        self.kernel.bus().publish(BusMessage {
-            message: IpcMessage::new(HEALTH_FAILED_TOPIC, payload, self.kernel.session()),
-            origin: Origin::Kernel,
-            reply_to: None,
-        });
+        self.kernel.bus().publish(BusMessage::from_kernel(IpcMessage::new(
+            HEALTH_FAILED_TOPIC,
+            payload,
+            self.kernel.session(),
+        )));
     }
 
     /// One life of an instance, on this thread or, when its manifest or the operator asks

@@ -255,9 +255,13 @@ fn a_model_that_goes_silent_ends_the_turn_at_the_orchestrators_timeout_and_the_r
     let _daemon = agent(&t, &server, &["stream_timeout_secs=1"], &[("ASTRID_WATCHDOG_INTERVAL_MS", "100")]);
     let started = Instant::now();
     let output = t.cli(&["run", "hard question"]);
-    assert_eq!(output.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&output.stderr), t.log());
+    // A turn the daemon gave up on is a failure: exit 1, the reason on stderr, what streamed
+    // before it on stdout.
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}\n{}", t.log());
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
-    assert!(stdout(&output).contains("Request timed out (no answer from the model for 1 s)."), "{}", stdout(&output));
+    assert!(stderr.contains("Request timed out (no answer from the model for 1 s)."), "{stderr}");
+    assert_eq!(stdout(&output), "Let me think\n");
     // The provider was told, and gave up the request.
     let cancelled = |a: &[Value]| a.iter().any(|e| e["resource"] == "ipc_publish llm.v1.request.cancel.openai");
     assert!(cancelled(&audit_until(&t, cancelled)), "{}", t.log());
@@ -273,8 +277,9 @@ fn a_server_silent_past_the_providers_stall_timeout_is_a_clear_error() {
     install_with(&t, "llm-openai", &["--env", &base, "--env", "model=m", "--env", "stall_timeout_secs=1"]);
     install_with(&t, "orchestrator", &["--env", "provider=openai"]);
     let output = t.cli(&["run", "hi"]);
-    assert_eq!(output.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&output.stderr), t.log());
-    assert_eq!(stdout(&output).trim(), "LLM error: the server sent nothing for 1 s");
+    assert_eq!(output.status.code(), Some(1), "{}\n{}", String::from_utf8_lossy(&output.stderr), t.log());
+    assert_eq!(String::from_utf8_lossy(&output.stderr).trim(), "astrid: LLM error: the server sent nothing for 1 s");
+    assert_eq!(stdout(&output), "", "an error is not an answer");
     drop(daemon);
 }
 

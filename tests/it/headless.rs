@@ -46,12 +46,19 @@ fn a_headless_turn_prints_the_answer_in_either_format_and_takes_piped_stdin() {
 }
 
 #[test]
-fn a_headless_turn_nobody_answers_exits_53_after_the_timeout() {
+fn a_headless_turn_nobody_can_answer_says_so_at_once_and_one_nobody_answers_exits_53() {
     let t = TestHome::new();
     let _daemon = t.daemon(&[]);
+    // No agent at all: the daemon's receipt says so, and the turn ends there.
+    let output = t.cli_with(&["run", "anyone?"], &[("ASTRID_RESPONSE_TIMEOUT_SECS", "100")]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(stderr.contains("nothing answers prompts"), "{stderr}");
+    // An agent that received the prompt and never answers (its provider does not exist).
+    crate::capsules::install_with(&t, "orchestrator", &["--env", "provider=nowhere"]);
     let started = std::time::Instant::now();
     let output = t.cli_with(&["run", "anyone?"], &[("ASTRID_RESPONSE_TIMEOUT_SECS", "1")]);
-    assert_eq!(output.status.code(), Some(53));
+    assert_eq!(output.status.code(), Some(53), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stderr).contains("Timed out waiting for response (1s)"));
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     let bad = t.cli_with(&["run", "x"], &[("ASTRID_RESPONSE_TIMEOUT_SECS", "soon")]);
@@ -162,9 +169,12 @@ fn provider_failures_reach_the_user_as_clear_errors() {
     ] {
         server.set(vec![script]);
         let output = t.cli(&["run", "hi"]);
-        assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
-        assert!(stdout(&output).starts_with(expected), "{expected}: {}", stdout(&output));
-        assert!(!stdout(&output).contains("sk-test-123"), "the key never reaches the answer");
+        // A failure, with the reason on stderr and nothing on stdout (it is not an answer).
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.starts_with(&format!("astrid: {expected}")), "{expected}: {stderr}");
+        assert_eq!(stdout(&output), "");
+        assert!(!stderr.contains("sk-test-123"), "the key never reaches the person");
     }
 }
 
@@ -217,7 +227,8 @@ fn the_offline_agent_uses_the_file_tools_and_writes_wait_for_approval_and_review
 
     // A write without --yes is denied: nothing changes anywhere.
     let denied = t.cli(&["run", "write todo.txt: ship it"]);
-    assert_eq!(denied.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&denied.stderr), t.log());
+    // Answered, but what it asked for was denied: its own exit code.
+    assert_eq!(denied.status.code(), Some(4), "{}\n{}", String::from_utf8_lossy(&denied.stderr), t.log());
     assert!(stdout(&denied).contains("write_file failed: the user did not approve"), "{}", stdout(&denied));
     assert!(String::from_utf8_lossy(&denied.stderr).contains("approval denied"));
     assert!(String::from_utf8_lossy(&t.cli(&["workspace", "diff"]).stdout).trim().is_empty());

@@ -191,7 +191,8 @@ fn user_input_fields_read_exactly_what_the_full_payload_decoder_reads() {
     );
     let defaulted = UserInputFields::from_payload(&json!({"type": "user_input", "text": "hi"})).expect("defaults");
     assert_eq!(defaulted.session_id, "default", "same default as the enum");
-    let answer = IpcPayload::AgentResponse { text: "hi".into(), is_final: true, session_id: "s1".into() };
+    let answer =
+        IpcPayload::AgentResponse { text: "hi".into(), is_final: true, session_id: "s1".into(), outcome: None };
     assert_eq!(UserInputFields::from_payload(&answer.to_guest_value()), None, "other kinds are not user input");
     assert_eq!(UserInputFields::from_payload(&json!({"type": "user_input"})), None, "text is required");
 }

@@ -30,7 +30,10 @@ fn hook(_action: &str, payload: &[u8]) -> Hook {
         return Hook::Continue(None);
     };
     let Some(text) = run_command(&text) else { return Hook::Continue(None) };
-    let _ = ipc::publish("agent.v1.response", &IpcPayload::AgentResponse { text, is_final: true, session_id });
+    let _ = ipc::publish(
+        "agent.v1.response",
+        &IpcPayload::AgentResponse { text, is_final: true, session_id, outcome: None },
+    );
     Hook::Final(serde_json::Value::Null)
 }
 

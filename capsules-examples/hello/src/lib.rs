@@ -18,7 +18,12 @@ fn run() {
                 else {
                     continue;
                 };
-                let reply = IpcPayload::AgentResponse { text: format!("hello, {text}"), is_final: true, session_id };
+                let reply = IpcPayload::AgentResponse {
+                    text: format!("hello, {text}"),
+                    is_final: true,
+                    session_id,
+                    outcome: None,
+                };
                 if let Err(e) = ipc::publish("agent.v1.response", &reply) {
                     astrid_sdk::log(&format!("cannot answer: {e}"));
                 }

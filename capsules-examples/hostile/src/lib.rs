@@ -41,7 +41,10 @@ fn hook(_action: &str, payload: &[u8]) -> Hook {
         return Hook::Continue(None);
     };
     let Some(text) = attempt(text.trim()) else { return Hook::Continue(None) };
-    let _ = ipc::publish("agent.v1.response", &IpcPayload::AgentResponse { text, is_final: true, session_id });
+    let _ = ipc::publish(
+        "agent.v1.response",
+        &IpcPayload::AgentResponse { text, is_final: true, session_id, outcome: None },
+    );
     Hook::Final(serde_json::Value::Null)
 }
 

@@ -32,7 +32,10 @@ fn hook(_action: &str, payload: &[u8]) -> Hook {
         _ => return Hook::Continue(None),
     };
     let text = fetch(url, streamed).unwrap_or_else(|e| format!("error: {e}"));
-    let _ = ipc::publish("agent.v1.response", &IpcPayload::AgentResponse { text, is_final: true, session_id });
+    let _ = ipc::publish(
+        "agent.v1.response",
+        &IpcPayload::AgentResponse { text, is_final: true, session_id, outcome: None },
+    );
     Hook::Final(serde_json::Value::Null)
 }
 

@@ -27,7 +27,10 @@ fn hook(_action: &str, payload: &[u8]) -> Hook {
         Ok(n) => format!("count = {n}"),
         Err(e) => format!("count failed: {e}"),
     };
-    let _ = ipc::publish("agent.v1.response", &IpcPayload::AgentResponse { text, is_final: true, session_id });
+    let _ = ipc::publish(
+        "agent.v1.response",
+        &IpcPayload::AgentResponse { text, is_final: true, session_id, outcome: None },
+    );
     Hook::Final(serde_json::Value::Null)
 }
 

@@ -5,12 +5,19 @@
 //!
 //! It also exercises tool calls, when the tool is offered: `read PATH` calls `read_file`,
 //! `list [PATH]` `list_dir`, `search TEXT` `search`, `write PATH: TEXT` `write_file`; after a
-//! tool's result it reports what the tool answered.
+//! tool's result it reports what the tool answered. A file `read_file` hands over in pages is
+//! read on to its end, as a model would: each page is told and the next one asked for in the
+//! same response, so the answer is the whole file, in order.
+//!
+//! Text streams a few words at a time (pieces of about [`PIECE`] bytes), as a model's tokens
+//! would, whatever its length.
 
 use astrid_sdk::{Hook, ipc};
 use serde_json::{Value, json};
 
 const STREAM: &str = "llm.v1.stream.offline";
+/// Bytes of text per streamed piece (cut after a space or a line end).
+const PIECE: usize = 48;
 
 /// The text of a message's content: a string, or the text parts of a multi-part content.
 fn text_of(content: &Value) -> String {
@@ -56,19 +63,71 @@ fn tool_call(said: &str, tools: &[Value]) -> Option<(&'static str, Value)> {
     None
 }
 
-/// The report on a tool's result (the last message), naming the tool that was called.
-fn tool_report(messages: &[Value]) -> String {
+/// The report on a tool's result (the last message), naming the tool that was called, and
+/// the next page to read when the result was a page of a longer file.
+fn tool_report(messages: &[Value]) -> (String, Option<Value>) {
     let result = &messages[messages.len() - 1]["content"];
-    let name = messages
+    let call = messages
         .iter()
         .rev()
         .filter_map(|m| m["content"].as_array())
         .flatten()
-        .find(|call| call["id"] == result["call_id"])
-        .and_then(|call| call["name"].as_str())
-        .unwrap_or("the tool");
+        .find(|call| call["id"] == result["call_id"]);
+    let name = call.and_then(|call| call["name"].as_str()).unwrap_or("the tool");
+    let content = result["content"].as_str().unwrap_or_default();
+    if name == "read_file" && result["is_error"] != true {
+        let arguments = call.map(|call| &call["arguments"]).unwrap_or(&Value::Null);
+        // Later pages go on where the last one stopped, with nothing in between.
+        let lead =
+            if arguments["offset"].as_u64().unwrap_or(0) == 0 { "[offline model] read_file answered: " } else { "" };
+        return match next_page(content) {
+            Some((page, offset)) => {
+                (format!("{lead}{page}"), Some(json!({"path": arguments["path"], "offset": offset})))
+            }
+            None => (format!("{lead}{content}"), None),
+        };
+    }
     let outcome = if result["is_error"] == true { "failed" } else { "answered" };
-    format!("[offline model] {name} {outcome}: {}", result["content"].as_str().unwrap_or_default())
+    (format!("[offline model] {name} {outcome}: {content}"), None)
+}
+
+/// A page `read_file` cut (`…\n[truncated: … read_file with offset=N reads on]`): the page
+/// without that line, and where the next one starts.
+fn next_page(content: &str) -> Option<(&str, u64)> {
+    let (page, last) = content.rsplit_once("\n[truncated: ")?;
+    let offset = last.split("offset=").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+    Some((page, offset))
+}
+
+/// `text` in pieces of about [`PIECE`] bytes, each ending after a space or a line end where
+/// there is one.
+fn pieces(text: &str) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    for (index, character) in text.char_indices() {
+        let end = index + character.len_utf8();
+        if end - start >= PIECE && (character == ' ' || character == '\n') {
+            pieces.push(&text[start..end]);
+            start = end;
+        }
+    }
+    if start < text.len() {
+        pieces.push(&text[start..]);
+    }
+    pieces
+}
+
+/// Streams a tool call of `name` with `arguments`, as models do: start, the arguments in two
+/// fragments, end.
+fn call_tool(id: &Value, name: &str, arguments: &Value) {
+    let call_id = format!("call-{}", id.as_str().unwrap_or_default().chars().take(8).collect::<String>());
+    event(id, json!({"ToolCallStart": {"id": call_id, "name": name}}));
+    let arguments = arguments.to_string();
+    let (head, tail) = arguments.split_at(arguments.len() / 2);
+    for fragment in [head, tail] {
+        event(id, json!({"ToolCallDelta": {"id": call_id, "args_delta": fragment}}));
+    }
+    event(id, json!({"ToolCallEnd": {"id": call_id}}));
 }
 
 fn event(request_id: &Value, event: Value) {
@@ -87,29 +146,24 @@ fn hook(_action: &str, payload: &[u8]) -> Hook {
     if let Some((name, arguments)) =
         last_is_user.then(|| tool_call(&text_of(&messages[messages.len() - 1]["content"]), tools)).flatten()
     {
-        let call_id = format!("call-{}", id.as_str().unwrap_or_default().chars().take(8).collect::<String>());
-        event(id, json!({"ToolCallStart": {"id": call_id, "name": name}}));
-        // The arguments in two fragments, as models send them.
-        let arguments = arguments.to_string();
-        let (head, tail) = arguments.split_at(arguments.len() / 2);
-        for fragment in [head, tail] {
-            event(id, json!({"ToolCallDelta": {"id": call_id, "args_delta": fragment}}));
-        }
-        event(id, json!({"ToolCallEnd": {"id": call_id}}));
+        call_tool(id, name, &arguments);
         event(id, json!("Done"));
         return Hook::Final(Value::Null);
     }
-    let text = if messages.last().is_some_and(|m| m["role"] == "tool") {
+    let (text, next) = if messages.last().is_some_and(|m| m["role"] == "tool") {
         tool_report(messages)
     } else {
-        reply(messages, tools)
+        (reply(messages, tools), None)
     };
-    // Streamed a word at a time, as a model would.
-    for piece in text.split_inclusive(' ') {
+    for piece in pieces(&text) {
         event(id, json!({"TextDelta": piece}));
     }
-    let input: usize = messages.iter().map(|m| text_of(&m["content"]).split_whitespace().count()).sum();
-    event(id, json!({"Usage": {"input_tokens": input, "output_tokens": text.split_whitespace().count()}}));
+    if let Some(arguments) = next.filter(|_| tools.iter().any(|t| t["name"] == "read_file")) {
+        call_tool(id, "read_file", &arguments);
+    } else {
+        let input: usize = messages.iter().map(|m| text_of(&m["content"]).split_whitespace().count()).sum();
+        event(id, json!({"Usage": {"input_tokens": input, "output_tokens": text.split_whitespace().count()}}));
+    }
     event(id, json!("Done"));
     Hook::Final(Value::Null)
 }

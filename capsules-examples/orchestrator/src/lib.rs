@@ -1,51 +1,76 @@
 //! orchestrator: one agent turn after another, per session.
 //!
 //! A `user_input` on `user.v1.prompt` starts a turn: the conversation so far (KV
-//! `history:<session>`), the prompt and the tools on offer (asked once with
+//! `history:<session>`), the prompt and the tools on offer (asked with
 //! `tool.v1.request.describe`) go to the configured provider as an `llm_request` on
 //! `llm.v1.request.generate.<provider>`. The provider's `llm_stream_event`s come back to this
 //! capsule's hook: text deltas go to the frontends at once (`agent.v1.stream.delta`); tool
 //! calls are assembled from their fragments. At `Done`, tool calls are sent to their tools
 //! (`tool.v1.execute.<tool>`, announced on `tool.v1.request.execute`) and, once every result
 //! is back (`tool.v1.execute.<tool>.result`, passed on as `tool.v1.execute.result`), the model
-//! is asked again; without tool calls the answer is stored and sent whole as the final
-//! `agent_response` on `agent.v1.response`. An `Error` ends the turn with `LLM error: …`, a
-//! prompt whose context says `cancel_turn` with `Cancelled.`, too many tool rounds with
-//! `Stopped: …`, a model silent for `stream_timeout_secs` or tools not done within
-//! `tool_timeout_secs` (checked on every `astrid.v1.watchdog.tick`) with `Request timed out (…)`.
+//! is asked again; without tool calls the turn is over.
+//!
+//! **The answer's wire meaning** is the reference's: a frontend concatenates the `text` of
+//! every `agent_response` of the turn until `is_final`. So the final response carries only
+//! what was not streamed: nothing after a streamed answer, the message itself when the turn
+//! ended early (`LLM error: …`, `Cancelled.`, `Request timed out (…)`, `Stopped: …`), and an
+//! `outcome` (Astrid extension) saying how it ended, so a frontend can exit non-zero on a
+//! failure. The answer kept in the conversation is every round's text together.
+//!
+//! **Tool calls are keyed by ids this capsule makes unique** (random, from the host's
+//! CSPRNG), never by the model's ids, which repeat (a server that always says `call_1`, one
+//! that omits them): two concurrent turns never receive each other's results. The model still
+//! sees its own ids in the conversation.
+//!
+//! **Tools are complete from the first turn.** A describer that is still starting some of its
+//! tools (the MCP bridge, while servers initialize) says so (`pending`) and answers again
+//! once they are up; the first model call waits for that, up to `tools_wait_secs`, and a turn
+//! that goes ahead without them says which were left out (`agent.v1.notice`).
 //!
 //! A turn that ends early stops what it started: the provider is told on
 //! `llm.v1.request.cancel.<provider>` (`{"type": "llm_cancel_request", "request_id"}`; the
 //! provider drops the HTTP request) and unfinished tool calls on `tool.v1.request.cancel`
-//! (`tool_cancel_request {call_ids}`).
+//! (`tool_cancel_request {call_ids}`). A model silent for `stream_timeout_secs` or tools not
+//! done within `tool_timeout_secs` (checked on every `astrid.v1.watchdog.tick`) end the turn.
 //!
 //! Turns in flight live in this instance's memory (the hook entry runs one event at a time);
 //! only finished exchanges are stored, so a restart loses a turn, never the conversation.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use astrid_sdk::{Hook, Subscription, ipc, kv};
 use serde_json::{Value, json};
 
-/// Messages kept per conversation (the oldest go first).
+/// Messages kept per conversation (the oldest go first)...
 const MAX_HISTORY: usize = 100;
+/// ...and bytes of them (a long answer must not make every later request huge).
+const MAX_HISTORY_BYTES: usize = 4 * 1024 * 1024;
 /// Rounds of tool calls one turn may take.
 const MAX_TOOL_ROUNDS: u32 = 10;
 /// The longest tools get to describe themselves (a loaded machine may be slow to answer)...
 const DESCRIBE_WINDOW: i64 = 1000;
 /// ...and the quiet after the last answer that ends the wait early.
 const DESCRIBE_QUIET: i64 = 50;
+/// How long the first model call waits for tools that are still starting (MCP servers).
+const TOOLS_WAIT_SECS: i64 = 30;
 /// The phase timeouts of the reference: a model silent this long since its last token...
 const STREAM_TIMEOUT_SECS: i64 = 120;
 /// ...or tools that have not all answered this long after they were called, end the turn.
 const TOOL_TIMEOUT_SECS: i64 = 60;
+const DELTA: &str = "agent.v1.stream.delta";
+const RESPONSE: &str = "agent.v1.response";
+const NOTICE: &str = "agent.v1.notice";
 const SYSTEM_PROMPT: &str = "You are the agent of Astrid, a secure runtime. Answer plainly. \
     You can act only through the tools you are offered, and only within what the user granted.";
 
 /// A tool call of the current model response.
 struct Call {
+    /// Our id for it, unique: what the tool and the frontends see.
     id: String,
+    /// The model's id for it: what the model sees.
+    model_id: String,
     name: String,
     arguments: String,
     result: Option<Value>,
@@ -58,6 +83,28 @@ enum Phase {
     Model,
     /// The results of the tool calls it made.
     Tools,
+}
+
+/// How a turn ended (the final response's `outcome`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Answered,
+    Failed,
+    Cancelled,
+    TimedOut,
+    Stopped,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::TimedOut => "timed_out",
+            Self::Stopped => "stopped",
+        }
+    }
 }
 
 /// A turn in flight.
@@ -74,10 +121,23 @@ struct Turn {
     since_ms: i64,
     /// Text of the current response.
     text: String,
+    /// Text of every response of the turn: the answer, all of it streamed already.
+    answer: String,
     calls: Vec<Call>,
+    /// Names of the tools offered in the current request.
+    offered: Vec<String>,
     rounds: u32,
-    /// The final answer, once the turn is over (sent and removed by [`sweep`]).
-    done: Option<String>,
+    /// How the turn ended and what the final response still has to say, once it is over
+    /// (sent and removed by [`sweep`]).
+    done: Option<(Outcome, String)>,
+}
+
+impl Turn {
+    /// Ends the turn with `message` (shown after what streamed, on a line of its own).
+    fn end(&mut self, outcome: Outcome, message: &str) {
+        let separator = if self.answer.is_empty() || self.answer.ends_with('\n') { "" } else { "\n" };
+        self.done = Some((outcome, format!("{separator}{message}")));
+    }
 }
 
 thread_local! {
@@ -112,23 +172,51 @@ fn remember(session_id: &str, prompt: &str, answer: &str) {
     messages.push(json!({"role": "assistant", "content": answer}));
     let excess = messages.len().saturating_sub(MAX_HISTORY);
     messages.drain(..excess);
-    if let Ok(bytes) = serde_json::to_vec(&messages) {
-        if let Err(e) = kv::set(&history_key(session_id), &bytes) {
-            astrid_sdk::log(&format!("cannot store the conversation {session_id}: {e}"));
-        }
+    let mut bytes = serde_json::to_vec(&messages).unwrap_or_default();
+    // The oldest exchanges go first, a prompt with its answer, until the rest fits.
+    while bytes.len() > MAX_HISTORY_BYTES && messages.len() > 2 {
+        messages.drain(..2);
+        bytes = serde_json::to_vec(&messages).unwrap_or_default();
+    }
+    if let Err(e) = kv::set(&history_key(session_id), &bytes) {
+        astrid_sdk::log(&format!("cannot store the conversation {session_id}: {e}"));
     }
 }
 
-fn respond(topic: &str, session_id: &str, text: &str, is_final: bool) {
-    let payload = json!({"type": "agent_response", "text": text, "is_final": is_final, "session_id": session_id});
-    if let Err(e) = ipc::publish(topic, &payload) {
-        astrid_sdk::log(&format!("cannot answer on {topic}: {e}"));
+fn publish(topic: &str, payload: &Value) {
+    if let Err(e) = ipc::publish(topic, payload) {
+        astrid_sdk::log(&format!("cannot publish on {topic}: {e}"));
     }
+}
+
+fn stream(session_id: &str, text: &str) {
+    publish(DELTA, &json!({"type": "agent_response", "text": text, "is_final": false, "session_id": session_id}));
+}
+
+fn finish(session_id: &str, outcome: Outcome, text: &str) {
+    let mut payload = json!({"type": "agent_response", "text": text, "is_final": true, "session_id": session_id});
+    if outcome != Outcome::Answered {
+        payload["outcome"] = json!(outcome.as_str());
+    }
+    publish(RESPONSE, &payload);
+}
+
+fn notice(session_id: &str, text: &str) {
+    publish(NOTICE, &json!({"type": "notice", "session_id": session_id, "text": text}));
+}
+
+/// What one describer (`tool.v1.response.describe.<name>`) offers, and what it is still
+/// starting.
+#[derive(Default)]
+struct Described {
+    tools: Vec<Value>,
+    pending: Vec<String>,
 }
 
 /// The tools on offer: asked of every tool capsule once, and again after the capsules change
-/// (`astrid.v1.capsules_loaded`).
-fn tools() -> Vec<Value> {
+/// (`astrid.v1.capsules_loaded`). A describer still starting some of its tools is waited for
+/// (up to `tools_wait_secs`, telling the person once); a list with such gaps is not kept.
+fn tools(session_id: &str) -> Vec<Value> {
     if let Some(tools) = TOOLS.with(|t| t.borrow().clone()) {
         return tools;
     }
@@ -137,24 +225,64 @@ fn tools() -> Vec<Value> {
         return Vec::new();
     }
     let started = astrid_sdk::clock_ms();
-    let mut tools: Vec<Value> = Vec::new();
-    let mut answered = false;
+    let wait_limit = seconds("tools_wait_secs", TOOLS_WAIT_SECS) * 1000;
+    let mut described: BTreeMap<String, Described> = BTreeMap::new();
+    let mut last_answer: Option<i64> = None;
+    let mut told = false;
     loop {
         let now = astrid_sdk::clock_ms();
-        let left = (DESCRIBE_WINDOW - (now - started)).min(if answered { DESCRIBE_QUIET } else { DESCRIBE_WINDOW });
+        let pending: Vec<String> = described.values().flat_map(|d| d.pending.iter().cloned()).collect();
+        let left = if !pending.is_empty() {
+            if !told {
+                notice(session_id, &format!("waiting for tools that are still starting: {}", pending.join(", ")));
+                told = true;
+            }
+            wait_limit - (now - started)
+        } else {
+            let window = DESCRIBE_WINDOW - (now - started);
+            last_answer.map_or(window, |last| window.min(DESCRIBE_QUIET - (now - last)))
+        };
         if left <= 0 {
             break;
         }
-        let Ok(Some(reply)) = replies.recv(Duration::from_millis(left as u64)) else { break };
-        answered = true;
-        for tool in reply.payload["tools"].as_array().into_iter().flatten() {
-            let name = tool["name"].as_str().unwrap_or_default();
-            if valid_tool_name(name) && !tools.iter().any(|t| t["name"] == name) {
-                tools.push(tool.clone());
+        let Ok(Some(reply)) = replies.recv(Duration::from_millis(left as u64)) else {
+            if pending.is_empty() {
+                break;
             }
+            continue;
+        };
+        last_answer = Some(astrid_sdk::clock_ms());
+        // A describer's latest answer replaces its earlier one.
+        let entry = described.entry(reply.topic.clone()).or_default();
+        entry.tools = reply.payload["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|tool| valid_tool_name(tool["name"].as_str().unwrap_or_default()))
+            .cloned()
+            .collect();
+        entry.pending = reply.payload["pending"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str().map(str::to_owned))
+            .collect();
+    }
+    let mut tools: Vec<Value> = Vec::new();
+    for tool in described.values().flat_map(|d| d.tools.iter()) {
+        if !tools.iter().any(|t| t["name"] == tool["name"]) {
+            tools.push(tool.clone());
         }
     }
-    TOOLS.with(|t| *t.borrow_mut() = Some(tools.clone()));
+    let left_out: Vec<String> = described.values().flat_map(|d| d.pending.iter().cloned()).collect();
+    if left_out.is_empty() {
+        TOOLS.with(|t| *t.borrow_mut() = Some(tools.clone()));
+    } else {
+        notice(
+            session_id,
+            &format!("not ready in time, so not offered this turn: the tools of {}", left_out.join(", ")),
+        );
+    }
     tools
 }
 
@@ -167,6 +295,8 @@ fn valid_tool_name(name: &str) -> bool {
 fn ask_model(turn: &mut Turn) -> Result<(), String> {
     let provider = astrid_sdk::config("provider").unwrap_or_else(|| "offline".to_owned());
     let model = astrid_sdk::config("model").filter(|m| !m.is_empty()).unwrap_or_else(|| provider.clone());
+    let tools = tools(&turn.session_id);
+    turn.offered = tools.iter().filter_map(|t| t["name"].as_str().map(str::to_owned)).collect();
     turn.request_id = new_id();
     turn.provider = provider.clone();
     turn.phase = Phase::Model;
@@ -178,7 +308,7 @@ fn ask_model(turn: &mut Turn) -> Result<(), String> {
         "request_id": turn.request_id,
         "model": model,
         "messages": turn.messages,
-        "tools": tools(),
+        "tools": tools,
         "system": SYSTEM_PROMPT,
     });
     ipc::publish(&format!("llm.v1.request.generate.{provider}"), &request)
@@ -191,12 +321,11 @@ fn stop_work(turn: &Turn) {
     match turn.phase {
         Phase::Model => {
             let cancel = json!({"type": "llm_cancel_request", "request_id": turn.request_id});
-            let _ = ipc::publish(&format!("llm.v1.request.cancel.{}", turn.provider), &cancel);
+            publish(&format!("llm.v1.request.cancel.{}", turn.provider), &cancel);
         }
         Phase::Tools => {
             let pending: Vec<&str> = turn.calls.iter().filter(|c| c.result.is_none()).map(|c| c.id.as_str()).collect();
-            let cancel = json!({"type": "tool_cancel_request", "call_ids": pending});
-            let _ = ipc::publish("tool.v1.request.cancel", &cancel);
+            publish("tool.v1.request.cancel", &json!({"type": "tool_cancel_request", "call_ids": pending}));
         }
     }
 }
@@ -207,7 +336,7 @@ fn on_prompt(payload: &[u8]) {
         TURNS.with(|turns| {
             for turn in turns.borrow_mut().iter_mut().filter(|t| t.session_id == input.session_id && t.done.is_none()) {
                 stop_work(turn);
-                turn.done = Some("Cancelled.".to_owned());
+                turn.end(Outcome::Cancelled, "Cancelled.");
             }
         });
         return;
@@ -226,20 +355,21 @@ fn on_prompt(payload: &[u8]) {
         phase: Phase::Model,
         since_ms: 0,
         text: String::new(),
+        answer: String::new(),
         calls: Vec::new(),
+        offered: Vec::new(),
         rounds: 0,
         done: None,
     };
-    match ask_model(&mut turn) {
-        Ok(()) => TURNS.with(|turns| turns.borrow_mut().push(turn)),
-        Err(message) => respond("agent.v1.response", &turn.session_id, &message, true),
+    if let Err(message) = ask_model(&mut turn) {
+        turn.end(Outcome::Failed, &message);
     }
+    TURNS.with(|turns| turns.borrow_mut().push(turn));
 }
 
 /// What to do once a response is complete.
 enum Next {
     Wait,
-    Finish(String),
     RunTools,
 }
 
@@ -248,20 +378,23 @@ fn on_stream(payload: &[u8]) {
     let Some(id) = event["request_id"].as_str().filter(|_| event["type"] == "llm_stream_event") else { return };
     TURNS.with(|turns| {
         let mut turns = turns.borrow_mut();
-        let Some(index) = turns.iter().position(|turn| turn.request_id == id && turn.done.is_none()) else { return };
-        let turn = &mut turns[index];
+        let Some(turn) = turns.iter_mut().find(|turn| turn.request_id == id && turn.done.is_none()) else { return };
         turn.since_ms = astrid_sdk::clock_ms();
         let next = match &event["event"] {
             Value::Object(map) if map.contains_key("TextDelta") => {
                 let delta = map["TextDelta"].as_str().unwrap_or_default();
-                turn.text.push_str(delta);
-                respond("agent.v1.stream.delta", &turn.session_id, delta, false);
+                if !delta.is_empty() {
+                    turn.text.push_str(delta);
+                    turn.answer.push_str(delta);
+                    stream(&turn.session_id, delta);
+                }
                 Next::Wait
             }
             Value::Object(map) if map.contains_key("ToolCallStart") => {
                 let start = &map["ToolCallStart"];
                 turn.calls.push(Call {
-                    id: start["id"].as_str().unwrap_or_default().to_owned(),
+                    id: new_id(),
+                    model_id: start["id"].as_str().unwrap_or_default().to_owned(),
                     name: start["name"].as_str().unwrap_or_default().to_owned(),
                     arguments: String::new(),
                     result: None,
@@ -270,60 +403,64 @@ fn on_stream(payload: &[u8]) {
             }
             Value::Object(map) if map.contains_key("ToolCallDelta") => {
                 let delta = &map["ToolCallDelta"];
-                if let Some(call) = turn.calls.iter_mut().find(|c| c.id == delta["id"]) {
+                // The latest call the model gave this id (a model may repeat ids).
+                if let Some(call) = turn.calls.iter_mut().rev().find(|c| c.model_id == delta["id"]) {
                     call.arguments.push_str(delta["args_delta"].as_str().unwrap_or_default());
                 }
                 Next::Wait
             }
             Value::Object(map) if map.contains_key("Error") => {
-                Next::Finish(format!("LLM error: {}", map["Error"].as_str().unwrap_or("unknown error")))
+                let error = map["Error"].as_str().unwrap_or("unknown error");
+                let (outcome, message) = if error == "cancelled" {
+                    (Outcome::Cancelled, "Cancelled.".to_owned())
+                } else {
+                    (Outcome::Failed, format!("LLM error: {error}"))
+                };
+                turn.end(outcome, &message);
+                Next::Wait
             }
             Value::String(done) if done == "Done" && turn.calls.is_empty() => {
-                remember(&turn.session_id, &turn.prompt, &turn.text);
-                Next::Finish(turn.text.clone())
+                remember(&turn.session_id, &turn.prompt, &turn.answer);
+                turn.done = Some((Outcome::Answered, String::new()));
+                Next::Wait
             }
             Value::String(done) if done == "Done" => Next::RunTools,
             _ => Next::Wait,
         };
-        match next {
-            Next::Wait => {}
-            Next::Finish(text) => {
-                let turn = turns.remove(index);
-                respond("agent.v1.response", &turn.session_id, &text, true);
-            }
-            Next::RunTools => run_tools(turn),
+        if let Next::RunTools = next {
+            run_tools(turn);
         }
     });
 }
 
 /// Sends each tool call to its tool (a malformed one is answered here, as a tool error).
 fn run_tools(turn: &mut Turn) {
+    if !turn.text.is_empty() {
+        turn.messages.push(json!({"role": "assistant", "content": turn.text}));
+    }
+    let arguments: Vec<Value> =
+        turn.calls.iter().map(|c| serde_json::from_str::<Value>(&c.arguments).unwrap_or_else(|_| json!({}))).collect();
     let calls: Vec<Value> = turn
         .calls
         .iter()
-        .map(|c| json!({"id": c.id, "name": c.name, "arguments": serde_json::from_str::<Value>(&c.arguments).unwrap_or_else(|_| json!({}))}))
+        .zip(&arguments)
+        .map(|(c, arguments)| json!({"id": c.model_id, "name": c.name, "arguments": arguments}))
         .collect();
     turn.messages.push(json!({"role": "assistant", "content": calls}));
     turn.phase = Phase::Tools;
     turn.since_ms = astrid_sdk::clock_ms();
-    for (call, announced) in turn.calls.iter_mut().zip(&calls) {
-        let request = json!({"type": "tool_execute_request", "call_id": call.id, "tool_name": call.name,
-                             "arguments": announced["arguments"]});
-        let _ = ipc::publish("tool.v1.request.execute", &request);
+    for (call, arguments) in turn.calls.iter_mut().zip(arguments) {
+        let request =
+            json!({"type": "tool_execute_request", "call_id": call.id, "tool_name": call.name, "arguments": arguments});
+        publish("tool.v1.request.execute", &request);
         // A name no tool offered (a model's invention) is answered at once rather than left to
         // the tool timeout: nobody would answer it.
-        let offered =
-            TOOLS.with(|t| t.borrow().as_ref().is_some_and(|tools| tools.iter().any(|t| t["name"] == call.name)));
-        if !valid_tool_name(&call.name) || !offered {
-            call.result = Some(
-                json!({"call_id": call.id, "content": format!("no tool called {:?}", call.name), "is_error": true}),
-            );
+        if !valid_tool_name(&call.name) || !turn.offered.contains(&call.name) {
+            call.result = Some(json!({"content": format!("no tool called {:?}", call.name), "is_error": true}));
             continue;
         }
         if let Err(e) = ipc::publish(&format!("tool.v1.execute.{}", call.name), &request) {
-            call.result = Some(
-                json!({"call_id": call.id, "content": format!("cannot call {}: {e}", call.name), "is_error": true}),
-            );
+            call.result = Some(json!({"content": format!("cannot call {}: {e}", call.name), "is_error": true}));
         }
     }
     continue_if_complete(turn);
@@ -347,27 +484,34 @@ fn on_tool_result(payload: &[u8]) {
         if let Some(call) = turn.calls.iter_mut().find(|c| c.id == call_id) {
             call.result = Some(event["result"].clone());
         }
-        let _ = ipc::publish("tool.v1.execute.result", &event);
+        publish("tool.v1.execute.result", &event);
         continue_if_complete(turn);
     });
 }
 
-/// Once every call of the round has its result: the results go to the model, which is asked
-/// again (within the turn's rounds).
+/// Once every call of the round has its result: the results go to the model (under the
+/// model's own ids), which is asked again (within the turn's rounds).
 fn continue_if_complete(turn: &mut Turn) {
     if turn.calls.iter().any(|c| c.result.is_none()) {
         return;
     }
     for call in &turn.calls {
-        turn.messages.push(json!({"role": "tool", "content": call.result}));
+        let result = call.result.as_ref().unwrap_or(&Value::Null);
+        let content = json!({
+            "call_id": call.model_id,
+            "content": result["content"].as_str().unwrap_or_default(),
+            "is_error": result["is_error"].as_bool().unwrap_or(false),
+        });
+        turn.messages.push(json!({"role": "tool", "content": content}));
     }
     turn.rounds += 1;
     if turn.rounds > MAX_TOOL_ROUNDS {
-        turn.done = Some(format!("Stopped: the turn used all of its {MAX_TOOL_ROUNDS} rounds of tool calls."));
+        let message = format!("Stopped: the turn used all of its {MAX_TOOL_ROUNDS} rounds of tool calls.");
+        turn.end(Outcome::Stopped, &message);
         return;
     }
     if let Err(message) = ask_model(turn) {
-        turn.done = Some(message);
+        turn.end(Outcome::Failed, &message);
     }
 }
 
@@ -390,19 +534,21 @@ fn on_tick() {
             };
             if now - turn.since_ms >= limit * 1000 {
                 stop_work(turn);
-                turn.done = Some(format!("Request timed out ({what} for {limit} s)."));
+                turn.end(Outcome::TimedOut, &format!("Request timed out ({what} for {limit} s)."));
             }
         }
     });
 }
 
-/// Sends the final answer of every turn that is over, and forgets it.
+/// Sends the final response of every turn that is over, and forgets it.
 fn sweep() {
     TURNS.with(|turns| {
         let mut turns = turns.borrow_mut();
         while let Some(index) = turns.iter().position(|t| t.done.is_some()) {
             let turn = turns.remove(index);
-            respond("agent.v1.response", &turn.session_id, turn.done.as_deref().unwrap_or_default(), true);
+            if let Some((outcome, text)) = &turn.done {
+                finish(&turn.session_id, *outcome, text);
+            }
         }
     });
 }

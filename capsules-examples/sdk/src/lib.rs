@@ -98,8 +98,24 @@ pub fn elicit(key: &str, description: Option<&str>) -> Result<Elicited> {
 /// `Ok(true)` approved, `Ok(false)` denied (including nobody answering within a minute).
 /// Waiting is not charged to the capsule's CPU deadline; question and answer are audited.
 pub fn request_approval(action: &str, resource: &str) -> Result<bool> {
-    let request = serde_json::json!({"action": action, "resource": resource});
-    let bytes = serde_json::to_vec(&request).map_err(|_| Error::InvalidInput)?;
+    ask(&serde_json::json!({"action": action, "resource": resource}))
+}
+
+/// [`request_approval`] for writing `content` to the workspace path `path`: the person sees
+/// the diff against what is there now (computed by the host from the workspace, not by the
+/// capsule), and "session"/"always" cover that path's directory.
+pub fn request_write_approval(action: &str, path: &str, content: &str) -> Result<bool> {
+    ask(&serde_json::json!({"action": action, "resource": path, "write": content}))
+}
+
+/// [`request_approval`] with `details` (what will happen: a command line, arguments) shown to
+/// the person under the question.
+pub fn request_approval_with(action: &str, resource: &str, details: &str) -> Result<bool> {
+    ask(&serde_json::json!({"action": action, "resource": resource, "details": details}))
+}
+
+fn ask(request: &serde_json::Value) -> Result<bool> {
+    let bytes = serde_json::to_vec(request).map_err(|_| Error::InvalidInput)?;
     // SAFETY: a valid buffer for the duration of the call.
     match unsafe { abi::request_approval(bytes.as_ptr(), bytes.len()) } {
         1 => Ok(true),

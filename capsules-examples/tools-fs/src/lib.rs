@@ -8,16 +8,17 @@
 use astrid_sdk::{Hook, fs, ipc};
 use serde_json::{Value, json};
 
-/// Largest file content handed to the model.
-const MAX_READ: usize = 64 * 1024;
+/// Most of a file `read_file` hands the model at once; the rest is read with `offset`.
+const MAX_READ: usize = 256 * 1024;
 /// Most matches `search` reports.
 const MAX_MATCHES: usize = 50;
 
 fn definitions() -> Value {
     let path = json!({"type": "string", "description": "A path relative to the workspace root"});
     json!([
-        {"name": "read_file", "description": "Read a text file of the workspace",
-         "input_schema": {"type": "object", "properties": {"path": path}, "required": ["path"]}},
+        {"name": "read_file", "description": "Read a text file of the workspace (256 KiB at a time; a longer file says where to go on with `offset`)",
+         "input_schema": {"type": "object", "properties": {"path": path,
+            "offset": {"type": "integer", "description": "Byte to start at (default 0)"}}, "required": ["path"]}},
         {"name": "list_dir", "description": "List a directory of the workspace",
          "input_schema": {"type": "object", "properties": {"path": path}, "required": []}},
         {"name": "search", "description": "Find lines containing a text in the files of a directory (not recursive)",
@@ -35,20 +36,34 @@ fn text(arguments: &Value, key: &str) -> Result<String, String> {
 
 fn read_text(path: &str) -> Result<String, String> {
     let bytes = fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
-    let mut text = String::from_utf8_lossy(&bytes).into_owned();
-    if text.len() > MAX_READ {
-        let mut end = MAX_READ;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push_str("\n[truncated]");
-    }
-    Ok(text)
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-fn approved(action: &str, path: &str) -> Result<(), String> {
-    match astrid_sdk::request_approval(action, path) {
+/// The page of `path` that starts at byte `offset` (moved forward to a character boundary):
+/// at most [`MAX_READ`] bytes, and, when the file goes on, a last line that says where.
+fn read_page(path: &str, offset: usize) -> Result<String, String> {
+    let text = read_text(path)?;
+    let mut start = offset.min(text.len());
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let mut end = (start + MAX_READ).min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut page = text[start..end].to_owned();
+    if end < text.len() {
+        page.push_str(&format!(
+            "\n[truncated: bytes {start}..{end} of {} shown; read_file with offset={end} reads on]",
+            text.len()
+        ));
+    }
+    Ok(page)
+}
+
+/// Asks the person to allow writing `content` to `path` (they see the diff).
+fn approved(action: &str, path: &str, content: &str) -> Result<(), String> {
+    match astrid_sdk::request_write_approval(action, path, content) {
         Ok(true) => Ok(()),
         Ok(false) => Err(format!("the user did not approve {action} on {path}; nothing was written")),
         Err(e) => Err(format!("cannot ask for approval: {e}")),
@@ -57,7 +72,10 @@ fn approved(action: &str, path: &str) -> Result<(), String> {
 
 fn execute(tool: &str, arguments: &Value) -> Result<String, String> {
     match tool {
-        "read_file" => read_text(&text(arguments, "path")?),
+        "read_file" => {
+            let offset = arguments["offset"].as_u64().and_then(|o| usize::try_from(o).ok()).unwrap_or(0);
+            read_page(&text(arguments, "path")?, offset)
+        }
         "list_dir" => {
             let path = arguments["path"].as_str().filter(|p| !p.is_empty()).unwrap_or(".");
             let entries = fs::read_dir(path).map_err(|e| format!("cannot list {path}: {e}"))?;
@@ -83,7 +101,7 @@ fn execute(tool: &str, arguments: &Value) -> Result<String, String> {
         }
         "write_file" => {
             let (path, content) = (text(arguments, "path")?, text(arguments, "content")?);
-            approved("write_file", &path)?;
+            approved("write_file", &path, &content)?;
             fs::write(&path, content.as_bytes()).map_err(|e| format!("cannot write {path}: {e}"))?;
             Ok(format!("wrote {} bytes to {path} (pending review: astrid workspace diff)", content.len()))
         }
@@ -93,9 +111,9 @@ fn execute(tool: &str, arguments: &Value) -> Result<String, String> {
             if content.matches(old.as_str()).count() != 1 {
                 return Err(format!("{path} must contain the old text exactly once"));
             }
-            approved("edit_file", &path)?;
-            fs::write(&path, content.replacen(&old, &new, 1).as_bytes())
-                .map_err(|e| format!("cannot write {path}: {e}"))?;
+            let edited = content.replacen(&old, &new, 1);
+            approved("edit_file", &path, &edited)?;
+            fs::write(&path, edited.as_bytes()).map_err(|e| format!("cannot write {path}: {e}"))?;
             Ok(format!("edited {path} (pending review: astrid workspace diff)"))
         }
         other => Err(format!("no tool called {other}")),
