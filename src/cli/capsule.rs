@@ -16,11 +16,12 @@ use std::collections::BTreeMap;
 use super::{caps, request, spawn};
 use crate::capsule_host;
 use crate::home::{AstridHome, DEFAULT_PRINCIPAL};
+use crate::ipc::Client;
 use crate::ipc::capsule_link::{AttachError, CapsuleLink};
+use crate::kernel::capsule_config as config;
 use crate::kernel::capsules::MANIFEST_FILE;
 use crate::kernel::manifest::Manifest;
 use crate::types::{CapsuleAttach, KernelRequest, KernelResponse};
-use crate::wasm::config;
 
 /// manage capsules
 #[derive(FromArgs, Debug)]
@@ -198,7 +199,11 @@ fn install(home: &AstridHome, args: &InstallArgs) -> anyhow::Result<ExitCode> {
     // A capsule without a module (only MCP servers, say) has nothing to wait for.
     let runs_a_module =
         Manifest::load(&source.join(crate::kernel::capsules::MANIFEST_FILE)).map_or(true, |m| !m.components.is_empty());
-    let report = |name: &str| if runs_a_module { report_start(home, name) } else { Ok(ExitCode::SUCCESS) };
+    // Listening before the install: the capsule's install hook may ask a question (elicit).
+    spawn::ensure_daemon(home)?;
+    let mut questions = Client::connect(home)?;
+    let mut report =
+        |name: &str| if runs_a_module { report_start(home, name, &mut questions) } else { Ok(ExitCode::SUCCESS) };
     let reply = request::send(
         home,
         "install_capsule",
@@ -266,10 +271,15 @@ fn run_dir(home: &AstridHome, args: &RunArgs) -> anyhow::Result<ExitCode> {
 /// How long `install` waits to see the capsule start.
 const START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Waits until the daemon has started `name` (or failed to) and says which.
-fn report_start(home: &AstridHome, name: &str) -> anyhow::Result<ExitCode> {
+/// Waits until the daemon has started `name` (or failed to) and says which. A question its
+/// install hook asks meanwhile (`elicit`, on `questions`) is asked on the terminal, or,
+/// without one, answered "no answer" at once with how to give the value instead.
+fn report_start(home: &AstridHome, name: &str, questions: &mut Client) -> anyhow::Result<ExitCode> {
     let deadline = std::time::Instant::now() + START_WAIT;
     loop {
+        while let Ok(frame) = questions.next_frame(std::time::Duration::from_millis(1)) {
+            answer_question(questions, name, &frame)?;
+        }
         let capsule = describe(home)?.into_iter().find(|c| c["name"] == name);
         let state = capsule.as_ref().and_then(|c| c["state"].as_str()).unwrap_or("missing").to_owned();
         let reason = capsule.as_ref().and_then(|c| c["reason"].as_str()).unwrap_or_default().to_owned();
@@ -286,6 +296,29 @@ fn report_start(home: &AstridHome, name: &str) -> anyhow::Result<ExitCode> {
             _ => std::thread::sleep(std::time::Duration::from_millis(20)),
         }
     }
+}
+
+/// Answers an `elicit_request` of the capsule `name` (others are not ours to answer).
+fn answer_question(client: &mut Client, name: &str, frame: &Value) -> anyhow::Result<()> {
+    let payload = &frame["payload"];
+    if frame["topic"] != "astrid.v1.elicit" || payload["type"] != "elicit_request" || payload["capsule_id"] != name {
+        return Ok(());
+    }
+    let key = payload["field"]["key"].as_str().unwrap_or("?");
+    let prompt = payload["field"]["prompt"].as_str().unwrap_or(key);
+    let secret = payload["field"]["field_type"] == "Secret";
+    let value = if std::io::stdin().is_terminal() {
+        ask(&format!("{name} asks: {prompt}"), secret)?
+    } else {
+        println!("{name} asks for {key} ({prompt}); no terminal to ask on: install again with --env {key}=…");
+        None
+    };
+    let request_id = payload["request_id"].as_str().unwrap_or_default();
+    client.publish_json(
+        &format!("astrid.v1.elicit.response.{request_id}"),
+        serde_json::json!({"type": "elicit_response", "request_id": request_id, "value": value}),
+    )?;
+    Ok(())
 }
 
 fn print_installed(done: &Value) {

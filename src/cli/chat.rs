@@ -37,7 +37,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::turn::{self, Decision, End, Frontend, Interrupt, Question, Report};
-use super::{headless, request, spawn, workspace};
+use super::{headless, model, request, spawn, workspace};
 use crate::home::AstridHome;
 use crate::ipc::{Client, ClientError};
 use crate::types::turn::{COMMAND_TOPIC, PROMPT_TOPIC};
@@ -171,6 +171,7 @@ struct Link<'a> {
 impl<'a> Link<'a> {
     fn open(home: &'a AstridHome, workspace: &Path) -> anyhow::Result<Self> {
         let started = spawn::ensure_daemon_in(home, workspace)?;
+        model::reconcile(home, workspace)?;
 
         let client = Client::connect_in(home, Some(workspace))?;
         Ok(Self { home, workspace: workspace.to_owned(), client, started })

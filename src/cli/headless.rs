@@ -28,8 +28,8 @@ use argh::FromArgs;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::spawn;
 use super::turn::{self, Decision, End, Frontend, Interrupt, Question};
+use super::{model, spawn};
 use crate::home::AstridHome;
 use crate::ipc::{Client, ClientError};
 use crate::types::TurnOutcome;
@@ -145,6 +145,7 @@ fn headless_turn(home: &AstridHome, args: &RunArgs, prompt: String) -> anyhow::R
     let workspace = workspace(args.workspace.as_ref())?;
     let session = session_id(args.session.as_deref()).to_string();
     spawn::ensure_daemon_in(home, &workspace)?;
+    model::reconcile(home, &workspace)?;
 
     let mut client = Client::connect_in(home, Some(&workspace))?;
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -26,9 +26,13 @@ const TERM_EXIT: Duration = Duration::from_secs(5);
 const KILL_EXIT: Duration = Duration::from_secs(2);
 
 /// start a persistent daemon (it runs until `astrid stop`)
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, Debug, Default)]
 #[argh(subcommand, name = "start")]
-pub struct StartArgs {}
+pub struct StartArgs {
+    /// the daemon's workspace (default: the current directory); clients still work in their own
+    #[argh(option, short = 'w')]
+    pub workspace: Option<std::path::PathBuf>,
+}
 
 /// stop the daemon and wait until it has exited and its files are gone
 #[derive(FromArgs, Debug)]
@@ -50,13 +54,13 @@ pub struct StatusArgs {
 }
 
 /// `astrid start`.
-pub fn start(home: &AstridHome) -> anyhow::Result<ExitCode> {
+pub fn start(home: &AstridHome, args: &StartArgs) -> anyhow::Result<ExitCode> {
     if let Liveness::Running { pid } = singleton::probe(home)? {
         println!("astrid daemon already running ({})", describe(pid));
         return Ok(ExitCode::SUCCESS);
     }
-    let cwd = std::env::current_dir().context("cannot determine the current directory")?;
-    let child = spawn::spawn(Mode::Persistent, &cwd)?;
+    let workspace = super::headless::workspace(args.workspace.as_ref())?;
+    let child = spawn::spawn(Mode::Persistent, &workspace)?;
     let pid = child.id();
     spawn::wait_ready(home, Some(child))?;
     println!("astrid daemon started (pid {pid}, persistent)");
@@ -65,13 +69,23 @@ pub fn start(home: &AstridHome) -> anyhow::Result<ExitCode> {
 
 /// `astrid stop`.
 pub fn stop(home: &AstridHome) -> anyhow::Result<ExitCode> {
+    stop_daemon(home, true)
+}
+
+/// Stops the daemon as `astrid stop` does; `report` prints what happened.
+pub fn stop_daemon(home: &AstridHome, report: bool) -> anyhow::Result<ExitCode> {
+    let say = |line: String| {
+        if report {
+            println!("{line}");
+        }
+    };
     let pid = match singleton::probe(home)? {
         Liveness::Stopped => {
             let removed = singleton::clean_stale(home).context("stop failed at stage 'cleanup'")?;
             if removed.is_empty() {
-                println!("astrid daemon is not running");
+                say("astrid daemon is not running".to_owned());
             } else {
-                println!("astrid daemon is not running (removed {} stale run file(s))", removed.len());
+                say(format!("astrid daemon is not running (removed {} stale run file(s))", removed.len()));
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -89,13 +103,13 @@ pub fn stop(home: &AstridHome) -> anyhow::Result<ExitCode> {
         Err(e) => eprintln!("astrid: stage 'request' failed: {e}; falling back to signals"),
     }
     if wait_gone(home, target, GRACEFUL_EXIT)? {
-        println!("astrid daemon stopped (pid {pid})");
+        say(format!("astrid daemon stopped (pid {pid})"));
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!("astrid: stage 'graceful exit' failed: pid {pid} still alive after {GRACEFUL_EXIT:?}; sending SIGTERM");
     signal(target, Signal::SIGTERM).context("stop failed at stage 'SIGTERM'")?;
     if wait_gone(home, target, TERM_EXIT)? {
-        println!("astrid daemon stopped (pid {pid}, after SIGTERM)");
+        say(format!("astrid daemon stopped (pid {pid}, after SIGTERM)"));
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!("astrid: stage 'SIGTERM' failed: pid {pid} still alive after {TERM_EXIT:?}; sending SIGKILL");
@@ -109,14 +123,14 @@ pub fn stop(home: &AstridHome) -> anyhow::Result<ExitCode> {
     }
     // A killed daemon cannot clean up; its files are ours to remove now that the lock is free.
     let removed = singleton::clean_stale(home).context("stop failed at stage 'cleanup'")?;
-    println!("astrid daemon stopped (pid {pid}, killed; removed {} run file(s))", removed.len());
+    say(format!("astrid daemon stopped (pid {pid}, killed; removed {} run file(s))", removed.len()));
     Ok(ExitCode::SUCCESS)
 }
 
 /// `astrid restart`.
 pub fn restart(home: &AstridHome) -> anyhow::Result<ExitCode> {
     stop(home)?;
-    start(home)
+    start(home, &StartArgs::default())
 }
 
 /// `astrid status`. Never starts a daemon.
@@ -166,6 +180,12 @@ fn render(status: &DaemonStatus) -> String {
     );
     if let Some(audit) = &status.audit {
         out.push_str(&format!("  audit     {audit}\n"));
+    }
+    if let Some(model) = &status.model {
+        out.push_str(&format!("  model     {}\n", super::model::describe(model)));
+    }
+    if let Some(workspace) = &status.workspace {
+        out.push_str(&format!("  workspace {workspace}\n"));
     }
     for drops in &status.bus_drops {
         out.push_str(&format!("  dropped   {} message(s) for {} (too slow)\n", drops.dropped, drops.subscriber));

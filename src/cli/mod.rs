@@ -11,11 +11,13 @@ pub mod audit;
 pub mod caps;
 pub mod capsule;
 pub mod chat;
+pub mod config;
 pub mod headless;
 pub mod kv;
 pub mod lifecycle;
 pub mod links;
 pub mod mcp;
+pub mod model;
 pub mod request;
 pub mod spawn;
 pub mod turn;
@@ -70,6 +72,7 @@ enum Command {
     Workspace(workspace::WorkspaceArgs),
     Run(headless::RunArgs),
     Chat(chat::ChatArgs),
+    Config(config::ConfigArgs),
     Audit(audit::AuditArgs),
     CapsuleHost(CapsuleHostArgs),
     InstallLinks(links::InstallLinksArgs),
@@ -131,7 +134,7 @@ pub fn main(args: &[&str]) -> ExitCode {
         Command::Daemon(args) => return daemon::main(&args),
         Command::CapsuleHost(args) => return capsule_host::main(&args),
         Command::InstallLinks(args) => links::install(&args),
-        Command::Start(_) => with_home(|home| lifecycle::start(&home)),
+        Command::Start(args) => with_home(|home| lifecycle::start(&home, &args)),
         Command::Stop(_) => with_home(|home| lifecycle::stop(&home)),
         Command::Restart(_) => with_home(|home| lifecycle::restart(&home)),
         Command::Status(args) => with_home(|home| lifecycle::status(&home, &args)),
@@ -142,6 +145,7 @@ pub fn main(args: &[&str]) -> ExitCode {
         Command::Workspace(args) => with_home(|home| workspace::run(&home, &args)),
         Command::Run(args) => with_home(|home| headless::run(&home, &args)),
         Command::Chat(args) => with_home(|home| chat::run(&home, &args)),
+        Command::Config(args) => with_home(|home| config::run(&home, &args)),
         // `audit verify` reserves exit 1 for "tampered": an unusable home is an error (2).
         Command::Audit(args) => match AstridHome::from_env() {
             Ok(home) => return audit::run(&home, &args),

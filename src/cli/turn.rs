@@ -414,8 +414,7 @@ impl<F: Frontend> State<'_, F> {
         let speaker = &self.speakers[index];
         self.report.answers.push(Answer { capsule: speaker.capsule.clone(), text: speaker.text.clone(), outcome });
         self.live = None;
-        let Some(next) = self.speakers.iter().position(|s| !s.shown && (!s.held.is_empty() || s.done.is_some()))
-        else {
+        let Some(next) = self.speakers.iter().position(|s| !s.shown && (!s.held.is_empty() || s.done.is_some())) else {
             return Ok(());
         };
         self.live = Some(self.speakers[next].source);

@@ -100,13 +100,16 @@ pub(super) fn describe(kernel: &Kernel) -> KernelResponse {
         .capsules()
         .iter()
         .map(|c| {
-            let (state, reason) = match &c.state {
-                CapsuleState::Ready => ("running", None),
-                CapsuleState::Installed => ("installed", None),
-                CapsuleState::Restarting { attempt, reason } => {
+            let (state, reason) = match (&c.state, &c.grant) {
+                (CapsuleState::Installed, GrantStatus::Pending { request_id }) => {
+                    ("stopped", Some(format!("its capabilities are not approved (astrid caps approve {request_id})")))
+                }
+                (CapsuleState::Ready, _) => ("running", None),
+                (CapsuleState::Installed, _) => ("installed", None),
+                (CapsuleState::Restarting { attempt, reason }, _) => {
                     ("restarting", Some(format!("attempt {attempt}: {reason}")))
                 }
-                CapsuleState::Failed(reason) => ("failed", Some(reason.clone())),
+                (CapsuleState::Failed(reason), _) => ("failed", Some(reason.clone())),
             };
             let grant = match &c.grant {
                 GrantStatus::NothingRequested => json!({"status": "nothing_requested"}),

@@ -9,6 +9,7 @@ pub mod approval;
 pub mod bus;
 pub mod capability;
 mod capsule_admin;
+pub mod capsule_config;
 pub mod capsules;
 pub mod cause;
 pub mod clients;
@@ -18,6 +19,7 @@ pub mod grants;
 pub mod install;
 pub mod manifest;
 pub mod mcp_service;
+pub mod model;
 pub mod operator_kv;
 pub mod prompts;
 pub mod rate_limit;
@@ -129,6 +131,8 @@ pub struct Kernel {
     rescans: std::sync::atomic::AtomicU64,
     /// The MCP host, once the daemon started one.
     mcp: std::sync::OnceLock<Arc<dyn mcp_service::McpService>>,
+    /// The agent's model settings as of the last rescan (they are read from files).
+    model: Mutex<Option<crate::types::ModelStatus>>,
 }
 
 impl Kernel {
@@ -148,6 +152,7 @@ impl Kernel {
             capsules_changed: watch::channel(0).0,
             rescans: std::sync::atomic::AtomicU64::new(0),
             mcp: std::sync::OnceLock::new(),
+            model: Mutex::new(None),
             bus,
             store: state.store,
             audit: state.audit,
@@ -323,6 +328,17 @@ impl Kernel {
         }
     }
 
+    /// Records that the capsule host stopped `name`: a capsule shown as running is now only
+    /// installed (a failed or restarting one keeps its reason).
+    pub fn stopped_capsule(&self, name: &str) {
+        let mut registry = self.capsules();
+        if let Some(capsule) = registry.capsules_mut().iter_mut().find(|c| c.name == name)
+            && capsule.state == capsules::CapsuleState::Ready
+        {
+            capsule.state = capsules::CapsuleState::Installed;
+        }
+    }
+
     /// Recomputes every capsule's grant status (after discovery, an approval or a revoke).
     pub fn refresh_grants(&self) {
         let mut registry = self.capsules();
@@ -480,6 +496,7 @@ impl Kernel {
             };
             self.record(DEFAULT_PRINCIPAL, Actor::Kernel, action, &capsule.name, Decision::Info, &rule);
         }
+        *self.model.lock().unwrap_or_else(|e| e.into_inner()) = self.model();
         let payload = IpcPayload::RawJson(json!({"status": "ready"}));
         self.bus.publish(BusMessage::from_kernel(IpcMessage::new(CAPSULES_LOADED_TOPIC, payload, self.session())));
         count
@@ -503,6 +520,8 @@ impl Kernel {
                 .map(|s| SubscriberDrops { subscriber: s.name, dropped: s.dropped })
                 .collect(),
             audit: Some(self.audit_health.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+            model: self.model.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            workspace: Some(self.vfs.root().display().to_string()),
         }
     }
 

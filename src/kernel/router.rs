@@ -175,7 +175,7 @@ fn answer(
 /// Answers one request; the second value is work to do after the reply went out.
 fn handle(kernel: &Kernel, request: KernelRequest, caller: &Caller) -> (KernelResponse, Option<ShutdownReason>) {
     match request {
-        KernelRequest::GetStatus => (KernelResponse::Status(kernel.status()), None),
+        KernelRequest::GetStatus => (KernelResponse::Status(Box::new(kernel.status())), None),
         KernelRequest::ListCapsules => (KernelResponse::Success(json!(kernel.capsules().names())), None),
         KernelRequest::GetCommands => (KernelResponse::Commands(kernel.capsules().commands()), None),
         KernelRequest::GetCapsuleMetadata => (KernelResponse::CapsuleMetadata(kernel.capsules().metadata()), None),

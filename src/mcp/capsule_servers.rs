@@ -71,7 +71,7 @@ fn server(
     } else {
         return Err(format!("{command} is not in the capsule's host_process grant"));
     };
-    let (mut env, _) = crate::wasm::config::resolve(
+    let (mut env, _) = crate::kernel::capsule_config::resolve(
         &kernel.config().home,
         DEFAULT_PRINCIPAL,
         capsule,

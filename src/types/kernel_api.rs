@@ -149,7 +149,7 @@ pub enum KernelResponse {
     /// Refused or failed, with the reason.
     Error(String),
     /// The answer to `GetStatus`.
-    Status(DaemonStatus),
+    Status(Box<DaemonStatus>),
     /// The install needs the operator's consent first.
     ApprovalRequired {
         /// Answer with `ApproveCapability` naming this id.
@@ -187,6 +187,31 @@ pub struct DaemonStatus {
     /// (omitted when unknown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<String>,
+    /// Astrid extension: which model answers prompts (omitted when no agent is installed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelStatus>,
+    /// Astrid extension: the daemon's workspace (clients may work in others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+}
+
+/// Which model the agent asks, as `astrid status` shows it: no secret, only a fingerprint of
+/// the key, so a frontend can tell whether its own key is the one in use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelStatus {
+    /// The provider the orchestrator asks (`offline`, `openai`, …).
+    pub provider: String,
+    /// The model name it asks for (empty: the provider's default).
+    pub model: String,
+    /// The endpoint of an OpenAI-compatible provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `blake3:` and the first 8 hex digits of the key's hash, when a key is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Where the settings come from: `home` (astrid config), `environment` (the daemon's),
+    /// or `default`.
+    pub source: String,
 }
 
 /// Messages the bus dropped for one slow subscriber.

@@ -18,7 +18,7 @@ pub use ipc::{
     EgressFrame, IpcMessage, IpcPayload, OnboardingField, OnboardingFieldType, SelectionOption, UserInputFields,
 };
 pub use kernel_api::{
-    CapsuleMetadataEntry, CommandInfo, DaemonStatus, KernelRequest, KernelResponse, PrincipalConnections,
+    CapsuleMetadataEntry, CommandInfo, DaemonStatus, KernelRequest, KernelResponse, ModelStatus, PrincipalConnections,
     SYSTEM_SESSION_UUID, SubscriberDrops,
 };
 pub use llm::{

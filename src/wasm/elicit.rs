@@ -14,12 +14,12 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::config;
 use super::context::CapsuleContext;
 use super::host_call::HostReply;
 use super::wait::{block_on_timeout, unless_stopped};
 use crate::audit::{Actor, Decision};
 use crate::kernel::bus::{BusMessage, Origin};
+use crate::kernel::capsule_config as config;
 use crate::types::{IpcMessage, IpcPayload};
 
 /// Topic of elicitation requests.
@@ -33,7 +33,7 @@ pub(super) const MAX_REQUEST: usize = 16 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
 pub enum ElicitStatus {
-    /// Nobody answered in time.
+    /// Nobody answered in time (or no frontend was connected to ask).
     Timeout = -1,
     /// Not `{key, …}` JSON, or a key the manifest does not declare.
     InvalidInput = -2,
@@ -83,7 +83,13 @@ pub(super) fn elicit(context: &mut CapsuleContext, bytes: &[u8], in_lifecycle: b
     let mut answers =
         kernel.bus().subscribe(format!("elicit:{request_id}"), &[&format!("{ELICIT_TOPIC}.response.{request_id}")]);
     let payload = IpcPayload::ElicitRequest { request_id, capsule_id: capsule.clone(), field };
-    kernel.bus().publish(BusMessage::from_kernel(IpcMessage::new(ELICIT_TOPIC, payload, context.source_id)));
+    let asked =
+        kernel.bus().publish(BusMessage::from_kernel(IpcMessage::new(ELICIT_TOPIC, payload, context.source_id)));
+    if asked == 0 {
+        // No frontend is connected to ask: say so now rather than after the whole wait.
+        record(Decision::Deny, "nobody connected to ask");
+        return reply(ElicitStatus::Timeout);
+    }
     let lifecycle = std::sync::Arc::clone(&context.lifecycle);
     let deadline = Instant::now() + MAX_WAIT;
     let answer = loop {

@@ -14,7 +14,6 @@
 //! it is re-instantiated rather than reused in an unknown state.
 
 mod approval;
-pub mod config;
 pub mod context;
 pub mod development;
 mod elicit;

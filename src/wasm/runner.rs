@@ -18,7 +18,6 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::SandboxLimits;
-use super::config;
 use super::context::CapsuleContext;
 use super::host_call::{HostBackend, HostCall, HostReply};
 use super::host_ipc::IpcStatus;
@@ -27,6 +26,7 @@ use super::sandbox::{HOOK_EXPORT, HookAction, HostServices, KernelAccess, RUN_EX
 use super::supervisor::{HostConfig, INSTALL_EXPORT, LIFECYCLE, ONBOARDING_TOPIC, UPGRADE_EXPORT};
 use crate::home::DEFAULT_PRINCIPAL;
 use crate::kernel::capability::Capability;
+use crate::kernel::capsule_config as config;
 use crate::kernel::capsules::CapsuleState;
 use crate::kernel::defaults;
 use crate::kernel::install::{CapsuleMeta, hash_hex, verify_installed};

@@ -29,9 +29,10 @@ use super::lifecycle::Lifecycle;
 use super::process::{self, Tickets};
 use super::sandbox::Sandbox;
 use super::wait::block_on_timeout;
-use super::{SandboxLimits, config, runner};
+use super::{SandboxLimits, runner};
 use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
+use crate::kernel::capsule_config as config;
 use crate::kernel::capsules::{CapsuleOrigin, CapsuleState};
 use crate::kernel::grants::GrantStatus;
 use crate::kernel::manifest::Isolation;
@@ -272,6 +273,9 @@ impl CapsuleHost {
                     log::warn!("capsule {name} did not stop within {} ms; left to finish alone", STOP_WAIT.as_millis());
                 }
                 log::info!("capsule {name} stopped (changed, removed or no longer granted)");
+                // Not running any more (a failure found on the way keeps its reason); a new
+                // start reports itself ready again.
+                self.kernel.stopped_capsule(&name);
             }
         }
         for (name, identity) in wanted {

@@ -22,7 +22,7 @@ fn get_status_tells_the_truth() {
         panic!("not a status")
     };
     let DaemonStatus { pid, version, ephemeral, connected_clients, connections_by_principal, loaded_capsules, .. } =
-        status;
+        *status;
     assert_eq!(pid, daemon.pid() as u32);
     assert_eq!(version, env!("CARGO_PKG_VERSION"));
     assert!(!ephemeral);

@@ -37,7 +37,10 @@ fn reply(messages: &[Value], tools: &[Value]) -> String {
     if !names.is_empty() {
         reply.push_str(&format!(" Tools on offer: {}.", names.join(", ")));
     }
-    reply.push_str(" No model endpoint is configured; set OPENAI_BASE_URL (and OPENAI_API_KEY) for real answers.");
+    reply.push_str(
+        " No model endpoint is configured: `astrid config model --base-url URL` (an OpenAI-compatible \
+         endpoint) sets one for real answers.",
+    );
     reply
 }
 

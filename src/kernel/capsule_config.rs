@@ -30,14 +30,7 @@ pub fn resolve(
     declared: &BTreeMap<String, EnvDef>,
     fallback: &BTreeMap<String, String>,
 ) -> (BTreeMap<String, String>, Vec<String>) {
-    let path = env_file(home, principal, capsule);
-    let given: BTreeMap<String, String> = match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-            log::warn!("{} is not a JSON object of strings ({e}); ignoring it", path.display());
-            BTreeMap::new()
-        }),
-        Err(_) => BTreeMap::new(),
-    };
+    let given = stored(home, principal, capsule);
     let mut values = BTreeMap::new();
     let mut missing = Vec::new();
     for (key, def) in declared {
@@ -57,6 +50,18 @@ pub fn resolve(
     (values, missing)
 }
 
+/// The values the operator stored for `capsule` (its env file; none when there is none).
+pub fn stored(home: &AstridHome, principal: &str, capsule: &str) -> BTreeMap<String, String> {
+    let path = env_file(home, principal, capsule);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            log::warn!("{} is not a JSON object of strings ({e}); ignoring it", path.display());
+            BTreeMap::new()
+        }),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
 /// Merges `values` into the capsule's env file, written 0600 (in a 0700 directory) through
 /// a temporary file and a rename, so a crash never leaves half a file of secrets.
 pub fn store_values(
@@ -65,12 +70,24 @@ pub fn store_values(
     capsule: &str,
     values: &BTreeMap<String, String>,
 ) -> std::io::Result<PathBuf> {
+    update_values(home, principal, capsule, values, &[])
+}
+
+/// [`store_values`], also removing the keys in `remove` (what they fall back to applies).
+pub fn update_values(
+    home: &AstridHome,
+    principal: &str,
+    capsule: &str,
+    values: &BTreeMap<String, String>,
+    remove: &[&str],
+) -> std::io::Result<PathBuf> {
     let path = env_file(home, principal, capsule);
     let dir = path.parent().map(PathBuf::from).unwrap_or_default();
     std::fs::create_dir_all(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     let mut merged: BTreeMap<String, String> =
         std::fs::read(&path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
+    merged.retain(|key, _| !remove.contains(&key.as_str()));
     merged.extend(values.iter().map(|(k, v)| (k.clone(), v.clone())));
     let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?;
