@@ -198,6 +198,10 @@ impl HostBackend for CapsuleContext {
             HostCall::FsUnlink { path } => host_fs::unlink(self, &path.0),
             HostCall::HttpRequest { request, body } => host_http::request(self, &request.0, &body.0),
             HostCall::HttpStreamStart { request, body } => host_http::stream_start(self, &request.0, &body.0),
+            HostCall::HttpStreamOpen { request, body } => host_http::stream_open(self, &request.0, &body.0),
+            HostCall::HttpStreamHead { handle, timeout_ms } => {
+                host_http::stream_head(self, handle, Some(Duration::from_millis(timeout_ms.into())))
+            }
             HostCall::HttpStreamRead { handle } => host_http::stream_read(self, handle, None),
             HostCall::HttpStreamWait { handle, timeout_ms } => {
                 host_http::stream_read(self, handle, Some(Duration::from_millis(timeout_ms.into())))
