@@ -50,6 +50,8 @@ pub struct CapsuleContext {
     pub(super) env: BTreeMap<String, EnvDef>,
     /// Open HTTP response streams by handle.
     pub(super) streams: Vec<Option<super::http_stream::Stream>>,
+    /// Held by each stream's thread while it runs (closed streams' included).
+    pub(super) exchanges: Arc<()>,
     /// The call deadline (bounds host-side timeouts).
     pub(super) deadline: Duration,
     /// Readiness and stop of the instance.
@@ -77,6 +79,7 @@ impl CapsuleContext {
             private_hosts: Vec::new(),
             env: services.env,
             streams: Vec::new(),
+            exchanges: Arc::new(()),
             deadline,
             lifecycle: services.lifecycle,
             interceptor_patterns: Vec::new(),

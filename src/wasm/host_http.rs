@@ -311,7 +311,11 @@ pub(super) fn stream_open(context: &mut CapsuleContext, raw: &[u8], body: &[u8])
 }
 
 fn open(context: &mut CapsuleContext, raw: &[u8], body: &[u8]) -> Result<i32, HttpStatus> {
-    if context.streams.iter().filter(|s| s.is_some()).count() >= MAX_STREAMS {
+    // Open handles, and exchanges still running: a closed stream's thread ends at once unless
+    // it is still resolving or connecting (up to the connect timeout), and a guest that opens
+    // and closes in a loop must not pile such threads up.
+    let running = Arc::strong_count(&context.exchanges) - 1;
+    if context.streams.iter().filter(|s| s.is_some()).count() >= MAX_STREAMS || running >= 2 * MAX_STREAMS {
         return Err(HttpStatus::Quota);
     }
     let prepared = prepare(context, raw, body, Timing::Streamed)?;
@@ -325,7 +329,8 @@ fn open(context: &mut CapsuleContext, raw: &[u8], body: &[u8]) -> Result<i32, Ht
         let head = serde_json::to_vec(&meta(&response, &secrets)).unwrap_or_default();
         Ok((head, Box::new(response.into_body().into_reader()) as Box<dyn Read + Send>))
     });
-    let stream = Stream::spawn(exchange, secrets, idle, Some(hang_up)).map_err(|e| {
+    let live = Arc::clone(&context.exchanges);
+    let stream = Stream::spawn(exchange, secrets, idle, Some(hang_up), live).map_err(|e| {
         log::error!("capsule {}: cannot start an HTTP exchange: {e}", context.capsule);
         HttpStatus::Connection
     })?;

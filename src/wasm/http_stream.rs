@@ -16,6 +16,7 @@
 
 use std::future::Future;
 use std::io::Read;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -78,23 +79,29 @@ impl Drop for Stream {
 }
 
 impl Stream {
-    /// Starts `exchange` on a thread of its own. `idle` is the read timeout its socket was
-    /// given; `hang_up` ends it from outside (on close, and when the stream is dropped).
+    /// Starts `exchange` on a thread of its own, which holds a clone of `live` for as long as
+    /// it runs (a closed stream's thread may still be connecting: its owner counts them).
+    /// `idle` is the read timeout its socket was given; `hang_up` ends it from outside (on
+    /// close, and when the stream is dropped).
     pub(super) fn spawn(
         exchange: Exchange,
         secrets: Vec<String>,
         idle: Duration,
         hang_up: Option<HangUp>,
+        live: Arc<()>,
     ) -> std::io::Result<Self> {
         let (sender, deliveries) = mpsc::channel(READ_AHEAD);
-        std::thread::Builder::new().name("astrid-http-stream".to_owned()).spawn(move || match exchange() {
-            Ok((head, body)) => {
-                if sender.blocking_send(Delivery::Head(head)).is_ok() {
-                    read_body(body, &sender);
+        std::thread::Builder::new().name("astrid-http-stream".to_owned()).spawn(move || {
+            let _live = live;
+            match exchange() {
+                Ok((head, body)) => {
+                    if sender.blocking_send(Delivery::Head(head)).is_ok() {
+                        read_body(body, &sender);
+                    }
                 }
-            }
-            Err(status) => {
-                let _ = sender.blocking_send(Delivery::Failed(status));
+                Err(status) => {
+                    let _ = sender.blocking_send(Delivery::Failed(status));
+                }
             }
         })?;
         Ok(Self { deliveries, secrets, head: None, carry: Vec::new(), finished: None, idle, hang_up })
@@ -242,7 +249,6 @@ fn pending_prefix(carry: &[u8], secrets: &[String]) -> usize {
 mod tests {
     use super::*;
     use std::collections::VecDeque;
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     /// An exchange whose head is there at once, with `body`.
@@ -299,9 +305,14 @@ mod tests {
     fn a_secret_split_across_reads_is_still_redacted_and_only_the_end_is_empty() {
         for body in ["you sent: Bearer sk-test-42; bye", "sk-test-42", "x", "", "sk-test-4sk-test-42sk-test-42"] {
             let reader = Trickle(body.bytes().collect());
-            let mut stream =
-                Stream::spawn(answered(reader), vec!["sk-test-42".to_owned()], Duration::from_secs(5), None)
-                    .expect("spawn");
+            let mut stream = Stream::spawn(
+                answered(reader),
+                vec!["sk-test-42".to_owned()],
+                Duration::from_secs(5),
+                None,
+                Arc::new(()),
+            )
+            .expect("spawn");
             let mut out = Vec::new();
             loop {
                 let chunk = stream.next_chunk(None, never()).expect("chunk");
@@ -318,7 +329,8 @@ mod tests {
     #[test]
     fn a_wait_with_a_timeout_is_pending_while_the_server_is_silent_then_the_idle_timeout_ends_it() {
         let reader = Silent { first: Some(b"data: 1\n\n"), silence: Duration::from_millis(300) };
-        let mut stream = Stream::spawn(answered(reader), Vec::new(), Duration::from_millis(300), None).expect("spawn");
+        let mut stream =
+            Stream::spawn(answered(reader), Vec::new(), Duration::from_millis(300), None, Arc::new(())).expect("spawn");
         assert_eq!(stream.next_chunk(Some(Duration::from_secs(5)), never()), Ok(b"data: 1\n\n".to_vec()));
         let started = Instant::now();
         assert_eq!(stream.next_chunk(Some(Duration::from_millis(50)), never()), Err(HttpStatus::Pending));
@@ -330,7 +342,8 @@ mod tests {
     #[test]
     fn a_stop_ends_a_wait_at_once() {
         let reader = Silent { first: None, silence: Duration::from_secs(2) };
-        let mut stream = Stream::spawn(answered(reader), Vec::new(), Duration::from_secs(2), None).expect("spawn");
+        let mut stream =
+            Stream::spawn(answered(reader), Vec::new(), Duration::from_secs(2), None, Arc::new(())).expect("spawn");
         let started = Instant::now();
         assert_eq!(stream.next_chunk(None, std::future::ready(())), Err(HttpStatus::Closed));
         assert!(started.elapsed() < Duration::from_millis(500));
@@ -350,7 +363,8 @@ mod tests {
             ))
         });
         let hang_up: HangUp = Box::new(move || flag.store(true, Ordering::SeqCst));
-        let mut stream = Stream::spawn(exchange, Vec::new(), Duration::from_secs(5), Some(hang_up)).expect("spawn");
+        let mut stream =
+            Stream::spawn(exchange, Vec::new(), Duration::from_secs(5), Some(hang_up), Arc::new(())).expect("spawn");
         assert_eq!(stream.next_head(Some(Duration::from_millis(20)), never()), Err(HttpStatus::Pending));
         assert_eq!(stream.next_chunk(Some(Duration::from_millis(20)), never()), Err(HttpStatus::Pending));
         answer.send(()).expect("answer");
@@ -378,7 +392,8 @@ mod tests {
             Err(HttpStatus::Connection)
         });
         let hang_up: HangUp = Box::new(move || flag.store(true, Ordering::SeqCst));
-        let mut stream = Stream::spawn(exchange, Vec::new(), Duration::from_secs(5), Some(hang_up)).expect("spawn");
+        let mut stream =
+            Stream::spawn(exchange, Vec::new(), Duration::from_secs(5), Some(hang_up), Arc::new(())).expect("spawn");
         assert_eq!(stream.next_head(Some(Duration::from_millis(20)), never()), Err(HttpStatus::Pending));
         drop(stream);
         assert!(hung_up.load(Ordering::SeqCst));
@@ -387,9 +402,30 @@ mod tests {
     #[test]
     fn a_failed_exchange_is_its_status_for_the_head_and_the_body() {
         let exchange: Exchange = Box::new(|| Err(HttpStatus::AddressRefused));
-        let mut stream = Stream::spawn(exchange, Vec::new(), Duration::from_secs(5), None).expect("spawn");
+        let mut stream =
+            Stream::spawn(exchange, Vec::new(), Duration::from_secs(5), None, Arc::new(())).expect("spawn");
         assert_eq!(stream.next_head(None, never()), Err(HttpStatus::AddressRefused));
         assert_eq!(stream.next_chunk(Some(Duration::from_millis(10)), never()), Err(HttpStatus::AddressRefused));
         assert_eq!(stream.next_head(Some(Duration::from_millis(10)), never()), Err(HttpStatus::AddressRefused));
+    }
+
+    #[test]
+    fn the_thread_holds_its_live_token_until_the_exchange_is_over() {
+        let live = Arc::new(());
+        let (answer, waiting) = std::sync::mpsc::channel::<()>();
+        let exchange: Exchange = Box::new(move || {
+            let _ = waiting.recv();
+            Err(HttpStatus::Connection)
+        });
+        let stream =
+            Stream::spawn(exchange, Vec::new(), Duration::from_secs(5), None, Arc::clone(&live)).expect("spawn");
+        drop(stream);
+        assert_eq!(Arc::strong_count(&live), 2, "closed, but still connecting");
+        answer.send(()).expect("answer");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&live) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(Arc::strong_count(&live), 1, "the thread ended and let go");
     }
 }
