@@ -51,6 +51,8 @@ pub struct CapsuleContext {
     pub(super) env: BTreeMap<String, EnvDef>,
     /// Open HTTP response streams by handle.
     pub(super) streams: Vec<Option<super::http_stream::Stream>>,
+    /// Held by each stream's thread while it runs (closed streams' included).
+    pub(super) exchanges: Arc<()>,
     /// The call deadline (bounds host-side timeouts).
     pub(super) deadline: Duration,
     /// Readiness and stop of the instance.
@@ -82,6 +84,7 @@ impl CapsuleContext {
             private_hosts: Vec::new(),
             env: services.env,
             streams: Vec::new(),
+            exchanges: Arc::new(()),
             deadline,
             lifecycle: services.lifecycle,
             interceptor_patterns: Vec::new(),
@@ -239,6 +242,10 @@ impl HostBackend for CapsuleContext {
             HostCall::FsUnlink { path } => host_fs::unlink(self, &path.0),
             HostCall::HttpRequest { request, body } => host_http::request(self, &request.0, &body.0),
             HostCall::HttpStreamStart { request, body } => host_http::stream_start(self, &request.0, &body.0),
+            HostCall::HttpStreamOpen { request, body } => host_http::stream_open(self, &request.0, &body.0),
+            HostCall::HttpStreamHead { handle, timeout_ms } => {
+                host_http::stream_head(self, handle, Some(Duration::from_millis(timeout_ms.into())))
+            }
             HostCall::HttpStreamRead { handle } => host_http::stream_read(self, handle, None),
             HostCall::HttpStreamWait { handle, timeout_ms } => {
                 host_http::stream_read(self, handle, Some(Duration::from_millis(timeout_ms.into())))

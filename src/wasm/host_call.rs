@@ -96,8 +96,12 @@ pub enum HostCall {
     FsUnlink { path: Blob },
     /// One HTTP exchange.
     HttpRequest { request: Blob, body: Blob },
-    /// An HTTP exchange whose body is read in chunks.
+    /// An HTTP exchange whose body is read in chunks (waits for the head).
     HttpStreamStart { request: Blob, body: Blob },
+    /// An HTTP exchange started on a thread of its own: a handle at once.
+    HttpStreamOpen { request: Blob, body: Blob },
+    /// `http_stream_head`: the response head, or `Pending` after `timeout_ms`.
+    HttpStreamHead { handle: i32, timeout_ms: u32 },
     /// The next chunk of a response body.
     HttpStreamRead { handle: i32 },
     /// `http_stream_wait`: the next chunk, or `Pending` after `timeout_ms`.
@@ -117,7 +121,11 @@ impl HostCall {
     pub fn is_wait(&self) -> bool {
         matches!(
             self,
-            Self::IpcRecv { .. } | Self::IpcPoll { .. } | Self::HttpStreamRead { .. } | Self::HttpStreamWait { .. }
+            Self::IpcRecv { .. }
+                | Self::IpcPoll { .. }
+                | Self::HttpStreamHead { .. }
+                | Self::HttpStreamRead { .. }
+                | Self::HttpStreamWait { .. }
         )
     }
 
@@ -132,6 +140,7 @@ impl HostCall {
                 | Self::Elicit { .. }
                 | Self::HttpRequest { .. }
                 | Self::HttpStreamStart { .. }
+                | Self::HttpStreamHead { .. }
                 | Self::HttpStreamRead { .. }
                 | Self::HttpStreamWait { .. }
                 | Self::NextEvent { .. }

@@ -50,6 +50,8 @@ pub const HOST_FUNCTIONS: &[&str] = &[
     "fs_unlink",
     "http_request",
     "http_stream_start",
+    "http_stream_open",
+    "http_stream_head",
     "http_stream_read",
     "http_stream_wait",
     "http_stream_close",

@@ -331,3 +331,80 @@ fn a_tool_the_model_invents_is_answered_at_once_as_an_error() {
     assert_eq!(result["role"], "tool");
     assert!(result["content"].as_str().is_some_and(|c| c.contains("no tool called")), "{result}");
 }
+
+// The event stream's corner cases, and a cancel before the model's first byte.
+
+/// A turn's answer (`--format json`), or the test fails with what happened.
+fn answer(t: &TestHome, prompt: &str) -> Value {
+    let output = t.cli_with(&["run", prompt, "--format", "json"], &[("ASTRID_RESPONSE_TIMEOUT_SECS", "30")]);
+    assert_eq!(output.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&output.stderr), t.log());
+    serde_json::from_str(stdout(&output).trim()).unwrap_or_else(|e| panic!("{e}: {}", stdout(&output)))
+}
+
+#[test]
+fn an_event_stream_with_crlf_line_endings_is_answered() {
+    let t = TestHome::new();
+    let server = Server::start(vec![Script::StreamCrlf(vec!["Lines end ", "with CRLF", " here."])]);
+    let _daemon = agent(&t, &server, &[], &[]);
+    assert_eq!(answer(&t, "hi")["response"], "Lines end with CRLF here.");
+}
+
+#[test]
+fn a_character_split_across_two_reads_arrives_whole() {
+    let t = TestHome::new();
+    let text = "na\u{ef}ve caf\u{e9} \u{1f980} \u{65e5}\u{672c}";
+    let server = Server::start(vec![Script::StreamSplitUtf8(text)]);
+    let _daemon = agent(&t, &server, &[], &[]);
+    assert_eq!(answer(&t, "hi")["response"], text);
+}
+
+#[test]
+fn an_answer_that_is_not_an_event_stream_is_reported_as_such() {
+    let t = TestHome::new();
+    let server = Server::start(vec![Script::StreamJsonBody("I ignored stream: true")]);
+    let _daemon = agent(&t, &server, &[], &[]);
+    let response = answer(&t, "hi")["response"].as_str().map(str::to_owned).unwrap_or_default();
+    assert!(response.starts_with("LLM error: the server did not answer with an event stream"), "{response}");
+    assert!(response.contains("Content-Type application/json"), "{response}");
+    assert!(response.contains("I ignored stream: true"), "the start of the body: {response}");
+}
+
+#[test]
+fn a_stream_cut_short_before_done_is_reported_as_such() {
+    let t = TestHome::new();
+    let server = Server::start(vec![Script::StreamCutShort(vec!["Half ", "an ", "answ"])]);
+    let _daemon = agent(&t, &server, &[], &[]);
+    let response = answer(&t, "hi")["response"].as_str().map(str::to_owned).unwrap_or_default();
+    assert_eq!(response, "LLM error: the stream was cut short: it ended after 3 event(s), before [DONE]");
+}
+
+#[test]
+fn a_cancel_before_the_models_first_byte_hangs_up_and_the_next_turn_is_prompt() {
+    let t = TestHome::new();
+    let server = Server::start(vec![Script::StreamNoHead, Script::Text(vec!["Hi ", "again"])]);
+    let _daemon = agent(&t, &server, &[], &[]);
+    let child = t
+        .command("astrid")
+        .args(["run", "think hard"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("astrid run");
+    // The request is with the server, which never answers: the provider waits for the head.
+    assert!(wait_for(&mut || !server.received().is_empty(), Duration::from_secs(10)), "{}", t.log());
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        wait_for(&mut || !server.hangups().is_empty(), Duration::from_secs(5)),
+        "the server never saw the connection close\n{}",
+        t.log()
+    );
+    // The provider is free at once: the next turn does not wait behind the cancelled one.
+    let started = Instant::now();
+    assert_eq!(answer(&t, "hello")["response"], "Hi again");
+    assert!(started.elapsed() < Duration::from_secs(30), "the next turn took {:?}", started.elapsed());
+    assert!(t.wait_for(|| t.log().contains("request failed: cancelled"), Duration::from_secs(5)), "{}", t.log());
+}

@@ -24,6 +24,18 @@ pub enum Script {
     Stall(Vec<&'static str>),
     /// A tool call streamed as OpenAI does: id and name first, the arguments in fragments.
     ToolCall { name: &'static str, arguments: Value },
+    // The stream's own corner cases (llm-openai's event stream and its errors).
+    /// As `Text`, with CRLF line endings (valid server-sent events).
+    StreamCrlf(Vec<&'static str>),
+    /// A 200 with a whole chat-completions JSON body: a server that ignored `stream: true`.
+    StreamJsonBody(&'static str),
+    /// The pieces, then the connection closes without `[DONE]`.
+    StreamCutShort(Vec<&'static str>),
+    /// Reads the request and never sends a response head, until the client hangs up (recorded
+    /// in `hangups`) or a minute passed.
+    StreamNoHead,
+    /// The text as one event, written in two parts cut inside a multi-byte UTF-8 character.
+    StreamSplitUtf8(&'static str),
 }
 
 /// One request the server received.
@@ -66,7 +78,8 @@ impl Server {
         Self { port, script, received, hangups }
     }
 
-    /// When the server noticed a client hang up in the middle of a `Drip`.
+    /// When the server noticed a client hang up in the middle of a `Drip`, or while it
+    /// withheld the head (`StreamNoHead`).
     pub fn hangups(&self) -> Vec<Instant> {
         self.hangups.lock().expect("lock").clone()
     }
@@ -184,6 +197,63 @@ fn serve(
                 send(&mut out, &delta);
             }
             send(&mut out, &json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}));
+            let _ = out.write_all(b"data: [DONE]\n\n");
+        }
+        Script::StreamCrlf(pieces) => {
+            let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+            let _ = out.write_all(b": a comment, CRLF too\r\n\r\n");
+            for piece in pieces {
+                let chunk = json!({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
+                let _ = out.write_all(format!("data: {chunk}\r\n\r\n").as_bytes());
+                let _ = out.flush();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let _ = out.write_all(b"data: [DONE]\r\n\r\n");
+        }
+        Script::StreamJsonBody(text) => {
+            let body = json!({"id": "chatcmpl-1", "object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]})
+            .to_string();
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+        Script::StreamCutShort(pieces) => {
+            let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+            for piece in pieces {
+                send(&mut out, &json!({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]}));
+            }
+        }
+        Script::StreamNoHead => {
+            let started = Instant::now();
+            let _ = out.set_read_timeout(Some(Duration::from_millis(50)));
+            let mut buffer = [0u8; 256];
+            while started.elapsed() < Duration::from_secs(60) {
+                match out.read(&mut buffer) {
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Ok(n) if n > 0 => {}
+                    // End of stream or a reset: the client hung up.
+                    _ => {
+                        hangups.lock().expect("lock").push(Instant::now());
+                        return;
+                    }
+                }
+            }
+        }
+        Script::StreamSplitUtf8(text) => {
+            let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+            let chunk = json!({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]});
+            let event = format!("data: {chunk}\n\n");
+            // Inside the first multi-byte character: its first byte goes alone.
+            let cut = event.find(|c: char| c.len_utf8() > 1).map_or(event.len() / 2, |at| at + 1);
+            let (first, second) = event.as_bytes().split_at(cut);
+            let _ = out.write_all(first).and_then(|()| out.flush());
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = out.write_all(second).and_then(|()| out.flush());
+            std::thread::sleep(Duration::from_millis(2));
+            send(&mut out, &json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}));
             let _ = out.write_all(b"data: [DONE]\n\n");
         }
     }

@@ -2,81 +2,45 @@
 //! `POST {base_url}/chat/completions` calls; the server-sent events come back as
 //! `llm_stream_event`s on `llm.v1.stream.openai`: `TextDelta`, `ToolCallStart` /
 //! `ToolCallDelta` / `ToolCallEnd` (arguments arrive in fragments), `Usage`, then `Done`, or
-//! one `Error` that says what went wrong (401, 429, 5xx, a malformed stream, a server silent
-//! for `stall_timeout_secs`).
+//! one `Error` that says what went wrong (401, 429, 5xx, an answer that is not an event
+//! stream, a stream cut short or malformed, a server silent for `stall_timeout_secs`).
+//!
+//! The events of one read of the body go out together: adjacent text as one `TextDelta`, so
+//! a slow reader gets fewer, larger deltas. Every tool call of a response has an id of its
+//! own, whatever ids the server sends.
 //!
 //! An `llm_cancel_request {request_id}` on `llm.v1.request.cancel.openai` stops the request in
-//! flight: the stream is read in short waits, the cancel topic is looked at between them, and
-//! a cancelled request's stream is closed (the server sees the connection go) and ends with
-//! `Error: "cancelled"`.
+//! flight, before the server answered too: the response head and then the body are awaited
+//! in short waits, the cancel topic is looked at between them, and a cancelled request's
+//! stream is closed (the server sees the connection go) and ends with `Error: "cancelled"`.
 
-use std::collections::BTreeMap;
+mod chat;
+mod sse;
+
 use std::time::Duration;
 
-use astrid_sdk::http::{Chunk, Request};
+use astrid_sdk::http::{Chunk, Request, Stream};
 use astrid_sdk::{Error, Hook, Subscription, ipc};
 use serde_json::{Value, json};
 
+use chat::{Translated, Translator};
+use sse::EventStream;
+
 const STREAM: &str = "llm.v1.stream.openai";
 const CANCEL: &str = "llm.v1.request.cancel.openai";
-/// How often a slow stream looks for a cancel.
+/// How often a slow server is interrupted to look for a cancel.
 const CANCEL_CHECK: Duration = Duration::from_millis(100);
 /// The longest silence of the server, unless `stall_timeout_secs` says otherwise.
 const STALL_TIMEOUT_SECS: u64 = 120;
+/// How much of a body that is not an event stream goes into the error.
+const BODY_SHOWN: usize = 300;
 
 fn event(request_id: &Value, event: Value) {
     let _ = ipc::publish(STREAM, &json!({"type": "llm_stream_event", "request_id": request_id, "event": event}));
 }
 
-/// Our `Message`s as chat-completions messages (with the system prompt first).
-fn messages(system: &str, messages: &[Value]) -> Vec<Value> {
-    let mut out = Vec::with_capacity(messages.len() + 1);
-    if !system.is_empty() {
-        out.push(json!({"role": "system", "content": system}));
-    }
-    for message in messages {
-        let role = message["role"].as_str().unwrap_or("user");
-        let content = &message["content"];
-        match content {
-            // Tool calls the assistant made.
-            Value::Array(calls) if calls.first().is_some_and(|c| c.get("arguments").is_some()) => {
-                let calls: Vec<Value> = calls
-                    .iter()
-                    .map(|c| {
-                        json!({"id": c["id"], "type": "function",
-                               "function": {"name": c["name"], "arguments": c["arguments"].to_string()}})
-                    })
-                    .collect();
-                out.push(json!({"role": "assistant", "content": null, "tool_calls": calls}));
-            }
-            // A tool's result.
-            Value::Object(result) if result.contains_key("call_id") => {
-                out.push(json!({"role": "tool", "tool_call_id": result["call_id"], "content": result["content"]}));
-            }
-            Value::Array(parts) => {
-                let text: Vec<&str> = parts.iter().filter_map(|p| p["text"].as_str()).collect();
-                out.push(json!({"role": role, "content": text.join("\n")}));
-            }
-            other => out.push(json!({"role": role, "content": other})),
-        }
-    }
-    out
-}
-
-fn tools(tools: &[Value]) -> Vec<Value> {
-    tools
-        .iter()
-        .map(|t| {
-            // Function names allow [A-Za-z0-9_-]: `server:tool` names are sent with `__`.
-            let name = t["name"].as_str().unwrap_or_default().replace(':', "__");
-            json!({"type": "function", "function": {"name": name, "description": t["description"], "parameters": t["input_schema"]}})
-        })
-        .collect()
-}
-
 /// What a status code means for the person reading the error.
 fn status_error(status: u16, body: &[u8]) -> String {
-    let detail: String = String::from_utf8_lossy(body).chars().take(300).collect();
     let what = match status {
         401 | 403 => "the API key was refused",
         404 => "no such endpoint or model",
@@ -84,56 +48,19 @@ fn status_error(status: u16, body: &[u8]) -> String {
         500..=599 => "the server failed",
         _ => "the request was refused",
     };
-    format!("HTTP {status}: {what}: {}", detail.trim())
+    format!("HTTP {status}: {what}: {}", shown(body))
 }
 
-/// Tool calls being assembled from fragments, by the server's index.
-#[derive(Default)]
-struct Calls {
-    open: BTreeMap<u64, String>,
+/// The start of a body, as text, for an error.
+fn shown(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).chars().take(BODY_SHOWN).collect::<String>().trim().to_owned()
 }
 
-/// Turns one SSE `data:` payload into stream events; `Ok(true)` at `[DONE]`.
-fn on_data(request_id: &Value, data: &str, calls: &mut Calls) -> Result<bool, String> {
-    if data == "[DONE]" {
-        return Ok(true);
-    }
-    let chunk: Value = serde_json::from_str(data).map_err(|e| format!("malformed stream: {e}: {data:.120}"))?;
-    if let Some(message) = chunk["error"]["message"].as_str() {
-        return Err(format!("the server reported an error: {message}"));
-    }
-    if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
-        event(
-            request_id,
-            json!({"Usage": {"input_tokens": usage["prompt_tokens"].as_u64().unwrap_or(0),
-                                          "output_tokens": usage["completion_tokens"].as_u64().unwrap_or(0)}}),
-        );
-    }
-    let Some(choice) = chunk["choices"].get(0) else { return Ok(false) };
-    let delta = &choice["delta"];
-    if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
-        event(request_id, json!({"TextDelta": text}));
-    }
-    for call in delta["tool_calls"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        let index = call["index"].as_u64().unwrap_or(0);
-        if !calls.open.contains_key(&index) {
-            let id = call["id"].as_str().map(str::to_owned).unwrap_or_else(|| format!("call_{index}"));
-            let name = call["function"]["name"].as_str().unwrap_or_default().replace("__", ":");
-            event(request_id, json!({"ToolCallStart": {"id": id, "name": name}}));
-            calls.open.insert(index, id);
-        }
-        if let (Some(id), Some(args)) = (calls.open.get(&index), call["function"]["arguments"].as_str()) {
-            if !args.is_empty() {
-                event(request_id, json!({"ToolCallDelta": {"id": id, "args_delta": args}}));
-            }
-        }
-    }
-    if choice["finish_reason"].is_string() {
-        for (_, id) in std::mem::take(&mut calls.open) {
-            event(request_id, json!({"ToolCallEnd": {"id": id}}));
-        }
-    }
-    Ok(false)
+/// Whether a `Content-Type` names an event stream (`text/event-stream`, parameters aside).
+fn is_event_stream(content_type: Option<&String>) -> bool {
+    content_type
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
 }
 
 thread_local! {
@@ -144,9 +71,16 @@ thread_local! {
         .ok();
 }
 
-/// Forgets cancels of requests that are over (they may arrive after their request ended).
-fn forget_old_cancels() {
-    CANCELS.with(|cancels| while let Some(Ok(Some(_))) = cancels.as_ref().map(Subscription::poll) {});
+/// Forgets cancels of requests that are over (they may arrive after their request ended);
+/// whether `id` was cancelled among them already.
+fn forget_old_cancels(id: &Value) -> bool {
+    CANCELS.with(|cancels| {
+        let mut this_one = false;
+        while let Some(Ok(Some(message))) = cancels.as_ref().map(Subscription::poll) {
+            this_one |= message.payload["type"] == "llm_cancel_request" && message.payload["request_id"] == *id;
+        }
+        this_one
+    })
 }
 
 /// Whether a cancel for `id` has arrived.
@@ -162,9 +96,28 @@ fn cancelled(id: &Value) -> bool {
     })
 }
 
+/// The first bytes of the body (up to about 4 KiB), for an error; looks for a cancel
+/// between reads.
+fn body_start(stream: &mut Stream, id: &Value) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while body.len() <= 4096 {
+        if cancelled(id) {
+            return Err("cancelled".to_owned());
+        }
+        match stream.wait(CANCEL_CHECK) {
+            Ok(Chunk::Data(chunk)) => body.extend_from_slice(&chunk),
+            Ok(Chunk::Pending) => {}
+            Ok(Chunk::End) | Err(_) => break,
+        }
+    }
+    Ok(body)
+}
+
 fn generate(request: &Value) -> Result<(), String> {
     let id = &request["request_id"];
-    forget_old_cancels();
+    if forget_old_cancels(id) {
+        return Err("cancelled".to_owned());
+    }
     let stall = astrid_sdk::config("stall_timeout_secs")
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|&s| s > 0)
@@ -179,12 +132,12 @@ fn generate(request: &Value) -> Result<(), String> {
     let offered = request["tools"].as_array().map(Vec::as_slice).unwrap_or_default();
     let mut body = json!({
         "model": model,
-        "messages": messages(request["system"].as_str().unwrap_or_default(), history),
+        "messages": chat::messages(request["system"].as_str().unwrap_or_default(), history),
         "stream": true,
         "stream_options": {"include_usage": true},
     });
     if !offered.is_empty() {
-        body["tools"] = Value::Array(tools(offered));
+        body["tools"] = Value::Array(chat::tools(offered));
     }
     let mut http = Request::new("POST", &format!("{}/chat/completions", base.trim_end_matches('/')))
         .header("Content-Type", "application/json")
@@ -194,22 +147,32 @@ fn generate(request: &Value) -> Result<(), String> {
     if astrid_sdk::has_config("api_key") {
         http = http.header("Authorization", "Bearer {{secret:api_key}}");
     }
-    let mut stream = http.stream().map_err(|e| match e {
-        Error::Timeout => format!("{base} sent no response for {stall} s"),
-        e => format!("cannot reach {base}: {e}"),
-    })?;
-    if stream.status != 200 {
-        let mut body = Vec::new();
-        while let Ok(Some(chunk)) = stream.read() {
-            body.extend_from_slice(&chunk);
-            if body.len() > 4096 {
-                break;
-            }
+    // The head is awaited in slices too: a cancel before the server's first byte drops the
+    // request (and, with it, the connection) at once.
+    let mut opening = http.open().map_err(|e| format!("cannot reach {base}: {e}"))?;
+    let mut stream = loop {
+        if cancelled(id) {
+            return Err("cancelled".to_owned());
         }
+        match opening.wait(CANCEL_CHECK) {
+            Ok(Some(stream)) => break stream,
+            Ok(None) => {}
+            Err(Error::Timeout) => return Err(format!("{base} sent no response for {stall} s")),
+            Err(e) => return Err(format!("cannot reach {base}: {e}")),
+        }
+    };
+    if stream.status != 200 {
+        let body = body_start(&mut stream, id)?;
         return Err(status_error(stream.status, &body));
     }
-    let mut calls = Calls::default();
-    let mut buffer = String::new();
+    let content_type = stream.headers.get("content-type");
+    if !is_event_stream(content_type) {
+        let content_type = content_type.map_or_else(|| "no Content-Type".to_owned(), |c| format!("Content-Type {c}"));
+        let body = body_start(&mut stream, id)?;
+        return Err(format!("the server did not answer with an event stream ({content_type}): {}", shown(&body)));
+    }
+    let mut events = EventStream::default();
+    let mut translator = Translator::new(id);
     loop {
         if cancelled(id) {
             return Err("cancelled".to_owned());
@@ -217,22 +180,22 @@ fn generate(request: &Value) -> Result<(), String> {
         let chunk = match stream.wait(CANCEL_CHECK) {
             Ok(Chunk::Data(chunk)) => chunk,
             Ok(Chunk::Pending) => continue,
-            Ok(Chunk::End) => return Err("the stream ended before [DONE]".to_owned()),
-            Err(Error::Timeout) => return Err(format!("the server sent nothing for {stall} s")),
-            Err(e) => return Err(format!("the stream broke: {e}")),
-        };
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        // Events end with a blank line; a partial one waits for the next chunk.
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            for line in block.lines() {
-                if let Some(data) = line.strip_prefix("data:") {
-                    if on_data(id, data.trim(), &mut calls)? {
-                        event(id, json!("Done"));
-                        return Ok(());
-                    }
-                }
+            Ok(Chunk::End) => {
+                return Err(format!(
+                    "the stream was cut short: it ended after {} event(s), before [DONE]",
+                    events.dispatched()
+                ));
             }
+            Err(Error::Timeout) => return Err(format!("the server sent nothing for {stall} s")),
+            Err(e) => return Err(format!("the stream broke after {} event(s): {e}", events.dispatched())),
+        };
+        let Translated { events: out, outcome } = translator.translate(&events.feed(&chunk)?);
+        for out in out {
+            event(id, out);
+        }
+        if outcome? {
+            event(id, json!("Done"));
+            return Ok(());
         }
     }
 }
@@ -250,3 +213,19 @@ fn hook(_action: &str, payload: &[u8]) -> Hook {
 }
 
 astrid_sdk::capsule!(hook = hook);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_text_event_stream_is_an_event_stream() {
+        let is = |value: &str| is_event_stream(Some(&value.to_owned()));
+        assert!(is("text/event-stream"));
+        assert!(is("text/event-stream; charset=utf-8"));
+        assert!(is("Text/Event-Stream"));
+        assert!(!is("application/json"));
+        assert!(!is("text/event-streams"));
+        assert!(!is_event_stream(None));
+    }
+}

@@ -48,6 +48,8 @@ unsafe extern "C" {
 
     pub(crate) fn http_request(request: *const u8, request_len: usize, body: *const u8, body_len: usize) -> i64;
     pub(crate) fn http_stream_start(request: *const u8, request_len: usize, body: *const u8, body_len: usize) -> i64;
+    pub(crate) fn http_stream_open(request: *const u8, request_len: usize, body: *const u8, body_len: usize) -> i32;
+    pub(crate) safe fn http_stream_head(handle: i32, timeout_ms: i32) -> i64;
     pub(crate) safe fn http_stream_read(handle: i32) -> i64;
     pub(crate) safe fn http_stream_wait(handle: i32, timeout_ms: i32) -> i64;
     pub(crate) safe fn http_stream_close(handle: i32) -> i32;

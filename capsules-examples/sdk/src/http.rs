@@ -66,7 +66,22 @@ impl Request {
         Ok(Response { status: head.status, headers: head.headers, body: bytes[4 + head_len..].to_vec() })
     }
 
-    /// Sends it and returns the response head, with the body to read in chunks.
+    /// Starts the exchange and returns at once: connecting, sending and the server's answer
+    /// happen on the host while the capsule waits for the head with [`Opening::wait`], in
+    /// slices if it must notice other things meanwhile (a cancelled request). Dropping the
+    /// [`Opening`] hangs up, even before the server answered.
+    pub fn open(&self) -> Result<Opening> {
+        let json = serde_json::to_vec(self).map_err(|_| Error::InvalidInput)?;
+        // SAFETY: valid buffers for the duration of the call.
+        let handle = unsafe { abi::http_stream_open(json.as_ptr(), json.len(), self.body.as_ptr(), self.body.len()) };
+        if handle < 0 {
+            return Err(Error::http(i64::from(handle)));
+        }
+        Ok(Opening { handle: Some(handle) })
+    }
+
+    /// Sends it and returns the response head, with the body to read in chunks. Waits for
+    /// the head as long as the server may stay silent; [`Request::open`] can give up sooner.
     pub fn stream(&self) -> Result<Stream> {
         let json = serde_json::to_vec(self).map_err(|_| Error::InvalidInput)?;
         // SAFETY: valid buffers for the duration of the call.
@@ -111,6 +126,40 @@ pub struct Stream {
     pub headers: BTreeMap<String, String>,
 }
 
+/// A streamed exchange whose response head has not arrived yet.
+#[derive(Debug)]
+pub struct Opening {
+    /// `None` once the head arrived and the handle went to the [`Stream`].
+    handle: Option<i32>,
+}
+
+impl Opening {
+    /// The response, once its head arrived, waiting at most `timeout` (at most a minute):
+    /// `Ok(None)` while the server has not answered; [`Error::Timeout`] once it stayed silent
+    /// past the request's idle timeout; the connection's failure otherwise.
+    pub fn wait(&mut self, timeout: Duration) -> Result<Option<Stream>> {
+        let Some(handle) = self.handle else { return Err(Error::Closed) };
+        let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        match abi::unpack(abi::http_stream_head(handle, timeout_ms)) {
+            Ok(bytes) => {
+                let head: Head = serde_json::from_slice(&bytes).map_err(|_| Error::InvalidInput)?;
+                self.handle = None;
+                Ok(Some(Stream { handle, status: head.status, headers: head.headers }))
+            }
+            Err(PENDING) => Ok(None),
+            Err(code) => Err(Error::http(code)),
+        }
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle {
+            abi::http_stream_close(handle);
+        }
+    }
+}
+
 /// What [`Stream::wait`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Chunk {
@@ -122,7 +171,7 @@ pub enum Chunk {
     End,
 }
 
-/// `http_stream_wait`'s code for "nothing yet".
+/// `http_stream_wait`'s and `http_stream_head`'s code for "nothing yet".
 const PENDING: i64 = -10;
 
 impl Stream {
