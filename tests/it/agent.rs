@@ -341,6 +341,15 @@ fn answer(t: &TestHome, prompt: &str) -> Value {
     serde_json::from_str(stdout(&output).trim()).unwrap_or_else(|e| panic!("{e}: {}", stdout(&output)))
 }
 
+/// What a failed turn says on stderr (it must exit 1 and print nothing as an answer).
+fn failure(t: &TestHome, prompt: &str) -> String {
+    let output = t.cli_with(&["run", prompt], &[("ASTRID_RESPONSE_TIMEOUT_SECS", "30")]);
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}\n{}", t.log());
+    assert_eq!(stdout(&output), "", "an error is not an answer");
+    stderr.strip_prefix("astrid: ").unwrap_or(&stderr).to_owned()
+}
+
 #[test]
 fn an_event_stream_with_crlf_line_endings_is_answered() {
     let t = TestHome::new();
@@ -363,7 +372,7 @@ fn an_answer_that_is_not_an_event_stream_is_reported_as_such() {
     let t = TestHome::new();
     let server = Server::start(vec![Script::StreamJsonBody("I ignored stream: true")]);
     let _daemon = agent(&t, &server, &[], &[]);
-    let response = answer(&t, "hi")["response"].as_str().map(str::to_owned).unwrap_or_default();
+    let response = failure(&t, "hi");
     assert!(response.starts_with("LLM error: the server did not answer with an event stream"), "{response}");
     assert!(response.contains("Content-Type application/json"), "{response}");
     assert!(response.contains("I ignored stream: true"), "the start of the body: {response}");
@@ -374,8 +383,14 @@ fn a_stream_cut_short_before_done_is_reported_as_such() {
     let t = TestHome::new();
     let server = Server::start(vec![Script::StreamCutShort(vec!["Half ", "an ", "answ"])]);
     let _daemon = agent(&t, &server, &[], &[]);
-    let response = answer(&t, "hi")["response"].as_str().map(str::to_owned).unwrap_or_default();
-    assert_eq!(response, "LLM error: the stream was cut short: it ended after 3 event(s), before [DONE]");
+    // What streamed before the cut is on stdout; the failure says what happened.
+    let output = t.cli(&["run", "hi"]);
+    assert_eq!(output.status.code(), Some(1), "{}", t.log());
+    assert_eq!(stdout(&output), "Half an answ\n");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim(),
+        "astrid: LLM error: the stream was cut short: it ended after 3 event(s), before [DONE]"
+    );
 }
 
 #[test]
