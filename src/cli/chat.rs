@@ -288,9 +288,10 @@ impl Chat<'_> {
 
     /// Asks until the answer is one of the four.
     fn ask(&mut self, scope: &str) -> Decision {
-        let prompt = format!("  Allow? [y] once, [s] {scope} this session, [a] {scope} always, [n] no: ");
+        // The choices on a line of their own: a line editor shows no prompt without a terminal.
+        println!("  [y] once  [s] {scope} this session  [a] {scope} always  [n] no");
         loop {
-            match self.editor.readline(&prompt) {
+            match self.editor.readline("  Allow? ") {
                 Ok(answer) => match answer.trim() {
                     "y" | "Y" | "yes" => return Decision::Once,
                     "s" | "S" => return Decision::Session,

@@ -248,6 +248,10 @@ impl Frontend for Headless {
             question.action,
             question.resource
         );
+        // What was (or would have been) done, on the record of this run.
+        for line in question.details.as_deref().unwrap_or_default().lines() {
+            eprintln!("[headless]   {line}");
+        }
         if self.yes { Decision::Once } else { Decision::Deny }
     }
 

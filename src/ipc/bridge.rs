@@ -34,7 +34,7 @@ use super::policy::{EGRESS_PATTERNS, ingress_allowed};
 use super::token::SessionToken;
 use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
-use crate::kernel::bus::{BusMessage, Origin, Paced, SubscriberId, SubscriberKind, Subscription};
+use crate::kernel::bus::{BusMessage, Origin, SubscriberId, SubscriberKind, Subscription};
 use crate::kernel::router::{REQUEST_PREFIX, response_topic};
 use crate::kernel::{Kernel, prompts, topic};
 use crate::types::turn::DELTA_TOPIC;
@@ -267,11 +267,9 @@ async fn serve_client(
             Ok(Some(frame)) => {
                 // Paced: a client that sends faster than its messages are taken waits (its
                 // socket fills), as a capsule would; a stop still ends the wait.
-                if let Some(paced) = ingress(kernel, id, subscriber, source_id, &frame, workspace.clone()) {
-                    tokio::select! {
-                        _ = stop.wait_for(|stop| *stop) => break "daemon shutting down",
-                        _ = paced => {}
-                    }
+                tokio::select! {
+                    _ = stop.wait_for(|stop| *stop) => break "daemon shutting down",
+                    () = ingress(kernel, id, subscriber, source_id, &frame, workspace.clone()) => {}
                 }
             }
             Ok(None) => break "client disconnected",
@@ -294,22 +292,23 @@ async fn serve_client(
 }
 
 /// Publishes one client frame on the bus (prompts and commands through the kernel's intake),
-/// or explains why not. The returned wait paces the client.
-fn ingress(
+/// or explains why not. Completes once it is delivered: the client is paced.
+async fn ingress(
     kernel: &Kernel,
     id: u64,
     subscriber: SubscriberId,
     source_id: Uuid,
     frame: &[u8],
     workspace: Option<Arc<PathBuf>>,
-) -> Option<Paced> {
+) {
     match decode_ingress(frame, source_id) {
         Ok(message) => {
             log::debug!("client#{id}: publishing on {}", message.topic);
             if prompts::is_input_topic(&message.topic) {
-                return kernel.accept_input(subscriber, &format!("client#{id}"), message, workspace);
+                kernel.accept_input(subscriber, &format!("client#{id}"), message, workspace).await;
+            } else {
+                kernel.bus().publish_paced(BusMessage::from(Origin::Subscriber(subscriber), message)).await;
             }
-            Some(kernel.bus().publish_paced(BusMessage::from(Origin::Subscriber(subscriber), message)))
         }
         Err(refusal) => {
             log::warn!("client#{id}: frame dropped: {}", refusal.reason);
@@ -321,7 +320,6 @@ fn ingress(
             if let Some(topic) = refusal.topic.filter(|t| t.starts_with(REQUEST_PREFIX) && topic::validate(t).is_ok()) {
                 kernel.reply(&response_topic(&topic), KernelResponse::Error(refusal.reason), Some(subscriber));
             }
-            None
         }
     }
 }

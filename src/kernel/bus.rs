@@ -155,7 +155,10 @@ struct Queue {
     readable: Notify,
     /// Wakes paced writers: the queue went below the pace mark or closed.
     writable: Notify,
+    /// Messages lost: what a cut-off queue held.
     dropped: AtomicU64,
+    /// Stale telemetry not delivered because the reader was behind (expected, not a loss).
+    skipped: AtomicU64,
 }
 
 impl Queue {
@@ -166,6 +169,7 @@ impl Queue {
             readable: Notify::new(),
             writable: Notify::new(),
             dropped: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
         }
     }
 
@@ -253,8 +257,10 @@ impl std::fmt::Debug for Bus {
 pub struct SubscriberStats {
     /// The subscriber's name (for example `client#3` or `router`).
     pub name: String,
-    /// Messages it lost: droppable ones while behind, and what it held when cut off.
+    /// Messages it lost: what it held when it was cut off.
     pub dropped: u64,
+    /// Stale telemetry it was not sent while behind (by design, not a loss).
+    pub skipped: u64,
     /// Messages waiting for it now.
     pub queued: usize,
 }
@@ -370,9 +376,9 @@ impl Bus {
             }
             if droppable && state.items.len() >= PACE_MARK {
                 drop(state);
-                let dropped = queue.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if dropped.is_power_of_two() {
-                    log::warn!("bus: {} is behind; {dropped} stale {topic} message(s) dropped for it", queue.name);
+                let skipped = queue.skipped.fetch_add(1, Ordering::Relaxed) + 1;
+                if skipped.is_power_of_two() {
+                    log::info!("bus: {} is behind; {skipped} stale {topic} message(s) skipped for it", queue.name);
                 }
                 continue;
             }
@@ -454,6 +460,7 @@ impl Bus {
             .map(|s| SubscriberStats {
                 name: s.queue.name.clone(),
                 dropped: s.queue.dropped.load(Ordering::Relaxed),
+                skipped: s.queue.skipped.load(Ordering::Relaxed),
                 queued: s.queue.lock().items.len(),
             })
             .collect()
@@ -554,9 +561,14 @@ impl Subscription {
         self.queue.take()
     }
 
-    /// Messages this subscriber lost so far.
+    /// Messages this subscriber lost so far (it was cut off).
     pub fn dropped(&self) -> u64 {
         self.queue.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Stale telemetry it was not sent while it was behind.
+    pub fn skipped(&self) -> u64 {
+        self.queue.skipped.load(Ordering::Relaxed)
     }
 
     /// Whether the bus cut this subscriber off.
@@ -669,7 +681,7 @@ mod tests {
         }
         assert_eq!(bus.publish(message(super::super::watchdog::TICK_TOPIC)), 0);
         assert_eq!(bus.publish(message("t.v1.x")), 1, "a stream message still gets in");
-        assert_eq!(behind.dropped(), 1);
+        assert_eq!((behind.skipped(), behind.dropped()), (1, 0), "skipped, not lost");
         let mut received = 0;
         while behind.try_recv().is_some() {
             received += 1;

@@ -20,11 +20,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
 use super::Kernel;
-use super::bus::{BusMessage, Origin, Paced, SubscriberId};
+use super::bus::{BusMessage, Origin, SubscriberId};
 use super::capability::Capability;
 use super::capsules::{Capsule, CapsuleState};
 use super::cause::Cause;
@@ -34,6 +35,10 @@ use crate::home::DEFAULT_PRINCIPAL;
 use crate::types::turn::{COMMAND_TOPIC, PROMPT_TOPIC, RECEIPT_TOPIC, RESPONSE_TOPIC};
 use crate::types::{Answerer, IpcMessage, IpcPayload, TurnEvent};
 
+/// How long a prompt waits for a capsule that is about to run before the receipt says it
+/// does not.
+const STARTING_WAIT: Duration = Duration::from_secs(10);
+
 /// Whether a client's message on `topic` is a prompt or command the kernel takes in itself.
 pub fn is_input_topic(topic: &str) -> bool {
     topic == PROMPT_TOPIC || topic == COMMAND_TOPIC
@@ -41,18 +46,19 @@ pub fn is_input_topic(topic: &str) -> bool {
 
 impl Kernel {
     /// Takes in a prompt or command the client `client` (named `actor` in the audit trail)
-    /// published, working in `workspace`: see the module documentation. The returned wait
-    /// paces the client to the speed of whoever receives its input.
-    pub fn accept_input(
+    /// published, working in `workspace`: see the module documentation. Completes once the
+    /// input is delivered (paced to the speed of whoever receives it).
+    pub async fn accept_input(
         &self,
         client: SubscriberId,
         actor: &str,
         message: IpcMessage,
         workspace: Option<Arc<PathBuf>>,
-    ) -> Option<Paced> {
+    ) {
         let IpcPayload::UserInput { text, session_id, context } = &message.payload else {
             // Not a user input (a reference client may send other shapes): published as is.
-            return Some(self.bus.publish_paced(BusMessage::from(Origin::Subscriber(client), message)));
+            self.bus.publish_paced(BusMessage::from(Origin::Subscriber(client), message)).await;
+            return;
         };
         let principal = message.principal.as_deref().unwrap_or(DEFAULT_PRINCIPAL).to_owned();
         let action = context.as_ref().and_then(|c| c.get("action")).and_then(Value::as_str);
@@ -77,6 +83,12 @@ impl Kernel {
                 log::info!("{actor}: cancelled its turn; {withdrawn} pending approval(s) denied");
             }
         } else {
+            // A capsule that is about to run (the daemon just booted, a reload restarts it)
+            // is waited for a moment rather than reported missing.
+            let started = tokio::time::Instant::now();
+            while self.starting(&message.topic, text) && started.elapsed() < STARTING_WAIT {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             let answerers = self.answerers(&message.topic, text);
             let refused = answerers.as_ref().err().cloned();
             let receipt = TurnEvent::PromptReceipt {
@@ -90,19 +102,32 @@ impl Kernel {
             let receipt = IpcMessage::new(RECEIPT_TOPIC, IpcPayload::Custom { data }, self.session());
             self.bus.publish(BusMessage::from_kernel(receipt).to(Some(client)));
             if refused {
-                return None;
+                return;
             }
         }
         let message = BusMessage::from(Origin::Subscriber(client), message).caused_by(Some(cause));
-        Some(self.bus.publish_paced(message))
+        self.bus.publish_paced(message).await;
     }
 
-    /// The capsules that will answer `text` on `topic`, or why none will.
-    fn answerers(&self, topic: &str, text: &str) -> Result<Vec<Answerer>, String> {
+    /// Whether a capsule that would answer `text` on `topic` is about to run: granted, not
+    /// failed, and not (yet) listening.
+    fn starting(&self, topic: &str, text: &str) -> bool {
+        let listening = self.bus.capsules_subscribed(topic);
+        self.candidates(topic, text).unwrap_or_default().iter().any(|c| {
+            let granted =
+                c.code_hash.is_some() && matches!(c.grant, GrantStatus::Approved | GrantStatus::NothingRequested);
+            let pending = matches!(c.state, CapsuleState::Installed)
+                || (c.state == CapsuleState::Ready && !listening.iter().any(|r| r.capsule == c.name));
+            granted && pending
+        })
+    }
+
+    /// The capsules that should answer `text` on `topic` (whatever their state), or why there
+    /// are none.
+    fn candidates(&self, topic: &str, text: &str) -> Result<Vec<Capsule>, String> {
         if text.trim().is_empty() {
             return Err("the prompt is empty".to_owned());
         }
-        let listening = self.bus.capsules_subscribed(topic);
         let registry = self.capsules();
         let candidates: Vec<&Capsule> = if topic == COMMAND_TOPIC {
             let command = text.split_whitespace().next().unwrap_or_default();
@@ -126,6 +151,13 @@ impl Kernel {
             }
             agents
         };
+        Ok(candidates.into_iter().cloned().collect())
+    }
+
+    /// The capsules that will answer `text` on `topic`, or why none will.
+    fn answerers(&self, topic: &str, text: &str) -> Result<Vec<Answerer>, String> {
+        let candidates = self.candidates(topic, text)?;
+        let listening = self.bus.capsules_subscribed(topic);
         let answerers: Vec<Answerer> = listening
             .into_iter()
             .filter(|r| candidates.iter().any(|c| c.name == r.capsule && unavailable(c, true).is_none()))

@@ -102,7 +102,13 @@ pub struct McpHost {
     /// Declarations of capsules that were refused, as of the last sync.
     capsule_refused: Mutex<Vec<String>>,
     generations: std::sync::atomic::AtomicU64,
+    /// Bumped on every change of a server's state, for whoever waits for servers to settle.
+    changed: watch::Sender<u64>,
 }
+
+/// A server's first start may take this long beyond its init timeout (the program itself
+/// starting) before a waiting describer gives up on it.
+const START_SLACK: Duration = Duration::from_secs(5);
 
 impl McpHost {
     /// Starts supervising `configs` (on the current runtime); `refused` are configuration
@@ -124,6 +130,7 @@ impl McpHost {
             refused,
             capsule_refused: Mutex::new(Vec::new()),
             generations: std::sync::atomic::AtomicU64::new(0),
+            changed: watch::channel(0).0,
         });
         for config in configs {
             host.launch(config);
@@ -207,6 +214,33 @@ impl McpHost {
         self.servers().contains_key(name)
     }
 
+    /// The servers still starting (their tools are not offered yet, and will be soon).
+    pub fn starting(&self) -> Vec<String> {
+        self.servers().iter().filter(|(_, s)| s.state == State::Starting).map(|(name, _)| name.clone()).collect()
+    }
+
+    /// Waits until no server is starting any more, or as long as the slowest of them may
+    /// take to initialize (its init timeout, plus a little for the program to start).
+    pub async fn settled(&self) {
+        let bound = self
+            .servers()
+            .values()
+            .filter(|s| s.state == State::Starting)
+            .map(|s| s.config.init_timeout)
+            .max()
+            .unwrap_or_default()
+            + START_SLACK;
+        let mut changes = self.changed.subscribe();
+        let _ = tokio::time::timeout(bound, async {
+            while !self.starting().is_empty() {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
     /// Every ready server's tools, as `server:tool` descriptions for agents.
     pub fn tool_descriptions(&self) -> Vec<Value> {
         let servers = self.servers();
@@ -288,6 +322,7 @@ impl McpHost {
         if let Some(server) = self.servers().get_mut(name).filter(|s| s.generation == generation) {
             change(server);
         }
+        self.changed.send_modify(|n| *n += 1);
     }
 
     fn audit(&self, name: &str, decision: Decision, what: &str) {

@@ -1,7 +1,8 @@
 //! MCP tools for agents: the bus side.
 //!
 //! Answers `tool.v1.request.describe` with every ready server's tools named `server:tool`
-//! (on `tool.v1.response.describe.mcp`), and serves `tool.v1.execute.<server:tool>` like a
+//! (on `tool.v1.response.describe.mcp`; servers still starting are listed as `pending`, and
+//! a second answer follows once they settled), and serves `tool.v1.execute.<server:tool>` like a
 //! tool capsule would: each call is asked of the person through the kernel's approval flow
 //! (`mcp.call` on `server:tool`, so "allow for the session" and "always" work as for any
 //! capsule), then made within the server's call timeout, and answered on
@@ -24,6 +25,12 @@ use crate::types::{IpcMessage, IpcPayload, ToolCall, ToolCallResult};
 const DESCRIBE: &str = "tool.v1.request.describe";
 const EXECUTE_PREFIX: &str = "tool.v1.execute.";
 const CANCEL: &str = "tool.v1.request.cancel";
+const DESCRIBED: &str = "tool.v1.response.describe.mcp";
+
+/// A describe answer: the tools, and the servers whose tools are still to come.
+fn described(tools: Vec<Value>, pending: &[String]) -> IpcPayload {
+    IpcPayload::RawJson(json!({"tools": tools, "description": "MCP servers", "pending": pending}))
+}
 
 /// Calls in flight, by call id: dropping the sender cancels the call.
 type InFlight = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
@@ -35,10 +42,19 @@ pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
     while let Some(incoming) = requests.recv().await {
         let topic = incoming.message.topic.as_str();
         if topic == DESCRIBE {
-            let tools = host.tool_descriptions();
-            if !tools.is_empty() {
-                let described = IpcPayload::RawJson(json!({"tools": tools, "description": "MCP servers"}));
-                publish(&kernel, "tool.v1.response.describe.mcp", described, incoming.cause.clone()).await;
+            // The ready servers' tools now; servers still starting are named as pending, and
+            // a second answer follows once they are up (or given up on), so a first turn on
+            // a cold daemon is offered every tool.
+            let (tools, pending) = (host.tool_descriptions(), host.starting());
+            if !tools.is_empty() || !pending.is_empty() {
+                publish(&kernel, DESCRIBED, described(tools, &pending), incoming.cause.clone()).await;
+            }
+            if !pending.is_empty() {
+                let (kernel, host, cause) = (Arc::clone(&kernel), Arc::clone(&host), incoming.cause.clone());
+                tokio::spawn(async move {
+                    host.settled().await;
+                    publish(&kernel, DESCRIBED, described(host.tool_descriptions(), &host.starting()), cause).await;
+                });
             }
         } else if topic == CANCEL {
             let payload = incoming.message.payload.to_guest_value();

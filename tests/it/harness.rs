@@ -305,3 +305,72 @@ impl RawClient {
         self.read_frame().is_none()
     }
 }
+
+/// A terminal: `astrid chat` in a detached tmux session of its own (a real pty, so Ctrl-C is
+/// the terminal's SIGINT, and the line editor runs as it does for a person).
+pub struct Terminal {
+    socket: std::path::PathBuf,
+}
+
+impl Terminal {
+    pub fn start(t: &TestHome, program: &str) -> Self {
+        Self::start_with(t, "ASTRID_DEFAULT_CAPSULES=0", program)
+    }
+
+    /// [`Terminal::start`] with `env` (`NAME=value …`) in the program's environment.
+    pub fn start_with(t: &TestHome, env: &str, program: &str) -> Self {
+        let socket = t.home.with_extension("tmux");
+        let quoted = |s: &std::path::Path| format!("'{}'", s.display());
+        // After the program ends, its exit status stays on the screen.
+        let command = format!(
+            "cd {} && env -u OPENAI_BASE_URL -u OPENAI_API_KEY -u ASTRID_MODEL ASTRID_HOME={} \
+             {env} {}; echo \"EXIT=$?\"; sleep 120",
+            quoted(&t.workspace),
+            quoted(&t.home),
+            program
+        );
+        let status = std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&socket)
+            .args(["new-session", "-d", "-x", "120", "-y", "50", &command])
+            .status()
+            .expect("tmux (CI installs it)");
+        assert!(status.success(), "tmux new-session");
+        Self { socket }
+    }
+
+    fn tmux(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("tmux").arg("-S").arg(&self.socket).args(args).output().expect("tmux")
+    }
+
+    pub fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "0"];
+        args.extend_from_slice(keys);
+        assert!(self.tmux(&args).status.success(), "send-keys {keys:?}");
+    }
+
+    pub fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.tmux(&["capture-pane", "-p", "-J", "-t", "0", "-S", "-200"]).stdout).into_owned()
+    }
+
+    /// Waits until the screen shows `text` `times` times; the screen either way.
+    pub fn wait_for(&self, text: &str, times: usize) -> Result<String, String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let screen = self.screen();
+            if screen.matches(text).count() >= times {
+                return Ok(screen);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("never showed {text:?} ×{times}:\n{screen}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-server"]);
+    }
+}

@@ -14,4 +14,5 @@ mod openai_server;
 mod pid1;
 mod protocol;
 mod state;
+mod turns;
 mod wire;

@@ -36,6 +36,14 @@ pub enum Script {
     StreamNoHead,
     /// The text as one event, written in two parts cut inside a multi-byte UTF-8 character.
     StreamSplitUtf8(&'static str),
+    // Whole turns, whatever their size and however many at once.
+    /// A long answer: the text in 100-byte events, written as fast as the client takes them.
+    Bulk(&'static str),
+    /// A model that uses the file tools from the last message alone, so concurrent turns get
+    /// consistent answers: a user's `write PATH: TEXT` becomes a `write_file` call (`read PATH`
+    /// a `read_file` call) under the id `id` (none: the id is left out), and a tool's result
+    /// becomes the answer `tool said: <content>`.
+    ToolEcho { id: Option<&'static str> },
 }
 
 /// One request the server received.
@@ -130,7 +138,7 @@ fn serve(
         return;
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    received.lock().expect("lock").push(Received { path, headers, body });
+    received.lock().expect("lock").push(Received { path, headers, body: body.clone() });
     let next = {
         let mut scripts = script.lock().expect("lock");
         if scripts.len() > 1 { scripts.remove(0) } else { scripts.first().cloned().unwrap_or(Script::Status(500)) }
@@ -241,6 +249,67 @@ fn serve(
                     }
                 }
             }
+        }
+        Script::Bulk(text) => {
+            let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+            let mut rest = text;
+            while !rest.is_empty() {
+                let mut cut = rest.len().min(100);
+                while !rest.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                let (piece, tail) = rest.split_at(cut);
+                let chunk = json!({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
+                if out.write_all(format!("data: {chunk}\n\n").as_bytes()).is_err() {
+                    return;
+                }
+                rest = tail;
+            }
+            send(&mut out, &json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}));
+            let _ = out.write_all(b"data: [DONE]\n\n");
+        }
+        Script::ToolEcho { id } => {
+            let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+            // This request's own conversation (others may be in flight at the same time).
+            let last = body["messages"].as_array().and_then(|m| m.last().cloned()).unwrap_or(Value::Null);
+            let said = last["content"].as_str().unwrap_or_default().to_owned();
+            let call = if last["role"] == "user" {
+                if let Some((path, text)) = said.strip_prefix("write ").and_then(|r| r.split_once(':')) {
+                    Some(("write_file", json!({"path": path.trim(), "content": text.trim()})))
+                } else {
+                    said.strip_prefix("read ").map(|path| ("read_file", json!({"path": path.trim()})))
+                }
+            } else {
+                None
+            };
+            match call {
+                Some((name, arguments)) => {
+                    let mut start =
+                        json!({"index": 0, "type": "function", "function": {"name": name, "arguments": ""}});
+                    if let Some(id) = id {
+                        start["id"] = json!(id);
+                    }
+                    send(
+                        &mut out,
+                        &json!({"choices": [{"index": 0, "delta": {"tool_calls": [start]}, "finish_reason": null}]}),
+                    );
+                    let fragment = json!({"index": 0, "function": {"arguments": arguments.to_string()}});
+                    send(
+                        &mut out,
+                        &json!({"choices": [{"index": 0, "delta": {"tool_calls": [fragment]}, "finish_reason": null}]}),
+                    );
+                    send(&mut out, &json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}));
+                }
+                None => {
+                    let answer = format!("tool said: {said}");
+                    send(
+                        &mut out,
+                        &json!({"choices": [{"index": 0, "delta": {"content": answer}, "finish_reason": null}]}),
+                    );
+                    send(&mut out, &json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}));
+                }
+            }
+            let _ = out.write_all(b"data: [DONE]\n\n");
         }
         Script::StreamSplitUtf8(text) => {
             let _ = out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
