@@ -13,6 +13,7 @@ mod mcp;
 mod openai_server;
 mod pid1;
 mod protocol;
+mod readme;
 mod state;
 mod turns;
 mod wire;
