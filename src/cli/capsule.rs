@@ -272,13 +272,16 @@ fn run_dir(home: &AstridHome, args: &RunArgs) -> anyhow::Result<ExitCode> {
 const START_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Waits until the daemon has started `name` (or failed to) and says which. A question its
-/// install hook asks meanwhile (`elicit`, on `questions`) is asked on the terminal, or,
-/// without one, answered "no answer" at once with how to give the value instead.
+/// install hook asks meanwhile (`elicit`, on `questions`) is asked on the terminal; without
+/// one, the install says what is waiting and how to give it, and stops waiting (another
+/// frontend, `astrid chat`, may still answer it).
 fn report_start(home: &AstridHome, name: &str, questions: &mut Client) -> anyhow::Result<ExitCode> {
     let deadline = std::time::Instant::now() + START_WAIT;
     loop {
         while let Ok(frame) = questions.next_frame(std::time::Duration::from_millis(1)) {
-            answer_question(questions, name, &frame)?;
+            if !answer_question(questions, name, &frame)? {
+                return Ok(ExitCode::SUCCESS);
+            }
         }
         let capsule = describe(home)?.into_iter().find(|c| c["name"] == name);
         let state = capsule.as_ref().and_then(|c| c["state"].as_str()).unwrap_or("missing").to_owned();
@@ -298,27 +301,29 @@ fn report_start(home: &AstridHome, name: &str, questions: &mut Client) -> anyhow
     }
 }
 
-/// Answers an `elicit_request` of the capsule `name` (others are not ours to answer).
-fn answer_question(client: &mut Client, name: &str, frame: &Value) -> anyhow::Result<()> {
+/// Asks the person an `elicit_request` of the capsule `name` (others are not ours) and
+/// answers it; `false` when there is no terminal to ask on (said, with what to do instead).
+fn answer_question(client: &mut Client, name: &str, frame: &Value) -> anyhow::Result<bool> {
     let payload = &frame["payload"];
     if frame["topic"] != "astrid.v1.elicit" || payload["type"] != "elicit_request" || payload["capsule_id"] != name {
-        return Ok(());
+        return Ok(true);
     }
     let key = payload["field"]["key"].as_str().unwrap_or("?");
     let prompt = payload["field"]["prompt"].as_str().unwrap_or(key);
-    let secret = payload["field"]["field_type"] == "Secret";
-    let value = if std::io::stdin().is_terminal() {
-        ask(&format!("{name} asks: {prompt}"), secret)?
-    } else {
-        println!("{name} asks for {key} ({prompt}); no terminal to ask on: install again with --env {key}=…");
-        None
-    };
+    if !std::io::stdin().is_terminal() {
+        println!(
+            "{name} asks for {key} ({prompt}) and there is no terminal to ask on: answer it in `astrid chat`, \
+             or install again with --env {key}=…"
+        );
+        return Ok(false);
+    }
+    let value = ask(&format!("{name} asks: {prompt}"), payload["field"]["field_type"] == "Secret")?;
     let request_id = payload["request_id"].as_str().unwrap_or_default();
     client.publish_json(
         &format!("astrid.v1.elicit.response.{request_id}"),
         serde_json::json!({"type": "elicit_response", "request_id": request_id, "value": value}),
     )?;
-    Ok(())
+    Ok(true)
 }
 
 fn print_installed(done: &Value) {

@@ -125,8 +125,7 @@ pub fn reconcile(home: &AstridHome, workspace: &Path) -> anyhow::Result<()> {
     if wanted.matches(running) {
         return Ok(());
     }
-    // Our own connection is one of the clients counted.
-    if status.ephemeral && status.connected_clients <= 1 {
+    if status.ephemeral && idle(home, status.connected_clients)? {
         eprintln!(
             "astrid: restarting the idle daemon (pid {}) to use {}; it ran {}",
             status.pid,
@@ -146,6 +145,17 @@ pub fn reconcile(home: &AstridHome, workspace: &Path) -> anyhow::Result<()> {
         wanted.describe(),
         wanted.config_command()
     )
+}
+
+/// Whether nobody but us uses the daemon: our own status connection is one of the clients
+/// counted, and a command that just ended may still be counted for a moment.
+fn idle(home: &AstridHome, mut clients: u32) -> anyhow::Result<bool> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while clients > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        clients = daemon_status(home)?.connected_clients;
+    }
+    Ok(clients <= 1)
 }
 
 fn daemon_status(home: &AstridHome) -> anyhow::Result<DaemonStatus> {

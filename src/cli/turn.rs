@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::ipc::{Client, ClientError};
+pub use crate::types::ApprovalDecision as Decision;
 use crate::types::turn::{DELTA_TOPIC, NOTICE_TOPIC, PROMPT_TOPIC, RECEIPT_TOPIC, RESPONSE_TOPIC};
 use crate::types::{IpcPayload, TurnEvent, TurnOutcome};
 
@@ -53,31 +54,6 @@ pub struct Question {
     pub details: Option<String>,
     /// What "session" and "always" would cover, when the daemon says.
     pub scope: Option<String>,
-}
-
-/// A person's answer to an approval request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Just this once.
-    Once,
-    /// For this session.
-    Session,
-    /// From now on.
-    Always,
-    /// No.
-    Deny,
-}
-
-impl Decision {
-    /// The wire decision.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Once => "approve",
-            Self::Session => "approve_session",
-            Self::Always => "approve_always",
-            Self::Deny => "deny",
-        }
-    }
 }
 
 /// What a frontend does with the events of a turn.

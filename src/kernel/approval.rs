@@ -37,7 +37,7 @@ use uuid::Uuid;
 use super::bus::{Bus, BusMessage, Origin, SubscriberId};
 use super::cause::Cause;
 use crate::store::{KvError, KvStore, Namespace};
-use crate::types::{IpcMessage, IpcPayload, SYSTEM_SESSION_UUID};
+use crate::types::{ApprovalDecision as Decision, IpcMessage, IpcPayload, SYSTEM_SESSION_UUID};
 
 /// Where approval requests are published.
 pub const APPROVAL_TOPIC: &str = "astrid.v1.approval";
@@ -126,31 +126,6 @@ pub enum ApprovalOutcome {
         /// `deny`, `unknown decision "…"`, `timeout after 60 s`, `invalid request: …`.
         reason: String,
     },
-}
-
-/// A decision string, parsed failing closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// `approve`.
-    Once,
-    /// `approve_session`.
-    Session,
-    /// `approve_always`.
-    Always,
-    /// `deny` or anything unrecognised.
-    Deny,
-}
-
-impl Decision {
-    /// Parses a decision; anything but the three approvals is a deny.
-    pub fn parse(text: &str) -> Self {
-        match text {
-            "approve" => Self::Once,
-            "approve_session" => Self::Session,
-            "approve_always" => Self::Always,
-            _ => Self::Deny,
-        }
-    }
 }
 
 /// A standing permission created by `approve_session` or `approve_always`.

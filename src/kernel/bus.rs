@@ -270,6 +270,8 @@ pub struct SubscriberStats {
 struct Delivery {
     delivered: usize,
     recipients: Vec<Recipient>,
+    /// The socket clients it went to.
+    clients: Vec<SubscriberId>,
     /// Queues at or over the pace mark after this message went in.
     behind: Vec<Arc<Queue>>,
 }
@@ -336,6 +338,12 @@ impl Bus {
         (Paced { delivered: delivery.delivered, behind: delivery.behind, waiting: None }, delivery.recipients)
     }
 
+    /// Delivers like [`Bus::publish`] and names the socket clients that received it (a
+    /// question put to people: whoever waits for the answer can tell when they are all gone).
+    pub fn publish_to_clients(&self, bus_message: BusMessage) -> Vec<SubscriberId> {
+        self.deliver(bus_message).clients
+    }
+
     /// The capsules a message on `topic` would be delivered to now.
     pub fn capsules_subscribed(&self, topic: &str) -> Vec<Recipient> {
         let mut found: Vec<Recipient> = Vec::new();
@@ -395,10 +403,14 @@ impl Bus {
             if behind {
                 delivery.behind.push(Arc::clone(queue));
             }
-            if let SubscriberKind::Capsule { name, source_id } = &subscriber.kind
-                && !delivery.recipients.iter().any(|r| r.capsule == *name)
-            {
-                delivery.recipients.push(Recipient { capsule: name.clone(), source_id: *source_id });
+            match &subscriber.kind {
+                SubscriberKind::Capsule { name, source_id }
+                    if !delivery.recipients.iter().any(|r| r.capsule == *name) =>
+                {
+                    delivery.recipients.push(Recipient { capsule: name.clone(), source_id: *source_id });
+                }
+                SubscriberKind::Client => delivery.clients.push(subscriber.id),
+                _ => {}
             }
         }
         drop(subscribers);

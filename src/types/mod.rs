@@ -25,4 +25,4 @@ pub use llm::{
     ContentPart, LlmResponse, LlmToolDefinition, Message, MessageContent, MessageRole, StopReason, StreamEvent,
     ToolCall, ToolCallResult, Usage,
 };
-pub use turn::{Answerer, TurnEvent, TurnOutcome};
+pub use turn::{Answerer, ApprovalDecision, TurnEvent, TurnOutcome};

@@ -44,6 +44,42 @@ pub enum TurnOutcome {
     Stopped,
 }
 
+/// A person's answer to an approval request, failing closed: anything but the three
+/// approvals is a denial (the reference once treated anything but `"deny"` as yes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalDecision {
+    /// `approve`: just this once.
+    Once,
+    /// `approve_session`: for this session.
+    Session,
+    /// `approve_always`: from now on.
+    Always,
+    /// `deny`, or anything unrecognised.
+    Deny,
+}
+
+impl ApprovalDecision {
+    /// Parses a decision on the wire; anything but the three approvals is a denial.
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "approve" => Self::Once,
+            "approve_session" => Self::Session,
+            "approve_always" => Self::Always,
+            _ => Self::Deny,
+        }
+    }
+
+    /// The decision on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Once => "approve",
+            Self::Session => "approve_session",
+            Self::Always => "approve_always",
+            Self::Deny => "deny",
+        }
+    }
+}
+
 /// A capsule that will answer a prompt: its final `agent_response` ends its part of the turn.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Answerer {
@@ -98,5 +134,11 @@ mod tests {
         assert!(json.get("refused").is_none());
         assert_eq!(serde_json::from_value::<TurnEvent>(json).expect("back"), receipt);
         assert_eq!(serde_json::to_value(TurnOutcome::TimedOut).expect("json"), "timed_out");
+        for decision in [ApprovalDecision::Once, ApprovalDecision::Session, ApprovalDecision::Always] {
+            assert_eq!(ApprovalDecision::parse(decision.as_str()), decision);
+        }
+        for denied in ["deny", "Approve", "yes", "", "approve_workspace"] {
+            assert_eq!(ApprovalDecision::parse(denied), ApprovalDecision::Deny, "{denied:?}");
+        }
     }
 }

@@ -28,12 +28,14 @@ pub const ELICIT_TOPIC: &str = "astrid.v1.elicit";
 const MAX_WAIT: Duration = Duration::from_secs(120);
 /// Largest request a guest may pass.
 pub(super) const MAX_REQUEST: usize = 16 * 1024;
+/// How often a waiting question looks whether anybody who saw it is still connected.
+const LOOK_AGAIN: Duration = Duration::from_millis(250);
 
 /// What `elicit` returns on failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
 pub enum ElicitStatus {
-    /// Nobody answered in time (or no frontend was connected to ask).
+    /// Nobody answered in time (at once when no frontend that saw it is connected).
     Timeout = -1,
     /// Not `{key, …}` JSON, or a key the manifest does not declare.
     InvalidInput = -2,
@@ -83,20 +85,25 @@ pub(super) fn elicit(context: &mut CapsuleContext, bytes: &[u8], in_lifecycle: b
     let mut answers =
         kernel.bus().subscribe(format!("elicit:{request_id}"), &[&format!("{ELICIT_TOPIC}.response.{request_id}")]);
     let payload = IpcPayload::ElicitRequest { request_id, capsule_id: capsule.clone(), field };
-    let asked =
-        kernel.bus().publish(BusMessage::from_kernel(IpcMessage::new(ELICIT_TOPIC, payload, context.source_id)));
-    if asked == 0 {
-        // No frontend is connected to ask: say so now rather than after the whole wait.
-        record(Decision::Deny, "nobody connected to ask");
-        return reply(ElicitStatus::Timeout);
-    }
+    let message = BusMessage::from_kernel(IpcMessage::new(ELICIT_TOPIC, payload, context.source_id));
+    let asked = kernel.bus().publish_to_clients(message);
     let lifecycle = std::sync::Arc::clone(&context.lifecycle);
     let deadline = Instant::now() + MAX_WAIT;
     let answer = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Some(Some(Some(message))) = block_on_timeout(unless_stopped(answers.recv(), lifecycle.stopped()), left)
-        else {
+        // Nobody left who saw the question (or nobody connected at all): say so now rather
+        // than after the whole wait.
+        if !asked.iter().any(|client| kernel.bus().is_subscribed(*client)) {
+            record(Decision::Deny, "no frontend left to ask");
+            return reply(ElicitStatus::Timeout);
+        }
+        let left = deadline.saturating_duration_since(Instant::now()).min(LOOK_AGAIN);
+        if left.is_zero() {
             break None;
+        }
+        let message = match block_on_timeout(unless_stopped(answers.recv(), lifecycle.stopped()), left) {
+            None => continue,
+            Some(Some(Some(message))) => message,
+            Some(_) => break None,
         };
         // Only a person's client may answer.
         if !matches!(message.origin, Origin::Subscriber(_)) {

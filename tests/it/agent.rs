@@ -214,14 +214,11 @@ fn a_server_silent_past_the_providers_stall_timeout_is_a_clear_error() {
     drop(daemon);
 }
 
-#[test]
-fn ctrl_c_in_a_headless_turn_cancels_it_in_the_daemon_before_leaving() {
-    let t = TestHome::new();
-    let server = Server::start(vec![Script::Drip { piece: "more ", every: Duration::from_millis(40) }]);
-    let _daemon = agent(&t, &server, &[], &[]);
+/// `astrid ARGS`, interrupted (SIGINT, as Ctrl-C) once its request is with `server`.
+fn interrupted_run(t: &TestHome, server: &Server, args: &[&str]) -> std::process::Output {
     let child = t
         .command("astrid")
-        .args(["run", "go on forever"])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -230,7 +227,15 @@ fn ctrl_c_in_a_headless_turn_cancels_it_in_the_daemon_before_leaving() {
     std::thread::sleep(Duration::from_millis(200));
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
-    let output = child.wait_with_output().expect("wait");
+    child.wait_with_output().expect("wait")
+}
+
+#[test]
+fn ctrl_c_in_a_headless_turn_cancels_it_in_the_daemon_before_leaving() {
+    let t = TestHome::new();
+    let server = Server::start(vec![Script::Drip { piece: "more ", every: Duration::from_millis(40) }]);
+    let _daemon = agent(&t, &server, &[], &[]);
+    let output = interrupted_run(&t, &server, &["run", "go on forever"]);
     assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout(&output).starts_with("more more"), "streamed until then: {}", stdout(&output));
     assert!(String::from_utf8_lossy(&output.stderr).contains("Interrupted: the turn is cancelled"));
@@ -327,19 +332,8 @@ fn a_cancel_before_the_models_first_byte_hangs_up_and_the_next_turn_is_prompt() 
     let t = TestHome::new();
     let server = Server::start(vec![Script::StreamNoHead, Script::Text(vec!["Hi ", "again"])]);
     let _daemon = agent(&t, &server, &[], &[]);
-    let child = t
-        .command("astrid")
-        .args(["run", "think hard"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("astrid run");
     // The request is with the server, which never answers: the provider waits for the head.
-    assert!(wait_for(&mut || !server.received().is_empty(), Duration::from_secs(10)), "{}", t.log());
-    std::thread::sleep(Duration::from_millis(200));
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
-    let output = child.wait_with_output().expect("wait");
+    let output = interrupted_run(&t, &server, &["run", "think hard"]);
     assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(
         wait_for(&mut || !server.hangups().is_empty(), Duration::from_secs(5)),

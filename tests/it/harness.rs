@@ -374,3 +374,69 @@ impl Drop for Terminal {
         let _ = self.tmux(&["kill-server"]);
     }
 }
+
+/// `astrid chat` with its input piped in, its output collected as it comes.
+pub struct PipedChat {
+    child: Child,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl PipedChat {
+    pub fn start(t: &TestHome, env: &[(&str, &str)]) -> Self {
+        let mut child = t
+            .command("astrid")
+            .arg("chat")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("astrid chat");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let output = std::sync::Arc::clone(&output);
+            std::thread::spawn(move || {
+                for line in std::io::BufRead::lines(std::io::BufReader::new(stream)).map_while(Result::ok) {
+                    output.lock().expect("lock").push_str(&format!("{line}\n"));
+                }
+            });
+        }
+        Self { child, output }
+    }
+
+    pub fn say(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("write");
+        stdin.flush().expect("flush");
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().expect("lock").clone()
+    }
+
+    /// Types each of `lines`, closes the input and waits for the chat to end.
+    pub fn script(t: &TestHome, env: &[(&str, &str)], lines: &[&str]) -> (Option<i32>, String) {
+        let mut chat = Self::start(t, env);
+        for line in lines {
+            chat.say(line);
+        }
+        chat.finish()
+    }
+
+    /// Waits (generously) until the output shows `text` `times` times.
+    pub fn wait_for(&self, text: &str, times: usize) -> String {
+        let shown = wait_for(&mut || self.output().matches(text).count() >= times, Duration::from_secs(60));
+        assert!(shown, "never showed {text:?} ×{times}:\n{}", self.output());
+        self.output()
+    }
+
+    pub fn finish(mut self) -> (Option<i32>, String) {
+        drop(self.child.stdin.take());
+        let status = self.child.wait().expect("wait");
+        std::thread::sleep(Duration::from_millis(100));
+        (status.code(), self.output())
+    }
+}

@@ -259,19 +259,9 @@ fn chat_streams_answers_asks_for_approval_and_reviews_the_workspace() {
     let t = TestHome::new();
     std::fs::write(t.workspace.join("notes.txt"), "buy milk\n").expect("write");
     let _daemon = t.daemon_with(&[], &[("ASTRID_DEFAULT_CAPSULES", "1")]);
-    let script = "hello\nread notes.txt\nwrite todo.txt: ship it\ny\n/diff\n/commit\n/help\n/quit\n";
-    let mut child = t
-        .command("astrid")
-        .arg("chat")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("chat");
-    child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("script");
-    let output = child.wait_with_output().expect("wait");
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
-    let shown = stdout(&output);
+    let script = ["hello", "read notes.txt", "write todo.txt: ship it", "y", "/diff", "/commit", "/help", "/quit"];
+    let (code, shown) = crate::harness::PipedChat::script(&t, &[], &script);
+    assert_eq!(code, Some(0), "{shown}");
     assert!(shown.contains("astrid> [offline model] You said: \"hello\" (message 1 of this conversation)."), "{shown}");
     assert!(
         shown.contains("• read_file {\"path\":\"notes.txt\"}") && shown.contains("read_file answered: buy milk"),

@@ -1,10 +1,7 @@
 //! The README's examples, run exactly as written: what a new user types first must work.
 //! If the README changes an example, this test fails until it runs the new one.
 
-use std::io::Write;
-use std::process::Stdio;
-
-use crate::harness::TestHome;
+use crate::harness::{PipedChat, TestHome};
 
 fn readme() -> String {
     std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README.md")
@@ -38,7 +35,8 @@ fn the_readme_examples_are_the_ones_tested() {
     for args in RUNS {
         let written = quoted(args);
         assert!(
-            readme.contains(&format!("astrid {written}")) || readme.contains(&format!("cargo run --release -- {written}")),
+            readme.contains(&format!("astrid {written}"))
+                || readme.contains(&format!("cargo run --release -- {written}")),
             "the README no longer shows {written}"
         );
     }
@@ -50,28 +48,16 @@ fn the_readme_chat_examples_work_as_written() {
     let readme = readme();
     std::fs::write(t.workspace.join("README.md"), &readme).expect("README");
     let _daemon = t.daemon_with(&[], &[("ASTRID_DEFAULT_CAPSULES", "1")]);
-    let mut chat = t
-        .command("astrid")
-        .arg("chat")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("astrid chat");
-    {
-        let stdin = chat.stdin.as_mut().expect("stdin");
-        for line in CHAT {
-            writeln!(stdin, "{line}").expect("type");
-            // The write asks first: the answer follows it.
-            if line.starts_with("write ") {
-                writeln!(stdin, "y").expect("type");
-            }
+    let mut typed: Vec<&str> = Vec::new();
+    for line in CHAT {
+        typed.push(line);
+        // The write asks first: the answer follows it.
+        if line.starts_with("write ") {
+            typed.push("y");
         }
     }
-    drop(chat.stdin.take());
-    let output = chat.wait_with_output().expect("chat");
-    let shown = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert_eq!(output.status.code(), Some(0), "{shown}\n{}", String::from_utf8_lossy(&output.stderr));
+    let (code, shown) = PipedChat::script(&t, &[], &typed);
+    assert_eq!(code, Some(0), "{shown}");
     assert!(shown.contains("list_dir answered: README.md"), "{shown}");
     assert!(shown.contains(&format!("read_file answered: {readme}")), "the whole README, once:\n{shown}");
     assert!(shown.contains("requests approval: write_file on notes.txt") && shown.contains("+hello"), "{shown}");

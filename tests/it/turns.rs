@@ -2,15 +2,13 @@
 //! arrive whole and in order at any size and reader speed, two turns at once never cross,
 //! the person sees what they approve, the chat never freezes, and exit codes tell the truth.
 
-use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::capsules::{install, install_with};
-use crate::harness::{RawClient, Terminal, TestHome, wait_for};
+use crate::harness::{PipedChat, RawClient, Terminal, TestHome, wait_for};
 use crate::openai_server::{Script, Server};
 
 fn stdout(output: &std::process::Output) -> String {
@@ -191,63 +189,6 @@ fn a_cold_run_is_offered_the_mcp_servers_tools_and_uses_one() {
     assert!(offered.contains("everything__echo") && offered.contains("read_file"), "all tools, first time: {offered}");
 }
 
-/// `astrid chat` with its input piped in, its output collected as it comes.
-struct PipedChat {
-    child: Child,
-    output: Arc<Mutex<String>>,
-}
-
-impl PipedChat {
-    fn start(t: &TestHome, env: &[(&str, &str)]) -> Self {
-        let mut child = t
-            .command("astrid")
-            .arg("chat")
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("astrid chat");
-        let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let output = Arc::clone(&output);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    output.lock().expect("lock").push_str(&format!("{line}\n"));
-                }
-            });
-        }
-        Self { child, output }
-    }
-
-    fn say(&mut self, line: &str) {
-        let stdin = self.child.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{line}").expect("write");
-        stdin.flush().expect("flush");
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().expect("lock").clone()
-    }
-
-    /// Waits (generously) until the output shows `text` `times` times.
-    fn wait_for(&self, text: &str, times: usize) -> String {
-        let shown = wait_for(&mut || self.output().matches(text).count() >= times, Duration::from_secs(60));
-        assert!(shown, "never showed {text:?} ×{times}:\n{}", self.output());
-        self.output()
-    }
-
-    fn finish(mut self) -> (Option<i32>, String) {
-        drop(self.child.stdin.take());
-        let status = self.child.wait().expect("wait");
-        std::thread::sleep(Duration::from_millis(100));
-        (status.code(), self.output())
-    }
-}
-
 #[test]
 fn each_answer_is_shown_under_the_prompt_it_answers_whoever_answers() {
     let t = TestHome::new();
@@ -271,11 +212,7 @@ fn each_answer_is_shown_under_the_prompt_it_answers_whoever_answers() {
     names.sort();
     assert_eq!(names, ["hello", "orchestrator"]);
 
-    let mut chat = PipedChat::start(&t, &[]);
-    chat.say("first");
-    chat.say("second");
-    chat.say("/quit");
-    let (code, output) = chat.finish();
+    let (code, output) = PipedChat::script(&t, &[], &["first", "second", "/quit"]);
     assert_eq!(code, Some(0), "{output}");
     let at = |needle: &str| output.find(needle).unwrap_or_else(|| panic!("{needle:?} missing:\n{output}"));
     let first_answers = [at("hello> hello, first"), at("You said: \"first\"")];
@@ -292,17 +229,18 @@ fn the_approval_shows_the_diff_and_its_scope_and_a_stray_answer_asks_again() {
     std::fs::create_dir_all(t.workspace.join("notes")).expect("notes");
     std::fs::write(t.workspace.join("notes/todo.txt"), "buy milk\n").expect("write");
     let _daemon = t.daemon_with(&[], &[("ASTRID_DEFAULT_CAPSULES", "1")]);
-    let mut chat = PipedChat::start(&t, &[]);
-    chat.say("write notes/todo.txt: ship it");
-    chat.say("maybe");
-    chat.say("s");
-    // Covered by the session's allowance: no question this time.
-    chat.say("write notes/done.txt: shipped");
-    // Outside notes/: asked again, and denied.
-    chat.say("write other.txt: x");
-    chat.say("n");
-    chat.say("/quit");
-    let (code, output) = chat.finish();
+    let lines = [
+        "write notes/todo.txt: ship it",
+        "maybe",
+        "s",
+        // Covered by the session's allowance: no question this time.
+        "write notes/done.txt: shipped",
+        // Outside notes/: asked again, and denied.
+        "write other.txt: x",
+        "n",
+        "/quit",
+    ];
+    let (code, output) = PipedChat::script(&t, &[], &lines);
     assert_eq!(code, Some(0), "{output}");
     let at = |needle: &str| output.find(needle).unwrap_or_else(|| panic!("{needle:?} missing:\n{output}"));
     assert!(at("• write_file") < at("requests approval"), "the tool call is shown before its question");
@@ -336,11 +274,8 @@ fn unknown_and_unavailable_commands_are_answered_at_once() {
     assert!(line.contains("stopped") && line.contains("not approved"), "the list agrees: {list}");
 
     // The response timeout is long: an answer that waited for it would show.
-    let mut chat = PipedChat::start(&t, &[("ASTRID_RESPONSE_TIMEOUT_SECS", "600")]);
-    chat.say("/nosuch thing");
-    chat.say("/count");
-    chat.say("/quit");
-    let (code, output) = chat.finish();
+    let timeout = [("ASTRID_RESPONSE_TIMEOUT_SECS", "600")];
+    let (code, output) = PipedChat::script(&t, &timeout, &["/nosuch thing", "/count", "/quit"]);
     assert_eq!(code, Some(0), "{output}");
     assert!(output.contains("(no such command: /nosuch)"), "{output}");
     assert!(output.contains("(kv-counter is stopped: its capabilities are not approved"), "{output}");
@@ -480,8 +415,9 @@ fn an_install_that_asks_a_question_without_a_terminal_says_so_at_once() {
         "{out}\n{}",
         t.log()
     );
-    // Not the question's 120 s: answered "no answer" as soon as it was asked.
-    let audit =
-        crate::capsules::audit_until(&t, |a| a.iter().any(|e| e["action"] == "elicit" && e["decision"] == "deny"));
-    assert!(audit.iter().any(|e| e["action"] == "elicit" && e["rule"] == "cancelled"), "{audit:?}");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    // Nobody else was there to ask: the question ends as soon as its asker is gone, not
+    // after its 120 s.
+    let gave_up = |a: &[Value]| a.iter().any(|e| e["action"] == "elicit" && e["rule"] == "no frontend left to ask");
+    assert!(gave_up(&crate::capsules::audit_until(&t, gave_up)), "{}", t.log());
 }
