@@ -3,8 +3,10 @@
 //! Confinement: the workspace root and the overlay are opened once as directory handles
 //! (cap-std) and every access is relative to them, so no `..`, absolute path or symlink can
 //! lead outside, and there is no check-then-use race (the kernel resolves each path against
-//! the handle). Paths are also checked lexically first ([`VfsPath`]). Writing through a
-//! symlink is refused outright.
+//! the handle). Paths are also checked lexically first ([`VfsPath`]). Inside the workspace,
+//! [`Vfs::resolve`] says where a path really leads (its symlinks followed): grants are
+//! checked against that, operations act on it, and commit refuses a change whose path has
+//! gained a link since it was written.
 //!
 //! Copy-on-write: writes land in `overlay/upper/` and deletions in `overlay/whiteouts.json`;
 //! reads see the overlay over the workspace. Nothing reaches the real files until the person
@@ -27,6 +29,8 @@ pub use path::{MAX_PATH, VfsPath};
 
 /// Largest file read or written through the VFS.
 pub const MAX_FILE: u64 = 10 * 1024 * 1024;
+/// Most symlinks followed while resolving one path (as the kernel's `ELOOP`).
+const MAX_LINKS: usize = 40;
 const WHITEOUTS: &str = "whiteouts.json";
 
 /// Why a VFS operation failed.
@@ -61,6 +65,12 @@ pub enum VfsError {
     /// A file where a directory was expected.
     #[error("{path} is not a directory")]
     NotADirectory {
+        /// The path.
+        path: String,
+    },
+    /// Resolving the path followed too many symlinks (a loop, most likely).
+    #[error("{path}: too many symbolic links")]
+    TooManyLinks {
         /// The path.
         path: String,
     },
@@ -195,6 +205,62 @@ impl Vfs {
     /// The workspace root, as opened.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Where `path` really leads inside the workspace: every symlink along it followed (a
+    /// link's target taken relative to the link's directory), so the result names no link.
+    /// A link that leads out of the workspace (`..` past the root, an absolute target) is an
+    /// [`VfsError::Escape`]. Grants are checked against this path and every operation acts
+    /// on it, so a link inside a granted directory (`notes/up -> ..`) cannot widen a grant,
+    /// and what a person reviews is the file that really changes. Links exist only in the
+    /// workspace (capsules cannot make one); the overlay and whiteouts are taken into
+    /// account so a path the capsule created or deleted resolves as it sees it.
+    pub fn resolve(&self, path: &VfsPath) -> Result<VfsPath, VfsError> {
+        let mut pending: std::collections::VecDeque<String> =
+            path.as_str().split('/').filter(|c| !c.is_empty()).map(str::to_owned).collect();
+        let mut resolved: Vec<String> = Vec::new();
+        let mut followed = 0;
+        let escape = || VfsError::Escape { path: path.to_string() };
+        while let Some(part) = pending.pop_front() {
+            match part.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    resolved.pop().ok_or_else(escape)?;
+                    continue;
+                }
+                _ => resolved.push(part),
+            }
+            let current = resolved.join("/");
+            // A link the capsule deleted (a whiteout) is gone for it; the overlay never holds
+            // links, and a link in the workspace wins over what the overlay has below it.
+            if self.whiteouts().contains(&current) {
+                continue;
+            }
+            let is_link = match self.workspace.symlink_metadata(&current) {
+                Ok(meta) => meta.file_type().is_symlink(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(e) => return Err(classify(path, "stat", e)),
+            };
+            if !is_link {
+                continue;
+            }
+            followed += 1;
+            if followed > MAX_LINKS {
+                return Err(VfsError::TooManyLinks { path: path.to_string() });
+            }
+            // cap-std refuses to read an absolute target: such a link leads outside.
+            let target = self.workspace.read_link(&current).map_err(|_| escape())?;
+            resolved.pop();
+            for component in target.components().rev() {
+                match component {
+                    std::path::Component::Normal(name) => pending.push_front(name.to_string_lossy().into_owned()),
+                    std::path::Component::ParentDir => pending.push_front("..".to_owned()),
+                    std::path::Component::CurDir => {}
+                    std::path::Component::RootDir | std::path::Component::Prefix(_) => return Err(escape()),
+                }
+            }
+        }
+        VfsPath::parse(&resolved.join("/"))
     }
 
     fn whiteouts(&self) -> MutexGuard<'_, BTreeSet<String>> {
@@ -453,6 +519,11 @@ impl Vfs {
     }
 
     fn apply(&self, path: &VfsPath, kind: ChangeKind) -> Result<(), VfsError> {
+        // The path was real when the capsule wrote it; a link put along it since must not
+        // carry the change somewhere else.
+        if self.resolve(path)? != *path {
+            return Err(VfsError::SymlinkRefused { path: path.to_string() });
+        }
         if kind == ChangeKind::Deleted {
             match self.workspace.remove_file(path.fs()) {
                 Ok(()) => {}

@@ -186,3 +186,42 @@ proptest! {
         prop_assert!(!Path::new(&f.tmp.path().join("canary")).exists());
     }
 }
+
+#[test]
+fn a_path_resolves_to_where_its_links_really_lead() {
+    let f = Fixture::new();
+    fs::create_dir_all(f.ws().join("notes/real")).expect("mkdir");
+    fs::write(f.ws().join("secrets.txt"), "top secret").expect("write");
+    std::os::unix::fs::symlink("..", f.ws().join("notes/up")).expect("link");
+    std::os::unix::fs::symlink("../secrets.txt", f.ws().join("notes/to_secret")).expect("link");
+    std::os::unix::fs::symlink("real", f.ws().join("notes/alias")).expect("link");
+    std::os::unix::fs::symlink("../..", f.ws().join("notes/out")).expect("link");
+    std::os::unix::fs::symlink(f.outside(), f.ws().join("abs")).expect("link");
+    std::os::unix::fs::symlink("loop", f.ws().join("loop")).expect("link");
+    let resolved = |path: &str| f.vfs.resolve(&p(path)).map(|r| r.as_str().to_owned());
+    assert_eq!(resolved("notes/to_secret").expect("resolves"), "secrets.txt");
+    assert_eq!(resolved("notes/up/secrets.txt").expect("resolves"), "secrets.txt");
+    assert_eq!(resolved("notes/up").expect("resolves"), "", "the workspace root");
+    assert_eq!(resolved("notes/alias/x.txt").expect("resolves"), "notes/real/x.txt");
+    assert_eq!(resolved("notes/plain.txt").expect("resolves"), "notes/plain.txt", "no link: as named");
+    assert!(matches!(f.vfs.resolve(&p("notes/out/outside/canary")), Err(VfsError::Escape { .. })), "past the root");
+    assert!(matches!(f.vfs.resolve(&p("abs/canary")), Err(VfsError::Escape { .. })), "an absolute target");
+    assert!(matches!(f.vfs.resolve(&p("loop")), Err(VfsError::TooManyLinks { .. })));
+    // A link the capsule deleted is gone for it.
+    f.vfs.unlink(&p("notes/to_secret")).ok();
+    assert!(f.outside_untouched());
+}
+
+#[test]
+fn commit_refuses_a_change_whose_path_gained_a_link_since_it_was_written() {
+    let f = Fixture::new();
+    fs::create_dir_all(f.ws().join("notes")).expect("mkdir");
+    fs::create_dir_all(f.ws().join("elsewhere")).expect("mkdir");
+    f.vfs.write(&p("notes/todo.txt"), b"pending").expect("write");
+    // The person's own tree changes under the pending write: notes now leads elsewhere.
+    fs::remove_dir(f.ws().join("notes")).expect("rmdir");
+    std::os::unix::fs::symlink("elsewhere", f.ws().join("notes")).expect("link");
+    assert!(matches!(f.vfs.commit(), Err(VfsError::SymlinkRefused { .. })));
+    assert!(!f.ws().join("elsewhere/todo.txt").exists(), "nothing written through the link");
+    assert_eq!(f.vfs.changes().expect("changes").len(), 1, "the change stays pending");
+}

@@ -58,10 +58,12 @@ pub(super) fn request(context: &CapsuleContext, bytes: &[u8]) -> HostReply {
     request.cause = context.cause.clone();
     request.details = ask.details;
     if let Some(content) = ask.write {
-        let Ok(path) = VfsPath::parse(&ask.resource) else { return HostReply::value(INVALID) };
+        let Ok(named) = VfsPath::parse(&ask.resource) else { return HostReply::value(INVALID) };
+        let Some(vfs) = context.workspace() else { return HostReply::value(DENIED) };
+        // The person approves the file that would really change, not the name a link gives it.
+        let Ok(path) = vfs.resolve(&named) else { return HostReply::value(DENIED) };
         request.resource = path.as_str().to_owned();
         request.scope = Scope::directory_of(path.as_str());
-        let Some(vfs) = context.workspace() else { return HostReply::value(DENIED) };
         request.details = Some(vfs.preview_write(&path, content.as_bytes(), PREVIEW_LINES));
     }
     let stopped = context.lifecycle.stopped();

@@ -9,9 +9,11 @@ use wasmi::{Caller, Linker};
 
 use super::context::CapsuleContext;
 use super::host_call::{HostCall, HostReply};
-use super::sandbox::{HOST_MODULE, HostState, KernelAccess, forward, forward_status, read_guest};
+use super::sandbox::{HOST_MODULE, HostState, forward, forward_status, read_guest};
 use crate::kernel::capability::Capability;
-use crate::vfs::{MAX_FILE, VfsError, VfsPath};
+use std::sync::Arc;
+
+use crate::vfs::{MAX_FILE, Vfs, VfsError, VfsPath};
 
 /// What a file host function returns on failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +39,9 @@ fn status(e: &VfsError) -> FsStatus {
     match e {
         VfsError::NotFound { .. } => FsStatus::NotFound,
         VfsError::InvalidPath { .. } => FsStatus::InvalidInput,
-        VfsError::Escape { .. } | VfsError::SymlinkRefused { .. } => FsStatus::BoundaryEscape,
+        VfsError::Escape { .. } | VfsError::SymlinkRefused { .. } | VfsError::TooManyLinks { .. } => {
+            FsStatus::BoundaryEscape
+        }
         VfsError::IsADirectory { .. } | VfsError::NotADirectory { .. } => FsStatus::WrongKind,
         VfsError::TooLarge { .. } => FsStatus::TooLarge,
         VfsError::Io { .. } => FsStatus::Io,
@@ -54,17 +58,18 @@ fn reply(status: FsStatus) -> HostReply {
     HostReply::value(status as i32)
 }
 
-/// The kernel and the validated path, once the grant allowed the access; else the status.
-fn authorize<'a>(
-    context: &'a CapsuleContext,
-    raw: &[u8],
-    access: Access,
-) -> Result<(&'a KernelAccess, VfsPath), FsStatus> {
+/// The workspace of the capsule's turn and the path the guest named, resolved to where it
+/// really leads (its symlinks followed, see [`crate::vfs::Vfs::resolve`]), once the grant
+/// allowed that access to *that* path; else the status. The grant is never checked against
+/// the name the guest used: a link inside a granted directory would widen the grant.
+fn authorize(context: &CapsuleContext, raw: &[u8], access: Access) -> Result<(Arc<Vfs>, VfsPath), FsStatus> {
     let Some(kernel) = &context.kernel else { return Err(FsStatus::CapabilityDenied) };
     let Some(raw) = std::str::from_utf8(raw).ok().filter(|raw| raw.len() <= crate::vfs::MAX_PATH) else {
         return Err(FsStatus::InvalidInput);
     };
-    let Ok(path) = VfsPath::parse(raw) else { return Err(FsStatus::InvalidInput) };
+    let Ok(named) = VfsPath::parse(raw) else { return Err(FsStatus::InvalidInput) };
+    let vfs = context.workspace().ok_or(FsStatus::Io)?;
+    let path = vfs.resolve(&named).map_err(|e| status(&e))?;
     let request = match access {
         Access::Read => Capability::FsRead(path.as_str()),
         Access::Write => Capability::FsWrite(path.as_str()),
@@ -72,7 +77,7 @@ fn authorize<'a>(
     if !kernel.kernel.check_capability(&kernel.principal, &context.capsule, &request) {
         return Err(FsStatus::CapabilityDenied);
     }
-    Ok((kernel, path))
+    Ok((vfs, path))
 }
 
 /// Runs `act` on the authorized path; a refusal or a VFS error is the status.
@@ -80,13 +85,10 @@ fn with_path(
     context: &CapsuleContext,
     raw: &[u8],
     access: Access,
-    act: impl FnOnce(&crate::vfs::Vfs, &VfsPath) -> Result<HostReply, VfsError>,
+    act: impl FnOnce(&Vfs, &VfsPath) -> Result<HostReply, VfsError>,
 ) -> HostReply {
     match authorize(context, raw, access) {
-        Ok((_, path)) => match context.workspace() {
-            Some(vfs) => act(&vfs, &path).unwrap_or_else(|e| reply(status(&e))),
-            None => reply(FsStatus::Io),
-        },
+        Ok((vfs, path)) => act(&vfs, &path).unwrap_or_else(|e| reply(status(&e))),
         Err(refused) => reply(refused),
     }
 }

@@ -425,3 +425,47 @@ fn a_capsule_that_keeps_failing_is_given_up_and_a_rescan_tries_it_again() {
     wait_running(&t, &mut client, &["hostile"]);
     assert_eq!(ask(&mut client, exec, "/leak"), "publish: Err(CapabilityDenied)");
 }
+
+#[test]
+fn a_link_inside_a_granted_directory_does_not_widen_the_grant() {
+    let t = TestHome::new();
+    std::fs::write(t.workspace.join("secrets.txt"), "top secret").expect("write");
+    std::fs::create_dir_all(t.workspace.join("notes/real")).expect("mkdir");
+    std::os::unix::fs::symlink("..", t.workspace.join("notes/up")).expect("link");
+    std::os::unix::fs::symlink("../secrets.txt", t.workspace.join("notes/to_secret")).expect("link");
+    std::os::unix::fs::symlink("real", t.workspace.join("notes/alias")).expect("link");
+    let _daemon = t.daemon(&[]);
+    install(&t, "file-tool");
+    let mut client = t.client();
+    wait_running(&t, &mut client, &["file-tool"]);
+    let exec = "cli.v1.command.execute";
+    // Reads, writes, listings and deletes through the links are decided on where they lead.
+    for command in [
+        "/read notes/to_secret",
+        "/read notes/up/secrets.txt",
+        "/write notes/up/secrets.txt pwned",
+        "/write notes/to_secret pwned",
+        "/ls notes/up",
+        "/rm notes/up/secrets.txt",
+    ] {
+        assert_eq!(ask(&mut client, exec, command), "error: capability-denied", "{command}");
+    }
+    // A link that stays inside the grant works, and the review names the real file.
+    assert_eq!(ask(&mut client, exec, "/write notes/alias/todo.txt buy milk"), "wrote 8 bytes to notes/alias/todo.txt");
+    let diff = String::from_utf8_lossy(&t.cli(&["workspace", "diff"]).stdout).into_owned();
+    assert!(diff.contains("b/notes/real/todo.txt") && !diff.contains("secrets"), "{diff}");
+    assert_eq!(t.cli(&["workspace", "commit"]).status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(t.workspace.join("secrets.txt")).expect("read"), "top secret");
+    assert_eq!(std::fs::read_to_string(t.workspace.join("notes/real/todo.txt")).expect("read"), "buy milk");
+    // The audit names the real paths it decided on.
+    let denied = audit_until(&t, |a| {
+        a.iter().filter(|e| e["action"] == "capability.check" && e["decision"] == "deny").count() >= 6
+    });
+    let resources: Vec<&str> = denied
+        .iter()
+        .filter(|e| e["action"] == "capability.check" && e["decision"] == "deny")
+        .filter_map(|e| e["resource"].as_str())
+        .collect();
+    assert!(resources.iter().all(|r| !r.contains("notes/up") && !r.contains("to_secret")), "{resources:?}");
+    assert!(resources.contains(&"fs_read secrets.txt"), "{resources:?}");
+}

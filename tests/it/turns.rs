@@ -359,10 +359,12 @@ fn model_settings_from_the_shell_are_applied_or_refused_with_the_exact_commands(
     let status = stdout(&t.cli(&["status"]));
     assert!(status.contains(&format!("model     openai gpt-4o-mini at {base}")), "{status}");
     assert!(status.contains(&format!("workspace {}", t.workspace.display())), "{status}");
-    assert_eq!(t.cli(&["stop"]).status.code(), Some(0));
+    let stopped = t.cli(&["stop"]);
+    assert_eq!(stopped.status.code(), Some(0), "{}", stderr(&stopped));
 
     // A persistent daemon is left alone: the turn is refused, with the commands that help.
-    assert_eq!(t.cli_with(&["start"], &[defaults]).status.code(), Some(0));
+    let started = t.cli_with(&["start"], &[defaults]);
+    assert_eq!(started.status.code(), Some(0), "{}\n{}", stderr(&started), t.log());
     let refused = t.cli_with(&["run", "hi"], &[("OPENAI_BASE_URL", base.as_str())]);
     assert_eq!(refused.status.code(), Some(1));
     let reason = stderr(&refused);
