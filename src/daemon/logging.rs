@@ -4,6 +4,13 @@
 //! Set up before anything else can fail, so a daemon spawned with its stdio on `/dev/null`
 //! (as the CLI spawns it) still leaves a trace of why it did not boot. The copy to stderr
 //! serves `astrid daemon` in a terminal or a container, where the log belongs on stderr.
+//!
+//! **Logging never blocks the daemon.** A line is handed over a bounded queue to a writer
+//! thread of its own, one for the file and one for stderr; the code that logs only queues
+//! it. A stderr nobody reads (a pipe whose reader stopped) then stalls its own thread and
+//! loses its own lines, never a tokio worker: the reference's daemon stopped answering, and
+//! ignored SIGTERM, once a worker blocked writing a log line. Lines a full queue cannot take
+//! are counted, and the file says how many it missed when it can write again.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -41,7 +48,7 @@ fn log_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// A writer that appends to the current day's file and to stderr.
+/// The current day's file, rolled at midnight (UTC).
 #[derive(Debug)]
 pub struct DailyLog {
     dir: PathBuf,
@@ -68,19 +75,94 @@ impl DailyLog {
             prune(&self.dir);
         }
     }
+
+    fn append(&mut self, line: &[u8]) -> io::Result<()> {
+        self.roll_if_new_day();
+        self.file.write_all(line)
+    }
 }
 
-impl Write for DailyLog {
+/// Lines a queue holds before further ones are dropped (and counted).
+const QUEUE: usize = 4096;
+
+/// What a writer thread is handed.
+enum Line {
+    Text(Vec<u8>),
+    /// Answer on this channel once everything before it is written.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// One writer thread and the queue in front of it.
+struct Lane {
+    queue: std::sync::mpsc::SyncSender<Line>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Lane {
+    /// Starts a thread that writes what is queued with `write`; the first write after lines
+    /// were dropped is preceded by a line saying how many.
+    fn start(name: &str, mut write: impl FnMut(&[u8]) -> io::Result<()> + Send + 'static) -> io::Result<Self> {
+        let (queue, lines) = std::sync::mpsc::sync_channel::<Line>(QUEUE);
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let missed = std::sync::Arc::clone(&dropped);
+        std::thread::Builder::new().name(format!("astrid-log-{name}")).spawn(move || {
+            for line in lines {
+                match line {
+                    Line::Text(text) => {
+                        let lost = missed.swap(0, std::sync::atomic::Ordering::Relaxed);
+                        if lost > 0 {
+                            let _ =
+                                write(format!("[{lost} log line(s) dropped: the log could not keep up]\n").as_bytes());
+                        }
+                        let _ = write(&text);
+                    }
+                    Line::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        })?;
+        Ok(Self { queue, dropped })
+    }
+
+    fn send(&self, text: &[u8]) {
+        if self.queue.try_send(Line::Text(text.to_vec())).is_err() {
+            self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// The logger's writer: hands each line to the file's and stderr's lanes, never waiting.
+struct Sink {
+    lanes: Vec<Lane>,
+}
+
+impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.roll_if_new_day();
-        // stderr may be closed or /dev/null; the file is what must not miss a line.
-        let _ = io::stderr().write_all(buf);
-        self.file.write_all(buf)?;
+        for lane in &self.lanes {
+            lane.send(buf);
+        }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        Ok(())
+    }
+}
+
+/// The lanes' queues, for [`flush`] at exit.
+static FLUSH: std::sync::OnceLock<Vec<std::sync::mpsc::SyncSender<Line>>> = std::sync::OnceLock::new();
+
+/// Waits (at most `within`) until what was logged so far is written: the last lines of a
+/// daemon that exits must not be lost in a queue.
+pub fn flush(within: std::time::Duration) {
+    let Some(queues) = FLUSH.get() else { return };
+    let deadline = std::time::Instant::now() + within;
+    for queue in queues {
+        let (done, written) = std::sync::mpsc::sync_channel(1);
+        if queue.try_send(Line::Flush(done)).is_ok() {
+            let _ = written.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
+        }
     }
 }
 
@@ -96,18 +178,31 @@ fn prune(dir: &Path) {
 }
 
 /// Installs the logger: `info` (or `debug` with `verbose`), overridable with `ASTRID_LOG`
-/// (env_logger filter syntax, for example `astrid::ipc=trace`).
+/// (env_logger filter syntax, for example `astrid::ipc=trace`), writing to today's file in
+/// `log_dir` and to stderr through writer threads of their own. Without the file (it cannot
+/// be opened), stderr alone, and the error is returned after the logger is up.
 pub fn init(log_dir: &Path, verbose: bool) -> io::Result<()> {
-    let writer = DailyLog::open(log_dir)?;
+    let file = DailyLog::open(log_dir);
+    let mut lanes = Vec::new();
+    let opened = match file {
+        Ok(mut file) => {
+            lanes.push(Lane::start("file", move |line| file.append(line))?);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    lanes.push(Lane::start("stderr", |line| io::stderr().write_all(line))?);
+    let _ = FLUSH.set(lanes.iter().map(|lane| lane.queue.clone()).collect());
     let level = if verbose { log::LevelFilter::Debug } else { log::LevelFilter::Info };
     env_logger::Builder::new()
         .filter_level(level)
         .parse_env(env_logger::Env::new().filter("ASTRID_LOG"))
         .format_timestamp_micros()
         .write_style(env_logger::WriteStyle::Never)
-        .target(env_logger::Target::Pipe(Box::new(writer)))
+        .target(env_logger::Target::Pipe(Box::new(Sink { lanes })))
         .try_init()
-        .map_err(io::Error::other)
+        .map_err(io::Error::other)?;
+    opened
 }
 
 #[cfg(test)]

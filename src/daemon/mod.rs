@@ -46,12 +46,20 @@ use idle::IdlePolicy;
 use signals::Signals;
 
 /// Longest a graceful shutdown may take before the process exits anyway (status 1).
-pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(8);
+pub use signals::SHUTDOWN_DEADLINE;
 /// `sun_path` is 108 bytes on Linux, including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 108;
 
 /// Runs the daemon role to completion and returns the process exit code.
 pub fn main(args: &DaemonArgs) -> ExitCode {
+    // First, before any thread exists: every thread started after inherits the blocked mask.
+    let signals = match Signals::start() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("astrid daemon: cannot take termination signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = match args.validate() {
         Ok(config) => config,
         Err(message) => {
@@ -89,20 +97,20 @@ pub fn main(args: &DaemonArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, home)) {
+    let code = match runtime.block_on(run(config, home, signals)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("daemon failed: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    logging::flush(Duration::from_secs(1));
+    code
 }
 
 /// Boots, serves until a shutdown is asked for, and shuts down. Runs inside the runtime.
-pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
+pub async fn run(config: DaemonConfig, home: AstridHome, mut signals: Signals) -> anyhow::Result<()> {
     let boot_started = Instant::now();
-    // Handlers first: a SIGTERM during boot must still get a clean shutdown.
-    let mut signals = Signals::install().context("cannot install signal handlers")?;
     if reaper::spawn_if_pid1() {
         log::info!("running as PID 1: reaping orphaned children");
     }
@@ -215,7 +223,7 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
         () = idle => ShutdownReason::IdleTimeout,
     };
     log::info!("shutting down: {reason}");
-    arm_shutdown_deadline(signals);
+    signals.shutting_down();
 
     stop.send_replace(true);
     if let Err(e) = bridge.await {
@@ -298,20 +306,4 @@ fn write_ready(home: &AstridHome) -> anyhow::Result<()> {
         .open(&path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
-}
-
-/// From now on: a second signal exits at once (130), and the whole shutdown gets
-/// [`SHUTDOWN_DEADLINE`]. The deadline runs on its own OS thread so a starved runtime
-/// cannot delay it.
-fn arm_shutdown_deadline(mut signals: Signals) {
-    tokio::spawn(async move {
-        let name = signals.recv().await;
-        log::warn!("second signal ({name}) during shutdown: exiting now");
-        std::process::exit(130);
-    });
-    std::thread::spawn(|| {
-        std::thread::sleep(SHUTDOWN_DEADLINE);
-        log::error!("shutdown did not finish within {SHUTDOWN_DEADLINE:?}; exiting");
-        std::process::exit(1);
-    });
 }

@@ -23,7 +23,7 @@ use serde_json::Value;
 use tokio::io::AsyncWrite;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::timeout;
 use uuid::Uuid;
 
@@ -47,7 +47,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on authenticated connections.
 pub const DEFAULT_MAX_CLIENTS: usize = 256;
-/// Connections allowed to be mid-handshake at once; more are closed at accept.
+/// Connections allowed to be mid-handshake at once; a new one beyond this evicts the oldest.
 const MAX_PENDING_HANDSHAKES: usize = 64;
 /// Largest payload a client may publish (after the 10 MiB frame limit).
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
@@ -98,7 +98,7 @@ pub async fn serve(
         next_connection: AtomicU64::new(1),
         our_uid: nix::unistd::geteuid().as_raw(),
     });
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let pending = Arc::new(Pending::default());
     // Each connection task holds a clone; when all are dropped, `recv` returns None.
     let (alive, mut all_done) = mpsc::channel::<()>(1);
     let connection_stop = stop.clone();
@@ -109,11 +109,8 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, _)) => {
-                let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
-                    log::warn!("bridge: {MAX_PENDING_HANDSHAKES} handshakes already pending; connection closed");
-                    continue;
-                };
                 let id = context.next_connection.fetch_add(1, Ordering::Relaxed);
+                let permit = pending.admit(id);
                 let task = connection(Arc::clone(&context), id, stream, permit, connection_stop.clone(), alive.clone());
                 tokio::spawn(task);
             }
@@ -136,7 +133,7 @@ async fn connection(
     context: Arc<Context>,
     id: u64,
     stream: UnixStream,
-    pending: OwnedSemaphorePermit,
+    mut pending: PendingSlot,
     stop: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
 ) {
@@ -157,10 +154,13 @@ async fn connection(
     let mut stop = stop;
     let read = tokio::select! {
         _ = stop.wait_for(|stop| *stop) => return,
+        () = pending.evicted() => {
+            return log::debug!("client#{id}: no handshake yet and {MAX_PENDING_HANDSHAKES} newer connections waiting; closed");
+        }
         read = timeout(HANDSHAKE_TIMEOUT, reader.next_frame()) => read,
     };
     let frame = match read {
-        Err(_) => return log::info!("client#{id}: no handshake within {HANDSHAKE_TIMEOUT:?}; closed"),
+        Err(_) => return log::debug!("client#{id}: no handshake within {HANDSHAKE_TIMEOUT:?}; closed"),
         Ok(Ok(None)) => return log::debug!("client#{id}: closed before the handshake (liveness probe)"),
         Ok(Err(e)) => return log::warn!("client#{id}: handshake read failed: {e}; closed"),
         Ok(Ok(Some(frame))) => frame,
@@ -185,7 +185,7 @@ async fn connection(
                         return;
                     }
                 };
-                log::info!("client#{id}: authenticated (client version {client_version})");
+                log::debug!("client#{id}: authenticated (client version {client_version})");
                 (slot, attach, workspace)
             }
             Err(_) => {
@@ -238,6 +238,57 @@ async fn send_handshake<W: AsyncWrite + Unpin>(writer: &mut W, response: Handsha
     }
 }
 
+/// Connections that have not finished their handshake, oldest first. When they are all
+/// taken, a new connection evicts the oldest: a client that sends its handshake at once (every
+/// real one) always gets in, however many silent connections keep reconnecting, while a
+/// silent one still gets [`HANDSHAKE_TIMEOUT`] when nobody is waiting behind it.
+#[derive(Default)]
+struct Pending {
+    waiting: std::sync::Mutex<std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>>,
+}
+
+impl Pending {
+    fn admit(self: &Arc<Self>, id: u64) -> PendingSlot {
+        let (evict, evicted) = tokio::sync::oneshot::channel();
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if waiting.len() >= MAX_PENDING_HANDSHAKES
+            && let Some((oldest, evict)) = waiting.pop_front()
+        {
+            log::debug!("bridge: {MAX_PENDING_HANDSHAKES} handshakes pending; evicting client#{oldest}");
+            let _ = evict.send(());
+        }
+        waiting.push_back((id, evict));
+        PendingSlot { id, evicted: Some(evicted), pending: Arc::clone(self) }
+    }
+}
+
+/// A connection's place among the pending handshakes; given back when dropped.
+struct PendingSlot {
+    id: u64,
+    evicted: Option<tokio::sync::oneshot::Receiver<()>>,
+    pending: Arc<Pending>,
+}
+
+impl PendingSlot {
+    /// Completes when a newer connection took this one's place.
+    async fn evicted(&mut self) {
+        let evicted = match self.evicted.as_mut() {
+            Some(evicted) => evicted.await.is_ok(),
+            None => false,
+        };
+        if !evicted {
+            // The slot was given back without an eviction: nothing will ever evict it.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.pending.waiting.lock().unwrap_or_else(|e| e.into_inner()).retain(|(id, _)| *id != self.id);
+    }
+}
+
 /// The authenticated part of a connection: reader here, writer in its own task.
 async fn serve_client(
     context: &Context,
@@ -286,9 +337,9 @@ async fn serve_client(
     kernel.set_client_workspace(subscriber, None);
     let ended_allowances = kernel.approvals().end_session(subscriber);
     if ended_allowances > 0 {
-        log::info!("client#{id}: {ended_allowances} session allowance(s) ended with the connection");
+        log::debug!("client#{id}: {ended_allowances} session allowance(s) ended with the connection");
     }
-    log::info!("client#{id}: connection closed ({ended})");
+    log::debug!("client#{id}: connection closed ({ended})");
 }
 
 /// Publishes one client frame on the bus (prompts and commands through the kernel's intake),
