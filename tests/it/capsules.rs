@@ -149,12 +149,14 @@ fn the_file_tool_works_inside_its_grant_and_nowhere_else() {
     let diff = t.cli(&["workspace", "diff"]);
     assert!(String::from_utf8_lossy(&diff.stdout).contains("notes/todo.txt"));
     assert_eq!(std::fs::read_to_string(t.workspace.join("secrets.txt")).expect("read"), "top secret");
-    let denials = audit_tail(&t)
-        .into_iter()
-        .filter(|e| e["action"] == "capability.check" && e["decision"] == "deny")
-        .filter(|e| e["actor"]["name"] == "file-tool")
-        .count();
-    assert_eq!(denials, 2, "both refusals by grant are audited");
+    let denials = |audit: &[Value]| {
+        audit
+            .iter()
+            .filter(|e| e["action"] == "capability.check" && e["decision"] == "deny")
+            .filter(|e| e["actor"]["name"] == "file-tool")
+            .count()
+    };
+    assert_eq!(denials(&audit_until(&t, |a| denials(a) >= 2)), 2, "both refusals by grant are audited");
 }
 
 #[test]
@@ -265,10 +267,9 @@ fn install_show_upgrade_tamper_and_remove_through_the_cli() {
     assert!(!installed.exists());
     assert!(t.wait_for(|| !running(&mut client).contains(&"kv-counter".to_owned()), Duration::from_secs(5)));
     assert_eq!(t.cli(&["capsule", "remove", "kv-counter"]).status.code(), Some(1), "nothing left to remove");
-    let actions: Vec<String> = audit_tail(&t).iter().filter_map(|e| e["action"].as_str().map(str::to_owned)).collect();
-    for action in ["capsule.install", "capsule.start", "capsule.lifecycle", "capsule.remove", "capsule.failed"] {
-        assert!(actions.iter().any(|a| a == action), "{action} not audited");
-    }
+    let expected = ["capsule.install", "capsule.start", "capsule.lifecycle", "capsule.remove", "capsule.failed"];
+    let audited = |audit: &[Value]| expected.iter().all(|action| audit.iter().any(|e| e["action"] == *action));
+    assert!(audited(&audit_until(&t, audited)), "{expected:?} not all audited");
 }
 
 /// A one-thread HTTP server on loopback that answers every request with what it was sent in
@@ -365,8 +366,9 @@ fn http_refuses_internal_addresses_by_default_and_audits_it() {
     let file = t.home.join("home/default/.config/env/http-fetch.env.json");
     assert_eq!(crate::harness::mode(&file), 0o600);
     assert!(std::fs::read_to_string(&file).expect("env").contains("sk-test-42"), "the answer is stored");
-    let audit = audit_tail(&t);
-    assert!(audit.iter().any(|e| e["action"] == "elicit" && e["rule"] == "secret stored"), "the answer is audited");
+    let stored = |audit: &[Value]| audit.iter().any(|e| e["action"] == "elicit" && e["rule"] == "secret stored");
+    let audit = audit_until(&t, stored);
+    assert!(stored(&audit), "the answer is audited");
     assert!(!serde_json::to_string(&audit).expect("json").contains("sk-test-42"), "never the secret itself");
     let exec = "cli.v1.command.execute";
     // The secret is in use at once (an address refusal comes after the template is filled).
@@ -380,8 +382,8 @@ fn http_refuses_internal_addresses_by_default_and_audits_it() {
     assert_eq!(ask(&mut client, exec, "/fetch file:///etc/passwd"), "error: invalid-input");
     assert!(seen.lock().expect("seen").is_empty(), "nothing reached the internal server");
     let refusals =
-        audit_tail(&t).into_iter().filter(|e| e["action"] == "net.connect" && e["decision"] == "deny").count();
-    assert_eq!(refusals, 3);
+        |audit: &[Value]| audit.iter().filter(|e| e["action"] == "net.connect" && e["decision"] == "deny").count();
+    assert_eq!(refusals(&audit_until(&t, |a| refusals(a) >= 3)), 3);
 }
 
 #[test]
