@@ -51,6 +51,11 @@ fn a_directory_astrid_did_not_make_is_refused_untouched() {
     assert_eq!(started.status.code(), Some(1));
     assert!(stderr(&started).contains("refusing"), "{}", stderr(&started));
     assert!(!t.home.join("run").exists());
+    // Nor does the CLI write settings (a key) into it.
+    let config = t.cli(&["config", "model", "--provider", "offline"]);
+    assert_eq!(config.status.code(), Some(1));
+    assert!(stderr(&config).contains("refusing"), "{}", stderr(&config));
+    assert!(!t.home.join("home").exists());
 }
 
 #[test]
