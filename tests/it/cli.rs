@@ -268,7 +268,8 @@ fn stop_waits_for_a_booting_daemon_to_name_itself() {
     let t = TestHome::new();
     astrid::home::AstridHome::at(&t.home).ensure().expect("home");
     let lock_path = t.run_dir().join("system.lock");
-    let mut lock = std::fs::OpenOptions::new().read(true).write(true).create(true).open(&lock_path).expect("lock");
+    let mut lock =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&lock_path).expect("lock");
     lock.lock().expect("flock");
     let mut booting = std::process::Command::new("sleep").arg("60").spawn().expect("sleep");
     let stop = t
