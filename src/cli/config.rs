@@ -66,6 +66,11 @@ pub fn run(home: &AstridHome, args: &ConfigArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn set_model(home: &AstridHome, args: &ModelArgs) -> anyhow::Result<()> {
+    // The settings (a key among them) are written here, not by the daemon: into a home that
+    // passes the daemon's own checks, made as the daemon would make it.
+    for tightened in home.ensure()? {
+        eprintln!("astrid: {tightened}");
+    }
     let nothing = args.provider.is_none() && args.base_url.is_none() && args.model.is_none() && !args.api_key_stdin;
     if args.clear {
         if !nothing {

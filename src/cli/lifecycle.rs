@@ -3,7 +3,8 @@
 //! `stop` succeeds only once the daemon process is gone, its lock is free and its run files
 //! are removed; when the polite way fails it escalates (Shutdown request → SIGTERM →
 //! SIGKILL, each with a deadline) and names the stage that failed. Stopping a stopped
-//! daemon is not an error.
+//! daemon is not an error. The lock decides who "the daemon" is: `start` reports the pid
+//! that owns it, `stop` stops whatever owns it (waiting for a booting one to name itself).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -18,12 +19,19 @@ use super::spawn::{self, Mode};
 use crate::daemon::singleton::{self, Liveness};
 use crate::home::AstridHome;
 use crate::ipc::Client;
+use crate::ipc::client::ClientError;
 use crate::types::{DaemonStatus, KernelRequest, KernelResponse};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const GRACEFUL_EXIT: Duration = Duration::from_secs(10);
 const TERM_EXIT: Duration = Duration::from_secs(5);
 const KILL_EXIT: Duration = Duration::from_secs(2);
+/// How long a daemon that holds the lock may take to write its pid into it.
+const IDENTIFY_WAIT: Duration = Duration::from_secs(10);
+/// How long a daemon that lost the race for the lock may take to give up.
+const LOSER_EXIT: Duration = Duration::from_secs(5);
+/// How many daemons one `stop` stops, one after the other, before it gives up.
+const MAX_SUCCESSORS: usize = 8;
 
 /// start a persistent daemon (it runs until `astrid stop`)
 #[derive(FromArgs, Debug, Default)]
@@ -54,17 +62,51 @@ pub struct StatusArgs {
 }
 
 /// `astrid start`.
+///
+/// Reports the daemon that owns the lock: when several `start`s race, the one whose daemon
+/// won says "started", the others "already running" with the winner's pid, and none of them
+/// returns while the daemon it spawned may still take the lock later.
 pub fn start(home: &AstridHome, args: &StartArgs) -> anyhow::Result<ExitCode> {
-    if let Liveness::Running { pid } = singleton::probe(home)? {
-        println!("astrid daemon already running ({})", describe(pid));
+    if let Liveness::Running { .. } = singleton::probe(home)? {
+        let pid = spawn::wait_ready(home, &mut None)?;
+        println!("astrid daemon already running (pid {pid})");
         return Ok(ExitCode::SUCCESS);
     }
     let workspace = super::headless::workspace(args.workspace.as_ref())?;
-    let child = spawn::spawn(Mode::Persistent, &workspace)?;
-    let pid = child.id();
-    spawn::wait_ready(home, Some(child))?;
-    println!("astrid daemon started (pid {pid}, persistent)");
-    Ok(ExitCode::SUCCESS)
+    let spawned = spawn::spawn(home, Mode::Persistent, &workspace)?;
+    let ours = spawned.id();
+    let mut child = Some(spawned);
+    loop {
+        let owner = spawn::wait_ready(home, &mut child)?;
+        if owner == ours {
+            println!("astrid daemon started (pid {owner}, persistent)");
+            return Ok(ExitCode::SUCCESS);
+        }
+        // Ours lost the race. It gives up within half a second of seeing the lock held;
+        // should the winner vanish meanwhile, ours may take over, and is then the answer.
+        if let Some(mut loser) = child.take() {
+            let deadline = Instant::now() + LOSER_EXIT;
+            while loser.try_wait()?.is_none() {
+                if singleton::probe(home)? == (Liveness::Running { pid: Some(ours) }) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = loser.kill();
+                    let _ = loser.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if loser.try_wait()?.is_none() {
+                child = Some(loser);
+                continue;
+            }
+        }
+        // The owner now (it may have changed while ours gave up).
+        let owner = spawn::wait_ready(home, &mut None)?;
+        println!("astrid daemon already running (pid {owner})");
+        return Ok(ExitCode::SUCCESS);
+    }
 }
 
 /// `astrid stop`.
@@ -73,58 +115,125 @@ pub fn stop(home: &AstridHome) -> anyhow::Result<ExitCode> {
 }
 
 /// Stops the daemon as `astrid stop` does; `report` prints what happened.
+///
+/// Whatever owns the lock is stopped, and then whatever took it next (a `start` racing
+/// this stop), until the lock is free: `stop` returns only when no daemon runs. A daemon
+/// that holds the lock but has not named itself yet (it is booting) is waited for.
 pub fn stop_daemon(home: &AstridHome, report: bool) -> anyhow::Result<ExitCode> {
     let say = |line: String| {
         if report {
             println!("{line}");
         }
     };
-    let pid = match singleton::probe(home)? {
-        Liveness::Stopped => {
+    let mut stopped = 0;
+    loop {
+        let Some(pid) = identify(home)? else {
             let removed = singleton::clean_stale(home).context("stop failed at stage 'cleanup'")?;
-            if removed.is_empty() {
+            if stopped > 0 {
+                if !removed.is_empty() {
+                    say(format!("removed {} run file(s) the stopped daemon left", removed.len()));
+                }
+            } else if removed.is_empty() {
                 say("astrid daemon is not running".to_owned());
             } else {
                 say(format!("astrid daemon is not running (removed {} stale run file(s))", removed.len()));
             }
             return Ok(ExitCode::SUCCESS);
+        };
+        if stopped == MAX_SUCCESSORS {
+            bail!("stop failed: daemons keep taking the lock (the last one is pid {pid}); is something starting them?");
         }
-        Liveness::Running { pid: Some(pid) } => pid,
-        Liveness::Running { pid: None } => bail!("stop failed at stage 'identify': the lock is held but names no pid"),
-    };
-    let target = Pid::from_raw(i32::try_from(pid).context("pid out of range")?);
+        let how = stop_one(home, pid)?;
+        stopped += 1;
+        if how == Stopped::Killed {
+            // A killed daemon cannot clean up; its files are ours to remove once the lock is
+            // free (the next owner, if any, removes them itself).
+            if identify(home)?.is_none() {
+                let removed = singleton::clean_stale(home).context("stop failed at stage 'cleanup'")?;
+                say(format!("astrid daemon stopped (pid {pid}, killed; removed {} run file(s))", removed.len()));
+                return Ok(ExitCode::SUCCESS);
+            }
+            say(format!("astrid daemon stopped (pid {pid}, killed)"));
+        } else {
+            say(format!("astrid daemon stopped (pid {pid}{})", how.suffix()));
+        }
+    }
+}
 
+/// How one daemon was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    Asked,
+    Terminated,
+    Killed,
+}
+
+impl Stopped {
+    fn suffix(self) -> &'static str {
+        match self {
+            Self::Asked => "",
+            Self::Terminated => ", after SIGTERM",
+            Self::Killed => ", killed",
+        }
+    }
+}
+
+/// The pid of the daemon that owns the lock, `None` when nobody does. A lock held without
+/// a (live) pid belongs to a daemon that is booting or exiting, or to a CLI taking a look:
+/// it is waited for, until it names itself or is released.
+fn identify(home: &AstridHome) -> anyhow::Result<Option<u32>> {
+    let deadline = Instant::now() + IDENTIFY_WAIT;
+    loop {
+        match singleton::probe(home)? {
+            Liveness::Stopped => return Ok(None),
+            Liveness::Running { pid: Some(pid) } => return Ok(Some(pid)),
+            Liveness::Running { pid: None } if Instant::now() > deadline => {
+                bail!(
+                    "stop failed at stage 'identify': the lock has been held for {IDENTIFY_WAIT:?} by a process that names no pid"
+                );
+            }
+            Liveness::Running { pid: None } => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Stops the process `pid`, escalating: the `Shutdown` request, SIGTERM, SIGKILL. Returns
+/// once that process is gone (the lock may still be held by whoever took it next).
+fn stop_one(home: &AstridHome, pid: u32) -> anyhow::Result<Stopped> {
+    let target = Pid::from_raw(i32::try_from(pid).context("pid out of range")?);
     let asked = Client::connect(home).and_then(|mut client| {
         client.request("shutdown", &KernelRequest::Shutdown { reason: Some("astrid stop".to_owned()) }, REQUEST_TIMEOUT)
     });
-    match asked {
-        Ok(KernelResponse::Success(_)) => {}
-        Ok(other) => eprintln!("astrid: stage 'request' failed: unexpected reply {other:?}; waiting anyway"),
-        Err(e) => eprintln!("astrid: stage 'request' failed: {e}; falling back to signals"),
+    let graceful = match asked {
+        Ok(KernelResponse::Success(_)) => GRACEFUL_EXIT,
+        Ok(other) => {
+            eprintln!("astrid: stage 'request' failed: unexpected reply {other:?}; waiting anyway");
+            GRACEFUL_EXIT
+        }
+        // Not listening yet (booting) or any more (exiting): its signal handlers are
+        // installed before it takes the lock, so SIGTERM is the clean way, at once.
+        Err(ClientError::NoSocket(_) | ClientError::Connect { .. }) if !home.ready_path().exists() => Duration::ZERO,
+        Err(e) => {
+            eprintln!("astrid: stage 'request' failed: {e}; falling back to signals");
+            GRACEFUL_EXIT
+        }
+    };
+    if wait_gone(target, graceful) {
+        return Ok(Stopped::Asked);
     }
-    if wait_gone(home, target, GRACEFUL_EXIT)? {
-        say(format!("astrid daemon stopped (pid {pid})"));
-        return Ok(ExitCode::SUCCESS);
+    if !graceful.is_zero() {
+        eprintln!("astrid: stage 'graceful exit' failed: pid {pid} still alive after {graceful:?}; sending SIGTERM");
     }
-    eprintln!("astrid: stage 'graceful exit' failed: pid {pid} still alive after {GRACEFUL_EXIT:?}; sending SIGTERM");
     signal(target, Signal::SIGTERM).context("stop failed at stage 'SIGTERM'")?;
-    if wait_gone(home, target, TERM_EXIT)? {
-        say(format!("astrid daemon stopped (pid {pid}, after SIGTERM)"));
-        return Ok(ExitCode::SUCCESS);
+    if wait_gone(target, TERM_EXIT) {
+        return Ok(Stopped::Terminated);
     }
     eprintln!("astrid: stage 'SIGTERM' failed: pid {pid} still alive after {TERM_EXIT:?}; sending SIGKILL");
     signal(target, Signal::SIGKILL).context("stop failed at stage 'SIGKILL'")?;
-    let deadline = Instant::now() + KILL_EXIT;
-    while process_alive(target) {
-        if Instant::now() > deadline {
-            bail!("stop failed at stage 'SIGKILL': pid {pid} is still alive");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if wait_gone(target, KILL_EXIT) {
+        return Ok(Stopped::Killed);
     }
-    // A killed daemon cannot clean up; its files are ours to remove now that the lock is free.
-    let removed = singleton::clean_stale(home).context("stop failed at stage 'cleanup'")?;
-    say(format!("astrid daemon stopped (pid {pid}, killed; removed {} run file(s))", removed.len()));
-    Ok(ExitCode::SUCCESS)
+    bail!("stop failed at stage 'SIGKILL': pid {pid} is still alive")
 }
 
 /// `astrid restart`.
@@ -214,15 +323,16 @@ fn signal(pid: Pid, signal: Signal) -> anyhow::Result<()> {
     }
 }
 
-/// Waits until the process is gone and nobody holds the lock.
-fn wait_gone(home: &AstridHome, pid: Pid, within: Duration) -> anyhow::Result<bool> {
+/// Waits until the process `pid` is gone (whoever holds the lock next is the caller's
+/// business: see [`identify`]).
+fn wait_gone(pid: Pid, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     loop {
-        if !process_alive(pid) && singleton::probe(home)? == Liveness::Stopped {
-            return Ok(true);
+        if !process_alive(pid) {
+            return true;
         }
         if Instant::now() > deadline {
-            return Ok(false);
+            return false;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -231,15 +341,7 @@ fn wait_gone(home: &AstridHome, pid: Pid, within: Duration) -> anyhow::Result<bo
 /// Whether `pid` is a live process. A zombie (exited, not yet reaped by its parent) counts
 /// as gone: it holds no lock and serves nothing.
 fn process_alive(pid: Pid) -> bool {
-    match kill(pid, None) {
-        Err(Errno::ESRCH) => false,
-        Ok(()) | Err(_) => {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // The state follows the parenthesised command name: "pid (comm) S ...".
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-            state != Some("Z")
-        }
-    }
+    u32::try_from(pid.as_raw()).is_ok_and(singleton::alive)
 }
 
 #[cfg(test)]

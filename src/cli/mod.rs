@@ -186,3 +186,118 @@ fn with_home(command: impl FnOnce(AstridHome) -> anyhow::Result<ExitCode>) -> an
     let home = AstridHome::from_env().map_err(|e| anyhow::anyhow!("cannot resolve the Astrid home: {e}"))?;
     command(home)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("ls src").map(|e| e.expect("entry")) {
+            let path = entry.path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// The `astrid …` commands a line names: between backticks, or in parentheses.
+    fn commands_in(line: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for (open, close) in [("`astrid ", '`'), ("(astrid ", ')')] {
+            let mut rest = line;
+            while let Some(start) = rest.find(open) {
+                let after = &rest[start + open.len()..];
+                let Some(end) = after.find(close) else { break };
+                found.push(after[..end].to_owned());
+                rest = &after[end..];
+            }
+        }
+        found
+    }
+
+    /// Words as a shell would split them (double quotes, `\"` as Rust source writes them);
+    /// placeholders (`{request_id}`, `DIR`, `REQUEST_ID`) become a plain value.
+    fn words(command: &str) -> Vec<String> {
+        let command = command.replace("\\\"", "\"");
+        let mut words = Vec::new();
+        let mut word = String::new();
+        let mut quoted = false;
+        for c in command.chars() {
+            match c {
+                '"' => quoted = !quoted,
+                c if c.is_whitespace() && !quoted => {
+                    if !word.is_empty() {
+                        words.push(std::mem::take(&mut word));
+                    }
+                }
+                c => word.push(c),
+            }
+        }
+        if !word.is_empty() {
+            words.push(word);
+        }
+        let placeholder = |w: &str| {
+            (w.starts_with('{') && w.ends_with('}'))
+                || (w.chars().any(|c| c.is_ascii_uppercase())
+                    && w.chars().all(|c| c.is_ascii_uppercase() || c == '_' || c == '='))
+        };
+        words.into_iter().map(|w| if placeholder(&w) { "x".to_owned() } else { w }).collect()
+    }
+
+    /// Whether `astrid <command>` parses. A command named without its arguments (`astrid
+    /// run`, `astrid caps approve`) counts: the command exists and says what it needs.
+    fn parses(command: &str) -> Result<(), String> {
+        let args = words(command);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match Cli::from_args(&["astrid"], &args) {
+            Ok(_) => Ok(()),
+            // `--help` ends parsing early with success: a valid command too.
+            Err(early) if early.status.is_ok() => Ok(()),
+            Err(early) if early.output.starts_with("Required positional arguments not provided") => Ok(()),
+            Err(early) => Err(early.output),
+        }
+    }
+
+    /// Every `astrid …` command the code's messages tell people to run parses with the CLI's own parser: no message names a command or flag
+    /// that does not exist (`astrid daemon restart` once did).
+    #[test]
+    fn every_command_the_code_names_parses() {
+        let mut files = Vec::new();
+        rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+        let mut checked = 0;
+        let mut broken = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("read");
+            for (number, line) in text.lines().enumerate() {
+                if line.trim_start().starts_with("#[cfg(test)]") {
+                    break; // tests talk to developers
+                }
+                if line.trim_start().starts_with("//") {
+                    continue; // so do comments (help texts are checked by argh's own tests)
+                }
+                for command in commands_in(line) {
+                    checked += 1;
+                    if let Err(reason) = parses(&command) {
+                        broken.push(format!("{}:{}: `astrid {command}`: {reason}", file.display(), number + 1));
+                    }
+                }
+            }
+        }
+        assert!(checked >= 15, "only {checked} commands found: is the extraction broken?");
+        assert!(broken.is_empty(), "commands that do not parse:\n{}", broken.join("\n"));
+    }
+
+    #[test]
+    fn the_extraction_sees_commands_and_placeholders() {
+        assert_eq!(
+            commands_in("x `astrid caps approve {id}` and (astrid caps list)"),
+            ["caps approve {id}", "caps list"]
+        );
+        assert_eq!(words("run \\\"what to do\\\" DIR REQUEST_ID {request_id}"), ["run", "what to do", "x", "x", "x"]);
+        assert!(parses("daemon restart").is_err(), "the parser must reject what it should");
+        assert!(parses("caps approve").is_ok() && parses("run \\\"prompt\\\"").is_ok());
+    }
+}

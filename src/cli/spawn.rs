@@ -43,19 +43,23 @@ pub fn ensure_daemon(home: &AstridHome) -> anyhow::Result<bool> {
 pub fn ensure_daemon_in(home: &AstridHome, workspace: &Path) -> anyhow::Result<bool> {
     match singleton::probe(home)? {
         Liveness::Running { .. } => {
-            wait_ready(home, None)?;
+            wait_ready(home, &mut None)?;
             Ok(false)
         }
         Liveness::Stopped => {
-            let child = spawn(Mode::Ephemeral, workspace)?;
-            wait_ready(home, Some(child))?;
-            Ok(true)
+            let mut child = Some(spawn(home, Mode::Ephemeral, workspace)?);
+            let pid = child.as_ref().map(Child::id);
+            let owner = wait_ready(home, &mut child)?;
+            Ok(Some(owner) == pid)
         }
     }
 }
 
-/// Spawns `astrid-daemon [--ephemeral] --workspace <workspace>` from the current executable.
-pub fn spawn(mode: Mode, workspace: &Path) -> anyhow::Result<Child> {
+/// Spawns `astrid-daemon [--ephemeral] --workspace <workspace>` from the current executable,
+/// after the checks the daemon makes of its home (so a refusal is shown here, not only in a
+/// log nobody reads).
+pub fn spawn(home: &AstridHome, mode: Mode, workspace: &Path) -> anyhow::Result<Child> {
+    home.check()?;
     let exe = std::env::current_exe().context("cannot locate the astrid executable")?;
     let mut command = Command::new(&exe);
     command.arg0("astrid-daemon");
@@ -72,18 +76,22 @@ pub fn spawn(mode: Mode, workspace: &Path) -> anyhow::Result<Child> {
     command.spawn().with_context(|| format!("cannot start {} as astrid-daemon", exe.display()))
 }
 
-/// Waits until a daemon holds the lock and has written `run/system.ready`.
+/// Waits until a daemon holds the lock, has named itself in it and has written
+/// `run/system.ready`; returns that daemon's pid, which need not be `child`'s.
 ///
 /// `child` is the daemon we spawned, if any: if it exits early the wait fails with its
 /// status and log tail, unless another daemon won the race for the lock, in which case we
-/// wait for that one instead.
-pub fn wait_ready(home: &AstridHome, mut child: Option<Child>) -> anyhow::Result<()> {
+/// wait for that one instead (and `child` becomes `None`). On a timeout `child` is killed.
+pub fn wait_ready(home: &AstridHome, child: &mut Option<Child>) -> anyhow::Result<u32> {
     let mut spinner = Spinner::new();
     for _ in 0..POLLS {
-        // Lock first, then the file: a ready file counts only once its owner named itself.
-        if matches!(singleton::probe(home)?, Liveness::Running { pid: Some(_) }) && home.ready_path().exists() {
+        // Lock first, then the file: a ready file counts only once its (live) owner named
+        // itself, as an owner names itself only after removing a dead daemon's files.
+        if let Liveness::Running { pid: Some(pid) } = singleton::probe(home)?
+            && home.ready_path().exists()
+        {
             spinner.clear();
-            return Ok(());
+            return Ok(pid);
         }
         if let Some(running) = child.as_mut()
             && let Some(status) = running.try_wait()?
@@ -92,13 +100,13 @@ pub fn wait_ready(home: &AstridHome, mut child: Option<Child>) -> anyhow::Result
                 spinner.clear();
                 bail!("the daemon exited during boot ({status}){}", log_tail(home));
             }
-            child = None; // another daemon won the race for the lock; wait for that one
+            *child = None; // another daemon won the race for the lock; wait for that one
         }
         spinner.tick();
         std::thread::sleep(POLL_INTERVAL);
     }
     spinner.clear();
-    if let Some(mut running) = child {
+    if let Some(mut running) = child.take() {
         let _ = running.kill();
         let _ = running.wait();
     }

@@ -322,7 +322,9 @@ impl<F: Frontend> State<'_, F> {
             }
             ("astrid.v1.onboarding.required", _) => {
                 let capsule = payload["capsule_id"].as_str().unwrap_or("a capsule");
-                let text = format!("capsule {capsule} needs configuration (astrid capsule install again, with --env)");
+                let text = format!(
+                    "capsule {capsule} needs configuration: install it again with `astrid capsule install DIR --env KEY=VALUE`"
+                );
                 self.frontend.notice(&text).map_err(ClientError::Io)?;
             }
             _ => {}

@@ -74,13 +74,17 @@ pub fn main(args: &DaemonArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = home.ensure() {
-        eprintln!("astrid daemon: {e}");
-        return ExitCode::FAILURE;
-    }
+    let tightened = match home.ensure() {
+        Ok(tightened) => tightened,
+        Err(e) => {
+            eprintln!("astrid daemon: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Err(e) = logging::init(&home.log_dir(), config.verbose) {
         eprintln!("astrid daemon: cannot open the log in {}: {e}; logging to stderr only", home.log_dir().display());
     }
+    log_tightened(&home, &tightened);
     log::info!(
         "astrid {} daemon starting: pid {}, home {}, workspace {}, session {}, {}",
         crate::VERSION,
@@ -106,6 +110,24 @@ pub fn main(args: &DaemonArgs) -> ExitCode {
     };
     logging::flush(Duration::from_secs(1));
     code
+}
+
+/// Logs what the home's check tightened: loudly, except below `var/` (the KV store and
+/// the overlays), where files are made with the umask's mode inside 0700 directories.
+fn log_tightened(home: &AstridHome, tightened: &[crate::home::Tightened]) {
+    let var = home.root().join("var");
+    let (quiet, loud): (Vec<_>, Vec<_>) = tightened.iter().partition(|t| t.path.starts_with(&var));
+    for t in loud {
+        log::warn!(
+            "home: {t}: Astrid keeps its home private (directories 0700, files 0600); if others could reach it, treat what it holds as exposed (a key, a secret)"
+        );
+    }
+    if !quiet.is_empty() {
+        log::info!("home: tightened {} path(s) below {} to owner-only modes", quiet.len(), var.display());
+        for t in quiet {
+            log::debug!("home: {t}");
+        }
+    }
 }
 
 /// Boots, serves until a shutdown is asked for, and shuts down. Runs inside the runtime.
@@ -290,10 +312,12 @@ fn bind_socket(home: &AstridHome) -> anyhow::Result<UnixListener> {
             path.display()
         );
     }
-    let run_dir = home.run_dir();
-    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot chmod 0700 {}", run_dir.display()))?;
-    UnixListener::bind(&path).with_context(|| format!("cannot bind {}", path.display()))
+    // `run/` was checked (ours, 0700, not a link) with the rest of the home before the lock.
+    let listener = UnixListener::bind(&path).with_context(|| format!("cannot bind {}", path.display()))?;
+    // bind(2) gave the socket 0777 less the umask: a frontend needs only the owner's bits.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot chmod 0600 {}", path.display()))?;
+    Ok(listener)
 }
 
 fn write_ready(home: &AstridHome) -> anyhow::Result<()> {
@@ -303,6 +327,7 @@ fn write_ready(home: &AstridHome) -> anyhow::Result<()> {
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .open(&path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())

@@ -6,7 +6,10 @@
 //! process that holds the lock, so nobody ever unlinks the socket of a live daemon (the
 //! reference's CLI did, and orphaned daemons piled up).
 //!
-//! The lock file also holds the owner's pid, for messages and for `astrid stop`.
+//! The lock file also holds the owner's pid, for messages and for `astrid stop`. It is
+//! never opened through a symbolic link (a link there is refused), and a client reads it only
+//! after checking that the home and `run/` are its own user's (see
+//! [`AstridHome::check_run_dir`]): a pid named by somebody else's file is never signalled.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, Write};
@@ -14,7 +17,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::home::AstridHome;
+use crate::home::{AstridHome, HomeError};
 
 /// How long a starting daemon retries a lock that is held, in case the holder is only a
 /// CLI taking a brief look (see [`probe`]).
@@ -30,6 +33,18 @@ pub enum LockError {
         home: PathBuf,
         /// The owner's pid, as written in the lock file.
         pid: Option<u32>,
+    },
+    /// The home or its `run/` may not be trusted.
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    /// The lock file is a symbolic link.
+    #[error(
+        "refusing {}: it is a symbolic link, and Astrid never follows links inside its home; remove it (`rm {}`)",
+        path.display(), path.display()
+    )]
+    Symlink {
+        /// The lock file.
+        path: PathBuf,
     },
     /// The lock file could not be opened or written.
     #[error("cannot {action} {}: {source}", path.display())]
@@ -61,7 +76,9 @@ pub enum Liveness {
     /// A process holds the lock.
     Running {
         /// Its pid, once written. `None` means the owner is still removing a dead daemon's
-        /// files: do not trust the run files yet.
+        /// files (or is a CLI taking a look, or a daemon that is exiting): do not trust the run
+        /// files yet. A pid is given only while that process lives, so a pid left by a dead
+        /// daemon, read before its successor truncated the file, is never reported.
         pid: Option<u32>,
     },
 }
@@ -94,8 +111,9 @@ fn lock_exclusive(home: &AstridHome, path: &Path) -> Result<File, LockError> {
         .create(true)
         .truncate(false) // the current owner's pid must survive our attempt
         .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(path)
-        .map_err(|source| LockError::Io { action: "open", path: path.to_path_buf(), source })?;
+        .map_err(|source| open_error(path, source))?;
     let started = Instant::now();
     loop {
         match file.try_lock() {
@@ -104,7 +122,7 @@ fn lock_exclusive(home: &AstridHome, path: &Path) -> Result<File, LockError> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(TryLockError::WouldBlock) => {
-                return Err(LockError::Held { home: home.root().to_path_buf(), pid: read_pid(path) });
+                return Err(LockError::Held { home: home.root().to_path_buf(), pid: read_pid(&file) });
             }
             Err(TryLockError::Error(source)) => {
                 return Err(LockError::Io { action: "lock", path: path.to_path_buf(), source });
@@ -113,18 +131,45 @@ fn lock_exclusive(home: &AstridHome, path: &Path) -> Result<File, LockError> {
     }
 }
 
+fn open_error(path: &Path, source: io::Error) -> LockError {
+    if source.raw_os_error() == Some(nix::libc::ELOOP) {
+        return LockError::Symlink { path: path.to_path_buf() };
+    }
+    LockError::Io { action: "open", path: path.to_path_buf(), source }
+}
+
 /// Looks without disturbing: a shared lock taken and released at once. Never creates files.
+/// Refuses a home or `run/` that another user controls (see [`AstridHome::check_run_dir`]).
 pub fn probe(home: &AstridHome) -> Result<Liveness, LockError> {
+    if !home.check_run_dir()? {
+        return Ok(Liveness::Stopped);
+    }
     let path = home.lock_path();
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Liveness::Stopped),
-        Err(source) => return Err(LockError::Io { action: "open", path, source }),
-    };
+    let file =
+        match OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC).open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Liveness::Stopped),
+            Err(source) => return Err(open_error(&path, source)),
+        };
     match file.try_lock_shared() {
         Ok(()) => Ok(Liveness::Stopped),
-        Err(TryLockError::WouldBlock) => Ok(Liveness::Running { pid: read_pid(&path) }),
+        Err(TryLockError::WouldBlock) => Ok(Liveness::Running { pid: read_pid(&file).filter(|pid| alive(*pid)) }),
         Err(TryLockError::Error(source)) => Err(LockError::Io { action: "lock", path, source }),
+    }
+}
+
+/// Whether `pid` names a live process (a zombie counts as gone: it holds no lock, serves
+/// nothing and runs no code).
+pub fn alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else { return false };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None) {
+        Err(nix::errno::Errno::ESRCH) => false,
+        Ok(()) | Err(_) => {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state follows the parenthesised command name: "pid (comm) S ...".
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+            state != Some("Z")
+        }
     }
 }
 
@@ -152,16 +197,20 @@ pub fn remove_run_files(home: &AstridHome, _owner: &SingletonLock) -> Vec<PathBu
 /// For the CLI after it had to SIGKILL a daemon: takes the lock briefly (no pid written)
 /// and removes the leftover run files. Fails with [`LockError::Held`] if a daemon lives.
 pub fn clean_stale(home: &AstridHome) -> Result<Vec<PathBuf>, LockError> {
-    if !home.run_dir().is_dir() {
+    if !home.check_run_dir()? {
         return Ok(Vec::new());
     }
     let file = lock_exclusive(home, &home.lock_path())?;
     Ok(remove_run_files(home, &SingletonLock { file }))
 }
 
-fn read_pid(path: &Path) -> Option<u32> {
+/// The pid in the lock file, read through the descriptor that was locked (never reopened
+/// by path, so never through a link swapped in since).
+fn read_pid(file: &File) -> Option<u32> {
     let mut text = String::new();
-    File::open(path).ok()?.read_to_string(&mut text).ok()?;
+    let mut file = file;
+    file.rewind().ok()?;
+    file.read_to_string(&mut text).ok()?;
     text.trim().parse().ok()
 }
 

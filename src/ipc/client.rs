@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::frame::{BlockingFrames, FrameError, MAX_HANDSHAKE_FRAME, MAX_SERVER_FRAME, write_frame_blocking};
 use super::token::{SessionToken, TokenError};
-use crate::home::AstridHome;
+use crate::home::{AstridHome, HomeError};
 use crate::kernel::router::{REQUEST_PREFIX, RESPONSE_PREFIX};
 use crate::types::{
     CapsuleAttach, HandshakeRequest, HandshakeResponse, HandshakeStatus, IpcMessage, IpcPayload, KernelRequest,
@@ -29,6 +29,9 @@ pub enum ClientError {
     /// No socket file.
     #[error("no daemon socket at {0}")]
     NoSocket(PathBuf),
+    /// The home, its `run/` or the socket may be another user's: the token is not handed over.
+    #[error(transparent)]
+    Home(#[from] HomeError),
     /// The socket exists but nobody accepts on it.
     #[error("cannot connect to {path}: {source}")]
     Connect {
@@ -77,6 +80,27 @@ pub struct Client {
     frames: BlockingFrames,
 }
 
+/// The socket must be a socket (not a link to one elsewhere) bound by this user.
+fn check_socket(path: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ClientError::NoSocket(path.to_path_buf())),
+        Err(source) => return Err(ClientError::Connect { path: path.to_path_buf(), source }),
+    };
+    if meta.file_type().is_symlink() {
+        return Err(HomeError::Symlink { path: path.to_path_buf() }.into());
+    }
+    if !meta.file_type().is_socket() {
+        return Err(HomeError::WrongKind { path: path.to_path_buf(), expected: "a socket" }.into());
+    }
+    let uid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != uid {
+        return Err(HomeError::Owner { path: path.to_path_buf(), owner: meta.uid(), uid }.into());
+    }
+    Ok(())
+}
+
 impl Client {
     /// Connects to the daemon of `home` and completes the handshake, working in the current
     /// directory (what the user's turns read and write; management requests about the
@@ -102,9 +126,11 @@ impl Client {
         workspace: Option<&Path>,
     ) -> Result<Self, ClientError> {
         let path = home.socket_path();
-        if !path.exists() {
+        // The token goes only to a socket in a home and `run/` of this user's, bound by it.
+        if !home.check_run_dir()? {
             return Err(ClientError::NoSocket(path));
         }
+        check_socket(&path)?;
         let mut stream = UnixStream::connect(&path).map_err(|source| ClientError::Connect { path, source })?;
         // Read fresh on every connect: the token changes with every boot.
         let token = SessionToken::read(&home.token_path())?;

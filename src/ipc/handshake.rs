@@ -67,7 +67,7 @@ pub fn evaluate(frame: &[u8], token: &SessionToken) -> Verdict {
 
 fn version_mismatch(client: &Value) -> String {
     format!(
-        "Protocol version mismatch (client={client}, server={PROTOCOL_VERSION}). Restart the daemon with `astrid daemon restart`."
+        "Protocol version mismatch (client={client}, server={PROTOCOL_VERSION}). Restart the daemon with `astrid restart`."
     )
 }
 
@@ -118,8 +118,7 @@ mod tests {
         assert_eq!(
             verdict,
             Verdict::Reject(
-                "Protocol version mismatch (client=2, server=1). Restart the daemon with `astrid daemon restart`."
-                    .into()
+                "Protocol version mismatch (client=2, server=1). Restart the daemon with `astrid restart`.".into()
             )
         );
     }

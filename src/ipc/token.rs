@@ -26,6 +26,16 @@ pub enum TokenError {
     /// The OS random source failed.
     #[error("cannot read the OS random source: {0}")]
     Random(String),
+    /// The token file is not a regular file of this user's.
+    #[error("refusing {path}: it is not a regular file owned by you (uid {uid}; it belongs to uid {owner})")]
+    Untrusted {
+        /// The file.
+        path: String,
+        /// Its owner.
+        owner: u32,
+        /// The effective uid.
+        uid: u32,
+    },
     /// Reading or writing the token file failed.
     #[error("cannot {action} {path}: {source}")]
     Io {
@@ -79,13 +89,28 @@ impl SessionToken {
         self.0.ct_eq(&other.0).into()
     }
 
-    /// Reads the token file a daemon wrote.
+    /// Reads the token file a daemon wrote: never through a symbolic link, and only a
+    /// regular file of this user's (the daemon runs as the user; a token anyone else could
+    /// have written is not the daemon's).
     pub fn read(path: &Path) -> Result<Self, TokenError> {
-        let text = fs::read_to_string(path).map_err(|source| TokenError::Io {
-            action: "read",
-            path: path.display().to_string(),
-            source,
-        })?;
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let io_err = |action| {
+            let path = path.display().to_string();
+            move |source| TokenError::Io { action, path, source }
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+            .open(path)
+            .map_err(io_err("read"))?;
+        let meta = file.metadata().map_err(io_err("inspect"))?;
+        let uid = nix::unistd::geteuid().as_raw();
+        if !meta.is_file() || meta.uid() != uid {
+            return Err(TokenError::Untrusted { path: path.display().to_string(), owner: meta.uid(), uid });
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(io_err("read"))?;
         Self::from_hex(&text)
     }
 

@@ -14,6 +14,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component as PathComponent, Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -283,7 +284,13 @@ pub fn install(source: &Path, capsules_dir: &Path) -> Result<Installed, InstallE
             reason: format!("cannot encode {META_FILE}: {e}"),
         })?;
         let meta_path = staging.join(META_FILE);
-        fs::write(&meta_path, bytes).map_err(io_err("write", &meta_path))?;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&meta_path)
+            .and_then(|mut file| io::Write::write_all(&mut file, &bytes))
+            .map_err(io_err("write", &meta_path))?;
         // What was copied must be what was hashed (the source could change under us).
         verify_installed(&staging)?;
         swap_into_place(&staging, &target)
@@ -323,7 +330,9 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), InstallError> {
 }
 
 fn copy_dir(from: &Path, to: &Path, files: &mut usize) -> Result<(), InstallError> {
-    fs::create_dir(to).map_err(io_err("create", to))?;
+    // Private whatever the umask: an installed capsule is part of the home (0700 / 0600).
+    fs::DirBuilder::new().mode(0o700).create(to).map_err(io_err("create", to))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", to))?;
     let mut entries: Vec<_> =
         fs::read_dir(from).map_err(io_err("read", from))?.collect::<Result<_, _>>().map_err(io_err("read", from))?;
     entries.sort_by_key(fs::DirEntry::file_name);
@@ -349,7 +358,12 @@ fn copy_dir(from: &Path, to: &Path, files: &mut usize) -> Result<(), InstallErro
             if len > MAX_FILE_BYTES {
                 return Err(refused(&format!("{len} bytes is over the {MAX_FILE_BYTES}-byte limit")));
             }
-            fs::copy(&path, to.join(&name)).map_err(io_err("copy", &path))?;
+            let copy = to.join(&name);
+            let mode =
+                fs::copy(&path, &copy).map(|_| ()).and_then(|()| fs::metadata(&copy)).map_err(io_err("copy", &path))?;
+            // fs::copy kept the source's mode: keep only the owner's execute bit of it.
+            let private = 0o600 | (mode.permissions().mode() & 0o100);
+            fs::set_permissions(&copy, fs::Permissions::from_mode(private)).map_err(io_err("chmod", &copy))?;
         } else {
             return Err(refused("symlinks and special files are not installed"));
         }

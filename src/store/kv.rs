@@ -8,9 +8,7 @@
 //! of keys (at most [`CLEAR_CHUNK`]), so the lock is held briefly.
 
 use std::fmt;
-use std::fs::DirBuilder;
 use std::io::ErrorKind;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -88,7 +86,9 @@ impl KvStore {
         let path = home.root().join("var").join("state.db");
         let open_error =
             |message: String| KvError::Storage(format!("cannot open the KV database {}: {message}", path.display()));
-        DirBuilder::new().recursive(true).mode(0o700).create(&path).map_err(|e| open_error(e.to_string()))?;
+        // sled makes its files with the umask's mode: the directory is 0700 whatever the umask
+        // (nothing inside is reachable by anyone else), and what sled made is tightened below.
+        crate::home::private_dir_all(&path).map_err(|e| open_error(e.to_string()))?;
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(config.cache_bytes)
@@ -100,6 +100,9 @@ impl KvStore {
         })?;
         let kv = db.open_tree("kv").map_err(|e| open_error(e.to_string()))?;
         let usage = db.open_tree("usage").map_err(|e| open_error(e.to_string()))?;
+        for tightened in crate::home::tighten_below(&path) {
+            log::debug!("KV store: {tightened}");
+        }
         Ok(Self { inner: Arc::new(Inner { db, kv, usage, quota: config.namespace_quota_bytes, path }) })
     }
 

@@ -18,7 +18,7 @@ mod path;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -183,8 +183,14 @@ impl Vfs {
             move |source| VfsError::Io { action, path, source }
         };
         let upper_path = overlay_dir.join("upper");
-        fs::create_dir_all(&upper_path).map_err(io_err("create", &upper_path))?;
-        fs::set_permissions(overlay_dir, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", overlay_dir))?;
+        // 0700 whatever the umask, never through a link (the home's rules).
+        for dir in [overlay_dir, &upper_path] {
+            crate::home::private_dir_all(dir).map_err(|e| VfsError::Io {
+                action: "create",
+                path: dir.display().to_string(),
+                source: io::Error::other(e),
+            })?;
+        }
         let workspace = Dir::open_ambient_dir(root, ambient_authority()).map_err(io_err("open", root))?;
         let upper = Dir::open_ambient_dir(&upper_path, ambient_authority()).map_err(io_err("open", &upper_path))?;
         let whiteouts_path = overlay_dir.join(WHITEOUTS);
@@ -275,7 +281,15 @@ impl Vfs {
             let path = path.display().to_string();
             move |source| VfsError::Io { action, path, source }
         };
-        fs::write(&temp, bytes).map_err(io_err("write"))?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&temp)
+            .map_err(io_err("write"))?;
+        io::Write::write_all(&mut file, &bytes).map_err(io_err("write"))?;
         fs::rename(&temp, &path).map_err(io_err("replace"))
     }
 

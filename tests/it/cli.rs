@@ -206,3 +206,88 @@ fn stop_escalates_to_signals_and_names_each_failed_stage() {
     assert!(!alive(pid));
     assert_eq!(t.run_files_exist(), [false; 3]);
 }
+
+/// Live `astrid-daemon` processes of this home (found by their environment), zombies aside.
+fn daemons_of(t: &TestHome) -> Vec<i32> {
+    let needle = format!("ASTRID_HOME={}", t.home.display());
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        if !String::from_utf8_lossy(argv0).ends_with("astrid-daemon") || !alive(pid) {
+            continue;
+        }
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn concurrent_starts_report_the_one_daemon_and_one_stop_ends_it() {
+    let t = TestHome::new();
+    let starts: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            t.command("astrid")
+                .arg("start")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("astrid start")
+        })
+        .collect();
+    let outputs: Vec<std::process::Output> = starts.into_iter().map(|c| c.wait_with_output().expect("wait")).collect();
+    for output in &outputs {
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(output));
+    }
+    let pid = lock_pid(&t);
+    let said: Vec<String> = outputs.iter().map(|o| stdout(o).trim().to_owned()).collect();
+    let started = said.iter().filter(|s| **s == format!("astrid daemon started (pid {pid}, persistent)")).count();
+    let already = said.iter().filter(|s| **s == format!("astrid daemon already running (pid {pid})")).count();
+    assert_eq!((started, already), (1, 3), "each start must name the owner of the lock: {said:#?}");
+    // Every start returned with its own daemon settled: only the owner is left.
+    assert_eq!(daemons_of(&t), vec![pid], "{said:#?}");
+
+    let stopped = t.cli(&["stop"]);
+    assert_eq!(stopped.status.code(), Some(0), "{}", stderr(&stopped));
+    assert_eq!(stdout(&stopped).trim(), format!("astrid daemon stopped (pid {pid})"), "{}", stderr(&stopped));
+    assert!(!alive(pid));
+    assert_eq!(daemons_of(&t), Vec::<i32>::new(), "a daemon outlived the stop");
+    let home = astrid::home::AstridHome::at(&t.home);
+    assert_eq!(astrid::daemon::singleton::probe(&home).expect("probe"), astrid::daemon::singleton::Liveness::Stopped);
+    assert_eq!(t.run_files_exist(), [false; 3]);
+}
+
+#[test]
+fn stop_waits_for_a_booting_daemon_to_name_itself() {
+    // A stand-in for a daemon between taking the lock and writing its pid: this test holds
+    // the lock, names a process only later, and lets the lock go when that process ends.
+    let t = TestHome::new();
+    astrid::home::AstridHome::at(&t.home).ensure().expect("home");
+    let lock_path = t.run_dir().join("system.lock");
+    let mut lock =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&lock_path).expect("lock");
+    lock.lock().expect("flock");
+    let mut booting = std::process::Command::new("sleep").arg("60").spawn().expect("sleep");
+    let stop = t
+        .command("astrid")
+        .arg("stop")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("astrid stop");
+    std::thread::sleep(Duration::from_millis(300));
+    std::io::Write::write_all(&mut lock, booting.id().to_string().as_bytes()).expect("write pid");
+    // A booting daemon has its signal handlers: SIGTERM is how stop ends it.
+    assert!(
+        wait_for(&mut || booting.try_wait().expect("try_wait").is_some(), Duration::from_secs(30)),
+        "stop never signalled the daemon that named itself"
+    );
+    drop(lock);
+    let output = stop.wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), format!("astrid daemon stopped (pid {}, after SIGTERM)", booting.id()));
+}

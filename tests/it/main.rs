@@ -9,6 +9,7 @@ mod cli;
 mod daemon;
 mod harness;
 mod headless;
+mod home;
 mod management;
 mod mcp;
 mod openai_server;

@@ -42,7 +42,7 @@ fn wrong_protocol_version_is_named_exactly() {
     let reply = client.read_json().expect("reply");
     assert_eq!(
         reply["reason"],
-        "Protocol version mismatch (client=2, server=1). Restart the daemon with `astrid daemon restart`."
+        "Protocol version mismatch (client=2, server=1). Restart the daemon with `astrid restart`."
     );
     assert!(client.closed());
 }
