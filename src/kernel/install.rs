@@ -25,8 +25,10 @@ use super::manifest::{Manifest, ManifestError};
 
 /// The install record beside each installed manifest.
 pub const META_FILE: &str = "meta.json";
-/// Largest module accepted (the interpreter's parse-time limits bound what it does with it).
-pub const MAX_MODULE_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest module accepted (the sandbox bounds what it builds from it; see
+/// `crate::wasm::limits`). A module stays in memory, compiled, as long as its capsule is
+/// installed; the examples are under 256 KiB.
+pub const MAX_MODULE_BYTES: u64 = 16 * 1024 * 1024;
 /// Most files a capsule directory may hold, and the largest one: installs copy, so a source
 /// directory that is really a home directory is refused instead of copied.
 const MAX_FILES: usize = 256;
