@@ -278,6 +278,13 @@ impl CapsuleHost {
                 self.kernel.stopped_capsule(&name);
             }
         }
+        // Compiled modules of capsules that are no longer wanted (removed, replaced by new
+        // code, failed) are dropped now that their threads are stopped; an instance that is
+        // still finishing keeps its module (and engine) alive until it ends.
+        self.modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|hash, _| wanted.iter().any(|(_, identity)| identity.code_hash.as_deref() == Some(hash.as_str())));
         for (name, identity) in wanted {
             if let Some(current) = running.get(&name) {
                 // Reloading replaced the registry entry: report the state again.

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::capsules::running;
+use crate::capsules::{example, running};
 use crate::harness::TestHome;
 
 /// A field of `/proc/<pid>/status`, in KiB.
@@ -13,6 +13,19 @@ fn status_kib(pid: i32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let line = status.lines().find(|l| l.starts_with(field)).expect("field");
     line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("KiB")
+}
+
+fn rss_mib(pid: i32) -> f64 {
+    status_kib(pid, "VmRSS:") as f64 / 1024.0
+}
+
+/// Whether a thread of the daemon runs a capsule (`capsule:<name>`, cut to 15 bytes).
+fn capsule_threads(pid: i32) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    tasks
+        .filter_map(Result::ok)
+        .filter(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.starts_with("capsule:")))
+        .count()
 }
 
 /// Writes a capsule directory `dir` named `name` with `module` as its component.
@@ -72,4 +85,84 @@ fn a_module_whose_table_would_escape_the_memory_limit_is_refused_and_the_daemon_
         before / 1024
     );
     assert_eq!(running(&mut client), vec!["astrid-capsule-cli"], "neither runs");
+}
+
+/// A valid module of `functions` functions of about `body` bytes each (validated whole at
+/// load, never called), with a custom section `tag` so each tag is a different module.
+fn big_module(functions: u32, body: usize, tag: &str) -> Vec<u8> {
+    fn leb(mut n: u64, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    fn section(id: u8, content: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(content.len() as u64, out);
+        out.extend_from_slice(content);
+    }
+    let mut wasm = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[1, 0x60, 0, 0], &mut wasm); // one type: [] -> []
+    let mut funcs = Vec::new();
+    leb(functions.into(), &mut funcs);
+    funcs.extend(std::iter::repeat_n(0u8, functions as usize));
+    section(3, &funcs, &mut wasm);
+    let mut function = vec![0u8]; // no locals
+    for _ in 0..body / 3 {
+        function.extend_from_slice(&[0x41, 0x01, 0x1a]); // i32.const 1, drop
+    }
+    function.push(0x0b); // end
+    let mut code = Vec::new();
+    leb(functions.into(), &mut code);
+    for _ in 0..functions {
+        leb(function.len() as u64, &mut code);
+        code.extend_from_slice(&function);
+    }
+    section(10, &code, &mut wasm);
+    let mut custom = Vec::new();
+    leb(tag.len() as u64, &mut custom);
+    custom.extend_from_slice(tag.as_bytes());
+    section(0, &custom, &mut wasm);
+    wasm
+}
+
+#[test]
+fn installing_and_removing_capsules_gives_their_memory_back() {
+    let t = TestHome::new();
+    let daemon = t.daemon(&[]);
+    let pid = daemon.pid();
+    let mut client = t.client();
+    // An 8 MB module: what compiling it costs is easy to see, and must be given back.
+    let cycle = |n: usize| {
+        let out = t.cli(&["capsule", "install", example("kv-counter").to_str().expect("utf8"), "--yes"]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let big = t.workspace.join(format!("big-{n}"));
+        write_capsule(&big, "big", &big_module(9000, 900, &format!("cycle {n}")), "");
+        let out = t.cli(&["capsule", "install", big.to_str().expect("utf8"), "--yes"]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        for name in ["kv-counter", "big"] {
+            let out = t.cli(&["capsule", "remove", name]);
+            assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        assert!(t.wait_for(|| capsule_threads(pid) == 0, Duration::from_secs(10)), "capsule threads left");
+    };
+    cycle(1);
+    let after_first = rss_mib(pid);
+    // Installs are rate-limited to 10 a minute: four more cycles of two.
+    for n in 2..=5 {
+        cycle(n);
+    }
+    let after_all = rss_mib(pid);
+    eprintln!("daemon RSS: {after_first:.1} MiB after the first cycle, {after_all:.1} MiB after five");
+    assert!(
+        after_all < after_first + 12.0,
+        "RSS {after_all:.1} MiB after 5 cycles, {after_first:.1} MiB after the first: memory is not given back"
+    );
+    // And the daemon still answers.
+    assert_eq!(running(&mut client), vec!["astrid-capsule-cli"]);
 }
