@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use serde_json::{Value, json};
+
 use crate::capsules::{example, running};
 use crate::harness::TestHome;
 
@@ -165,4 +167,68 @@ fn installing_and_removing_capsules_gives_their_memory_back() {
     );
     // And the daemon still answers.
     assert_eq!(running(&mut client), vec!["astrid-capsule-cli"]);
+}
+
+/// Sends `InstallCapsule` for `source` straight to the daemon (the CLI refuses such a
+/// manifest itself, before the daemon sees it).
+fn install_request(t: &TestHome, source: &Path) -> Value {
+    let mut client = t.client();
+    let reply = client.request(
+        "install_capsule",
+        json!({"method": "InstallCapsule", "params": {"source": source.to_str().expect("utf8"), "workspace": false}}),
+    );
+    reply["payload"].clone()
+}
+
+#[test]
+fn a_manifest_over_its_limits_is_refused_up_front_and_leaves_nothing_behind() {
+    let t = TestHome::new();
+    let daemon = t.daemon(&[]);
+    let pid = daemon.pid();
+    let before = rss_mib(pid);
+    let module = std::fs::read(example("kv-counter").join("kv-counter.wasm")).expect("module");
+
+    // 9.7 MB of interceptors: refused on its size, before it is parsed.
+    let huge = t.workspace.join("huge");
+    let interceptors = "[[interceptor]]\nevent = \"cli.v1.command.execute\"\naction = \"command\"\n".repeat(140_000);
+    write_capsule(&huge, "huge", &module, &interceptors);
+    let reply = install_request(&t, &huge);
+    assert_eq!(reply["status"], "Error", "{reply}");
+    let message = reply["data"].as_str().expect("message");
+    assert!(message.contains("over the 262144-byte manifest limit"), "{message}");
+
+    // Within the size, over a count: 100 000 capability entries would not fit, nor 257 interceptors.
+    let many = t.workspace.join("many");
+    let topics: Vec<String> = (0..257).map(|i| format!("\"x.v1.t{i}\"")).collect();
+    write_capsule(&many, "many", &module, &format!("[capabilities]\nipc_subscribe = [{}]\n", topics.join(", ")));
+    let reply = install_request(&t, &many);
+    let message = reply["data"].as_str().expect("message");
+    assert!(message.contains("capabilities.ipc_subscribe: more than 256 entries, the limit"), "{message}");
+    let output = t.cli(&["capsule", "install", many.to_str().expect("utf8"), "--yes"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("more than 256 entries, the limit"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("x.v1.t0"), "no consent was asked");
+
+    // Nothing left behind: no directory (staging included), no registry entry, no pending grant.
+    let capsules = t.home.join("home/default/.local/capsules");
+    let left: Vec<_> = std::fs::read_dir(&capsules)
+        .map(|entries| entries.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    let listed: Value = serde_json::from_slice(&t.cli(&["capsule", "list", "--json"]).stdout).expect("list");
+    let names: Vec<&str> = listed.as_array().expect("array").iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, vec!["astrid-capsule-cli"]);
+    let caps: Value = serde_json::from_slice(&t.cli(&["caps", "list", "--json"]).stdout).expect("caps");
+    assert_eq!(caps["pending"], json!([]), "{caps}");
+    let refusals = crate::capsules::audit_until(&t, |audit| {
+        audit.iter().filter(|e| e["action"] == "capsule.install" && e["decision"] == "deny").count() >= 2
+    });
+    assert!(refusals.iter().any(|e| e["action"] == "capsule.install" && e["decision"] == "deny"));
+
+    // The daemon stayed small and answers at once.
+    let mut client = t.client();
+    assert_eq!(running(&mut client), vec!["astrid-capsule-cli"]);
+    let after = rss_mib(pid);
+    assert!(after < before + 40.0, "RSS {after:.1} MiB, {before:.1} MiB before");
 }
