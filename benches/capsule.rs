@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use astrid::wasm::{Sandbox, SandboxLimits, engine};
+use astrid::wasm::{Sandbox, SandboxLimits};
 
 const CALLS: usize = 100_000;
 const ROUNDS: usize = 9;
@@ -160,7 +160,7 @@ fn raw_round_trip_us() -> f64 {
 
 /// Microseconds per `has_config` from a guest whose host calls go to the real daemon, as in
 /// a capsule-host process (attached as a development capsule, no capabilities).
-fn remote_host_call_us(root: &Path, engine: &wasmi::Engine, module: &[u8]) -> f64 {
+fn remote_host_call_us(root: &Path, module: &[u8]) -> f64 {
     let home = root.join("remote-home");
     std::fs::create_dir_all(&home).expect("home");
     let dir = root.join("remote-capsule");
@@ -175,10 +175,10 @@ fn remote_host_call_us(root: &Path, engine: &wasmi::Engine, module: &[u8]) -> f6
     let home = astrid::home::AstridHome::at(&home);
     let attach = astrid::types::CapsuleAttach { dir: Some(dir.display().to_string()), approve: true, ticket: None };
     let (link, attached) = astrid::ipc::capsule_link::CapsuleLink::attach(&home, attach).expect("attach");
-    let compiled = astrid::wasm::compile(engine, module).expect("valid");
+    let compiled = astrid::wasm::compile(module).expect("valid");
     let lifecycle = std::sync::Arc::new(astrid::wasm::Lifecycle::default());
     let mut sandbox =
-        Sandbox::instantiate_with(engine, &attached.capsule, &compiled, attached.limits, Box::new(link), lifecycle)
+        Sandbox::instantiate_with(&attached.capsule, &compiled, attached.limits, Box::new(link), lifecycle)
             .expect("instantiate");
     median(
         (0..ROUNDS)
@@ -238,8 +238,7 @@ fn home_with_capsules(root: &Path, count: usize, distinct: bool) -> PathBuf {
 
 fn main() {
     let wasm = wat::parse_str(MODULE).expect("wat");
-    let engine = engine();
-    let mut sandbox = Sandbox::load(&engine, "bench", &wasm, SandboxLimits::default()).expect("load");
+    let mut sandbox = Sandbox::load("bench", &wasm, SandboxLimits::default()).expect("load");
 
     let native_ns = per_call_ns(|| {
         let mut sum = 0i32;
@@ -269,13 +268,13 @@ fn main() {
     );
 
     let config_wasm = wat::parse_str(CONFIG_MODULE).expect("wat");
-    let mut local = Sandbox::load(&engine, "bench-local", &config_wasm, SandboxLimits::default()).expect("load");
+    let mut local = Sandbox::load("bench-local", &config_wasm, SandboxLimits::default()).expect("load");
     let local_ns = per_call_ns(|| {
         black_box(local.call::<i32, i32>("config", CALLS as i32).expect("config"));
     });
     let root = tempfile::Builder::new().prefix("astb").tempdir_in("/tmp").expect("tempdir");
     let raw_us = raw_round_trip_us();
-    let remote_us = remote_host_call_us(root.path(), &engine, &config_wasm);
+    let remote_us = remote_host_call_us(root.path(), &config_wasm);
     println!("guest->host call reaching the kernel side (has_config), in-process: {local_ns:.0} ns");
     println!("raw Unix-socket round trip of a host-call-sized frame (baseline): {:.1} us", raw_us);
     println!(
@@ -290,17 +289,17 @@ fn main() {
         let compilation = (0..11)
             .map(|_| {
                 let started = Instant::now();
-                black_box(astrid::wasm::compile(&engine, &module).expect("valid"));
+                black_box(astrid::wasm::compile(&module).expect("valid"));
                 started.elapsed().as_secs_f64() * 1e6
             })
             .collect();
-        let compiled = astrid::wasm::compile(&engine, &module).expect("valid");
+        let compiled = astrid::wasm::compile(&module).expect("valid");
         let services = astrid::wasm::HostServices::default;
         let samples = (0..51)
             .map(|_| {
                 let started = Instant::now();
                 let limits = SandboxLimits::default();
-                black_box(Sandbox::instantiate(&engine, name, &compiled, limits, services()).expect("load"));
+                black_box(Sandbox::instantiate(name, &compiled, limits, services()).expect("load"));
                 started.elapsed().as_secs_f64() * 1e6
             })
             .collect();

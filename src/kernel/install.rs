@@ -26,8 +26,10 @@ use super::manifest::{Manifest, ManifestError};
 
 /// The install record beside each installed manifest.
 pub const META_FILE: &str = "meta.json";
-/// Largest module accepted (the interpreter's parse-time limits bound what it does with it).
-pub const MAX_MODULE_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest module accepted (the sandbox bounds what it builds from it; see
+/// `crate::wasm::limits`). A module stays in memory, compiled, as long as its capsule is
+/// installed; the examples are under 256 KiB.
+pub const MAX_MODULE_BYTES: u64 = 16 * 1024 * 1024;
 /// Most files a capsule directory may hold, and the largest one: installs copy, so a source
 /// directory that is really a home directory is refused instead of copied.
 const MAX_FILES: usize = 256;
@@ -179,7 +181,7 @@ pub fn load_unpinned(dir: &Path) -> Result<(Manifest, Option<Vec<u8>>), InstallE
 /// their pinned hashes. Called at discovery and again right before a capsule starts.
 pub fn verify_installed(dir: &Path) -> Result<VerifiedCapsule, InstallError> {
     let manifest_path = dir.join(MANIFEST_FILE);
-    let manifest_text = fs::read(&manifest_path).map_err(io_err("read", &manifest_path))?;
+    let manifest_text = super::manifest::read(&manifest_path)?;
     let text = String::from_utf8(manifest_text.clone()).map_err(|_| ManifestError {
         file: manifest_path.clone(),
         line: 1,
@@ -247,7 +249,9 @@ pub fn install(source: &Path, capsules_dir: &Path) -> Result<Installed, InstallE
     if !manifest_path.is_file() {
         return Err(InstallError::NotACapsule(source.to_path_buf()));
     }
-    let manifest_text = fs::read(&manifest_path).map_err(io_err("read", &manifest_path))?;
+    // Refused over its size before it is read whole, and over any other limit before anything
+    // is copied: a refused install leaves nothing behind.
+    let manifest_text = super::manifest::read(&manifest_path)?;
     let manifest = Manifest::parse(
         &manifest_path,
         std::str::from_utf8(&manifest_text).map_err(|_| ManifestError {

@@ -5,6 +5,13 @@
 //! file, line and column, from the TOML parser or from our own checks (which keep the span
 //! of the value they reject). The `[capabilities]` table is validated by
 //! [`CapabilitySet::from_manifest`] and remains a request until the operator approves it.
+//!
+//! A manifest is untrusted input that the daemon parses at install, at every discovery and
+//! before every start, and keeps parts of (the registry, grants in the KV store, the bus
+//! subscription of its interceptors). So what it may hold is bounded *before* anything of it
+//! is used: its size is checked before it is parsed ([`MAX_MANIFEST_BYTES`]), then every
+//! array and table, every string and the nesting depth (see [`limits`]), each refusal naming
+//! the limit and where it was passed.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -12,9 +19,34 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 use super::capability::CapabilitySet;
 use super::topic;
+
+/// Largest `Capsule.toml`, in bytes, checked before it is read whole or parsed (the examples
+/// are under 3 KiB).
+pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
+
+/// What a manifest may hold, wherever it is: the generous limits a hand-written manifest
+/// never meets, and the tighter ones of the parts that cost the host most.
+pub mod limits {
+    /// Most entries of any array or table (`[[interceptor]]`, `[[command]]`, `[[tool]]`, a
+    /// capability kind's list, `args`, `[imports]`, …).
+    pub const MAX_ENTRIES: usize = 256;
+    /// Most `[[mcp_server]]` entries: each is a process the daemon may start.
+    pub const MAX_MCP_SERVERS: usize = 16;
+    /// Most `[env.KEY]` declarations.
+    pub const MAX_ENV: usize = 64;
+    /// Most capability entries of all kinds together (kept in the grant the operator approves).
+    pub const MAX_CAPABILITIES: usize = 512;
+    /// Longest capability entry, in bytes.
+    pub const MAX_CAPABILITY_BYTES: usize = 1024;
+    /// Longest string (or key) anywhere else, in bytes.
+    pub const MAX_STRING_BYTES: usize = 4096;
+    /// Deepest nesting of tables and arrays (`[package.metadata]` tables included).
+    pub const MAX_DEPTH: usize = 8;
+}
 
 /// A manifest that failed to load, with where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -311,16 +343,89 @@ fn default_priority() -> u32 {
     100
 }
 
+/// Reads the manifest file at `path`, refusing one over [`MAX_MANIFEST_BYTES`] before reading
+/// it whole (its size is checked, and the read stops one byte past the limit in case it grows).
+pub fn read(path: &Path) -> Result<Vec<u8>, ManifestError> {
+    use std::io::Read;
+    let error = |line, message: String| ManifestError { file: path.to_path_buf(), line, column: line, message };
+    let file = std::fs::File::open(path).map_err(|e| error(0, format!("cannot read: {e}")))?;
+    let too_large = |size: u64| error(1, format!("{size} bytes is over the {MAX_MANIFEST_BYTES}-byte manifest limit"));
+    let size = file.metadata().map_err(|e| error(0, format!("cannot read: {e}")))?.len();
+    if size > MAX_MANIFEST_BYTES as u64 {
+        return Err(too_large(size));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_MANIFEST_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| error(0, format!("cannot read: {e}")))?;
+    if bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// Checks `value` (found at `path`, `depth` levels down) against [`limits`]: the span and the
+/// message of the first limit passed.
+fn check_limits(value: &DeValue<'_>, path: &str, depth: usize) -> Result<(), (Range<usize>, String)> {
+    use limits::*;
+    let in_capabilities = path.starts_with("capabilities.");
+    let string_limit = if in_capabilities { MAX_CAPABILITY_BYTES } else { MAX_STRING_BYTES };
+    let entry_limit = match path {
+        "mcp_server" => MAX_MCP_SERVERS,
+        "env" => MAX_ENV,
+        _ => MAX_ENTRIES,
+    };
+    let too_many = |what: &str| format!("{path}: more than {entry_limit} {what}, the limit");
+    match value {
+        DeValue::String(text) if text.len() > string_limit => {
+            Err((0..0, format!("{path}: a string of {} bytes is over the {string_limit}-byte limit", text.len())))
+        }
+        DeValue::Array(_) | DeValue::Table(_) if depth > MAX_DEPTH => {
+            Err((0..0, format!("{path}: nested deeper than {MAX_DEPTH} levels, the limit")))
+        }
+        DeValue::Array(items) => {
+            if let Some(extra) = items.get(entry_limit) {
+                return Err((extra.span(), too_many("entries")));
+            }
+            for (index, item) in items.iter().enumerate() {
+                check_limits(item.get_ref(), &format!("{path}[{index}]"), depth + 1).map_err(|e| at_least(e, item))?;
+            }
+            Ok(())
+        }
+        DeValue::Table(table) => {
+            if let Some((extra, _)) = table.iter().nth(entry_limit) {
+                return Err((extra.span(), too_many("keys")));
+            }
+            for (key, item) in table {
+                let key_text = key.get_ref();
+                if key_text.len() > MAX_STRING_BYTES {
+                    return Err((key.span(), format!("{path}: a key of {} bytes is over the limit", key_text.len())));
+                }
+                let inner = if path.is_empty() { key_text.to_string() } else { format!("{path}.{key_text}") };
+                check_limits(item.get_ref(), &inner, depth + 1).map_err(|e| at_least(e, item))?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// An error from inside `value` keeps its own span, or takes the value's.
+fn at_least<T>((span, message): (Range<usize>, String), value: &Spanned<T>) -> (Range<usize>, String) {
+    (if span.is_empty() { value.span() } else { span }, message)
+}
+
 impl Manifest {
-    /// Reads and validates `path`.
+    /// Reads (at most [`MAX_MANIFEST_BYTES`]) and validates `path`.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+        let bytes = read(path)?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| ManifestError {
             file: path.to_path_buf(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read: {e}"),
+            line: 1,
+            column: 1,
+            message: "not UTF-8".to_owned(),
         })?;
-        Self::parse(path, &text)
+        Self::parse(path, text)
     }
 
     /// Validates manifest `text`; `path` is used in error messages.
@@ -329,7 +434,17 @@ impl Manifest {
             let (line, column) = span.map_or((1, 1), |s| line_column(text, s.start));
             ManifestError { file: path.to_path_buf(), line, column, message }
         };
-        let raw: RawManifest = toml::from_str(text).map_err(|e| at(e.span(), e.message().to_owned()))?;
+        if text.len() > MAX_MANIFEST_BYTES {
+            return Err(at(None, format!("{} bytes is over the {MAX_MANIFEST_BYTES}-byte manifest limit", text.len())));
+        }
+        let document = DeTable::parse(text).map_err(|e| at(e.span(), e.message().to_owned()))?;
+        for (key, value) in document.get_ref() {
+            check_limits(value.get_ref(), key.get_ref(), 1)
+                .map_err(|e| at_least(e, value))
+                .map_err(|(span, message)| at(Some(span), message))?;
+        }
+        let raw = RawManifest::deserialize(toml::de::Deserializer::from(document))
+            .map_err(|e| at(e.span(), e.message().to_owned()))?;
         let metadata = raw.package.metadata_table();
         let name = &raw.package.name;
         if !valid_name(name.get_ref()) {
@@ -350,6 +465,14 @@ impl Manifest {
             Some(table) => CapabilitySet::from_manifest(table.get_ref())
                 .map_err(|e| at(Some(table.span()), format!("[capabilities]: {e}")))?,
         };
+        let requested = capabilities.entries().count();
+        if requested > limits::MAX_CAPABILITIES {
+            let span = raw.capabilities.as_ref().map(Spanned::span);
+            return Err(at(
+                span,
+                format!("[capabilities]: {requested} entries is over the limit of {}", limits::MAX_CAPABILITIES),
+            ));
+        }
         let mut interceptors = Vec::new();
         for interceptor in raw.interceptor {
             let event = interceptor.event.get_ref();
@@ -510,6 +633,82 @@ args = ["mcp-server-time"]
             .expect_err("event");
         assert_eq!(err.line, 5);
         assert!(parse("[package\n").is_err());
+    }
+
+    const HEAD: &str = "[package]\nname = \"x\"\nversion = \"1.0.0\"\n";
+
+    #[test]
+    fn an_oversized_manifest_is_refused_before_it_is_parsed() {
+        let big = format!("{HEAD}description = \"{}\"\n", "x".repeat(MAX_MANIFEST_BYTES));
+        let err = parse(&big).expect_err("too big");
+        assert!(err.message.contains("over the 262144-byte manifest limit"), "{err}");
+        // From a file: refused on its size, before it is read whole.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("Capsule.toml");
+        let interceptor = "[[interceptor]]\nevent = \"a.b\"\naction = \"x\"\n";
+        std::fs::write(&file, format!("{HEAD}{}", interceptor.repeat(200_000))).expect("write");
+        let err = Manifest::load(&file).expect_err("9 MB");
+        assert!(err.message.contains("bytes is over the 262144-byte manifest limit"), "{err}");
+    }
+
+    #[test]
+    fn entry_counts_are_limited_and_the_error_names_the_limit_and_the_place() {
+        let interceptor = "[[interceptor]]\nevent = \"a.b\"\naction = \"x\"\n";
+        parse(&format!("{HEAD}{}", interceptor.repeat(limits::MAX_ENTRIES))).expect("256 interceptors");
+        let err = parse(&format!("{HEAD}{}", interceptor.repeat(limits::MAX_ENTRIES + 1))).expect_err("257");
+        assert_eq!(err.message, "interceptor: more than 256 entries, the limit");
+        assert_eq!(err.line, 4 + 3 * 256, "{err}");
+        let command = "[[command]]\nname = \"/c\"\n";
+        let err = parse(&format!("{HEAD}{}", command.repeat(257))).expect_err("commands");
+        assert!(err.message.starts_with("command: more than 256"), "{err}");
+        let server = "[[mcp_server]]\nid = \"s\"\n";
+        parse(&format!("{HEAD}{}", server.repeat(limits::MAX_MCP_SERVERS))).expect("16 servers");
+        let err = parse(&format!("{HEAD}{}", server.repeat(limits::MAX_MCP_SERVERS + 1))).expect_err("servers");
+        assert!(err.message.starts_with("mcp_server: more than 16 entries"), "{err}");
+        let env: String = (0..=limits::MAX_ENV).map(|i| format!("[env.K{i}]\ntype = \"string\"\n")).collect();
+        let err = parse(&format!("{HEAD}{env}")).expect_err("env");
+        assert!(err.message.starts_with("env: more than 64 keys"), "{err}");
+        let args = vec!["\"a\""; 257].join(", ");
+        let err = parse(&format!("{HEAD}[[mcp_server]]\nid = \"s\"\nargs = [{args}]\n")).expect_err("args");
+        assert!(err.message.starts_with("mcp_server[0].args: more than 256 entries"), "{err}");
+    }
+
+    #[test]
+    fn capabilities_are_limited_per_kind_in_total_and_in_length() {
+        let topics = |n: usize, kind: &str| {
+            let list: Vec<String> = (0..n).map(|i| format!("\"{kind}.v1.t{i}\"")).collect();
+            format!("{kind} = [{}]\n", list.join(", "))
+        };
+        let per_kind = format!("{HEAD}[capabilities]\n{}", topics(257, "ipc_publish"));
+        let err = parse(&per_kind).expect_err("per kind");
+        assert!(err.message.starts_with("capabilities.ipc_publish: more than 256 entries"), "{err}");
+        let total =
+            format!("{HEAD}[capabilities]\n{}{}{}", topics(200, "ipc_publish"), topics(200, "ipc_subscribe"), {
+                let list: Vec<String> = (0..200).map(|i| format!("\"h{i}.example.com\"")).collect();
+                format!("net = [{}]\n", list.join(", "))
+            });
+        let err = parse(&total).expect_err("total");
+        assert_eq!(err.message, "[capabilities]: 600 entries is over the limit of 512");
+        let long = format!("{HEAD}[capabilities]\nnet = [\"{}.com\"]\n", "a".repeat(1100));
+        let err = parse(&long).expect_err("long");
+        assert!(
+            err.message.contains("capabilities.net[0]: a string of 1104 bytes is over the 1024-byte limit"),
+            "{err}"
+        );
+        assert_eq!(err.line, 5);
+    }
+
+    #[test]
+    fn strings_and_nesting_are_limited_and_deep_nesting_never_crashes() {
+        let err = parse(&format!("{HEAD}description = \"{}\"\n", "d".repeat(5000))).expect_err("long string");
+        assert_eq!(err.message, "package.description: a string of 5000 bytes is over the 4096-byte limit");
+        assert_eq!((err.line, err.column), (4, 15), "{err}");
+        let nested = format!("{HEAD}[package.metadata.a.b.c.d.e.f.g]\nx = 1\n");
+        let err = parse(&nested).expect_err("nested");
+        assert!(err.message.contains("nested deeper than 8 levels"), "{err}");
+        // A hundred thousand brackets inside the size limit: an error, not a stack overflow.
+        let brackets = format!("{HEAD}[package.metadata]\nx = {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse(&brackets).is_err());
     }
 
     #[test]

@@ -87,11 +87,7 @@ impl Kernel {
                     let embedded = defaults::find(name)?;
                     (embedded.manifest().ok()?, (embedded.environment)())
                 }
-                (_, Some(dir)) => {
-                    let path = dir.join(super::capsules::MANIFEST_FILE);
-                    let text = std::fs::read_to_string(&path).ok()?;
-                    (Manifest::parse(&path, &text).ok()?, BTreeMap::new())
-                }
+                (_, Some(dir)) => (Manifest::load(&dir.join(super::capsules::MANIFEST_FILE)).ok()?, BTreeMap::new()),
                 _ => return None,
             }
         };

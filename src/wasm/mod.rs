@@ -5,8 +5,10 @@
 //! does not run during instantiation), and no import other than the `astrid` host functions
 //! this build links; WASI and anything else is refused by name at load.
 //!
-//! What it may consume is bounded while it runs: a memory ceiling (64 MiB by default) through
-//! the store's limiter, and CPU through fuel. wasmi cannot be interrupted from outside, so a
+//! What it may make the host allocate is bounded before it runs and while it runs (see
+//! [`limits`]): the counts a module declares are checked before wasmi builds anything from
+//! them, and its linear memory and its table count against one ceiling (64 MiB by default)
+//! through the store's limiter. CPU is bounded through fuel. wasmi cannot be interrupted from outside, so a
 //! wall-clock deadline is built from fuel *slices*: the call runs resumably, and each time a
 //! slice is used up the host checks the clock and the total budget before refilling. A
 //! spinning capsule is stopped within one slice of its deadline; a trap, an exhausted budget
@@ -24,6 +26,7 @@ mod host_ipc;
 mod host_kv;
 mod http_stream;
 mod lifecycle;
+pub mod limits;
 mod net_policy;
 pub mod process;
 pub mod runner;
@@ -47,7 +50,8 @@ use std::time::Duration;
 /// which applies them to the instance it runs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SandboxLimits {
-    /// Linear memory ceiling in bytes.
+    /// Ceiling, in bytes, of the instance's linear memory and its table together (a table
+    /// element counts [`limits::TABLE_ELEMENT_BYTES`]).
     pub memory_bytes: usize,
     /// Fuel per call, in total (roughly one unit per executed instruction).
     pub fuel_per_call: u64,
@@ -68,8 +72,16 @@ impl Default for SandboxLimits {
     }
 }
 
-/// The engine every capsule shares: fuel metering on, no start functions, strict limits,
-/// and modules validated whole when loaded.
+/// The engine configuration of every capsule module: fuel metering on, no start functions,
+/// strict limits, a bounded value stack, custom sections dropped, and modules validated whole
+/// when loaded.
+///
+/// **One engine per compiled module** ([`compile`]). A wasmi engine keeps every function of
+/// every module it ever compiled (its code map is append-only, and each entry holds the
+/// function's bytes, its translation and the module's header) until the engine itself is
+/// dropped. A shared engine therefore grows with each module compiled and never shrinks; an
+/// engine per module is dropped with the module and its last instance, so what a removed or
+/// replaced capsule cost is given back.
 ///
 /// Validation is eager: untrusted code is checked completely, and refused, before anything
 /// of it runs. Translation to wasmi's bytecode is lazy, function by function on first call,
@@ -85,7 +97,7 @@ impl Default for SandboxLimits {
 /// size (already validated whole, within the engine's limits), exactly what eager compilation
 /// would do at load, and the wall-clock deadline still applies. Modules are validated once per
 /// BLAKE3 and instantiated from the cache.
-pub fn engine() -> wasmi::Engine {
+fn engine() -> wasmi::Engine {
     let mut config = wasmi::Config::default();
     config
         .consume_fuel(true)
@@ -97,6 +109,11 @@ pub fn engine() -> wasmi::Engine {
         })
         .allow_start_fn(false)
         .enforced_limits(wasmi::EnforcedLimits::strict())
+        // Names and debug info are of no use to the host; kept, they would be copied.
+        .ignore_custom_sections(true)
+        .set_max_stack_height(limits::MAX_STACK_BYTES)
+        .set_max_recursion_depth(limits::MAX_RECURSION_DEPTH)
+        .set_max_cached_stacks(1)
         .compilation_mode(wasmi::CompilationMode::LazyTranslation);
     wasmi::Engine::new(&config)
 }

@@ -259,11 +259,10 @@ pub fn run_remote(
     limits: SandboxLimits,
     plan: &Plan,
 ) -> Result<(), String> {
-    let engine = super::engine();
-    let module = super::compile(&engine, wasm).map_err(|e| e.to_string())?;
+    let module = super::compile(wasm).map_err(|e| e.to_string())?;
     let lifecycle = Arc::new(Lifecycle::default());
     let mut sandbox =
-        Sandbox::instantiate_with(&engine, capsule, &module, limits, backend, lifecycle).map_err(|e| e.to_string())?;
+        Sandbox::instantiate_with(capsule, &module, limits, backend, lifecycle).map_err(|e| e.to_string())?;
     run(&mut sandbox, plan)
 }
 

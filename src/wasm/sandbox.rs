@@ -5,14 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use wasmi::{
-    Caller, Engine, Extern, Instance, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, TypedResumableCall,
-    WasmParams, WasmResults,
-};
+use wasmi::{Caller, Extern, Instance, Linker, Module, Store, TypedResumableCall, WasmParams, WasmResults};
 
 use super::context::CapsuleContext;
 use super::host_call::{HostBackend, HostCall, HostReply};
 use super::lifecycle::Lifecycle;
+use super::limits::{CapsuleLimiter, check_module};
 use super::{SandboxLimits, approval, elicit};
 
 use crate::kernel::Kernel;
@@ -64,6 +62,9 @@ const MAX_LOG: usize = 64 * 1024;
 const MAX_CONFIG_KEY: usize = 256;
 /// Largest hook result a guest may return.
 const MAX_HOOK_RESULT: usize = 1024 * 1024;
+/// Log lines an instance keeps for whoever runs it (the oldest go first; every line also
+/// goes to the daemon log): a guest that logs in a loop must not grow the host's memory.
+pub const KEPT_LOG_LINES: usize = 64;
 
 /// The guest export for run loops.
 pub const RUN_EXPORT: &str = "run";
@@ -178,7 +179,7 @@ pub struct HostServices {
 /// behind `backend` (see [`super::host_call`]).
 #[derive(Debug)]
 pub struct HostState {
-    limits: StoreLimits,
+    limits: CapsuleLimiter,
     capsule: String,
     /// Where host calls go: a [`CapsuleContext`] here, or the daemon over the socket.
     backend: Box<dyn HostBackend>,
@@ -190,8 +191,8 @@ pub struct HostState {
     pub(super) lifecycle: Arc<Lifecycle>,
     /// How many times the guest has waited for messages (a run loop's budget restarts then).
     pub(super) waits: u64,
-    /// Lines the guest logged (also sent to the daemon log).
-    pub logs: Vec<String>,
+    /// The last [`KEPT_LOG_LINES`] lines the guest logged (all are sent to the daemon log).
+    pub logs: std::collections::VecDeque<String>,
 }
 
 /// Hands `call` to the backend and the reply to the guest: a value as is, bytes through the
@@ -239,9 +240,12 @@ fn check_imports(module: &Module) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// Validates and compiles `wasm` (binary only, within the engine's parse-time limits).
-pub fn compile(engine: &Engine, wasm: &[u8]) -> Result<Module, SandboxError> {
-    Module::new(engine, wasm).map_err(|e| SandboxError::Invalid(e.to_string()))
+/// Validates and compiles `wasm` (binary only, within [`super::limits`] and the engine's
+/// parse-time limits) on an engine of its own, which lives as long as the module and its
+/// instances (see [`super::engine`]).
+pub fn compile(wasm: &[u8]) -> Result<Module, SandboxError> {
+    check_module(wasm)?;
+    Module::new(&super::engine(), wasm).map_err(|e| SandboxError::Invalid(e.to_string()))
 }
 
 /// How a call's fuel and deadline are counted.
@@ -294,25 +298,23 @@ impl std::fmt::Debug for Sandbox {
 
 impl Sandbox {
     /// Validates `wasm` (binary only), checks its imports, and instantiates it.
-    pub fn load(engine: &Engine, capsule: &str, wasm: &[u8], limits: SandboxLimits) -> Result<Self, SandboxError> {
-        Self::load_with(engine, capsule, wasm, limits, HostServices::default())
+    pub fn load(capsule: &str, wasm: &[u8], limits: SandboxLimits) -> Result<Self, SandboxError> {
+        Self::load_with(capsule, wasm, limits, HostServices::default())
     }
 
     /// [`Sandbox::load`] with host services (KV, …) for this instance.
     pub fn load_with(
-        engine: &Engine,
         capsule: &str,
         wasm: &[u8],
         limits: SandboxLimits,
         services: HostServices,
     ) -> Result<Self, SandboxError> {
-        Self::instantiate(engine, capsule, &compile(engine, wasm)?, limits, services)
+        Self::instantiate(capsule, &compile(wasm)?, limits, services)
     }
 
     /// Instantiates an already compiled module (see [`compile`]): what a restart or a
     /// second instance of the same code costs.
     pub fn instantiate(
-        engine: &Engine,
         capsule: &str,
         module: &Module,
         limits: SandboxLimits,
@@ -320,14 +322,13 @@ impl Sandbox {
     ) -> Result<Self, SandboxError> {
         let lifecycle = Arc::clone(&services.lifecycle);
         let context = CapsuleContext::new(capsule, limits.deadline, services);
-        Self::instantiate_with(engine, capsule, module, limits, Box::new(context), lifecycle)
+        Self::instantiate_with(capsule, module, limits, Box::new(context), lifecycle)
     }
 
     /// Instantiates a compiled module whose host calls go to `backend` (a capsule-host
     /// process passes its link to the daemon); `lifecycle` is what the interpreter checks for
     /// stop requests.
     pub fn instantiate_with(
-        engine: &Engine,
         capsule: &str,
         module: &Module,
         limits: SandboxLimits,
@@ -336,20 +337,17 @@ impl Sandbox {
     ) -> Result<Self, SandboxError> {
         check_imports(module)?;
         let state = HostState {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory_bytes)
-                .instances(1)
-                .memories(1)
-                .tables(1)
-                .build(),
+            limits: CapsuleLimiter::new(limits.memory_bytes),
             capsule: capsule.to_owned(),
             backend,
             waited: Duration::ZERO,
             in_lifecycle: false,
             lifecycle,
             waits: 0,
-            logs: Vec::new(),
+            logs: std::collections::VecDeque::new(),
         };
+        // The module's own engine (see `compile`): the store keeps it alive.
+        let engine = module.engine();
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limits);
         let mut linker = Linker::<HostState>::new(engine);
@@ -357,8 +355,10 @@ impl Sandbox {
         // Instantiation runs no guest code (start functions are refused by the engine config),
         // but give it a slice of fuel for any lazy translation it does.
         store.set_fuel(limits.fuel_slice).map_err(|e| SandboxError::Instantiate(e.to_string()))?;
-        let instance =
-            linker.instantiate_and_start(&mut store, module).map_err(|e| SandboxError::Instantiate(e.to_string()))?;
+        let instance = linker.instantiate_and_start(&mut store, module).map_err(|e| {
+            // A refusal of the limiter is the real reason; wasmi only says an allocation failed.
+            SandboxError::Instantiate(store.data().limits.refusal().map_or_else(|| e.to_string(), str::to_owned))
+        })?;
         Ok(Self { store, instance, limits, poisoned: false })
     }
 
@@ -535,9 +535,9 @@ impl Sandbox {
         &self.store.data().capsule
     }
 
-    /// What the guest logged so far.
-    pub fn logs(&self) -> &[String] {
-        &self.store.data().logs
+    /// The last lines the guest logged (at most [`KEPT_LOG_LINES`]).
+    pub fn logs(&self) -> Vec<String> {
+        self.store.data().logs.iter().cloned().collect()
     }
 }
 
@@ -552,7 +552,11 @@ fn link(linker: &mut Linker<HostState>) -> Result<(), SandboxError> {
                 let line = String::from_utf8_lossy(&bytes).into_owned();
                 // The kernel side logs it for the operator; this is for whoever runs the guest.
                 log::debug!(target: "astrid::capsule", "{}: {line}", caller.data().capsule);
-                caller.data_mut().logs.push(line);
+                let logs = &mut caller.data_mut().logs;
+                if logs.len() == KEPT_LOG_LINES {
+                    logs.pop_front();
+                }
+                logs.push_back(line);
                 forward(&mut caller, HostCall::Log { line: bytes.into() }).map(drop)
             },
         )

@@ -3,11 +3,11 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::wasm::{KvStatus, engine};
+use crate::wasm::KvStatus;
 
 fn load(wat: &str, limits: SandboxLimits) -> Result<Sandbox, SandboxError> {
     let wasm = wat::parse_str(wat).expect("valid WAT");
-    Sandbox::load(&engine(), "test", &wasm, limits)
+    Sandbox::load("test", &wasm, limits)
 }
 
 fn quick() -> SandboxLimits {
@@ -77,7 +77,7 @@ fn wasi_and_unknown_imports_are_refused_by_name() {
 #[test]
 fn start_functions_garbage_and_traps_are_errors_not_panics() {
     assert!(load(r#"(module (func $s) (start $s))"#, quick()).is_err(), "no code runs at instantiation");
-    assert!(matches!(Sandbox::load(&engine(), "x", b"\0asm garbage", quick()), Err(SandboxError::Invalid(_))));
+    assert!(matches!(Sandbox::load("x", b"\0asm garbage", quick()), Err(SandboxError::Invalid(_))));
     let mut sandbox = load(r#"(module (func (export "boom") unreachable))"#, quick()).expect("load");
     assert!(matches!(sandbox.call::<(), ()>("boom", ()), Err(SandboxError::Trap { .. })));
     let mut sandbox = load(r#"(module (func (export "f")))"#, quick()).expect("load");
@@ -142,7 +142,7 @@ fn kv_host_functions_use_the_host_chosen_namespace_and_return_typed_errors() {
     let namespace = crate::store::Namespace::capsule("default", "counter").expect("ns");
     let wasm = wat::parse_str(KV_CAPSULE).expect("wat");
     let services = HostServices { kv: Some((kv.clone(), namespace.clone())), ..HostServices::default() };
-    let mut sandbox = Sandbox::load_with(&engine(), "counter", &wasm, quick(), services).expect("load");
+    let mut sandbox = Sandbox::load_with("counter", &wasm, quick(), services).expect("load");
     assert_eq!(sandbox.call::<(), i32>("store", ()).expect("store"), 0);
     assert_eq!(kv.get(&namespace, "counter").expect("get"), Some(b"forty-two".to_vec()), "written where the host said");
     let packed = sandbox.call::<(), i64>("load", ()).expect("load");
@@ -160,7 +160,7 @@ fn kv_host_functions_use_the_host_chosen_namespace_and_return_typed_errors() {
     assert_eq!(sandbox.call::<(), i32>("forget", ()).expect("delete"), 1);
     assert_eq!(sandbox.call::<(), i64>("load", ()).expect("absent"), KvStatus::Absent as i64);
     // Without the service, the same capsule is refused with a value, not a trap.
-    let mut denied = Sandbox::load(&engine(), "counter", &wasm, quick()).expect("load");
+    let mut denied = Sandbox::load("counter", &wasm, quick()).expect("load");
     assert_eq!(denied.call::<(), i32>("store", ()).expect("denied"), KvStatus::CapabilityDenied as i32);
 }
 
@@ -228,7 +228,7 @@ mod ipc {
             kernel: Some(KernelAccess { kernel: Arc::clone(kernel), principal: "default".into() }),
             ..HostServices::default()
         };
-        Sandbox::load_with(&engine(), "chat", &wat::parse_str(CHAT).expect("wat"), limits, services).expect("load")
+        Sandbox::load_with("chat", &wat::parse_str(CHAT).expect("wat"), limits, services).expect("load")
     }
 
     #[test]
@@ -309,8 +309,8 @@ mod ipc {
             kernel: Some(KernelAccess { kernel: Arc::clone(&kernel), principal: "default".into() }),
             ..HostServices::default()
         };
-        let mut files = Sandbox::load_with(&engine(), "chat", &wat::parse_str(FILES).expect("wat"), quick(), services)
-            .expect("load");
+        let mut files =
+            Sandbox::load_with("chat", &wat::parse_str(FILES).expect("wat"), quick(), services).expect("load");
         assert_eq!(files.call::<(), i32>("write_src", ()).expect("write"), 0);
         assert!(!tmp.path().join("ws/src/a.txt").exists(), "writes wait in the overlay");
         let packed = files.call::<(), i64>("read_src", ()).expect("read");
@@ -384,7 +384,7 @@ mod ipc {
         let wasm = wat::parse_str(LOOP).expect("wat");
 
         let lifecycle = Arc::new(Lifecycle::default());
-        let mut calm = Sandbox::load_with(&engine(), "chat", &wasm, limits, services(&lifecycle)).expect("load");
+        let mut calm = Sandbox::load_with("chat", &wasm, limits, services(&lifecycle)).expect("load");
         let stopper = Arc::clone(&lifecycle);
         let runner = std::thread::spawn(move || (calm.run_loop(), calm.lifecycle().is_ready()));
         // Forty messages of real work: together far over the budget, each well inside it.
@@ -403,7 +403,7 @@ mod ipc {
         assert!(ready, "signal_ready reached the host");
 
         let lifecycle = Arc::new(Lifecycle::default());
-        let mut spinner = Sandbox::load_with(&engine(), "chat", &wasm, limits, services(&lifecycle)).expect("load");
+        let mut spinner = Sandbox::load_with("chat", &wasm, limits, services(&lifecycle)).expect("load");
         let runner = std::thread::spawn(move || spinner.run_loop());
         std::thread::sleep(Duration::from_millis(100));
         send("spin");
@@ -422,7 +422,7 @@ mod ipc {
         let services = HostServices { lifecycle: Arc::clone(&lifecycle), ..HostServices::default() };
         let limits = SandboxLimits { deadline: Duration::from_secs(60), ..SandboxLimits::default() };
         let wasm = wat::parse_str(r#"(module (func (export "spin") (loop br 0)))"#).expect("wat");
-        let mut sandbox = Sandbox::load_with(&engine(), "spin", &wasm, limits, services).expect("load");
+        let mut sandbox = Sandbox::load_with("spin", &wasm, limits, services).expect("load");
         let runner = std::thread::spawn(move || sandbox.call::<(), ()>("spin", ()));
         std::thread::sleep(Duration::from_millis(50));
         let asked = Instant::now();
@@ -466,7 +466,7 @@ fn hooks_answer_continue_final_or_deny_and_config_is_the_capsules_own() {
         ..HostServices::default()
     };
     let wasm = wat::parse_str(HOOKS).expect("wat");
-    let mut hooks = Sandbox::load_with(&engine(), "hooks", &wasm, quick(), services).expect("load");
+    let mut hooks = Sandbox::load_with("hooks", &wasm, quick(), services).expect("load");
     let deny = hooks.hook("deny", b"{}").expect("deny");
     assert_eq!((deny.action, deny.data), (HookAction::Deny, Some(serde_json::json!("no"))));
     assert_eq!(hooks.hook("final", b"{}").expect("final").action, HookAction::Final);
@@ -497,9 +497,9 @@ fn lazy_translation_never_fails_a_call_for_fuel_even_with_tiny_slices() {
     );
     let wasm = wat::parse_str(&wat).expect("wat");
     let limits = SandboxLimits { fuel_slice: 10, ..quick() };
-    let mut nested = Sandbox::load(&engine(), "nested", &wasm, limits).expect("load");
+    let mut nested = Sandbox::load("nested", &wasm, limits).expect("load");
     assert_eq!(nested.call::<i32, i32>("calls_big", 1).expect("translated mid-call and run"), 4001);
-    let mut entry = Sandbox::load(&engine(), "entry", &wasm, limits).expect("load");
+    let mut entry = Sandbox::load("entry", &wasm, limits).expect("load");
     assert_eq!(entry.call::<i32, i32>("big", 1).expect("translated and run"), 4001);
     assert_eq!(entry.call::<i32, i32>("big", 2).expect("already translated"), 4002);
 }
@@ -509,14 +509,175 @@ fn a_module_is_validated_whole_when_loaded() {
     // Well-formed sections, but a function body that returns the wrong type: refused at load,
     // not at its first call.
     let broken = wat::parse_str(r#"(module (func (export "f") (result i32) i64.const 1))"#).expect("wat");
-    assert!(matches!(Sandbox::load(&engine(), "broken", &broken, quick()), Err(SandboxError::Invalid(_))));
+    assert!(matches!(Sandbox::load("broken", &broken, quick()), Err(SandboxError::Invalid(_))));
     // A compiled module is instantiated as often as needed without compiling again.
     let fine = wat::parse_str(r#"(module (func (export "f") (result i32) i32.const 1))"#).expect("wat");
-    let engine = engine();
-    let module = crate::wasm::compile(&engine, &fine).expect("valid");
+    let module = crate::wasm::compile(&fine).expect("valid");
     for _ in 0..3 {
-        let mut instance =
-            Sandbox::instantiate(&engine, "fine", &module, quick(), HostServices::default()).expect("load");
+        let mut instance = Sandbox::instantiate("fine", &module, quick(), HostServices::default()).expect("load");
         assert_eq!(instance.call::<(), i32>("f", ()).expect("call"), 1);
+    }
+}
+
+/// Hostile modules that are tiny on the wire and huge in the host. Each is refused, or
+/// stopped at the instance's memory limit, and the error names the limit.
+mod allocations {
+    use super::*;
+    use crate::wasm::limits::{MAX_ELEMENT_ITEMS, MAX_EXPORTS, MAX_IMPORTS, MAX_TYPES, TABLE_ELEMENT_BYTES};
+
+    fn refused(wat: &str) -> String {
+        match load(wat, quick()) {
+            Ok(_) => panic!("a hostile module was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_huge_table_is_refused_against_the_memory_limit() {
+        // 34 bytes of module, 400 MB of host memory if allowed.
+        let error = refused(r#"(module (table 100000000 funcref))"#);
+        assert!(error.contains("table of 100000000 elements") && error.contains("64 MiB memory limit"), "{error}");
+        // Memory and table count together: each fits alone, not both (wasmi creates the table
+        // first, so the memory is what no longer fits).
+        let error = refused(r#"(module (memory 960) (table 1000000 funcref))"#);
+        assert!(error.contains("linear memory of 62914560 bytes (with 8000000 bytes of tables)"), "{error}");
+        assert!(error.contains("64 MiB memory limit"), "{error}");
+        // A table within the limit is fine.
+        load(r#"(module (table 10000 funcref))"#, quick()).expect("a modest table");
+    }
+
+    #[test]
+    fn table_grow_in_a_loop_stops_at_the_memory_limit() {
+        // Grows by a million elements at a time (at most a hundred times) and answers how
+        // many grows succeeded; then tries to grow its memory by one page.
+        let mut sandbox = load(
+            r#"(module
+                (memory 1)
+                (table 0 funcref)
+                (func (export "grow_table") (result i32) (local $ok i32) (local $i i32)
+                    (loop $more
+                        (if (i32.ne (table.grow (ref.null func) (i32.const 1000000)) (i32.const -1))
+                            (then (local.set $ok (i32.add (local.get $ok) (i32.const 1)))))
+                        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                        (br_if $more (i32.lt_u (local.get $i) (i32.const 100))))
+                    local.get $ok)
+                (func (export "size") (result i32) table.size)
+                (func (export "grow_memory") (param i32) (result i32) (memory.grow (local.get 0))))"#,
+            quick(),
+        )
+        .expect("load");
+        let grows = sandbox.call::<(), i32>("grow_table", ()).expect("grow_table");
+        let size = sandbox.call::<(), i32>("size", ()).expect("size");
+        assert_eq!(size, grows * 1_000_000);
+        let limit = SandboxLimits::default().memory_bytes;
+        assert!(grows >= 1 && usize::try_from(size).expect("size") * TABLE_ELEMENT_BYTES <= limit, "{grows} grows");
+        assert!(grows <= 8, "{grows} million elements: the table must stop at the memory limit");
+        // What the table took, the memory cannot take as well.
+        let left = limit - usize::try_from(size).expect("size") * TABLE_ELEMENT_BYTES - 65536;
+        let pages = i32::try_from(left / 65536).expect("pages");
+        assert_eq!(sandbox.call::<i32, i32>("grow_memory", pages + 1).expect("grow"), -1, "one page too many");
+        assert_eq!(sandbox.call::<i32, i32>("grow_memory", pages).expect("grow"), 1, "exactly the rest");
+    }
+
+    #[test]
+    fn memory_growth_leaves_no_room_for_a_table_beyond_the_limit() {
+        let mut sandbox = load(
+            r#"(module
+                (memory 1)
+                (table 0 funcref)
+                (func (export "grow_memory") (param i32) (result i32) (memory.grow (local.get 0)))
+                (func (export "grow_table") (param i32) (result i32) (table.grow (ref.null func) (local.get 0))))"#,
+            quick(),
+        )
+        .expect("load");
+        assert_eq!(sandbox.call::<i32, i32>("grow_memory", 1000).expect("grow"), 1, "to 1001 pages (62.6 MiB)");
+        let room = (64 * 1024 * 1024 - 1001 * 65536) / TABLE_ELEMENT_BYTES;
+        let room = i32::try_from(room).expect("room");
+        assert_eq!(sandbox.call::<i32, i32>("grow_table", room + 1).expect("grow"), -1, "one element too many");
+        assert_eq!(sandbox.call::<i32, i32>("grow_table", room).expect("grow"), 0, "exactly the rest");
+        assert_eq!(sandbox.call::<i32, i32>("grow_memory", 1).expect("grow"), -1, "and nothing more");
+    }
+
+    #[test]
+    fn huge_element_segments_are_refused_before_wasmi_builds_them() {
+        // Two bytes an item on the wire, a constant expression each in wasmi.
+        let items = " $f".repeat(usize::try_from(MAX_ELEMENT_ITEMS).expect("items") + 1);
+        let error = refused(&format!(r#"(module (func $f) (elem func{items}))"#));
+        assert!(error.contains("element items") && error.contains(&MAX_ELEMENT_ITEMS.to_string()), "{error}");
+        let within = " $f".repeat(1000);
+        load(&format!(r#"(module (func $f) (elem func{within}))"#), quick()).expect("a normal element segment");
+    }
+
+    #[test]
+    fn too_many_types_imports_or_exports_are_refused_naming_the_limit() {
+        let types = "(type (func (param i32)))".repeat(usize::try_from(MAX_TYPES).expect("types") + 1);
+        let error = refused(&format!("(module {types})"));
+        assert!(error.contains(&format!("{} types: the limit is {MAX_TYPES}", MAX_TYPES + 1)), "{error}");
+        let imports = r#"(import "astrid" "clock_ms" (func (result i64)))"#
+            .repeat(usize::try_from(MAX_IMPORTS).expect("imports") + 1);
+        let error = refused(&format!("(module {imports})"));
+        assert!(error.contains(&format!("imports: the limit is {MAX_IMPORTS}")), "{error}");
+        let exports: String =
+            (0..=MAX_EXPORTS).map(|i| format!(r#"(export "e{i}" (func $f))"#)).collect::<Vec<_>>().concat();
+        let error = refused(&format!("(module (func $f) {exports})"));
+        assert!(error.contains(&format!("exports: the limit is {MAX_EXPORTS}")), "{error}");
+    }
+
+    #[test]
+    fn too_many_functions_globals_or_segments_are_refused() {
+        let functions = "(func)".repeat(10_001);
+        assert!(refused(&format!("(module {functions})")).contains("10000 functions"));
+        let globals = "(global i32 (i32.const 0))".repeat(1001);
+        assert!(refused(&format!("(module {globals})")).contains("1000 global"));
+        let segments = r#"(data (i32.const 0) "x")"#.repeat(1001);
+        assert!(refused(&format!("(module (memory 1) {segments})")).contains("1000 active data segments"));
+    }
+
+    #[test]
+    fn deep_recursion_and_huge_frames_trap_instead_of_growing_the_stack() {
+        // Each frame holds 10 000 locals (80 KB); recursing without end must trap, not grow.
+        let locals = "(local i64)".repeat(10_000);
+        let mut sandbox = load(
+            &format!(r#"(module (func $deep (export "deep") {locals} call $deep))"#),
+            SandboxLimits { deadline: Duration::from_secs(30), ..SandboxLimits::default() },
+        )
+        .expect("load");
+        let error = sandbox.call::<(), ()>("deep", ()).expect_err("must trap");
+        assert!(matches!(error, SandboxError::Trap { .. }), "{error}");
+        assert!(error.to_string().contains("stack"), "{error}");
+    }
+
+    #[test]
+    fn a_guest_that_logs_in_a_loop_keeps_a_bounded_log() {
+        let mut sandbox = load(
+            r#"(module
+                (import "astrid" "log" (func $log (param i32 i32)))
+                (memory (export "memory") 1)
+                (data (i32.const 0) "again")
+                (func (export "chatter") (local $i i32)
+                    (loop $more
+                        (call $log (i32.const 0) (i32.const 5))
+                        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                        (br_if $more (i32.lt_u (local.get $i) (i32.const 10000))))))"#,
+            quick(),
+        )
+        .expect("load");
+        sandbox.call::<(), ()>("chatter", ()).expect("chatter");
+        assert_eq!(sandbox.logs().len(), KEPT_LOG_LINES);
+    }
+
+    #[test]
+    fn every_module_has_an_engine_of_its_own() {
+        // wasmi's engine keeps whatever it compiled until it is dropped: a module sharing an
+        // engine with others could never be given back.
+        let wasm = wat::parse_str(r#"(module (func (export "f")))"#).expect("wat");
+        let (a, b) = (crate::wasm::compile(&wasm).expect("a"), crate::wasm::compile(&wasm).expect("b"));
+        assert!(!wasmi::Engine::same(a.engine(), b.engine()));
+        let weak = a.engine().weak();
+        let instance = Sandbox::instantiate("a", &a, quick(), HostServices::default()).expect("instance");
+        drop(a);
+        assert!(weak.upgrade().is_some(), "an instance keeps its module's engine");
+        drop(instance);
+        assert!(weak.upgrade().is_none(), "the engine is dropped with its module and last instance");
     }
 }

@@ -170,10 +170,11 @@ fn wanted_identity<'a>(wanted: &'a [(String, Identity)], name: &str) -> Option<&
 /// The daemon's capsule host.
 pub struct CapsuleHost {
     kernel: Arc<Kernel>,
-    engine: wasmi::Engine,
     config: HostConfig,
     running: Mutex<HashMap<String, Running>>,
-    /// Compiled modules by BLAKE3 (a module is compiled once, however often it restarts).
+    /// Compiled modules by BLAKE3 (a module is compiled once, however often it restarts),
+    /// each on an engine of its own. Only the modules of capsules that are wanted are kept:
+    /// [`CapsuleHost::sync`] drops the others, and with them everything their engines held.
     modules: Mutex<HashMap<String, CompiledModule>>,
     /// Attach tickets of the capsule-host processes this host started.
     tickets: Tickets,
@@ -204,7 +205,6 @@ impl CapsuleHost {
     pub fn new(kernel: Arc<Kernel>, config: HostConfig) -> Arc<Self> {
         Arc::new(Self {
             kernel,
-            engine: super::engine(),
             config,
             running: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),
@@ -278,6 +278,13 @@ impl CapsuleHost {
                 self.kernel.stopped_capsule(&name);
             }
         }
+        // Compiled modules of capsules that are no longer wanted (removed, replaced by new
+        // code, failed) are dropped now that their threads are stopped; an instance that is
+        // still finishing keeps its module (and engine) alive until it ends.
+        self.modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|hash, _| wanted.iter().any(|(_, identity)| identity.code_hash.as_deref() == Some(hash.as_str())));
         for (name, identity) in wanted {
             if let Some(current) = running.get(&name) {
                 // Reloading replaced the registry entry: report the state again.
@@ -348,7 +355,7 @@ impl CapsuleHost {
     fn module(&self, hash: &str, wasm: &[u8]) -> Result<wasmi::Module, String> {
         let cell =
             Arc::clone(self.modules.lock().unwrap_or_else(|e| e.into_inner()).entry(hash.to_owned()).or_default());
-        cell.get_or_init(|| super::compile(&self.engine, wasm).map_err(|e| e.to_string())).clone()
+        cell.get_or_init(|| super::compile(wasm).map_err(|e| e.to_string())).clone()
     }
 
     /// The thread body: run the capsule, restart it with backoff when it fails.
@@ -417,9 +424,8 @@ impl CapsuleHost {
         let prepared = runner::prepare(&self.kernel, &self.config, name, dir, Arc::clone(lifecycle))?;
         let module = self.module(&prepared.hash, &prepared.wasm)?;
         let backend = Box::new(prepared.context);
-        let mut sandbox =
-            Sandbox::instantiate_with(&self.engine, name, &module, self.config.limits, backend, Arc::clone(lifecycle))
-                .map_err(|e| e.to_string())?;
+        let mut sandbox = Sandbox::instantiate_with(name, &module, self.config.limits, backend, Arc::clone(lifecycle))
+            .map_err(|e| e.to_string())?;
         self.kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.start", name, Decision::Info, "instantiated");
         runner::run(&mut sandbox, &prepared.plan)
     }

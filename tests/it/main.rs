@@ -3,6 +3,7 @@
 
 mod agent;
 mod availability;
+mod bounds;
 mod capsule_host;
 mod capsules;
 mod cli;
