@@ -39,11 +39,12 @@ use crate::home::{AstridHome, DEFAULT_PRINCIPAL};
 use crate::ipc::SessionToken;
 use crate::ipc::bridge::{self, BridgeConfig};
 use crate::kernel::{Kernel, KernelConfig, KernelState, ShutdownReason};
-use crate::store::{KvConfig, KvStore};
+use crate::store::{KvConfig, KvError, KvStore};
 use crate::vfs::Vfs;
 use crate::wasm::supervisor::{CapsuleHost, HostConfig};
 use idle::IdlePolicy;
 use signals::Signals;
+use singleton::SingletonLock;
 
 /// Longest a graceful shutdown may take before the process exits anyway (status 1).
 pub use signals::SHUTDOWN_DEADLINE;
@@ -101,14 +102,19 @@ pub fn main(args: &DaemonArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = match runtime.block_on(run(config, home, signals)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let (code, lock) = match runtime.block_on(run(config, home, signals)) {
+        Ok(lock) => (ExitCode::SUCCESS, Some(lock)),
         Err(e) => {
             log::error!("daemon failed: {e:#}");
-            ExitCode::FAILURE
+            (ExitCode::FAILURE, None)
         }
     };
+    // The runtime goes first: its threads may hold the last handles on the KV store, whose
+    // own file lock sled releases only when they are gone. The singleton lock is released
+    // after that, so a successor that wins it finds the store free (see `open_state`).
+    runtime.shutdown_timeout(RUNTIME_EXIT_WAIT);
     logging::flush(Duration::from_secs(1));
+    drop(lock);
     code
 }
 
@@ -131,7 +137,10 @@ fn log_tightened(home: &AstridHome, tightened: &[crate::home::Tightened]) {
 }
 
 /// Boots, serves until a shutdown is asked for, and shuts down. Runs inside the runtime.
-pub async fn run(config: DaemonConfig, home: AstridHome, mut signals: Signals) -> anyhow::Result<()> {
+///
+/// Returns the singleton lock rather than releasing it: the caller holds it until every
+/// thread that could still touch the stores is gone.
+pub async fn run(config: DaemonConfig, home: AstridHome, mut signals: Signals) -> anyhow::Result<SingletonLock> {
     let boot_started = Instant::now();
     if reaper::spawn_if_pid1() {
         log::info!("running as PID 1: reaping orphaned children");
@@ -265,9 +274,15 @@ pub async fn run(config: DaemonConfig, home: AstridHome, mut signals: Signals) -
     kernel.flush();
     let removed = singleton::remove_run_files(&home, &lock);
     log::info!("removed {} run file(s); shutdown complete ({reason})", removed.len());
-    drop(lock);
-    Ok(())
+    Ok(lock)
 }
+
+/// How long the exit waits for the runtime's threads (a blocking task still running is left
+/// to the process exit).
+const RUNTIME_EXIT_WAIT: Duration = Duration::from_secs(3);
+
+/// How long boot waits for a previous daemon, exiting, to release the KV store's own lock.
+const STORE_RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// How long boot waits for run-loop capsules to signal readiness (a slow one is logged).
 const CAPSULE_READY_WAIT: Duration = Duration::from_millis(500);
@@ -296,8 +311,25 @@ async fn follow_capsule_servers(kernel: Arc<Kernel>, mcp: Arc<crate::mcp::McpHos
 
 /// Opens the stores. The KV store comes after the singleton lock, so a second daemon never
 /// reaches sled; should sled still find its lock taken, the error names the owning daemon.
+///
+/// Holding the singleton lock, a store that is still locked can only belong to a daemon in
+/// its last moments (the lock and sled's own lock are released one after the other when a
+/// process exits), so the open is retried for [`STORE_RELEASE_WAIT`] before it is refused.
 fn open_state(home: &AstridHome, config: &DaemonConfig) -> anyhow::Result<KernelState> {
-    let store = KvStore::open(home, KvConfig::default())?;
+    let started = Instant::now();
+    let mut waited = false;
+    let store = loop {
+        match KvStore::open(home, KvConfig::default()) {
+            Err(KvError::Locked { .. }) if started.elapsed() < STORE_RELEASE_WAIT => {
+                waited = true;
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            other => break other?,
+        }
+    };
+    if waited {
+        log::info!("the previous daemon released the KV store after {:.0?}", started.elapsed());
+    }
     let audit = AuditTrail::open(home)?;
     let vfs = Vfs::open(&config.workspace, &home.overlay_dir(&config.workspace))?;
     Ok(KernelState { store, audit, vfs })

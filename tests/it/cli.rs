@@ -291,3 +291,16 @@ fn stop_waits_for_a_booting_daemon_to_name_itself() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(stdout(&output).trim(), format!("astrid daemon stopped (pid {}, after SIGTERM)", booting.id()));
 }
+
+/// A daemon releases its lock only after its KV store: a `start` right after `stop` (as
+/// `restart` and the model reconciliation do) never finds the store still locked.
+#[test]
+fn start_right_after_stop_always_boots() {
+    let t = TestHome::new();
+    for round in 0..12 {
+        let started = t.cli(&["start"]);
+        assert_eq!(started.status.code(), Some(0), "round {round}: {}", stderr(&started));
+        let stopped = t.cli(&["stop"]);
+        assert_eq!(stopped.status.code(), Some(0), "round {round}: {}", stderr(&stopped));
+    }
+}
