@@ -15,6 +15,7 @@
 //! exit 0. A second signal during shutdown exits at once (130); a shutdown that takes longer
 //! than [`SHUTDOWN_DEADLINE`] exits 1, so a wedged daemon never outlives its operator's patience.
 
+mod allocator;
 pub mod args;
 pub mod idle;
 pub mod logging;
@@ -53,7 +54,10 @@ const MAX_SOCKET_PATH: usize = 108;
 
 /// Runs the daemon role to completion and returns the process exit code.
 pub fn main(args: &DaemonArgs) -> ExitCode {
-    // First, before any thread exists: every thread started after inherits the blocked mask.
+    // First of all, while this is the only thread: the allocator's settings need a fresh
+    // start of the process (it comes back here with them, the same pid).
+    let untuned = allocator::tune_or_reexec();
+    // Then, before any thread exists: every thread started after inherits the blocked mask.
     let signals = match Signals::start() {
         Ok(signals) => signals,
         Err(e) => {
@@ -86,6 +90,9 @@ pub fn main(args: &DaemonArgs) -> ExitCode {
         eprintln!("astrid daemon: cannot open the log in {}: {e}; logging to stderr only", home.log_dir().display());
     }
     log_tightened(&home, &tightened);
+    if let Some(reason) = untuned {
+        log::warn!("{reason}");
+    }
     log::info!(
         "astrid {} daemon starting: pid {}, home {}, workspace {}, session {}, {}",
         crate::VERSION,
