@@ -388,6 +388,12 @@ impl Refusal {
     }
 }
 
+/// [`decode_ingress`] for callers outside the bridge (the fuzz targets): the message a client
+/// frame becomes, or why it is refused.
+pub fn decode_client_frame(frame: &[u8], source_id: Uuid) -> Result<IpcMessage, String> {
+    decode_ingress(frame, source_id).map_err(|refusal| refusal.reason)
+}
+
 /// Turns a client frame into a bus message. Only `topic`, `payload` and `principal` are
 /// read; the rest of the client's envelope (`source_id`, `seq`, …) is not trusted.
 fn decode_ingress(frame: &[u8], source_id: Uuid) -> Result<IpcMessage, Refusal> {
