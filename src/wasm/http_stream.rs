@@ -271,10 +271,22 @@ mod tests {
         }
     }
 
-    /// A server that sends one chunk, then nothing, until the read times out.
+    /// How long a test waits for something that must happen before calling it hung (a guard
+    /// only: no test asserts how fast anything is).
+    const HANG_GUARD: Duration = Duration::from_secs(60);
+
+    /// A server that sends one chunk, then nothing, until its socket's read timeout: that
+    /// comes when the test says so (`timeout`), so the silence lasts exactly as the test needs.
     struct Silent {
         first: Option<&'static [u8]>,
-        silence: Duration,
+        timeout: std::sync::mpsc::Receiver<()>,
+    }
+
+    impl Silent {
+        fn new(first: Option<&'static [u8]>) -> (Self, std::sync::mpsc::Sender<()>) {
+            let (time_out, timeout) = std::sync::mpsc::channel();
+            (Self { first, timeout }, time_out)
+        }
     }
 
     impl Read for Silent {
@@ -283,7 +295,7 @@ mod tests {
                 buffer[..first.len()].copy_from_slice(first);
                 return Ok(first.len());
             }
-            std::thread::sleep(self.silence);
+            let _ = self.timeout.recv();
             Err(std::io::ErrorKind::TimedOut.into())
         }
     }
@@ -328,25 +340,27 @@ mod tests {
 
     #[test]
     fn a_wait_with_a_timeout_is_pending_while_the_server_is_silent_then_the_idle_timeout_ends_it() {
-        let reader = Silent { first: Some(b"data: 1\n\n"), silence: Duration::from_millis(300) };
-        let mut stream =
-            Stream::spawn(answered(reader), Vec::new(), Duration::from_millis(300), None, Arc::new(())).expect("spawn");
-        assert_eq!(stream.next_chunk(Some(Duration::from_secs(5)), never()), Ok(b"data: 1\n\n".to_vec()));
+        let (reader, time_out) = Silent::new(Some(b"data: 1\n\n"));
+        // An idle timeout far past the guard: a wait that ignored its own timeout would wait
+        // for this one, and the guard fails it as hung.
+        let idle = HANG_GUARD * 2;
+        let mut stream = Stream::spawn(answered(reader), Vec::new(), idle, None, Arc::new(())).expect("spawn");
+        assert_eq!(stream.next_chunk(Some(HANG_GUARD), never()), Ok(b"data: 1\n\n".to_vec()));
         let started = Instant::now();
         assert_eq!(stream.next_chunk(Some(Duration::from_millis(50)), never()), Err(HttpStatus::Pending));
-        assert!(started.elapsed() < Duration::from_millis(250), "a pending wait returns at its timeout");
+        assert!(started.elapsed() < HANG_GUARD, "hung: a pending wait did not return at its timeout");
+        time_out.send(()).expect("time out");
         assert_eq!(stream.next_chunk(None, never()), Err(HttpStatus::Timeout), "silence past the idle timeout");
         assert_eq!(stream.next_chunk(None, never()), Err(HttpStatus::Timeout), "and it stays failed");
     }
 
     #[test]
     fn a_stop_ends_a_wait_at_once() {
-        let reader = Silent { first: None, silence: Duration::from_secs(2) };
-        let mut stream =
-            Stream::spawn(answered(reader), Vec::new(), Duration::from_secs(2), None, Arc::new(())).expect("spawn");
-        let started = Instant::now();
+        // The server stays silent and its read never times out: only the stop can end the
+        // wait, and Closed (not Timeout) says it did.
+        let (reader, _never_times_out) = Silent::new(None);
+        let mut stream = Stream::spawn(answered(reader), Vec::new(), HANG_GUARD, None, Arc::new(())).expect("spawn");
         assert_eq!(stream.next_chunk(None, std::future::ready(())), Err(HttpStatus::Closed));
-        assert!(started.elapsed() < Duration::from_millis(500));
     }
 
     #[test]
@@ -368,7 +382,7 @@ mod tests {
         assert_eq!(stream.next_head(Some(Duration::from_millis(20)), never()), Err(HttpStatus::Pending));
         assert_eq!(stream.next_chunk(Some(Duration::from_millis(20)), never()), Err(HttpStatus::Pending));
         answer.send(()).expect("answer");
-        assert_eq!(stream.next_head(Some(Duration::from_secs(5)), never()), Ok(br#"{"status":200}"#.to_vec()));
+        assert_eq!(stream.next_head(Some(HANG_GUARD), never()), Ok(br#"{"status":200}"#.to_vec()));
         assert_eq!(stream.next_head(Some(Duration::from_millis(1)), never()), Ok(br#"{"status":200}"#.to_vec()));
         let mut body = Vec::new();
         loop {
@@ -422,7 +436,7 @@ mod tests {
         drop(stream);
         assert_eq!(Arc::strong_count(&live), 2, "closed, but still connecting");
         answer.send(()).expect("answer");
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + HANG_GUARD;
         while Arc::strong_count(&live) > 1 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -92,19 +92,18 @@ mod tests {
     use super::*;
     use crate::wasm::wait::block_on_timeout;
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     #[test]
     fn a_stop_wakes_a_waiter_and_is_seen_by_later_ones() {
         let lifecycle = Arc::new(Lifecycle::default());
         let stopper = Arc::clone(&lifecycle);
-        let started = Instant::now();
         let thread = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(30));
             stopper.stop();
         });
-        assert_eq!(block_on_timeout(lifecycle.stopped(), Duration::from_secs(10)), Some(()));
-        assert!(started.elapsed() < Duration::from_secs(5));
+        // Some: the stop woke it (the timeout is only a hang guard).
+        assert_eq!(block_on_timeout(lifecycle.stopped(), Duration::from_secs(60)), Some(()));
         thread.join().expect("stopper");
         assert!(lifecycle.is_stopping());
         assert_eq!(block_on_timeout(lifecycle.stopped(), Duration::ZERO), Some(()));

@@ -10,6 +10,29 @@ fn load(wat: &str, limits: SandboxLimits) -> Result<Sandbox, SandboxError> {
     Sandbox::load("test", &wasm, limits)
 }
 
+/// How long a test waits for a thread that must finish before calling it hung (a guard only:
+/// no test asserts how fast anything is).
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+/// `runner`'s result, or the test fails as hung after [`HANG_GUARD`].
+fn join_within_hang_guard<T>(runner: std::thread::JoinHandle<T>) -> T {
+    let waited = Instant::now();
+    while !runner.is_finished() {
+        assert!(waited.elapsed() < HANG_GUARD, "hung: the instance never returned");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    runner.join().expect("runner")
+}
+
+/// Waits (up to [`HANG_GUARD`]) until the guest running under `lifecycle` signalled ready.
+fn wait_ready(lifecycle: &crate::wasm::Lifecycle) {
+    let waited = Instant::now();
+    while !lifecycle.is_ready() {
+        assert!(waited.elapsed() < HANG_GUARD, "hung: the guest never signalled ready");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn quick() -> SandboxLimits {
     SandboxLimits { deadline: Duration::from_millis(300), ..SandboxLimits::default() }
 }
@@ -34,10 +57,9 @@ fn a_well_behaved_capsule_runs_and_logs_through_the_host() {
 #[test]
 fn a_spinning_capsule_is_stopped_at_its_deadline_and_poisoned() {
     let mut sandbox = load(r#"(module (func (export "spin") (loop br 0)))"#, quick()).expect("load");
-    let started = Instant::now();
     let err = sandbox.call::<(), ()>("spin", ()).expect_err("must stop");
-    assert!(matches!(err, SandboxError::Deadline { .. }), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(2), "stopped after {:?}", started.elapsed());
+    // The deadline (300 ms) is what stopped it, once it had passed: not the fuel, not a trap.
+    assert!(matches!(err, SandboxError::Deadline { elapsed_ms: 300.., .. }), "{err}");
     assert_eq!(sandbox.call::<(), ()>("spin", ()), Err(SandboxError::Poisoned));
 }
 
@@ -273,7 +295,8 @@ mod ipc {
             let payload = IpcPayload::Custom { data: serde_json::json!({"hello": "capsule"}) };
             bus.publish(BusMessage::from_kernel(IpcMessage::new("chat.v1.in", payload, SYSTEM_SESSION_UUID)));
         });
-        let packed = chat.call::<(i32, i32), i64>("recv", (handle, 5_000)).expect("recv");
+        // A generous timeout: only a hang guard (the message is what ends the wait).
+        let packed = chat.call::<(i32, i32), i64>("recv", (handle, 60_000)).expect("recv");
         publisher.join().expect("publisher");
         assert!(packed > 0, "{packed}");
         let len = (packed & 0xffff_ffff) as usize;
@@ -387,31 +410,32 @@ mod ipc {
         let mut calm = Sandbox::load_with("chat", &wasm, limits, services(&lifecycle)).expect("load");
         let stopper = Arc::clone(&lifecycle);
         let runner = std::thread::spawn(move || (calm.run_loop(), calm.lifecycle().is_ready()));
-        // Forty messages of real work: together far over the budget, each well inside it.
-        std::thread::sleep(Duration::from_millis(100));
+        // Once it subscribed (it signals ready right after), forty messages of real work:
+        // together far over the budget, each well inside it.
+        wait_ready(&lifecycle);
         for _ in 0..40 {
             send("work");
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(700));
         assert!(!runner.is_finished(), "an idle or working loop is not killed");
-        let stop_asked = Instant::now();
+        // The loop never returns by itself (recv's own timeout only loops it again): a stop
+        // that did not wake it as closed leaves it running, and the guard fails it as hung.
         stopper.stop();
-        let (result, ready) = runner.join().expect("runner");
+        let (result, ready) = join_within_hang_guard(runner);
         assert_eq!(result, Ok(()), "a stop wakes recv as closed and the loop returns");
-        assert!(stop_asked.elapsed() < Duration::from_secs(1));
         assert!(ready, "signal_ready reached the host");
 
         let lifecycle = Arc::new(Lifecycle::default());
         let mut spinner = Sandbox::load_with("chat", &wasm, limits, services(&lifecycle)).expect("load");
         let runner = std::thread::spawn(move || spinner.run_loop());
-        std::thread::sleep(Duration::from_millis(100));
+        wait_ready(&lifecycle);
         send("spin");
         let waited = Instant::now();
-        while !runner.is_finished() && waited.elapsed() < Duration::from_secs(10) {
+        while !runner.is_finished() && waited.elapsed() < HANG_GUARD {
             std::thread::sleep(Duration::from_millis(10));
         }
-        lifecycle.stop(); // so a broken limit fails the test instead of hanging it
+        lifecycle.stop(); // so a broken limit fails the test (as Stopped) instead of hanging it
         let result = runner.join().expect("runner");
         assert!(matches!(result, Err(SandboxError::OutOfFuel { .. } | SandboxError::Deadline { .. })), "{result:?}");
     }
@@ -425,10 +449,10 @@ mod ipc {
         let mut sandbox = Sandbox::load_with("spin", &wasm, limits, services).expect("load");
         let runner = std::thread::spawn(move || sandbox.call::<(), ()>("spin", ()));
         std::thread::sleep(Duration::from_millis(50));
-        let asked = Instant::now();
         lifecycle.stop();
-        assert!(matches!(runner.join().expect("runner"), Err(SandboxError::Stopped { .. })));
-        assert!(asked.elapsed() < Duration::from_secs(1));
+        // Stopped, not Deadline: the stop ended it at a fuel slice, long before its deadline.
+        let result = join_within_hang_guard(runner);
+        assert!(matches!(result, Err(SandboxError::Stopped { .. })), "{result:?}");
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use crate::harness::{RawClient, TestHome};
+use crate::harness::{HANG, RawClient, TestHome};
 
 /// `astrid status` works and says the daemon runs.
 fn status_answers(t: &TestHome) {
@@ -28,7 +28,7 @@ fn a_stderr_nobody_reads_never_stops_the_daemon_or_its_signals() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("daemon");
-    assert!(t.wait_for(|| t.ready().exists(), Duration::from_secs(20)), "never ready\n{}", t.log());
+    assert!(t.wait_for(|| t.ready().exists(), HANG), "never ready\n{}", t.log());
     // Each refused frame and each connection writes log lines: far more than a pipe holds.
     for round in 0..400 {
         let mut client = t.client();
@@ -38,7 +38,7 @@ fn a_stderr_nobody_reads_never_stops_the_daemon_or_its_signals() {
     }
     status_answers(&t);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), Signal::SIGTERM).expect("SIGTERM");
-    let exited = t.wait_for(|| daemon.try_wait().expect("wait").is_some(), Duration::from_secs(20));
+    let exited = t.wait_for(|| daemon.try_wait().expect("wait").is_some(), HANG);
     assert!(exited, "SIGTERM was not honoured with stderr blocked");
     assert_eq!(daemon.wait().expect("status").code(), Some(0), "a clean stop");
     // The file got what stderr could not take.

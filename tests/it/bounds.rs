@@ -3,12 +3,11 @@
 //! `/proc/<daemon>/status` (`VmRSS`, `VmHWM`), with generous margins.
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::capsules::{example, running};
-use crate::harness::TestHome;
+use crate::harness::{HANG, TestHome};
 
 /// A field of `/proc/<pid>/status`, in KiB.
 fn status_kib(pid: i32, field: &str) -> u64 {
@@ -76,7 +75,7 @@ fn a_module_whose_table_would_escape_the_memory_limit_is_refused_and_the_daemon_
             .iter()
             .any(|e| e["action"] == "capsule.crashed" && e["resource"] == "table-grower")
     };
-    assert!(t.wait_for(crashed, Duration::from_secs(30)), "the grower never reached its deadline\n{}", t.log());
+    assert!(t.wait_for(crashed, HANG), "the grower never reached its deadline\n{}", t.log());
 
     // The daemon never held the tables: its peak is within one instance's limit of where it was.
     let peak = status_kib(pid, "VmHWM:");
@@ -151,7 +150,7 @@ fn installing_and_removing_capsules_gives_their_memory_back() {
             let out = t.cli(&["capsule", "remove", name]);
             assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
         }
-        assert!(t.wait_for(|| capsule_threads(pid) == 0, Duration::from_secs(10)), "capsule threads left");
+        assert!(t.wait_for(|| capsule_threads(pid) == 0, HANG), "capsule threads left");
     };
     cycle(1);
     let after_first = rss_mib(pid);

@@ -2,12 +2,11 @@
 //! the real socket, every host call decided by the daemon.
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::capsules::{ask, audit_tail, audit_until, example, hostile_is_contained, install, wait_running};
-use crate::harness::{RawClient, TestHome};
+use crate::harness::{HANG, RawClient, TestHome};
 
 const PROCESS: (&str, &str) = ("ASTRID_CAPSULE_ISOLATION", "process");
 
@@ -91,9 +90,9 @@ fn capsules_in_processes_of_their_own_serve_like_capsules_on_threads() {
     let pids: Vec<i32> = capsule_hosts(daemon.pid()).into_iter().map(|(pid, _)| pid).collect();
     drop(client);
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
-    let (status, _) = daemon.wait_exit(Duration::from_secs(10)).expect("daemon exits");
+    let (status, _) = daemon.wait_exit(HANG).expect("daemon exits");
     assert!(status.success(), "{status:?}\n{}", t.log());
-    assert!(t.wait_for(|| pids.iter().all(|pid| !alive(*pid)), Duration::from_secs(5)), "capsule hosts stopped");
+    assert!(t.wait_for(|| pids.iter().all(|pid| !alive(*pid)), HANG), "capsule hosts stopped");
 }
 
 #[test]
@@ -134,9 +133,9 @@ fn a_manifest_asks_for_a_process_a_killed_one_is_restarted_and_a_killed_daemon_l
             e["action"] == "capsule.crashed" && e["rule"].as_str().is_some_and(|r| r.contains("killed by signal 9"))
         })
     };
-    assert!(t.wait_for(crashed, Duration::from_secs(10)), "crash audited\n{}", t.log());
+    assert!(t.wait_for(crashed, HANG), "crash audited\n{}", t.log());
     let restarted = || capsule_hosts(daemon.pid()).iter().any(|(pid, n)| n == "hello" && *pid != first);
-    assert!(t.wait_for(restarted, Duration::from_secs(10)), "restarted\n{}", t.log());
+    assert!(t.wait_for(restarted, HANG), "restarted\n{}", t.log());
     wait_running(&t, &mut client, &["hello"]);
     assert_eq!(ask(&mut client, "user.v1.prompt", "again"), "hello, again");
     assert_eq!(ask(&mut client, "cli.v1.command.execute", "/count"), "count = 1", "the others never noticed");
@@ -144,8 +143,8 @@ fn a_manifest_asks_for_a_process_a_killed_one_is_restarted_and_a_killed_daemon_l
     // SIGKILL gives the daemon no chance to stop anything: the OS ends its capsule hosts.
     let pids: Vec<i32> = capsule_hosts(daemon.pid()).into_iter().map(|(pid, _)| pid).collect();
     daemon.signal(nix::sys::signal::Signal::SIGKILL);
-    daemon.wait_exit(Duration::from_secs(5)).expect("killed");
-    assert!(t.wait_for(|| pids.iter().all(|pid| !alive(*pid)), Duration::from_secs(5)), "orphans: {pids:?}");
+    daemon.wait_exit(HANG).expect("killed");
+    assert!(t.wait_for(|| pids.iter().all(|pid| !alive(*pid)), HANG), "orphans: {pids:?}");
 }
 
 #[test]
@@ -223,7 +222,7 @@ fn an_author_runs_a_capsule_directory_against_the_daemon_for_as_long_as_the_run_
         let list: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
         !list.iter().any(|c| c["name"] == "hello")
     };
-    assert!(t.wait_for(gone, Duration::from_secs(5)), "unregistered when the run ended");
+    assert!(t.wait_for(gone, HANG), "unregistered when the run ended");
     let audit = audit_until(&t, |a| entries(a, "capsule.develop").iter().any(|e| e["rule"] == "run ended"));
     let develop: Vec<&str> =
         entries(&audit, "capsule.develop").into_iter().filter_map(|e| e["rule"].as_str()).collect();
@@ -311,5 +310,5 @@ fn the_session_protocol_refuses_bad_input_with_reasons_and_the_daemon_stays_heal
     let status = client.request("status", json!({"method": "GetStatus"}));
     assert!(status["payload"]["data"]["pid"].as_u64().is_some(), "the daemon is fine: {status}");
     let gone = || !t.cli(&["capsule", "list"]).stdout.windows(5).any(|w| w == b"hello");
-    assert!(t.wait_for(gone, Duration::from_secs(5)), "the development capsule left with its session");
+    assert!(t.wait_for(gone, HANG), "the development capsule left with its session");
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{RawClient, TestHome};
+use crate::harness::{HANG, RawClient, TestHome};
 
 pub(crate) fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("capsules-examples").join(name)
@@ -67,14 +67,14 @@ pub(crate) fn running(client: &mut RawClient) -> Vec<String> {
 }
 
 pub(crate) fn wait_running(t: &TestHome, client: &mut RawClient, names: &[&str]) {
-    let ok = t.wait_for(|| names.iter().all(|n| running(client).iter().any(|r| r == n)), Duration::from_secs(10));
+    let ok = t.wait_for(|| names.iter().all(|n| running(client).iter().any(|r| r == n)), HANG);
     assert!(ok, "{names:?} not running; running: {:?}\n{}", running(client), t.log());
 }
 
 /// The audit trail once `holds` is true of it (entries are written by a background thread,
-/// so what a reply reports may reach the file a moment later), or as it is after 10 s.
+/// so what a reply reports may reach the file a moment later), or as it is after [`HANG`].
 pub(crate) fn audit_until(t: &TestHome, mut holds: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + HANG;
     loop {
         let audit = audit_tail(t);
         if holds(&audit) || Instant::now() >= deadline {
@@ -107,7 +107,7 @@ fn hello_runs_once_approved_and_answers_prompts() {
     wait_running(&t, &mut client, &["hello"]);
     assert_eq!(ask(&mut client, "user.v1.prompt", "world"), "hello, world");
     assert_eq!(ask(&mut client, "user.v1.prompt", "again"), "hello, again");
-    assert!(t.log().contains("capsule hello is ready"), "signal_ready reached the host");
+    assert!(t.logged("capsule hello is ready"), "signal_ready reached the host");
 }
 
 #[test]
@@ -122,7 +122,7 @@ fn kv_counter_counts_and_its_count_survives_a_restart() {
     }
     drop(client);
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
-    daemon.wait_exit(Duration::from_secs(10)).expect("exit");
+    daemon.wait_exit(HANG).expect("exit");
     let _daemon = t.daemon(&[]);
     let mut client = t.client();
     wait_running(&t, &mut client, &["kv-counter"]);
@@ -187,10 +187,9 @@ pub(crate) fn hostile_is_contained(extra: &[(&str, &str)]) {
     for (command, reason) in [("/spin", "exceeded its deadline"), ("/bomb", "trapped"), ("/panic", "trapped")] {
         let crashes = || audit_tail(&t).into_iter().filter(|e| e["action"] == "capsule.crashed").count();
         let before = crashes();
-        let started = Instant::now();
         say(&mut client, exec, command);
-        assert!(t.wait_for(|| crashes() > before, Duration::from_secs(10)), "{command} was not stopped\n{}", t.log());
-        assert!(started.elapsed() < Duration::from_secs(8), "{command} took {:?} to stop", started.elapsed());
+        // What stopped it is the audit's rule below (the deadline, a trap), not how soon.
+        assert!(t.wait_for(|| crashes() > before, HANG), "hung: {command} was not stopped\n{}", t.log());
         let last = audit_tail(&t).into_iter().rev().find(|e| e["action"] == "capsule.crashed").expect("crash");
         assert!(last["rule"].as_str().expect("rule").contains(reason), "{command}: {last}");
         // The daemon and the other capsule never noticed.
@@ -265,7 +264,7 @@ fn install_show_upgrade_tamper_and_remove_through_the_cli() {
     let removed = t.cli(&["capsule", "remove", "kv-counter"]);
     assert_eq!(removed.status.code(), Some(0), "{}", String::from_utf8_lossy(&removed.stderr));
     assert!(!installed.exists());
-    assert!(t.wait_for(|| !running(&mut client).contains(&"kv-counter".to_owned()), Duration::from_secs(5)));
+    assert!(t.wait_for(|| !running(&mut client).contains(&"kv-counter".to_owned()), HANG));
     assert_eq!(t.cli(&["capsule", "remove", "kv-counter"]).status.code(), Some(1), "nothing left to remove");
     let expected = ["capsule.install", "capsule.start", "capsule.lifecycle", "capsule.remove", "capsule.failed"];
     let audited = |audit: &[Value]| expected.iter().all(|action| audit.iter().any(|e| e["action"] == *action));
@@ -416,10 +415,10 @@ fn a_capsule_that_keeps_failing_is_given_up_and_a_rescan_tries_it_again() {
         wait_running(&t, &mut client, &["hostile"]);
         say(&mut client, exec, "/panic");
         let state = || describe(&t, "hostile");
-        let moved = t.wait_for(|| state()["state"] != "running", Duration::from_secs(10));
+        let moved = t.wait_for(|| state()["state"] != "running", HANG);
         assert!(moved, "attempt {attempt}: still running");
     }
-    let given_up = t.wait_for(|| describe(&t, "hostile")["state"] == "failed", Duration::from_secs(10));
+    let given_up = t.wait_for(|| describe(&t, "hostile")["state"] == "failed", HANG);
     assert!(given_up, "{}", describe(&t, "hostile"));
     assert!(describe(&t, "hostile")["reason"].as_str().expect("reason").starts_with("gave up after 5 restarts"));
     // It stays down through unrelated changes, and comes back when the operator rescans.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use astrid::types::DaemonStatus;
 
-use crate::harness::{TestHome, wait_for};
+use crate::harness::{HANG, TestHome, wait_for};
 
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -114,7 +114,7 @@ fn stop_after_a_sigkill_cleans_the_leftovers() {
     let home = astrid::home::AstridHome::at(&t.home);
     let released =
         || astrid::daemon::singleton::probe(&home).expect("probe") == astrid::daemon::singleton::Liveness::Stopped;
-    assert!(wait_for(&mut || !alive(pid) && released(), Duration::from_secs(5)));
+    assert!(wait_for(&mut || !alive(pid) && released(), HANG));
     assert_eq!(t.run_files_exist(), [true; 3]);
     let status = t.cli(&["status"]);
     assert_eq!(
@@ -139,7 +139,7 @@ fn capsule_list_spawns_an_ephemeral_daemon_that_later_exits() {
     assert!(alive(pid));
     let status: DaemonStatus = serde_json::from_slice(&t.cli(&["status", "--json"]).stdout).expect("status");
     assert!(status.ephemeral);
-    assert!(wait_for(&mut || !alive(pid), Duration::from_secs(12)), "the ephemeral daemon did not exit");
+    assert!(wait_for(&mut || !alive(pid), HANG), "the ephemeral daemon did not exit");
     assert_eq!(t.run_files_exist(), [false; 3]);
 }
 
@@ -283,7 +283,7 @@ fn stop_waits_for_a_booting_daemon_to_name_itself() {
     std::io::Write::write_all(&mut lock, booting.id().to_string().as_bytes()).expect("write pid");
     // A booting daemon has its signal handlers: SIGTERM is how stop ends it.
     assert!(
-        wait_for(&mut || booting.try_wait().expect("try_wait").is_some(), Duration::from_secs(30)),
+        wait_for(&mut || booting.try_wait().expect("try_wait").is_some(), HANG),
         "stop never signalled the daemon that named itself"
     );
     drop(lock);

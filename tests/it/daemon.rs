@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use crate::harness::{TestHome, mode};
+use crate::harness::{HANG, TestHome, mode};
 
 #[test]
 fn boot_writes_private_run_files_in_order() {
@@ -20,6 +20,7 @@ fn boot_writes_private_run_files_in_order() {
     let token = t.token();
     assert_eq!(token.len(), 64);
     assert!(token.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{token}");
+    assert!(t.logged("boot 6/6: ready"), "{}", t.log());
     let log = t.log();
     let steps: Vec<usize> = [
         "boot 1/6: lock",
@@ -42,7 +43,7 @@ fn token_is_new_on_every_boot() {
     let mut first = t.daemon(&[]);
     let token = t.token();
     first.signal(Signal::SIGTERM);
-    first.wait_exit(Duration::from_secs(5)).expect("exit");
+    first.wait_exit(HANG).expect("exit");
     let _second = t.daemon(&[]);
     assert_ne!(t.token(), token);
 }
@@ -74,7 +75,7 @@ fn session_flag_is_the_source_of_replies_and_verbose_logs_debug() {
     let _daemon = t.daemon(&["--session", session, "-v"]);
     let reply = t.client().request("status", json!({"method": "GetStatus"}));
     assert_eq!(reply["source_id"], session);
-    assert!(t.log().contains(" DEBUG "), "-v must log at debug level");
+    assert!(t.logged(" DEBUG "), "-v must log at debug level");
 }
 
 #[test]
@@ -114,15 +115,18 @@ fn second_daemon_on_the_same_home_is_refused() {
 fn assert_clean_exit_on(signal: Signal, name: &str) {
     let t = TestHome::new();
     let mut daemon = t.daemon(&[]);
-    let _client = t.client();
-    let sent = Instant::now();
+    let mut client = t.client();
     daemon.signal(signal);
-    let (status, _) = daemon.wait_exit(Duration::from_secs(5)).expect("daemon did not exit");
+    let (status, _) = daemon.wait_exit(HANG).expect("hung: the daemon did not exit");
     assert!(status.success(), "{name}: {status}");
-    assert!(sent.elapsed() < Duration::from_secs(2), "{name}: took {:?}", sent.elapsed());
     assert_eq!(t.run_files_exist(), [false; 3], "{name}: run files left behind");
     let log = t.log();
     assert!(log.contains(&format!("shutting down: signal {name}")), "{log}");
+    // The connected client did not hold the shutdown up: the bridge closed it, rather than
+    // waiting out its drain timeout and abandoning it.
+    assert!(log.contains(&format!("shutdown complete (signal {name})")), "{log}");
+    assert!(!log.contains("abandoning them"), "{log}");
+    assert!(client.closed(), "{name}: the client was not hung up on");
 }
 
 #[test]
@@ -146,11 +150,11 @@ fn files_left_by_a_killed_daemon_are_replaced_by_the_next() {
     let mut daemon = t.daemon(&[]);
     let old_token = t.token();
     daemon.signal(Signal::SIGKILL);
-    daemon.wait_exit(Duration::from_secs(5)).expect("exit");
+    daemon.wait_exit(HANG).expect("exit");
     assert_eq!(t.run_files_exist(), [true; 3], "SIGKILL leaves the files");
     let _next = t.daemon(&[]);
     assert_ne!(t.token(), old_token);
-    assert!(t.log().contains("did not shut down cleanly"));
+    assert!(t.logged("did not shut down cleanly"), "{}", t.log());
     let reply = t.client().request("status", json!({"method": "GetStatus"}));
     assert_eq!(reply["payload"]["status"], "Status");
 }
@@ -166,15 +170,15 @@ fn ephemeral_daemon_stays_while_a_client_is_connected_and_exits_after_it_leaves(
     assert!(daemon.is_running(), "a connected client must keep an ephemeral daemon alive");
     let left = Instant::now();
     drop(client);
-    let (status, _) = daemon.wait_exit(Duration::from_secs(5)).expect("ephemeral daemon did not exit");
+    let (status, _) = daemon.wait_exit(HANG).expect("hung: the ephemeral daemon did not exit");
     assert!(status.success());
+    // Not before the idle timeout (1 s) counted from the last client leaving; the upper side
+    // is the reason below (the exact timing is the unit tests' of `daemon::idle`, on a paused
+    // clock).
     let waited = left.elapsed();
-    assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
-        "exited {waited:?} after the last client"
-    );
+    assert!(waited >= Duration::from_millis(900), "exited {waited:?} after the last client");
     assert_eq!(t.run_files_exist(), [false; 3]);
-    assert!(t.log().contains("shutting down: idle timeout"));
+    assert!(t.log().contains("shutting down: idle timeout"), "{}", t.log());
 }
 
 #[test]
@@ -182,10 +186,13 @@ fn ephemeral_daemon_nobody_connects_to_exits_after_grace_and_idle() {
     let t = TestHome::new();
     let started = Instant::now();
     let mut daemon = t.daemon_with(&["--ephemeral"], &[("ASTRID_IDLE_TIMEOUT_SECS", "1")]);
-    let (status, _) = daemon.wait_exit(Duration::from_secs(10)).expect("did not exit");
+    let (status, _) = daemon.wait_exit(HANG).expect("hung: the ephemeral daemon did not exit");
     assert!(status.success());
+    // Not before grace (5 s) + idle (1 s); why it went is the log's (the exact timing is the
+    // unit tests' of `daemon::idle`, on a paused clock).
     let lived = started.elapsed();
-    assert!(lived >= Duration::from_secs(6) && lived < Duration::from_secs(9), "lived {lived:?}");
+    assert!(lived >= Duration::from_secs(6), "lived {lived:?}");
+    assert!(t.log().contains("shutting down: idle timeout"), "{}", t.log());
 }
 
 #[test]
@@ -212,13 +219,19 @@ fn socket_path_over_the_platform_limit_fails_with_a_clear_error() {
 #[test]
 fn clients_mid_handshake_do_not_delay_shutdown() {
     let t = TestHome::new();
-    let mut daemon = t.daemon(&[]);
+    let mut daemon = t.daemon(&["-v"]);
     let _silent: Vec<crate::harness::RawClient> =
         (0..3).map(|_| crate::harness::RawClient::connect(&t.socket())).collect();
+    // Give the accept loop a moment to take them (if it has not, the test proves less, but
+    // cannot fail for it).
     std::thread::sleep(Duration::from_millis(100));
-    let sent = Instant::now();
     daemon.signal(Signal::SIGTERM);
-    let (status, _) = daemon.wait_exit(Duration::from_secs(5)).expect("exit");
+    let (status, _) = daemon.wait_exit(HANG).expect("hung: the daemon did not exit");
     assert!(status.success());
-    assert!(sent.elapsed() < Duration::from_millis(900), "shutdown waited {:?} for silent clients", sent.elapsed());
+    // A shutdown that waited for them would have ended them by the handshake timeout (5 s),
+    // or abandoned them after the drain timeout (1.5 s): the log says which.
+    let log = t.log();
+    assert!(log.contains("shutdown complete (signal SIGTERM)"), "{log}");
+    assert!(!log.contains("no handshake within"), "shutdown waited for silent clients:\n{log}");
+    assert!(!log.contains("abandoning them"), "shutdown waited for silent clients:\n{log}");
 }

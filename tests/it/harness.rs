@@ -12,6 +12,12 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+/// How long a test waits for something that must happen before it calls it hung. Only a
+/// guard against hanging forever: generous, so a busy machine (a parallel build, a loaded
+/// CI runner) never fails a test that is merely slow. No test asserts how fast anything is
+/// (that is what the benchmarks are for).
+pub const HANG: Duration = Duration::from_secs(60);
+
 /// A temp directory holding a home, a workspace and the role links.
 pub struct TestHome {
     _dir: TempDir,
@@ -76,10 +82,7 @@ impl TestHome {
         let pid = daemon.pid().to_string();
         let lock = self.run_dir().join("system.lock");
         let ours = || std::fs::read_to_string(&lock).is_ok_and(|owner| owner.trim() == pid);
-        assert!(
-            self.wait_for(|| ours() && self.ready().exists(), Duration::from_secs(10)),
-            "daemon never became ready"
-        );
+        assert!(self.wait_for(|| ours() && self.ready().exists(), HANG), "hung: the daemon never became ready");
         daemon
     }
 
@@ -121,6 +124,12 @@ impl TestHome {
             .unwrap_or_default();
         files.sort();
         files.iter().map(|f| std::fs::read_to_string(f).unwrap_or_default()).collect()
+    }
+
+    /// Whether the log shows `text` (waits up to [`HANG`]: a running daemon's log is written
+    /// by a thread of its own, so a line can reach the file after what it reports happened).
+    pub fn logged(&self, text: &str) -> bool {
+        self.wait_for(|| self.log().contains(text), HANG)
     }
 
     pub fn run_files_exist(&self) -> [bool; 3] {
@@ -227,7 +236,7 @@ pub struct RawClient {
 impl RawClient {
     pub fn connect(path: &Path) -> Self {
         let stream = UnixStream::connect(path).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        stream.set_read_timeout(Some(HANG)).expect("timeout");
         Self { stream }
     }
 
@@ -252,6 +261,9 @@ impl RawClient {
             Ok(()) => {}
             Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset) => {
                 return None;
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("hung: no frame and no close within {HANG:?}")
             }
             Err(e) => panic!("read failed: {e}"),
         }
@@ -300,7 +312,8 @@ impl RawClient {
         }
     }
 
-    /// Whether the daemon closed the stream (EOF) within the read timeout.
+    /// Whether the daemon closed the stream (EOF) rather than sending a frame (waits up to
+    /// [`HANG`]).
     pub fn closed(&mut self) -> bool {
         self.read_frame().is_none()
     }
@@ -355,14 +368,14 @@ impl Terminal {
 
     /// Waits until the screen shows `text` `times` times; the screen either way.
     pub fn wait_for(&self, text: &str, times: usize) -> Result<String, String> {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + HANG;
         loop {
             let screen = self.screen();
             if screen.matches(text).count() >= times {
                 return Ok(screen);
             }
             if Instant::now() >= deadline {
-                return Err(format!("never showed {text:?} ×{times}:\n{screen}"));
+                return Err(format!("hung: never showed {text:?} ×{times}:\n{screen}"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -379,6 +392,7 @@ impl Drop for Terminal {
 pub struct PipedChat {
     child: Child,
     output: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl PipedChat {
@@ -393,18 +407,21 @@ impl PipedChat {
             .spawn()
             .expect("astrid chat");
         let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        for stream in [
+        let readers = [
             Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().expect("stderr")),
-        ] {
+        ]
+        .into_iter()
+        .map(|stream| {
             let output = std::sync::Arc::clone(&output);
             std::thread::spawn(move || {
                 for line in std::io::BufRead::lines(std::io::BufReader::new(stream)).map_while(Result::ok) {
                     output.lock().expect("lock").push_str(&format!("{line}\n"));
                 }
-            });
-        }
-        Self { child, output }
+            })
+        })
+        .collect();
+        Self { child, output, readers }
     }
 
     pub fn say(&mut self, line: &str) {
@@ -428,15 +445,20 @@ impl PipedChat {
 
     /// Waits (generously) until the output shows `text` `times` times.
     pub fn wait_for(&self, text: &str, times: usize) -> String {
-        let shown = wait_for(&mut || self.output().matches(text).count() >= times, Duration::from_secs(60));
-        assert!(shown, "never showed {text:?} ×{times}:\n{}", self.output());
+        let shown = wait_for(&mut || self.output().matches(text).count() >= times, HANG);
+        assert!(shown, "hung: never showed {text:?} ×{times}:\n{}", self.output());
         self.output()
     }
 
     pub fn finish(mut self) -> (Option<i32>, String) {
         drop(self.child.stdin.take());
         let status = self.child.wait().expect("wait");
-        std::thread::sleep(Duration::from_millis(100));
+        // Everything the chat wrote is collected once both readers saw their pipe close.
+        let drained = wait_for(&mut || self.readers.iter().all(std::thread::JoinHandle::is_finished), HANG);
+        assert!(drained, "hung: the chat's output never closed:\n{}", self.output());
+        for reader in self.readers.drain(..) {
+            reader.join().expect("reader");
+        }
         (status.code(), self.output())
     }
 }

@@ -5,9 +5,8 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::Duration;
 
-use crate::harness::{TestHome, mode};
+use crate::harness::{HANG, TestHome, mode};
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -32,7 +31,7 @@ fn daemon_refuses(t: &TestHome) -> String {
 fn made_home(t: &TestHome) {
     let mut daemon = t.daemon(&[]);
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
-    daemon.wait_exit(Duration::from_secs(10)).expect("daemon exit");
+    daemon.wait_exit(HANG).expect("daemon exit");
 }
 
 #[test]
@@ -162,7 +161,7 @@ fn directories_others_may_write_to_are_refused_by_daemon_and_cli() {
     drop(_daemon);
     let _daemon = t.daemon(&[]);
     assert_eq!(mode(&t.home.join("bin")), 0o700);
-    assert!(t.log().contains("bin was mode 0755, tightened to 0700"), "{}", t.log());
+    assert!(t.logged("bin was mode 0755, tightened to 0700"), "{}", t.log());
 }
 
 /// Every path under `root`, links not followed.
@@ -237,7 +236,7 @@ fn every_path_in_the_home_is_private_whatever_the_umask() {
     chmod(&key, 0o644);
     run(&["start"]);
     assert_eq!(mode(&key), 0o600);
-    let log = t.log();
-    assert!(log.contains(&format!("{} was mode 0644, tightened to 0600", key.display())), "{log}");
+    let tightened = format!("{} was mode 0644, tightened to 0600", key.display());
+    assert!(t.logged(&tightened), "{}", t.log());
     run(&["stop"]);
 }

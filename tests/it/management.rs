@@ -5,7 +5,7 @@ use std::time::Duration;
 use astrid::types::{DaemonStatus, KernelResponse};
 use serde_json::{Value, json};
 
-use crate::harness::TestHome;
+use crate::harness::{HANG, TestHome};
 
 fn payload(reply: &Value) -> KernelResponse {
     serde_json::from_value(reply["payload"].clone()).expect("payload is a KernelResponse")
@@ -17,10 +17,21 @@ fn get_status_tells_the_truth() {
     let daemon = t.daemon(&[]);
     let mut a = t.client();
     let _b = t.client();
-    std::thread::sleep(Duration::from_millis(100));
-    let KernelResponse::Status(status) = payload(&a.request("status", json!({"method": "GetStatus"}))) else {
-        panic!("not a status")
-    };
+    // Each connection is counted as it is authenticated: wait for both rather than for a while.
+    let mut status = None;
+    let counted = t.wait_for(
+        || {
+            let KernelResponse::Status(now) = payload(&a.request("status", json!({"method": "GetStatus"}))) else {
+                panic!("not a status")
+            };
+            let both = now.connected_clients == 2;
+            status = Some(now);
+            both
+        },
+        HANG,
+    );
+    assert!(counted, "hung: {status:?}");
+    let status = status.expect("a status");
     let DaemonStatus { pid, version, ephemeral, connected_clients, connections_by_principal, loaded_capsules, .. } =
         *status;
     assert_eq!(pid, daemon.pid() as u32);
@@ -59,7 +70,7 @@ fn capsule_listing_commands_and_metadata() {
             {"name": "react", "interceptor_events": ["user.v1.prompt"]}
         ]})
     );
-    assert!(t.log().contains("broken"), "the failed capsule is reported in the log");
+    assert!(t.logged("broken"), "the failed capsule is reported in the log");
 }
 
 #[test]
@@ -175,7 +186,7 @@ fn shutdown_replies_first_then_cleans_up_and_exits_zero() {
     assert_eq!(reply["payload"], json!({"status": "Success", "data": {"status": "shutting_down"}}));
     assert!(client.closed());
     assert!(other.closed(), "every connection is closed at shutdown");
-    let (status, _) = daemon.wait_exit(Duration::from_secs(5)).expect("exit");
+    let (status, _) = daemon.wait_exit(HANG).expect("exit");
     assert!(status.success());
     assert_eq!(t.run_files_exist(), [false; 3]);
     assert!(t.log().contains("shutting down: Shutdown request (test over)"), "{}", t.log());

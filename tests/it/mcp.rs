@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::capsules::{audit_until, install_with};
-use crate::harness::{TestHome, wait_for};
+use crate::harness::{HANG, TestHome, wait_for};
 use crate::openai_server::{Script, Server};
 
 /// A server installed by scripts/test-deps.sh.
@@ -59,7 +59,7 @@ fn server<'a>(listing: &'a Value, name: &str) -> &'a Value {
 
 /// Waits until every server named has left `starting`; the last listing.
 fn settled(t: &TestHome, names: &[&str]) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + HANG;
     loop {
         let now = listing(t);
         let done = names.iter().all(|n| !["starting"].contains(&server(&now, n)["state"].as_str().unwrap_or("")));
@@ -204,7 +204,7 @@ init_timeout_secs = 1
 [servers.slow]
 command = "sleep"
 args = ["600"]
-init_timeout_secs = 60
+init_timeout_secs = 600
 
 [servers.older]
 command = "python3"
@@ -232,9 +232,10 @@ command = "x"
             time = time_server().display()
         ),
     );
-    let booting = Instant::now();
     let mut daemon = t.daemon(&[]);
-    assert!(booting.elapsed() < Duration::from_secs(5), "boot waited for a server: {:?}", booting.elapsed());
+    // Boot waited for no server: the daemon is ready while one still initializes (it never
+    // answers, and its init timeout is longer than any test).
+    assert_eq!(server(&listing(&t), "slow")["state"], "starting", "boot waited for a server");
     let listed = settled(&t, &["dies", "mute", "hangs", "garbage", "older", "future"]);
     let state = |name: &str| server(&listed, name)["state"].as_str().unwrap_or_default().to_owned();
     let error = |name: &str| server(&listed, name)["last_error"].as_str().unwrap_or_default().to_owned();
@@ -255,7 +256,7 @@ command = "x"
     // A server still initializing holds up nothing, and stops with the daemon.
     assert_eq!(state("slow"), "starting");
 
-    let started = Instant::now();
+    // The call's own timeout ended it (the error says so), not the server or the client.
     let hung = call(&t, "hangs", "wait", "{}");
     assert_eq!(hung.status.code(), Some(1));
     assert!(
@@ -263,7 +264,6 @@ command = "x"
         "{}",
         String::from_utf8_lossy(&hung.stderr)
     );
-    assert!(started.elapsed() < Duration::from_secs(5));
     let time = call(&t, "garbage", "get_current_time", r#"{"timezone": "UTC"}"#);
     assert_eq!(time.status.code(), Some(0), "{}", String::from_utf8_lossy(&time.stderr));
 
@@ -272,8 +272,8 @@ command = "x"
     let pids = pids(&listing(&t));
     assert!(pids.len() >= 2, "{pids:?}");
     assert_eq!(t.cli(&["stop"]).status.code(), Some(0));
-    assert!(daemon.wait_exit(Duration::from_secs(10)).is_some(), "the daemon stopped");
-    assert!(wait_for(&mut || pids.iter().all(|&p| !alive(p)), Duration::from_secs(5)), "servers outlived the daemon");
+    assert!(daemon.wait_exit(HANG).is_some(), "the daemon stopped");
+    assert!(wait_for(&mut || pids.iter().all(|&p| !alive(p)), HANG), "servers outlived the daemon");
 }
 
 /// The pids of the servers that have a process.
@@ -298,10 +298,7 @@ fn no_server_survives_a_sigkilled_daemon() {
     assert_eq!(pids.len(), 2, "{listed:#}");
     assert!(pids.iter().all(|&p| alive(p)));
     daemon.signal(nix::sys::signal::Signal::SIGKILL);
-    assert!(
-        wait_for(&mut || pids.iter().all(|&p| !alive(p)), Duration::from_secs(5)),
-        "orphaned MCP servers: {pids:?}"
-    );
+    assert!(wait_for(&mut || pids.iter().all(|&p| !alive(p)), HANG), "orphaned MCP servers: {pids:?}");
 }
 
 #[test]
@@ -322,7 +319,7 @@ fn paged_tool_lists_are_read_whole_and_a_changed_list_is_read_again() {
     let grow = call(&t, "scripted", "grow", "{}");
     assert_eq!(stdout(&grow).trim(), "grown");
     assert!(
-        wait_for(&mut || names(&listing(&t)).contains(&"grown".to_owned()), Duration::from_secs(5)),
+        wait_for(&mut || names(&listing(&t)).contains(&"grown".to_owned()), HANG),
         "the list_changed notification was followed: {:#}",
         listing(&t)
     );
@@ -355,16 +352,12 @@ fn cancelling_a_turn_cancels_its_mcp_call_at_the_server() {
         .spawn()
         .expect("astrid run");
     let log = || std::fs::read_to_string(&received).unwrap_or_default();
-    assert!(
-        wait_for(&mut || log().contains("tools/call"), Duration::from_secs(10)),
-        "the call reached the server\n{}",
-        t.log()
-    );
+    assert!(wait_for(&mut || log().contains("tools/call"), HANG), "the call reached the server\n{}", t.log());
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
     assert_eq!(child.wait_with_output().expect("wait").status.code(), Some(130));
     assert!(
-        wait_for(&mut || log().contains("notifications/cancelled"), Duration::from_secs(5)),
+        wait_for(&mut || log().contains("notifications/cancelled"), HANG),
         "the server was told: {}\n{}",
         log(),
         t.log()
@@ -412,7 +405,7 @@ command = "../../outside"
     let installed = t.cli(&["capsule", "install", source.to_str().expect("utf8"), "--yes"]);
     assert_eq!(installed.status.code(), Some(0), "{}", String::from_utf8_lossy(&installed.stderr));
     assert!(
-        wait_for(&mut || listing(&t)["servers"].to_string().contains("\"clock\""), Duration::from_secs(10)),
+        wait_for(&mut || listing(&t)["servers"].to_string().contains("\"clock\""), HANG),
         "the capsule's server was started: {:#}\n{}",
         listing(&t),
         t.log()
@@ -431,7 +424,7 @@ command = "../../outside"
     // Removing the capsule stops its server.
     let pid = server(&listed, "clock")["pid"].as_i64().and_then(|p| i32::try_from(p).ok()).expect("pid");
     assert_eq!(t.cli(&["capsule", "remove", "clockcap"]).status.code(), Some(0));
-    assert!(wait_for(&mut || !alive(pid), Duration::from_secs(10)), "the server outlived its capsule");
+    assert!(wait_for(&mut || !alive(pid), HANG), "the server outlived its capsule");
     assert!(!listing(&t)["servers"].to_string().contains("\"clock\""));
 }
 
@@ -449,7 +442,7 @@ fn a_server_that_crashes_is_restarted_and_its_tools_come_back() {
         let s = server(listed, "scripted");
         s["state"] == "ready" && s["pid"].as_i64() != Some(i64::from(pid)) && s["starts"] == 2
     };
-    assert!(wait_for(&mut || again(&listing(&t)), Duration::from_secs(10)), "{:#}\n{}", listing(&t), t.log());
+    assert!(wait_for(&mut || again(&listing(&t)), HANG), "{:#}\n{}", listing(&t), t.log());
     let audit = audit_until(&t, |a| {
         a.iter().any(|e| e["action"] == "mcp.server" && e["rule"].as_str().is_some_and(|r| r.contains("SIGKILL")))
     });

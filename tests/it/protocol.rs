@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::harness::{RawClient, TestHome};
+use crate::harness::{HANG, RawClient, TestHome};
 
 #[test]
 fn good_handshake_gets_ok_without_reason() {
@@ -70,12 +70,15 @@ fn oversize_and_garbage_handshakes_are_closed_without_reply() {
 #[test]
 fn a_silent_client_is_dropped_after_five_seconds() {
     let t = TestHome::new();
-    let _daemon = t.daemon(&[]);
+    let _daemon = t.daemon(&["-v"]);
     let mut silent = RawClient::connect(&t.socket());
     let started = Instant::now();
     assert!(silent.closed());
+    // Not before the handshake timeout (the daemon's clock starts at accept, after ours);
+    // and the handshake timeout is what closed it, not anything else.
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(4500) && waited < Duration::from_secs(8), "{waited:?}");
+    assert!(waited >= Duration::from_millis(4500), "{waited:?}");
+    assert!(t.wait_for(|| t.log().contains("no handshake within 5s; closed"), HANG), "{}", t.log());
 }
 
 #[test]
@@ -141,7 +144,7 @@ fn disallowed_and_malformed_frames_are_dropped_but_the_connection_stays() {
     client.send_frame(b"{not json");
     let reply = client.request("status", json!({"method": "GetStatus"}));
     assert_eq!(reply["payload"]["status"], "Status");
-    assert!(t.log().contains("is not open to clients"));
+    assert!(t.logged("is not open to clients"), "{}", t.log());
 }
 
 #[test]
@@ -166,9 +169,7 @@ fn connection_cap_refuses_with_a_reason() {
     assert_eq!(reply["status"], "error");
     assert!(reply["reason"].as_str().expect("reason").contains("at most 2"), "{reply}");
     drop(_a);
-    assert!(
-        t.wait_for(|| RawClient::connect(&t.socket()).handshake(&t.token())["status"] == "ok", Duration::from_secs(5))
-    );
+    assert!(t.wait_for(|| RawClient::connect(&t.socket()).handshake(&t.token())["status"] == "ok", HANG));
 }
 
 #[test]
@@ -188,7 +189,7 @@ fn five_hundred_connect_disconnect_cycles_leave_the_daemon_responsive() {
     // Leases are returned: only this client remains (allow the last closes to land).
     assert!(t.wait_for(
         || client.request("status", json!({"method": "GetStatus"}))["payload"]["data"]["connected_clients"] == 1,
-        Duration::from_secs(5)
+        HANG
     ));
 }
 
@@ -233,14 +234,10 @@ fn silent_connections_do_not_block_the_accept_loop() {
     let t = TestHome::new();
     let _daemon = t.daemon(&[]);
     let _silent: Vec<RawClient> = (0..32).map(|_| RawClient::connect(&t.socket())).collect();
-    let started = Instant::now();
+    // An accept loop that waited on each connection's handshake would serve this client only
+    // after 32 handshake timeouts (160 s): the harness's read guard (60 s) fails it as hung.
     let reply = t.client().request("status", json!({"method": "GetStatus"}));
     assert_eq!(reply["payload"]["status"], "Status");
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "a good client waited {:?} behind silent ones",
-        started.elapsed()
-    );
 }
 
 #[test]
@@ -267,7 +264,7 @@ fn a_peer_with_another_uid_is_closed_before_the_handshake() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn as nobody");
-    let booted = t.wait_for(|| t.ready().exists(), Duration::from_secs(10));
+    let booted = t.wait_for(|| t.ready().exists(), HANG);
     if !booted {
         let _ = child.kill();
         let _ = child.wait();
@@ -281,8 +278,10 @@ fn a_peer_with_another_uid_is_closed_before_the_handshake() {
     frame.extend(hello);
     let _ = std::io::Write::write_all(&mut client.stream, &frame);
     let closed = client.closed();
+    // Before the kill: the line may still be on its way to the file.
+    let logged = t.logged("is not ours");
     let _ = child.kill();
     let _ = child.wait();
     assert!(closed, "a client with another uid must get no reply");
-    assert!(t.log().contains("is not ours"), "{}", t.log());
+    assert!(logged, "{}", t.log());
 }

@@ -1,14 +1,12 @@
 //! Kernel state through the real binary: KV durability across SIGKILL, capability grants,
 //! the audit trail and the workspace overlay.
 
-use std::time::Duration;
-
 use astrid::home::AstridHome;
 use astrid::vfs::{Vfs, VfsPath};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::harness::TestHome;
+use crate::harness::{HANG, TestHome};
 
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -27,7 +25,7 @@ fn acknowledged_kv_writes_survive_a_sigkill() {
         assert_eq!(reply["payload"]["status"], "Success", "{reply}");
     }
     daemon.signal(Signal::SIGKILL);
-    daemon.wait_exit(Duration::from_secs(5)).expect("killed");
+    daemon.wait_exit(HANG).expect("killed");
     let _again = t.daemon(&[]);
     let mut client = t.client();
     for i in 0..50 {
@@ -104,14 +102,14 @@ fn the_audit_trail_verifies_and_tampering_is_named() {
     let mut daemon = t.daemon(&[]);
     let mut client = t.client();
     let mut audit = || client.request("status", json!({"method": "GetStatus"}))["payload"]["data"]["audit"].clone();
-    assert!(t.wait_for(|| audit() != "verifying", Duration::from_secs(5)));
+    assert!(t.wait_for(|| audit() != "verifying", HANG));
     assert_eq!(audit(), "intact");
     for _ in 0..5 {
         client.request("list", json!({"method": "ListCapsules"}));
     }
     drop(client);
     daemon.signal(Signal::SIGTERM);
-    daemon.wait_exit(Duration::from_secs(5)).expect("exit");
+    daemon.wait_exit(HANG).expect("exit");
 
     let verify = t.cli(&["audit", "verify"]);
     assert_eq!(verify.status.code(), Some(0), "{}", stdout(&verify));
@@ -136,9 +134,9 @@ fn the_audit_trail_verifies_and_tampering_is_named() {
     let _daemon = t.daemon(&[]);
     let mut client = t.client();
     let mut audit = || client.request("status", json!({"method": "GetStatus"}))["payload"]["data"]["audit"].clone();
-    assert!(t.wait_for(|| audit() != "verifying", Duration::from_secs(5)));
+    assert!(t.wait_for(|| audit() != "verifying", HANG));
     assert_eq!(audit(), "default: tampered at entry 3");
-    assert!(t.log().contains("AUDIT CHAIN OF default IS BROKEN at entry 3"));
+    assert!(t.logged("AUDIT CHAIN OF default IS BROKEN at entry 3"), "{}", t.log());
 
     std::fs::remove_file(t.home.join("keys/runtime.key")).expect("rm key");
     assert_eq!(t.cli(&["audit", "verify"]).status.code(), Some(2), "no key is an error, not a verdict");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::capsules::{install, install_with};
-use crate::harness::{PipedChat, RawClient, Terminal, TestHome, wait_for};
+use crate::harness::{HANG, PipedChat, RawClient, Terminal, TestHome, wait_for};
 use crate::openai_server::{Script, Server};
 
 fn stdout(output: &std::process::Output) -> String {
@@ -267,7 +267,7 @@ fn unknown_and_unavailable_commands_are_answered_at_once() {
     crate::capsules::wait_running(&t, &mut client, &["kv-counter"]);
     assert_eq!(t.cli(&["caps", "revoke", "kv-counter"]).status.code(), Some(0));
     let shown = |format: &str| stdout(&t.cli(&["capsule", format, "kv-counter"]));
-    assert!(wait_for(&mut || shown("show").contains("stopped"), Duration::from_secs(10)), "{}", shown("show"));
+    assert!(wait_for(&mut || shown("show").contains("stopped"), HANG), "{}", shown("show"));
     assert!(shown("show").contains("not approved"), "{}", shown("show"));
     let list = stdout(&t.cli(&["capsule", "list"]));
     let line = list.lines().find(|l| l.starts_with("kv-counter")).unwrap_or_default();
@@ -293,16 +293,12 @@ fn the_chat_on_a_terminal_answers_unknown_commands_and_ctrl_c_before_the_first_b
     chat.wait_for("(no such command: /nosuch)", 1).unwrap_or_else(|e| panic!("{e}\n{}", t.log()));
 
     chat.keys(&["think hard", "Enter"]);
-    assert!(wait_for(&mut || !server.received().is_empty(), Duration::from_secs(20)), "{}", t.log());
+    assert!(wait_for(&mut || !server.received().is_empty(), HANG), "{}", t.log());
     // Typed while the turn runs, then Ctrl-C: the request is dropped, the typing kept.
     chat.keys(&["typed ahead"]);
     chat.keys(&["C-c"]);
     chat.wait_for("Cancelled.", 1).unwrap_or_else(|e| panic!("{e}\n{}", t.log()));
-    assert!(
-        wait_for(&mut || !server.hangups().is_empty(), Duration::from_secs(10)),
-        "the request was not dropped\n{}",
-        t.log()
-    );
+    assert!(wait_for(&mut || !server.hangups().is_empty(), HANG), "the request was not dropped\n{}", t.log());
     chat.wait_for("you> typed ahead", 1).unwrap_or_else(|e| panic!("{e}\n{}", t.log()));
     chat.keys(&["Enter"]);
     chat.wait_for("Hi again", 1).unwrap_or_else(|e| panic!("{e}\n{}", t.log()));
