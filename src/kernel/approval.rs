@@ -519,7 +519,9 @@ mod tests {
         request
     }
 
-    #[tokio::test]
+    // Paused time: a timeout fires only once every task is idle, so an answer a frontend
+    // task is about to give always comes first, however busy the machine.
+    #[tokio::test(start_paused = true)]
     async fn every_decision_string_maps_failing_closed() {
         let s = setup();
         for (decision, allowed) in [
@@ -544,7 +546,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn silence_is_a_deny() {
         let s = setup();
         let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_millis(200)).expect("approvals");
@@ -552,7 +554,7 @@ mod tests {
         assert_eq!(outcome, ApprovalOutcome::Denied { reason: "no answer within 0 s".into() });
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn allowances_are_scoped_persisted_and_revocable() {
         let s = setup();
         let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_secs(5)).expect("approvals");
@@ -573,7 +575,7 @@ mod tests {
         assert!(matches!(quick.request(request("writer")).await, ApprovalOutcome::Denied { .. }));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn session_allowances_hold_for_the_granting_connection_and_session_and_end_with_it() {
         let s = setup();
         let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_millis(300)).expect("approvals");
@@ -604,7 +606,7 @@ mod tests {
         assert!(matches!(&gone, ApprovalOutcome::Denied { reason } if reason.contains("gone")), "{gone:?}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_request_goes_to_the_connection_whose_turn_asked_and_only_it_may_answer() {
         let s = setup();
         let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_secs(2)).expect("approvals");
@@ -643,7 +645,7 @@ mod tests {
         assert_eq!(outcome, ApprovalOutcome::Denied { reason: "the turn was cancelled".into() });
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_path_allowance_covers_its_directory_and_nothing_beside_it() {
         let s = setup();
         let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_millis(300)).expect("approvals");
@@ -665,7 +667,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn answers_from_the_kernel_itself_and_control_characters_are_ignored() {
         let s = setup();
         let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_millis(300)).expect("approvals");
