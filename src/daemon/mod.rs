@@ -194,8 +194,7 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
 
     write_ready(&home).context("boot step 6/6 (ready)")?;
     log::info!("boot 6/6: ready in {:.1} ms", boot_started.elapsed().as_secs_f64() * 1000.0);
-    let verifier = Arc::clone(&kernel);
-    tokio::task::spawn_blocking(move || verifier.verify_audit());
+    kernel.verify_audit();
     let watchdog = tokio::spawn(crate::kernel::watchdog::run(Arc::clone(&kernel), config.watchdog_interval));
 
     let ready_at = tokio::time::Instant::now();
@@ -216,6 +215,7 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
     };
     log::info!("shutting down: {reason}");
     arm_shutdown_deadline(signals);
+    kernel.cancel_audit_verification();
 
     stop.send_replace(true);
     if let Err(e) = bridge.await {
@@ -231,6 +231,7 @@ pub async fn run(config: DaemonConfig, home: AstridHome) -> anyhow::Result<()> {
     mcp.stop_all().await;
     router.abort();
     watchdog.abort();
+    kernel.summarize_routine();
     kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "daemon.stop", &reason.to_string(), Decision::Info, "shutdown");
     kernel.flush();
     let removed = singleton::remove_run_files(&home, &lock);
