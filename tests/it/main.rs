@@ -2,6 +2,7 @@
 //! through its role links, in a temp `ASTRID_HOME`, over the real socket.
 
 mod agent;
+mod audit;
 mod capsule_host;
 mod capsules;
 mod cli;
