@@ -22,8 +22,9 @@
 //! The files may be read while a daemon appends to them (`astrid audit verify` never asks
 //! the daemon). The writer appends a line before it rewrites the head, so the head is read
 //! first: every entry up to the head's seq is settled and a problem there is final at once.
-//! A problem past it (or an unreadable head) may be a write in flight, so it is confirmed by
-//! reading again before it is reported.
+//! A problem past it may be a write in flight when the log ends in it (only the last line can
+//! be half written) or the head could not be read, so it is then confirmed by reading again
+//! before it is reported; otherwise the log is read once.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -105,12 +106,15 @@ pub struct VerifyReport {
     pub breaks: Vec<Break>,
     /// Breaks beyond the ones kept in `breaks` (they are all unacknowledged).
     pub more_breaks: u64,
+    /// The last line read was not a sound continuation of the chain: what a reader sees of
+    /// a line the writer is appending, the one thing a live log shows that may settle.
+    pub ends_in_a_break: bool,
 }
 
 impl VerifyReport {
     /// A report on an intact log of `entries` lines.
     pub fn intact(entries: u64) -> Self {
-        Self { entries, status: ChainStatus::Intact, breaks: Vec::new(), more_breaks: 0 }
+        Self { entries, status: ChainStatus::Intact, breaks: Vec::new(), more_breaks: 0, ends_in_a_break: false }
     }
 
     /// The breaks not acknowledged.
@@ -171,30 +175,42 @@ pub fn verify_log(dir: &Path, key: &VerifyingKey, expect_entries: bool) -> Resul
     loop {
         let head = read_head(dir)?;
         let settled = head.as_ref().and_then(|h| serde_json::from_slice::<Head>(h.trim_ascii()).ok()).map(|h| h.seq);
-        let log = log_exists(dir)?.then_some(None);
+        // The bytes there are now: a line being appended past them is for the next reading.
+        let length = log_length(dir)?;
+        let snapshot = Snapshot { head: head.clone(), log: length.map(Some), expect_entries };
         // Without a cancel flag there is no cancel.
-        let report =
-            verify_snapshot(dir, key, &Snapshot { head, log, expect_entries }, None).unwrap_or_else(|Cancelled| {
-                Err(AuditError::Format("a verification without a cancel flag was cancelled".to_owned()))
-            })?;
-        // A break past the head may be an append in flight; a recorded one is final.
-        let final_verdict = report
-            .unacknowledged()
-            .all(|b| b.recorded_at.is_some() || settled.is_some_and(|settled| b.first_bad_seq <= settled));
+        let report = verify_snapshot(dir, key, &snapshot, None).unwrap_or_else(|Cancelled| {
+            Err(AuditError::Format("a verification without a cancel flag was cancelled".to_owned()))
+        })?;
+        // A break past the head may be an append in flight, but only when the log ends in a
+        // break (a writer appends whole lines: only the last one can be half there) or the
+        // head itself could not be read (it is rewritten in place); a recorded break is
+        // final. Anything else is final at once.
+        let may_settle = report.ends_in_a_break || settled.is_none();
+        let final_verdict = !may_settle
+            || report
+                .unacknowledged()
+                .all(|b| b.recorded_at.is_some() || settled.is_some_and(|settled| b.first_bad_seq <= settled));
         attempt += 1;
         if final_verdict || attempt >= CONFIRMATIONS {
             return Ok(report);
         }
         std::thread::sleep(CONFIRMATION_PAUSE);
+        // Nothing moved meanwhile: no write was in flight, and what was read is what there is
+        // (a long tampered log is read once, not once per confirmation).
+        if read_head(dir)? == head && log_length(dir)? == length {
+            return Ok(report);
+        }
     }
 }
 
-/// Whether the log file exists (of any type: a directory in its place is an I/O error later).
-fn log_exists(dir: &Path) -> Result<bool, AuditError> {
+/// The log file's length, `None` if there is none (of any type: a directory in its place is
+/// an I/O error when it is read).
+fn log_length(dir: &Path) -> Result<Option<u64>, AuditError> {
     let path = dir.join(LOG_FILE);
     match std::fs::symlink_metadata(&path) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Ok(meta) => Ok(Some(meta.len())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(AuditError::io("stat", &path, e)),
     }
 }
@@ -352,6 +368,8 @@ struct Scan<'k> {
     records: Vec<(u64, u64, String)>,
     /// `audit.acknowledge` entries: (the record they name, their seq).
     acks: Vec<(u64, u64)>,
+    /// The last line read was broken (see [`VerifyReport::ends_in_a_break`]).
+    last_line_bad: bool,
 }
 
 impl<'k> Scan<'k> {
@@ -371,6 +389,7 @@ impl<'k> Scan<'k> {
             more_found: 0,
             records: Vec::new(),
             acks: Vec::new(),
+            last_line_bad: false,
         }
     }
 
@@ -384,6 +403,8 @@ impl<'k> Scan<'k> {
 
     fn line(&mut self, bytes: Result<&[u8], String>) {
         self.lines += 1;
+        // Until the line proves sound and in its place.
+        self.last_line_bad = true;
         let parsed = bytes.and_then(|bytes| serde_json::from_slice::<Line>(bytes).map_err(|e| e.to_string()));
         let line = match parsed {
             Ok(line) => line,
@@ -415,7 +436,7 @@ impl<'k> Scan<'k> {
             Ok(())
         };
         match (sound, follows) {
-            (Ok(()), Ok(())) => {}
+            (Ok(()), Ok(())) => self.last_line_bad = false,
             (Ok(()), Err(reason)) => {
                 // A sound line in the wrong place: a break here, and the chain goes on from it.
                 self.found(self.expected, reason);
@@ -504,7 +525,14 @@ impl<'k> Scan<'k> {
                 });
             }
         }
-        VerifyReport { entries: self.lines, status: ChainStatus::Intact, breaks, more_breaks: self.more_found }.settle()
+        VerifyReport {
+            entries: self.lines,
+            status: ChainStatus::Intact,
+            breaks,
+            more_breaks: self.more_found,
+            ends_in_a_break: self.last_line_bad,
+        }
+        .settle()
     }
 }
 
