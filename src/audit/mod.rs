@@ -4,8 +4,10 @@
 //!
 //! Files, in `home/<principal>/.local/audit/`: `audit.jsonl` (one signed entry per line,
 //! each naming the BLAKE3 of its predecessor) and `audit.head` (the last seq and hash,
-//! signed), signed with `keys/runtime.key`. A flipped byte, a deleted or reordered entry
-//! and a cut tail are all detected, and the first bad entry is named.
+//! signed), signed with `keys/runtime.key`. A flipped byte, a deleted or reordered entry,
+//! a cut tail, a deleted log or head are all detected, and every bad entry is named. A
+//! break a daemon saw is recorded in the log and stays a finding until the operator
+//! acknowledges it (itself an entry).
 
 mod entry;
 mod key;
@@ -16,8 +18,11 @@ use std::path::{Path, PathBuf};
 
 pub use entry::{Actor, AuditEntry, Decision, NewEntry};
 pub use key::RuntimeKey;
-pub use log::{AuditLog, AuditTrail, audit_dir, principals_with_logs};
-pub use verify::{ChainStatus, VerifyReport, tail, verify_log};
+pub use log::{
+    Acknowledged, AuditLog, AuditTrail, Failure, LogHealth, MAX_FIELD, TrailHealth, audit_dir, key_path,
+    principals_with_logs,
+};
+pub use verify::{ACKNOWLEDGE, Break, CHAIN_BROKEN, ChainStatus, DELETED, VerifyReport, tail, verify_log};
 
 /// The log file in a principal's audit directory.
 pub const LOG_FILE: &str = "audit.jsonl";
@@ -41,9 +46,23 @@ pub enum AuditError {
     /// The runtime key is missing, malformed or unusable.
     #[error("{0}")]
     Key(String),
-    /// An entry could not be encoded.
+    /// An entry could not be encoded, or the writer is gone.
     #[error("cannot encode an audit entry: {0}")]
     Format(String),
+    /// Something other than a regular file is where a log or head should be.
+    #[error("{} is {kind}, not a log file", path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// A file the writer holds open was removed or replaced: what it writes is lost.
+    #[error("{} was removed or replaced while the daemon was writing it", path.display())]
+    Moved {
+        /// The path.
+        path: PathBuf,
+    },
 }
 
 impl AuditError {
@@ -56,6 +75,7 @@ impl AuditError {
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::time::Duration;
     use uuid::Uuid;
 
     fn entry(i: usize) -> NewEntry {
@@ -81,8 +101,12 @@ mod tests {
         (tmp, dir, key.verifying_key())
     }
 
+    fn report(dir: &Path, key: &ed25519_dalek::VerifyingKey) -> VerifyReport {
+        verify_log(dir, key, false).expect("verify")
+    }
+
     fn status(dir: &Path, key: &ed25519_dalek::VerifyingKey) -> ChainStatus {
-        verify_log(dir, key).expect("verify").status
+        report(dir, key).status
     }
 
     fn lines(dir: &Path) -> Vec<String> {
@@ -93,14 +117,33 @@ mod tests {
         std::fs::write(dir.join(LOG_FILE), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).expect("write");
     }
 
+    fn tampered_at(status: &ChainStatus) -> Option<(u64, &str)> {
+        match status {
+            ChainStatus::Tampered { first_bad_seq, reason } => Some((*first_bad_seq, reason)),
+            ChainStatus::Intact => None,
+        }
+    }
+
+    /// Waits (polling) until `condition` holds; false after 10 s.
+    fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if condition() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        condition()
+    }
+
     #[test]
     fn an_untouched_log_is_intact_and_reopening_continues_the_chain() {
         let (tmp, dir, key) = setup(20);
-        assert_eq!(verify_log(&dir, &key).expect("verify"), VerifyReport { entries: 20, status: ChainStatus::Intact });
+        assert_eq!(report(&dir, &key), VerifyReport::intact(20));
         let signer = Arc::new(RuntimeKey::load(&tmp.path().join("runtime.key")).expect("key"));
         let log = AuditLog::open(&dir, signer).expect("reopen");
         assert_eq!(log.append(entry(20)).expect("append").seq, 21);
-        assert_eq!(verify_log(&dir, &key).expect("verify").entries, 21);
+        assert_eq!(report(&dir, &key).entries, 21);
         assert_eq!(status(&dir, &key), ChainStatus::Intact);
     }
 
@@ -116,10 +159,9 @@ mod tests {
             bytes[at - 1] = if bytes[at - 1] == b'a' { b'b' } else { b'a' };
             *line = String::from_utf8_lossy(&bytes).into_owned();
             write_lines(&dir, &tampered);
-            match status(&dir, &key) {
-                ChainStatus::Tampered { first_bad_seq, .. } => assert_eq!(first_bad_seq, 10, "{needle}"),
-                ChainStatus::Intact => panic!("flip after {needle:?} not detected"),
-            }
+            let found = report(&dir, &key);
+            assert_eq!(tampered_at(&found.status).map(|t| t.0), Some(10), "{needle}");
+            assert_eq!(found.breaks.len(), 1, "one flipped byte is one break, and the chain goes on: {found:?}");
         }
     }
 
@@ -130,25 +172,56 @@ mod tests {
         let mut deleted = original.clone();
         deleted.remove(4);
         write_lines(&dir, &deleted);
-        assert!(matches!(status(&dir, &key), ChainStatus::Tampered { first_bad_seq: 5, .. }));
+        assert_eq!(tampered_at(&status(&dir, &key)).map(|t| t.0), Some(5));
         write_lines(&dir, &original[..17]);
-        match status(&dir, &key) {
-            ChainStatus::Tampered { first_bad_seq, reason } => {
-                assert_eq!(first_bad_seq, 18);
-                assert!(reason.contains("truncated"), "{reason}");
-            }
-            ChainStatus::Intact => panic!("truncation not detected"),
-        }
+        let cut = status(&dir, &key);
+        let (seq, reason) = tampered_at(&cut).expect("truncation detected");
+        assert_eq!(seq, 18);
+        assert!(reason.contains("truncated"), "{reason}");
         std::fs::remove_file(dir.join(HEAD_FILE)).expect("rm head");
         write_lines(&dir, &original);
-        assert!(matches!(status(&dir, &key), ChainStatus::Tampered { .. }), "a missing head is tampering");
+        assert_eq!(tampered_at(&status(&dir, &key)).map(|t| t.1), Some("head missing"), "a missing head is tampering");
+    }
+
+    #[test]
+    fn every_break_is_found_not_only_the_first() {
+        let (_tmp, dir, key) = setup(20);
+        let mut tampered = lines(&dir);
+        tampered[2] = tampered[2].replacen("fs_read", "fs_reed", 1);
+        tampered.remove(11);
+        write_lines(&dir, &tampered);
+        let found = report(&dir, &key);
+        let at: Vec<u64> = found.breaks.iter().map(|b| b.first_bad_seq).collect();
+        assert_eq!(at, [3, 12], "{found:?}");
+        assert_eq!(tampered_at(&found.status).map(|t| t.0), Some(3));
+    }
+
+    #[test]
+    fn a_deleted_or_emptied_log_or_head_is_a_break() {
+        let (_tmp, dir, key) = setup(5);
+        let original = lines(&dir);
+        std::fs::remove_file(dir.join(LOG_FILE)).expect("rm log");
+        let missing = status(&dir, &key);
+        assert_eq!(tampered_at(&missing), Some((1, "log missing: the head names entry 5")), "{missing:?}");
+        std::fs::write(dir.join(LOG_FILE), "").expect("empty log");
+        let emptied = status(&dir, &key);
+        assert_eq!(tampered_at(&emptied), Some((1, "log truncated: head names entry 5, log ends at 0")));
+        write_lines(&dir, &original);
+        std::fs::remove_file(dir.join(HEAD_FILE)).expect("rm head");
+        assert_eq!(tampered_at(&status(&dir, &key)).map(|t| t.1), Some("head missing"));
+        std::fs::remove_file(dir.join(LOG_FILE)).expect("rm log");
+        assert_eq!(status(&dir, &key), ChainStatus::Intact, "nothing at all, and nothing expected");
+        let expected = verify_log(&dir, &key, true).expect("verify").status;
+        assert_eq!(tampered_at(&expected), Some((1, DELETED)), "nothing at all, though the key says there was");
+        std::fs::create_dir(dir.join(LOG_FILE)).expect("a directory instead");
+        assert!(verify_log(&dir, &key, false).is_err(), "a log that cannot be read is an error, not a verdict");
     }
 
     #[test]
     fn another_key_cannot_vouch_for_the_log() {
         let (tmp, dir, _key) = setup(3);
         let other = RuntimeKey::load_or_create(&tmp.path().join("other.key")).expect("key");
-        assert!(matches!(status(&dir, &other.verifying_key()), ChainStatus::Tampered { first_bad_seq: 1, .. }));
+        assert_eq!(tampered_at(&status(&dir, &other.verifying_key())).map(|t| t.0), Some(1));
     }
 
     #[test]
@@ -166,7 +239,47 @@ mod tests {
     }
 
     #[test]
-    fn a_trail_finds_a_tail_cut_while_it_was_down_and_records_it_in_the_log() {
+    fn a_line_cut_by_a_crash_is_one_break_and_the_writer_goes_on_after_it() {
+        let (tmp, dir, key) = setup(5);
+        let mut text = std::fs::read(dir.join(LOG_FILE)).expect("log");
+        let cut = lines(&dir)[4].clone();
+        text.extend_from_slice(&cut.as_bytes()[..cut.len() / 2]);
+        std::fs::write(dir.join(LOG_FILE), &text).expect("half a line, no newline");
+        let signer = Arc::new(RuntimeKey::load(&tmp.path().join("runtime.key")).expect("key"));
+        let log = AuditLog::open(&dir, signer).expect("reopen");
+        assert_eq!(log.append(entry(5)).expect("append").seq, 7, "the cut line took a place in the chain");
+        log.append(entry(6)).expect("append");
+        let found = report(&dir, &key);
+        assert_eq!(found.breaks.len(), 1, "{found:?}");
+        assert_eq!(found.breaks[0].first_bad_seq, 6);
+        assert!(found.breaks[0].reason.starts_with("unreadable entry"), "{found:?}");
+    }
+
+    #[test]
+    fn overlong_lines_are_skipped_without_being_kept_and_read_backwards_too() {
+        let (_tmp, dir, key) = setup(3);
+        let mut text = std::fs::read(dir.join(LOG_FILE)).expect("log");
+        text.extend(std::iter::repeat_n(b'x', verify::MAX_LINE * 3));
+        text.push(b'\n');
+        std::fs::write(dir.join(LOG_FILE), &text).expect("write");
+        let found = report(&dir, &key);
+        assert_eq!(found.breaks[0].first_bad_seq, 4);
+        assert!(found.breaks[0].reason.contains("longer than"), "{found:?}");
+        let shown = tail(&dir, 10).expect("tail");
+        assert_eq!(shown.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(tail(&dir, 2).expect("tail").iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+    }
+
+    #[test]
+    fn a_cancelled_verification_says_so() {
+        let (_tmp, dir, key) = setup(3);
+        let cancel = std::sync::atomic::AtomicBool::new(true);
+        let snapshot = verify::Snapshot { head: None, log: Some(None), expect_entries: false };
+        assert!(verify::verify_snapshot(&dir, &key, &snapshot, Some(&cancel)).is_err());
+    }
+
+    #[test]
+    fn a_tail_cut_while_the_daemon_was_down_stays_a_finding_until_acknowledged() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let home = crate::home::AstridHome::at(tmp.path());
         let trail = AuditTrail::open(&home).expect("trail");
@@ -182,18 +295,132 @@ mod tests {
         let trail = AuditTrail::open(&home).expect("reopen");
         trail.record(entry(10)).expect("record");
         let verdicts = trail.verify_all().expect("verdicts");
-        match &verdicts[0].1.status {
-            ChainStatus::Tampered { first_bad_seq, reason } => {
-                assert_eq!(*first_bad_seq, 7);
-                assert!(reason.contains("truncated"), "{reason}");
-            }
-            ChainStatus::Intact => panic!("a cut tail went unnoticed once new entries were written"),
-        }
-        drop(trail);
-        let entries = tail(&dir, 10).expect("tail");
-        let broken = entries.iter().find(|e| e.action == "audit.chain_broken").expect("finding recorded");
-        assert_eq!(broken.seq, 7);
+        let (seq, reason) = tampered_at(&verdicts[0].1.status).expect("a cut tail went unnoticed");
+        assert_eq!(seq, 7);
+        assert!(reason.contains("truncated"), "{reason}");
+        trail.sync().expect("sync");
+        let key = RuntimeKey::load(&key_path(&home)).expect("key").verifying_key();
+        // New entries and a new head were written after the cut: the files alone look whole,
+        // the record of the break does not let it heal.
+        let found = report(&dir, &key);
+        assert_eq!(tampered_at(&found.status).map(|t| t.0), Some(7), "{found:?}");
+        assert!(found.breaks[0].recorded_at.is_some(), "{found:?}");
+        let recorded = tail(&dir, 20).expect("tail");
+        let broken = recorded.iter().find(|e| e.action == CHAIN_BROKEN).expect("finding recorded");
         assert!(broken.resource.starts_with("entry 7: log truncated"), "{}", broken.resource);
+        drop(trail);
+
+        // Another daemon sees it again, and does not record it twice.
+        let trail = AuditTrail::open(&home).expect("reopen");
+        let verdicts = trail.verify_all().expect("verdicts");
+        assert_eq!(tampered_at(&verdicts[0].1.status).map(|t| t.0), Some(7));
+        let operator = Actor::Client { id: "client#1".into() };
+        let acknowledged = trail.acknowledge(Uuid::nil(), operator, "restored from backup").expect("acknowledge");
+        assert_eq!(acknowledged.len(), 1);
+        assert_eq!(acknowledged[0].1.first_bad_seq, 7);
+        trail.sync().expect("sync");
+        let after = report(&dir, &key);
+        assert_eq!(after.status, ChainStatus::Intact, "{after:?}");
+        assert!(after.breaks.iter().all(Break::acknowledged), "{after:?}");
+        let all = tail(&dir, 100).expect("tail");
+        assert_eq!(all.iter().filter(|e| e.action == CHAIN_BROKEN).count(), 1);
+        let ack = all.iter().find(|e| e.action == ACKNOWLEDGE).expect("acknowledgement recorded");
+        assert!(ack.resource.contains("entry 7: log truncated"), "{}", ack.resource);
+        assert_eq!(ack.rule, "restored from backup");
+        assert!(trail.health().logs.values().all(|log| log.unacknowledged.is_empty()));
+    }
+
+    #[test]
+    fn a_cut_tail_or_a_lost_head_is_recorded_before_anything_is_appended() {
+        for damage in ["cut", "no head", "garbled head"] {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let home = crate::home::AstridHome::at(tmp.path());
+            let trail = AuditTrail::open(&home).expect("trail");
+            for i in 0..10 {
+                trail.record(entry(i)).expect("record");
+            }
+            trail.sync().expect("sync");
+            drop(trail);
+            let dir = audit_dir(&home, "default");
+            match damage {
+                "cut" => write_lines(&dir, &lines(&dir)[..9]),
+                "no head" => std::fs::remove_file(dir.join(HEAD_FILE)).expect("rm head"),
+                _ => std::fs::write(dir.join(HEAD_FILE), "{ garbage").expect("garble head"),
+            }
+            // A daemon that starts and stops at once, its full verification cancelled.
+            let trail = AuditTrail::open(&home).expect("reopen");
+            trail.cancel_verification();
+            trail.record(entry(10)).expect("record");
+            trail.sync().expect("sync");
+            drop(trail);
+            let key = RuntimeKey::load(&key_path(&home)).expect("key").verifying_key();
+            let found = report(&dir, &key);
+            assert!(matches!(found.status, ChainStatus::Tampered { .. }), "{damage} healed: {found:?}");
+            assert!(found.unacknowledged().all(|b| b.recorded_at.is_some()), "{damage}: {found:?}");
+            // The next daemon's full verification recognises the record as its own finding.
+            let trail = AuditTrail::open(&home).expect("reopen");
+            let verdicts = trail.verify_all().expect("verdicts");
+            assert!(matches!(verdicts[0].1.status, ChainStatus::Tampered { .. }), "{damage}");
+            trail.sync().expect("sync");
+            let records = tail(&dir, 100).expect("tail").iter().filter(|e| e.action == CHAIN_BROKEN).count();
+            assert_eq!(records, 1, "{damage}: recorded once");
+        }
+    }
+
+    #[test]
+    fn a_trail_that_cannot_be_written_says_so_counts_what_it_lost_and_recovers() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = crate::home::AstridHome::at(tmp.path());
+        let trail = AuditTrail::open(&home).expect("trail");
+        for i in 0..3 {
+            trail.record(entry(i)).expect("record");
+        }
+        trail.sync().expect("sync");
+        drop(trail);
+        let dir = audit_dir(&home, "default");
+        std::fs::remove_file(dir.join(LOG_FILE)).expect("rm");
+        std::fs::create_dir(dir.join(LOG_FILE)).expect("a directory where the log was");
+
+        let trail = AuditTrail::open(&home).expect("the trail opens, failed");
+        let why = trail.writable().expect_err("not writable");
+        assert!(why.contains("is a directory"), "{why}");
+        trail.record(entry(3)).expect("handed over");
+        assert!(eventually(|| trail.health().failure.is_some_and(|f| f.lost == 1)), "{:?}", trail.health());
+        assert!(trail.sync().is_err(), "nothing is durable");
+
+        std::fs::remove_dir(dir.join(LOG_FILE)).expect("rmdir");
+        assert!(eventually(|| trail.writable().is_ok()), "recovers once the log can be written");
+        trail.sync().expect("sync");
+        let key = RuntimeKey::load(&key_path(&home)).expect("key").verifying_key();
+        assert!(eventually(|| {
+            let breaks = trail.health().logs.get("default").map(|log| log.unacknowledged.len()).unwrap_or(0);
+            breaks == 2
+        }));
+        trail.sync().expect("sync");
+        let found = report(&dir, &key);
+        let reasons: Vec<&str> = found.unacknowledged().map(|b| b.reason.as_str()).collect();
+        assert!(reasons.iter().any(|r| r.starts_with("log missing: the head names entry 3")), "{reasons:?}");
+        assert!(reasons.iter().any(|r| r.starts_with("1 entry could not be written between")), "{reasons:?}");
+    }
+
+    #[test]
+    fn a_log_removed_under_a_running_writer_is_noticed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = crate::home::AstridHome::at(tmp.path());
+        let trail = AuditTrail::open(&home).expect("trail");
+        trail.record(entry(0)).expect("record");
+        trail.sync().expect("sync");
+        let dir = audit_dir(&home, "default");
+        std::fs::remove_file(dir.join(LOG_FILE)).expect("rm");
+        trail.record(entry(1)).expect("record");
+        let key = RuntimeKey::load(&key_path(&home)).expect("key").verifying_key();
+        let noticed = eventually(|| {
+            let _ = trail.sync();
+            verify_log(&dir, &key, false).is_ok_and(|r| {
+                r.unacknowledged().any(|b| b.reason.contains("removed or replaced while the daemon was writing"))
+            })
+        });
+        assert!(noticed, "{:?}", verify_log(&dir, &key, false));
     }
 
     #[test]
@@ -203,7 +430,7 @@ mod tests {
         let trail = Arc::new(AuditTrail::open(&home).expect("trail"));
         trail.record(entry(0)).expect("record");
         trail.sync().expect("sync");
-        let key = RuntimeKey::load(&home.root().join("keys").join("runtime.key")).expect("key").verifying_key();
+        let key = RuntimeKey::load(&key_path(&home)).expect("key").verifying_key();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
             let (trail, stop) = (Arc::clone(&trail), Arc::clone(&stop));
@@ -212,9 +439,8 @@ mod tests {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     trail.record(entry(i)).expect("record");
                     i += 1;
-                    if i % 8 == 0 {
-                        std::thread::sleep(std::time::Duration::from_millis(1));
-                    }
+                    // Paced, so each verification (which reads the whole log) keeps up.
+                    std::thread::sleep(std::time::Duration::from_millis(1));
                 }
             })
         };

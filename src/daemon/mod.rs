@@ -240,8 +240,7 @@ pub async fn run(config: DaemonConfig, home: AstridHome, mut signals: Signals) -
 
     write_ready(&home).context("boot step 6/6 (ready)")?;
     log::info!("boot 6/6: ready in {:.1} ms", boot_started.elapsed().as_secs_f64() * 1000.0);
-    let verifier = Arc::clone(&kernel);
-    tokio::task::spawn_blocking(move || verifier.verify_audit());
+    kernel.verify_audit();
     let watchdog = tokio::spawn(crate::kernel::watchdog::run(Arc::clone(&kernel), config.watchdog_interval));
 
     let ready_at = tokio::time::Instant::now();
@@ -262,6 +261,7 @@ pub async fn run(config: DaemonConfig, home: AstridHome, mut signals: Signals) -
     };
     log::info!("shutting down: {reason}");
     signals.shutting_down();
+    kernel.cancel_audit_verification();
 
     stop.send_replace(true);
     if let Err(e) = bridge.await {
@@ -277,6 +277,7 @@ pub async fn run(config: DaemonConfig, home: AstridHome, mut signals: Signals) -
     mcp.stop_all().await;
     router.abort();
     watchdog.abort();
+    kernel.summarize_routine();
     kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "daemon.stop", &reason.to_string(), Decision::Info, "shutdown");
     kernel.flush();
     let removed = singleton::remove_run_files(&home, &lock);

@@ -24,6 +24,7 @@ pub mod operator_kv;
 pub mod prompts;
 pub mod rate_limit;
 pub mod router;
+pub mod routine;
 pub mod topic;
 pub mod watchdog;
 
@@ -45,7 +46,7 @@ use approval::{ApprovalOutcome, ApprovalRequest, Approvals};
 use capability::Capability;
 use grants::{GrantStatus, Grants};
 
-use crate::audit::{Actor, AuditTrail, Decision, NewEntry};
+use crate::audit::{Acknowledged, Actor, AuditTrail, Decision, NewEntry};
 use crate::home::{AstridHome, DEFAULT_PRINCIPAL};
 use crate::store::{KvError, KvStore};
 use crate::types::{DaemonStatus, IpcMessage, IpcPayload, SubscriberDrops};
@@ -114,8 +115,8 @@ pub struct Kernel {
     shutdown: watch::Sender<Option<ShutdownReason>>,
     store: KvStore,
     audit: AuditTrail,
-    /// `verifying` until [`Kernel::verify_audit`] has run, then `intact` or the problem.
-    audit_health: Mutex<String>,
+    /// Routine events seen, and their repeats not yet written (see [`routine`]).
+    routine: routine::Routine,
     /// The daemon's workspace (`--workspace`).
     vfs: Arc<Vfs>,
     /// Other workspaces clients work in, opened on first use (each with its own overlay).
@@ -156,7 +157,7 @@ impl Kernel {
             bus,
             store: state.store,
             audit: state.audit,
-            audit_health: Mutex::new("verifying".to_owned()),
+            routine: routine::Routine::default(),
             vfs: Arc::new(state.vfs),
             workspaces: Mutex::new(Vec::new()),
             client_workspaces: Mutex::new(std::collections::HashMap::new()),
@@ -228,44 +229,115 @@ impl Kernel {
         }
     }
 
+    /// Records a routine event (see [`routine`]): the first of its kind in full, the
+    /// repeats as a count written later.
+    pub fn record_routine(&self, kind: routine::Kind) {
+        if let routine::Seen::First { flushed } = self.routine.note(kind.clone()) {
+            self.record_repeats(flushed);
+            self.record(&kind.principal, kind.actor, &kind.action, &kind.resource, Decision::Allow, &kind.rule);
+        }
+    }
+
+    fn record_repeats(&self, repeats: Vec<(routine::Kind, routine::Repeats)>) {
+        for (kind, repeats) in repeats {
+            let action = format!("{}.repeated", kind.action);
+            self.record(
+                &kind.principal,
+                kind.actor,
+                &action,
+                &kind.resource,
+                Decision::Allow,
+                &repeats.rule(&kind.rule),
+            );
+        }
+    }
+
+    /// Writes the counts of routine events repeated since the last summary (periodically,
+    /// and at shutdown before `daemon.stop`).
+    pub fn summarize_routine(&self) {
+        self.record_repeats(self.routine.take_repeats());
+    }
+
+    /// A capsule instance ended: the counts of its routine events are written.
+    pub fn instance_ended(&self, instance: Uuid) {
+        self.record_repeats(self.routine.end_instance(instance));
+    }
+
+    /// Whether the audit trail can be written now; else why not. While it cannot, every
+    /// decision that needs it is refused (fail closed).
+    pub fn audit_writable(&self) -> Result<(), String> {
+        self.audit.writable()
+    }
+
     /// Decides whether `capsule` may do `request`, and audits the decision either way.
     /// Deny by default: an unknown capsule, a capsule without an approved grant, or a grant
-    /// that does not cover the request are all refusals.
+    /// that does not cover the request are all refusals. See [`Kernel::check_capability_for`].
     pub fn check_capability(&self, principal: &str, capsule: &str, request: &Capability<'_>) -> bool {
-        let (allowed, rule) = {
-            let registry = self.capsules();
-            match registry.get(capsule) {
-                None => (false, "default deny: unknown capsule".to_owned()),
-                Some(entry) => match &entry.grant {
-                    GrantStatus::Approved => match entry.capabilities.allows(request) {
-                        Some(rule) => (true, format!("grant {}: {rule}", &entry.capabilities.fingerprint()[..16])),
-                        None => (false, "default deny: not in the approved grant".to_owned()),
-                    },
-                    GrantStatus::Pending { request_id } => {
-                        (false, format!("default deny: grant pending operator approval ({request_id})"))
-                    }
-                    GrantStatus::NothingRequested => (false, "default deny: no capabilities requested".to_owned()),
-                },
-            }
+        self.check_capability_for(None, principal, capsule, request)
+    }
+
+    /// [`Kernel::check_capability`] for a capsule instance and the turn it works for
+    /// (`None`: a check the kernel makes on the capsule's behalf). A deny, a write and a program started are
+    /// recorded every time; any other allow is routine: recorded the first time for the
+    /// instance, grant and resource, counted after (see [`routine`]). While the audit trail
+    /// cannot be written, everything is denied.
+    pub fn check_capability_for(
+        &self,
+        scope: Option<routine::Scope>,
+        principal: &str,
+        capsule: &str,
+        request: &Capability<'_>,
+    ) -> bool {
+        let (allowed, rule) = match self.audit_writable() {
+            Err(why) => (false, format!("refused: {why}")),
+            Ok(()) => self.decide(capsule, request),
         };
-        let decision = if allowed { Decision::Allow } else { Decision::Deny };
-        self.record(
-            principal,
-            Actor::Capsule { name: capsule.to_owned() },
-            "capability.check",
-            &request.to_string(),
-            decision,
-            &rule,
-        );
+        let actor = Actor::Capsule { name: capsule.to_owned() };
+        if allowed && !matches!(request, Capability::FsWrite(_) | Capability::HostProcess(_)) {
+            self.record_routine(routine::Kind {
+                instance: scope.map(|scope| scope.instance),
+                turn: scope.and_then(|scope| scope.turn),
+                principal: principal.to_owned(),
+                actor,
+                action: "capability.check".to_owned(),
+                resource: request.to_string(),
+                rule,
+            });
+        } else {
+            let decision = if allowed { Decision::Allow } else { Decision::Deny };
+            self.record(principal, actor, "capability.check", &request.to_string(), decision, &rule);
+        }
         allowed
     }
 
+    /// The grant's verdict on `request`, and the rule that gave it.
+    fn decide(&self, capsule: &str, request: &Capability<'_>) -> (bool, String) {
+        let registry = self.capsules();
+        match registry.get(capsule) {
+            None => (false, "default deny: unknown capsule".to_owned()),
+            Some(entry) => match &entry.grant {
+                GrantStatus::Approved => match entry.capabilities.allows(request) {
+                    Some(rule) => (true, format!("grant {}: {rule}", &entry.capabilities.fingerprint()[..16])),
+                    None => (false, "default deny: not in the approved grant".to_owned()),
+                },
+                GrantStatus::Pending { request_id } => {
+                    (false, format!("default deny: grant pending operator approval ({request_id})"))
+                }
+                GrantStatus::NothingRequested => (false, "default deny: no capabilities requested".to_owned()),
+            },
+        }
+    }
+
     /// Asks a person (or a standing allowance) and audits the request and the outcome.
+    /// While the audit trail cannot be written, the answer is no, without asking.
     pub async fn request_approval(&self, request: ApprovalRequest) -> ApprovalOutcome {
         let actor = || Actor::Capsule { name: request.capsule.clone() };
         let resource = format!("{} {}", request.action, request.resource);
         self.record(&request.principal, actor(), "approval.request", &resource, Decision::Info, "asked");
-        let outcome = self.approvals.request(request.clone()).await;
+        let outcome = match self.audit_writable() {
+            Err(why) => ApprovalOutcome::Denied { reason: format!("refused: {why}") },
+            Ok(()) => self.approvals.request(request.clone()).await,
+        };
         let (decision, rule) = match &outcome {
             ApprovalOutcome::Allowed { rule } => (Decision::Allow, rule.clone()),
             ApprovalOutcome::Denied { reason } => (Decision::Deny, reason.clone()),
@@ -280,6 +352,11 @@ impl Kernel {
     /// the name. Audited either way, with what was granted.
     pub fn register_development(&self, mut capsule: capsules::Capsule) -> Result<(), String> {
         let name = capsule.name.clone();
+        if let Err(why) = self.audit_writable() {
+            let reason = format!("refused: {why}");
+            self.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.develop", &name, Decision::Deny, &reason);
+            return Err(reason);
+        }
         let granted = capsule.capabilities.entries().collect::<Vec<_>>().join(", ");
         capsule.origin = capsules::CapsuleOrigin::Development;
         capsule.grant_what_it_asks();
@@ -361,31 +438,59 @@ impl Kernel {
         self.capsules_changed.send_modify(|generation| *generation += 1);
     }
 
-    /// Collects the verdict on every audit chain as this daemon found it (run once after
-    /// boot, off the boot path: a long log must not delay readiness) and records it for
-    /// `GetStatus`. The daemon keeps running on a broken chain so the operator can look.
+    /// Starts verifying every audit chain as this daemon found it, in the background (a
+    /// long log must not delay readiness, nor shutdown: see
+    /// [`Kernel::cancel_audit_verification`]); `GetStatus` shows `verifying`, then the
+    /// verdict. The daemon keeps running on a broken chain so the operator can look.
     pub fn verify_audit(&self) {
-        let verdict = match self.audit.verify_all() {
-            Ok(reports) => {
-                let problems: Vec<String> = reports
-                    .into_iter()
-                    .filter_map(|(principal, report)| match report.status {
-                        crate::audit::ChainStatus::Intact => None,
-                        // The audit writer has already said so, loudly, and recorded it.
-                        crate::audit::ChainStatus::Tampered { first_bad_seq, .. } => {
-                            Some(format!("{principal}: tampered at entry {first_bad_seq}"))
-                        }
-                    })
-                    .collect();
-                if problems.is_empty() { "intact".to_owned() } else { problems.join("; ") }
-            }
-            Err(e) => {
-                log::error!("cannot verify the audit trail: {e}");
-                format!("unverifiable: {e}")
-            }
-        };
-        log::info!("audit chain check: {verdict}");
-        *self.audit_health.lock().unwrap_or_else(|e| e.into_inner()) = verdict;
+        if let Err(e) = self.audit.start_verification() {
+            log::error!("cannot verify the audit trail: {e}");
+        }
+    }
+
+    /// Stops the audit verifications still running (the daemon is shutting down).
+    pub fn cancel_audit_verification(&self) {
+        let running = self.audit.cancel_verification();
+        if !running.is_empty() {
+            log::info!("audit verification of {} cancelled by the shutdown (still running)", running.join(", "));
+        }
+    }
+
+    /// Records that `actor` (the operator) acknowledged every audit break known now, with
+    /// `note`; returns what was acknowledged.
+    pub fn acknowledge_audit(&self, actor: Actor, note: &str) -> Result<Vec<Acknowledged>, String> {
+        self.audit.acknowledge(self.session(), actor, note)
+    }
+
+    /// The audit trail's state for `GetStatus`: `FAILED: …` while it cannot be written,
+    /// `verifying`, the breaks not acknowledged, or `intact`.
+    fn audit_status(&self) -> String {
+        let health = self.audit.health();
+        if let Some(failure) = &health.failure {
+            return format!("FAILED: {failure}; capability checks, approvals and changes are refused until it can be");
+        }
+        if health.verifying() {
+            return "verifying".to_owned();
+        }
+        let problems: Vec<String> = health
+            .logs
+            .iter()
+            .filter_map(|(principal, log)| {
+                if let Some(e) = &log.error {
+                    return Some(format!("{principal}: unverifiable: {e}"));
+                }
+                let first = log.unacknowledged.iter().min_by_key(|b| b.first_bad_seq)?;
+                let more = match log.unacknowledged.len() - 1 {
+                    0 => String::new(),
+                    n => format!(" and {n} more"),
+                };
+                Some(format!(
+                    "{principal}: tampered at entry {} ({}){more}, not acknowledged (see astrid audit verify)",
+                    first.first_bad_seq, first.reason
+                ))
+            })
+            .collect();
+        if problems.is_empty() { "intact".to_owned() } else { problems.join("; ") }
     }
 
     /// Flushes state at shutdown.
@@ -409,6 +514,17 @@ impl Kernel {
             loop {
                 every.tick().await;
                 bus.cut_off_stalled();
+            }
+        });
+        let kernel = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(routine::SUMMARY_INTERVAL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let Some(kernel) = kernel.upgrade() else { return };
+                kernel.summarize_routine();
             }
         });
         tokio::spawn(router::run(Arc::clone(self)))
@@ -519,7 +635,7 @@ impl Kernel {
                 .filter(|s| s.dropped > 0)
                 .map(|s| SubscriberDrops { subscriber: s.name, dropped: s.dropped })
                 .collect(),
-            audit: Some(self.audit_health.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+            audit: Some(self.audit_status()),
             model: self.model.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             workspace: Some(self.vfs.root().display().to_string()),
         }

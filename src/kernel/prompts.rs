@@ -83,13 +83,19 @@ impl Kernel {
                 log::info!("{actor}: cancelled its turn; {withdrawn} pending approval(s) denied");
             }
         } else {
-            // A capsule that is about to run (the daemon just booted, a reload restarts it)
-            // is waited for a moment rather than reported missing.
-            let started = tokio::time::Instant::now();
-            while self.starting(&message.topic, text) && started.elapsed() < STARTING_WAIT {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let answerers = self.answerers(&message.topic, text);
+            let answerers = match self.audit_writable() {
+                // Fail closed: a turn's every step needs the trail.
+                Err(why) => Err(format!("refused: {why}; prompts are refused until it can be written")),
+                Ok(()) => {
+                    // A capsule that is about to run (the daemon just booted, a reload
+                    // restarts it) is waited for a moment rather than reported missing.
+                    let started = tokio::time::Instant::now();
+                    while self.starting(&message.topic, text) && started.elapsed() < STARTING_WAIT {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    self.answerers(&message.topic, text)
+                }
+            };
             let refused = answerers.as_ref().err().cloned();
             let receipt = TurnEvent::PromptReceipt {
                 session_id: session_id.clone(),

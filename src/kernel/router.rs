@@ -42,8 +42,28 @@ fn rate_limit(request: &KernelRequest) -> Option<usize> {
         KernelRequest::RevokeCapability { .. } | KernelRequest::WorkspaceCommit | KernelRequest::WorkspaceDiscard => {
             Some(30)
         }
+        KernelRequest::AuditAcknowledge { .. } => Some(10),
         _ => None,
     }
+}
+
+/// Requests that only read: routine in the audit trail (the first of each kind is an
+/// entry, repeats are counted: see [`super::routine`]), and served while the trail cannot
+/// be written. Everything else changes something and is recorded every time.
+fn read_only(request: &KernelRequest) -> bool {
+    matches!(
+        request,
+        KernelRequest::GetStatus
+            | KernelRequest::ListCapsules
+            | KernelRequest::GetCommands
+            | KernelRequest::GetCapsuleMetadata
+            | KernelRequest::DescribeCapsules
+            | KernelRequest::ListCapabilities
+            | KernelRequest::KvGet { .. }
+            | KernelRequest::KvList { .. }
+            | KernelRequest::WorkspaceDiff
+            | KernelRequest::McpList
+    )
 }
 
 /// Serves management requests until the bus goes away.
@@ -62,15 +82,26 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
             workspace: requester.and_then(|id| kernel.client_workspace(id)),
         };
         let request = decode(&incoming.message.payload);
-        if let Ok(KernelRequest::McpCall { server, tool, arguments }) = &request {
+        let refused = match &request {
+            // Fail closed: what changes state needs the audit trail; Shutdown stays possible.
+            Ok(r) if !read_only(r) && !matches!(r, KernelRequest::Shutdown { .. }) => kernel
+                .audit_writable()
+                .err()
+                .map(|why| format!("refused: {why}; only reads and Shutdown are served until it can be written")),
+            _ => None,
+        };
+        if let Ok(KernelRequest::McpCall { server, tool, arguments }) = &request
+            && refused.is_none()
+        {
             // A tool call may take a minute: answered from a task of its own.
             let call = (server.clone(), tool.clone(), arguments.clone());
             tokio::spawn(mcp_call(Arc::clone(&kernel), call, caller, reply_topic, requester));
             continue;
         }
-        let (response, after, verdict) = match &request {
-            Err(problem) => (KernelResponse::Error(problem.clone()), None, Err(problem.clone())),
-            Ok(request) => answer(&kernel, &mut limiter, request.clone(), &caller),
+        let (response, after, verdict) = match (&request, refused) {
+            (Err(problem), _) => (KernelResponse::Error(problem.clone()), None, Err(problem.clone())),
+            (Ok(_), Some(reason)) => (KernelResponse::Error(reason.clone()), None, Err(reason)),
+            (Ok(request), None) => answer(&kernel, &mut limiter, request.clone(), &caller),
         };
         // Reads are routine (a status bar may poll); changes and refusals are worth a line.
         let routine =
@@ -84,24 +115,36 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
             response_kind(&response)
         );
         let method = request.as_ref().map_or("malformed", KernelRequest::method_name);
-        let (decision, rule) = match verdict {
-            Ok(()) => (Decision::Allow, "local operator (same uid, session token)".to_owned()),
-            Err(reason) => (Decision::Deny, reason),
-        };
-        kernel.record(
-            &caller.principal,
-            caller.actor.clone(),
-            &format!("management.{method}"),
-            &incoming.message.topic,
-            decision,
-            &rule,
-        );
+        let action = format!("management.{method}");
+        match verdict {
+            Ok(()) if request.as_ref().is_ok_and(read_only) => kernel.record_routine(super::routine::Kind {
+                instance: None,
+                turn: None,
+                principal: caller.principal.clone(),
+                // Whichever connection asks, it is the local operator reading.
+                actor: Actor::Operator,
+                action,
+                resource: incoming.message.topic.clone(),
+                rule: OPERATOR.to_owned(),
+            }),
+            Ok(()) => {
+                let topic = &incoming.message.topic;
+                kernel.record(&caller.principal, caller.actor.clone(), &action, topic, Decision::Allow, OPERATOR);
+            }
+            Err(reason) => {
+                let topic = &incoming.message.topic;
+                kernel.record(&caller.principal, caller.actor.clone(), &action, topic, Decision::Deny, &reason);
+            }
+        }
         kernel.reply(&reply_topic, response, requester);
         if let Some(reason) = after {
             kernel.request_shutdown(reason);
         }
     }
 }
+
+/// The rule that allows a management request.
+const OPERATOR: &str = "local operator (same uid, session token)";
 
 /// `McpCall`: the operator's own call, audited as `mcp.call` (the operator is the one who
 /// would approve it), answered with `{"content", "is_error"}`.
@@ -211,6 +254,28 @@ fn handle(kernel: &Kernel, request: KernelRequest, caller: &Caller) -> (KernelRe
         },
         // Served by `mcp_call`, from a task of its own.
         KernelRequest::McpCall { .. } => (KernelResponse::Error("an MCP call is answered on its own".to_owned()), None),
+        KernelRequest::AuditAcknowledge { note } => (acknowledge(kernel, note.as_deref(), caller), None),
+    }
+}
+
+/// `AuditAcknowledge`: each break acknowledged is an `audit.acknowledge` entry in the log
+/// that holds it, naming the break's record and carrying the operator's note.
+fn acknowledge(kernel: &Kernel, note: Option<&str>, caller: &Caller) -> KernelResponse {
+    let note = note.map(str::trim).filter(|note| !note.is_empty()).unwrap_or("acknowledged by the local operator");
+    match kernel.acknowledge_audit(caller.actor.clone(), note) {
+        Ok(acknowledged) => KernelResponse::Success(json!({
+            "acknowledged": acknowledged
+                .iter()
+                .map(|(principal, found)| json!({
+                    "principal": principal,
+                    "entry": found.first_bad_seq,
+                    "reason": found.reason,
+                    "recorded_at": found.recorded_at,
+                    "acknowledged_at": found.acknowledged_at,
+                }))
+                .collect::<Vec<_>>(),
+        })),
+        Err(reason) => KernelResponse::Error(reason),
     }
 }
 

@@ -63,3 +63,71 @@ fn capabilities_are_denied_until_the_exact_set_is_approved_and_every_decision_is
     let verified = kernel.audit.verify_all().expect("verify");
     assert!(verified.iter().all(|(_, r)| r.status == ChainStatus::Intact));
 }
+
+/// Waits (polling) until `condition` holds; false after 10 s.
+fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    condition()
+}
+
+fn approved(tmp: &tempfile::TempDir) -> Arc<Kernel> {
+    let kernel = kernel(tmp);
+    kernel.reload_capsules();
+    let pending = kernel.grants().pending_list();
+    kernel.grants().approve(&pending[0].request_id, &pending[0].fingerprint).expect("approve");
+    kernel.refresh_grants();
+    kernel
+}
+
+#[test]
+fn a_repeated_allow_is_one_entry_and_a_count_and_a_deny_is_an_entry_every_time() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kernel = approved(&tmp);
+    let scope = routine::Scope { instance: uuid::Uuid::new_v4(), turn: Some(uuid::Uuid::new_v4()) };
+    let read = Capability::FsRead("src/lib.rs");
+    for _ in 0..500 {
+        assert!(kernel.check_capability_for(Some(scope), "default", "fs", &read));
+        assert!(!kernel.check_capability_for(Some(scope), "default", "fs", &Capability::FsRead("secret")));
+    }
+    let next_turn = routine::Scope { turn: Some(uuid::Uuid::new_v4()), ..scope };
+    assert!(kernel.check_capability_for(Some(next_turn), "default", "fs", &read), "another turn shows it again");
+    kernel.summarize_routine();
+    kernel.flush();
+    let entries = tail(&crate::audit::audit_dir(&kernel.config().home, "default"), 10_000).expect("tail");
+    let of = |action: &str, resource: &str| -> Vec<&crate::audit::AuditEntry> {
+        entries.iter().filter(|e| e.action == action && e.resource == resource).collect()
+    };
+    assert_eq!(of("capability.check", "fs_read src/lib.rs").len(), 2, "once per turn");
+    let repeated = of("capability.check.repeated", "fs_read src/lib.rs");
+    assert_eq!(repeated.len(), 1);
+    assert!(repeated[0].rule.starts_with("499 more since "), "{}", repeated[0].rule);
+    assert!(repeated[0].rule.ends_with("fs_read:cwd://src"), "the grant that allowed them: {}", repeated[0].rule);
+    let denials = of("capability.check", "fs_read secret");
+    assert_eq!(denials.len(), 500, "every deny is an entry");
+    assert!(denials.iter().all(|e| e.decision == Decision::Deny));
+}
+
+#[test]
+fn while_the_trail_cannot_be_written_every_capability_is_denied() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kernel = approved(&tmp);
+    let read = Capability::FsRead("src/lib.rs");
+    assert!(kernel.check_capability("default", "fs", &read));
+    kernel.flush();
+    let log = crate::audit::audit_dir(&kernel.config().home, "default").join(crate::audit::LOG_FILE);
+    std::fs::remove_file(&log).expect("rm");
+    std::fs::create_dir(&log).expect("a directory where the log was");
+    assert!(eventually(|| kernel.audit_writable().is_err()), "the writer notices");
+    assert!(!kernel.check_capability("default", "fs", &read), "fail closed");
+    let status = kernel.status().audit.unwrap_or_default();
+    assert!(status.starts_with("FAILED: "), "{status}");
+    std::fs::remove_dir(&log).expect("rmdir");
+    assert!(eventually(|| kernel.audit_writable().is_ok()), "and recovers");
+    assert!(kernel.check_capability("default", "fs", &read));
+}

@@ -105,6 +105,12 @@ pub enum KernelRequest {
         /// Its arguments (an object).
         arguments: Value,
     },
+    /// Astrid extension: the operator acknowledges the audit breaks the daemon knows of (each
+    /// acknowledgement is itself an audit entry, carrying `note`).
+    AuditAcknowledge {
+        /// Why, in the operator's words.
+        note: Option<String>,
+    },
 }
 
 impl KernelRequest {
@@ -132,6 +138,7 @@ impl KernelRequest {
             Self::WorkspaceDiscard => "WorkspaceDiscard",
             Self::McpList => "McpList",
             Self::McpCall { .. } => "McpCall",
+            Self::AuditAcknowledge { .. } => "AuditAcknowledge",
         }
     }
 }

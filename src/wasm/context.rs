@@ -129,6 +129,12 @@ impl CapsuleContext {
         }
     }
 
+    /// Who asks for a capability, for the audit trail: this instance, for its turn.
+    pub(super) fn audit_scope(&self) -> Option<crate::kernel::routine::Scope> {
+        let turn = self.cause.as_ref().map(|cause| cause.turn);
+        Some(crate::kernel::routine::Scope { instance: self.source_id, turn })
+    }
+
     /// The capsule this context belongs to.
     pub fn capsule(&self) -> &str {
         &self.capsule
@@ -192,6 +198,15 @@ impl CapsuleContext {
         match stored {
             Ok(()) => HostReply::value(0),
             Err(e) => HostReply::Trap(format!("cannot record that {hook} ran: {e}")),
+        }
+    }
+}
+
+impl Drop for CapsuleContext {
+    /// The instance ended: the counts of its routine audit events are written.
+    fn drop(&mut self) {
+        if let Some(access) = &self.kernel {
+            access.kernel.instance_ended(self.source_id);
         }
     }
 }

@@ -74,7 +74,7 @@ fn authorize(context: &CapsuleContext, raw: &[u8], access: Access) -> Result<(Ar
         Access::Read => Capability::FsRead(path.as_str()),
         Access::Write => Capability::FsWrite(path.as_str()),
     };
-    if !kernel.kernel.check_capability(&kernel.principal, &context.capsule, &request) {
+    if !kernel.kernel.check_capability_for(context.audit_scope(), &kernel.principal, &context.capsule, &request) {
         return Err(FsStatus::CapabilityDenied);
     }
     Ok((vfs, path))

@@ -182,7 +182,8 @@ fn prepare(context: &CapsuleContext, raw: &[u8], body: &[u8], timing: Timing) ->
         _ => return Err(HttpStatus::InvalidRequest),
     };
     let capsule = context.capsule.clone();
-    if !access.kernel.check_capability(&access.principal, &capsule, &Capability::Net(&host)) {
+    let scope = context.audit_scope();
+    if !access.kernel.check_capability_for(scope, &access.principal, &capsule, &Capability::Net(&host)) {
         return Err(HttpStatus::CapabilityDenied);
     }
     let mut used = Vec::new();

@@ -63,7 +63,8 @@ pub(super) fn publish(context: &CapsuleContext, name: &[u8], payload: &[u8]) -> 
     let Some(name) = std::str::from_utf8(name).ok().filter(|name| topic::validate(name).is_ok()) else {
         return reply(IpcStatus::InvalidInput);
     };
-    if !access.kernel.check_capability(&access.principal, &context.capsule, &Capability::IpcPublish(name)) {
+    let request = Capability::IpcPublish(name);
+    if !access.kernel.check_capability_for(context.audit_scope(), &access.principal, &context.capsule, &request) {
         return reply(IpcStatus::CapabilityDenied);
     }
     if payload.len() > MAX_PAYLOAD {
@@ -88,7 +89,8 @@ pub(super) fn subscribe(context: &mut CapsuleContext, pattern: &[u8]) -> HostRep
     let Some(pattern) = std::str::from_utf8(pattern).ok().filter(|p| valid_pattern(p)) else {
         return reply(IpcStatus::InvalidInput);
     };
-    if !access.kernel.check_capability(&access.principal, &context.capsule, &Capability::IpcSubscribe(pattern)) {
+    let request = Capability::IpcSubscribe(pattern);
+    if !access.kernel.check_capability_for(context.audit_scope(), &access.principal, &context.capsule, &request) {
         return reply(IpcStatus::CapabilityDenied);
     }
     let slot = context.subscriptions.iter().position(Option::is_none);

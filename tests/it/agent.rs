@@ -86,8 +86,10 @@ fn every_step_of_an_approved_tool_turn_is_in_the_audit_trail_in_order() {
     assert_eq!(stdout(&output).lines().last(), Some("Done."), "{}", stdout(&output));
     assert!(!t.workspace.join("todo.txt").exists(), "the write waits in the overlay");
 
-    // The steps, in the order they must happen; each is found after the one before.
-    let steps: [Step; 10] = [
+    // The steps, in the order they must happen; each is found after the one before. A
+    // capability used again in the same turn (the model asked a second time) is a count, not
+    // an entry: checked below.
+    let steps: [Step; 9] = [
         ("the person's prompt", &|e| {
             e["action"] == "client.input" && e["resource"].as_str().is_some_and(|r| r.starts_with("user.v1.prompt"))
         }),
@@ -105,9 +107,6 @@ fn every_step_of_an_approved_tool_turn_is_in_the_audit_trail_in_order() {
         ("the tool may write the file", &|e| e["actor"]["name"] == "tools-fs" && e["resource"] == "fs_write todo.txt"),
         ("the result goes back", &|e| {
             e["actor"]["name"] == "tools-fs" && e["resource"] == "ipc_publish tool.v1.execute.write_file.result"
-        }),
-        ("the model is asked again", &|e| {
-            e["actor"]["name"] == "orchestrator" && e["resource"] == "ipc_publish llm.v1.request.generate.openai"
         }),
         ("the answer goes out", &|e| {
             e["actor"]["name"] == "orchestrator" && e["resource"] == "ipc_publish agent.v1.response"
@@ -131,6 +130,16 @@ fn every_step_of_an_approved_tool_turn_is_in_the_audit_trail_in_order() {
             .collect();
         panic!("{missing}\n{}", shown.join("\n"));
     }
+    // The second request to the model is counted, and the count is written at shutdown.
+    assert_eq!(t.cli(&["stop"]).status.code(), Some(0));
+    let again = |e: &Value| {
+        e["action"] == "capability.check.repeated"
+            && e["actor"]["name"] == "orchestrator"
+            && e["resource"] == "ipc_publish llm.v1.request.generate.openai"
+    };
+    let audit = audit_until(&t, |a| a.iter().any(again));
+    let repeated = audit.iter().find(|e| again(e)).unwrap_or_else(|| panic!("no count of the repeat: {audit:?}"));
+    assert!(repeated["rule"].as_str().is_some_and(|r| r.starts_with("1 more since ")), "{repeated}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! through its role links, in a temp `ASTRID_HOME`, over the real socket.
 
 mod agent;
+mod audit;
 mod availability;
 mod bounds;
 mod capsule_host;

@@ -1,0 +1,195 @@
+//! What a routine event costs in the audit trail: the first one is an entry, the repeats
+//! are a count.
+//!
+//! A routine event is an *allow* that changes nothing by itself and repeats: a capability a
+//! capsule instance already used under the same grant on the same resource for the same
+//! turn (a streamed answer publishes one `agent.v1.stream.delta` per piece), or a read-only
+//! management request (a status bar polling `GetStatus`). The first of each kind is recorded in full;
+//! identical ones after it are counted, and the counts are written as one
+//! `<action>.repeated` entry per kind (`N more since T`) every [`SUMMARY_INTERVAL`], when
+//! the capsule instance ends, and at shutdown. So the trail grows with what happens that
+//! is new, not with traffic, and every kind of event stays findable with its first
+//! occurrence, its grant and its count.
+//!
+//! Never routine: a deny, a write (`fs_write`), a program started (`host_process`),
+//! approvals, grants, installs, commits, anything that changes state. Those are recorded
+//! one entry each, always.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use uuid::Uuid;
+
+use crate::audit::Actor;
+
+/// How often the counts of repeated routine events are written.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+/// The most kinds of routine event remembered at once; past it, the counts are written and
+/// the memory starts over (first occurrences are recorded again).
+const MAX_KINDS: usize = 4096;
+
+/// One kind of routine event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Kind {
+    /// The capsule instance (a capability check), or `None` (management, kernel-side checks).
+    pub instance: Option<Uuid>,
+    /// The turn (client request) the instance works for, when it works for one: each turn
+    /// shows each capability it used at least once.
+    pub turn: Option<Uuid>,
+    /// The principal acted for.
+    pub principal: String,
+    /// Who acted, as recorded (management requests of any client share a kind).
+    pub actor: Actor,
+    /// The action recorded.
+    pub action: String,
+    /// On what.
+    pub resource: String,
+    /// The rule (for a capability, the grant's fingerprint and entry).
+    pub rule: String,
+}
+
+/// Who uses a capability: a capsule instance, and the turn it works for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope {
+    /// The instance (its `source_id`).
+    pub instance: Uuid,
+    /// The turn, when it works for one.
+    pub turn: Option<Uuid>,
+}
+
+/// The count of repeats of one kind since its last summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repeats {
+    /// How many.
+    pub count: u64,
+    /// When the first of them happened.
+    pub since: DateTime<Utc>,
+}
+
+impl Repeats {
+    /// The rule of the summary entry: `N more since T: rule`.
+    pub fn rule(&self, rule: &str) -> String {
+        format!("{} more since {}: {rule}", self.count, self.since.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+}
+
+/// The routine events seen, and their repeats not yet written.
+#[derive(Debug, Default)]
+pub struct Routine {
+    seen: Mutex<HashMap<Kind, Option<Repeats>>>,
+}
+
+/// What to do with a routine event.
+#[derive(Debug)]
+pub enum Seen {
+    /// The first of its kind: record it.
+    First {
+        /// Counts to write first, when the memory was full (it starts over).
+        flushed: Vec<(Kind, Repeats)>,
+    },
+    /// Counted.
+    Repeat,
+}
+
+impl Routine {
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<Kind, Option<Repeats>>> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes one event of `kind`.
+    pub fn note(&self, kind: Kind) -> Seen {
+        let mut seen = self.seen();
+        if let Some(repeats) = seen.get_mut(&kind) {
+            match repeats {
+                Some(repeats) => repeats.count += 1,
+                None => *repeats = Some(Repeats { count: 1, since: Utc::now() }),
+            }
+            return Seen::Repeat;
+        }
+        let flushed = if seen.len() >= MAX_KINDS {
+            seen.drain().filter_map(|(kind, repeats)| Some((kind, repeats?))).collect()
+        } else {
+            Vec::new()
+        };
+        seen.insert(kind, None);
+        Seen::First { flushed }
+    }
+
+    /// Takes the counts not yet written (every kind is still remembered).
+    pub fn take_repeats(&self) -> Vec<(Kind, Repeats)> {
+        let mut seen = self.seen();
+        let mut taken: Vec<(Kind, Repeats)> =
+            seen.iter_mut().filter_map(|(kind, repeats)| Some((kind.clone(), repeats.take()?))).collect();
+        taken.sort_by_key(|(_, repeats)| repeats.since);
+        taken
+    }
+
+    /// Forgets the kinds of a capsule instance that ended, returning their counts.
+    pub fn end_instance(&self, instance: Uuid) -> Vec<(Kind, Repeats)> {
+        let mut seen = self.seen();
+        let ended: Vec<Kind> = seen.keys().filter(|kind| kind.instance == Some(instance)).cloned().collect();
+        let mut taken: Vec<(Kind, Repeats)> = ended
+            .into_iter()
+            .filter_map(|kind| {
+                let repeats = seen.remove(&kind)??;
+                Some((kind, repeats))
+            })
+            .collect();
+        taken.sort_by_key(|(_, repeats)| repeats.since);
+        taken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(instance: Option<Uuid>, resource: &str) -> Kind {
+        Kind {
+            instance,
+            turn: None,
+            principal: "default".into(),
+            actor: Actor::Capsule { name: "orchestrator".into() },
+            action: "capability.check".into(),
+            resource: resource.into(),
+            rule: "grant x".into(),
+        }
+    }
+
+    #[test]
+    fn the_first_is_recorded_repeats_are_counted_and_taken_once() {
+        let routine = Routine::default();
+        let one = Uuid::new_v4();
+        assert!(matches!(routine.note(kind(Some(one), "ipc_publish a")), Seen::First { .. }));
+        for _ in 0..1000 {
+            assert!(matches!(routine.note(kind(Some(one), "ipc_publish a")), Seen::Repeat));
+        }
+        assert!(matches!(routine.note(kind(Some(one), "ipc_publish b")), Seen::First { .. }), "another resource");
+        let other = Uuid::new_v4();
+        assert!(matches!(routine.note(kind(Some(other), "ipc_publish a")), Seen::First { .. }), "another instance");
+        let taken = routine.take_repeats();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].1.count, 1000);
+        assert!(routine.take_repeats().is_empty(), "counts are written once");
+        assert!(matches!(routine.note(kind(Some(one), "ipc_publish a")), Seen::Repeat), "still known");
+        let ended = routine.end_instance(one);
+        assert_eq!(ended.len(), 1);
+        assert!(matches!(routine.note(kind(Some(one), "ipc_publish a")), Seen::First { .. }), "forgotten");
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let routine = Routine::default();
+        for i in 0..MAX_KINDS {
+            routine.note(kind(None, &format!("fs_read {i}")));
+            routine.note(kind(None, &format!("fs_read {i}")));
+        }
+        match routine.note(kind(None, "fs_read one more")) {
+            Seen::First { flushed } => assert_eq!(flushed.len(), MAX_KINDS, "every count is written first"),
+            Seen::Repeat => panic!("a new kind"),
+        }
+        assert_eq!(routine.seen().len(), 1);
+    }
+}
