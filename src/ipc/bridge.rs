@@ -17,7 +17,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::AsyncWrite;
@@ -47,8 +47,12 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default cap on authenticated connections.
 pub const DEFAULT_MAX_CLIENTS: usize = 256;
-/// Connections allowed to be mid-handshake at once; a new one beyond this evicts the oldest.
+/// Connections allowed to be mid-handshake at once; a new one beyond this evicts the oldest
+/// once that one has had [`PENDING_GRACE`].
 const MAX_PENDING_HANDSHAKES: usize = 64;
+/// How long a connection surely has to send its handshake, however many others arrive
+/// after it (then [`HANDSHAKE_TIMEOUT`], unless the pending slots are all taken).
+const PENDING_GRACE: Duration = Duration::from_secs(1);
 /// Largest payload a client may publish (after the 10 MiB frame limit).
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
@@ -103,6 +107,18 @@ pub async fn serve(
     let (alive, mut all_done) = mpsc::channel::<()>(1);
     let connection_stop = stop.clone();
     loop {
+        // While every pending slot is held by a connection still within its grace, new
+        // connections wait in the listen queue, first come first served: a real client,
+        // whose handshake is already written, is reached in turn and answered at once.
+        let wait = pending.admission_wait();
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => break,
+                () = pending.freed.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+            continue;
+        }
         let accepted = tokio::select! {
             _ = stop.wait_for(|stop| *stop) => break,
             accepted = listener.accept() => accepted,
@@ -238,26 +254,45 @@ async fn send_handshake<W: AsyncWrite + Unpin>(writer: &mut W, response: Handsha
     }
 }
 
-/// Connections that have not finished their handshake, oldest first. When they are all
-/// taken, a new connection evicts the oldest: a client that sends its handshake at once (every
-/// real one) always gets in, however many silent connections keep reconnecting, while a
-/// silent one still gets [`HANDSHAKE_TIMEOUT`] when nobody is waiting behind it.
+/// Connections that have not finished their handshake, oldest first.
+///
+/// When they are all taken, the oldest is evicted for a new one, but only once it has had
+/// [`PENDING_GRACE`]; until then the accept loop leaves new connections in the kernel's
+/// listen queue, in arrival order. So silent connections that reconnect as soon as they are
+/// closed can neither hold every slot (each is evicted after its grace) nor churn a real
+/// client out before it is read (however busy the machine, it has its grace, and it waits
+/// its turn behind at most the connections that came before it), while a silent one still
+/// gets [`HANDSHAKE_TIMEOUT`] when nobody is waiting behind it.
 #[derive(Default)]
 struct Pending {
-    waiting: std::sync::Mutex<std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>>,
+    waiting: std::sync::Mutex<std::collections::VecDeque<(u64, Instant, tokio::sync::oneshot::Sender<()>)>>,
+    /// Signalled when a slot is given back.
+    freed: tokio::sync::Notify,
 }
 
 impl Pending {
+    /// How long the accept loop must wait before it may take one more connection: zero
+    /// while a slot is free or the oldest pending connection has had its grace.
+    fn admission_wait(&self) -> Duration {
+        let waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        match waiting.front() {
+            Some((_, since, _)) if waiting.len() >= MAX_PENDING_HANDSHAKES => {
+                (*since + PENDING_GRACE).saturating_duration_since(Instant::now())
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
     fn admit(self: &Arc<Self>, id: u64) -> PendingSlot {
         let (evict, evicted) = tokio::sync::oneshot::channel();
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         if waiting.len() >= MAX_PENDING_HANDSHAKES
-            && let Some((oldest, evict)) = waiting.pop_front()
+            && let Some((oldest, _, evict)) = waiting.pop_front()
         {
             log::debug!("bridge: {MAX_PENDING_HANDSHAKES} handshakes pending; evicting client#{oldest}");
             let _ = evict.send(());
         }
-        waiting.push_back((id, evict));
+        waiting.push_back((id, Instant::now(), evict));
         PendingSlot { id, evicted: Some(evicted), pending: Arc::clone(self) }
     }
 }
@@ -285,7 +320,9 @@ impl PendingSlot {
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
-        self.pending.waiting.lock().unwrap_or_else(|e| e.into_inner()).retain(|(id, _)| *id != self.id);
+        self.pending.waiting.lock().unwrap_or_else(|e| e.into_inner()).retain(|(id, _, _)| *id != self.id);
+        // A stored permit if the accept loop is not waiting yet: no wake-up is lost.
+        self.pending.freed.notify_one();
     }
 }
 
@@ -570,6 +607,28 @@ mod tests {
 
     fn decode(value: Value) -> Result<IpcMessage, String> {
         decode_ingress(&serde_json::to_vec(&value).expect("json"), Uuid::nil()).map_err(|r| r.reason)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_pending_slots_hold_new_connections_back_until_the_oldest_had_its_grace() {
+        let pending = Arc::new(Pending::default());
+        let mut slots: Vec<PendingSlot> = (0..MAX_PENDING_HANDSHAKES as u64).map(|id| pending.admit(id)).collect();
+        // All taken and all fresh: the next connection waits for the oldest one's grace.
+        let wait = pending.admission_wait();
+        assert!(wait > Duration::ZERO && wait <= PENDING_GRACE, "{wait:?}");
+        // A slot given back lets the next one in at once, and says so.
+        drop(slots.pop());
+        assert_eq!(pending.admission_wait(), Duration::ZERO);
+        tokio::time::timeout(Duration::from_secs(60), pending.freed.notified())
+            .await
+            .expect("a freed slot is signalled");
+        // Once the oldest has had its grace, a newcomer evicts it.
+        slots.push(pending.admit(1000));
+        std::thread::sleep(PENDING_GRACE);
+        assert_eq!(pending.admission_wait(), Duration::ZERO);
+        let newcomer = pending.admit(1001);
+        tokio::time::timeout(Duration::from_secs(60), slots[0].evicted()).await.expect("the oldest is evicted");
+        drop(newcomer);
     }
 
     #[test]
