@@ -8,7 +8,7 @@
 //! cwd = "/srv"                 # default: the workspace
 //! description = "clock"
 //! auto_start = true            # default
-//! init_timeout_secs = 10       # initialize must answer within this (default 10)
+//! init_timeout_secs = 30       # initialize must answer within this (default 30)
 //! call_timeout_secs = 60       # each tool call (default 60)
 //! restart_policy = "on_failure" # "never" | "always" | "on_failure" (default)
 //! ```
@@ -26,7 +26,9 @@ use serde::Deserialize;
 
 /// The longest server name (it is a topic segment and half of a tool name).
 pub const MAX_NAME: usize = 64;
-const DEFAULT_INIT_TIMEOUT: u64 = 10;
+/// A server started through `npx` or `uvx` may first fetch itself, and a busy machine starts
+/// Node or Python slowly: 10 s failed real servers that were merely slow.
+const DEFAULT_INIT_TIMEOUT: u64 = 30;
 const DEFAULT_CALL_TIMEOUT: u64 = 60;
 
 /// One server to run.
@@ -202,7 +204,7 @@ mod tests {
         assert_eq!(names, ["everything", "time"]);
         assert_eq!(servers[0].call_timeout, Duration::from_secs(5));
         assert_eq!(servers[0].restart, RestartPolicy::Never);
-        assert_eq!(servers[1].init_timeout, Duration::from_secs(10));
+        assert_eq!(servers[1].init_timeout, Duration::from_secs(30));
         assert_eq!(servers[1].restart, RestartPolicy::OnFailure);
         assert_eq!(servers[1].env["TZ"], "UTC");
         assert_eq!(refused.len(), 3, "{refused:?}");

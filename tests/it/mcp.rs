@@ -209,21 +209,25 @@ init_timeout_secs = 600
 [servers.older]
 command = "python3"
 args = [{hang:?}]
+init_timeout_secs = 60
 env = {{ MCP_FIXTURE_VERSION = "2024-11-05" }}
 
 [servers.future]
 command = "python3"
 args = [{hang:?}]
+init_timeout_secs = 60
 env = {{ MCP_FIXTURE_VERSION = "2099-01-01" }}
 
 [servers.hangs]
 command = "python3"
 args = [{hang:?}]
+init_timeout_secs = 60
 call_timeout_secs = 1
 
 [servers.garbage]
 command = "sh"
 args = ["-c", "echo 'Starting up!'; echo '{{not json'; exec {time}"]
+init_timeout_secs = 60
 
 [servers."bad.name"]
 command = "x"
