@@ -9,7 +9,9 @@ use std::time::Duration;
 use argh::FromArgs;
 use uuid::Uuid;
 
+use super::idle::IdlePolicy;
 use crate::ipc::bridge::DEFAULT_MAX_CLIENTS;
+use crate::wasm::supervisor::HostConfig;
 
 /// run the Astrid kernel: bind run/system.sock and serve frontends
 #[derive(FromArgs, Debug, Clone, PartialEq, Eq)]
@@ -51,10 +53,16 @@ pub struct DaemonConfig {
     /// How often `astrid.v1.watchdog.tick` is published (`ASTRID_WATCHDOG_INTERVAL_MS`,
     /// default 5 s).
     pub watchdog_interval: Duration,
+    /// When an ephemeral daemon exits (`ASTRID_IDLE_TIMEOUT_SECS`); `None` when persistent.
+    pub idle: Option<IdlePolicy>,
+    /// The capsule host's limits and isolation (`ASTRID_CAPSULE_*`, `ASTRID_HTTP_ALLOW_PRIVATE`).
+    pub host: HostConfig,
 }
 
 impl DaemonArgs {
-    /// Checks every flag; the error text is meant for the user as it is.
+    /// Checks every flag and every environment variable the daemon reads, before anything
+    /// is created, locked or bound: a bad value ends the daemon with status 2 and a message
+    /// naming it, and leaves the home as it was. The error text is meant for the user as it is.
     pub fn validate(&self) -> Result<DaemonConfig, String> {
         let session = match &self.session {
             None => Uuid::nil(),
@@ -85,6 +93,8 @@ impl DaemonArgs {
                 _ => return Err(format!("ASTRID_WATCHDOG_INTERVAL_MS must be 10 to 3600000 (ms), not {text:?}")),
             },
         };
+        let idle = if self.ephemeral { Some(IdlePolicy::from_env()?) } else { None };
+        let host = HostConfig::from_env()?;
         Ok(DaemonConfig {
             session,
             workspace,
@@ -93,6 +103,8 @@ impl DaemonArgs {
             max_clients,
             default_capsules,
             watchdog_interval,
+            idle,
+            host,
         })
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! Boot order (each step logged; a failure stops the boot with the step named):
 //!
+//! 0. **configuration**: flags and environment validated at once ([`args::DaemonArgs::validate`];
+//!    a bad value exits 2 before anything is created), then the home checked and prepared;
 //! 1. **lock**: `run/system.lock`, exclusively; then remove run files a dead daemon left;
 //! 2. **kernel**: bus, registry, management router;
 //! 3. **socket**: bind `run/system.sock` in the 0700 `run/` directory;
@@ -11,8 +13,8 @@
 //!
 //! Shutdown (SIGTERM, SIGINT, SIGHUP, a `Shutdown` request, or the ephemeral idle timeout):
 //! stop accepting, flush queued replies (the `Shutdown` acknowledgement among them) and close
-//! connections, remove socket, token and ready file, log the real reason, release the lock,
-//! exit 0. A second signal during shutdown exits at once (130); a shutdown that takes longer
+//! connections, remove socket, token and ready file, log the real reason, exit 0 (the lock
+//! is released last, after the runtime's threads). A second signal during shutdown exits at once (130); a shutdown that takes longer
 //! than [`SHUTDOWN_DEADLINE`] exits 1, so a wedged daemon never outlives its operator's patience.
 
 mod allocator;
@@ -42,8 +44,7 @@ use crate::ipc::bridge::{self, BridgeConfig};
 use crate::kernel::{Kernel, KernelConfig, KernelState, ShutdownReason};
 use crate::store::{KvConfig, KvError, KvStore};
 use crate::vfs::Vfs;
-use crate::wasm::supervisor::{CapsuleHost, HostConfig};
-use idle::IdlePolicy;
+use crate::wasm::supervisor::CapsuleHost;
 use signals::Signals;
 use singleton::SingletonLock;
 
@@ -152,11 +153,7 @@ pub async fn run(config: DaemonConfig, home: AstridHome, mut signals: Signals) -
     if reaper::spawn_if_pid1() {
         log::info!("running as PID 1: reaping orphaned children");
     }
-    let idle_policy = if config.ephemeral {
-        Some(IdlePolicy::from_env().map_err(anyhow::Error::msg).context("bad idle setting")?)
-    } else {
-        None
-    };
+    let idle_policy = config.idle;
 
     let (lock, stale) = singleton::acquire(&home).context("boot step 1/6 (lock)")?;
     if !stale.is_empty() {
@@ -210,10 +207,7 @@ pub async fn run(config: DaemonConfig, home: AstridHome, mut signals: Signals) -
         dirs.workspace.display()
     );
 
-    let capsule_host = CapsuleHost::new(
-        Arc::clone(&kernel),
-        HostConfig::from_env().map_err(anyhow::Error::msg).context("boot step 5/6 (capsule host)")?,
-    );
+    let capsule_host = CapsuleHost::new(Arc::clone(&kernel), config.host);
     // The bridge accepts before capsules start: capsules with a process of their own attach
     // through it. Frontends learn the daemon is ready from the ready file, written last.
     let (stop, stop_rx) = watch::channel(false);

@@ -59,6 +59,22 @@ fn flags_are_validated_before_anything_is_created() {
     assert!(String::from_utf8_lossy(&bad_workspace.stderr).contains("--workspace"));
     let unknown = t.command("astrid-daemon").arg("--frobnicate").output().expect("run");
     assert_eq!(unknown.status.code(), Some(2));
+    // Every environment variable the daemon reads is checked with the flags: a bad value
+    // exits 2 naming it, before the home is made or the lock taken.
+    for (variable, value, args) in [
+        ("ASTRID_CAPSULE_DEADLINE_MS", "soon", &[][..]),
+        ("ASTRID_CAPSULE_BACKOFF_MS", "-1", &[]),
+        ("ASTRID_CAPSULE_ISOLATION", "vm", &[]),
+        ("ASTRID_HTTP_ALLOW_PRIVATE", "maybe", &[]),
+        ("ASTRID_IDLE_TIMEOUT_SECS", "a while", &["--ephemeral"]),
+        ("ASTRID_WATCHDOG_INTERVAL_MS", "0", &[]),
+        ("ASTRID_DEFAULT_CAPSULES", "some", &[]),
+    ] {
+        let bad = t.command("astrid-daemon").args(args).env(variable, value).output().expect("run");
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert_eq!(bad.status.code(), Some(2), "{variable}={value}: {stderr}");
+        assert!(stderr.contains(variable), "{variable} not named: {stderr}");
+    }
     assert!(!t.home.exists(), "a usage error must not create the home");
     let help = t.command("astrid-daemon").arg("--help").output().expect("run");
     assert_eq!(help.status.code(), Some(0));
