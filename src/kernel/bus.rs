@@ -220,6 +220,21 @@ struct Subscriber {
     queue: Arc<Queue>,
 }
 
+impl Subscriber {
+    /// Whether a message on `topic` is for this subscriber. A capsule's patterns are its
+    /// grant, so they are matched as the grant was checked ([`topic::acl_matches`]: `*` is
+    /// one segment, anywhere): it receives exactly what the grant says and nothing deeper.
+    /// The kernel's own services and clients use the bus meaning, where a trailing `.*`
+    /// takes one or more segments ([`topic::subscription_matches`]).
+    fn wants(&self, topic: &str) -> bool {
+        let matches = match self.kind {
+            SubscriberKind::Capsule { .. } => topic::acl_matches,
+            _ => topic::subscription_matches,
+        };
+        self.patterns.iter().any(|p| matches(p, topic))
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     subscribers: Mutex<Vec<Subscriber>>,
@@ -349,7 +364,7 @@ impl Bus {
         let mut found: Vec<Recipient> = Vec::new();
         for subscriber in self.shared.subscribers().iter() {
             if let SubscriberKind::Capsule { name, source_id } = &subscriber.kind
-                && subscriber.patterns.iter().any(|p| topic::subscription_matches(p, topic))
+                && subscriber.wants(topic)
                 && !found.iter().any(|r| r.capsule == *name)
             {
                 found.push(Recipient { capsule: name.clone(), source_id: *source_id });
@@ -373,7 +388,7 @@ impl Bus {
                 || bus_message.reply_to.is_some_and(|to| to != subscriber.id)
                 || (subscriber.kind == SubscriberKind::Client
                     && audience.as_ref().is_some_and(|clients| !clients.contains(&subscriber.id)))
-                || !subscriber.patterns.iter().any(|p| topic::subscription_matches(p, topic))
+                || !subscriber.wants(topic)
             {
                 continue;
             }
@@ -631,6 +646,24 @@ mod tests {
         let second = requests.recv().await.expect("second");
         assert!(first.message.seq < second.message.seq);
         assert!(other.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_capsule_receives_exactly_what_its_grant_names() {
+        let bus = Bus::new();
+        let capsule = SubscriberKind::Capsule { name: "tools".into(), source_id: Uuid::nil() };
+        // The grant `tool.v1.execute.*` was checked with `*` as one segment: so is delivery.
+        let mut granted = bus.subscribe_as("tools", capsule, &["tool.v1.execute.*"]);
+        let mut service = bus.subscribe("mcp-tools", &["tool.v1.execute.*"]);
+        bus.publish(message("tool.v1.execute.read_file"));
+        bus.publish(message("tool.v1.execute.read_file.result"));
+        let topics = |s: &mut Subscription| {
+            std::iter::from_fn(|| s.try_recv()).map(|m| m.message.topic.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(topics(&mut granted), ["tool.v1.execute.read_file"], "nothing deeper than the grant");
+        assert_eq!(topics(&mut service), ["tool.v1.execute.read_file", "tool.v1.execute.read_file.result"]);
+        assert_eq!(bus.capsules_subscribed("tool.v1.execute.read_file.result"), Vec::new());
+        assert_eq!(bus.capsules_subscribed("tool.v1.execute.read_file").len(), 1);
     }
 
     #[tokio::test]

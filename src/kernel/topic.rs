@@ -6,8 +6,9 @@
 //! - [`subscription_matches`] (bus delivery): `*` matches exactly one segment, except a
 //!   trailing `.*`, which matches one or more remaining segments. `astrid.v1.request.*`
 //!   therefore receives both `astrid.v1.request.status` and `astrid.v1.request.a.b`.
-//! - [`acl_matches`] (capability lists, interceptors): segment counts must be equal and `*`
-//!   matches exactly one segment anywhere.
+//! - [`acl_matches`] (capability lists, interceptors, and so what a capsule's subscriptions
+//!   deliver: a capsule receives exactly what its grant names): segment counts must be equal
+//!   and `*` matches exactly one segment anywhere.
 
 /// Longest topic accepted on the bus, in bytes.
 pub const MAX_TOPIC_BYTES: usize = 256;

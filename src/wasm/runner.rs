@@ -236,7 +236,7 @@ pub fn run(sandbox: &mut Sandbox, plan: &Plan) -> Result<(), String> {
         let Some((topic_name, payload)) = split_event(&event) else {
             return Err("the host sent a malformed event".to_owned());
         };
-        for binding in plan.bindings.iter().filter(|b| topic::subscription_matches(&b.event, topic_name)) {
+        for binding in plan.bindings.iter().filter(|b| topic::acl_matches(&b.event, topic_name)) {
             let result = sandbox.hook(&binding.action, payload).map_err(|e| e.to_string())?;
             match result.action {
                 HookAction::Continue => {}
