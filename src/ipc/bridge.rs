@@ -389,7 +389,7 @@ async fn ingress(
     frame: &[u8],
     workspace: Option<Arc<PathBuf>>,
 ) {
-    match decode_ingress(frame, source_id) {
+    match decode_ingress(frame, source_id, DEFAULT_PRINCIPAL) {
         Ok(message) => {
             log::debug!("client#{id}: publishing on {}", message.topic);
             if prompts::is_input_topic(&message.topic) {
@@ -428,12 +428,14 @@ impl Refusal {
 /// [`decode_ingress`] for callers outside the bridge (the fuzz targets): the message a client
 /// frame becomes, or why it is refused.
 pub fn decode_client_frame(frame: &[u8], source_id: Uuid) -> Result<IpcMessage, String> {
-    decode_ingress(frame, source_id).map_err(|refusal| refusal.reason)
+    decode_ingress(frame, source_id, DEFAULT_PRINCIPAL).map_err(|refusal| refusal.reason)
 }
 
-/// Turns a client frame into a bus message. Only `topic`, `payload` and `principal` are
-/// read; the rest of the client's envelope (`source_id`, `seq`, …) is not trusted.
-fn decode_ingress(frame: &[u8], source_id: Uuid) -> Result<IpcMessage, Refusal> {
+/// Turns a client frame into a bus message. Only `topic` and `payload` are read; the rest of
+/// the client's envelope (`source_id`, `seq`, `principal`, …) is not trusted. The message acts
+/// for `principal`, the connection's (every connection of this uid is the home's `default`
+/// principal): a client never chooses whose KV, grants or audit trail its request touches.
+fn decode_ingress(frame: &[u8], source_id: Uuid, principal: &str) -> Result<IpcMessage, Refusal> {
     let mut value: Value =
         serde_json::from_slice(frame).map_err(|e| Refusal::new(format!("frame is not JSON: {e}"), None))?;
     let object = value.as_object_mut().ok_or_else(|| Refusal::new("frame is not a JSON object", None))?;
@@ -454,22 +456,12 @@ fn decode_ingress(frame: &[u8], source_id: Uuid) -> Result<IpcMessage, Refusal> 
             return Err(refuse(format!("payload is {size} bytes, the limit is {MAX_PAYLOAD_BYTES}")));
         }
     }
-    let principal = match object.remove("principal") {
-        Some(Value::String(p)) if valid_principal(&p) => Some(p),
-        Some(Value::Null) | None => None,
-        Some(other) => {
-            log::debug!("ignoring invalid principal {other}; using {DEFAULT_PRINCIPAL}");
-            None
-        }
-    };
+    if let Some(claimed) = object.get("principal").filter(|p| !p.is_null() && p.as_str() != Some(principal)) {
+        log::debug!("ignoring the principal {claimed} a client wrote; the connection acts for {principal}");
+    }
     let mut message = IpcMessage::new(topic, IpcPayload::from_json_value(payload), source_id);
-    message.principal = principal;
+    message.principal = Some(principal.to_owned());
     Ok(message)
-}
-
-/// Principal ids: 1–64 of `[A-Za-z0-9_-]`.
-fn valid_principal(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Writes bus messages to the client until it goes away, or until the daemon stops, in
@@ -606,7 +598,7 @@ mod tests {
     use serde_json::json;
 
     fn decode(value: Value) -> Result<IpcMessage, String> {
-        decode_ingress(&serde_json::to_vec(&value).expect("json"), Uuid::nil()).map_err(|r| r.reason)
+        decode_ingress(&serde_json::to_vec(&value).expect("json"), Uuid::nil(), DEFAULT_PRINCIPAL).map_err(|r| r.reason)
     }
 
     #[tokio::test(start_paused = true)]
@@ -632,7 +624,7 @@ mod tests {
     }
 
     #[test]
-    fn ingress_reads_topic_payload_and_principal_only() {
+    fn ingress_reads_topic_and_payload_only_and_acts_for_the_connection() {
         let message = decode(json!({
             "topic": "astrid.v1.request.status",
             "payload": {"type": "raw_json", "method": "GetStatus"},
@@ -640,7 +632,7 @@ mod tests {
         }))
         .expect("valid");
         assert_eq!(message.payload, IpcPayload::RawJson(json!({"method": "GetStatus"})));
-        assert_eq!(message.principal.as_deref(), Some("alice"));
+        assert_eq!(message.principal.as_deref(), Some(DEFAULT_PRINCIPAL), "never the principal the client wrote");
         assert_eq!(message.seq, 0);
     }
 
@@ -659,6 +651,6 @@ mod tests {
         let huge = "x".repeat(MAX_PAYLOAD_BYTES + 1);
         assert!(decode(json!({"topic": "user.v1.prompt", "payload": {"t": huge}})).expect_err("big").contains("limit"));
         let bad = decode(json!({"topic": "user.v1.prompt", "payload": {}, "principal": "alice@evil.example"}));
-        assert_eq!(bad.expect("falls back").principal, None);
+        assert_eq!(bad.expect("ignored").principal.as_deref(), Some(DEFAULT_PRINCIPAL));
     }
 }

@@ -44,6 +44,24 @@ fn acknowledged_kv_writes_survive_a_sigkill() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("exceeds 256 bytes"));
 }
 
+/// The principal a request acts for is the connection's, never a `principal` the client
+/// wrote into its frame: a write "as alice" lands in the connection's own namespace.
+#[test]
+fn a_client_cannot_act_as_another_principal_by_writing_one() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    let mut client = t.client();
+    client.send_json(&json!({
+        "topic": "astrid.v1.request.kv",
+        "principal": "alice",
+        "payload": {"type": "raw_json", "method": "KvSet", "params": {"capsule": null, "key": "who", "value": "mallory"}},
+    }));
+    let reply = client.reply("kv");
+    assert_eq!(reply["payload"]["status"], "Success", "{reply}");
+    assert_eq!(stdout(&t.cli(&["kv", "get", "who"])).trim(), "mallory", "written for the connection's principal");
+    assert!(!t.home.join("home/alice").exists(), "nothing was made for the principal the client named");
+}
+
 fn caps(t: &TestHome) -> Value {
     let output = t.cli(&["caps", "list", "--json"]);
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
