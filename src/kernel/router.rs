@@ -245,9 +245,9 @@ fn handle(kernel: &Kernel, request: KernelRequest, caller: &Caller) -> (KernelRe
         | KernelRequest::KvSet { .. }
         | KernelRequest::KvDelete { .. }
         | KernelRequest::KvList { .. } => (super::operator_kv::handle(kernel, request, &caller.principal), None),
-        KernelRequest::WorkspaceDiff | KernelRequest::WorkspaceCommit | KernelRequest::WorkspaceDiscard => {
-            (workspace(kernel, &request, caller), None)
-        }
+        KernelRequest::WorkspaceDiff => (workspace(kernel, WorkspaceAction::Diff, caller), None),
+        KernelRequest::WorkspaceCommit => (workspace(kernel, WorkspaceAction::Commit, caller), None),
+        KernelRequest::WorkspaceDiscard => (workspace(kernel, WorkspaceAction::Discard, caller), None),
         KernelRequest::McpList => match kernel.mcp() {
             Some(mcp) => (KernelResponse::Success(mcp.list()), None),
             None => (KernelResponse::Success(json!({"servers": [], "refused": []})), None),
@@ -332,17 +332,26 @@ fn revoke(kernel: &Kernel, id: &str, caller: &Caller) -> KernelResponse {
     }
 }
 
-fn workspace(kernel: &Kernel, request: &KernelRequest, caller: &Caller) -> KernelResponse {
+/// What an operator asks of the workspace's pending changes. Its own type, so each request
+/// names its action and no catch-all can discard the overlay.
+#[derive(Debug, Clone, Copy)]
+enum WorkspaceAction {
+    Diff,
+    Commit,
+    Discard,
+}
+
+fn workspace(kernel: &Kernel, action: WorkspaceAction, caller: &Caller) -> KernelResponse {
     let vfs = match kernel.workspace(caller.workspace.as_deref().map(|p| p.as_path())) {
         Ok(vfs) => vfs,
         Err(e) => return KernelResponse::Error(format!("cannot open the workspace: {e}")),
     };
-    let result = match request {
-        KernelRequest::WorkspaceDiff => vfs.diff().and_then(|diff| {
+    let result = match action {
+        WorkspaceAction::Diff => vfs.diff().and_then(|diff| {
             let changes = vfs.changes()?;
             Ok(json!({"diff": diff, "changes": changes.iter().map(change_json).collect::<Vec<_>>()}))
         }),
-        KernelRequest::WorkspaceCommit => vfs.commit().map(|committed| {
+        WorkspaceAction::Commit => vfs.commit().map(|committed| {
             for change in &committed {
                 let action = format!("workspace.commit.{}", kind_name(change));
                 kernel.record(
@@ -356,7 +365,7 @@ fn workspace(kernel: &Kernel, request: &KernelRequest, caller: &Caller) -> Kerne
             }
             json!({"committed": committed.iter().map(change_json).collect::<Vec<_>>()})
         }),
-        _ => vfs.discard().map(|discarded| {
+        WorkspaceAction::Discard => vfs.discard().map(|discarded| {
             let rule = format!("operator discarded {discarded} change(s)");
             kernel.record(&caller.principal, caller.actor.clone(), "workspace.discard", "*", Decision::Info, &rule);
             json!({"discarded": discarded})
