@@ -5,29 +5,31 @@
 //! the set's BLAKE3 fingerprint, so a manifest that asks for more (or different) things
 //! asks again instead of silently inheriting the old grant.
 //!
-//! A set is kept as sorted, normalised strings (`fs_read:cwd://src`, `net:api.example.com`,
-//! `uplink`), which makes the fingerprint independent of TOML formatting and key order.
+//! A set is kept as sorted, normalised strings (`fs_read:cwd://src`, `net:api.example.com`),
+//! which makes the fingerprint independent of TOML formatting and key order.
+//!
+//! Only kinds the kernel enforces can be asked for. The reference's other kinds (`net_bind`,
+//! `net_connect`, `kv`, `identity`, `uplink`, `allow_prompt_injection`) are refused by name:
+//! shown to an operator for consent, they would look like a limit that nothing applies.
 
 use std::collections::BTreeSet;
 use std::fmt;
 
 use super::topic;
 
-/// The list-valued capability fields of `[capabilities]`.
-const LIST_FIELDS: &[&str] = &[
-    "net",
-    "net_bind",
-    "net_connect",
-    "kv",
-    "fs_read",
-    "fs_write",
-    "host_process",
-    "ipc_publish",
-    "ipc_subscribe",
-    "identity",
+/// The capability fields of `[capabilities]`, each a list of strings, each enforced by a
+/// check ([`Capability`]).
+const LIST_FIELDS: &[&str] = &["net", "fs_read", "fs_write", "host_process", "ipc_publish", "ipc_subscribe"];
+/// Capability kinds of the reference runtime that nothing here enforces, with what a capsule
+/// has instead.
+const UNENFORCED: &[(&str, &str)] = &[
+    ("net_bind", "capsules cannot listen on sockets"),
+    ("net_connect", "capsule HTTP is granted by `net` hosts"),
+    ("kv", "every capsule has its own KV namespace, and no other"),
+    ("identity", "capsules cannot resolve or link identities"),
+    ("uplink", "capsules publish as themselves only"),
+    ("allow_prompt_injection", "capsules cannot inject into prompts"),
 ];
-/// The boolean capability fields of `[capabilities]`.
-const FLAG_FIELDS: &[&str] = &["uplink", "allow_prompt_injection"];
 
 /// Why a `[capabilities]` table was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +37,16 @@ pub enum CapabilityError {
     /// A key that is not a capability (a typo would otherwise silently drop a permission).
     #[error("unknown capability `{0}` (known: {known})", known = known_fields())]
     Unknown(String),
+    /// A kind the reference knows that nothing here enforces.
+    #[error(
+        "capability `{field}` is not enforced by this Astrid ({instead}), so granting it would mean nothing: remove it from [capabilities]"
+    )]
+    Unenforced {
+        /// The field.
+        field: String,
+        /// What a capsule has instead.
+        instead: &'static str,
+    },
     /// A value of the wrong type.
     #[error("capability `{field}` must be {expected}")]
     Type {
@@ -56,7 +68,7 @@ pub enum CapabilityError {
 }
 
 fn known_fields() -> String {
-    LIST_FIELDS.iter().chain(FLAG_FIELDS).copied().collect::<Vec<_>>().join(", ")
+    LIST_FIELDS.join(", ")
 }
 
 /// A normalised, ordered set of capabilities.
@@ -70,15 +82,8 @@ impl CapabilitySet {
     pub fn from_manifest(table: &toml::Table) -> Result<Self, CapabilityError> {
         let mut entries = BTreeSet::new();
         for (field, value) in table {
-            if FLAG_FIELDS.contains(&field.as_str()) {
-                match value {
-                    toml::Value::Boolean(true) => {
-                        entries.insert(field.clone());
-                    }
-                    toml::Value::Boolean(false) => {}
-                    _ => return Err(CapabilityError::Type { field: field.clone(), expected: "true or false" }),
-                }
-                continue;
+            if let Some((_, instead)) = UNENFORCED.iter().find(|(name, _)| name == field) {
+                return Err(CapabilityError::Unenforced { field: field.clone(), instead });
             }
             if !LIST_FIELDS.contains(&field.as_str()) {
                 return Err(CapabilityError::Unknown(field.clone()));
@@ -147,7 +152,6 @@ fn validate_entry(field: &str, entry: &str) -> Result<(), CapabilityError> {
     match field {
         "fs_read" | "fs_write" if entry.split('/').any(|segment| segment == "..") => bad("`..` is never allowed"),
         "ipc_publish" | "ipc_subscribe" if entry.split('.').any(str::is_empty) => bad("empty topic segment"),
-        "identity" if !matches!(entry, "resolve" | "link" | "admin") => bad("must be resolve, link or admin"),
         _ => Ok(()),
     }
 }
@@ -168,8 +172,6 @@ pub enum Capability<'a> {
     /// Start a program on the host (an MCP server a capsule declares): the command as
     /// written in the manifest.
     HostProcess(&'a str),
-    /// A boolean capability such as `uplink`.
-    Flag(&'a str),
 }
 
 impl fmt::Display for Capability<'_> {
@@ -181,7 +183,6 @@ impl fmt::Display for Capability<'_> {
             Self::FsWrite(p) => write!(f, "fs_write {p}"),
             Self::Net(h) => write!(f, "net {h}"),
             Self::HostProcess(c) => write!(f, "host_process {c}"),
-            Self::Flag(name) => f.write_str(name),
         }
     }
 }
@@ -189,7 +190,6 @@ impl fmt::Display for Capability<'_> {
 fn entry_allows(entry: &str, request: &Capability<'_>) -> bool {
     let (field, value) = entry.split_once(':').unwrap_or((entry, ""));
     match request {
-        Capability::Flag(name) => entry == *name,
         Capability::IpcPublish(t) => field == "ipc_publish" && topic::acl_matches(value, t),
         Capability::IpcSubscribe(t) => field == "ipc_subscribe" && topic::acl_matches(value, t),
         Capability::FsRead(path) => field == "fs_read" && fs_pattern_allows(value, path),
@@ -231,27 +231,42 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_order_and_formatting_but_not_content() {
-        let a = set("fs_read = [\"cwd://src\", \"*\"]\nuplink = true\n").expect("a");
-        let b = set("uplink = true\nfs_read = [ \"*\", \"cwd://src\" ]\n").expect("b");
+        let a = set("fs_read = [\"cwd://src\", \"*\"]\nnet = [\"a.example\"]\n").expect("a");
+        let b = set("net = [\"a.example\"]\nfs_read = [ \"*\", \"cwd://src\" ]\n").expect("b");
         assert_eq!(a.fingerprint(), b.fingerprint());
-        let c = set("uplink = true\nfs_read = [\"*\", \"cwd://src\", \"cwd://docs\"]\n").expect("c");
+        let c = set("net = [\"a.example\"]\nfs_read = [\"*\", \"cwd://src\", \"cwd://docs\"]\n").expect("c");
         assert_ne!(a.fingerprint(), c.fingerprint());
-        assert_eq!(set("uplink = false").expect("false").entries().count(), 0);
+        assert_eq!(set("net = []").expect("empty").entries().count(), 0);
     }
 
     #[test]
     fn unknown_and_malformed_capabilities_are_refused() {
         assert_eq!(set("fs_raed = [\"*\"]"), Err(CapabilityError::Unknown("fs_raed".into())));
         assert!(matches!(set("net = \"x\""), Err(CapabilityError::Type { .. })));
-        assert!(matches!(set("uplink = \"yes\""), Err(CapabilityError::Type { .. })));
         assert!(matches!(set("fs_write = [\"cwd://../etc\"]"), Err(CapabilityError::Entry { .. })));
-        assert!(matches!(set("identity = [\"root\"]"), Err(CapabilityError::Entry { .. })));
+    }
+
+    #[test]
+    fn kinds_nothing_enforces_are_refused_by_name() {
+        for text in [
+            "net_bind = [\"0.0.0.0:80\"]",
+            "net_connect = [\"example.com:443\"]",
+            "kv = [\"*\"]",
+            "identity = [\"admin\"]",
+            "uplink = true",
+            "allow_prompt_injection = true",
+        ] {
+            let field = text.split(' ').next().expect("field");
+            let refused = set(text).expect_err(text);
+            assert!(matches!(&refused, CapabilityError::Unenforced { field: f, .. } if f == field), "{refused:?}");
+            assert!(refused.to_string().contains("not enforced"), "{refused}");
+        }
     }
 
     #[test]
     fn checks_follow_each_field_rules() {
         let granted = set(
-            "fs_read = [\"cwd://src\"]\nfs_write = [\"*\"]\nnet = [\"example.com\"]\nipc_publish = [\"tool.v1.*\"]\nuplink = true",
+            "fs_read = [\"cwd://src\"]\nfs_write = [\"*\"]\nnet = [\"example.com\"]\nipc_publish = [\"tool.v1.*\"]",
         )
         .expect("set");
         assert_eq!(granted.allows(&Capability::FsRead("src/main.rs")), Some("fs_read:cwd://src"));
@@ -263,8 +278,6 @@ mod tests {
         assert!(granted.allows(&Capability::IpcPublish("tool.v1.result")).is_some());
         assert_eq!(granted.allows(&Capability::IpcPublish("tool.v1.result.x")), None);
         assert_eq!(granted.allows(&Capability::IpcSubscribe("tool.v1.result")), None);
-        assert!(granted.allows(&Capability::Flag("uplink")).is_some());
-        assert_eq!(granted.allows(&Capability::Flag("allow_prompt_injection")), None);
         assert_eq!(CapabilitySet::default().allows(&Capability::FsRead("x")), None, "empty set denies");
     }
 }

@@ -231,3 +231,22 @@ fn a_manifest_over_its_limits_is_refused_up_front_and_leaves_nothing_behind() {
     let after = rss_mib(pid);
     assert!(after < before + 40.0, "RSS {after:.1} MiB, {before:.1} MiB before");
 }
+
+/// A capability kind nothing enforces is refused by name at install, before consent is
+/// asked, and leaves nothing behind: an operator is never shown a limit that means nothing.
+#[test]
+fn a_capability_nothing_enforces_is_refused_at_install() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    let module = std::fs::read(example("kv-counter").join("kv-counter.wasm")).expect("module");
+    let dir = t.workspace.join("uplinker");
+    write_capsule(&dir, "uplinker", &module, "[capabilities]\nuplink = true\nipc_publish = [\"x.v1.y\"]\n");
+    let output = t.cli(&["capsule", "install", dir.to_str().expect("utf8"), "--yes"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("capability `uplink` is not enforced"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("x.v1.y"), "no consent was asked");
+    let listed: Value = serde_json::from_slice(&t.cli(&["capsule", "list", "--json"]).stdout).expect("list");
+    let names: Vec<&str> = listed.as_array().expect("array").iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, vec!["astrid-capsule-cli"]);
+}
