@@ -101,6 +101,21 @@ mod tests {
         (tmp, dir, key.verifying_key())
     }
 
+    /// A home whose trail a daemon filled with `n` entries and closed: the home, and its
+    /// default principal's audit directory.
+    fn closed_trail(n: usize) -> (tempfile::TempDir, crate::home::AstridHome, PathBuf) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = crate::home::AstridHome::at(tmp.path());
+        let trail = AuditTrail::open(&home).expect("trail");
+        for i in 0..n {
+            trail.record(entry(i)).expect("record");
+        }
+        trail.sync().expect("sync");
+        drop(trail);
+        let dir = audit_dir(&home, "default");
+        (tmp, home, dir)
+    }
+
     fn report(dir: &Path, key: &ed25519_dalek::VerifyingKey) -> VerifyReport {
         verify_log(dir, key, false).expect("verify")
     }
@@ -280,15 +295,7 @@ mod tests {
 
     #[test]
     fn a_tail_cut_while_the_daemon_was_down_stays_a_finding_until_acknowledged() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let home = crate::home::AstridHome::at(tmp.path());
-        let trail = AuditTrail::open(&home).expect("trail");
-        for i in 0..10 {
-            trail.record(entry(i)).expect("record");
-        }
-        trail.sync().expect("sync");
-        drop(trail);
-        let dir = audit_dir(&home, "default");
+        let (_tmp, home, dir) = closed_trail(10);
         let kept = lines(&dir)[..6].to_vec();
         write_lines(&dir, &kept);
 
@@ -333,15 +340,7 @@ mod tests {
     #[test]
     fn a_cut_tail_or_a_lost_head_is_recorded_before_anything_is_appended() {
         for damage in ["cut", "no head", "garbled head"] {
-            let tmp = tempfile::tempdir().expect("tempdir");
-            let home = crate::home::AstridHome::at(tmp.path());
-            let trail = AuditTrail::open(&home).expect("trail");
-            for i in 0..10 {
-                trail.record(entry(i)).expect("record");
-            }
-            trail.sync().expect("sync");
-            drop(trail);
-            let dir = audit_dir(&home, "default");
+            let (_tmp, home, dir) = closed_trail(10);
             match damage {
                 "cut" => write_lines(&dir, &lines(&dir)[..9]),
                 "no head" => std::fs::remove_file(dir.join(HEAD_FILE)).expect("rm head"),
@@ -369,15 +368,7 @@ mod tests {
 
     #[test]
     fn a_trail_that_cannot_be_written_says_so_counts_what_it_lost_and_recovers() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let home = crate::home::AstridHome::at(tmp.path());
-        let trail = AuditTrail::open(&home).expect("trail");
-        for i in 0..3 {
-            trail.record(entry(i)).expect("record");
-        }
-        trail.sync().expect("sync");
-        drop(trail);
-        let dir = audit_dir(&home, "default");
+        let (_tmp, home, dir) = closed_trail(3);
         std::fs::remove_file(dir.join(LOG_FILE)).expect("rm");
         std::fs::create_dir(dir.join(LOG_FILE)).expect("a directory where the log was");
 

@@ -3,12 +3,11 @@
 //! be written, and a shutdown that does not wait for a verification.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::capsules::audit_tail;
-use crate::harness::{Daemon, RawClient, TestHome};
+use crate::harness::{Daemon, HANG, RawClient, TestHome};
 
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -39,7 +38,7 @@ fn verdict(t: &TestHome, client: &mut RawClient) -> String {
             audit = audit_field(client);
             audit != "verifying"
         },
-        Duration::from_secs(60),
+        HANG,
     );
     assert!(done, "still verifying after a minute\n{}", t.log());
     audit
@@ -49,7 +48,7 @@ fn verdict(t: &TestHome, client: &mut RawClient) -> String {
 fn stop(t: &TestHome, daemon: &mut Daemon) {
     let stopped = t.cli(&["stop"]);
     assert_eq!(stopped.status.code(), Some(0), "{}{}", stdout(&stopped), stderr(&stopped));
-    let exit = daemon.wait_exit(Duration::from_secs(30)).expect("the daemon exits");
+    let exit = daemon.wait_exit(HANG).expect("the daemon exits");
     assert!(exit.0.success(), "{exit:?}");
 }
 
@@ -210,9 +209,9 @@ fn a_trail_that_cannot_be_written_fails_closed_and_says_so_everywhere() {
     // The log replaced by a directory under the running daemon.
     std::fs::remove_file(log_file(&t)).expect("rm log");
     std::fs::create_dir(log_file(&t)).expect("a directory where the log was");
-    let failed = t.wait_for(|| audit_field(&mut client).starts_with("FAILED: "), Duration::from_secs(30));
+    let failed = t.wait_for(|| audit_field(&mut client).starts_with("FAILED: "), HANG);
     assert!(failed, "{}\n{}", audit_field(&mut client), t.log());
-    assert!(t.log().contains("AUDIT TRAIL CANNOT BE WRITTEN"), "{}", t.log());
+    assert!(t.logged("AUDIT TRAIL CANNOT BE WRITTEN"), "{}", t.log());
     let refused = |client: &mut RawClient| {
         let reply =
             client.request("kv", json!({"method": "KvSet", "params": {"capsule": null, "key": "k", "value": "v"}}));
@@ -238,7 +237,7 @@ fn a_trail_that_cannot_be_written_fails_closed_and_says_so_everywhere() {
     // Once the log can be written again the trail recovers, and what happened meanwhile is
     // a break to acknowledge.
     std::fs::remove_dir(log_file(&t)).expect("rmdir");
-    let recovered = t.wait_for(|| !audit_field(&mut client).starts_with("FAILED"), Duration::from_secs(30));
+    let recovered = t.wait_for(|| !audit_field(&mut client).starts_with("FAILED"), HANG);
     assert!(recovered, "{}", t.log());
     assert!(verdict(&t, &mut client).contains("not acknowledged"), "{}", audit_field(&mut client));
     assert!(!refused(&mut client), "changes are served again");
