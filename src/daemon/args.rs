@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::idle::IdlePolicy;
 use crate::ipc::bridge::DEFAULT_MAX_CLIENTS;
+use crate::kernel::defaults::ProviderEnvironment;
 use crate::wasm::supervisor::HostConfig;
 
 /// run the Astrid kernel: bind run/system.sock and serve frontends
@@ -57,6 +58,8 @@ pub struct DaemonConfig {
     pub idle: Option<IdlePolicy>,
     /// The capsule host's limits and isolation (`ASTRID_CAPSULE_*`, `ASTRID_HTTP_ALLOW_PRIVATE`).
     pub host: HostConfig,
+    /// The default set's model provider (`OPENAI_BASE_URL`, `OPENAI_API_KEY`, `ASTRID_MODEL`).
+    pub provider: ProviderEnvironment,
 }
 
 impl DaemonArgs {
@@ -95,6 +98,7 @@ impl DaemonArgs {
         };
         let idle = if self.ephemeral { Some(IdlePolicy::from_env()?) } else { None };
         let host = HostConfig::from_env()?;
+        let provider = ProviderEnvironment::from_env()?;
         Ok(DaemonConfig {
             session,
             workspace,
@@ -105,6 +109,7 @@ impl DaemonArgs {
             watchdog_interval,
             idle,
             host,
+            provider,
         })
     }
 }

@@ -24,7 +24,7 @@ pub struct DefaultCapsule {
     pub wasm: &'static [u8],
     /// Configuration taken from the daemon's environment where the operator stored none
     /// (only the default set gets this: it is code the operator runs anyway).
-    pub environment: fn() -> BTreeMap<String, String>,
+    pub environment: fn(&ProviderEnvironment) -> BTreeMap<String, String>,
 }
 
 impl DefaultCapsule {
@@ -54,34 +54,80 @@ macro_rules! embedded {
 
 /// The default set, in load order (providers and tools before the loop that calls them).
 pub const DEFAULT_CAPSULES: &[DefaultCapsule] = &[
-    embedded!("llm-offline", BTreeMap::new),
+    embedded!("llm-offline", no_environment),
     embedded!("llm-openai", openai_environment),
-    embedded!("tools-fs", BTreeMap::new),
+    embedded!("tools-fs", no_environment),
     embedded!("orchestrator", orchestrator_environment),
 ];
 
-/// A variable of the daemon's environment, if set and not empty.
-fn variable(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|value| !value.trim().is_empty())
+/// The model provider settings the daemon's environment gives the default set
+/// (`OPENAI_BASE_URL`, `OPENAI_API_KEY`, `ASTRID_MODEL`). Read and checked once, with the
+/// daemon's other variables, before anything is created ([`Self::from_env`]); the kernel
+/// keeps this copy, so a reload sees the same values the boot validated.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ProviderEnvironment {
+    /// `OPENAI_BASE_URL`: an `http://` or `https://` endpoint.
+    pub base_url: Option<String>,
+    /// `OPENAI_API_KEY`.
+    pub api_key: Option<String>,
+    /// `ASTRID_MODEL`.
+    pub model: Option<String>,
+}
+
+impl std::fmt::Debug for ProviderEnvironment {
+    /// The key is a secret: a debug print says only whether it is set.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderEnvironment")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+impl ProviderEnvironment {
+    /// Reads the three variables (empty counts as unset). An endpoint that is not an
+    /// `http(s)://` URL is refused here, naming the variable, rather than when a turn first
+    /// reaches the provider.
+    pub fn from_env() -> Result<Self, String> {
+        let variable = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
+        let base_url = variable("OPENAI_BASE_URL");
+        if let Some(url) = &base_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!("OPENAI_BASE_URL must be an http:// or https:// URL, not {url:?}"));
+        }
+        Ok(Self { base_url, api_key: variable("OPENAI_API_KEY"), model: variable("ASTRID_MODEL") })
+    }
+
+    /// Whether the operator pointed the default set at an OpenAI-compatible provider.
+    fn configured(&self) -> bool {
+        self.base_url.is_some() || self.api_key.is_some()
+    }
 }
 
 /// `OPENAI_BASE_URL`, `OPENAI_API_KEY` and `ASTRID_MODEL`, as the provider's configuration.
-fn openai_environment() -> BTreeMap<String, String> {
-    [("base_url", "OPENAI_BASE_URL"), ("api_key", "OPENAI_API_KEY"), ("model", "ASTRID_MODEL")]
+fn openai_environment(provider: &ProviderEnvironment) -> BTreeMap<String, String> {
+    [("base_url", &provider.base_url), ("api_key", &provider.api_key), ("model", &provider.model)]
         .into_iter()
-        .filter_map(|(key, name)| Some((key.to_owned(), variable(name)?)))
+        .filter_map(|(key, value)| Some((key.to_owned(), value.clone()?)))
         .collect()
 }
 
 /// The orchestrator asks the OpenAI-compatible provider once an endpoint or a key is set in
 /// the environment, the offline model otherwise.
-fn orchestrator_environment() -> BTreeMap<String, String> {
+fn orchestrator_environment(provider: &ProviderEnvironment) -> BTreeMap<String, String> {
     let mut config = BTreeMap::new();
-    if variable("OPENAI_BASE_URL").is_some() || variable("OPENAI_API_KEY").is_some() {
+    if provider.configured() {
         config.insert("provider".to_owned(), "openai".to_owned());
-        config.insert("model".to_owned(), variable("ASTRID_MODEL").unwrap_or_default());
+        config.insert("model".to_owned(), provider.model.clone().unwrap_or_default());
     }
     config
+}
+
+/// No configuration from the environment.
+fn no_environment(_: &ProviderEnvironment) -> BTreeMap<String, String> {
+    BTreeMap::new()
 }
 
 /// The default capsule called `name`.

@@ -68,6 +68,8 @@ pub struct KernelConfig {
     pub ephemeral: bool,
     /// Whether the default capsule set embedded in the binary is registered.
     pub default_capsules: bool,
+    /// What the daemon's environment configures for the default set's model provider.
+    pub provider: defaults::ProviderEnvironment,
 }
 
 /// Why the daemon is shutting down. Logged as the real reason, unlike the reference which

@@ -85,7 +85,7 @@ impl Kernel {
             match (capsule.origin, &capsule.dir) {
                 (CapsuleOrigin::Embedded, _) => {
                     let embedded = defaults::find(name)?;
-                    (embedded.manifest().ok()?, (embedded.environment)())
+                    (embedded.manifest().ok()?, (embedded.environment)(&self.config().provider))
                 }
                 (_, Some(dir)) => (Manifest::load(&dir.join(super::capsules::MANIFEST_FILE)).ok()?, BTreeMap::new()),
                 _ => return None,

@@ -23,8 +23,14 @@ pub(super) fn kernel_in(root: &std::path::Path) -> Arc<Kernel> {
         audit: AuditTrail::open(&home).expect("audit"),
         vfs: Vfs::open(&workspace, &home.overlay_dir(&workspace)).expect("vfs"),
     };
-    let config =
-        KernelConfig { session: uuid::Uuid::nil(), workspace, home, ephemeral: false, default_capsules: false };
+    let config = KernelConfig {
+        session: uuid::Uuid::nil(),
+        workspace,
+        home,
+        ephemeral: false,
+        default_capsules: false,
+        provider: Default::default(),
+    };
     Kernel::new(config, state).expect("kernel")
 }
 

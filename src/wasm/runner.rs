@@ -89,7 +89,7 @@ pub fn prepare(
             &manifest,
             embedded.wasm.to_vec(),
             None,
-            &(embedded.environment)(),
+            &(embedded.environment)(&kernel.config().provider),
             lifecycle,
         )?;
         prepared.context.allow_configured_endpoint();

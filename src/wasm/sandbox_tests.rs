@@ -215,8 +215,14 @@ mod ipc {
             audit: AuditTrail::open(&home).expect("audit"),
             vfs: Vfs::open(&workspace, &home.overlay_dir(&workspace)).expect("vfs"),
         };
-        let config =
-            KernelConfig { session: uuid::Uuid::nil(), workspace, home, ephemeral: false, default_capsules: false };
+        let config = KernelConfig {
+            session: uuid::Uuid::nil(),
+            workspace,
+            home,
+            ephemeral: false,
+            default_capsules: false,
+            provider: Default::default(),
+        };
         let kernel = Kernel::new(config, state).expect("kernel");
         kernel.reload_capsules();
         let pending = kernel.grants().pending_list();
