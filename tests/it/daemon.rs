@@ -20,20 +20,28 @@ fn boot_writes_private_run_files_in_order() {
     let token = t.token();
     assert_eq!(token.len(), 64);
     assert!(token.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{token}");
-    assert!(t.logged("boot 6/6: ready"), "{}", t.log());
+    assert!(t.logged("boot 7/7: ready"), "{}", t.log());
     let log = t.log();
     let steps: Vec<usize> = [
-        "boot 1/6: lock",
-        "boot 2/6: kernel",
-        "boot 3/6: listening",
-        "boot 4/6: session token",
-        "boot 5/6",
-        "boot 6/6: ready",
+        "boot 1/7: lock",
+        "boot 2/7: kernel",
+        "boot 3/7: listening",
+        "boot 4/7: session token",
+        "boot 5/7: 0 MCP server(s)",
+        "boot 6/7: ",
+        "boot 7/7: ready",
     ]
     .iter()
     .map(|step| log.find(step).unwrap_or_else(|| panic!("{step:?} missing from log:\n{log}")))
     .collect();
     assert!(steps.windows(2).all(|w| w[0] < w[1]), "boot steps out of order:\n{log}");
+    for step in 1..=7 {
+        assert_eq!(
+            log.matches(&format!("boot {step}/7:")).count(),
+            1,
+            "boot step {step} logged more than once:\n{log}"
+        );
+    }
     assert!(!log.contains(&token), "the token must never be logged");
 }
 
@@ -69,6 +77,7 @@ fn flags_are_validated_before_anything_is_created() {
         ("ASTRID_IDLE_TIMEOUT_SECS", "a while", &["--ephemeral"]),
         ("ASTRID_WATCHDOG_INTERVAL_MS", "0", &[]),
         ("ASTRID_DEFAULT_CAPSULES", "some", &[]),
+        ("OPENAI_BASE_URL", "api.example.com/v1", &[]),
     ] {
         let bad = t.command("astrid-daemon").args(args).env(variable, value).output().expect("run");
         let stderr = String::from_utf8_lossy(&bad.stderr);
@@ -229,7 +238,7 @@ fn socket_path_over_the_platform_limit_fails_with_a_clear_error() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("exceeding the platform limit"), "{stderr}");
-    assert!(stderr.contains("boot step 3/6 (socket)"), "{stderr}");
+    assert!(stderr.contains("boot step 3/7 (socket)"), "{stderr}");
 }
 
 #[test]
