@@ -8,9 +8,10 @@
 //! kernel carried along the chain) is sent to that connection only, and only that connection
 //! may answer it: one frontend's `--yes` never approves another's write, and nobody sees
 //! prompts of a turn that is not theirs. A request without a cause (a capsule acting on its
-//! own) goes to every frontend, and any of them may answer. A message from the kernel itself
-//! is never an answer. A request whose connection is gone, or whose turn is cancelled
-//! ([`Approvals::withdraw`]) or whose connection closes while it waits, is denied at once.
+//! own) goes to every frontend, and any of them may answer. Only a client answers: what the
+//! kernel, a capsule or an MCP server publishes is never an answer. A request whose
+//! connection is gone, or whose turn is cancelled ([`Approvals::withdraw`]) or whose
+//! connection closes while it waits, is denied at once.
 //!
 //! **What the person sees.** The request carries `details` (a write's diff, a tool call's
 //! arguments; computed by the kernel side, capped) and `scope`, which says what "session"
@@ -70,13 +71,14 @@ impl Scope {
     }
 }
 
-/// What a capsule wants a person to allow.
+/// What a capsule (or an MCP server) wants a person to allow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovalRequest {
     /// The principal the capsule acts for.
     pub principal: String,
-    /// The capsule asking.
-    pub capsule: String,
+    /// Who asks: a capsule instance or an MCP server. The audit trail names it, and its
+    /// allowances are its own ([`ApprovalRequest::holder`]).
+    pub asker: Origin,
     /// What it would do (for example `fs.write`).
     pub action: String,
     /// To what (for example `src/main.rs`).
@@ -90,16 +92,27 @@ pub struct ApprovalRequest {
 }
 
 impl ApprovalRequest {
-    /// A request for `action` on `resource`, exactly, with no details and no cause.
-    pub fn new(principal: &str, capsule: &str, action: &str, resource: &str) -> Self {
+    /// A request of `asker` for `action` on `resource`, exactly, with no details and no cause.
+    pub fn new(principal: &str, asker: Origin, action: &str, resource: &str) -> Self {
         Self {
             principal: principal.to_owned(),
-            capsule: capsule.to_owned(),
+            asker,
             action: action.to_owned(),
             resource: resource.to_owned(),
             details: None,
             scope: Scope::Resource,
             cause: None,
+        }
+    }
+
+    /// Whom the allowances this request makes or uses belong to: the capsule's name, or
+    /// `mcp:<server>` (the name persisted allowances have always used).
+    pub fn holder(&self) -> String {
+        match &self.asker {
+            Origin::Capsule { name, .. } => name.clone(),
+            Origin::McpServer { name } => format!("mcp:{name}"),
+            Origin::Client { connection, .. } => format!("client#{connection}"),
+            Origin::Kernel => "kernel".to_owned(),
         }
     }
 
@@ -164,7 +177,7 @@ impl Allowance {
             self.resource == request.resource
         };
         self.principal == request.principal
-            && self.capsule == request.capsule
+            && self.capsule == request.holder()
             && self.action == request.action
             && resource_covered
     }
@@ -263,15 +276,16 @@ impl Approvals {
             request_id: request_id.clone(),
             action: request.action.clone(),
             resource: request.resource.clone(),
-            reason: format!("Capsule '{}' requests approval", request.capsule),
+            reason: format!("Capsule '{}' requests approval", request.holder()),
             details: request.details.clone(),
             scope: Some(request.scope_text()),
         };
         let message = IpcMessage::new(APPROVAL_TOPIC, payload, SYSTEM_SESSION_UUID);
-        self.bus.publish(BusMessage::from_kernel(message).to(asker).caused_by(request.cause.clone()));
+        let to = asker.map(super::bus::Address::Subscriber);
+        self.bus.publish(BusMessage::from_kernel(message).to(to).caused_by(request.cause.clone()));
         let answered = async {
             while let Some(message) = answers.recv().await {
-                let Origin::Subscriber(client) = message.origin else { continue };
+                let Origin::Client { subscriber: client, .. } = message.origin else { continue };
                 if asker.is_some_and(|asker| asker != client) {
                     log::warn!("approval {request_id}: an answer from client {client}, which was not asked, ignored");
                     continue;
@@ -351,7 +365,7 @@ impl Approvals {
             Allowance {
                 id: Uuid::new_v4().to_string(),
                 principal: request.principal.clone(),
-                capsule: request.capsule.clone(),
+                capsule: request.holder(),
                 action: request.action.clone(),
                 resource,
                 under,
@@ -484,7 +498,8 @@ mod tests {
     }
 
     fn request(capsule: &str) -> ApprovalRequest {
-        ApprovalRequest::new("default", capsule, "fs.write", "src/main.rs")
+        let asker = Origin::Capsule { name: capsule.to_owned(), instance: Uuid::nil() };
+        ApprovalRequest::new("default", asker, "fs.write", "src/main.rs")
     }
 
     /// A frontend on the bus that answers the next approval request it sees with `decision`;
@@ -504,7 +519,7 @@ mod tests {
                 reason: None,
             };
             bus.publish(BusMessage::from(
-                Origin::Subscriber(requests.id()),
+                Origin::Client { subscriber: requests.id(), connection: 1 },
                 IpcMessage::new(format!("{RESPONSE_PREFIX}{request_id}"), answer, SYSTEM_SESSION_UUID),
             ));
             // Stay connected until the test is done with the answer.
@@ -635,7 +650,7 @@ mod tests {
         let answer =
             IpcPayload::ApprovalResponse { request_id: request_id.clone(), decision: "approve".into(), reason: None };
         s.bus.publish(BusMessage::from(
-            Origin::Subscriber(forger.id()),
+            Origin::Client { subscriber: forger.id(), connection: 9 },
             IpcMessage::new(format!("{RESPONSE_PREFIX}{request_id}"), answer, SYSTEM_SESSION_UUID),
         ));
         // The turn is cancelled: the request is denied at once, not after the timeout.
@@ -650,7 +665,8 @@ mod tests {
         let s = setup();
         let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_millis(300)).expect("approvals");
         let write = |path: &str| {
-            let mut request = ApprovalRequest::new("default", "tools-fs", "write_file", path);
+            let tools = Origin::Capsule { name: "tools-fs".into(), instance: Uuid::nil() };
+            let mut request = ApprovalRequest::new("default", tools, "write_file", path);
             request.scope = Scope::directory_of(path);
             request
         };

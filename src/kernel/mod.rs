@@ -331,7 +331,7 @@ impl Kernel {
     /// Asks a person (or a standing allowance) and audits the request and the outcome.
     /// While the audit trail cannot be written, the answer is no, without asking.
     pub async fn request_approval(&self, request: ApprovalRequest) -> ApprovalOutcome {
-        let actor = || Actor::Capsule { name: request.capsule.clone() };
+        let actor = || request.asker.actor();
         let resource = format!("{} {}", request.action, request.resource);
         self.record(&request.principal, actor(), "approval.request", &resource, Decision::Info, "asked");
         let outcome = match self.audit_writable() {

@@ -54,7 +54,7 @@ pub(super) fn request(context: &CapsuleContext, bytes: &[u8]) -> HostReply {
         return HostReply::value(INVALID);
     }
     let Some(access) = &context.kernel else { return HostReply::value(DENIED) };
-    let mut request = ApprovalRequest::new(&access.principal, &context.capsule, &ask.action, &ask.resource);
+    let mut request = ApprovalRequest::new(&access.principal, context.origin(), &ask.action, &ask.resource);
     request.cause = context.cause.clone();
     request.details = ask.details;
     if let Some(content) = ask.write {

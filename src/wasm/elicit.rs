@@ -106,7 +106,7 @@ pub(super) fn elicit(context: &mut CapsuleContext, bytes: &[u8], in_lifecycle: b
             Some(_) => break None,
         };
         // Only a person's client may answer.
-        if !matches!(message.origin, Origin::Subscriber(_)) {
+        if !matches!(message.origin, Origin::Client { .. }) {
             continue;
         }
         if let IpcPayload::ElicitResponse { request_id: id, value, values } = &message.message.payload
