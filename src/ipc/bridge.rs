@@ -372,6 +372,10 @@ async fn serve_client(
         let _ = writer.await;
     }
     kernel.set_client_workspace(subscriber, None);
+    let ended_questions = kernel.questions().connection_closed(subscriber);
+    if ended_questions > 0 {
+        log::info!("client#{id}: {ended_questions} question(s) it was asked ended with the connection");
+    }
     let ended_allowances = kernel.approvals().end_session(subscriber);
     if ended_allowances > 0 {
         log::debug!("client#{id}: {ended_allowances} session allowance(s) ended with the connection");

@@ -73,9 +73,9 @@ impl Kernel {
         self.bus.claim_session(client, session_id);
         let cause = Cause::new(client, session_id.clone(), workspace);
         if action == Some("cancel_turn") {
-            let withdrawn = self.approvals.withdraw(client, session_id);
+            let withdrawn = self.questions.withdraw(client, session_id);
             if withdrawn > 0 {
-                log::info!("client#{connection}: cancelled its turn; {withdrawn} pending approval(s) denied");
+                log::info!("client#{connection}: cancelled its turn; {withdrawn} pending question(s) denied");
             }
         } else {
             let answerers = match self.audit_writable() {
