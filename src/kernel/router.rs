@@ -171,7 +171,10 @@ async fn mcp_call(
     };
     let (decision, rule) = match &response {
         KernelResponse::Error(reason) => (Decision::Deny, reason.clone()),
-        _ => (Decision::Allow, "the local operator (astrid mcp call)".to_owned()),
+        // Made without an approval prompt: the operator is the one who would approve it (a
+        // capsule granted the request topic acts with the operator's authority, and says so).
+        _ if caller.authority == OPERATOR => (Decision::Allow, "the local operator (astrid mcp call)".to_owned()),
+        _ => (Decision::Allow, caller.authority.to_owned()),
     };
     kernel.record(&caller.principal, caller.actor.clone(), "mcp.call", &name, decision, &rule);
     kernel.reply(&reply_topic, response, requester);
