@@ -22,6 +22,11 @@ pub enum Actor {
         /// Its name.
         name: String,
     },
+    /// An MCP server the daemon runs (its tool calls).
+    McpServer {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// What was decided.

@@ -219,6 +219,7 @@ fn show_tail(home: &AstridHome, args: &TailArgs) -> anyhow::Result<()> {
             audit::Actor::Operator => "operator".to_owned(),
             audit::Actor::Client { id } => id.clone(),
             audit::Actor::Capsule { name } => format!("capsule:{name}"),
+            audit::Actor::McpServer { name } => format!("mcp:{name}"),
         };
         println!(
             "{:>6} {} {actor} {} {} {:?} ({})",

@@ -32,9 +32,9 @@ use super::frame::{FrameReader, MAX_CLIENT_FRAME, MAX_HANDSHAKE_FRAME, write_fra
 use super::handshake::{Verdict, evaluate};
 use super::policy::{EGRESS_PATTERNS, ingress_allowed};
 use super::token::SessionToken;
-use crate::audit::{Actor, Decision};
+use crate::audit::Decision;
 use crate::home::DEFAULT_PRINCIPAL;
-use crate::kernel::bus::{BusMessage, Origin, SubscriberId, SubscriberKind, Subscription};
+use crate::kernel::bus::{Address, BusMessage, Origin, SubscriberId, SubscriberKind, Subscription};
 use crate::kernel::router::{REQUEST_PREFIX, response_topic};
 use crate::kernel::{Kernel, prompts, topic};
 use crate::types::turn::DELTA_TOPIC;
@@ -372,6 +372,10 @@ async fn serve_client(
         let _ = writer.await;
     }
     kernel.set_client_workspace(subscriber, None);
+    let ended_questions = kernel.questions().connection_closed(subscriber);
+    if ended_questions > 0 {
+        log::info!("client#{id}: {ended_questions} question(s) it was asked ended with the connection");
+    }
     let ended_allowances = kernel.approvals().end_session(subscriber);
     if ended_allowances > 0 {
         log::debug!("client#{id}: {ended_allowances} session allowance(s) ended with the connection");
@@ -393,20 +397,22 @@ async fn ingress(
         Ok(message) => {
             log::debug!("client#{id}: publishing on {}", message.topic);
             if prompts::is_input_topic(&message.topic) {
-                kernel.accept_input(subscriber, &format!("client#{id}"), message, workspace).await;
+                kernel.accept_input(subscriber, id, message, workspace).await;
             } else {
-                kernel.bus().publish_paced(BusMessage::from(Origin::Subscriber(subscriber), message)).await;
+                let origin = Origin::Client { subscriber, connection: id };
+                kernel.bus().publish_paced(BusMessage::from(origin, message)).await;
             }
         }
         Err(refusal) => {
             log::warn!("client#{id}: frame dropped: {}", refusal.reason);
             if let Some(topic) = refusal.topic.as_deref().filter(|t| !ingress_allowed(t)) {
-                let actor = Actor::Client { id: format!("client#{id}") };
+                let actor = Origin::Client { subscriber, connection: id }.actor();
                 kernel.record(DEFAULT_PRINCIPAL, actor, "client.publish", topic, Decision::Deny, &refusal.reason);
             }
             // A refused management request still gets an answer; never leave a client waiting.
             if let Some(topic) = refusal.topic.filter(|t| t.starts_with(REQUEST_PREFIX) && topic::validate(t).is_ok()) {
-                kernel.reply(&response_topic(&topic), KernelResponse::Error(refusal.reason), Some(subscriber));
+                let requester = Some(Address::Subscriber(subscriber));
+                kernel.reply(&response_topic(&topic), KernelResponse::Error(refusal.reason), requester);
             }
         }
     }

@@ -1,16 +1,12 @@
-//! Runtime approvals: a capsule asks, a person answers, silence means no.
+//! Runtime approvals: a capsule (or an MCP server's tool call) asks, a person answers,
+//! silence means no.
 //!
-//! The request goes out as `ApprovalRequired` on `astrid.v1.approval` and the answer is
-//! awaited on `astrid.v1.approval.response.<id>`, subscribed to *before* the request is
-//! published so a fast answer cannot be missed.
-//!
-//! **Who is asked.** A request that descends from a client's turn (its [`Cause`], which the
-//! kernel carried along the chain) is sent to that connection only, and only that connection
-//! may answer it: one frontend's `--yes` never approves another's write, and nobody sees
-//! prompts of a turn that is not theirs. A request without a cause (a capsule acting on its
-//! own) goes to every frontend, and any of them may answer. A message from the kernel itself
-//! is never an answer. A request whose connection is gone, or whose turn is cancelled
-//! ([`Approvals::withdraw`]) or whose connection closes while it waits, is denied at once.
+//! The question is asked like every question put to a person, through [`super::ask`]: as
+//! `ApprovalRequired` on `astrid.v1.approval`, of the connection whose turn caused it (only it
+//! may answer) or, for a request of no turn, of every connected client; it ends as a no after
+//! the timeout, when the turn is cancelled, when the connections asked are gone. What is
+//! particular to approvals lives here: standing allowances that answer without asking, and
+//! what each decision grants.
 //!
 //! **What the person sees.** The request carries `details` (a write's diff, a tool call's
 //! arguments; computed by the kernel side, capped) and `scope`, which says what "session"
@@ -19,38 +15,24 @@
 //! Decisions, failing closed (the reference once treated anything but `"deny"` as yes):
 //! `approve` (this once), `approve_session` (for that connection's session, until it
 //! disconnects), `approve_always` (persisted; survives restarts, listable and revocable);
-//! any other string, and no answer within the timeout, is a deny.
+//! any other string, and no answer, is a deny.
 //!
-//! Allowances are scoped to (principal, capsule, action) and a resource: exactly the one
+//! Allowances are scoped to (principal, asker, action) and a resource: exactly the one
 //! approved, or, for a path, everything under the directory it is in (`write_file under
 //! notes/`): what people mean by "allow writes for this session". One capsule's "always"
 //! never answers for another capsule.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::bus::{Bus, BusMessage, Origin, SubscriberId};
+use super::ask::{self, Answer, Answered, Question, Questions};
+use super::bus::{Origin, SubscriberId};
 use super::cause::Cause;
 use crate::store::{KvError, KvStore, Namespace};
-use crate::types::{ApprovalDecision as Decision, IpcMessage, IpcPayload, SYSTEM_SESSION_UUID};
-
-/// Where approval requests are published.
-pub const APPROVAL_TOPIC: &str = "astrid.v1.approval";
-/// Prefix of the per-request answer topic.
-pub const RESPONSE_PREFIX: &str = "astrid.v1.approval.response.";
-/// How long a request waits for an answer before it is denied.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest accepted action text.
-const MAX_ACTION: usize = 256;
-/// Longest resource text kept (longer ones are cut).
-const MAX_RESOURCE: usize = 1024;
-/// Longest details text sent to a frontend (longer ones are cut, and say so).
-pub const MAX_DETAILS: usize = 16 * 1024;
+use crate::types::{ApprovalDecision as Decision, SYSTEM_SESSION_UUID};
 
 /// What "session" and "always" would cover.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,13 +52,14 @@ impl Scope {
     }
 }
 
-/// What a capsule wants a person to allow.
+/// What a capsule (or an MCP server) wants a person to allow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovalRequest {
     /// The principal the capsule acts for.
     pub principal: String,
-    /// The capsule asking.
-    pub capsule: String,
+    /// Who asks: a capsule instance or an MCP server. The audit trail names it, and its
+    /// allowances are its own ([`ApprovalRequest::holder`]).
+    pub asker: Origin,
     /// What it would do (for example `fs.write`).
     pub action: String,
     /// To what (for example `src/main.rs`).
@@ -90,16 +73,27 @@ pub struct ApprovalRequest {
 }
 
 impl ApprovalRequest {
-    /// A request for `action` on `resource`, exactly, with no details and no cause.
-    pub fn new(principal: &str, capsule: &str, action: &str, resource: &str) -> Self {
+    /// A request of `asker` for `action` on `resource`, exactly, with no details and no cause.
+    pub fn new(principal: &str, asker: Origin, action: &str, resource: &str) -> Self {
         Self {
             principal: principal.to_owned(),
-            capsule: capsule.to_owned(),
+            asker,
             action: action.to_owned(),
             resource: resource.to_owned(),
             details: None,
             scope: Scope::Resource,
             cause: None,
+        }
+    }
+
+    /// Whom the allowances this request makes or uses belong to: the capsule's name, or
+    /// `mcp:<server>` (the name persisted allowances have always used).
+    pub fn holder(&self) -> String {
+        match &self.asker {
+            Origin::Capsule { name, .. } => name.clone(),
+            Origin::McpServer { name } => format!("mcp:{name}"),
+            Origin::Client { connection, .. } => format!("client#{connection}"),
+            Origin::Kernel => "kernel".to_owned(),
         }
     }
 
@@ -123,7 +117,7 @@ pub enum ApprovalOutcome {
     },
     /// Do not.
     Denied {
-        /// `deny`, `unknown decision "…"`, `timeout after 60 s`, `invalid request: …`.
+        /// `deny`, `unknown decision "…"`, or why nobody answered ([`ask::Unanswered`]).
         reason: String,
     },
 }
@@ -164,7 +158,7 @@ impl Allowance {
             self.resource == request.resource
         };
         self.principal == request.principal
-            && self.capsule == request.capsule
+            && self.capsule == request.holder()
             && self.action == request.action
             && resource_covered
     }
@@ -180,30 +174,15 @@ struct SessionAllowance {
     allowance: Allowance,
 }
 
-/// A request waiting for its person.
-#[derive(Debug)]
-struct Pending {
-    request_id: String,
-    client: Option<SubscriberId>,
-    session: Option<String>,
-    withdraw: oneshot::Sender<&'static str>,
-}
-
 /// The approval broker.
 #[derive(Debug)]
 pub struct Approvals {
-    bus: Bus,
+    questions: Arc<Questions>,
     store: KvStore,
-    timeout: Duration,
     /// Session allowances with the client whose disconnect ends them.
     session: Mutex<Vec<SessionAllowance>>,
     /// "Always" allowances, mirrored from the store (written through, flushed).
     always: Mutex<Vec<Allowance>>,
-    /// Requests waiting for an answer.
-    pending: Mutex<Vec<Pending>>,
-    /// The runtime whose timer bounds the wait: capsules ask from threads of their own, which
-    /// have no runtime, and a tokio timer made outside one panics.
-    runtime: Option<tokio::runtime::Handle>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -212,8 +191,8 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Approvals {
-    /// Loads the persisted allowances.
-    pub fn new(bus: Bus, store: KvStore, timeout: Duration) -> Result<Self, KvError> {
+    /// Loads the persisted allowances; asks through `questions`.
+    pub fn new(questions: Arc<Questions>, store: KvStore) -> Result<Self, KvError> {
         let namespace = Namespace::system(ALLOWANCES);
         let mut always = Vec::new();
         for key in store.list_keys(&namespace, "")? {
@@ -223,117 +202,32 @@ impl Approvals {
                 Err(e) => log::error!("ignoring unreadable allowance {key}: {e}"),
             }
         }
-        Ok(Self {
-            bus,
-            store,
-            timeout,
-            session: Mutex::new(Vec::new()),
-            always: Mutex::new(always),
-            pending: Mutex::new(Vec::new()),
-            runtime: tokio::runtime::Handle::try_current().ok(),
-        })
+        Ok(Self { questions, store, session: Mutex::new(Vec::new()), always: Mutex::new(always) })
     }
 
-    /// Asks (or answers from a standing allowance) and waits for the decision.
+    /// Answers from a standing allowance, or asks a person and waits for the decision.
     pub async fn request(&self, request: ApprovalRequest) -> ApprovalOutcome {
         let request = match sanitize(request) {
             Ok(request) => request,
-            Err(reason) => return ApprovalOutcome::Denied { reason: format!("invalid request: {reason}") },
+            Err(why) => return ApprovalOutcome::Denied { reason: why.to_string() },
         };
         if let Some(rule) = self.standing_allowance(&request) {
             return ApprovalOutcome::Allowed { rule };
         }
-        let asker = request.cause.as_ref().map(|cause| cause.client);
-        if let Some(client) = asker
-            && !self.bus.is_subscribed(client)
-        {
-            return ApprovalOutcome::Denied { reason: "the connection whose turn asked is gone".to_owned() };
-        }
-        let request_id = Uuid::new_v4().to_string();
-        let mut answers =
-            self.bus.subscribe(format!("approval {request_id}"), &[&format!("{RESPONSE_PREFIX}{request_id}")]);
-        let (withdraw, withdrawn) = oneshot::channel();
-        locked(&self.pending).push(Pending {
-            request_id: request_id.clone(),
-            client: asker,
-            session: request.cause.as_ref().map(|cause| cause.session.clone()),
-            withdraw,
-        });
-        let payload = IpcPayload::ApprovalRequired {
-            request_id: request_id.clone(),
+        let question = Question::Approval {
             action: request.action.clone(),
             resource: request.resource.clone(),
-            reason: format!("Capsule '{}' requests approval", request.capsule),
+            reason: format!("Capsule '{}' requests approval", request.holder()),
             details: request.details.clone(),
             scope: Some(request.scope_text()),
         };
-        let message = IpcMessage::new(APPROVAL_TOPIC, payload, SYSTEM_SESSION_UUID);
-        self.bus.publish(BusMessage::from_kernel(message).to(asker).caused_by(request.cause.clone()));
-        let answered = async {
-            while let Some(message) = answers.recv().await {
-                let Origin::Subscriber(client) = message.origin else { continue };
-                if asker.is_some_and(|asker| asker != client) {
-                    log::warn!("approval {request_id}: an answer from client {client}, which was not asked, ignored");
-                    continue;
-                }
-                if let IpcPayload::ApprovalResponse { request_id: answered, decision, .. } = &message.message.payload
-                    && *answered == request_id
-                {
-                    return Ok((client, decision.clone()));
-                }
+        match self.questions.ask(question, request.cause.clone(), SYSTEM_SESSION_UUID).await {
+            Ok(Answered { client, answer: Answer::Decision(decision) }) => {
+                self.apply(Decision::parse(&decision), &decision, &request, client)
             }
-            Err("the bus closed")
-        };
-        let decided = async {
-            tokio::select! {
-                answer = answered => answer,
-                why = withdrawn => Err(why.unwrap_or("withdrawn")),
-            }
-        };
-        // The timer is made inside a runtime (the caller's, or the one the kernel was built
-        // in) and the guard dropped before waiting: the caller may be a capsule's thread.
-        let timed = {
-            let runtime = tokio::runtime::Handle::try_current().ok().or_else(|| self.runtime.clone());
-            let Some(runtime) = runtime else {
-                self.forget(&request_id);
-                log::error!("approval {request_id}: no runtime to time the wait; denied");
-                return ApprovalOutcome::Denied { reason: "no timer available".to_owned() };
-            };
-            let _entered = runtime.enter();
-            tokio::time::timeout(self.timeout, decided)
-        };
-        let answer = timed.await;
-        self.forget(&request_id);
-        match answer {
-            Err(_) => ApprovalOutcome::Denied { reason: format!("no answer within {} s", self.timeout.as_secs()) },
-            Ok(Err(why)) => ApprovalOutcome::Denied { reason: why.to_owned() },
-            Ok(Ok((client, decision))) => self.apply(Decision::parse(&decision), &decision, &request, client),
+            Ok(Answered { answer, .. }) => ApprovalOutcome::Denied { reason: format!("not a decision: {answer:?}") },
+            Err(why) => ApprovalOutcome::Denied { reason: why.to_string() },
         }
-    }
-
-    fn forget(&self, request_id: &str) {
-        locked(&self.pending).retain(|p| p.request_id != request_id);
-    }
-
-    /// Denies every request waiting on `client`'s turns in `session` (the turn was
-    /// cancelled). Returns how many there were.
-    pub fn withdraw(&self, client: SubscriberId, session: &str) -> usize {
-        self.withdraw_where(
-            |p| p.client == Some(client) && p.session.as_deref() == Some(session),
-            "the turn was cancelled",
-        )
-    }
-
-    fn withdraw_where(&self, matches: impl Fn(&Pending) -> bool, why: &'static str) -> usize {
-        let mut pending = locked(&self.pending);
-        let (gone, kept): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut *pending).into_iter().partition(matches);
-        *pending = kept;
-        drop(pending);
-        let count = gone.len();
-        for request in gone {
-            let _ = request.withdraw.send(why);
-        }
-        count
     }
 
     fn apply(
@@ -351,7 +245,7 @@ impl Approvals {
             Allowance {
                 id: Uuid::new_v4().to_string(),
                 principal: request.principal.clone(),
-                capsule: request.capsule.clone(),
+                capsule: request.holder(),
                 action: request.action.clone(),
                 resource,
                 under,
@@ -404,10 +298,9 @@ impl Approvals {
             .map(|s| format!("allowance {} (session)", s.allowance.id))
     }
 
-    /// Ends what `client` held (it disconnected): its session allowances, and the requests
-    /// waiting on it, which are denied. Returns how many allowances ended.
+    /// Ends the session allowances `client` granted (it disconnected; its questions end
+    /// through [`Questions::connection_closed`]). Returns how many ended.
     pub fn end_session(&self, client: SubscriberId) -> usize {
-        self.withdraw_where(|p| p.client == Some(client), "the connection whose turn asked closed");
         let mut session = locked(&self.session);
         let before = session.len();
         session.retain(|s| s.client != client);
@@ -438,38 +331,25 @@ impl Approvals {
     }
 }
 
-/// Strips control characters (they could forge lines in a terminal prompt) and bounds sizes.
-fn sanitize(mut request: ApprovalRequest) -> Result<ApprovalRequest, String> {
-    let clean = |text: &str| text.trim().chars().filter(|c| !c.is_control()).collect::<String>();
-    request.action = clean(&request.action);
-    request.resource = clean(&request.resource).chars().take(MAX_RESOURCE).collect();
-    if request.action.is_empty() {
-        return Err("empty action".to_owned());
-    }
-    if request.action.chars().count() > MAX_ACTION {
-        return Err(format!("action longer than {MAX_ACTION} characters"));
-    }
-    // Details keep their lines (a diff is lines), nothing else a terminal would act on.
-    request.details = request.details.map(|details| {
-        let mut clean: String = details.chars().filter(|c| *c == '\n' || *c == '\t' || !c.is_control()).collect();
-        if clean.len() > MAX_DETAILS {
-            let mut end = MAX_DETAILS;
-            while !clean.is_char_boundary(end) {
-                end -= 1;
-            }
-            clean.truncate(end);
-            clean.push_str("\n[… cut]");
-        }
-        clean
-    });
+/// The request within the limits every question to a person keeps (see [`super::ask`]), so
+/// that allowances are looked up and made with what the person is shown.
+fn sanitize(mut request: ApprovalRequest) -> Result<ApprovalRequest, ask::Unanswered> {
+    request.action = ask::action_text(&request.action)?;
+    request.resource = ask::line(&request.resource, ask::MAX_LINE);
+    request.details = request.details.map(|details| ask::shown_text(&details));
     Ok(request)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::home::AstridHome;
+    use crate::kernel::ask::{APPROVAL_TOPIC, answer_topic};
+    use crate::kernel::bus::{Bus, BusMessage, SubscriberKind};
     use crate::store::KvConfig;
+    use crate::types::{IpcMessage, IpcPayload};
 
     struct Setup {
         _tmp: tempfile::TempDir,
@@ -483,14 +363,27 @@ mod tests {
         Setup { _tmp: tmp, bus: Bus::new(), store }
     }
 
+    impl Setup {
+        /// A broker whose questions wait `timeout`.
+        fn approvals(&self, timeout: Duration) -> Approvals {
+            Approvals::new(Arc::new(Questions::new(self.bus.clone(), timeout)), self.store.clone()).expect("approvals")
+        }
+    }
+
     fn request(capsule: &str) -> ApprovalRequest {
-        ApprovalRequest::new("default", capsule, "fs.write", "src/main.rs")
+        let asker = Origin::Capsule { name: capsule.to_owned(), instance: Uuid::nil() };
+        ApprovalRequest::new("default", asker, "fs.write", "src/main.rs")
+    }
+
+    /// The topic an answer to `request_id` goes on.
+    fn answer_on(request_id: &str) -> String {
+        answer_topic(APPROVAL_TOPIC, request_id.parse().expect("a uuid"))
     }
 
     /// A frontend on the bus that answers the next approval request it sees with `decision`;
     /// its id is known at once (a cause may name it).
     fn frontend(bus: &Bus, decision: &'static str) -> (SubscriberId, tokio::task::JoinHandle<SubscriberId>) {
-        let mut requests = bus.subscribe_as("frontend", super::super::bus::SubscriberKind::Client, &[APPROVAL_TOPIC]);
+        let mut requests = bus.subscribe_as("frontend", SubscriberKind::Client, &[APPROVAL_TOPIC]);
         let id = requests.id();
         let bus = bus.clone();
         let task = tokio::spawn(async move {
@@ -504,8 +397,8 @@ mod tests {
                 reason: None,
             };
             bus.publish(BusMessage::from(
-                Origin::Subscriber(requests.id()),
-                IpcMessage::new(format!("{RESPONSE_PREFIX}{request_id}"), answer, SYSTEM_SESSION_UUID),
+                Origin::Client { subscriber: requests.id(), connection: 1 },
+                IpcMessage::new(answer_on(request_id), answer, SYSTEM_SESSION_UUID),
             ));
             // Stay connected until the test is done with the answer.
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -534,7 +427,7 @@ mod tests {
             ("", false),
             ("approve_workspace", false),
         ] {
-            let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_secs(5)).expect("approvals");
+            let approvals = s.approvals(Duration::from_secs(5));
             // A fresh capsule name each time, so no earlier allowance answers.
             let (_, answerer) = frontend(&s.bus, decision);
             let outcome = approvals.request(request(&format!("c{}", decision.len()))).await;
@@ -549,7 +442,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn silence_is_a_deny() {
         let s = setup();
-        let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_millis(200)).expect("approvals");
+        let approvals = s.approvals(Duration::from_millis(200));
+        // A frontend is connected, and says nothing.
+        let _silent = s.bus.subscribe_as("silent", SubscriberKind::Client, &[APPROVAL_TOPIC]);
         let outcome = approvals.request(request("quiet")).await;
         assert_eq!(outcome, ApprovalOutcome::Denied { reason: "no answer within 0 s".into() });
     }
@@ -557,7 +452,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn allowances_are_scoped_persisted_and_revocable() {
         let s = setup();
-        let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_secs(5)).expect("approvals");
+        let approvals = s.approvals(Duration::from_secs(5));
         let (_, answerer) = frontend(&s.bus, "approve_always");
         assert!(matches!(approvals.request(request("writer")).await, ApprovalOutcome::Allowed { .. }));
         answerer.await.expect("frontend");
@@ -565,7 +460,7 @@ mod tests {
         let again = approvals.request(request("writer")).await;
         assert!(matches!(&again, ApprovalOutcome::Allowed { rule } if rule.contains("always")), "{again:?}");
         // Another capsule is not covered.
-        let quick = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_millis(100)).expect("approvals");
+        let quick = s.approvals(Duration::from_millis(100));
         assert!(matches!(quick.request(request("other")).await, ApprovalOutcome::Denied { .. }));
         // It survives a restart (a new broker over the same store) and can be revoked.
         let listed = quick.list();
@@ -578,7 +473,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn session_allowances_hold_for_the_granting_connection_and_session_and_end_with_it() {
         let s = setup();
-        let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_millis(300)).expect("approvals");
+        let approvals = s.approvals(Duration::from_millis(300));
         let (client, answerer) = frontend(&s.bus, "approve_session");
         assert!(matches!(
             approvals.request(caused(request("s"), client, "chat")).await,
@@ -609,8 +504,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_request_goes_to_the_connection_whose_turn_asked_and_only_it_may_answer() {
         let s = setup();
-        let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_secs(2)).expect("approvals");
-        let mut asker = s.bus.subscribe_as("asker", super::super::bus::SubscriberKind::Client, &[APPROVAL_TOPIC]);
+        let questions = Arc::new(Questions::new(s.bus.clone(), Duration::from_secs(2)));
+        let approvals = Approvals::new(Arc::clone(&questions), s.store.clone()).expect("approvals");
+        let mut asker = s.bus.subscribe_as("asker", SubscriberKind::Client, &[APPROVAL_TOPIC]);
         // A bystander that would approve anything it sees (`astrid run --yes`).
         let (_, bystander) = frontend(&s.bus, "approve");
         let outcome = approvals.request(caused(request("w"), asker.id(), "chat")).await;
@@ -631,16 +527,16 @@ mod tests {
         };
         assert_eq!(details, &None);
         assert_eq!(scope.as_deref(), Some("fs.write on src/main.rs"));
-        let forger = s.bus.subscribe_as("forger", super::super::bus::SubscriberKind::Client, &[]);
+        let forger = s.bus.subscribe_as("forger", SubscriberKind::Client, &[]);
         let answer =
             IpcPayload::ApprovalResponse { request_id: request_id.clone(), decision: "approve".into(), reason: None };
         s.bus.publish(BusMessage::from(
-            Origin::Subscriber(forger.id()),
-            IpcMessage::new(format!("{RESPONSE_PREFIX}{request_id}"), answer, SYSTEM_SESSION_UUID),
+            Origin::Client { subscriber: forger.id(), connection: 9 },
+            IpcMessage::new(answer_on(request_id), answer, SYSTEM_SESSION_UUID),
         ));
         // The turn is cancelled: the request is denied at once, not after the timeout.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(approvals.withdraw(asker.id(), "chat"), 1);
+        assert_eq!(questions.withdraw(asker.id(), "chat"), 1);
         let outcome = waiting.await.expect("request");
         assert_eq!(outcome, ApprovalOutcome::Denied { reason: "the turn was cancelled".into() });
     }
@@ -648,9 +544,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_path_allowance_covers_its_directory_and_nothing_beside_it() {
         let s = setup();
-        let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_millis(300)).expect("approvals");
+        let approvals = s.approvals(Duration::from_millis(300));
         let write = |path: &str| {
-            let mut request = ApprovalRequest::new("default", "tools-fs", "write_file", path);
+            let tools = Origin::Capsule { name: "tools-fs".into(), instance: Uuid::nil() };
+            let mut request = ApprovalRequest::new("default", tools, "write_file", path);
             request.scope = Scope::directory_of(path);
             request
         };
@@ -668,9 +565,10 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn answers_from_the_kernel_itself_and_control_characters_are_ignored() {
+    async fn answers_from_the_kernel_itself_or_a_capsule_and_control_characters_are_ignored() {
         let s = setup();
-        let approvals = Approvals::new(s.bus.clone(), s.store.clone(), Duration::from_millis(300)).expect("approvals");
+        let approvals = s.approvals(Duration::from_millis(300));
+        let _person = s.bus.subscribe_as("person", SubscriberKind::Client, &[APPROVAL_TOPIC]);
         let mut requests = s.bus.subscribe("spy", &[APPROVAL_TOPIC]);
         let bus = s.bus.clone();
         let forger = tokio::spawn(async move {
@@ -682,15 +580,15 @@ mod tests {
                 decision: "approve".into(),
                 reason: None,
             };
-            bus.publish(BusMessage::from_kernel(IpcMessage::new(
-                format!("{RESPONSE_PREFIX}{request_id}"),
-                answer,
-                SYSTEM_SESSION_UUID,
-            )));
+            let topic = answer_on(request_id);
+            bus.publish(BusMessage::from_kernel(IpcMessage::new(&topic, answer.clone(), SYSTEM_SESSION_UUID)));
+            let capsule = Origin::Capsule { name: "k".into(), instance: Uuid::nil() };
+            bus.publish(BusMessage::from(capsule, IpcMessage::new(&topic, answer, SYSTEM_SESSION_UUID)));
         });
         let mut forged = request("k");
         forged.action = "fs.\u{1b}[2Kwrite".into();
-        assert!(matches!(approvals.request(forged).await, ApprovalOutcome::Denied { .. }));
+        let outcome = approvals.request(forged).await;
+        assert!(matches!(&outcome, ApprovalOutcome::Denied { reason } if reason.contains("no answer")), "{outcome:?}");
         forger.await.expect("forger");
         let mut long = request("k");
         long.action = "x".repeat(300);

@@ -20,8 +20,11 @@
 //!   close, and the reason is logged as an error. A stuck reader cannot hold up everyone else
 //!   for long, and never quietly loses part of a stream.
 //!
-//! **Routing.** A message may name one recipient ([`BusMessage::reply_to`]): management
-//! replies go only to the connection that asked. Socket clients additionally see only what
+//! **Routing.** Every message says who published it ([`Origin`]) and never comes back to that
+//! publisher. A message may name one recipient ([`BusMessage::reply_to`]): a management reply
+//! goes only to whoever asked, a client's connection or a capsule instance (to those of the
+//! instance's subscriptions whose grant covers the reply's topic, never to a capsule that did
+//! not subscribe to it). Socket clients additionally see only what
 //! is theirs: a payload that names a session goes to the connections that speak in that
 //! session ([`Bus::claim_session`]); any other message descending from a client's request
 //! (its [`Cause`]) goes to that client only; the rest is broadcast. The reference
@@ -41,6 +44,7 @@ use uuid::Uuid;
 
 use super::cause::Cause;
 use super::topic;
+use crate::audit::Actor;
 use crate::types::IpcMessage;
 
 /// Messages a subscriber may have queued before paced publishers wait for it.
@@ -58,13 +62,77 @@ pub fn is_droppable(topic: &str) -> bool {
 /// Identifies one subscriber (a socket client, the management router, a capsule, …).
 pub type SubscriberId = u64;
 
-/// Who put a message on the bus.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who put a message on the bus. The kernel stamps it from the way the message came in (a
+/// client's connection, a capsule instance's host call, the MCP bridge serving a server),
+/// never from anything the publisher wrote, and it decides three things: a message is never
+/// delivered back to its publisher, a reply goes to the publisher that asked
+/// ([`Origin::reply_address`]), and the audit trail names the publisher ([`Origin::actor`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
-    /// The kernel itself (router replies, lifecycle events).
+    /// The kernel's own services (router replies, lifecycle events, the watchdog, the MCP
+    /// host's list of every server's tools). Nobody to reply to.
     Kernel,
-    /// The subscriber with this id (a socket client publishing through the bridge).
+    /// A socket client.
+    Client {
+        /// The bus subscription of its connection: where its replies go.
+        subscriber: SubscriberId,
+        /// The connection's number, `client#N` in the daemon log and the audit trail.
+        connection: u64,
+    },
+    /// A capsule instance.
+    Capsule {
+        /// The capsule's name.
+        name: String,
+        /// The instance's `source_id`, which each of its subscriptions carries: a reply goes
+        /// to those of them whose grant covers the reply's topic, and to nothing else.
+        instance: Uuid,
+    },
+    /// An MCP server the daemon runs (its tools' results, published for it by the MCP
+    /// bridge). It has no bus subscription, so nothing is addressed to it.
+    McpServer {
+        /// The server's name in `servers.toml` or its capsule's manifest.
+        name: String,
+    },
+}
+
+impl Origin {
+    /// Where a reply to this publisher goes; `None` for the kernel and MCP servers, which
+    /// never wait for one: what they would be answered is not published at all.
+    pub fn reply_address(&self) -> Option<Address> {
+        match self {
+            Self::Client { subscriber, .. } => Some(Address::Subscriber(*subscriber)),
+            Self::Capsule { instance, .. } => Some(Address::Instance(*instance)),
+            Self::Kernel | Self::McpServer { .. } => None,
+        }
+    }
+
+    /// Who the audit trail names for what this publisher did.
+    pub fn actor(&self) -> Actor {
+        match self {
+            Self::Kernel => Actor::Kernel,
+            Self::Client { connection, .. } => Actor::Client { id: format!("client#{connection}") },
+            Self::Capsule { name, .. } => Actor::Capsule { name: name.clone() },
+            Self::McpServer { name } => Actor::McpServer { name: name.clone() },
+        }
+    }
+
+    /// The client connection this came from, if a client published it.
+    pub fn client(&self) -> Option<SubscriberId> {
+        match self {
+            Self::Client { subscriber, .. } => Some(*subscriber),
+            _ => None,
+        }
+    }
+}
+
+/// The one publisher a message is for: a reply, a receipt, a question put to one person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Address {
+    /// One subscription: a client's connection (or, in tests, a kernel service).
     Subscriber(SubscriberId),
+    /// Every subscription of one capsule instance (its `source_id`), each delivering what
+    /// its grant covers, as anything else would.
+    Instance(Uuid),
 }
 
 /// A message in flight, with the routing facts that never go on the wire.
@@ -74,8 +142,8 @@ pub struct BusMessage {
     pub message: IpcMessage,
     /// Who published it; never delivered back to its own publisher.
     pub origin: Origin,
-    /// When set, only this subscriber receives the message.
-    pub reply_to: Option<SubscriberId>,
+    /// When set, only this publisher's subscriptions receive the message.
+    pub reply_to: Option<Address>,
     /// The client request this message descends from, if any (set by the kernel only).
     pub cause: Option<Arc<Cause>>,
 }
@@ -91,9 +159,9 @@ impl BusMessage {
         Self { message, origin, reply_to: None, cause: None }
     }
 
-    /// Addressed to `subscriber` only.
-    pub fn to(mut self, subscriber: Option<SubscriberId>) -> Self {
-        self.reply_to = subscriber;
+    /// Addressed to `address` only (`None`: to every subscriber of the topic).
+    pub fn to(mut self, address: Option<Address>) -> Self {
+        self.reply_to = address;
         self
     }
 
@@ -221,6 +289,15 @@ struct Subscriber {
 }
 
 impl Subscriber {
+    /// Whether this subscription is (one of) the subscriptions of `address`.
+    fn is(&self, address: Address) -> bool {
+        match (address, &self.kind) {
+            (Address::Subscriber(id), _) => self.id == id,
+            (Address::Instance(instance), SubscriberKind::Capsule { source_id, .. }) => *source_id == instance,
+            (Address::Instance(_), _) => false,
+        }
+    }
+
     /// Whether a message on `topic` is for this subscriber. A capsule's patterns are its
     /// grant, so they are matched as the grant was checked ([`topic::acl_matches`]: `*` is
     /// one segment, anywhere): it receives exactly what the grant says and nothing deeper.
@@ -384,8 +461,8 @@ impl Bus {
         let mut cut_off = Vec::new();
         let subscribers = self.shared.subscribers();
         for subscriber in subscribers.iter() {
-            if bus_message.origin == Origin::Subscriber(subscriber.id)
-                || bus_message.reply_to.is_some_and(|to| to != subscriber.id)
+            if bus_message.origin.reply_address().is_some_and(|publisher| subscriber.is(publisher))
+                || bus_message.reply_to.is_some_and(|to| !subscriber.is(to))
                 || (subscriber.kind == SubscriberKind::Client
                     && audience.as_ref().is_some_and(|clients| !clients.contains(&subscriber.id)))
                 || !subscriber.wants(topic)
@@ -671,13 +748,40 @@ mod tests {
         let bus = Bus::new();
         let mut a = bus.subscribe("a", &["astrid.v1.response.*"]);
         let mut b = bus.subscribe("b", &["astrid.v1.response.*"]);
-        bus.publish(message("astrid.v1.response.status").to(Some(a.id())));
+        bus.publish(message("astrid.v1.response.status").to(Some(Address::Subscriber(a.id()))));
         assert!(a.try_recv().is_some());
         assert!(b.try_recv().is_none());
-        let own = BusMessage::from(Origin::Subscriber(b.id()), message("astrid.v1.response.status").message);
+        let from_b = Origin::Client { subscriber: b.id(), connection: 2 };
+        let own = BusMessage::from(from_b, message("astrid.v1.response.status").message);
         bus.publish(own);
         assert!(a.try_recv().is_some());
         assert!(b.try_recv().is_none(), "a publisher must not receive its own message");
+    }
+
+    #[tokio::test]
+    async fn a_reply_to_a_capsule_reaches_only_its_own_subscriptions_that_cover_the_topic() {
+        let bus = Bus::new();
+        let (asker, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let capsule = |name: &str, source_id| SubscriberKind::Capsule { name: name.into(), source_id };
+        let mut replies = bus.subscribe_as("capsule:asker", capsule("asker", asker), &["astrid.v1.response.*"]);
+        let mut prompts = bus.subscribe_as("capsule:asker", capsule("asker", asker), &["user.v1.prompt"]);
+        let mut bystander = bus.subscribe_as("capsule:other", capsule("other", other), &["astrid.v1.response.*"]);
+        let mut client = bus.subscribe_as("client#1", SubscriberKind::Client, &["astrid.v1.response.*"]);
+        let origin = Origin::Capsule { name: "asker".into(), instance: asker };
+        let reply = message("astrid.v1.response.status").to(origin.reply_address());
+        assert_eq!(bus.publish(reply), 1);
+        assert!(replies.try_recv().is_some(), "the asking instance's subscription to the topic");
+        assert!(prompts.try_recv().is_none(), "not a subscription of the instance that does not cover it");
+        assert!(bystander.try_recv().is_none() && client.try_recv().is_none(), "nobody else");
+        // What the instance publishes does not come back to any of its subscriptions.
+        let own = BusMessage::from(origin.clone(), message("astrid.v1.response.status").message);
+        assert_eq!(bus.publish(own), 2);
+        assert!(replies.try_recv().is_none(), "never echoed to its publisher");
+        assert!(bystander.try_recv().is_some() && client.try_recv().is_some());
+        // The kernel and MCP servers have nobody to be answered at.
+        assert_eq!(Origin::Kernel.reply_address(), None);
+        assert_eq!(Origin::McpServer { name: "time".into() }.reply_address(), None);
+        assert_eq!(origin.actor(), Actor::Capsule { name: "asker".into() });
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! shutdown ([`Kernel::request_shutdown`]); the daemon carries it out.
 
 pub mod approval;
+pub mod ask;
 pub mod bus;
 pub mod capability;
 mod capsule_admin;
@@ -126,6 +127,8 @@ pub struct Kernel {
     /// The workspace each client connection named in its handshake.
     client_workspaces: Mutex<std::collections::HashMap<bus::SubscriberId, Arc<PathBuf>>>,
     grants: Grants,
+    /// Questions waiting for a person (approvals and `elicit` alike).
+    questions: Arc<ask::Questions>,
     approvals: Approvals,
     /// Bumped whenever the registry or a grant changes, so the capsule host can catch up.
     capsules_changed: watch::Sender<u64>,
@@ -143,7 +146,8 @@ impl Kernel {
     pub fn new(config: KernelConfig, state: KernelState) -> Result<Arc<Self>, KvError> {
         let (shutdown, _) = watch::channel(None);
         let bus = Bus::new();
-        let approvals = Approvals::new(bus.clone(), state.store.clone(), approval::DEFAULT_TIMEOUT)?;
+        let questions = Arc::new(ask::Questions::new(bus.clone(), ask::TIMEOUT));
+        let approvals = Approvals::new(Arc::clone(&questions), state.store.clone())?;
         Ok(Arc::new(Self {
             config,
             started: Instant::now(),
@@ -151,6 +155,7 @@ impl Kernel {
             clients: ClientTracker::new(),
             shutdown,
             grants: Grants::new(state.store.clone()),
+            questions,
             approvals,
             capsules_changed: watch::channel(0).0,
             rescans: std::sync::atomic::AtomicU64::new(0),
@@ -213,6 +218,12 @@ impl Kernel {
     /// Runtime approvals.
     pub fn approvals(&self) -> &Approvals {
         &self.approvals
+    }
+
+    /// The questions waiting for a person: a capsule's `elicit` asks here, a cancelled turn
+    /// or a closed connection ends them.
+    pub fn questions(&self) -> &ask::Questions {
+        &self.questions
     }
 
     /// Appends an audit entry. A failure to audit is logged as an error, never ignored.
@@ -333,7 +344,7 @@ impl Kernel {
     /// Asks a person (or a standing allowance) and audits the request and the outcome.
     /// While the audit trail cannot be written, the answer is no, without asking.
     pub async fn request_approval(&self, request: ApprovalRequest) -> ApprovalOutcome {
-        let actor = || Actor::Capsule { name: request.capsule.clone() };
+        let actor = || request.asker.actor();
         let resource = format!("{} {}", request.action, request.resource);
         self.record(&request.principal, actor(), "approval.request", &resource, Decision::Info, "asked");
         let outcome = match self.audit_writable() {

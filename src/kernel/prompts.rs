@@ -30,7 +30,7 @@ use super::capability::Capability;
 use super::capsules::{Capsule, CapsuleState};
 use super::cause::Cause;
 use super::grants::GrantStatus;
-use crate::audit::{Actor, Decision};
+use crate::audit::Decision;
 use crate::home::DEFAULT_PRINCIPAL;
 use crate::types::turn::{COMMAND_TOPIC, PROMPT_TOPIC, RECEIPT_TOPIC, RESPONSE_TOPIC};
 use crate::types::{Answerer, IpcMessage, IpcPayload, TurnEvent};
@@ -45,19 +45,21 @@ pub fn is_input_topic(topic: &str) -> bool {
 }
 
 impl Kernel {
-    /// Takes in a prompt or command the client `client` (named `actor` in the audit trail)
-    /// published, working in `workspace`: see the module documentation. Completes once the
-    /// input is delivered (paced to the speed of whoever receives it).
+    /// Takes in a prompt or command the client on connection `connection` (subscribed to
+    /// the bus as `client`) published, working in `workspace`: see the module
+    /// documentation. Completes once the input is delivered (paced to the speed of whoever
+    /// receives it).
     pub async fn accept_input(
         &self,
         client: SubscriberId,
-        actor: &str,
+        connection: u64,
         message: IpcMessage,
         workspace: Option<Arc<PathBuf>>,
     ) {
+        let origin = Origin::Client { subscriber: client, connection };
         let IpcPayload::UserInput { text, session_id, context } = &message.payload else {
             // Not a user input (a reference client may send other shapes): published as is.
-            self.bus.publish_paced(BusMessage::from(Origin::Subscriber(client), message)).await;
+            self.bus.publish_paced(BusMessage::from(origin, message)).await;
             return;
         };
         let principal = message.principal.as_deref().unwrap_or(DEFAULT_PRINCIPAL).to_owned();
@@ -67,20 +69,13 @@ impl Kernel {
             None => format!("{} characters", text.chars().count()),
         };
         let resource = format!("{} session {session_id}", message.topic);
-        self.record(
-            &principal,
-            Actor::Client { id: actor.to_owned() },
-            "client.input",
-            &resource,
-            Decision::Info,
-            &what,
-        );
+        self.record(&principal, origin.actor(), "client.input", &resource, Decision::Info, &what);
         self.bus.claim_session(client, session_id);
         let cause = Cause::new(client, session_id.clone(), workspace);
         if action == Some("cancel_turn") {
-            let withdrawn = self.approvals.withdraw(client, session_id);
+            let withdrawn = self.questions.withdraw(client, session_id);
             if withdrawn > 0 {
-                log::info!("{actor}: cancelled its turn; {withdrawn} pending approval(s) denied");
+                log::info!("client#{connection}: cancelled its turn; {withdrawn} pending question(s) denied");
             }
         } else {
             let answerers = match self.audit_writable() {
@@ -106,12 +101,12 @@ impl Kernel {
             let refused = matches!(&receipt, TurnEvent::PromptReceipt { refused: Some(_), .. });
             let data = serde_json::to_value(&receipt).unwrap_or(Value::Null);
             let receipt = IpcMessage::new(RECEIPT_TOPIC, IpcPayload::Custom { data }, self.session());
-            self.bus.publish(BusMessage::from_kernel(receipt).to(Some(client)));
+            self.bus.publish(BusMessage::from_kernel(receipt).to(origin.reply_address()));
             if refused {
                 return;
             }
         }
-        let message = BusMessage::from(Origin::Subscriber(client), message).caused_by(Some(cause));
+        let message = BusMessage::from(origin, message).caused_by(Some(cause));
         self.bus.publish_paced(message).await;
     }
 

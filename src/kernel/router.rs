@@ -1,5 +1,8 @@
 //! The management API: `KernelRequest`s arriving on `astrid.v1.request.<suffix>` are
-//! answered on `astrid.v1.response.<suffix>`, to the requester only.
+//! answered on `astrid.v1.response.<suffix>`, to the requester only: the client connection or
+//! the capsule instance that published the request (its [`Origin`]), never to every
+//! subscriber of the reply topic. The audit trail names that requester too: a capsule granted
+//! `ipc_publish` on a request topic acts as itself, not as the kernel or the operator.
 //!
 //! Where the reference stays silent (a payload that is not `raw_json`, a request that does
 //! not parse, a rate limit), we answer with `KernelResponse::Error` naming the problem:
@@ -10,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::bus::{BusMessage, Origin, SubscriberId};
+use super::bus::{Address, BusMessage, Origin};
 use super::rate_limit::SlidingWindow;
 use super::{Kernel, ShutdownReason};
 use crate::audit::{Actor, Decision};
@@ -72,15 +75,8 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
     let mut limiter = SlidingWindow::new(Duration::from_secs(60));
     while let Some(incoming) = requests.recv().await {
         let reply_topic = response_topic(&incoming.message.topic);
-        let requester = match incoming.origin {
-            Origin::Subscriber(id) => Some(id),
-            Origin::Kernel => None,
-        };
-        let caller = Caller {
-            principal: incoming.message.principal.clone().unwrap_or_else(|| DEFAULT_PRINCIPAL.to_owned()),
-            actor: requester.map_or(Actor::Kernel, |id| Actor::Client { id: format!("client#{id}") }),
-            workspace: requester.and_then(|id| kernel.client_workspace(id)),
-        };
+        let requester = incoming.origin.reply_address();
+        let caller = Caller::of(&kernel, &incoming);
         let request = decode(&incoming.message.payload);
         let refused = match &request {
             // Fail closed: what changes state needs the audit trail; Shutdown stays possible.
@@ -121,15 +117,20 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
                 instance: None,
                 turn: None,
                 principal: caller.principal.clone(),
-                // Whichever connection asks, it is the local operator reading.
-                actor: Actor::Operator,
+                // Whichever connection asks, it is the local operator reading (so a status bar
+                // polling from a new connection each time stays one kind); a capsule is itself.
+                actor: match incoming.origin {
+                    Origin::Client { .. } => Actor::Operator,
+                    _ => caller.actor.clone(),
+                },
                 action,
                 resource: incoming.message.topic.clone(),
-                rule: OPERATOR.to_owned(),
+                rule: caller.authority.to_owned(),
             }),
             Ok(()) => {
                 let topic = &incoming.message.topic;
-                kernel.record(&caller.principal, caller.actor.clone(), &action, topic, Decision::Allow, OPERATOR);
+                let rule = caller.authority;
+                kernel.record(&caller.principal, caller.actor.clone(), &action, topic, Decision::Allow, rule);
             }
             Err(reason) => {
                 let topic = &incoming.message.topic;
@@ -143,8 +144,13 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
     }
 }
 
-/// The rule that allows a management request.
+/// The rule that allows a client's management request.
 const OPERATOR: &str = "local operator (same uid, session token)";
+/// The rule that allows a capsule's: its grant let it publish on the request topic (that
+/// check is an audit entry of its own, with the grant's fingerprint).
+const CAPSULE_GRANT: &str = "the capsule's grant covers ipc_publish on the request topic";
+/// The rule for a request the daemon made itself.
+const DAEMON: &str = "the daemon itself";
 
 /// `McpCall`: the operator's own call, audited as `mcp.call` (the operator is the one who
 /// would approve it), answered with `{"content", "is_error"}`.
@@ -153,7 +159,7 @@ async fn mcp_call(
     (server, tool, arguments): (String, String, serde_json::Value),
     caller: Caller,
     reply_topic: String,
-    requester: Option<SubscriberId>,
+    requester: Option<Address>,
 ) {
     let name = format!("{server}:{tool}");
     let response = match kernel.mcp() {
@@ -165,7 +171,10 @@ async fn mcp_call(
     };
     let (decision, rule) = match &response {
         KernelResponse::Error(reason) => (Decision::Deny, reason.clone()),
-        _ => (Decision::Allow, "the local operator (astrid mcp call)".to_owned()),
+        // Made without an approval prompt: the operator is the one who would approve it (a
+        // capsule granted the request topic acts with the operator's authority, and says so).
+        _ if caller.authority == OPERATOR => (Decision::Allow, "the local operator (astrid mcp call)".to_owned()),
+        _ => (Decision::Allow, caller.authority.to_owned()),
     };
     kernel.record(&caller.principal, caller.actor.clone(), "mcp.call", &name, decision, &rule);
     kernel.reply(&reply_topic, response, requester);
@@ -175,9 +184,29 @@ async fn mcp_call(
 #[derive(Debug, Clone)]
 pub(super) struct Caller {
     pub(super) principal: String,
+    /// Who the audit trail names: the requester's [`Origin`].
     pub(super) actor: Actor,
-    /// The workspace the requesting connection works in (`None`: the daemon's).
+    /// Why the requester may ask at all (the rule of its audit entries).
+    pub(super) authority: &'static str,
+    /// The workspace the request acts on (`None`: the daemon's): the one the requesting
+    /// connection named, or that of the turn a capsule is working for.
     pub(super) workspace: Option<Arc<std::path::PathBuf>>,
+}
+
+impl Caller {
+    fn of(kernel: &Kernel, incoming: &BusMessage) -> Self {
+        let (authority, workspace) = match &incoming.origin {
+            Origin::Client { subscriber, .. } => (OPERATOR, kernel.client_workspace(*subscriber)),
+            Origin::Capsule { .. } => (CAPSULE_GRANT, incoming.cause.as_ref().and_then(|c| c.workspace.clone())),
+            Origin::Kernel | Origin::McpServer { .. } => (DAEMON, None),
+        };
+        Self {
+            principal: incoming.message.principal.clone().unwrap_or_else(|| DEFAULT_PRINCIPAL.to_owned()),
+            actor: incoming.origin.actor(),
+            authority,
+            workspace,
+        }
+    }
 }
 
 fn decode(payload: &IpcPayload) -> Result<KernelRequest, String> {
@@ -401,9 +430,14 @@ fn response_kind(response: &KernelResponse) -> String {
 }
 
 impl Kernel {
-    /// Publishes `response` on `topic`, addressed to `requester` only (or to every
-    /// subscriber of `topic` when the request came from the kernel itself).
-    pub fn reply(&self, topic: &str, response: KernelResponse, requester: Option<SubscriberId>) {
+    /// Publishes `response` on `topic`, addressed to `requester` only. A requester with no
+    /// address (the kernel itself, an MCP server: neither waits for a reply) gets nothing, so
+    /// a reply is never broadcast to whoever subscribes to the topic.
+    pub fn reply(&self, topic: &str, response: KernelResponse, requester: Option<Address>) {
+        let Some(requester) = requester else {
+            log::debug!("management: {topic} {} not published: nobody to answer", response_kind(&response));
+            return;
+        };
         let payload = match serde_json::to_value(&response) {
             Ok(value) => IpcPayload::RawJson(value),
             Err(e) => {
@@ -412,7 +446,7 @@ impl Kernel {
             }
         };
         let message = crate::types::IpcMessage::new(topic, payload, self.session());
-        self.bus().publish(BusMessage::from_kernel(message).to(requester));
+        self.bus().publish(BusMessage::from_kernel(message).to(Some(requester)));
     }
 }
 

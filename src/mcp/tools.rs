@@ -16,10 +16,10 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::host::McpHost;
-use crate::audit::{Actor, Decision};
+use crate::audit::Decision;
 use crate::home::DEFAULT_PRINCIPAL;
 use crate::kernel::approval::{ApprovalOutcome, ApprovalRequest};
-use crate::kernel::{BusMessage, Cause, Kernel};
+use crate::kernel::{BusMessage, Cause, Kernel, Origin};
 use crate::types::{IpcMessage, IpcPayload, ToolCall, ToolCallResult};
 
 const DESCRIBE: &str = "tool.v1.request.describe";
@@ -47,13 +47,14 @@ pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
             // a cold daemon is offered every tool.
             let (tools, pending) = (host.tool_descriptions(), host.starting());
             if !tools.is_empty() || !pending.is_empty() {
-                publish(&kernel, DESCRIBED, described(tools, &pending), incoming.cause.clone()).await;
+                publish(&kernel, Origin::Kernel, DESCRIBED, described(tools, &pending), incoming.cause.clone()).await;
             }
             if !pending.is_empty() {
                 let (kernel, host, cause) = (Arc::clone(&kernel), Arc::clone(&host), incoming.cause.clone());
                 tokio::spawn(async move {
                     host.settled().await;
-                    publish(&kernel, DESCRIBED, described(host.tool_descriptions(), &host.starting()), cause).await;
+                    let described = described(host.tool_descriptions(), &host.starting());
+                    publish(&kernel, Origin::Kernel, DESCRIBED, described, cause).await;
                 });
             }
         } else if topic == CANCEL {
@@ -98,7 +99,8 @@ pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
                     result: ToolCallResult { call_id: call.call_id.clone(), content, is_error },
                 };
                 let topic = format!("{EXECUTE_PREFIX}{}:{}.result", call.server, call.tool);
-                publish(&kernel, &topic, result, call.cause.clone()).await;
+                let server = Origin::McpServer { name: call.server.clone() };
+                publish(&kernel, server, &topic, result, call.cause.clone()).await;
             });
         }
     }
@@ -117,8 +119,9 @@ struct Call {
 /// Approval, then the call; the result text and whether it is an error.
 async fn execute(kernel: &Kernel, host: &McpHost, call: &Call, cancelled: oneshot::Receiver<()>) -> (String, bool) {
     let name = format!("{}:{}", call.server, call.tool);
-    let actor = || Actor::Capsule { name: format!("mcp:{}", call.server) };
-    let mut request = ApprovalRequest::new(&call.principal, &format!("mcp:{}", call.server), "mcp.call", &name);
+    let server = Origin::McpServer { name: call.server.clone() };
+    let actor = || server.actor();
+    let mut request = ApprovalRequest::new(&call.principal, server.clone(), "mcp.call", &name);
     request.cause = call.cause.clone();
     request.details = Some(arguments_preview(&call.arguments));
     if let ApprovalOutcome::Denied { reason } = kernel.request_approval(request).await {
@@ -150,8 +153,9 @@ fn arguments_preview(arguments: &Value) -> String {
     format!("arguments:\n{pretty}")
 }
 
-/// Publishes as the MCP bridge, for `cause`'s turn, paced to the speed of the readers.
-async fn publish(kernel: &Kernel, topic: &str, payload: IpcPayload, cause: Option<Arc<Cause>>) {
+/// Publishes for `cause`'s turn, paced to the speed of the readers: as a server (its tool's
+/// result), or as the kernel's MCP host (the tool list, which speaks for every server).
+async fn publish(kernel: &Kernel, origin: Origin, topic: &str, payload: IpcPayload, cause: Option<Arc<Cause>>) {
     let message = IpcMessage::new(topic, payload, kernel.session());
-    kernel.bus().publish_paced(BusMessage::from_kernel(message).caused_by(cause)).await;
+    kernel.bus().publish_paced(BusMessage::from(origin, message).caused_by(cause)).await;
 }

@@ -18,7 +18,7 @@ use super::sandbox::{HostServices, KernelAccess};
 use super::{approval, elicit, host_fs, host_http, host_ipc, host_kv};
 use crate::audit::{Actor, Decision};
 use crate::kernel::Cause;
-use crate::kernel::bus::{BusMessage, SubscriberKind, Subscription};
+use crate::kernel::bus::{BusMessage, Origin, SubscriberKind, Subscription};
 use crate::kernel::install::CapsuleMeta;
 use crate::kernel::manifest::EnvDef;
 use crate::store::{KvStore, Namespace};
@@ -111,6 +111,12 @@ impl CapsuleContext {
     /// The name of this instance's bus subscriptions (in the log and `status`).
     pub(super) fn bus_name(&self) -> String {
         format!("capsule:{}", self.capsule)
+    }
+
+    /// Who this instance is on the bus when it publishes or asks: its replies come back to
+    /// its own subscriptions, and the audit trail names the capsule.
+    pub(super) fn origin(&self) -> Origin {
+        Origin::Capsule { name: self.capsule.clone(), instance: self.source_id }
     }
 
     /// What this instance is to the bus: the capsule, publishing as its `source_id`.

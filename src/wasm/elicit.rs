@@ -1,45 +1,38 @@
 //! `elicit`: during its install or upgrade hook, a capsule asks a person for a value it
 //! declared in `[env]`.
 //!
-//! The host publishes `ElicitRequest` on `astrid.v1.elicit` (after subscribing to the
-//! per-request answer topic) and waits for an `ElicitResponse` from a *client* — an answer
-//! published by a capsule is ignored, so one capsule cannot answer for a person. The value is
-//! stored in the capsule's env file (0600) and takes effect for this instance at once. A
-//! secret is stored and never returned to the guest: its header templates use it host-side.
-//! Question and outcome are audited; the value never is.
-
-use std::time::{Duration, Instant};
+//! The question is asked like every question put to a person ([`crate::kernel::ask`]: who is
+//! asked, who may answer, the timeout and the limits are decided there): `ElicitRequest` on
+//! `astrid.v1.elicit`, answered by an `ElicitResponse` from a client that was asked, so one
+//! capsule cannot answer for a person. This thread blocks on the kernel's async wait. The
+//! value is stored in the capsule's env file (0600) and takes effect for this instance at
+//! once. A secret is stored and never returned to the guest: its header templates use it
+//! host-side. Question and outcome are audited; the value never is.
 
 use serde::Deserialize;
 use serde_json::json;
-use uuid::Uuid;
 
 use super::context::CapsuleContext;
 use super::host_call::HostReply;
 use super::wait::{block_on_timeout, unless_stopped};
-use crate::audit::{Actor, Decision};
-use crate::kernel::bus::{BusMessage, Origin};
+use crate::audit::Decision;
+use crate::kernel::ask::{Answer, Answered, Question, Unanswered};
 use crate::kernel::capsule_config as config;
-use crate::types::{IpcMessage, IpcPayload};
 
-/// Topic of elicitation requests.
-pub const ELICIT_TOPIC: &str = "astrid.v1.elicit";
-/// Longest a capsule waits for the answer.
-const MAX_WAIT: Duration = Duration::from_secs(120);
 /// Largest request a guest may pass.
 pub(super) const MAX_REQUEST: usize = 16 * 1024;
-/// How often a waiting question looks whether anybody who saw it is still connected.
-const LOOK_AGAIN: Duration = Duration::from_millis(250);
 
 /// What `elicit` returns on failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
 pub enum ElicitStatus {
-    /// Nobody answered in time (at once when no frontend that saw it is connected).
+    /// Nobody answered in time (at once when no frontend that saw it is connected, or the
+    /// turn it was asked for is cancelled).
     Timeout = -1,
     /// Not `{key, …}` JSON, or a key the manifest does not declare.
     InvalidInput = -2,
-    /// The person cancelled (an answer with no value).
+    /// The person cancelled (an answer with no value), or answered with more than the
+    /// limit ([`crate::kernel::ask::MAX_ANSWER`]).
     Cancelled = -5,
     /// Only install and upgrade hooks may ask.
     NotInLifecycle = -6,
@@ -74,57 +67,42 @@ pub(super) fn elicit(context: &mut CapsuleContext, bytes: &[u8], in_lifecycle: b
     if ask.description.is_some() {
         field.description = ask.description;
     }
-    let request_id = Uuid::new_v4();
     let kernel = &access.kernel;
+    let actor = context.origin().actor();
     let record = |decision, rule: &str| {
-        let actor = Actor::Capsule { name: capsule.clone() };
-        kernel.record(&access.principal, actor, "elicit", &ask.key, decision, rule);
+        kernel.record(&access.principal, actor.clone(), "elicit", &ask.key, decision, rule);
     };
     record(Decision::Info, "asked");
-    // Subscribe before asking, so an instant answer is not missed.
-    let mut answers =
-        kernel.bus().subscribe(format!("elicit:{request_id}"), &[&format!("{ELICIT_TOPIC}.response.{request_id}")]);
-    let payload = IpcPayload::ElicitRequest { request_id, capsule_id: capsule.clone(), field };
-    let message = BusMessage::from_kernel(IpcMessage::new(ELICIT_TOPIC, payload, context.source_id));
-    let asked = kernel.bus().publish_to_clients(message);
-    let lifecycle = std::sync::Arc::clone(&context.lifecycle);
-    let deadline = Instant::now() + MAX_WAIT;
-    let answer = loop {
-        // Nobody left who saw the question (or nobody connected at all): say so now rather
-        // than after the whole wait.
-        if !asked.iter().any(|client| kernel.bus().is_subscribed(*client)) {
-            record(Decision::Deny, "no frontend left to ask");
-            return reply(ElicitStatus::Timeout);
-        }
-        let left = deadline.saturating_duration_since(Instant::now()).min(LOOK_AGAIN);
-        if left.is_zero() {
-            break None;
-        }
-        let message = match block_on_timeout(unless_stopped(answers.recv(), lifecycle.stopped()), left) {
-            None => continue,
-            Some(Some(Some(message))) => message,
-            Some(_) => break None,
-        };
-        // Only a person's client may answer.
-        if !matches!(message.origin, Origin::Subscriber(_)) {
-            continue;
-        }
-        if let IpcPayload::ElicitResponse { request_id: id, value, values } = &message.message.payload
-            && *id == request_id
-        {
-            break Some((value.clone(), values.clone()));
-        }
-    };
+    let questions = kernel.questions();
+    let question = Question::Value { capsule: capsule.clone(), field };
+    let waiting = questions.ask(question, context.cause.clone(), context.source_id);
+    let answer = block_on_timeout(unless_stopped(waiting, context.lifecycle.stopped()), questions.longest_wait());
     let (value, values) = match answer {
-        None => {
-            record(Decision::Deny, "no answer");
-            return reply(ElicitStatus::Timeout);
-        }
-        Some((None, None)) => {
+        Some(Some(Ok(Answered { answer: Answer::Value { value: None, values: None }, .. }))) => {
             record(Decision::Deny, "cancelled");
             return reply(ElicitStatus::Cancelled);
         }
-        Some(answer) => answer,
+        Some(Some(Ok(Answered { answer: Answer::Value { value, values }, .. }))) => (value, values),
+        Some(Some(Ok(Answered { answer: Answer::Decision(_), .. }))) => {
+            record(Decision::Deny, "not a value");
+            return reply(ElicitStatus::InvalidInput);
+        }
+        Some(Some(Err(why))) => {
+            record(Decision::Deny, &why.to_string());
+            return reply(match why {
+                Unanswered::TooLong(_) => ElicitStatus::Cancelled,
+                Unanswered::Invalid(_) => ElicitStatus::InvalidInput,
+                _ => ElicitStatus::Timeout,
+            });
+        }
+        Some(None) => {
+            record(Decision::Deny, "the capsule was stopped");
+            return reply(ElicitStatus::Timeout);
+        }
+        None => {
+            record(Decision::Deny, &Unanswered::Timeout(questions.longest_wait()).to_string());
+            return reply(ElicitStatus::Timeout);
+        }
     };
     let stored = value.clone().or_else(|| values.as_ref().map(|v| v.join(","))).unwrap_or_default();
     let home = kernel.config().home.clone();

@@ -57,7 +57,9 @@ fn reply(status: IpcStatus) -> HostReply {
     HostReply::value(status as i32)
 }
 
-/// `ipc_publish`: checked against `ipc_publish` (audited), then on the bus as this capsule.
+/// `ipc_publish`: checked against `ipc_publish` (audited), then on the bus as this capsule
+/// instance (its [`crate::kernel::bus::Origin`]): it does not come back to the instance, and a
+/// reply to it (a management request's) goes to the instance alone.
 pub(super) fn publish(context: &CapsuleContext, name: &[u8], payload: &[u8]) -> HostReply {
     let Some(access) = &context.kernel else { return reply(IpcStatus::CapabilityDenied) };
     let Some(name) = std::str::from_utf8(name).ok().filter(|name| topic::validate(name).is_ok()) else {
@@ -78,7 +80,8 @@ pub(super) fn publish(context: &CapsuleContext, name: &[u8], payload: &[u8]) -> 
     // Paced: a capsule that produces faster than its readers take waits for them (never past
     // a stop), so a stream is slowed down rather than cut. The bus cuts off a reader that
     // stopped reading, which ends the wait.
-    let paced = access.kernel.bus().publish_paced(BusMessage::from_kernel(message).caused_by(context.cause.clone()));
+    let message = BusMessage::from(context.origin(), message).caused_by(context.cause.clone());
+    let paced = access.kernel.bus().publish_paced(message);
     let _ = block_on_timeout(unless_stopped(paced, context.lifecycle.stopped()), MAX_PUBLISH_WAIT);
     HostReply::value(0)
 }

@@ -30,7 +30,7 @@ fn capsule_threads(pid: i32) -> usize {
 }
 
 /// Writes a capsule directory `dir` named `name` with `module` as its component.
-fn write_capsule(dir: &Path, name: &str, module: &[u8], extra: &str) {
+pub(crate) fn write_capsule(dir: &Path, name: &str, module: &[u8], extra: &str) {
     std::fs::create_dir_all(dir).expect("dir");
     std::fs::write(dir.join("capsule.wasm"), module).expect("module");
     let manifest = format!(

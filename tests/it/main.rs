@@ -15,6 +15,7 @@ mod home;
 mod management;
 mod mcp;
 mod openai_server;
+mod origin;
 mod pid1;
 mod protocol;
 mod readme;
