@@ -116,6 +116,13 @@ impl Origin {
         }
     }
 
+    /// Whether this publisher may ask the management API for changes (install, grant,
+    /// commit, shutdown…): the operator's connections and the kernel. A capsule or an MCP
+    /// server whose grant reaches the management topics may only read.
+    pub fn may_change_the_system(&self) -> bool {
+        matches!(self, Self::Kernel | Self::Client { .. })
+    }
+
     /// The client connection this came from, if a client published it.
     pub fn client(&self) -> Option<SubscriberId> {
         match self {

@@ -79,6 +79,13 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
         let caller = Caller::of(&kernel, &incoming);
         let request = decode(&incoming.message.payload);
         let refused = match &request {
+            // The operator changes the system; a capsule (or a server) granted the management
+            // topics may read it, never install, grant, commit or stop: a jailbroken agent
+            // holding such a grant still cannot widen its own reach.
+            Ok(r) if !read_only(r) && !incoming.origin.may_change_the_system() => Some(format!(
+                "refused: {} changes the system, which is the operator's; a capsule or an MCP server may only read through the management API",
+                r.method_name()
+            )),
             // Fail closed: what changes state needs the audit trail; Shutdown stays possible.
             Ok(r) if !read_only(r) && !matches!(r, KernelRequest::Shutdown { .. }) => kernel
                 .audit_writable()
