@@ -21,6 +21,7 @@ use crate::ipc::capsule_link::{AttachError, CapsuleLink};
 use crate::kernel::capsule_config as config;
 use crate::kernel::capsules::MANIFEST_FILE;
 use crate::kernel::manifest::Manifest;
+use crate::types::topics::{ELICIT_RESPONSE_PREFIX, ELICIT_TOPIC};
 use crate::types::{CapsuleAttach, KernelRequest, KernelResponse};
 
 /// manage capsules
@@ -305,7 +306,7 @@ fn report_start(home: &AstridHome, name: &str, questions: &mut Client) -> anyhow
 /// answers it; `false` when there is no terminal to ask on (said, with what to do instead).
 fn answer_question(client: &mut Client, name: &str, frame: &Value) -> anyhow::Result<bool> {
     let payload = &frame["payload"];
-    if frame["topic"] != "astrid.v1.elicit" || payload["type"] != "elicit_request" || payload["capsule_id"] != name {
+    if frame["topic"] != ELICIT_TOPIC || payload["type"] != "elicit_request" || payload["capsule_id"] != name {
         return Ok(true);
     }
     let key = payload["field"]["key"].as_str().unwrap_or("?");
@@ -320,7 +321,7 @@ fn answer_question(client: &mut Client, name: &str, frame: &Value) -> anyhow::Re
     let value = ask(&format!("{name} asks: {prompt}"), payload["field"]["field_type"] == "Secret")?;
     let request_id = payload["request_id"].as_str().unwrap_or_default();
     client.publish_json(
-        &format!("astrid.v1.elicit.response.{request_id}"),
+        &format!("{ELICIT_RESPONSE_PREFIX}{request_id}"),
         serde_json::json!({"type": "elicit_response", "request_id": request_id, "value": value}),
     )?;
     Ok(true)

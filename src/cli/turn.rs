@@ -20,7 +20,10 @@ use uuid::Uuid;
 
 use crate::ipc::{Client, ClientError};
 pub use crate::types::ApprovalDecision as Decision;
-use crate::types::turn::{DELTA_TOPIC, NOTICE_TOPIC, PROMPT_TOPIC, RECEIPT_TOPIC, RESPONSE_TOPIC};
+use crate::types::topics::{
+    APPROVAL_RESPONSE_PREFIX, APPROVAL_TOPIC, DELTA_TOPIC, ELICIT_RESPONSE_PREFIX, ELICIT_TOPIC, NOTICE_TOPIC,
+    ONBOARDING_TOPIC, PROMPT_TOPIC, RECEIPT_TOPIC, RESPONSE_TOPIC, TOOL_REQUEST_TOPIC, TOOL_RESULT_TOPIC,
+};
 use crate::types::{IpcPayload, TurnEvent, TurnOutcome};
 
 /// How often a waiting turn looks for Ctrl-C.
@@ -267,14 +270,14 @@ impl<F: Frontend> State<'_, F> {
                 });
                 self.piece(source, text, done).map_err(ClientError::Io)?;
             }
-            ("tool.v1.request.execute", Some("tool_execute_request")) => {
+            (TOOL_REQUEST_TOPIC, Some("tool_execute_request")) => {
                 let name = payload["tool_name"].as_str().unwrap_or("?");
                 self.frontend.tool_call(name, &payload["arguments"]).map_err(ClientError::Io)?;
                 self.report.tool_calls.push(json!({
                     "call_id": payload["call_id"], "name": payload["tool_name"], "arguments": payload["arguments"],
                 }));
             }
-            ("tool.v1.execute.result", Some("tool_execute_result")) => {
+            (TOOL_RESULT_TOPIC, Some("tool_execute_result")) => {
                 let call_id = &payload["call_id"];
                 let content = payload["result"]["content"].as_str().unwrap_or_default();
                 let is_error = payload["result"]["is_error"].as_bool().unwrap_or(false);
@@ -284,7 +287,7 @@ impl<F: Frontend> State<'_, F> {
                 }
                 self.frontend.tool_result(content, is_error).map_err(ClientError::Io)?;
             }
-            ("astrid.v1.approval", Some("approval_required")) => {
+            (APPROVAL_TOPIC, Some("approval_required")) => {
                 let field = |name: &str| payload[name].as_str().map(str::to_owned);
                 let question = Question {
                     action: field("action").unwrap_or_else(|| "?".to_owned()),
@@ -299,7 +302,7 @@ impl<F: Frontend> State<'_, F> {
                 }
                 let request_id = payload["request_id"].as_str().unwrap_or_default();
                 client.publish(
-                    &format!("astrid.v1.approval.response.{request_id}"),
+                    &format!("{APPROVAL_RESPONSE_PREFIX}{request_id}"),
                     &IpcPayload::ApprovalResponse {
                         request_id: request_id.to_owned(),
                         decision: decision.as_str().to_owned(),
@@ -307,20 +310,20 @@ impl<F: Frontend> State<'_, F> {
                     },
                 )?;
             }
-            ("astrid.v1.elicit", Some("elicit_request")) => {
+            (ELICIT_TOPIC, Some("elicit_request")) => {
                 let request_id = payload["request_id"].as_str().unwrap_or_default();
                 let capsule = payload["capsule_id"].as_str().unwrap_or("a capsule");
                 let prompt = payload["field"]["prompt"].as_str().unwrap_or("a value");
                 let value = self.frontend.elicit(capsule, prompt).filter(|v| !v.is_empty());
                 client.publish_json(
-                    &format!("astrid.v1.elicit.response.{request_id}"),
+                    &format!("{ELICIT_RESPONSE_PREFIX}{request_id}"),
                     json!({"type": "elicit_response", "request_id": request_id, "value": value}),
                 )?;
             }
             (NOTICE_TOPIC, Some("notice")) if ours => {
                 self.frontend.notice(payload["text"].as_str().unwrap_or_default()).map_err(ClientError::Io)?;
             }
-            ("astrid.v1.onboarding.required", _) => {
+            (ONBOARDING_TOPIC, _) => {
                 let capsule = payload["capsule_id"].as_str().unwrap_or("a capsule");
                 let text = format!(
                     "capsule {capsule} needs configuration: install it again with `astrid capsule install DIR --env KEY=VALUE`"

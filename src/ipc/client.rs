@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::frame::{BlockingFrames, FrameError, MAX_HANDSHAKE_FRAME, MAX_SERVER_FRAME, write_frame_blocking};
 use super::token::{SessionToken, TokenError};
 use crate::home::{AstridHome, HomeError};
-use crate::kernel::router::{REQUEST_PREFIX, RESPONSE_PREFIX};
+use crate::types::topics::{REQUEST_PREFIX, RESPONSE_PREFIX};
 use crate::types::{
     CapsuleAttach, HandshakeRequest, HandshakeResponse, HandshakeStatus, IpcMessage, IpcPayload, KernelRequest,
     KernelResponse, PROTOCOL_VERSION, SYSTEM_SESSION_UUID,

@@ -37,12 +37,8 @@ use uuid::Uuid;
 use super::bus::{Bus, BusMessage, Origin, SubscriberId};
 use super::cause::Cause;
 use crate::store::{KvError, KvStore, Namespace};
+use crate::types::topics::{APPROVAL_RESPONSE_PREFIX as RESPONSE_PREFIX, APPROVAL_TOPIC};
 use crate::types::{ApprovalDecision as Decision, IpcMessage, IpcPayload, SYSTEM_SESSION_UUID};
-
-/// Where approval requests are published.
-pub const APPROVAL_TOPIC: &str = "astrid.v1.approval";
-/// Prefix of the per-request answer topic.
-pub const RESPONSE_PREFIX: &str = "astrid.v1.approval.response.";
 /// How long a request waits for an answer before it is denied.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest accepted action text.

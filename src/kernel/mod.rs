@@ -49,11 +49,9 @@ use grants::{GrantStatus, Grants};
 use crate::audit::{Acknowledged, Actor, AuditTrail, Decision, NewEntry};
 use crate::home::{AstridHome, DEFAULT_PRINCIPAL};
 use crate::store::{KvError, KvStore};
+use crate::types::topics::CAPSULES_LOADED_TOPIC;
 use crate::types::{DaemonStatus, IpcMessage, IpcPayload, SubscriberDrops};
 use crate::vfs::{Vfs, VfsError};
-
-/// Topic on which the kernel announces that capsule loading finished (boot and reload).
-pub const CAPSULES_LOADED_TOPIC: &str = "astrid.v1.capsules_loaded";
 
 /// What the kernel needs to know to start.
 #[derive(Debug, Clone)]

@@ -15,13 +15,9 @@ use super::rate_limit::SlidingWindow;
 use super::{Kernel, ShutdownReason};
 use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
+use crate::types::topics::{REQUEST_PATTERN, REQUEST_PREFIX, RESPONSE_PREFIX};
 use crate::types::{IpcPayload, KernelRequest, KernelResponse};
 use crate::vfs::{Change, ChangeKind};
-
-/// Topic prefix of management requests.
-pub const REQUEST_PREFIX: &str = "astrid.v1.request.";
-/// Topic prefix of management replies.
-pub const RESPONSE_PREFIX: &str = "astrid.v1.response.";
 
 /// The reply topic for a request topic (`astrid.v1.request.x` → `astrid.v1.response.x`).
 pub fn response_topic(request_topic: &str) -> String {
@@ -68,7 +64,7 @@ fn read_only(request: &KernelRequest) -> bool {
 
 /// Serves management requests until the bus goes away.
 pub(super) async fn run(kernel: Arc<Kernel>) {
-    let mut requests = kernel.bus().subscribe("management-router", &[&format!("{REQUEST_PREFIX}*")]);
+    let mut requests = kernel.bus().subscribe("management-router", &[REQUEST_PATTERN]);
     let mut limiter = SlidingWindow::new(Duration::from_secs(60));
     while let Some(incoming) = requests.recv().await {
         let reply_topic = response_topic(&incoming.message.topic);

@@ -23,7 +23,8 @@ use super::client::{CallOutcome, Event, McpClient, McpError, ToolInfo};
 use super::config::{RestartPolicy, ServerConfig};
 use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
-use crate::kernel::{BusMessage, CAPSULES_LOADED_TOPIC, Kernel};
+use crate::kernel::{BusMessage, Kernel};
+use crate::types::topics::CAPSULES_LOADED_TOPIC;
 use crate::types::{IpcMessage, IpcPayload};
 
 /// Failed starts (or exits) in a row after which a server is given up.

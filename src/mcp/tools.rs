@@ -20,12 +20,13 @@ use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
 use crate::kernel::approval::{ApprovalOutcome, ApprovalRequest};
 use crate::kernel::{BusMessage, Cause, Kernel};
+use crate::types::topics::{
+    TOOL_CANCEL_TOPIC, TOOL_DESCRIBE_TOPIC, TOOL_DESCRIBED_PREFIX, TOOL_EXECUTE_PATTERN, TOOL_EXECUTE_PREFIX,
+};
 use crate::types::{IpcMessage, IpcPayload, ToolCall, ToolCallResult};
 
-const DESCRIBE: &str = "tool.v1.request.describe";
-const EXECUTE_PREFIX: &str = "tool.v1.execute.";
-const CANCEL: &str = "tool.v1.request.cancel";
-const DESCRIBED: &str = "tool.v1.response.describe.mcp";
+/// The name this provider answers describe requests under.
+const PROVIDER: &str = "mcp";
 
 /// A describe answer: the tools, and the servers whose tools are still to come.
 fn described(tools: Vec<Value>, pending: &[String]) -> IpcPayload {
@@ -37,26 +38,39 @@ type InFlight = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
 
 /// Serves agents' tool traffic for `host` until the bus goes away.
 pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
-    let mut requests = kernel.bus().subscribe("mcp-tools", &[DESCRIBE, "tool.v1.execute.*", CANCEL]);
+    let mut requests =
+        kernel.bus().subscribe("mcp-tools", &[TOOL_DESCRIBE_TOPIC, TOOL_EXECUTE_PATTERN, TOOL_CANCEL_TOPIC]);
     let in_flight: InFlight = Arc::default();
     while let Some(incoming) = requests.recv().await {
         let topic = incoming.message.topic.as_str();
-        if topic == DESCRIBE {
+        if topic == TOOL_DESCRIBE_TOPIC {
             // The ready servers' tools now; servers still starting are named as pending, and
             // a second answer follows once they are up (or given up on), so a first turn on
             // a cold daemon is offered every tool.
             let (tools, pending) = (host.tool_descriptions(), host.starting());
             if !tools.is_empty() || !pending.is_empty() {
-                publish(&kernel, DESCRIBED, described(tools, &pending), incoming.cause.clone()).await;
+                publish(
+                    &kernel,
+                    &format!("{TOOL_DESCRIBED_PREFIX}{PROVIDER}"),
+                    described(tools, &pending),
+                    incoming.cause.clone(),
+                )
+                .await;
             }
             if !pending.is_empty() {
                 let (kernel, host, cause) = (Arc::clone(&kernel), Arc::clone(&host), incoming.cause.clone());
                 tokio::spawn(async move {
                     host.settled().await;
-                    publish(&kernel, DESCRIBED, described(host.tool_descriptions(), &host.starting()), cause).await;
+                    publish(
+                        &kernel,
+                        &format!("{TOOL_DESCRIBED_PREFIX}{PROVIDER}"),
+                        described(host.tool_descriptions(), &host.starting()),
+                        cause,
+                    )
+                    .await;
                 });
             }
-        } else if topic == CANCEL {
+        } else if topic == TOOL_CANCEL_TOPIC {
             let payload = incoming.message.payload.to_guest_value();
             let mut in_flight = in_flight.lock().unwrap_or_else(|e| e.into_inner());
             for id in payload["call_ids"].as_array().into_iter().flatten().filter_map(Value::as_str) {
@@ -64,7 +78,7 @@ pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
                     let _ = cancel.send(());
                 }
             }
-        } else if let Some(addressed) = topic.strip_prefix(EXECUTE_PREFIX).filter(|n| !n.ends_with(".result")) {
+        } else if let Some(addressed) = topic.strip_prefix(TOOL_EXECUTE_PREFIX).filter(|n| !n.ends_with(".result")) {
             let IpcPayload::ToolExecuteRequest { call_id, tool_name, arguments } = &incoming.message.payload else {
                 continue;
             };
@@ -97,7 +111,7 @@ pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
                     call_id: call.call_id.clone(),
                     result: ToolCallResult { call_id: call.call_id.clone(), content, is_error },
                 };
-                let topic = format!("{EXECUTE_PREFIX}{}:{}.result", call.server, call.tool);
+                let topic = format!("{TOOL_EXECUTE_PREFIX}{}:{}.result", call.server, call.tool);
                 publish(&kernel, &topic, result, call.cause.clone()).await;
             });
         }

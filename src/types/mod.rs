@@ -3,7 +3,7 @@
 //! No I/O lives here and no host-only crate is used, so the module compiles for
 //! `wasm32-unknown-unknown` and capsules share the exact same definitions. The serde shapes
 //! are those of the reference runtime (v0.7.0), pinned by the 66 vectors in
-//! `tests/data/wire-vectors.jsonl`.
+//! `tests/data/wire-vectors.jsonl`. Every topic is a constant of [`topics`].
 
 #![deny(missing_docs, clippy::unwrap_used)]
 
@@ -11,6 +11,7 @@ pub mod handshake;
 pub mod ipc;
 pub mod kernel_api;
 pub mod llm;
+pub mod topics;
 pub mod turn;
 
 pub use handshake::{CapsuleAttach, HandshakeRequest, HandshakeResponse, HandshakeStatus, PROTOCOL_VERSION};

@@ -20,10 +20,8 @@ use super::wait::{block_on_timeout, unless_stopped};
 use crate::audit::{Actor, Decision};
 use crate::kernel::bus::{BusMessage, Origin};
 use crate::kernel::capsule_config as config;
+use crate::types::topics::{ELICIT_RESPONSE_PREFIX, ELICIT_TOPIC};
 use crate::types::{IpcMessage, IpcPayload};
-
-/// Topic of elicitation requests.
-pub const ELICIT_TOPIC: &str = "astrid.v1.elicit";
 /// Longest a capsule waits for the answer.
 const MAX_WAIT: Duration = Duration::from_secs(120);
 /// Largest request a guest may pass.
@@ -83,7 +81,7 @@ pub(super) fn elicit(context: &mut CapsuleContext, bytes: &[u8], in_lifecycle: b
     record(Decision::Info, "asked");
     // Subscribe before asking, so an instant answer is not missed.
     let mut answers =
-        kernel.bus().subscribe(format!("elicit:{request_id}"), &[&format!("{ELICIT_TOPIC}.response.{request_id}")]);
+        kernel.bus().subscribe(format!("elicit:{request_id}"), &[&format!("{ELICIT_RESPONSE_PREFIX}{request_id}")]);
     let payload = IpcPayload::ElicitRequest { request_id, capsule_id: capsule.clone(), field };
     let message = BusMessage::from_kernel(IpcMessage::new(ELICIT_TOPIC, payload, context.source_id));
     let asked = kernel.bus().publish_to_clients(message);

@@ -38,6 +38,7 @@ use crate::kernel::grants::GrantStatus;
 use crate::kernel::manifest::Isolation;
 use crate::kernel::{BusMessage, Kernel};
 use crate::types::CapsuleAttach;
+use crate::types::topics::HEALTH_FAILED_TOPIC;
 use crate::types::{IpcMessage, IpcPayload};
 
 /// KV namespace recording, per capsule, the install whose lifecycle hook has run.
@@ -46,10 +47,6 @@ pub(super) const LIFECYCLE: &str = "lifecycle";
 pub const INSTALL_EXPORT: &str = "astrid_install";
 /// Guest export run on the first start of a new version.
 pub const UPGRADE_EXPORT: &str = "astrid_upgrade";
-/// Topic on which the host asks frontends for a capsule's missing `[env]` values.
-pub const ONBOARDING_TOPIC: &str = "astrid.v1.onboarding.required";
-/// Topic on which a capsule failure is announced.
-pub const HEALTH_FAILED_TOPIC: &str = "astrid.v1.health.failed";
 /// Restarts in a row before a capsule is left failed.
 pub const MAX_RESTARTS: u32 = 5;
 /// The longest delay between two restarts.
