@@ -22,7 +22,7 @@ use crate::kernel::capsule_config as config;
 use crate::kernel::capsules::MANIFEST_FILE;
 use crate::kernel::manifest::Manifest;
 use crate::types::topics::{ELICIT_RESPONSE_PREFIX, ELICIT_TOPIC};
-use crate::types::{CapsuleAttach, KernelRequest, KernelResponse};
+use crate::types::{CapsuleAttach, EgressFrame, IpcPayload, KernelRequest, KernelResponse, OnboardingFieldType};
 
 /// manage capsules
 #[derive(FromArgs, Debug)]
@@ -304,13 +304,19 @@ fn report_start(home: &AstridHome, name: &str, questions: &mut Client) -> anyhow
 
 /// Asks the person an `elicit_request` of the capsule `name` (others are not ours) and
 /// answers it; `false` when there is no terminal to ask on (said, with what to do instead).
-fn answer_question(client: &mut Client, name: &str, frame: &Value) -> anyhow::Result<bool> {
-    let payload = &frame["payload"];
-    if frame["topic"] != ELICIT_TOPIC || payload["type"] != "elicit_request" || payload["capsule_id"] != name {
+fn answer_question(client: &mut Client, name: &str, frame: &EgressFrame) -> anyhow::Result<bool> {
+    if frame.topic != ELICIT_TOPIC {
         return Ok(true);
     }
-    let key = payload["field"]["key"].as_str().unwrap_or("?");
-    let prompt = payload["field"]["prompt"].as_str().unwrap_or(key);
+    let IpcPayload::ElicitRequest { request_id, capsule_id, field } =
+        IpcPayload::from_json_value(frame.payload.clone())
+    else {
+        return Ok(true);
+    };
+    if capsule_id != name {
+        return Ok(true);
+    }
+    let (key, prompt) = (&field.key, &field.prompt);
     if !std::io::stdin().is_terminal() {
         println!(
             "{name} asks for {key} ({prompt}) and there is no terminal to ask on: answer it in `astrid chat`, \
@@ -318,12 +324,9 @@ fn answer_question(client: &mut Client, name: &str, frame: &Value) -> anyhow::Re
         );
         return Ok(false);
     }
-    let value = ask(&format!("{name} asks: {prompt}"), payload["field"]["field_type"] == "Secret")?;
-    let request_id = payload["request_id"].as_str().unwrap_or_default();
-    client.publish_json(
-        &format!("{ELICIT_RESPONSE_PREFIX}{request_id}"),
-        serde_json::json!({"type": "elicit_response", "request_id": request_id, "value": value}),
-    )?;
+    let value = ask(&format!("{name} asks: {prompt}"), field.field_type == OnboardingFieldType::Secret)?;
+    let answer = IpcPayload::ElicitResponse { request_id, value, values: None };
+    client.publish(&format!("{ELICIT_RESPONSE_PREFIX}{request_id}"), &answer)?;
     Ok(true)
 }
 
