@@ -3,7 +3,9 @@
 //! No I/O lives here and no host-only crate is used, so the module compiles for
 //! `wasm32-unknown-unknown` and capsules share the exact same definitions. The serde shapes
 //! are those of the reference runtime (v0.7.0), pinned by the 66 vectors in
-//! `tests/data/wire-vectors.jsonl`. Every topic is a constant of [`topics`].
+//! `tests/data/wire-vectors.jsonl`; Astrid's extensions (the management replies of
+//! [`management`], the turn events of [`turn`]) are pinned by
+//! `tests/data/extension-vectors.jsonl`. Every topic is a constant of [`topics`].
 
 #![deny(missing_docs, clippy::unwrap_used)]
 
@@ -11,6 +13,7 @@ pub mod handshake;
 pub mod ipc;
 pub mod kernel_api;
 pub mod llm;
+pub mod management;
 pub mod topics;
 pub mod turn;
 
@@ -20,7 +23,7 @@ pub use ipc::{
 };
 pub use kernel_api::{
     CapsuleMetadataEntry, CommandInfo, DaemonStatus, KernelRequest, KernelResponse, ModelStatus, PrincipalConnections,
-    SYSTEM_SESSION_UUID, SubscriberDrops,
+    ReplyError, SYSTEM_SESSION_UUID, SubscriberDrops,
 };
 pub use llm::{
     ContentPart, LlmResponse, LlmToolDefinition, Message, MessageContent, MessageRole, StopReason, StreamEvent,
