@@ -16,17 +16,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use super::client::{CallOutcome, Event, McpClient, McpError, ToolInfo};
 use super::config::{RestartPolicy, ServerConfig};
 use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
-use crate::kernel::{BusMessage, Kernel};
+use crate::kernel::Kernel;
+use crate::types::LlmToolDefinition;
 use crate::types::management::{McpCallResult, McpListing, McpServer, McpServerState, McpTool};
-use crate::types::topics::CAPSULES_LOADED_TOPIC;
-use crate::types::{IpcMessage, IpcPayload};
 
 /// Failed starts (or exits) in a row after which a server is given up.
 pub const MAX_FAILURES: u32 = 5;
@@ -220,15 +219,17 @@ impl McpHost {
         .await;
     }
 
-    /// Every ready server's tools, as `server:tool` descriptions for agents.
-    pub fn tool_descriptions(&self) -> Vec<Value> {
+    /// Every ready server's tools, named `server:tool`, for agents.
+    pub fn tool_descriptions(&self) -> Vec<LlmToolDefinition> {
         let servers = self.servers();
         servers
             .iter()
             .filter(|(_, s)| s.state == McpServerState::Ready)
             .flat_map(|(name, s)| {
-                s.tools.iter().map(move |t| {
-                    json!({"name": format!("{name}:{}", t.name), "description": t.description, "input_schema": t.input_schema})
+                s.tools.iter().map(move |t| LlmToolDefinition {
+                    name: format!("{name}:{}", t.name),
+                    description: Some(t.description.clone()),
+                    input_schema: t.input_schema.clone(),
                 })
             })
             .collect()
@@ -311,12 +312,7 @@ impl McpHost {
     }
 
     fn announce_tools(&self) {
-        let payload = IpcPayload::RawJson(json!({"status": "ready"}));
-        self.kernel.bus().publish(BusMessage::from_kernel(IpcMessage::new(
-            CAPSULES_LOADED_TOPIC,
-            payload,
-            self.kernel.session(),
-        )));
+        self.kernel.announce_capsules_loaded();
     }
 
     /// One server's life, until the daemon stops or the server is given up.

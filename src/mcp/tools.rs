@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::host::McpHost;
@@ -23,14 +23,21 @@ use crate::kernel::{BusMessage, Cause, Kernel};
 use crate::types::topics::{
     TOOL_CANCEL_TOPIC, TOOL_DESCRIBE_TOPIC, TOOL_DESCRIBED_PREFIX, TOOL_EXECUTE_PATTERN, TOOL_EXECUTE_PREFIX,
 };
-use crate::types::{IpcMessage, IpcPayload, ToolCall, ToolCallResult};
+use crate::types::{IpcMessage, IpcPayload, LlmToolDefinition, ToolCall, ToolCallResult, ToolsDescribed};
 
 /// The name this provider answers describe requests under.
 const PROVIDER: &str = "mcp";
 
-/// A describe answer: the tools, and the servers whose tools are still to come.
-fn described(tools: Vec<Value>, pending: &[String]) -> IpcPayload {
-    IpcPayload::RawJson(json!({"tools": tools, "description": "MCP servers", "pending": pending}))
+/// Publishes a describe answer: the tools, and the servers whose tools are still to come.
+async fn describe(kernel: &Kernel, tools: Vec<LlmToolDefinition>, pending: Vec<String>, cause: Option<Arc<Cause>>) {
+    let answer = ToolsDescribed { tools, description: "MCP servers".to_owned(), pending };
+    match serde_json::to_value(answer) {
+        Ok(value) => {
+            let topic = format!("{TOOL_DESCRIBED_PREFIX}{PROVIDER}");
+            publish(kernel, &topic, IpcPayload::RawJson(value), cause).await;
+        }
+        Err(e) => log::error!("cannot encode the MCP tools: {e}"),
+    }
 }
 
 /// Calls in flight, by call id: dropping the sender cancels the call.
@@ -48,26 +55,15 @@ pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
             // a second answer follows once they are up (or given up on), so a first turn on
             // a cold daemon is offered every tool.
             let (tools, pending) = (host.tool_descriptions(), host.starting());
-            if !tools.is_empty() || !pending.is_empty() {
-                publish(
-                    &kernel,
-                    &format!("{TOOL_DESCRIBED_PREFIX}{PROVIDER}"),
-                    described(tools, &pending),
-                    incoming.cause.clone(),
-                )
-                .await;
+            let more_to_come = !pending.is_empty();
+            if !tools.is_empty() || more_to_come {
+                describe(&kernel, tools, pending, incoming.cause.clone()).await;
             }
-            if !pending.is_empty() {
+            if more_to_come {
                 let (kernel, host, cause) = (Arc::clone(&kernel), Arc::clone(&host), incoming.cause.clone());
                 tokio::spawn(async move {
                     host.settled().await;
-                    publish(
-                        &kernel,
-                        &format!("{TOOL_DESCRIBED_PREFIX}{PROVIDER}"),
-                        described(host.tool_descriptions(), &host.starting()),
-                        cause,
-                    )
-                    .await;
+                    describe(&kernel, host.tool_descriptions(), host.starting(), cause).await;
                 });
             }
         } else if topic == TOOL_CANCEL_TOPIC {
