@@ -339,3 +339,34 @@ pub struct CapsuleMetadataEntry {
     /// Topics its interceptors listen on.
     pub interceptor_events: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::types::management::{CapsuleDescription, KvValue};
+
+    #[test]
+    fn a_reply_that_is_not_the_expected_data_says_what_was_expected() {
+        let refused = KernelResponse::Error("no grant or allowance named x".into()).into_data::<KvValue>();
+        assert_eq!(refused.expect_err("refused").to_string(), "no grant or allowance named x");
+        let status = KernelResponse::Commands(Vec::new()).into_data::<KvValue>().expect_err("another kind");
+        assert_eq!(status.to_string(), "the daemon answered Commands where KvValue was expected");
+        let shape = KernelResponse::Success(json!({"val": "x"})).into_data::<Vec<CapsuleDescription>>();
+        let shape = shape.expect_err("another shape").to_string();
+        assert!(shape.starts_with("the daemon's reply is not a Vec<CapsuleDescription>: "), "{shape}");
+        let value = KernelResponse::Success(json!({"value": null})).into_data::<KvValue>().expect("a KvValue");
+        assert_eq!(value, KvValue { value: None });
+    }
+
+    #[test]
+    fn data_that_cannot_be_json_becomes_an_error_reply() {
+        let unencodable: BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        let KernelResponse::Error(message) = KernelResponse::success(&unencodable) else { panic!("not an error") };
+        assert!(message.starts_with("the daemon could not encode its reply"), "{message}");
+        assert_eq!(KernelResponse::success(&vec!["a"]), KernelResponse::Success(json!(["a"])));
+    }
+}
