@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use astrid::ipc::Client;
 use astrid::types::IpcPayload;
+use astrid::types::topics::{DELTA_TOPIC, PROMPT_TOPIC, RESPONSE_TOPIC};
 
 #[path = "support/daemon.rs"]
 mod daemon;
@@ -65,13 +66,13 @@ fn astrid_first_token_ms(client: &mut Client, turn: usize) -> f64 {
     let session = format!("bench-{turn}");
     let prompt = IpcPayload::UserInput { text: "hi".to_owned(), session_id: session.clone(), context: None };
     let started = Instant::now();
-    client.publish("user.v1.prompt", &prompt).expect("publish");
+    client.publish(PROMPT_TOPIC, &prompt).expect("publish");
     let mut first = None;
     loop {
         let frame = client.next_frame(Duration::from_secs(30)).expect("frame");
-        match frame["topic"].as_str() {
-            Some("agent.v1.stream.delta") if first.is_none() => first = Some(started.elapsed().as_secs_f64() * 1000.0),
-            Some("agent.v1.response") if frame["payload"]["is_final"] == true => break,
+        match frame.topic.as_str() {
+            DELTA_TOPIC if first.is_none() => first = Some(started.elapsed().as_secs_f64() * 1000.0),
+            RESPONSE_TOPIC if frame.payload["is_final"] == true => break,
             _ => {}
         }
     }

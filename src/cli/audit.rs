@@ -14,7 +14,8 @@ use crate::audit::{self, Break, ChainStatus, RuntimeKey, VerifyReport};
 use crate::daemon::singleton::{self, Liveness};
 use crate::home::{AstridHome, DEFAULT_PRINCIPAL};
 use crate::ipc::Client;
-use crate::types::{KernelRequest, KernelResponse};
+use crate::types::management::AuditAcknowledged;
+use crate::types::{KernelRequest, KernelResponse, ReplyError};
 
 /// verify, show or acknowledge the audit log
 #[derive(FromArgs, Debug)]
@@ -182,27 +183,24 @@ fn acknowledge_breaks(home: &AstridHome, args: &AcknowledgeArgs) -> anyhow::Resu
             reply => break reply,
         }
     };
-    let data = match reply {
-        KernelResponse::Success(data) => data,
-        KernelResponse::Error(message) => {
+    let done = match reply.into_data::<AuditAcknowledged>() {
+        Ok(done) => done,
+        Err(ReplyError::Refused(message)) => {
             eprintln!("astrid audit: {message}");
             return Ok(ExitCode::FAILURE);
         }
-        other => anyhow::bail!("unexpected reply {other:?}"),
+        Err(other) => return Err(other.into()),
     };
-    let acknowledged = data["acknowledged"].as_array().cloned().unwrap_or_default();
-    if acknowledged.is_empty() {
+    if done.acknowledged.is_empty() {
         println!("nothing to acknowledge");
     }
-    for found in &acknowledged {
-        let text = |key: &str| found[key].as_str().map(str::to_owned).unwrap_or_default();
-        let number = |key: &str| found[key].as_u64().map_or_else(|| "?".to_owned(), |n| n.to_string());
+    for found in &done.acknowledged {
         println!(
             "{}: acknowledged the break at entry {} ({}); recorded as entry {}",
-            text("principal"),
-            number("entry"),
-            text("reason"),
-            number("acknowledged_at")
+            found.principal,
+            found.entry,
+            found.reason,
+            found.acknowledged_at.map_or_else(|| "?".to_owned(), |n| n.to_string())
         );
     }
     Ok(ExitCode::SUCCESS)

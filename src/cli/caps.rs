@@ -2,13 +2,13 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use argh::FromArgs;
-use serde_json::Value;
 
 use super::request;
 use crate::home::AstridHome;
-use crate::types::{KernelRequest, KernelResponse};
+use crate::types::KernelRequest;
+use crate::types::management::{CapabilityListing, GrantApproved, Revoked};
 
 /// inspect and change what capsules are allowed to do
 #[derive(FromArgs, Debug)]
@@ -59,16 +59,18 @@ pub fn run(home: &AstridHome, args: &CapsArgs) -> anyhow::Result<ExitCode> {
         CapsCommand::List(list) => {
             let listing = list_capabilities(home)?;
             if list.json {
-                println!("{}", serde_json::to_string_pretty(&listing)?);
+                println!("{}", request::json_text(&listing, true)?);
             } else {
                 print!("{}", render(&listing));
             }
         }
-        CapsCommand::Approve(args) => println!("approved: {}", approve(home, &args.request_id)?),
+        CapsCommand::Approve(args) => {
+            println!("approved: {}", request::json_text(&approve(home, &args.request_id)?, false)?);
+        }
         CapsCommand::Revoke(revoke) => {
-            let reply =
-                request::send(home, "revoke_capability", &KernelRequest::RevokeCapability { id: revoke.id.clone() })?;
-            println!("revoked: {}", request::success(reply)?);
+            let request = KernelRequest::RevokeCapability { id: revoke.id.clone() };
+            let revoked: Revoked = request::call(home, "revoke_capability", &request)?;
+            println!("revoked: {}", request::json_text(&revoked, false)?);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -76,72 +78,52 @@ pub fn run(home: &AstridHome, args: &CapsArgs) -> anyhow::Result<ExitCode> {
 
 /// Approves the pending request `request_id`, signing it with the fingerprint the daemon
 /// shows for it: an approval covers exactly the set (and code) that was listed.
-pub fn approve(home: &AstridHome, request_id: &str) -> anyhow::Result<Value> {
+pub fn approve(home: &AstridHome, request_id: &str) -> anyhow::Result<GrantApproved> {
     let listing = list_capabilities(home)?;
-    let pending = listing["pending"].as_array().cloned().unwrap_or_default();
-    let Some(request) = pending.iter().find(|p| p["request_id"] == request_id) else {
+    let Some(request) = listing.pending.into_iter().find(|p| p.request_id == request_id) else {
         bail!("no pending capability request {request_id}");
     };
-    let fingerprint = request["fingerprint"].as_str().unwrap_or_default().to_owned();
-    let reply = request::send(
-        home,
-        "approve_capability",
-        &KernelRequest::ApproveCapability { request_id: request_id.to_owned(), signature: fingerprint },
-    )?;
-    request::success(reply)
+    let approval =
+        KernelRequest::ApproveCapability { request_id: request_id.to_owned(), signature: request.fingerprint };
+    request::call(home, "approve_capability", &approval)
 }
 
-fn list_capabilities(home: &AstridHome) -> anyhow::Result<Value> {
-    match request::send(home, "list_capabilities", &KernelRequest::ListCapabilities)? {
-        KernelResponse::Success(value) => Ok(value),
-        KernelResponse::Error(message) => bail!("{message}"),
-        other => Err(anyhow::anyhow!("unexpected reply {other:?}")).context("ListCapabilities"),
-    }
+fn list_capabilities(home: &AstridHome) -> anyhow::Result<CapabilityListing> {
+    request::call(home, "list_capabilities", &KernelRequest::ListCapabilities)
 }
 
-fn render(listing: &Value) -> String {
-    let rows = |key: &str| listing[key].as_array().cloned().unwrap_or_default();
+fn render(listing: &CapabilityListing) -> String {
     let mut out = String::new();
     out.push_str("grants:\n");
-    for grant in rows("grants") {
+    for grant in &listing.grants {
         out.push_str(&format!(
             "  {}  {}  [{}]\n",
-            grant["capsule"].as_str().unwrap_or("?"),
-            short(&grant["fingerprint"]),
-            join(&grant["capabilities"])
+            grant.capsule,
+            short(&grant.fingerprint),
+            grant.capabilities.join(", ")
         ));
     }
     out.push_str("pending (approve with `astrid caps approve REQUEST_ID`):\n");
-    for pending in rows("pending") {
+    for pending in &listing.pending {
         out.push_str(&format!(
             "  {}  {}  {}  [{}]\n",
-            pending["request_id"].as_str().unwrap_or("?"),
-            pending["capsule"].as_str().unwrap_or("?"),
-            short(&pending["fingerprint"]),
-            join(&pending["capabilities"])
+            pending.request_id,
+            pending.capsule,
+            short(&pending.fingerprint),
+            pending.capabilities.join(", ")
         ));
     }
     out.push_str("allowances:\n");
-    for allowance in rows("allowances") {
+    for allowance in &listing.allowances {
         out.push_str(&format!(
             "  {}  {}  {}  {} {} on {}\n",
-            allowance["id"].as_str().unwrap_or("?"),
-            allowance["scope"].as_str().unwrap_or("?"),
-            allowance["principal"].as_str().unwrap_or("?"),
-            allowance["capsule"].as_str().unwrap_or("?"),
-            allowance["action"].as_str().unwrap_or("?"),
-            allowance["resource"].as_str().unwrap_or("?"),
+            allowance.id, allowance.scope, allowance.principal, allowance.capsule, allowance.action, allowance.resource,
         ));
     }
     out
 }
 
-fn short(fingerprint: &Value) -> String {
-    fingerprint.as_str().unwrap_or("?").chars().take(16).collect()
-}
-
-fn join(list: &Value) -> String {
-    list.as_array()
-        .map(|items| items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
-        .unwrap_or_default()
+/// The first 16 hex digits: enough to tell fingerprints apart on screen.
+pub fn short(fingerprint: &str) -> String {
+    fingerprint.chars().take(16).collect()
 }

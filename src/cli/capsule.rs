@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use argh::FromArgs;
-use serde_json::Value;
+use serde::Serialize;
 
 use std::collections::BTreeMap;
 
@@ -21,7 +21,9 @@ use crate::ipc::capsule_link::{AttachError, CapsuleLink};
 use crate::kernel::capsule_config as config;
 use crate::kernel::capsules::MANIFEST_FILE;
 use crate::kernel::manifest::Manifest;
-use crate::types::{CapsuleAttach, KernelRequest, KernelResponse};
+use crate::types::management::{CapsuleDescription, CapsuleInstalled, CapsuleRemoved, GrantStatus, RunState};
+use crate::types::topics::{ELICIT_RESPONSE_PREFIX, ELICIT_TOPIC};
+use crate::types::{CapsuleAttach, EgressFrame, IpcPayload, KernelRequest, KernelResponse, OnboardingFieldType};
 
 /// manage capsules
 #[derive(FromArgs, Debug)]
@@ -114,81 +116,79 @@ pub fn run(home: &AstridHome, args: &CapsuleArgs) -> anyhow::Result<ExitCode> {
         CapsuleCommand::Install(install) => self::install(home, install),
         CapsuleCommand::Run(run) => self::run_dir(home, run),
         CapsuleCommand::Remove(remove) => {
-            let reply = request::send(
-                home,
-                "remove_capsule",
-                &KernelRequest::RemoveCapsule { name: remove.name.clone(), workspace: remove.workspace },
-            )?;
-            let removed = request::success(reply)?;
-            println!("removed {} {}", remove.name, removed["version"].as_str().unwrap_or("?"));
+            let request = KernelRequest::RemoveCapsule { name: remove.name.clone(), workspace: remove.workspace };
+            let removed: CapsuleRemoved = request::call(home, "remove_capsule", &request)?;
+            println!("removed {} {}", remove.name, removed.version);
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn describe(home: &AstridHome) -> anyhow::Result<Vec<Value>> {
-    let reply = request::send(home, "describe_capsules", &KernelRequest::DescribeCapsules)?;
-    Ok(serde_json::from_value(request::success(reply)?)?)
+fn describe(home: &AstridHome) -> anyhow::Result<Vec<CapsuleDescription>> {
+    request::call(home, "describe_capsules", &KernelRequest::DescribeCapsules)
+}
+
+/// A capsule as `capsule list --json` prints it: its description and whether it runs.
+#[derive(Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    capsule: CapsuleDescription,
+    running: bool,
 }
 
 fn list(home: &AstridHome, args: &ListArgs) -> anyhow::Result<ExitCode> {
-    let mut capsules = describe(home)?;
+    let capsules = describe(home)?;
     if args.json {
-        for capsule in &mut capsules {
-            capsule["running"] = Value::Bool(capsule["state"] == "running");
-        }
-        println!("{}", Value::Array(capsules));
+        let listed: Vec<Listed> = capsules
+            .into_iter()
+            .map(|capsule| Listed { running: capsule.state == RunState::Running, capsule })
+            .collect();
+        println!("{}", request::json_text(&listed, false)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let width = capsules.iter().filter_map(|c| c["name"].as_str()).map(str::len).max().unwrap_or(0);
+    let width = capsules.iter().map(|c| c.name.len()).max().unwrap_or(0);
     for capsule in &capsules {
-        let name = capsule["name"].as_str().unwrap_or("?");
-        let state = capsule["state"].as_str().unwrap_or("?");
-        let detail = match (capsule["reason"].as_str(), capsule["grant"]["status"].as_str()) {
+        let detail = match (&capsule.reason, &capsule.grant) {
             (Some(reason), _) => format!("  ({reason})"),
-            (None, Some("pending")) => {
-                format!(
-                    "  (awaiting approval: astrid caps approve {})",
-                    capsule["grant"]["request_id"].as_str().unwrap_or("?")
-                )
+            (None, GrantStatus::Pending { request_id }) => {
+                format!("  (awaiting approval: astrid caps approve {request_id})")
             }
             _ => String::new(),
         };
-        println!("{name:width$}  {state}{detail}");
+        println!("{:width$}  {}{detail}", capsule.name, capsule.state.as_str());
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn show(home: &AstridHome, args: &ShowArgs) -> anyhow::Result<ExitCode> {
     let capsules = describe(home)?;
-    let Some(capsule) = capsules.iter().find(|c| c["name"] == args.name.as_str()) else {
+    let Some(capsule) = capsules.iter().find(|c| c.name == args.name) else {
         bail!("no capsule named {}", args.name);
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(capsule)?);
+        println!("{}", request::json_text(capsule, true)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let text = |key: &str| capsule[key].as_str().map(str::to_owned).unwrap_or_else(|| "-".to_owned());
-    let list = |key: &str| {
-        let items: Vec<String> = capsule[key]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().or_else(|| v["name"].as_str()).map(str::to_owned)).collect())
-            .unwrap_or_default();
-        if items.is_empty() { "none".to_owned() } else { items.join(", ") }
+    let text = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_owned());
+    let list = |items: Vec<&str>| if items.is_empty() { "none".to_owned() } else { items.join(", ") };
+    let grant = match capsule.grant {
+        GrantStatus::NothingRequested => "nothing_requested",
+        GrantStatus::Approved => "approved",
+        GrantStatus::Pending { .. } => "pending",
     };
-    println!("name:          {}", text("name"));
-    println!("version:       {}", text("version"));
-    println!("origin:        {}  {}", text("origin"), text("dir"));
+    println!("name:          {}", capsule.name);
+    println!("version:       {}", text(&capsule.version));
+    println!("origin:        {}  {}", capsule.origin.as_str(), text(&capsule.dir));
     println!(
         "state:         {}{}",
-        text("state"),
-        capsule["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
+        capsule.state.as_str(),
+        capsule.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
     );
-    println!("grant:         {}", capsule["grant"]["status"].as_str().unwrap_or("?"));
-    println!("capabilities:  {}", list("capabilities"));
-    println!("commands:      {}", list("commands"));
-    println!("interceptors:  {}", list("interceptors"));
-    println!("module BLAKE3: {}", text("wasm_blake3"));
+    println!("grant:         {grant}");
+    println!("capabilities:  {}", list(capsule.capabilities.iter().map(String::as_str).collect()));
+    println!("commands:      {}", list(capsule.commands.iter().map(|c| c.name.as_str()).collect()));
+    println!("interceptors:  {}", list(capsule.interceptors.iter().map(String::as_str).collect()));
+    println!("module BLAKE3: {}", text(&capsule.wasm_blake3));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -210,9 +210,10 @@ fn install(home: &AstridHome, args: &InstallArgs) -> anyhow::Result<ExitCode> {
         &KernelRequest::InstallCapsule { source: source.display().to_string(), workspace: args.workspace },
     )?;
     match reply {
-        KernelResponse::Success(done) => {
+        KernelResponse::Success(_) => {
+            let done: CapsuleInstalled = reply.into_data()?;
             print_installed(&done);
-            report(done["name"].as_str().unwrap_or_default())
+            report(&done.name)
         }
         KernelResponse::ApprovalRequired { request_id, description, capabilities } => {
             println!("{description}:");
@@ -224,9 +225,8 @@ fn install(home: &AstridHome, args: &InstallArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(3));
             }
             let approved = caps::approve(home, &request_id)?;
-            let name = approved["capsule"].as_str().unwrap_or_default();
-            println!("approved {name} ({})", short(&approved["fingerprint"]));
-            report(name)
+            println!("approved {} ({})", approved.capsule, caps::short(&approved.fingerprint));
+            report(&approved.capsule)
         }
         KernelResponse::Error(message) => bail!("{message}"),
         other => bail!("unexpected reply to InstallCapsule: {other:?}"),
@@ -283,16 +283,17 @@ fn report_start(home: &AstridHome, name: &str, questions: &mut Client) -> anyhow
                 return Ok(ExitCode::SUCCESS);
             }
         }
-        let capsule = describe(home)?.into_iter().find(|c| c["name"] == name);
-        let state = capsule.as_ref().and_then(|c| c["state"].as_str()).unwrap_or("missing").to_owned();
-        let reason = capsule.as_ref().and_then(|c| c["reason"].as_str()).unwrap_or_default().to_owned();
-        match state.as_str() {
-            "running" => {
+        let capsule = describe(home)?.into_iter().find(|c| c.name == name);
+        let state = capsule.as_ref().map(|c| c.state);
+        let reason = capsule.and_then(|c| c.reason).unwrap_or_default();
+        match state {
+            Some(RunState::Running) => {
                 println!("{name} is running");
                 return Ok(ExitCode::SUCCESS);
             }
-            "failed" | "restarting" => bail!("{name} does not start: {reason}"),
+            Some(RunState::Failed | RunState::Restarting) => bail!("{name} does not start: {reason}"),
             _ if std::time::Instant::now() >= deadline => {
+                let state = state.map_or("missing", RunState::as_str);
                 println!("{name} is installed ({state}) but not running yet");
                 return Ok(ExitCode::SUCCESS);
             }
@@ -303,13 +304,19 @@ fn report_start(home: &AstridHome, name: &str, questions: &mut Client) -> anyhow
 
 /// Asks the person an `elicit_request` of the capsule `name` (others are not ours) and
 /// answers it; `false` when there is no terminal to ask on (said, with what to do instead).
-fn answer_question(client: &mut Client, name: &str, frame: &Value) -> anyhow::Result<bool> {
-    let payload = &frame["payload"];
-    if frame["topic"] != "astrid.v1.elicit" || payload["type"] != "elicit_request" || payload["capsule_id"] != name {
+fn answer_question(client: &mut Client, name: &str, frame: &EgressFrame) -> anyhow::Result<bool> {
+    if frame.topic != ELICIT_TOPIC {
         return Ok(true);
     }
-    let key = payload["field"]["key"].as_str().unwrap_or("?");
-    let prompt = payload["field"]["prompt"].as_str().unwrap_or(key);
+    let IpcPayload::ElicitRequest { request_id, capsule_id, field } =
+        IpcPayload::from_json_value(frame.payload.clone())
+    else {
+        return Ok(true);
+    };
+    if capsule_id != name {
+        return Ok(true);
+    }
+    let (key, prompt) = (&field.key, &field.prompt);
     if !std::io::stdin().is_terminal() {
         println!(
             "{name} asks for {key} ({prompt}) and there is no terminal to ask on: answer it in `astrid chat`, \
@@ -317,26 +324,18 @@ fn answer_question(client: &mut Client, name: &str, frame: &Value) -> anyhow::Re
         );
         return Ok(false);
     }
-    let value = ask(&format!("{name} asks: {prompt}"), payload["field"]["field_type"] == "Secret")?;
-    let request_id = payload["request_id"].as_str().unwrap_or_default();
-    client.publish_json(
-        &format!("astrid.v1.elicit.response.{request_id}"),
-        serde_json::json!({"type": "elicit_response", "request_id": request_id, "value": value}),
-    )?;
+    let value = ask(&format!("{name} asks: {prompt}"), field.field_type == OnboardingFieldType::Secret)?;
+    let answer = IpcPayload::ElicitResponse { request_id, value, values: None };
+    client.publish(&format!("{ELICIT_RESPONSE_PREFIX}{request_id}"), &answer)?;
     Ok(true)
 }
 
-fn print_installed(done: &Value) {
-    let name = done["name"].as_str().unwrap_or("?");
-    let version = done["version"].as_str().unwrap_or("?");
-    match done["replaced"].as_str() {
+fn print_installed(done: &CapsuleInstalled) {
+    let CapsuleInstalled { name, version, replaced, .. } = done;
+    match replaced {
         Some(old) => println!("installed {name} {version} (replacing {old})"),
         None => println!("installed {name} {version}"),
     }
-}
-
-fn short(fingerprint: &Value) -> String {
-    fingerprint.as_str().unwrap_or("?").chars().take(16).collect()
 }
 
 /// Gathers the capsule's missing `[env]` values (from `--env`, else asked on the terminal)

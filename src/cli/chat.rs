@@ -40,7 +40,7 @@ use super::turn::{self, Decision, End, Frontend, Interrupt, Question, Report};
 use super::{headless, model, request, spawn, workspace};
 use crate::home::AstridHome;
 use crate::ipc::{Client, ClientError};
-use crate::types::turn::{COMMAND_TOPIC, PROMPT_TOPIC};
+use crate::types::topics::{COMMAND_TOPIC, PROMPT_TOPIC};
 use crate::types::{KernelRequest, KernelResponse, TurnOutcome};
 
 /// How long a lost chat waits for a daemon it did not start to come back (a restart).

@@ -33,7 +33,7 @@ use super::{model, spawn};
 use crate::home::AstridHome;
 use crate::ipc::{Client, ClientError};
 use crate::types::TurnOutcome;
-use crate::types::turn::PROMPT_TOPIC;
+use crate::types::topics::PROMPT_TOPIC;
 
 /// The exit code of a turn that timed out (the reference's).
 pub const TIMEOUT_EXIT: u8 = 53;

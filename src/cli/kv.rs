@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 
 use argh::FromArgs;
-use serde_json::Value;
 
 use super::request;
 use crate::home::AstridHome;
 use crate::types::KernelRequest;
+use crate::types::management::{KvDeleted, KvStored, KvValue};
 
 /// read and write the KV store (the operator's namespace, or a capsule's with --capsule)
 #[derive(FromArgs, Debug)]
@@ -92,20 +92,22 @@ pub fn run(home: &AstridHome, args: &KvArgs) -> anyhow::Result<ExitCode> {
             ("kv_list", KernelRequest::KvList { capsule: a.capsule.clone(), prefix: a.prefix.clone() })
         }
     };
-    let data = request::success(request::send(home, suffix, &kernel_request)?)?;
+    let reply = request::send(home, suffix, &kernel_request)?;
     match &args.command {
-        KvCommand::Get(_) => match data.get("value") {
-            Some(Value::String(value)) => println!("{value}"),
-            _ => return Ok(ExitCode::FAILURE),
+        KvCommand::Get(_) => match reply.into_data::<KvValue>()?.value {
+            Some(value) => println!("{value}"),
+            None => return Ok(ExitCode::FAILURE),
         },
-        KvCommand::Set(_) => {}
+        KvCommand::Set(_) => {
+            reply.into_data::<KvStored>()?;
+        }
         KvCommand::Delete(_) => {
-            if data.get("deleted") != Some(&Value::Bool(true)) {
+            if !reply.into_data::<KvDeleted>()?.deleted {
                 return Ok(ExitCode::FAILURE);
             }
         }
         KvCommand::List(_) => {
-            for key in data.as_array().into_iter().flatten().filter_map(Value::as_str) {
+            for key in reply.into_data::<Vec<String>>()? {
                 println!("{key}");
             }
         }

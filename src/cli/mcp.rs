@@ -11,6 +11,7 @@ use super::{request, spawn};
 use crate::home::AstridHome;
 use crate::ipc::Client;
 use crate::types::KernelRequest;
+use crate::types::management::{McpCallResult, McpListing};
 
 /// The longest an operator's call may take (a server's own call timeout is usually shorter).
 const CALL_WAIT: Duration = Duration::from_secs(130);
@@ -58,9 +59,9 @@ struct CallArgs {
 pub fn run(home: &AstridHome, args: &McpArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
         McpCommand::List(list) => {
-            let listing = request::success(request::send(home, "mcp_list", &KernelRequest::McpList)?)?;
+            let listing: McpListing = request::call(home, "mcp_list", &KernelRequest::McpList)?;
             if list.json {
-                println!("{listing}");
+                println!("{}", request::json_text(&listing, false)?);
             } else {
                 print_listing(&listing);
             }
@@ -73,40 +74,28 @@ pub fn run(home: &AstridHome, args: &McpArgs) -> anyhow::Result<ExitCode> {
             spawn::ensure_daemon(home)?;
             let mut client = Client::connect(home)?;
             let request = KernelRequest::McpCall { server: call.server.clone(), tool: call.tool.clone(), arguments };
-            let outcome = request::success(client.request("mcp_call", &request, CALL_WAIT)?)?;
-            println!("{}", outcome["content"].as_str().unwrap_or_default());
-            Ok(if outcome["is_error"].as_bool().unwrap_or(false) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            let outcome: McpCallResult = client.request("mcp_call", &request, CALL_WAIT)?.into_data()?;
+            println!("{}", outcome.content);
+            Ok(if outcome.is_error { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
     }
 }
 
-fn print_listing(listing: &Value) {
-    let servers = listing["servers"].as_array().map(Vec::as_slice).unwrap_or_default();
-    if servers.is_empty() {
+fn print_listing(listing: &McpListing) {
+    if listing.servers.is_empty() {
         println!("No MCP servers are configured (etc/servers.toml in the Astrid home).");
     }
-    for server in servers {
-        let tools = server["tools"].as_array().map(Vec::as_slice).unwrap_or_default();
-        println!(
-            "{}  {}  {} tool(s)  {}",
-            server["name"].as_str().unwrap_or("?"),
-            server["state"].as_str().unwrap_or("?"),
-            tools.len(),
-            server["command"].as_str().unwrap_or_default()
-        );
-        if let Some(error) = server["last_error"].as_str() {
+    for server in &listing.servers {
+        println!("{}  {}  {} tool(s)  {}", server.name, server.state.as_str(), server.tools.len(), server.command);
+        if let Some(error) = &server.last_error {
             println!("  last error: {error}");
         }
-        for tool in tools {
-            let description: String = tool["description"].as_str().unwrap_or_default().chars().take(70).collect();
-            println!(
-                "  {}:{}  {description}",
-                server["name"].as_str().unwrap_or("?"),
-                tool["name"].as_str().unwrap_or("?")
-            );
+        for tool in &server.tools {
+            let description: String = tool.description.chars().take(70).collect();
+            println!("  {}:{}  {description}", server.name, tool.name);
         }
     }
-    for refused in listing["refused"].as_array().into_iter().flatten() {
-        println!("refused: {}", refused.as_str().unwrap_or_default());
+    for refused in &listing.refused {
+        println!("refused: {refused}");
     }
 }

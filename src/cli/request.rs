@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::spawn;
 use crate::home::AstridHome;
@@ -20,11 +20,15 @@ pub fn send(home: &AstridHome, suffix: &str, request: &KernelRequest) -> anyhow:
     Ok(client.request(suffix, request, REQUEST_TIMEOUT)?)
 }
 
-/// The data of a `Success` reply; an `Error` reply becomes an error with its message.
-pub fn success(reply: KernelResponse) -> anyhow::Result<Value> {
-    match reply {
-        KernelResponse::Success(value) => Ok(value),
-        KernelResponse::Error(message) => bail!("{message}"),
-        other => bail!("unexpected reply {other:?}"),
-    }
+/// [`send`], and the `Success` data as the type `request` answers with (see
+/// [`crate::types::management`]); an `Error` reply becomes an error with its message.
+pub fn call<T: DeserializeOwned>(home: &AstridHome, suffix: &str, request: &KernelRequest) -> anyhow::Result<T> {
+    Ok(send(home, suffix, request)?.into_data()?)
+}
+
+/// A reply's data as JSON text for `--json`: keys sorted at every level, as the daemon sends
+/// them (it encodes through a JSON value), so the output is what it always was.
+pub fn json_text<T: Serialize>(data: &T, pretty: bool) -> serde_json::Result<String> {
+    let value = serde_json::to_value(data)?;
+    if pretty { serde_json::to_string_pretty(&value) } else { Ok(value.to_string()) }
 }

@@ -20,8 +20,11 @@ use uuid::Uuid;
 
 use crate::ipc::{Client, ClientError};
 pub use crate::types::ApprovalDecision as Decision;
-use crate::types::turn::{DELTA_TOPIC, NOTICE_TOPIC, PROMPT_TOPIC, RECEIPT_TOPIC, RESPONSE_TOPIC};
-use crate::types::{IpcPayload, TurnEvent, TurnOutcome};
+use crate::types::topics::{
+    APPROVAL_RESPONSE_PREFIX, APPROVAL_TOPIC, DELTA_TOPIC, ELICIT_RESPONSE_PREFIX, ELICIT_TOPIC, NOTICE_TOPIC,
+    ONBOARDING_TOPIC, PROMPT_TOPIC, RECEIPT_TOPIC, RESPONSE_TOPIC, TOOL_REQUEST_TOPIC, TOOL_RESULT_TOPIC,
+};
+use crate::types::{EgressFrame, IpcPayload, TurnEvent, TurnOutcome};
 
 /// How often a waiting turn looks for Ctrl-C.
 pub const POLL: Duration = Duration::from_millis(100);
@@ -239,13 +242,12 @@ pub fn cancel_turn(client: &mut Client, session: &str) -> Result<(), ClientError
 
 impl<F: Frontend> State<'_, F> {
     /// Handles one frame; `Some(reason)` when the receipt says nobody answers.
-    fn frame(&mut self, client: &mut Client, frame: &Value) -> Result<Option<String>, ClientError> {
-        let topic = frame["topic"].as_str().unwrap_or_default();
-        let payload = &frame["payload"];
-        let ours = payload["session_id"].as_str().is_none_or(|s| s == self.session);
-        match (topic, payload["type"].as_str()) {
-            (RECEIPT_TOPIC, Some("prompt_receipt")) if ours && self.expected.is_none() => {
-                match serde_json::from_value::<TurnEvent>(payload.clone()) {
+    fn frame(&mut self, client: &mut Client, frame: &EgressFrame) -> Result<Option<String>, ClientError> {
+        let payload = IpcPayload::from_json_value(frame.payload.clone());
+        let ours = payload.session_id().is_none_or(|s| s == self.session);
+        match (frame.topic.as_str(), payload) {
+            (RECEIPT_TOPIC, IpcPayload::Custom { data }) if ours && self.expected.is_none() => {
+                match serde_json::from_value::<TurnEvent>(data) {
                     Ok(TurnEvent::PromptReceipt { refused: Some(reason), .. }) => return Ok(Some(reason)),
                     Ok(TurnEvent::PromptReceipt { answerers, .. }) => {
                         self.several = answerers.len() > 1;
@@ -254,74 +256,56 @@ impl<F: Frontend> State<'_, F> {
                     _ => {}
                 }
             }
-            (DELTA_TOPIC | RESPONSE_TOPIC, Some("agent_response")) if ours => {
+            (DELTA_TOPIC | RESPONSE_TOPIC, IpcPayload::AgentResponse { text, is_final, outcome, .. }) if ours => {
                 if self.expected.is_none() {
                     // A daemon without receipts: the first final answer ends the turn.
                     self.expected = Some(None);
                 }
-                let source = frame["source_id"].as_str().and_then(|s| Uuid::parse_str(s).ok()).unwrap_or_default();
-                let text = payload["text"].as_str().unwrap_or_default();
-                let done = payload["is_final"].as_bool().unwrap_or(false).then(|| {
-                    let outcome = serde_json::from_value(payload["outcome"].clone()).unwrap_or(TurnOutcome::Answered);
-                    (outcome, text.trim().to_owned())
-                });
-                self.piece(source, text, done).map_err(ClientError::Io)?;
+                let done = is_final.then(|| (outcome.unwrap_or(TurnOutcome::Answered), text.trim().to_owned()));
+                self.piece(frame.source_id, &text, done).map_err(ClientError::Io)?;
             }
-            ("tool.v1.request.execute", Some("tool_execute_request")) => {
-                let name = payload["tool_name"].as_str().unwrap_or("?");
-                self.frontend.tool_call(name, &payload["arguments"]).map_err(ClientError::Io)?;
-                self.report.tool_calls.push(json!({
-                    "call_id": payload["call_id"], "name": payload["tool_name"], "arguments": payload["arguments"],
-                }));
+            (TOOL_REQUEST_TOPIC, IpcPayload::ToolExecuteRequest { call_id, tool_name, arguments }) => {
+                self.frontend.tool_call(&tool_name, &arguments).map_err(ClientError::Io)?;
+                self.report.tool_calls.push(json!({"call_id": call_id, "name": tool_name, "arguments": arguments}));
             }
-            ("tool.v1.execute.result", Some("tool_execute_result")) => {
-                let call_id = &payload["call_id"];
-                let content = payload["result"]["content"].as_str().unwrap_or_default();
-                let is_error = payload["result"]["is_error"].as_bool().unwrap_or(false);
-                if let Some(call) = self.report.tool_calls.iter_mut().find(|c| &c["call_id"] == call_id) {
-                    call["result"] = json!(content);
-                    call["is_error"] = json!(is_error);
+            (TOOL_RESULT_TOPIC, IpcPayload::ToolExecuteResult { call_id, result }) => {
+                if let Some(call) = self.report.tool_calls.iter_mut().find(|c| c["call_id"] == call_id.as_str()) {
+                    call["result"] = json!(result.content);
+                    call["is_error"] = json!(result.is_error);
                 }
-                self.frontend.tool_result(content, is_error).map_err(ClientError::Io)?;
+                self.frontend.tool_result(&result.content, result.is_error).map_err(ClientError::Io)?;
             }
-            ("astrid.v1.approval", Some("approval_required")) => {
-                let field = |name: &str| payload[name].as_str().map(str::to_owned);
-                let question = Question {
-                    action: field("action").unwrap_or_else(|| "?".to_owned()),
-                    resource: field("resource").unwrap_or_else(|| "?".to_owned()),
-                    reason: field("reason").unwrap_or_default(),
-                    details: field("details"),
-                    scope: field("scope"),
-                };
-                let decision = self.frontend.approve(&question);
+            (APPROVAL_TOPIC, IpcPayload::ApprovalRequired { request_id, action, resource, reason, details, scope }) => {
+                let decision = self.frontend.approve(&Question { action, resource, reason, details, scope });
                 if decision == Decision::Deny {
                     self.report.denied += 1;
                 }
-                let request_id = payload["request_id"].as_str().unwrap_or_default();
                 client.publish(
-                    &format!("astrid.v1.approval.response.{request_id}"),
+                    &format!("{APPROVAL_RESPONSE_PREFIX}{request_id}"),
                     &IpcPayload::ApprovalResponse {
-                        request_id: request_id.to_owned(),
+                        request_id,
                         decision: decision.as_str().to_owned(),
                         reason: Some("astrid".to_owned()),
                     },
                 )?;
             }
-            ("astrid.v1.elicit", Some("elicit_request")) => {
-                let request_id = payload["request_id"].as_str().unwrap_or_default();
-                let capsule = payload["capsule_id"].as_str().unwrap_or("a capsule");
-                let prompt = payload["field"]["prompt"].as_str().unwrap_or("a value");
-                let value = self.frontend.elicit(capsule, prompt).filter(|v| !v.is_empty());
-                client.publish_json(
-                    &format!("astrid.v1.elicit.response.{request_id}"),
-                    json!({"type": "elicit_response", "request_id": request_id, "value": value}),
+            (ELICIT_TOPIC, IpcPayload::ElicitRequest { request_id, capsule_id, field }) => {
+                let value = self.frontend.elicit(&capsule_id, &field.prompt).filter(|v| !v.is_empty());
+                client.publish(
+                    &format!("{ELICIT_RESPONSE_PREFIX}{request_id}"),
+                    &IpcPayload::ElicitResponse { request_id, value, values: None },
                 )?;
             }
-            (NOTICE_TOPIC, Some("notice")) if ours => {
-                self.frontend.notice(payload["text"].as_str().unwrap_or_default()).map_err(ClientError::Io)?;
+            (NOTICE_TOPIC, IpcPayload::Custom { data }) if ours => {
+                if let Ok(TurnEvent::Notice { text, .. }) = serde_json::from_value::<TurnEvent>(data) {
+                    self.frontend.notice(&text).map_err(ClientError::Io)?;
+                }
             }
-            ("astrid.v1.onboarding.required", _) => {
-                let capsule = payload["capsule_id"].as_str().unwrap_or("a capsule");
+            (ONBOARDING_TOPIC, payload) => {
+                let capsule = match &payload {
+                    IpcPayload::OnboardingRequired { capsule_id, .. } => capsule_id.as_str(),
+                    _ => "a capsule",
+                };
                 let text = format!(
                     "capsule {capsule} needs configuration: install it again with `astrid capsule install DIR --env KEY=VALUE`"
                 );

@@ -5,12 +5,13 @@
 use std::process::ExitCode;
 
 use argh::FromArgs;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 
 use super::{request, spawn};
 use crate::home::AstridHome;
 use crate::ipc::Client;
 use crate::types::KernelRequest;
+use crate::types::management::{WorkspaceCommitted, WorkspaceDiff, WorkspaceDiscarded};
 
 /// review and apply the changes capsules made to the workspace
 #[derive(FromArgs, Debug)]
@@ -61,25 +62,24 @@ pub fn run(home: &AstridHome, args: &WorkspaceArgs) -> anyhow::Result<ExitCode> 
 /// `diff`, `commit` or `discard` of the workspace `client` works in, printed (also `astrid
 /// chat`'s `/diff`, `/commit`, `/discard`).
 pub fn act(client: &mut Client, action: &str) -> anyhow::Result<()> {
-    let mut send = |suffix: &str, request: KernelRequest| -> anyhow::Result<Value> {
-        request::success(client.request(suffix, &request, request::REQUEST_TIMEOUT)?)
-    };
+    fn send<T: DeserializeOwned>(client: &mut Client, suffix: &str, request: KernelRequest) -> anyhow::Result<T> {
+        Ok(client.request(suffix, &request, request::REQUEST_TIMEOUT)?.into_data()?)
+    }
     match action {
         "diff" => {
-            let data = send("workspace_diff", KernelRequest::WorkspaceDiff)?;
-            print!("{}", data.get("diff").and_then(Value::as_str).unwrap_or_default());
+            let pending: WorkspaceDiff = send(client, "workspace_diff", KernelRequest::WorkspaceDiff)?;
+            print!("{}", pending.diff);
         }
         "commit" => {
-            let data = send("workspace_commit", KernelRequest::WorkspaceCommit)?;
-            let committed = data.get("committed").and_then(Value::as_array).cloned().unwrap_or_default();
-            for change in &committed {
-                println!("{} {}", change["kind"].as_str().unwrap_or("?"), change["path"].as_str().unwrap_or("?"));
+            let done: WorkspaceCommitted = send(client, "workspace_commit", KernelRequest::WorkspaceCommit)?;
+            for change in &done.committed {
+                println!("{} {}", change.kind.as_str(), change.path);
             }
-            println!("{} change(s) committed", committed.len());
+            println!("{} change(s) committed", done.committed.len());
         }
         "discard" => {
-            let data = send("workspace_discard", KernelRequest::WorkspaceDiscard)?;
-            println!("{} change(s) discarded", data.get("discarded").and_then(Value::as_u64).unwrap_or(0));
+            let done: WorkspaceDiscarded = send(client, "workspace_discard", KernelRequest::WorkspaceDiscard)?;
+            println!("{} change(s) discarded", done.discarded);
         }
         other => anyhow::bail!("no workspace action {other:?}"),
     }

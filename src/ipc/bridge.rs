@@ -35,9 +35,9 @@ use super::token::SessionToken;
 use crate::audit::Decision;
 use crate::home::DEFAULT_PRINCIPAL;
 use crate::kernel::bus::{Address, BusMessage, Origin, SubscriberId, SubscriberKind, Subscription};
-use crate::kernel::router::{REQUEST_PREFIX, response_topic};
+use crate::kernel::router::response_topic;
 use crate::kernel::{Kernel, prompts, topic};
-use crate::types::turn::DELTA_TOPIC;
+use crate::types::topics::{DELTA_TOPIC, REQUEST_PREFIX};
 use crate::types::{EgressFrame, HandshakeResponse, IpcMessage, IpcPayload, KernelResponse};
 use crate::wasm::supervisor::CapsuleHost;
 

@@ -9,15 +9,13 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use super::frame::{BlockingFrames, FrameError, MAX_HANDSHAKE_FRAME, MAX_SERVER_FRAME, write_frame_blocking};
 use super::token::{SessionToken, TokenError};
 use crate::home::{AstridHome, HomeError};
-use crate::kernel::router::{REQUEST_PREFIX, RESPONSE_PREFIX};
+use crate::types::topics::{REQUEST_PREFIX, RESPONSE_PREFIX};
 use crate::types::{
-    CapsuleAttach, HandshakeRequest, HandshakeResponse, HandshakeStatus, IpcMessage, IpcPayload, KernelRequest,
-    KernelResponse, PROTOCOL_VERSION, SYSTEM_SESSION_UUID,
+    CapsuleAttach, EgressFrame, HandshakeRequest, HandshakeResponse, HandshakeStatus, IpcMessage, IpcPayload,
+    KernelRequest, KernelResponse, PROTOCOL_VERSION, SYSTEM_SESSION_UUID,
 };
 
 /// How long the client waits for each step of the handshake.
@@ -161,13 +159,8 @@ impl Client {
         Ok(())
     }
 
-    /// Publishes a payload given as JSON (`{"type": …, …}`) on `topic`.
-    pub fn publish_json(&mut self, topic: &str, payload: Value) -> Result<(), ClientError> {
-        self.publish(topic, &IpcPayload::from_json_value(payload))
-    }
-
-    /// The next frame from the daemon (`{topic, payload, source_id}`), waiting at most `wait`.
-    pub fn next_frame(&mut self, wait: Duration) -> Result<Value, ClientError> {
+    /// The next frame from the daemon, waiting at most `wait`.
+    pub fn next_frame(&mut self, wait: Duration) -> Result<EgressFrame, ClientError> {
         self.stream.set_read_timeout(Some(wait))?;
         let frame = match self.frames.next_frame(&mut self.stream, MAX_SERVER_FRAME) {
             Ok(Some(frame)) => frame,
@@ -177,7 +170,7 @@ impl Client {
             }
             Err(e) => return Err(e.into()),
         };
-        serde_json::from_slice(&frame).map_err(|e| ClientError::Protocol(format!("frame is not JSON: {e}")))
+        serde_json::from_slice(&frame).map_err(|e| ClientError::Protocol(format!("not a frame: {e}")))
     }
 
     /// Discards the frames already waiting (left over from an earlier turn), and tells whether
@@ -221,11 +214,10 @@ impl Client {
                 Err(ClientError::Timeout(_)) => return Err(ClientError::Timeout(wait)),
                 other => other?,
             };
-            if frame.get("topic").and_then(Value::as_str) != Some(reply_topic.as_str()) {
+            if frame.topic != reply_topic {
                 continue;
             }
-            let payload = frame.get("payload").cloned().unwrap_or(Value::Null);
-            return serde_json::from_value(payload).map_err(|e| ClientError::Protocol(format!("bad reply: {e}")));
+            return serde_json::from_value(frame.payload).map_err(|e| ClientError::Protocol(format!("bad reply: {e}")));
         }
     }
 }

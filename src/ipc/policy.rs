@@ -6,48 +6,56 @@
 //! needed one more segment and silently hid it), and the admin API is reachable, as the
 //! later reference revision allows.
 
+use crate::types::topics::{
+    ACTIVE_MODEL_CHANGED_TOPIC, ADMIN_PREFIX, ADMIN_RESPONSE_PATTERN, ADMIN_RESPONSE_PREFIX, APPROVAL_RESPONSE_PREFIX,
+    APPROVAL_TOPIC, CAPSULES_LOADED_TOPIC, COMMAND_TOPIC, DELTA_TOPIC, ELICIT_PATTERN, ELICIT_RESPONSE_PREFIX,
+    ELICIT_TOPIC, NOTICE_TOPIC, ONBOARDING_TOPIC, PROMPT_TOPIC, RECEIPT_TOPIC, REGISTRY_RESPONSE_PATTERN,
+    REQUEST_PREFIX, RESPONSE_PATTERN, RESPONSE_TOPIC, SELECTION_PATTERN, SELECTION_PREFIX, SESSION_REQUEST_PREFIX,
+    SESSION_RESPONSE_PATTERN, TOOL_CANCEL_TOPIC, TOOL_REQUEST_TOPIC, TOOL_RESULT_TOPIC,
+};
+
 /// Topics a client may publish on, matched exactly.
-const INGRESS_EXACT: &[&str] = &["user.v1.prompt", "cli.v1.command.execute"];
+const INGRESS_EXACT: &[&str] = &[PROMPT_TOPIC, COMMAND_TOPIC];
 
 /// Topic prefixes a client may publish under.
 const INGRESS_PREFIXES: &[&str] = &[
-    "astrid.v1.request.",
-    "astrid.v1.elicit.response.",
-    "astrid.v1.approval.response.",
-    "registry.v1.selection.",
-    "session.v1.request.",
-    "astrid.v1.admin.",
+    REQUEST_PREFIX,
+    ELICIT_RESPONSE_PREFIX,
+    APPROVAL_RESPONSE_PREFIX,
+    SELECTION_PREFIX,
+    SESSION_REQUEST_PREFIX,
+    ADMIN_PREFIX,
 ];
 
 /// Prefixes carved out of [`INGRESS_PREFIXES`]: replies only the kernel may publish.
-const INGRESS_DENIED_PREFIXES: &[&str] = &["astrid.v1.admin.response."];
+const INGRESS_DENIED_PREFIXES: &[&str] = &[ADMIN_RESPONSE_PREFIX];
 
 /// Bus subscriptions of every client connection (subscription wildcard semantics).
 pub const EGRESS_PATTERNS: &[&str] = &[
-    "agent.v1.response",
+    RESPONSE_TOPIC,
     // Streamed text of a turn, as the reference's bridge forwards it.
-    "agent.v1.stream.delta",
+    DELTA_TOPIC,
     // What a capsule tells the person about a turn besides the answer (Astrid extension).
-    "agent.v1.notice",
+    NOTICE_TOPIC,
     // The kernel's receipt for a prompt: who answers it, or why nobody does (Astrid extension).
-    "astrid.v1.prompt.receipt",
+    RECEIPT_TOPIC,
     // Tool calls and their results, so a frontend can show what the agent does (the
     // reference's CLI renders them but its bridge never forwarded them).
-    "tool.v1.request.execute",
-    "tool.v1.execute.result",
+    TOOL_REQUEST_TOPIC,
+    TOOL_RESULT_TOPIC,
     // Tool calls a turn gave up on (cancelled or timed out), so a frontend can say so.
-    "tool.v1.request.cancel",
-    "astrid.v1.onboarding.required",
-    "astrid.v1.elicit",
-    "astrid.v1.elicit.*",
-    "astrid.v1.approval",
-    "astrid.v1.response.*",
-    "astrid.v1.capsules_loaded",
-    "registry.v1.response.*",
-    "registry.v1.active_model_changed",
-    "registry.v1.selection.*",
-    "session.v1.response.*",
-    "astrid.v1.admin.response.*",
+    TOOL_CANCEL_TOPIC,
+    ONBOARDING_TOPIC,
+    ELICIT_TOPIC,
+    ELICIT_PATTERN,
+    APPROVAL_TOPIC,
+    RESPONSE_PATTERN,
+    CAPSULES_LOADED_TOPIC,
+    REGISTRY_RESPONSE_PATTERN,
+    ACTIVE_MODEL_CHANGED_TOPIC,
+    SELECTION_PATTERN,
+    SESSION_RESPONSE_PATTERN,
+    ADMIN_RESPONSE_PATTERN,
 ];
 
 /// Whether a client may publish on `topic`.

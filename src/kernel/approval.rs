@@ -24,8 +24,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 use uuid::Uuid;
 
 use super::ask::{self, Answer, Answered, Question, Questions};
@@ -122,27 +121,8 @@ pub enum ApprovalOutcome {
     },
 }
 
-/// A standing permission created by `approve_session` or `approve_always`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Allowance {
-    /// Identifier for `astrid caps revoke`.
-    pub id: String,
-    /// Principal it applies to.
-    pub principal: String,
-    /// Capsule it applies to.
-    pub capsule: String,
-    /// Action it allows.
-    pub action: String,
-    /// Resource it allows: exactly this one, or, with `under`, this directory.
-    pub resource: String,
-    /// Whether `resource` is a directory whose every path is covered (`""`: the workspace).
-    #[serde(default)]
-    pub under: bool,
-    /// `session` or `always`.
-    pub scope: String,
-    /// When it was granted.
-    pub created_at: DateTime<Utc>,
-}
+/// A standing permission, stored and listed (`ListCapabilities`) as the wire defines it.
+pub use crate::types::management::Allowance;
 
 impl Allowance {
     fn covers(&self, request: &ApprovalRequest) -> bool {

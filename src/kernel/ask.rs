@@ -55,12 +55,9 @@ use uuid::Uuid;
 
 use super::bus::{Address, Bus, BusMessage, Origin, SubscriberId};
 use super::cause::Cause;
+pub use crate::types::topics::{APPROVAL_TOPIC, ELICIT_TOPIC};
 use crate::types::{IpcMessage, IpcPayload, OnboardingField};
 
-/// Where approval questions are published.
-pub const APPROVAL_TOPIC: &str = "astrid.v1.approval";
-/// Where `elicit` questions are published.
-pub const ELICIT_TOPIC: &str = "astrid.v1.elicit";
 /// How long a question waits for its answer.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest action (characters): refused beyond, since an allowance is keyed by it.
@@ -76,6 +73,7 @@ const MARGIN: Duration = Duration::from_secs(5);
 
 /// The topic the answer to question `id` on `topic` comes back on.
 pub fn answer_topic(topic: &str, id: Uuid) -> String {
+    // `APPROVAL_RESPONSE_PREFIX` and `ELICIT_RESPONSE_PREFIX` are these (types::topics tests it).
     format!("{topic}.response.{id}")
 }
 

@@ -56,7 +56,7 @@ pub const STALL: Duration = Duration::from_secs(30);
 
 /// Topics whose messages are worthless once late: dropped for a subscriber that is behind.
 pub fn is_droppable(topic: &str) -> bool {
-    topic == super::watchdog::TICK_TOPIC
+    topic == crate::types::topics::TICK_TOPIC
 }
 
 /// Identifies one subscriber (a socket client, the management router, a capsule, …).
@@ -831,11 +831,11 @@ mod tests {
     #[tokio::test]
     async fn only_stale_telemetry_is_dropped_for_a_reader_that_is_behind() {
         let bus = Bus::new();
-        let mut behind = bus.subscribe("behind", &["t.v1.x", super::super::watchdog::TICK_TOPIC]);
+        let mut behind = bus.subscribe("behind", &["t.v1.x", crate::types::topics::TICK_TOPIC]);
         for _ in 0..PACE_MARK {
             bus.publish(message("t.v1.x"));
         }
-        assert_eq!(bus.publish(message(super::super::watchdog::TICK_TOPIC)), 0);
+        assert_eq!(bus.publish(message(crate::types::topics::TICK_TOPIC)), 0);
         assert_eq!(bus.publish(message("t.v1.x")), 1, "a stream message still gets in");
         assert_eq!((behind.skipped(), behind.dropped()), (1, 0), "skipped, not lost");
         let mut received = 0;

@@ -9,15 +9,14 @@
 
 use std::path::Path;
 
-use serde_json::{Value, json};
-
 use super::Kernel;
-use super::capsules::{CapsuleOrigin, CapsuleState};
+use super::capsules::CapsuleState;
 use super::grants::GrantStatus;
 use super::install;
 use super::router::Caller;
 use crate::audit::Decision;
 use crate::types::KernelResponse;
+use crate::types::management::{CapsuleDescription, CapsuleInstalled, CapsuleRemoved, RunState};
 
 fn target_dir(kernel: &Kernel, workspace: bool) -> std::path::PathBuf {
     let dirs = kernel.capsule_dirs();
@@ -68,12 +67,12 @@ pub(super) fn install(kernel: &Kernel, source: &str, workspace: bool, caller: &C
             description: format!("{what} requests these capabilities; approve to start it"),
             capabilities: capsule.capabilities.entries().map(str::to_owned).collect(),
         },
-        (_, GrantStatus::Approved | GrantStatus::NothingRequested) => KernelResponse::Success(json!({
-            "name": installed.name,
-            "version": installed.version,
-            "replaced": installed.replaced,
-            "dir": installed.dir,
-        })),
+        (_, GrantStatus::Approved | GrantStatus::NothingRequested) => KernelResponse::success(&CapsuleInstalled {
+            name: installed.name,
+            version: installed.version,
+            replaced: installed.replaced,
+            dir: installed.dir.display().to_string(),
+        }),
     }
 }
 
@@ -87,7 +86,7 @@ pub(super) fn remove(kernel: &Kernel, name: &str, workspace: bool, caller: &Call
             let what = format!("{name} {}", meta.version);
             kernel.record(&caller.principal, caller.actor.clone(), "capsule.remove", &what, Decision::Info, "operator");
             kernel.reload_capsules();
-            KernelResponse::Success(json!({"removed": name, "version": meta.version}))
+            KernelResponse::success(&CapsuleRemoved { removed: name.to_owned(), version: meta.version })
         }
         Err(e) => KernelResponse::Error(e.to_string()),
     }
@@ -96,47 +95,36 @@ pub(super) fn remove(kernel: &Kernel, name: &str, workspace: bool, caller: &Call
 /// Every registered capsule, described.
 pub(super) fn describe(kernel: &Kernel) -> KernelResponse {
     let registry = kernel.capsules();
-    let capsules: Vec<Value> = registry
+    let capsules: Vec<CapsuleDescription> = registry
         .capsules()
         .iter()
         .map(|c| {
             let (state, reason) = match (&c.state, &c.grant) {
-                (CapsuleState::Installed, GrantStatus::Pending { request_id }) => {
-                    ("stopped", Some(format!("its capabilities are not approved (astrid caps approve {request_id})")))
-                }
-                (CapsuleState::Ready, _) => ("running", None),
-                (CapsuleState::Installed, _) => ("installed", None),
+                (CapsuleState::Installed, GrantStatus::Pending { request_id }) => (
+                    RunState::Stopped,
+                    Some(format!("its capabilities are not approved (astrid caps approve {request_id})")),
+                ),
+                (CapsuleState::Ready, _) => (RunState::Running, None),
+                (CapsuleState::Installed, _) => (RunState::Installed, None),
                 (CapsuleState::Restarting { attempt, reason }, _) => {
-                    ("restarting", Some(format!("attempt {attempt}: {reason}")))
+                    (RunState::Restarting, Some(format!("attempt {attempt}: {reason}")))
                 }
-                (CapsuleState::Failed(reason), _) => ("failed", Some(reason.clone())),
+                (CapsuleState::Failed(reason), _) => (RunState::Failed, Some(reason.clone())),
             };
-            let grant = match &c.grant {
-                GrantStatus::NothingRequested => json!({"status": "nothing_requested"}),
-                GrantStatus::Approved => json!({"status": "approved"}),
-                GrantStatus::Pending { request_id } => json!({"status": "pending", "request_id": request_id}),
-            };
-            let origin = match c.origin {
-                CapsuleOrigin::BuiltIn => "built-in",
-                CapsuleOrigin::Principal => "home",
-                CapsuleOrigin::Workspace => "workspace",
-                CapsuleOrigin::Development => "development",
-                CapsuleOrigin::Embedded => "embedded",
-            };
-            json!({
-                "name": c.name,
-                "version": c.version,
-                "origin": origin,
-                "dir": c.dir,
-                "state": state,
-                "reason": reason,
-                "grant": grant,
-                "capabilities": c.capabilities.entries().collect::<Vec<_>>(),
-                "commands": c.commands,
-                "interceptors": c.interceptor_events,
-                "wasm_blake3": c.code_hash,
-            })
+            CapsuleDescription {
+                name: c.name.clone(),
+                version: c.version.clone(),
+                origin: c.origin,
+                dir: c.dir.as_ref().map(|dir| dir.display().to_string()),
+                state,
+                reason,
+                grant: c.grant.clone(),
+                capabilities: c.capabilities.entries().map(str::to_owned).collect(),
+                commands: c.commands.clone(),
+                interceptors: c.interceptor_events.clone(),
+                wasm_blake3: c.code_hash.clone(),
+            }
         })
         .collect();
-    KernelResponse::Success(Value::Array(capsules))
+    KernelResponse::success(&capsules)
 }

@@ -30,21 +30,8 @@ pub const BRIDGE_CAPSULE: &str = "astrid-capsule-cli";
 /// The manifest file that marks a capsule directory.
 pub const MANIFEST_FILE: &str = "Capsule.toml";
 
-/// Where a capsule was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CapsuleOrigin {
-    /// Compiled into the daemon.
-    BuiltIn,
-    /// `home/<principal>/.local/capsules/`.
-    Principal,
-    /// `<workspace>/.astrid/capsules/`.
-    Workspace,
-    /// The default set compiled into the binary ([`super::defaults`]).
-    Embedded,
-    /// A directory an author runs with `astrid capsule run`, for as long as that runs; the
-    /// daemon does not start it (the author's process is its capsule host).
-    Development,
-}
+/// Where a capsule was found: the same enum `DescribeCapsules` reports.
+pub use crate::types::management::CapsuleOrigin;
 
 /// What a registered capsule is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]

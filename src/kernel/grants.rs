@@ -12,8 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 use uuid::Uuid;
 
 use super::capability::CapabilitySet;
@@ -21,45 +20,9 @@ use crate::store::{KvError, KvStore, Namespace};
 
 const GRANTS: &str = "grants";
 
-/// An approved capability set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
-    /// The capsule.
-    pub capsule: String,
-    /// Fingerprint of the approved set.
-    pub fingerprint: String,
-    /// The approved entries.
-    pub capabilities: Vec<String>,
-    /// When.
-    pub approved_at: DateTime<Utc>,
-}
-
-/// A capability set waiting for the operator.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingGrant {
-    /// Answer with `ApproveCapability { request_id, signature: fingerprint }`.
-    pub request_id: String,
-    /// The capsule.
-    pub capsule: String,
-    /// Fingerprint of the requested set.
-    pub fingerprint: String,
-    /// The requested entries.
-    pub capabilities: Vec<String>,
-}
-
-/// Whether a capsule's requested set is in force.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GrantStatus {
-    /// It asks for nothing.
-    NothingRequested,
-    /// The operator approved exactly this set.
-    Approved,
-    /// Waiting for the operator (a previous, different grant does not count).
-    Pending {
-        /// The id to approve.
-        request_id: String,
-    },
-}
+/// Grants, pending requests and their status are kept, and listed to the operator, as the
+/// wire defines them: one record for the store and for `ListCapabilities`.
+pub use crate::types::management::{Grant, GrantStatus, PendingGrant};
 
 /// Why an approval was refused.
 #[derive(Debug, thiserror::Error)]

@@ -6,13 +6,15 @@ use std::pin::Pin;
 
 use serde_json::Value;
 
+use crate::types::management::{McpCallResult, McpListing};
+
 /// A boxed future of an MCP call's outcome.
-pub type CallFuture = Pin<Box<dyn Future<Output = Result<Value, String>> + Send>>;
+pub type CallFuture = Pin<Box<dyn Future<Output = Result<McpCallResult, String>> + Send>>;
 
 /// The MCP host as the kernel sees it.
 pub trait McpService: Send + Sync + std::fmt::Debug {
     /// Every server with its state and tools.
-    fn list(&self) -> Value;
-    /// Calls `tool` on `server`: `{"content", "is_error"}`, or why it could not be called.
+    fn list(&self) -> McpListing;
+    /// Calls `tool` on `server`, or says why it could not be called.
     fn call(self: std::sync::Arc<Self>, server: String, tool: String, arguments: Value) -> CallFuture;
 }

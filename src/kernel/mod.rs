@@ -34,7 +34,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use serde_json::json;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -50,11 +49,9 @@ use grants::{GrantStatus, Grants};
 use crate::audit::{Acknowledged, Actor, AuditTrail, Decision, NewEntry};
 use crate::home::{AstridHome, DEFAULT_PRINCIPAL};
 use crate::store::{KvError, KvStore};
-use crate::types::{DaemonStatus, IpcMessage, IpcPayload, SubscriberDrops};
+use crate::types::topics::CAPSULES_LOADED_TOPIC;
+use crate::types::{CapsulesLoaded, DaemonStatus, IpcMessage, IpcPayload, SubscriberDrops};
 use crate::vfs::{Vfs, VfsError};
-
-/// Topic on which the kernel announces that capsule loading finished (boot and reload).
-pub const CAPSULES_LOADED_TOPIC: &str = "astrid.v1.capsules_loaded";
 
 /// What the kernel needs to know to start.
 #[derive(Debug, Clone)]
@@ -626,9 +623,18 @@ impl Kernel {
             self.record(DEFAULT_PRINCIPAL, Actor::Kernel, action, &capsule.name, Decision::Info, &rule);
         }
         *self.model.lock().unwrap_or_else(|e| e.into_inner()) = self.model();
-        let payload = IpcPayload::RawJson(json!({"status": "ready"}));
-        self.bus.publish(BusMessage::from_kernel(IpcMessage::new(CAPSULES_LOADED_TOPIC, payload, self.session())));
+        self.announce_capsules_loaded();
         count
+    }
+
+    /// Publishes `astrid.v1.capsules_loaded` ([`CapsulesLoaded`]): what tells an agent that
+    /// the set of capsules or tools changed and to ask for the tools again.
+    pub fn announce_capsules_loaded(&self) {
+        let payload = match serde_json::to_value(CapsulesLoaded::ready()) {
+            Ok(value) => IpcPayload::RawJson(value),
+            Err(e) => return log::error!("cannot encode {CAPSULES_LOADED_TOPIC}: {e}"),
+        };
+        self.bus.publish(BusMessage::from_kernel(IpcMessage::new(CAPSULES_LOADED_TOPIC, payload, self.session())));
     }
 
     /// The answer to `GetStatus`.

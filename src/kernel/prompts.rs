@@ -32,7 +32,7 @@ use super::cause::Cause;
 use super::grants::GrantStatus;
 use crate::audit::Decision;
 use crate::home::DEFAULT_PRINCIPAL;
-use crate::types::turn::{COMMAND_TOPIC, PROMPT_TOPIC, RECEIPT_TOPIC, RESPONSE_TOPIC};
+use crate::types::topics::{COMMAND_TOPIC, PROMPT_TOPIC, RECEIPT_TOPIC, RESPONSE_TOPIC};
 use crate::types::{Answerer, IpcMessage, IpcPayload, TurnEvent};
 
 /// How long a prompt waits for a capsule that is about to run before the receipt says it

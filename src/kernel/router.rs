@@ -11,20 +11,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 use super::bus::{Address, BusMessage, Origin};
 use super::rate_limit::SlidingWindow;
 use super::{Kernel, ShutdownReason};
 use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
+use crate::types::management::{
+    AcknowledgedBreak, AuditAcknowledged, CapabilityListing, DaemonAction, DaemonActionStatus, GrantApproved,
+    McpListing, Revoked, WorkspaceCommitted, WorkspaceDiff, WorkspaceDiscarded,
+};
+use crate::types::topics::{REQUEST_PATTERN, REQUEST_PREFIX, RESPONSE_PREFIX};
 use crate::types::{IpcPayload, KernelRequest, KernelResponse};
-use crate::vfs::{Change, ChangeKind};
-
-/// Topic prefix of management requests.
-pub const REQUEST_PREFIX: &str = "astrid.v1.request.";
-/// Topic prefix of management replies.
-pub const RESPONSE_PREFIX: &str = "astrid.v1.response.";
 
 /// The reply topic for a request topic (`astrid.v1.request.x` → `astrid.v1.response.x`).
 pub fn response_topic(request_topic: &str) -> String {
@@ -71,7 +68,7 @@ fn read_only(request: &KernelRequest) -> bool {
 
 /// Serves management requests until the bus goes away.
 pub(super) async fn run(kernel: Arc<Kernel>) {
-    let mut requests = kernel.bus().subscribe("management-router", &[&format!("{REQUEST_PREFIX}*")]);
+    let mut requests = kernel.bus().subscribe("management-router", &[REQUEST_PATTERN]);
     let mut limiter = SlidingWindow::new(Duration::from_secs(60));
     while let Some(incoming) = requests.recv().await {
         let reply_topic = response_topic(&incoming.message.topic);
@@ -160,7 +157,7 @@ const CAPSULE_GRANT: &str = "the capsule's grant covers ipc_publish on the reque
 const DAEMON: &str = "the daemon itself";
 
 /// `McpCall`: the operator's own call, audited as `mcp.call` (the operator is the one who
-/// would approve it), answered with `{"content", "is_error"}`.
+/// would approve it), answered with an [`McpCallResult`](crate::types::management::McpCallResult).
 async fn mcp_call(
     kernel: Arc<Kernel>,
     (server, tool, arguments): (String, String, serde_json::Value),
@@ -172,7 +169,7 @@ async fn mcp_call(
     let response = match kernel.mcp() {
         None => KernelResponse::Error("this daemon runs no MCP servers".to_owned()),
         Some(mcp) => match Arc::clone(mcp).call(server, tool, arguments).await {
-            Ok(outcome) => KernelResponse::Success(outcome),
+            Ok(outcome) => KernelResponse::success(&outcome),
             Err(reason) => KernelResponse::Error(reason),
         },
     };
@@ -255,16 +252,17 @@ fn answer(
 fn handle(kernel: &Kernel, request: KernelRequest, caller: &Caller) -> (KernelResponse, Option<ShutdownReason>) {
     match request {
         KernelRequest::GetStatus => (KernelResponse::Status(Box::new(kernel.status())), None),
-        KernelRequest::ListCapsules => (KernelResponse::Success(json!(kernel.capsules().names())), None),
+        KernelRequest::ListCapsules => (KernelResponse::success(&kernel.capsules().names()), None),
         KernelRequest::GetCommands => (KernelResponse::Commands(kernel.capsules().commands()), None),
         KernelRequest::GetCapsuleMetadata => (KernelResponse::CapsuleMetadata(kernel.capsules().metadata()), None),
         KernelRequest::ReloadCapsules => {
             kernel.reload_capsules();
-            (KernelResponse::Success(json!({"status": "reloaded"})), None)
+            (KernelResponse::success(&DaemonAction { status: DaemonActionStatus::Reloaded }), None)
         }
-        KernelRequest::Shutdown { reason } => {
-            (KernelResponse::Success(json!({"status": "shutting_down"})), Some(ShutdownReason::Request(reason)))
-        }
+        KernelRequest::Shutdown { reason } => (
+            KernelResponse::success(&DaemonAction { status: DaemonActionStatus::ShuttingDown }),
+            Some(ShutdownReason::Request(reason)),
+        ),
         KernelRequest::InstallCapsule { source, workspace } => {
             (super::capsule_admin::install(kernel, &source, workspace, caller), None)
         }
@@ -284,10 +282,11 @@ fn handle(kernel: &Kernel, request: KernelRequest, caller: &Caller) -> (KernelRe
         KernelRequest::WorkspaceDiff => (workspace(kernel, WorkspaceAction::Diff, caller), None),
         KernelRequest::WorkspaceCommit => (workspace(kernel, WorkspaceAction::Commit, caller), None),
         KernelRequest::WorkspaceDiscard => (workspace(kernel, WorkspaceAction::Discard, caller), None),
-        KernelRequest::McpList => match kernel.mcp() {
-            Some(mcp) => (KernelResponse::Success(mcp.list()), None),
-            None => (KernelResponse::Success(json!({"servers": [], "refused": []})), None),
-        },
+        KernelRequest::McpList => {
+            let listing =
+                kernel.mcp().map_or_else(|| McpListing { servers: Vec::new(), refused: Vec::new() }, |mcp| mcp.list());
+            (KernelResponse::success(&listing), None)
+        }
         // Served by `mcp_call`, from a task of its own.
         KernelRequest::McpCall { .. } => (KernelResponse::Error("an MCP call is answered on its own".to_owned()), None),
         KernelRequest::AuditAcknowledge { note } => (acknowledge(kernel, note.as_deref(), caller), None),
@@ -299,18 +298,18 @@ fn handle(kernel: &Kernel, request: KernelRequest, caller: &Caller) -> (KernelRe
 fn acknowledge(kernel: &Kernel, note: Option<&str>, caller: &Caller) -> KernelResponse {
     let note = note.map(str::trim).filter(|note| !note.is_empty()).unwrap_or("acknowledged by the local operator");
     match kernel.acknowledge_audit(caller.actor.clone(), note) {
-        Ok(acknowledged) => KernelResponse::Success(json!({
-            "acknowledged": acknowledged
-                .iter()
-                .map(|(principal, found)| json!({
-                    "principal": principal,
-                    "entry": found.first_bad_seq,
-                    "reason": found.reason,
-                    "recorded_at": found.recorded_at,
-                    "acknowledged_at": found.acknowledged_at,
-                }))
-                .collect::<Vec<_>>(),
-        })),
+        Ok(acknowledged) => KernelResponse::success(&AuditAcknowledged {
+            acknowledged: acknowledged
+                .into_iter()
+                .map(|(principal, found)| AcknowledgedBreak {
+                    principal,
+                    entry: found.first_bad_seq,
+                    reason: found.reason,
+                    recorded_at: found.recorded_at,
+                    acknowledged_at: found.acknowledged_at,
+                })
+                .collect(),
+        }),
         Err(reason) => KernelResponse::Error(reason),
     }
 }
@@ -328,7 +327,7 @@ fn approve(kernel: &Kernel, request_id: &str, signature: &str, caller: &Caller) 
                 Decision::Allow,
                 &rule,
             );
-            KernelResponse::Success(json!({"capsule": grant.capsule, "fingerprint": grant.fingerprint}))
+            KernelResponse::success(&GrantApproved { capsule: grant.capsule, fingerprint: grant.fingerprint })
         }
         Err(e) => {
             kernel.record(
@@ -346,11 +345,11 @@ fn approve(kernel: &Kernel, request_id: &str, signature: &str, caller: &Caller) 
 
 fn list_capabilities(kernel: &Kernel) -> KernelResponse {
     match kernel.grants().list() {
-        Ok(grants) => KernelResponse::Success(json!({
-            "grants": grants,
-            "pending": kernel.grants().pending_list(),
-            "allowances": kernel.approvals().list(),
-        })),
+        Ok(grants) => KernelResponse::success(&CapabilityListing {
+            grants,
+            pending: kernel.grants().pending_list(),
+            allowances: kernel.approvals().list(),
+        }),
         Err(e) => KernelResponse::Error(format!("cannot read grants: {e}")),
     }
 }
@@ -361,7 +360,7 @@ fn revoke(kernel: &Kernel, id: &str, caller: &Caller) -> KernelResponse {
         Ok(true) => {
             kernel.refresh_grants();
             kernel.record(&caller.principal, caller.actor.clone(), "capability.revoke", id, Decision::Info, "operator");
-            KernelResponse::Success(json!({"revoked": id}))
+            KernelResponse::success(&Revoked { revoked: id.to_owned() })
         }
         Ok(false) => KernelResponse::Error(format!("no grant or allowance named {id}")),
         Err(e) => KernelResponse::Error(format!("cannot revoke {id}: {e}")),
@@ -383,13 +382,12 @@ fn workspace(kernel: &Kernel, action: WorkspaceAction, caller: &Caller) -> Kerne
         Err(e) => return KernelResponse::Error(format!("cannot open the workspace: {e}")),
     };
     let result = match action {
-        WorkspaceAction::Diff => vfs.diff().and_then(|diff| {
-            let changes = vfs.changes()?;
-            Ok(json!({"diff": diff, "changes": changes.iter().map(change_json).collect::<Vec<_>>()}))
-        }),
+        WorkspaceAction::Diff => {
+            vfs.diff().and_then(|diff| Ok(KernelResponse::success(&WorkspaceDiff { diff, changes: vfs.changes()? })))
+        }
         WorkspaceAction::Commit => vfs.commit().map(|committed| {
             for change in &committed {
-                let action = format!("workspace.commit.{}", kind_name(change));
+                let action = format!("workspace.commit.{}", change.kind.as_str());
                 kernel.record(
                     &caller.principal,
                     caller.actor.clone(),
@@ -399,40 +397,21 @@ fn workspace(kernel: &Kernel, action: WorkspaceAction, caller: &Caller) -> Kerne
                     "operator commit",
                 );
             }
-            json!({"committed": committed.iter().map(change_json).collect::<Vec<_>>()})
+            KernelResponse::success(&WorkspaceCommitted { committed })
         }),
         WorkspaceAction::Discard => vfs.discard().map(|discarded| {
             let rule = format!("operator discarded {discarded} change(s)");
             kernel.record(&caller.principal, caller.actor.clone(), "workspace.discard", "*", Decision::Info, &rule);
-            json!({"discarded": discarded})
+            KernelResponse::success(&WorkspaceDiscarded { discarded: u64::try_from(discarded).unwrap_or(u64::MAX) })
         }),
     };
-    match result {
-        Ok(value) => KernelResponse::Success(value),
-        Err(e) => KernelResponse::Error(e.to_string()),
-    }
-}
-
-fn kind_name(change: &Change) -> &'static str {
-    match change.kind {
-        ChangeKind::Added => "added",
-        ChangeKind::Modified => "modified",
-        ChangeKind::Deleted => "deleted",
-    }
-}
-
-fn change_json(change: &Change) -> serde_json::Value {
-    json!({"path": change.path, "kind": kind_name(change)})
+    result.unwrap_or_else(|e| KernelResponse::Error(e.to_string()))
 }
 
 fn response_kind(response: &KernelResponse) -> String {
     match response {
         KernelResponse::Error(message) => format!("Error({message})"),
-        KernelResponse::Success(_) => "Success".to_owned(),
-        KernelResponse::Commands(_) => "Commands".to_owned(),
-        KernelResponse::CapsuleMetadata(_) => "CapsuleMetadata".to_owned(),
-        KernelResponse::Status(_) => "Status".to_owned(),
-        KernelResponse::ApprovalRequired { .. } => "ApprovalRequired".to_owned(),
+        other => other.kind().to_owned(),
     }
 }
 
@@ -459,6 +438,8 @@ impl Kernel {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

@@ -14,10 +14,8 @@ use uuid::Uuid;
 
 use super::Kernel;
 use super::bus::BusMessage;
+use crate::types::topics::TICK_TOPIC;
 use crate::types::{IpcMessage, IpcPayload};
-
-/// The topic of the tick.
-pub const TICK_TOPIC: &str = "astrid.v1.watchdog.tick";
 /// The reference's interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 

@@ -16,15 +16,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
 use super::client::{CallOutcome, Event, McpClient, McpError, ToolInfo};
 use super::config::{RestartPolicy, ServerConfig};
 use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
-use crate::kernel::{BusMessage, CAPSULES_LOADED_TOPIC, Kernel};
-use crate::types::{IpcMessage, IpcPayload};
+use crate::kernel::Kernel;
+use crate::types::LlmToolDefinition;
+use crate::types::management::{McpCallResult, McpListing, McpServer, McpServerState, McpTool};
 
 /// Failed starts (or exits) in a row after which a server is given up.
 pub const MAX_FAILURES: u32 = 5;
@@ -49,40 +50,13 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Where a server is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Started, not yet initialized.
-    Starting,
-    /// Initialized; its tools are offered.
-    Ready,
-    /// Exited; started again after a backoff.
-    Restarting,
-    /// Given up (see its last error).
-    Failed,
-    /// Exited cleanly and not restarted, or stopped with the daemon.
-    Stopped,
-}
-
-impl State {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Starting => "starting",
-            Self::Ready => "ready",
-            Self::Restarting => "restarting",
-            Self::Failed => "failed",
-            Self::Stopped => "stopped",
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Server {
     config: ServerConfig,
     /// Which launch of this name the entry belongs to (a task of an earlier one, still
     /// stopping, must not touch it).
     generation: u64,
-    state: State,
+    state: McpServerState,
     tools: Vec<ToolInfo>,
     client: Option<Arc<McpClient>>,
     last_error: Option<String>,
@@ -146,7 +120,7 @@ impl McpHost {
         let server = Server {
             config,
             generation,
-            state: State::Starting,
+            state: McpServerState::Starting,
             tools: Vec::new(),
             client: None,
             last_error: None,
@@ -216,7 +190,11 @@ impl McpHost {
 
     /// The servers still starting (their tools are not offered yet, and will be soon).
     pub fn starting(&self) -> Vec<String> {
-        self.servers().iter().filter(|(_, s)| s.state == State::Starting).map(|(name, _)| name.clone()).collect()
+        self.servers()
+            .iter()
+            .filter(|(_, s)| s.state == McpServerState::Starting)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// Waits until no server is starting any more, or as long as the slowest of them may
@@ -225,7 +203,7 @@ impl McpHost {
         let bound = self
             .servers()
             .values()
-            .filter(|s| s.state == State::Starting)
+            .filter(|s| s.state == McpServerState::Starting)
             .map(|s| s.config.init_timeout)
             .max()
             .unwrap_or_default()
@@ -241,43 +219,47 @@ impl McpHost {
         .await;
     }
 
-    /// Every ready server's tools, as `server:tool` descriptions for agents.
-    pub fn tool_descriptions(&self) -> Vec<Value> {
+    /// Every ready server's tools, named `server:tool`, for agents.
+    pub fn tool_descriptions(&self) -> Vec<LlmToolDefinition> {
         let servers = self.servers();
         servers
             .iter()
-            .filter(|(_, s)| s.state == State::Ready)
+            .filter(|(_, s)| s.state == McpServerState::Ready)
             .flat_map(|(name, s)| {
-                s.tools.iter().map(move |t| {
-                    json!({"name": format!("{name}:{}", t.name), "description": t.description, "input_schema": t.input_schema})
+                s.tools.iter().map(move |t| LlmToolDefinition {
+                    name: format!("{name}:{}", t.name),
+                    description: Some(t.description.clone()),
+                    input_schema: t.input_schema.clone(),
                 })
             })
             .collect()
     }
 
     /// `astrid mcp list`: each server's state, pid, tools and last error, and the refused ones.
-    pub fn list(&self) -> Value {
-        let servers: Vec<Value> = self
+    pub fn list(&self) -> McpListing {
+        let servers = self
             .servers()
             .iter()
-            .map(|(name, s)| {
-                json!({
-                    "name": name,
-                    "state": s.state.as_str(),
-                    "description": s.config.description,
-                    "command": s.config.command,
-                    "capsule": s.config.capsule,
-                    "pid": s.client.as_ref().and_then(|c| c.pid()),
-                    "protocol_version": s.client.as_ref().map(|c| c.protocol_version.clone()),
-                    "starts": s.starts,
-                    "last_error": s.last_error,
-                    "tools": s.tools.iter().map(|t| json!({"name": t.name, "description": t.description})).collect::<Vec<_>>(),
-                })
+            .map(|(name, s)| McpServer {
+                name: name.clone(),
+                state: s.state,
+                description: s.config.description.clone(),
+                command: s.config.command.clone(),
+                capsule: s.config.capsule.clone(),
+                pid: s.client.as_ref().and_then(|c| c.pid()),
+                protocol_version: s.client.as_ref().map(|c| c.protocol_version.clone()),
+                starts: s.starts,
+                last_error: s.last_error.clone(),
+                tools: s
+                    .tools
+                    .iter()
+                    .map(|t| McpTool { name: t.name.clone(), description: t.description.clone() })
+                    .collect(),
             })
             .collect();
         let mut refused = self.refused.clone();
         refused.extend(self.capsule_refused.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
-        json!({"servers": servers, "refused": refused})
+        McpListing { servers, refused }
     }
 
     /// Calls `tool` on `server` (no approval asked here: the caller decided), within the
@@ -293,7 +275,7 @@ impl McpHost {
             let servers = self.servers();
             let Some(entry) = servers.get(server) else { return Err(format!("no MCP server called {server}")) };
             let known = entry.tools.iter().any(|t| t.name == tool);
-            (entry.client.clone().filter(|_| entry.state == State::Ready), entry.config.call_timeout, known)
+            (entry.client.clone().filter(|_| entry.state == McpServerState::Ready), entry.config.call_timeout, known)
         };
         let Some(client) = client else { return Err(format!("MCP server {server} is not ready")) };
         if !known {
@@ -330,12 +312,7 @@ impl McpHost {
     }
 
     fn announce_tools(&self) {
-        let payload = IpcPayload::RawJson(json!({"status": "ready"}));
-        self.kernel.bus().publish(BusMessage::from_kernel(IpcMessage::new(
-            CAPSULES_LOADED_TOPIC,
-            payload,
-            self.kernel.session(),
-        )));
+        self.kernel.announce_capsules_loaded();
     }
 
     /// One server's life, until the daemon stops or the server is given up.
@@ -344,20 +321,20 @@ impl McpHost {
         let mut failures = 0u32;
         loop {
             self.update(&name, generation, |s| {
-                s.state = State::Starting;
+                s.state = McpServerState::Starting;
                 s.starts += 1;
             });
             let (events, mut incoming) = mpsc::unbounded_channel();
             let started = tokio::select! {
                 started = McpClient::start(&config, &self.workspace, events) => started,
-                () = stopped(&mut stop) => return self.update(&name, generation, |s| s.state = State::Stopped),
+                () = stopped(&mut stop) => return self.update(&name, generation, |s| s.state = McpServerState::Stopped),
             };
             let exit = match started {
                 Err(McpError::Unusable(reason)) => {
                     log::error!("mcp {name}: {reason}; marked failed");
                     self.audit(&name, Decision::Deny, &format!("failed: {reason}"));
                     return self.update(&name, generation, |s| {
-                        s.state = State::Failed;
+                        s.state = McpServerState::Failed;
                         s.last_error = Some(reason);
                     });
                 }
@@ -368,7 +345,7 @@ impl McpHost {
                         None => {
                             client.stop().await;
                             self.update(&name, generation, |s| {
-                                s.state = State::Stopped;
+                                s.state = McpServerState::Stopped;
                                 s.client = None;
                             });
                             return;
@@ -400,17 +377,17 @@ impl McpHost {
                 RestartPolicy::Always => false,
             };
             if give_up || failures > MAX_FAILURES {
-                let state = if clean { State::Stopped } else { State::Failed };
-                if state == State::Failed {
+                let state = if clean { McpServerState::Stopped } else { McpServerState::Failed };
+                if state == McpServerState::Failed {
                     self.audit(&name, Decision::Deny, &format!("given up after {failures} failure(s): {exit}"));
                 }
                 return self.update(&name, generation, |s| s.state = state);
             }
-            self.update(&name, generation, |s| s.state = State::Restarting);
+            self.update(&name, generation, |s| s.state = McpServerState::Restarting);
             let backoff = (FIRST_BACKOFF * 2u32.saturating_pow(failures - 1)).min(MAX_BACKOFF);
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
-                () = stopped(&mut stop) => return self.update(&name, generation, |s| s.state = State::Stopped),
+                () = stopped(&mut stop) => return self.update(&name, generation, |s| s.state = McpServerState::Stopped),
             }
         }
     }
@@ -432,7 +409,7 @@ impl McpHost {
         };
         let (count, pid) = (tools.len(), client.pid());
         self.update(name, generation, |s| {
-            s.state = State::Ready;
+            s.state = McpServerState::Ready;
             s.tools = tools;
             s.client = Some(Arc::clone(client));
             s.last_error = None;
@@ -465,14 +442,14 @@ impl McpHost {
 }
 
 impl crate::kernel::mcp_service::McpService for McpHost {
-    fn list(&self) -> Value {
+    fn list(&self) -> McpListing {
         McpHost::list(self)
     }
 
     fn call(self: Arc<Self>, server: String, tool: String, arguments: Value) -> crate::kernel::mcp_service::CallFuture {
         Box::pin(async move {
             let outcome = McpHost::call(&self, &server, &tool, arguments, std::future::pending()).await?;
-            Ok(json!({"content": outcome.text, "is_error": outcome.is_error}))
+            Ok(McpCallResult { content: outcome.text, is_error: outcome.is_error })
         })
     }
 }

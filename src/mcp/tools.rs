@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::host::McpHost;
@@ -20,16 +20,25 @@ use crate::audit::Decision;
 use crate::home::DEFAULT_PRINCIPAL;
 use crate::kernel::approval::{ApprovalOutcome, ApprovalRequest};
 use crate::kernel::{BusMessage, Cause, Kernel, Origin};
-use crate::types::{IpcMessage, IpcPayload, ToolCall, ToolCallResult};
+use crate::types::topics::{
+    TOOL_CANCEL_TOPIC, TOOL_DESCRIBE_TOPIC, TOOL_DESCRIBED_PREFIX, TOOL_EXECUTE_PATTERN, TOOL_EXECUTE_PREFIX,
+};
+use crate::types::{IpcMessage, IpcPayload, LlmToolDefinition, ToolCall, ToolCallResult, ToolsDescribed};
 
-const DESCRIBE: &str = "tool.v1.request.describe";
-const EXECUTE_PREFIX: &str = "tool.v1.execute.";
-const CANCEL: &str = "tool.v1.request.cancel";
-const DESCRIBED: &str = "tool.v1.response.describe.mcp";
+/// The name this provider answers describe requests under.
+const PROVIDER: &str = "mcp";
 
-/// A describe answer: the tools, and the servers whose tools are still to come.
-fn described(tools: Vec<Value>, pending: &[String]) -> IpcPayload {
-    IpcPayload::RawJson(json!({"tools": tools, "description": "MCP servers", "pending": pending}))
+/// Publishes a describe answer: the tools, and the servers whose tools are still to come.
+async fn describe(kernel: &Kernel, tools: Vec<LlmToolDefinition>, pending: Vec<String>, cause: Option<Arc<Cause>>) {
+    let answer = ToolsDescribed { tools, description: "MCP servers".to_owned(), pending };
+    match serde_json::to_value(answer) {
+        Ok(value) => {
+            let topic = format!("{TOOL_DESCRIBED_PREFIX}{PROVIDER}");
+            // The list speaks for every server: the kernel's MCP host publishes it.
+            publish(kernel, Origin::Kernel, &topic, IpcPayload::RawJson(value), cause).await;
+        }
+        Err(e) => log::error!("cannot encode the MCP tools: {e}"),
+    }
 }
 
 /// Calls in flight, by call id: dropping the sender cancels the call.
@@ -37,27 +46,28 @@ type InFlight = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
 
 /// Serves agents' tool traffic for `host` until the bus goes away.
 pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
-    let mut requests = kernel.bus().subscribe("mcp-tools", &[DESCRIBE, "tool.v1.execute.*", CANCEL]);
+    let mut requests =
+        kernel.bus().subscribe("mcp-tools", &[TOOL_DESCRIBE_TOPIC, TOOL_EXECUTE_PATTERN, TOOL_CANCEL_TOPIC]);
     let in_flight: InFlight = Arc::default();
     while let Some(incoming) = requests.recv().await {
         let topic = incoming.message.topic.as_str();
-        if topic == DESCRIBE {
+        if topic == TOOL_DESCRIBE_TOPIC {
             // The ready servers' tools now; servers still starting are named as pending, and
             // a second answer follows once they are up (or given up on), so a first turn on
             // a cold daemon is offered every tool.
             let (tools, pending) = (host.tool_descriptions(), host.starting());
-            if !tools.is_empty() || !pending.is_empty() {
-                publish(&kernel, Origin::Kernel, DESCRIBED, described(tools, &pending), incoming.cause.clone()).await;
+            let more_to_come = !pending.is_empty();
+            if !tools.is_empty() || more_to_come {
+                describe(&kernel, tools, pending, incoming.cause.clone()).await;
             }
-            if !pending.is_empty() {
+            if more_to_come {
                 let (kernel, host, cause) = (Arc::clone(&kernel), Arc::clone(&host), incoming.cause.clone());
                 tokio::spawn(async move {
                     host.settled().await;
-                    let described = described(host.tool_descriptions(), &host.starting());
-                    publish(&kernel, Origin::Kernel, DESCRIBED, described, cause).await;
+                    describe(&kernel, host.tool_descriptions(), host.starting(), cause).await;
                 });
             }
-        } else if topic == CANCEL {
+        } else if topic == TOOL_CANCEL_TOPIC {
             let payload = incoming.message.payload.to_guest_value();
             let mut in_flight = in_flight.lock().unwrap_or_else(|e| e.into_inner());
             for id in payload["call_ids"].as_array().into_iter().flatten().filter_map(Value::as_str) {
@@ -65,7 +75,7 @@ pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
                     let _ = cancel.send(());
                 }
             }
-        } else if let Some(addressed) = topic.strip_prefix(EXECUTE_PREFIX).filter(|n| !n.ends_with(".result")) {
+        } else if let Some(addressed) = topic.strip_prefix(TOOL_EXECUTE_PREFIX).filter(|n| !n.ends_with(".result")) {
             let IpcPayload::ToolExecuteRequest { call_id, tool_name, arguments } = &incoming.message.payload else {
                 continue;
             };
@@ -98,7 +108,7 @@ pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
                     call_id: call.call_id.clone(),
                     result: ToolCallResult { call_id: call.call_id.clone(), content, is_error },
                 };
-                let topic = format!("{EXECUTE_PREFIX}{}:{}.result", call.server, call.tool);
+                let topic = format!("{TOOL_EXECUTE_PREFIX}{}:{}.result", call.server, call.tool);
                 let server = Origin::McpServer { name: call.server.clone() };
                 publish(&kernel, server, &topic, result, call.cause.clone()).await;
             });

@@ -1,6 +1,7 @@
 //! The management API: requests on `astrid.v1.request.<suffix>`, replies on
 //! `astrid.v1.response.<suffix>`, both inside `raw_json` payloads.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -168,6 +169,86 @@ pub enum KernelResponse {
     },
 }
 
+impl KernelResponse {
+    /// A `Success` carrying `data` (one of the [`super::management`] types, as a rule). Data
+    /// that cannot be JSON (a map with non-string keys) becomes an `Error` saying so: a reply
+    /// always goes out.
+    pub fn success<T: Serialize>(data: &T) -> Self {
+        match serde_json::to_value(data) {
+            Ok(value) => Self::Success(value),
+            Err(e) => Self::Error(format!("the daemon could not encode its reply: {e}")),
+        }
+    }
+
+    /// The data of a `Success` reply, as the type the request answers with. An `Error` reply
+    /// is [`ReplyError::Refused`]; another kind of reply, or data of another shape (a daemon
+    /// of another version), says which.
+    pub fn into_data<T: DeserializeOwned>(self) -> Result<T, ReplyError> {
+        match self {
+            Self::Success(value) => serde_json::from_value(value)
+                .map_err(|source| ReplyError::Shape { expected: short_type_name::<T>(), source }),
+            Self::Error(message) => Err(ReplyError::Refused(message)),
+            other => Err(ReplyError::Unexpected { expected: short_type_name::<T>(), got: other.kind() }),
+        }
+    }
+
+    /// The variant's name on the wire (`status`), for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Success(_) => "Success",
+            Self::Commands(_) => "Commands",
+            Self::CapsuleMetadata(_) => "CapsuleMetadata",
+            Self::Error(_) => "Error",
+            Self::Status(_) => "Status",
+            Self::ApprovalRequired { .. } => "ApprovalRequired",
+        }
+    }
+}
+
+/// `Vec<astrid::types::management::KvValue>` → `Vec<KvValue>`: the name a reader knows.
+fn short_type_name<T>() -> String {
+    let full = std::any::type_name::<T>();
+    let mut short = String::with_capacity(full.len());
+    let mut segment = String::new();
+    for c in full.chars() {
+        match c {
+            ':' => segment.clear(),
+            '<' | '>' | ',' | ' ' | '(' | ')' | '[' | ']' | ';' | '&' => {
+                short.push_str(&segment);
+                segment.clear();
+                short.push(c);
+            }
+            _ => segment.push(c),
+        }
+    }
+    short.push_str(&segment);
+    short
+}
+
+/// Why a management reply is not the data the client asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    /// The daemon refused or failed the request; its words.
+    #[error("{0}")]
+    Refused(String),
+    /// The daemon answered with another kind of reply than this request's.
+    #[error("the daemon answered {got} where {expected} was expected")]
+    Unexpected {
+        /// The data type the request answers with.
+        expected: String,
+        /// The reply's kind.
+        got: &'static str,
+    },
+    /// A `Success` whose data is not of this request's type (a daemon of another version).
+    #[error("the daemon's reply is not a {expected}: {source}")]
+    Shape {
+        /// The data type the request answers with.
+        expected: String,
+        /// What does not fit.
+        source: serde_json::Error,
+    },
+}
+
 /// What `GetStatus` reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonStatus {
@@ -257,4 +338,35 @@ pub struct CapsuleMetadataEntry {
     pub name: String,
     /// Topics its interceptors listen on.
     pub interceptor_events: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::types::management::{CapsuleDescription, KvValue};
+
+    #[test]
+    fn a_reply_that_is_not_the_expected_data_says_what_was_expected() {
+        let refused = KernelResponse::Error("no grant or allowance named x".into()).into_data::<KvValue>();
+        assert_eq!(refused.expect_err("refused").to_string(), "no grant or allowance named x");
+        let status = KernelResponse::Commands(Vec::new()).into_data::<KvValue>().expect_err("another kind");
+        assert_eq!(status.to_string(), "the daemon answered Commands where KvValue was expected");
+        let shape = KernelResponse::Success(json!({"val": "x"})).into_data::<Vec<CapsuleDescription>>();
+        let shape = shape.expect_err("another shape").to_string();
+        assert!(shape.starts_with("the daemon's reply is not a Vec<CapsuleDescription>: "), "{shape}");
+        let value = KernelResponse::Success(json!({"value": null})).into_data::<KvValue>().expect("a KvValue");
+        assert_eq!(value, KvValue { value: None });
+    }
+
+    #[test]
+    fn data_that_cannot_be_json_becomes_an_error_reply() {
+        let unencodable: BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        let KernelResponse::Error(message) = KernelResponse::success(&unencodable) else { panic!("not an error") };
+        assert!(message.starts_with("the daemon could not encode its reply"), "{message}");
+        assert_eq!(KernelResponse::success(&vec!["a"]), KernelResponse::Success(json!(["a"])));
+    }
 }

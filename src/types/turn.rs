@@ -8,25 +8,13 @@
 //! on topics it does not know (it skips them), and [`TurnOutcome`] is an optional field of
 //! `agent_response` it ignores.
 //!
-//! Topics (constants, spelled once): the kernel answers every prompt and command a client
-//! publishes with a [`TurnEvent::PromptReceipt`] on [`RECEIPT_TOPIC`], before any answer
-//! can reach it; capsules tell the person about a turn on [`NOTICE_TOPIC`].
+//! The kernel answers every prompt and command a client publishes with a
+//! [`TurnEvent::PromptReceipt`] on [`RECEIPT_TOPIC`](super::topics::RECEIPT_TOPIC), before
+//! any answer can reach it; capsules tell the person about a turn on
+//! [`NOTICE_TOPIC`](super::topics::NOTICE_TOPIC).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-/// Where a person's prompts are published.
-pub const PROMPT_TOPIC: &str = "user.v1.prompt";
-/// Where slash commands are published.
-pub const COMMAND_TOPIC: &str = "cli.v1.command.execute";
-/// Where answers are published (the final one, and the reference's whole answers).
-pub const RESPONSE_TOPIC: &str = "agent.v1.response";
-/// Where streamed pieces of an answer are published (`agent_response`, `is_final: false`).
-pub const DELTA_TOPIC: &str = "agent.v1.stream.delta";
-/// Where the kernel acknowledges a prompt or command to the client that sent it.
-pub const RECEIPT_TOPIC: &str = "astrid.v1.prompt.receipt";
-/// Where capsules tell the person something about a turn that is not part of the answer.
-pub const NOTICE_TOPIC: &str = "agent.v1.notice";
 
 /// How a turn ended, on the final `agent_response` (absent: answered).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -122,25 +122,9 @@ pub struct Metadata {
     pub size: u64,
 }
 
-/// The kind of a pending change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ChangeKind {
-    /// A new file.
-    Added,
-    /// A file with new content.
-    Modified,
-    /// A removed file.
-    Deleted,
-}
-
-/// A pending change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    /// Relative path.
-    pub path: String,
-    /// What changes.
-    pub kind: ChangeKind,
-}
+/// A pending change and its kind are what `WorkspaceDiff` and `WorkspaceCommit` report: one
+/// definition, the wire's.
+pub use crate::types::management::{ChangeKind, WorkspaceChange as Change};
 
 /// The confined, copy-on-write workspace.
 pub struct Vfs {

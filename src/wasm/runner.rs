@@ -23,7 +23,7 @@ use super::host_call::{HostBackend, HostCall, HostReply};
 use super::host_ipc::IpcStatus;
 use super::lifecycle::Lifecycle;
 use super::sandbox::{HOOK_EXPORT, HookAction, HostServices, KernelAccess, RUN_EXPORT, Sandbox};
-use super::supervisor::{HostConfig, INSTALL_EXPORT, LIFECYCLE, ONBOARDING_TOPIC, UPGRADE_EXPORT};
+use super::supervisor::{HostConfig, INSTALL_EXPORT, LIFECYCLE, UPGRADE_EXPORT};
 use crate::home::DEFAULT_PRINCIPAL;
 use crate::kernel::capability::Capability;
 use crate::kernel::capsule_config as config;
@@ -33,6 +33,7 @@ use crate::kernel::install::{CapsuleMeta, hash_hex, verify_installed};
 use crate::kernel::manifest::Manifest;
 use crate::kernel::{BusMessage, Kernel, topic};
 use crate::store::Namespace;
+use crate::types::topics::ONBOARDING_TOPIC;
 use crate::types::{IpcMessage, IpcPayload};
 
 /// How long one wait for an interceptor event lasts before the runner looks again.

@@ -22,8 +22,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 use super::development::{self, Refusal};
 use super::lifecycle::Lifecycle;
 use super::process::{self, Tickets};
@@ -37,8 +35,8 @@ use crate::kernel::capsules::{CapsuleOrigin, CapsuleState};
 use crate::kernel::grants::GrantStatus;
 use crate::kernel::manifest::Isolation;
 use crate::kernel::{BusMessage, Kernel};
-use crate::types::CapsuleAttach;
-use crate::types::{IpcMessage, IpcPayload};
+use crate::types::topics::HEALTH_FAILED_TOPIC;
+use crate::types::{CapsuleAttach, CapsuleHealthFailed, IpcMessage, IpcPayload};
 
 /// KV namespace recording, per capsule, the install whose lifecycle hook has run.
 pub(super) const LIFECYCLE: &str = "lifecycle";
@@ -46,10 +44,6 @@ pub(super) const LIFECYCLE: &str = "lifecycle";
 pub const INSTALL_EXPORT: &str = "astrid_install";
 /// Guest export run on the first start of a new version.
 pub const UPGRADE_EXPORT: &str = "astrid_upgrade";
-/// Topic on which the host asks frontends for a capsule's missing `[env]` values.
-pub const ONBOARDING_TOPIC: &str = "astrid.v1.onboarding.required";
-/// Topic on which a capsule failure is announced.
-pub const HEALTH_FAILED_TOPIC: &str = "astrid.v1.health.failed";
 /// Restarts in a row before a capsule is left failed.
 pub const MAX_RESTARTS: u32 = 5;
 /// The longest delay between two restarts.
@@ -400,12 +394,14 @@ impl CapsuleHost {
             Decision::Info,
             reason,
         );
-        let payload = IpcPayload::Custom { data: json!({"capsule_id": name, "reason": reason, "attempt": attempt}) };
-        self.kernel.bus().publish(BusMessage::from_kernel(IpcMessage::new(
-            HEALTH_FAILED_TOPIC,
-            payload,
-            self.kernel.session(),
-        )));
+        let failed = CapsuleHealthFailed { capsule_id: name.to_owned(), reason: reason.to_owned(), attempt };
+        match serde_json::to_value(failed) {
+            Ok(data) => {
+                let message = IpcMessage::new(HEALTH_FAILED_TOPIC, IpcPayload::Custom { data }, self.kernel.session());
+                self.kernel.bus().publish(BusMessage::from_kernel(message));
+            }
+            Err(e) => log::error!("cannot encode {HEALTH_FAILED_TOPIC}: {e}"),
+        }
     }
 
     /// One life of an instance, on this thread or, when its manifest or the operator asks

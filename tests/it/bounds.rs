@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use astrid::types::management::{CapabilityListing, CapsuleDescription};
 use serde_json::{Value, json};
 
 use crate::capsules::{example, running};
@@ -215,11 +216,10 @@ fn a_manifest_over_its_limits_is_refused_up_front_and_leaves_nothing_behind() {
         .map(|entries| entries.filter_map(Result::ok).map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
-    let listed: Value = serde_json::from_slice(&t.cli(&["capsule", "list", "--json"]).stdout).expect("list");
-    let names: Vec<&str> = listed.as_array().expect("array").iter().filter_map(|c| c["name"].as_str()).collect();
-    assert_eq!(names, vec!["astrid-capsule-cli"]);
-    let caps: Value = serde_json::from_slice(&t.cli(&["caps", "list", "--json"]).stdout).expect("caps");
-    assert_eq!(caps["pending"], json!([]), "{caps}");
+    assert_eq!(listed_names(&t), vec!["astrid-capsule-cli"]);
+    let caps: CapabilityListing =
+        serde_json::from_slice(&t.cli(&["caps", "list", "--json"]).stdout).expect("a CapabilityListing");
+    assert!(caps.pending.is_empty(), "{caps:?}");
     let refusals = crate::capsules::audit_until(&t, |audit| {
         audit.iter().filter(|e| e["action"] == "capsule.install" && e["decision"] == "deny").count() >= 2
     });
@@ -246,7 +246,12 @@ fn a_capability_nothing_enforces_is_refused_at_install() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("capability `uplink` is not enforced"), "{stderr}");
     assert!(!String::from_utf8_lossy(&output.stdout).contains("x.v1.y"), "no consent was asked");
-    let listed: Value = serde_json::from_slice(&t.cli(&["capsule", "list", "--json"]).stdout).expect("list");
-    let names: Vec<&str> = listed.as_array().expect("array").iter().filter_map(|c| c["name"].as_str()).collect();
-    assert_eq!(names, vec!["astrid-capsule-cli"]);
+    assert_eq!(listed_names(&t), vec!["astrid-capsule-cli"]);
+}
+
+/// The names `astrid capsule list --json` lists.
+fn listed_names(t: &TestHome) -> Vec<String> {
+    let listed: Vec<CapsuleDescription> =
+        serde_json::from_slice(&t.cli(&["capsule", "list", "--json"]).stdout).expect("capsule descriptions");
+    listed.into_iter().map(|c| c.name).collect()
 }

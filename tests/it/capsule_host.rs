@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use astrid::types::management::{CapsuleDescription, CapsuleOrigin};
 use serde_json::{Value, json};
 
 use crate::capsules::{ask, audit_tail, audit_until, example, hostile_is_contained, install, wait_running};
@@ -204,8 +205,8 @@ fn an_author_runs_a_capsule_directory_against_the_daemon_for_as_long_as_the_run_
     assert_eq!(reloaded["payload"]["status"], "Success", "{reloaded}");
     assert_eq!(ask(&mut client, "user.v1.prompt", "again"), "hello, again");
     let listed = t.cli(&["capsule", "show", "hello", "--json"]);
-    let shown: Value = serde_json::from_slice(&listed.stdout).expect("show JSON");
-    assert_eq!(shown["origin"], "development", "{shown}");
+    let shown: CapsuleDescription = serde_json::from_slice(&listed.stdout).expect("a CapsuleDescription");
+    assert_eq!(shown.origin, CapsuleOrigin::Development, "{shown:?}");
     assert!(capsule_hosts(_daemon.pid()).is_empty(), "the author's process is the capsule host");
 
     // One run of a name at a time.
@@ -219,8 +220,8 @@ fn an_author_runs_a_capsule_directory_against_the_daemon_for_as_long_as_the_run_
     let _ = run.wait();
     let gone = || {
         let output = t.cli(&["capsule", "list", "--json"]);
-        let list: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap_or_default();
-        !list.iter().any(|c| c["name"] == "hello")
+        let list: Vec<CapsuleDescription> = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        !list.iter().any(|c| c.name == "hello")
     };
     assert!(t.wait_for(gone, HANG), "unregistered when the run ended");
     let audit = audit_until(&t, |a| entries(a, "capsule.develop").iter().any(|e| e["rule"] == "run ended"));

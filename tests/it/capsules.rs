@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use astrid::types::management::{CapabilityListing, CapsuleDescription, GrantStatus, RunState};
 use serde_json::{Value, json};
 
 use crate::harness::{HANG, RawClient, TestHome};
@@ -30,10 +31,9 @@ pub(crate) fn install_with(t: &TestHome, name: &str, extra: &[&str]) -> String {
 pub(crate) fn approve_all(t: &TestHome) {
     let output = t.cli(&["caps", "list", "--json"]);
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
-    let listing: Value = serde_json::from_slice(&output.stdout).expect("caps JSON");
-    for pending in listing["pending"].as_array().expect("pending") {
-        let id = pending["request_id"].as_str().expect("request id");
-        let approved = t.cli(&["caps", "approve", id]);
+    let listing: CapabilityListing = serde_json::from_slice(&output.stdout).expect("a CapabilityListing");
+    for pending in &listing.pending {
+        let approved = t.cli(&["caps", "approve", &pending.request_id]);
         assert_eq!(approved.status.code(), Some(0), "{}", String::from_utf8_lossy(&approved.stderr));
     }
 }
@@ -200,10 +200,10 @@ pub(crate) fn hostile_is_contained(extra: &[(&str, &str)]) {
     assert_eq!(ask(&mut client, exec, "/leak"), "publish: Err(CapabilityDenied)");
 }
 
-fn describe(t: &TestHome, name: &str) -> Value {
+fn describe(t: &TestHome, name: &str) -> CapsuleDescription {
     let output = t.cli(&["capsule", "show", name, "--json"]);
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).expect("show JSON")
+    serde_json::from_slice(&output.stdout).expect("a CapsuleDescription")
 }
 
 #[test]
@@ -212,9 +212,9 @@ fn install_show_upgrade_tamper_and_remove_through_the_cli() {
     let _daemon = t.daemon(&[]);
     install(&t, "kv-counter");
     let shown = describe(&t, "kv-counter");
-    assert_eq!(shown["state"], "running");
-    assert_eq!(shown["grant"]["status"], "approved");
-    assert_eq!(shown["wasm_blake3"].as_str().map(str::len), Some(64));
+    assert_eq!(shown.state, RunState::Running);
+    assert_eq!(shown.grant, GrantStatus::Approved);
+    assert_eq!(shown.wasm_blake3.as_deref().map(str::len), Some(64));
     let mut client = t.client();
     assert_eq!(ask(&mut client, "cli.v1.command.execute", "/count"), "count = 1");
     // Its install hook ran once, before it served, in its own namespace.
@@ -235,8 +235,8 @@ fn install_show_upgrade_tamper_and_remove_through_the_cli() {
     std::fs::copy(example("hello").join("hello.wasm"), installed.join("kv-counter.wasm")).expect("swap");
     assert_eq!(client.request("reload", json!({"method": "ReloadCapsules"}))["payload"]["status"], "Success");
     let shown = describe(&t, "kv-counter");
-    assert_eq!(shown["state"], "failed");
-    assert!(shown["reason"].as_str().expect("reason").contains("does not match the BLAKE3"), "{shown}");
+    assert_eq!(shown.state, RunState::Failed);
+    assert!(shown.reason.as_deref().expect("reason").contains("does not match the BLAKE3"), "{shown:?}");
     assert!(!running(&mut client).contains(&"kv-counter".to_owned()));
     let listing = String::from_utf8_lossy(&t.cli(&["capsule", "list"]).stdout).into_owned();
     assert!(listing.contains("kv-counter") && listing.contains("failed"), "{listing}");
@@ -256,7 +256,7 @@ fn install_show_upgrade_tamper_and_remove_through_the_cli() {
         .expect("bump");
     let upgraded = t.cli(&["capsule", "install", newer.path().to_str().expect("utf8"), "--yes"]);
     assert!(String::from_utf8_lossy(&upgraded.stdout).contains("installed kv-counter 0.2.0 (replacing 0.1.0)"));
-    assert_eq!(describe(&t, "kv-counter")["version"], "0.2.0");
+    assert_eq!(describe(&t, "kv-counter").version.as_deref(), Some("0.2.0"));
     assert_eq!(ask(&mut client, "cli.v1.command.execute", "/count"), "count = 3");
     let upgraded = t.cli(&["kv", "get", "upgraded", "--capsule", "kv-counter"]);
     assert_eq!(String::from_utf8_lossy(&upgraded.stdout).trim(), "yes");
@@ -415,12 +415,12 @@ fn a_capsule_that_keeps_failing_is_given_up_and_a_rescan_tries_it_again() {
         wait_running(&t, &mut client, &["hostile"]);
         say(&mut client, exec, "/panic");
         let state = || describe(&t, "hostile");
-        let moved = t.wait_for(|| state()["state"] != "running", HANG);
+        let moved = t.wait_for(|| state().state != RunState::Running, HANG);
         assert!(moved, "attempt {attempt}: still running");
     }
-    let given_up = t.wait_for(|| describe(&t, "hostile")["state"] == "failed", HANG);
-    assert!(given_up, "{}", describe(&t, "hostile"));
-    assert!(describe(&t, "hostile")["reason"].as_str().expect("reason").starts_with("gave up after 5 restarts"));
+    let given_up = t.wait_for(|| describe(&t, "hostile").state == RunState::Failed, HANG);
+    assert!(given_up, "{:?}", describe(&t, "hostile"));
+    assert!(describe(&t, "hostile").reason.expect("reason").starts_with("gave up after 5 restarts"));
     // It stays down through unrelated changes, and comes back when the operator rescans.
     assert_eq!(client.request("reload", json!({"method": "ReloadCapsules"}))["payload"]["status"], "Success");
     wait_running(&t, &mut client, &["hostile"]);

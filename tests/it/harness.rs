@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use astrid::types::KernelResponse;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -176,6 +178,13 @@ pub fn wait_for(condition: &mut impl FnMut() -> bool, within: Duration) -> bool 
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The data of a management reply frame, as the type its request answers with (the CLI
+/// decodes it the same way).
+pub fn reply_data<T: DeserializeOwned>(frame: &Value) -> T {
+    let reply: KernelResponse = serde_json::from_value(frame["payload"].clone()).expect("payload is a KernelResponse");
+    reply.into_data().unwrap_or_else(|e| panic!("{e}: {frame}"))
 }
 
 pub fn mode(path: &Path) -> u32 {

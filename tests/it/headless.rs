@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::process::Stdio;
 
+use astrid::types::management::{CapsuleDescription, CapsuleOrigin, RunState};
 use serde_json::{Value, json};
 
 use crate::capsules::install;
@@ -105,9 +106,9 @@ fn a_fresh_home_answers_offline_with_the_embedded_default_set() {
     let answer = stdout(&output);
     assert!(answer.starts_with("[offline model] You said: \"are you there?\""), "{answer}");
     let shown = t.cli_with(&["capsule", "show", "orchestrator", "--json"], &defaults);
-    let shown: Value = serde_json::from_slice(&shown.stdout).expect("show JSON");
-    assert_eq!(shown["origin"], "embedded", "{shown}");
-    assert_eq!(shown["state"], "running", "{shown}");
+    let shown: CapsuleDescription = serde_json::from_slice(&shown.stdout).expect("a CapsuleDescription");
+    assert_eq!(shown.origin, CapsuleOrigin::Embedded, "{shown:?}");
+    assert_eq!(shown.state, RunState::Running, "{shown:?}");
     let registered = |audit: &[Value]| {
         audit.iter().any(|e| {
             e["action"] == "capsule.discovered"

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
+use astrid::types::management::{CapabilityListing, GrantApproved};
 use astrid::types::{DaemonStatus, KernelResponse};
 use serde_json::{Value, json};
 
-use crate::harness::{HANG, TestHome};
+use crate::harness::{HANG, TestHome, reply_data};
 
 fn payload(reply: &Value) -> KernelResponse {
     serde_json::from_value(reply["payload"].clone()).expect("payload is a KernelResponse")
@@ -98,8 +99,8 @@ fn reload_rescans_both_directories_and_announces_it() {
         }
     }
     assert!(saw_announcement);
-    let listed = client.request("list", json!({"method": "ListCapsules"}));
-    assert_eq!(listed["payload"]["data"], json!(["astrid-capsule-cli", "late"]));
+    let listed: Vec<String> = reply_data(&client.request("list", json!({"method": "ListCapsules"})));
+    assert_eq!(listed, ["astrid-capsule-cli", "late"]);
 }
 
 #[test]
@@ -131,13 +132,10 @@ fn install_capsule_asks_for_approval_and_approve_capability_completes_it() {
         panic!("not an error")
     };
     assert!(message.contains("signature does not match"), "{message}");
-    let listing = payload(&client.request("caps", json!({"method": "ListCapabilities"})));
-    let KernelResponse::Success(listing) = listing else { panic!("no listing") };
-    let fingerprint = listing["pending"][0]["fingerprint"].as_str().expect("fingerprint").to_owned();
-    let KernelResponse::Success(granted) = payload(&client.request("approve", approve(&fingerprint))) else {
-        panic!("not approved")
-    };
-    assert_eq!(granted["capsule"], "hello");
+    let listing: CapabilityListing = reply_data(&client.request("caps", json!({"method": "ListCapabilities"})));
+    let fingerprint = listing.pending[0].fingerprint.clone();
+    let granted: GrantApproved = reply_data(&client.request("approve", approve(&fingerprint)));
+    assert_eq!(granted.capsule, "hello");
     let unknown = json!({"method": "ApproveCapability", "params": {"request_id": "r", "signature": "s"}});
     let KernelResponse::Error(message) = payload(&client.request("approve", unknown)) else { panic!("not an error") };
     assert_eq!(message, "no pending capability request r");

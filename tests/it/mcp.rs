@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use astrid::types::management::{McpListing, McpServer, McpServerState};
 use serde_json::{Value, json};
 
 use crate::capsules::{audit_until, install_with};
@@ -44,25 +45,27 @@ fn real_servers() -> String {
     )
 }
 
-fn listing(t: &TestHome) -> Value {
+fn listing(t: &TestHome) -> McpListing {
     let output = t.cli(&["mcp", "list", "--json"]);
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).expect("json")
+    serde_json::from_slice(&output.stdout).expect("an McpListing")
 }
 
-fn server<'a>(listing: &'a Value, name: &str) -> &'a Value {
-    listing["servers"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == name))
-        .unwrap_or_else(|| panic!("{name} is not listed: {listing:#}"))
+fn server<'a>(listing: &'a McpListing, name: &str) -> &'a McpServer {
+    listing.servers.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("{name} is not listed: {listing:#?}"))
+}
+
+/// The names of a server's tools.
+fn tool_names(listing: &McpListing, name: &str) -> Vec<String> {
+    server(listing, name).tools.iter().map(|t| t.name.clone()).collect()
 }
 
 /// Waits until every server named has left `starting`; the last listing.
-fn settled(t: &TestHome, names: &[&str]) -> Value {
+fn settled(t: &TestHome, names: &[&str]) -> McpListing {
     let deadline = Instant::now() + HANG;
     loop {
         let now = listing(t);
-        let done = names.iter().all(|n| !["starting"].contains(&server(&now, n)["state"].as_str().unwrap_or("")));
+        let done = names.iter().all(|n| server(&now, n).state != McpServerState::Starting);
         if done || Instant::now() > deadline {
             return now;
         }
@@ -85,16 +88,9 @@ fn real_servers_from_npm_and_pypi_list_their_tools_and_answer_calls() {
     let _daemon = t.daemon(&[]);
     let listed = settled(&t, &["everything", "time"]);
     for name in ["everything", "time"] {
-        assert_eq!(server(&listed, name)["state"], "ready", "{listed:#}\n{}", t.log());
+        assert_eq!(server(&listed, name).state, McpServerState::Ready, "{listed:#?}\n{}", t.log());
     }
-    let tools = |name: &str| -> Vec<String> {
-        server(&listed, name)["tools"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t["name"].as_str().map(str::to_owned))
-            .collect()
-    };
+    let tools = |name: &str| tool_names(&listed, name);
     assert!(tools("everything").iter().any(|t| t == "echo") && tools("everything").iter().any(|t| t == "get-sum"));
     assert!(tools("time").iter().any(|t| t == "get_current_time"), "{:?}", tools("time"));
 
@@ -112,7 +108,7 @@ fn real_servers_from_npm_and_pypi_list_their_tools_and_answer_calls() {
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("has no tool called no_such_tool"));
     let bad = call(&t, "time", "get_current_time", "not json");
     assert_eq!(bad.status.code(), Some(1));
-    assert_eq!(server(&listing(&t), "time")["state"], "ready");
+    assert_eq!(server(&listing(&t), "time").state, McpServerState::Ready);
 
     let audit = audit_until(&t, |a| a.iter().filter(|e| e["action"] == "mcp.call").count() >= 4);
     let calls: Vec<(&str, &str)> = audit
@@ -151,7 +147,7 @@ fn an_mcp_tool_runs_in_an_agent_turn_only_once_approved() {
     // The file tools listen on tool.v1.execute.* too: they must leave MCP tools alone.
     install_with(&t, "tools-fs", &[]);
     install_with(&t, "orchestrator", &["--env", "provider=openai"]);
-    assert_eq!(server(&settled(&t, &["time"]), "time")["state"], "ready");
+    assert_eq!(server(&settled(&t, &["time"]), "time").state, McpServerState::Ready);
 
     let approved = t.cli(&["run", "what time is it?", "--yes", "--format", "json"]);
     assert_eq!(approved.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&approved.stderr), t.log());
@@ -239,26 +235,26 @@ command = "x"
     let mut daemon = t.daemon(&[]);
     // Boot waited for no server: the daemon is ready while one still initializes (it never
     // answers, and its init timeout is longer than any test).
-    assert_eq!(server(&listing(&t), "slow")["state"], "starting", "boot waited for a server");
+    assert_eq!(server(&listing(&t), "slow").state, McpServerState::Starting, "boot waited for a server");
     let listed = settled(&t, &["dies", "mute", "hangs", "garbage", "older", "future"]);
-    let state = |name: &str| server(&listed, name)["state"].as_str().unwrap_or_default().to_owned();
-    let error = |name: &str| server(&listed, name)["last_error"].as_str().unwrap_or_default().to_owned();
-    assert_eq!(state("mute"), "failed", "{listed:#}");
+    let state = |name: &str| server(&listed, name).state;
+    let error = |name: &str| server(&listed, name).last_error.clone().unwrap_or_default();
+    assert_eq!(state("mute"), McpServerState::Failed, "{listed:#?}");
     assert!(error("mute").contains("did not answer initialize within 1s"), "{}", error("mute"));
-    assert!(["restarting", "failed"].contains(&state("dies").as_str()), "{listed:#}");
+    assert!(matches!(state("dies"), McpServerState::Restarting | McpServerState::Failed), "{listed:#?}");
     assert!(error("dies").contains("exited") || error("dies").contains("did not start"), "{}", error("dies"));
-    assert_eq!(state("garbage"), "ready", "garbage on stdout is skipped: {listed:#}\n{}", t.log());
-    assert_eq!(state("hangs"), "ready", "{listed:#}");
-    assert!(listed["refused"].to_string().contains("bad.name"), "{listed:#}");
+    assert_eq!(state("garbage"), McpServerState::Ready, "garbage on stdout is skipped: {listed:#?}\n{}", t.log());
+    assert_eq!(state("hangs"), McpServerState::Ready, "{listed:#?}");
+    assert!(listed.refused.iter().any(|r| r.contains("bad.name")), "{listed:#?}");
     // Version negotiation: an older version both speak is used; one the client does not speak fails.
     assert_eq!(
-        (state("older").as_str(), server(&listed, "older")["protocol_version"].as_str()),
-        ("ready", Some("2024-11-05"))
+        (state("older"), server(&listed, "older").protocol_version.as_deref()),
+        (McpServerState::Ready, Some("2024-11-05"))
     );
-    assert_eq!(state("future"), "failed");
+    assert_eq!(state("future"), McpServerState::Failed);
     assert!(error("future").contains("speaks protocol \"2099-01-01\""), "{}", error("future"));
     // A server still initializing holds up nothing, and stops with the daemon.
-    assert_eq!(state("slow"), "starting");
+    assert_eq!(state("slow"), McpServerState::Starting);
 
     // The call's own timeout ended it (the error says so), not the server or the client.
     let hung = call(&t, "hangs", "wait", "{}");
@@ -281,9 +277,8 @@ command = "x"
 }
 
 /// The pids of the servers that have a process.
-fn pids(listing: &Value) -> Vec<i32> {
-    let servers = listing["servers"].as_array().map(Vec::as_slice).unwrap_or_default();
-    servers.iter().filter_map(|s| s["pid"].as_i64().and_then(|p| i32::try_from(p).ok())).collect()
+fn pids(listing: &McpListing) -> Vec<i32> {
+    listing.servers.iter().filter_map(|s| s.pid.and_then(|p| i32::try_from(p).ok())).collect()
 }
 
 /// Whether `pid` is a live process (a zombie waiting for its reaper is not).
@@ -299,7 +294,7 @@ fn no_server_survives_a_sigkilled_daemon() {
     let daemon = t.daemon(&[]);
     let listed = settled(&t, &["everything", "time"]);
     let pids = pids(&listed);
-    assert_eq!(pids.len(), 2, "{listed:#}");
+    assert_eq!(pids.len(), 2, "{listed:#?}");
     assert!(pids.iter().all(|&p| alive(p)));
     daemon.signal(nix::sys::signal::Signal::SIGKILL);
     assert!(wait_for(&mut || pids.iter().all(|&p| !alive(p)), HANG), "orphaned MCP servers: {pids:?}");
@@ -311,20 +306,13 @@ fn paged_tool_lists_are_read_whole_and_a_changed_list_is_read_again() {
     let script = scripted().display().to_string();
     write_servers(&t, &format!("[servers.scripted]\ncommand = \"python3\"\nargs = [{script:?}]\n"));
     let _daemon = t.daemon(&[]);
-    let names = |listed: &Value| -> Vec<String> {
-        server(listed, "scripted")["tools"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t["name"].as_str().map(str::to_owned))
-            .collect()
-    };
+    let names = |listed: &McpListing| tool_names(listed, "scripted");
     assert_eq!(names(&settled(&t, &["scripted"])), ["wait", "grow", "echo"], "both pages");
     let grow = call(&t, "scripted", "grow", "{}");
     assert_eq!(stdout(&grow).trim(), "grown");
     assert!(
         wait_for(&mut || names(&listing(&t)).contains(&"grown".to_owned()), HANG),
-        "the list_changed notification was followed: {:#}",
+        "the list_changed notification was followed: {:#?}",
         listing(&t)
     );
 }
@@ -346,7 +334,7 @@ fn cancelling_a_turn_cancels_its_mcp_call_at_the_server() {
     let base = format!("base_url={}", model.base_url());
     install_with(&t, "llm-openai", &["--env", &base, "--env", "model=m"]);
     install_with(&t, "orchestrator", &["--env", "provider=openai"]);
-    assert_eq!(server(&settled(&t, &["scripted"]), "scripted")["state"], "ready");
+    assert_eq!(server(&settled(&t, &["scripted"]), "scripted").state, McpServerState::Ready);
 
     let child = t
         .command("astrid")
@@ -409,27 +397,27 @@ command = "../../outside"
     let installed = t.cli(&["capsule", "install", source.to_str().expect("utf8"), "--yes"]);
     assert_eq!(installed.status.code(), Some(0), "{}", String::from_utf8_lossy(&installed.stderr));
     assert!(
-        wait_for(&mut || listing(&t)["servers"].to_string().contains("\"clock\""), HANG),
-        "the capsule's server was started: {:#}\n{}",
+        wait_for(&mut || listing(&t).servers.iter().any(|s| s.name == "clock"), HANG),
+        "the capsule's server was started: {:#?}\n{}",
         listing(&t),
         t.log()
     );
     let listed = settled(&t, &["clock"]);
-    assert_eq!(server(&listed, "clock")["state"], "ready", "{listed:#}\n{}", t.log());
-    assert_eq!(server(&listed, "clock")["capsule"], "clockcap");
-    let refused = listed["refused"].to_string();
-    assert!(refused.contains("\\\"shell\\\"") && refused.contains("host_process"), "{refused}");
-    assert!(refused.contains("\\\"escape\\\""), "{refused}");
+    assert_eq!(server(&listed, "clock").state, McpServerState::Ready, "{listed:#?}\n{}", t.log());
+    assert_eq!(server(&listed, "clock").capsule.as_deref(), Some("clockcap"));
+    let refused = listed.refused.join("\n");
+    assert!(refused.contains("\"shell\"") && refused.contains("host_process"), "{refused}");
+    assert!(refused.contains("\"escape\""), "{refused}");
     // The grant check was audited: allowed for python3, denied for sh.
     let audit = audit_until(&t, |a| a.iter().any(|e| e["resource"] == "host_process sh"));
     assert!(audit.iter().any(|e| e["resource"] == "host_process python3" && e["decision"] == "allow"));
     assert!(audit.iter().any(|e| e["resource"] == "host_process sh" && e["decision"] == "deny"));
 
     // Removing the capsule stops its server.
-    let pid = server(&listed, "clock")["pid"].as_i64().and_then(|p| i32::try_from(p).ok()).expect("pid");
+    let pid = server(&listed, "clock").pid.and_then(|p| i32::try_from(p).ok()).expect("pid");
     assert_eq!(t.cli(&["capsule", "remove", "clockcap"]).status.code(), Some(0));
     assert!(wait_for(&mut || !alive(pid), HANG), "the server outlived its capsule");
-    assert!(!listing(&t)["servers"].to_string().contains("\"clock\""));
+    assert!(!listing(&t).servers.iter().any(|s| s.name == "clock"));
 }
 
 #[test]
@@ -439,14 +427,14 @@ fn a_server_that_crashes_is_restarted_and_its_tools_come_back() {
     write_servers(&t, &format!("[servers.scripted]\ncommand = \"python3\"\nargs = [{script:?}]\n"));
     let _daemon = t.daemon(&[]);
     let first = settled(&t, &["scripted"]);
-    assert_eq!(server(&first, "scripted")["state"], "ready");
-    let pid = server(&first, "scripted")["pid"].as_i64().and_then(|p| i32::try_from(p).ok()).expect("pid");
+    assert_eq!(server(&first, "scripted").state, McpServerState::Ready);
+    let pid = server(&first, "scripted").pid.and_then(|p| i32::try_from(p).ok()).expect("pid");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
-    let again = |listed: &Value| {
+    let again = |listed: &McpListing| {
         let s = server(listed, "scripted");
-        s["state"] == "ready" && s["pid"].as_i64() != Some(i64::from(pid)) && s["starts"] == 2
+        s.state == McpServerState::Ready && s.pid.and_then(|p| i32::try_from(p).ok()) != Some(pid) && s.starts == 2
     };
-    assert!(wait_for(&mut || again(&listing(&t)), HANG), "{:#}\n{}", listing(&t), t.log());
+    assert!(wait_for(&mut || again(&listing(&t)), HANG), "{:#?}\n{}", listing(&t), t.log());
     let audit = audit_until(&t, |a| {
         a.iter().any(|e| e["action"] == "mcp.server" && e["rule"].as_str().is_some_and(|r| r.contains("SIGKILL")))
     });

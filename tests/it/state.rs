@@ -2,11 +2,12 @@
 //! the audit trail and the workspace overlay.
 
 use astrid::home::AstridHome;
+use astrid::types::management::{CapabilityListing, KvValue};
 use astrid::vfs::{Vfs, VfsPath};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::harness::{HANG, TestHome};
+use crate::harness::{HANG, TestHome, reply_data};
 
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -31,7 +32,8 @@ fn acknowledged_kv_writes_survive_a_sigkill() {
     for i in 0..50 {
         let reply =
             client.request("kv", json!({"method": "KvGet", "params": {"capsule": null, "key": format!("k{i}")}}));
-        assert_eq!(reply["payload"]["data"]["value"], format!("v{i}"), "k{i} lost");
+        let found: KvValue = reply_data(&reply);
+        assert_eq!(found.value, Some(format!("v{i}")), "k{i} lost");
     }
     // The CLI speaks the same requests.
     assert_eq!(stdout(&t.cli(&["kv", "get", "k7"])).trim(), "v7");
@@ -62,10 +64,10 @@ fn a_client_cannot_act_as_another_principal_by_writing_one() {
     assert!(!t.home.join("home/alice").exists(), "nothing was made for the principal the client named");
 }
 
-fn caps(t: &TestHome) -> Value {
+fn caps(t: &TestHome) -> CapabilityListing {
     let output = t.cli(&["caps", "list", "--json"]);
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).expect("caps JSON")
+    serde_json::from_slice(&output.stdout).expect("a CapabilityListing")
 }
 
 #[test]
@@ -78,20 +80,18 @@ fn capability_grants_need_approval_persist_and_are_asked_again_when_the_manifest
         "[package]\nname = \"fs\"\nversion = \"0.1.0\"\n[capabilities]\nfs_read = [\"cwd://src\"]\n",
     );
     assert_eq!(t.cli(&["start"]).status.code(), Some(0));
-    let listing = caps(&t);
-    let pending = listing["pending"].as_array().expect("pending");
+    let pending = caps(&t).pending;
     assert_eq!(pending.len(), 1);
-    assert_eq!(pending[0]["capabilities"], json!(["fs_read:cwd://src"]));
-    let request_id = pending[0]["request_id"].as_str().expect("id").to_owned();
-    let approved = t.cli(&["caps", "approve", &request_id]);
+    assert_eq!(pending[0].capabilities, ["fs_read:cwd://src"]);
+    let approved = t.cli(&["caps", "approve", &pending[0].request_id]);
     assert_eq!(approved.status.code(), Some(0), "{}", String::from_utf8_lossy(&approved.stderr));
-    assert_eq!(caps(&t)["grants"][0]["capsule"], "fs");
+    assert_eq!(caps(&t).grants[0].capsule, "fs");
 
     // A restart keeps the grant (flushed to the store), with nothing pending.
     assert_eq!(t.cli(&["restart"]).status.code(), Some(0));
     let listing = caps(&t);
-    assert_eq!(listing["grants"].as_array().expect("grants").len(), 1);
-    assert!(listing["pending"].as_array().expect("pending").is_empty());
+    assert_eq!(listing.grants.len(), 1);
+    assert!(listing.pending.is_empty());
 
     // Asking for more voids nothing silently: a new request appears.
     TestHome::write_capsule(
@@ -101,11 +101,11 @@ fn capability_grants_need_approval_persist_and_are_asked_again_when_the_manifest
     );
     let mut client = t.client();
     assert_eq!(client.request("reload", json!({"method": "ReloadCapsules"}))["payload"]["status"], "Success");
-    assert_eq!(caps(&t)["pending"].as_array().expect("pending").len(), 1);
+    assert_eq!(caps(&t).pending.len(), 1);
 
     // Revoking is audited and takes effect.
     assert_eq!(t.cli(&["caps", "revoke", "fs"]).status.code(), Some(0));
-    assert!(caps(&t)["grants"].as_array().expect("grants").is_empty());
+    assert!(caps(&t).grants.is_empty());
     assert_eq!(t.cli(&["caps", "revoke", "fs"]).status.code(), Some(1), "nothing left to revoke");
     assert_eq!(t.cli(&["stop"]).status.code(), Some(0));
     let tail = stdout(&t.cli(&["audit", "tail", "-n", "200", "--json"]));
