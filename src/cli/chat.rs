@@ -36,7 +36,7 @@ use rustyline::error::ReadlineError;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::turn::{self, Decision, End, Frontend, Interrupt, Question, Report};
+use super::turn::{self, ApprovalDecision, End, Frontend, Interrupt, Question, Report};
 use super::{headless, model, request, spawn, workspace};
 use crate::home::AstridHome;
 use crate::ipc::{Client, ClientError};
@@ -287,24 +287,24 @@ impl Chat<'_> {
     }
 
     /// Asks until the answer is one of the four.
-    fn ask(&mut self, scope: &str) -> Decision {
+    fn ask(&mut self, scope: &str) -> ApprovalDecision {
         // The choices on a line of their own: a line editor shows no prompt without a terminal.
         println!("  [y] once  [s] {scope} this session  [a] {scope} always  [n] no");
         loop {
             match self.editor.readline("  Allow? ") {
                 Ok(answer) => match answer.trim() {
-                    "y" | "Y" | "yes" => return Decision::Once,
-                    "s" | "S" => return Decision::Session,
-                    "a" | "A" => return Decision::Always,
-                    "n" | "N" | "no" => return Decision::Deny,
+                    "y" | "Y" | "yes" => return ApprovalDecision::Once,
+                    "s" | "S" => return ApprovalDecision::Session,
+                    "a" | "A" => return ApprovalDecision::Always,
+                    "n" | "N" | "no" => return ApprovalDecision::Deny,
                     _ => println!("  (y, s, a or n)"),
                 },
                 // Ctrl-C at the question: no, and the turn is cancelled.
                 Err(ReadlineError::Interrupted) => {
                     self.interrupts.fetch_add(1, Ordering::SeqCst);
-                    return Decision::Deny;
+                    return ApprovalDecision::Deny;
                 }
-                Err(_) => return Decision::Deny,
+                Err(_) => return ApprovalDecision::Deny,
             }
         }
     }
@@ -352,7 +352,7 @@ impl Frontend for Chat<'_> {
         Ok(())
     }
 
-    fn approve(&mut self, question: &Question) -> Decision {
+    fn approve(&mut self, question: &Question) -> ApprovalDecision {
         let _ = self.close_line();
         // The question on lines of its own: a line editor shows no prompt without a terminal.
         println!("  {}: {} on {}", question.reason, question.action, question.resource);

@@ -28,7 +28,7 @@ use argh::FromArgs;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::turn::{self, Decision, End, Frontend, Interrupt, Question};
+use super::turn::{self, ApprovalDecision, End, Frontend, Interrupt, Question};
 use super::{model, spawn};
 use crate::home::AstridHome;
 use crate::ipc::{Client, ClientError};
@@ -241,7 +241,7 @@ impl Frontend for Headless {
         Ok(())
     }
 
-    fn approve(&mut self, question: &Question) -> Decision {
+    fn approve(&mut self, question: &Question) -> ApprovalDecision {
         eprintln!(
             "[headless] approval {}: {} on {}",
             if self.yes { "granted" } else { "denied (use --yes to approve)" },
@@ -252,7 +252,7 @@ impl Frontend for Headless {
         for line in question.details.as_deref().unwrap_or_default().lines() {
             eprintln!("[headless]   {line}");
         }
-        if self.yes { Decision::Once } else { Decision::Deny }
+        if self.yes { ApprovalDecision::Once } else { ApprovalDecision::Deny }
     }
 
     fn elicit(&mut self, capsule: &str, _prompt: &str) -> Option<String> {

@@ -12,9 +12,9 @@ pub mod caps;
 pub mod capsule;
 pub mod chat;
 pub mod config;
+pub mod daemon_control;
 pub mod headless;
 pub mod kv;
-pub mod lifecycle;
 pub mod links;
 pub mod mcp;
 pub mod model;
@@ -61,10 +61,10 @@ pub struct Cli {
 #[argh(subcommand)]
 enum Command {
     Daemon(DaemonArgs),
-    Start(lifecycle::StartArgs),
-    Stop(lifecycle::StopArgs),
-    Restart(lifecycle::RestartArgs),
-    Status(lifecycle::StatusArgs),
+    Start(daemon_control::StartArgs),
+    Stop(daemon_control::StopArgs),
+    Restart(daemon_control::RestartArgs),
+    Status(daemon_control::StatusArgs),
     Capsule(capsule::CapsuleArgs),
     Caps(caps::CapsArgs),
     Mcp(mcp::McpArgs),
@@ -134,10 +134,10 @@ pub fn main(args: &[&str]) -> ExitCode {
         Command::Daemon(args) => return daemon::main(&args),
         Command::CapsuleHost(args) => return capsule_host::main(&args),
         Command::InstallLinks(args) => links::install(&args),
-        Command::Start(args) => with_home(|home| lifecycle::start(&home, &args)),
-        Command::Stop(_) => with_home(|home| lifecycle::stop(&home)),
-        Command::Restart(_) => with_home(|home| lifecycle::restart(&home)),
-        Command::Status(args) => with_home(|home| lifecycle::status(&home, &args)),
+        Command::Start(args) => with_home(|home| daemon_control::start(&home, &args)),
+        Command::Stop(_) => with_home(|home| daemon_control::stop(&home)),
+        Command::Restart(_) => with_home(|home| daemon_control::restart(&home)),
+        Command::Status(args) => with_home(|home| daemon_control::status(&home, &args)),
         Command::Capsule(args) => with_home(|home| capsule::run(&home, &args)),
         Command::Caps(args) => with_home(|home| caps::run(&home, &args)),
         Command::Mcp(args) => with_home(|home| mcp::run(&home, &args)),

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use anyhow::bail;
 
-use super::{lifecycle, request, spawn};
+use super::{daemon_control, request, spawn};
 use crate::home::AstridHome;
 use crate::ipc::Client;
 use crate::kernel::model::{DEFAULT_ENDPOINT, key_fingerprint};
@@ -132,7 +132,7 @@ pub fn reconcile(home: &AstridHome, workspace: &Path) -> anyhow::Result<()> {
             wanted.describe(),
             describe(running)
         );
-        lifecycle::stop_daemon(home, false)?;
+        daemon_control::stop_daemon(home, false)?;
         spawn::ensure_daemon_in(home, workspace)?;
         return Ok(());
     }

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::ipc::{Client, ClientError};
-pub use crate::types::ApprovalDecision as Decision;
+pub use crate::types::ApprovalDecision;
 use crate::types::topics::{
     APPROVAL_RESPONSE_PREFIX, APPROVAL_TOPIC, DELTA_TOPIC, ELICIT_RESPONSE_PREFIX, ELICIT_TOPIC, NOTICE_TOPIC,
     ONBOARDING_TOPIC, PROMPT_TOPIC, RECEIPT_TOPIC, RESPONSE_TOPIC, TOOL_REQUEST_TOPIC, TOOL_RESULT_TOPIC,
@@ -74,7 +74,7 @@ pub trait Frontend {
     /// Something the person should know about the turn.
     fn notice(&mut self, text: &str) -> std::io::Result<()>;
     /// Asks the person to allow something.
-    fn approve(&mut self, question: &Question) -> Decision;
+    fn approve(&mut self, question: &Question) -> ApprovalDecision;
     /// Asks the person for a value a capsule needs (`None`: no answer).
     fn elicit(&mut self, capsule: &str, prompt: &str) -> Option<String>;
     /// What the person did since the last look (Ctrl-C).
@@ -277,7 +277,7 @@ impl<F: Frontend> State<'_, F> {
             }
             (APPROVAL_TOPIC, IpcPayload::ApprovalRequired { request_id, action, resource, reason, details, scope }) => {
                 let decision = self.frontend.approve(&Question { action, resource, reason, details, scope });
-                if decision == Decision::Deny {
+                if decision == ApprovalDecision::Deny {
                     self.report.denied += 1;
                 }
                 client.publish(
@@ -449,8 +449,8 @@ mod tests {
         fn notice(&mut self, _: &str) -> std::io::Result<()> {
             Ok(())
         }
-        fn approve(&mut self, _: &Question) -> Decision {
-            Decision::Deny
+        fn approve(&mut self, _: &Question) -> ApprovalDecision {
+            ApprovalDecision::Deny
         }
         fn elicit(&mut self, _: &str, _: &str) -> Option<String> {
             None

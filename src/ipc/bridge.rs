@@ -420,12 +420,12 @@ async fn ingress(
 
 /// Why a client frame was not published, and its topic when it had a readable one.
 #[derive(Debug)]
-struct Refusal {
+struct RefusedFrame {
     reason: String,
     topic: Option<String>,
 }
 
-impl Refusal {
+impl RefusedFrame {
     fn new(reason: impl Into<String>, topic: Option<&str>) -> Self {
         Self { reason: reason.into(), topic: topic.map(str::to_owned) }
     }
@@ -441,15 +441,15 @@ pub fn decode_client_frame(frame: &[u8], source_id: Uuid) -> Result<IpcMessage, 
 /// the client's envelope (`source_id`, `seq`, `principal`, …) is not trusted. The message acts
 /// for `principal`, the connection's (every connection of this uid is the home's `default`
 /// principal): a client never chooses whose KV, grants or audit trail its request touches.
-fn decode_ingress(frame: &[u8], source_id: Uuid, principal: &str) -> Result<IpcMessage, Refusal> {
+fn decode_ingress(frame: &[u8], source_id: Uuid, principal: &str) -> Result<IpcMessage, RefusedFrame> {
     let mut value: Value =
-        serde_json::from_slice(frame).map_err(|e| Refusal::new(format!("frame is not JSON: {e}"), None))?;
-    let object = value.as_object_mut().ok_or_else(|| Refusal::new("frame is not a JSON object", None))?;
+        serde_json::from_slice(frame).map_err(|e| RefusedFrame::new(format!("frame is not JSON: {e}"), None))?;
+    let object = value.as_object_mut().ok_or_else(|| RefusedFrame::new("frame is not a JSON object", None))?;
     let topic = match object.remove("topic") {
         Some(Value::String(topic)) => topic,
-        _ => return Err(Refusal::new("frame has no string `topic`", None)),
+        _ => return Err(RefusedFrame::new("frame has no string `topic`", None)),
     };
-    let refuse = |reason: String| Refusal::new(reason, Some(&topic));
+    let refuse = |reason: String| RefusedFrame::new(reason, Some(&topic));
     let payload = object.remove("payload").ok_or_else(|| refuse("frame has no `payload`".to_owned()))?;
     topic::validate(&topic).map_err(|e| refuse(format!("invalid topic {topic:?}: {e}")))?;
     if !ingress_allowed(&topic) {

@@ -31,7 +31,7 @@ use super::ask::{self, Answer, Answered, Question, Questions};
 use super::bus::{Origin, SubscriberId};
 use super::cause::Cause;
 use crate::store::{KvError, KvStore, Namespace};
-use crate::types::{ApprovalDecision as Decision, SYSTEM_SESSION_UUID};
+use crate::types::{ApprovalDecision, SYSTEM_SESSION_UUID};
 
 /// What "session" and "always" would cover.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,7 +203,7 @@ impl Approvals {
         };
         match self.questions.ask(question, request.cause.clone(), SYSTEM_SESSION_UUID).await {
             Ok(Answered { client, answer: Answer::Decision(decision) }) => {
-                self.apply(Decision::parse(&decision), &decision, &request, client)
+                self.apply(ApprovalDecision::parse(&decision), &decision, &request, client)
             }
             Ok(Answered { answer, .. }) => ApprovalOutcome::Denied { reason: format!("not a decision: {answer:?}") },
             Err(why) => ApprovalOutcome::Denied { reason: why.to_string() },
@@ -212,7 +212,7 @@ impl Approvals {
 
     fn apply(
         &self,
-        decision: Decision,
+        decision: ApprovalDecision,
         text: &str,
         request: &ApprovalRequest,
         client: SubscriberId,
@@ -234,13 +234,13 @@ impl Approvals {
             }
         };
         match decision {
-            Decision::Once => ApprovalOutcome::Allowed { rule: "approve".to_owned() },
-            Decision::Session => {
+            ApprovalDecision::Once => ApprovalOutcome::Allowed { rule: "approve".to_owned() },
+            ApprovalDecision::Session => {
                 let session = request.cause.as_ref().map(|cause| cause.session.clone()).unwrap_or_default();
                 locked(&self.session).push(SessionAllowance { client, session, allowance: allowance("session") });
                 ApprovalOutcome::Allowed { rule: "approve_session".to_owned() }
             }
-            Decision::Always => {
+            ApprovalDecision::Always => {
                 let allowance = allowance("always");
                 if let Err(e) = self.persist(&allowance) {
                     // The person said yes to this request; only the "always" part failed.
@@ -250,8 +250,8 @@ impl Approvals {
                 }
                 ApprovalOutcome::Allowed { rule: "approve_always".to_owned() }
             }
-            Decision::Deny if text == "deny" => ApprovalOutcome::Denied { reason: "deny".to_owned() },
-            Decision::Deny => {
+            ApprovalDecision::Deny if text == "deny" => ApprovalOutcome::Denied { reason: "deny".to_owned() },
+            ApprovalDecision::Deny => {
                 ApprovalOutcome::Denied { reason: format!("unknown decision {text:?} (treated as deny)") }
             }
         }
