@@ -16,8 +16,8 @@ use argh::FromArgs;
 
 use crate::home::AstridHome;
 use crate::ipc::capsule_link::CapsuleLink;
-use crate::ipc::capsule_session::Attached;
 use crate::types::CapsuleAttach;
+use crate::types::capsule_session::Attached;
 use crate::wasm::process::{FAILURE_PREFIX, TICKET_ENV};
 use crate::wasm::runner;
 

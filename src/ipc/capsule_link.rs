@@ -8,12 +8,13 @@ use std::io;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use super::capsule_session::{Attached, CallFrame, MAX_SESSION_FRAME, ReplyFrame, SessionStart};
+use super::capsule_session::MAX_SESSION_FRAME;
 use super::client::{Client, ClientError};
 use super::frame::{BlockingFrames, FrameError, write_frame_blocking};
 use crate::home::AstridHome;
 use crate::types::CapsuleAttach;
-use crate::wasm::host_call::{HostBackend, HostCall, HostReply};
+use crate::types::capsule_session::{Attached, CallFrame, HostCall, HostReply, ReplyFrame, SessionStart};
+use crate::wasm::host_call::HostBackend;
 
 /// How long the daemon may take to attach (it verifies the capsule's files and hashes them).
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);

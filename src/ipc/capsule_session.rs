@@ -4,7 +4,8 @@
 //! handshake, the capsule it serves ([`CapsuleAttach`]). The daemon attaches it
 //! ([`CapsuleHost::attach`]: ticket, pins, configuration, grant, audit) and answers with a
 //! [`SessionStart`]: the module, the limits and the plan, or why not. From then on the
-//! connection carries the capsule's host calls, strictly one at a time:
+//! connection carries the capsule's host calls, strictly one at a time (the frames are wire
+//! types, [`crate::types::capsule_session`]):
 //!
 //! ```text
 //! host   → daemon  {"id": 7, "call": {"fn": "kv_get", "key": "<base64>"}}
@@ -19,7 +20,7 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
@@ -28,67 +29,14 @@ use tokio::time::timeout;
 use super::bridge::WRITE_TIMEOUT;
 use super::frame::{FrameReader, write_frame};
 use crate::types::CapsuleAttach;
-use crate::wasm::SandboxLimits;
+use crate::types::capsule_session::{Attached, Blob, CallFrame, HostReply, ReplyFrame, SessionStart};
 use crate::wasm::development::Refusal;
-use crate::wasm::host_call::{Blob, HostBackend, HostCall, HostReply};
-use crate::wasm::runner::Plan;
+use crate::wasm::host_call::HostBackend;
 use crate::wasm::supervisor::{Attachment, CapsuleHost};
 
 /// Largest frame either side of a session sends: the session start carries a module of up to
 /// 64 MiB in base64; calls carry at most a 10 MiB file or body.
 pub const MAX_SESSION_FRAME: usize = 96 * 1024 * 1024;
-
-/// The daemon's first frame on a capsule-host connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SessionStart {
-    /// Serve this capsule.
-    Attached(Attached),
-    /// Not attached; the connection closes.
-    Refused {
-        /// Why.
-        reason: String,
-    },
-    /// A development capsule requests capabilities: attach again with `approve` once the
-    /// person running it consented.
-    ConsentRequired {
-        /// The capsule.
-        capsule: String,
-        /// What it requests.
-        capabilities: Vec<String>,
-    },
-}
-
-/// What a capsule host needs to run its capsule, and nothing more.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attached {
-    /// The capsule's name.
-    pub capsule: String,
-    /// The module, as the daemon verified it against its pin.
-    pub module: Blob,
-    /// The limits to apply to the instance and each call.
-    pub limits: SandboxLimits,
-    /// Lifecycle hook and interceptor bindings.
-    pub plan: Plan,
-}
-
-/// One host call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CallFrame {
-    /// Chosen by the capsule host; echoed in the reply.
-    pub id: u64,
-    /// The call.
-    pub call: HostCall,
-}
-
-/// The answer to one host call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplyFrame {
-    /// The call's id.
-    pub id: u64,
-    /// The answer.
-    pub reply: HostReply,
-}
 
 /// Serves one capsule-host connection until it closes or the daemon stops.
 pub(super) async fn serve(

@@ -7,12 +7,16 @@
 
 #![deny(missing_docs, clippy::unwrap_used)]
 
+pub mod capsule_session;
 pub mod handshake;
 pub mod ipc;
 pub mod kernel_api;
 pub mod llm;
 pub mod turn;
 
+pub use capsule_session::{
+    Attached, Binding, Blob, CallFrame, HostCall, HostReply, Plan, ReplyFrame, SandboxLimits, SessionStart,
+};
 pub use handshake::{CapsuleAttach, HandshakeRequest, HandshakeResponse, HandshakeStatus, PROTOCOL_VERSION};
 pub use ipc::{
     EgressFrame, IpcMessage, IpcPayload, OnboardingField, OnboardingFieldType, SelectionOption, UserInputFields,

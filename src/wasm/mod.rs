@@ -44,33 +44,8 @@ pub use sandbox::{
     compile,
 };
 
-use std::time::Duration;
-
-/// Limits for one capsule instance and each call into it (sent to a capsule-host process,
-/// which applies them to the instance it runs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SandboxLimits {
-    /// Ceiling, in bytes, of the instance's linear memory and its table together (a table
-    /// element counts [`limits::TABLE_ELEMENT_BYTES`]).
-    pub memory_bytes: usize,
-    /// Fuel per call, in total (roughly one unit per executed instruction).
-    pub fuel_per_call: u64,
-    /// Fuel granted between two clock checks.
-    pub fuel_slice: u64,
-    /// Wall-clock time a call may take.
-    pub deadline: Duration,
-}
-
-impl Default for SandboxLimits {
-    fn default() -> Self {
-        Self {
-            memory_bytes: 64 * 1024 * 1024,
-            fuel_per_call: 10_000_000_000,
-            fuel_slice: 1_000_000,
-            deadline: Duration::from_secs(30),
-        }
-    }
-}
+/// Limits of an instance: a wire type, since the daemon sends them to capsule-host processes.
+pub use crate::types::capsule_session::SandboxLimits;
 
 /// The engine configuration of every capsule module: fuel metering on, no start functions,
 /// strict limits, a bounded value stack, custom sections dropped, and modules validated whole

@@ -15,8 +15,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use super::SandboxLimits;
 use super::context::CapsuleContext;
 use super::host_call::{HostBackend, HostCall, HostReply};
@@ -33,29 +31,11 @@ use crate::kernel::install::{CapsuleMeta, hash_hex, verify_installed};
 use crate::kernel::manifest::Manifest;
 use crate::kernel::{BusMessage, Kernel, topic};
 use crate::store::Namespace;
+use crate::types::capsule_session::{Binding, Plan};
 use crate::types::{IpcMessage, IpcPayload};
 
 /// How long one wait for an interceptor event lasts before the runner looks again.
 const IDLE_WAKE_MS: u32 = 60_000;
-
-/// One interceptor binding the grant allowed: events on `event` go to the hook entry as
-/// `action`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Binding {
-    /// Topic pattern (ACL semantics: `*` is one segment).
-    pub event: String,
-    /// The action name passed to the guest.
-    pub action: String,
-}
-
-/// What the interpreter's half must do with an instance.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Plan {
-    /// `astrid_install` or `astrid_upgrade` when one is due.
-    pub lifecycle_hook: Option<String>,
-    /// Interceptor bindings in priority order (lower first).
-    pub bindings: Vec<Binding>,
-}
 
 /// The kernel's half, ready: the context, the module and what to do with it.
 #[derive(Debug)]

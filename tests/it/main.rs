@@ -18,6 +18,7 @@ mod openai_server;
 mod pid1;
 mod protocol;
 mod readme;
+mod session_wire;
 mod state;
 mod turns;
 mod wire;
