@@ -13,6 +13,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::host_call::{HostBackend, HostCall, HostReply};
+use super::host_functions::{MAX_CONFIG_KEY, MAX_LOG};
 use super::lifecycle::Lifecycle;
 use super::sandbox::{HostServices, KernelAccess};
 use super::{approval, elicit, host_fs, host_http, host_ipc, host_kv};
@@ -22,11 +23,6 @@ use crate::kernel::bus::{BusMessage, SubscriberKind, Subscription};
 use crate::kernel::install::CapsuleMeta;
 use crate::kernel::manifest::EnvDef;
 use crate::store::{KvStore, Namespace};
-
-/// Longest configuration key.
-const MAX_CONFIG_KEY: usize = 256;
-/// Longest log line.
-const MAX_LOG: usize = 64 * 1024;
 
 /// The state a capsule's host calls act on (see the module documentation).
 #[derive(Debug)]

@@ -21,6 +21,7 @@ pub mod development;
 mod elicit;
 pub mod host_call;
 mod host_fs;
+pub mod host_functions;
 mod host_http;
 mod host_ipc;
 mod host_kv;
@@ -35,12 +36,13 @@ pub mod supervisor;
 pub(crate) mod wait;
 
 pub use host_fs::FsStatus;
+pub use host_functions::{HOST_FUNCTIONS, HOST_MODULE, HostFunction, Side};
 pub use host_http::HttpStatus;
 pub use host_ipc::IpcStatus;
 pub use host_kv::KvStatus;
 pub use lifecycle::Lifecycle;
 pub use sandbox::{
-    HOOK_EXPORT, HOST_FUNCTIONS, HookAction, HookResult, HostServices, KernelAccess, RUN_EXPORT, Sandbox, SandboxError,
+    CompiledModule, HOOK_EXPORT, HookAction, HookResult, HostServices, KernelAccess, RUN_EXPORT, Sandbox, SandboxError,
     compile,
 };
 

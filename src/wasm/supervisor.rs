@@ -27,7 +27,7 @@ use serde_json::json;
 use super::development::{self, Refusal};
 use super::lifecycle::Lifecycle;
 use super::process::{self, Tickets};
-use super::sandbox::Sandbox;
+use super::sandbox::{CompiledModule, Sandbox, SandboxError};
 use super::wait::block_on_timeout;
 use super::{SandboxLimits, runner};
 use crate::audit::{Actor, Decision};
@@ -142,7 +142,7 @@ struct Running {
 }
 
 /// A module compiled once, on first use, by whichever capsule thread needs it first.
-type CompiledModule = Arc<std::sync::OnceLock<Result<wasmi::Module, String>>>;
+type ModuleCell = Arc<std::sync::OnceLock<Result<CompiledModule, SandboxError>>>;
 
 /// How long stopping waits for a capsule's thread. A stop wakes waits and computing guests
 /// quickly, but an HTTP request in flight runs to its own timeout.
@@ -175,7 +175,7 @@ pub struct CapsuleHost {
     /// Compiled modules by BLAKE3 (a module is compiled once, however often it restarts),
     /// each on an engine of its own. Only the modules of capsules that are wanted are kept:
     /// [`CapsuleHost::sync`] drops the others, and with them everything their engines held.
-    modules: Mutex<HashMap<String, CompiledModule>>,
+    modules: Mutex<HashMap<String, ModuleCell>>,
     /// Attach tickets of the capsule-host processes this host started.
     tickets: Tickets,
 }
@@ -352,10 +352,10 @@ impl CapsuleHost {
 
     /// The compiled module for `wasm` (BLAKE3 `hash`), compiling it on first use. Capsules
     /// sharing a module wait for one compilation; different modules compile in parallel.
-    fn module(&self, hash: &str, wasm: &[u8]) -> Result<wasmi::Module, String> {
+    fn module(&self, hash: &str, wasm: &[u8]) -> Result<CompiledModule, String> {
         let cell =
             Arc::clone(self.modules.lock().unwrap_or_else(|e| e.into_inner()).entry(hash.to_owned()).or_default());
-        cell.get_or_init(|| super::compile(wasm).map_err(|e| e.to_string())).clone()
+        cell.get_or_init(|| super::compile(wasm)).clone().map_err(|e| e.to_string())
     }
 
     /// The thread body: run the capsule, restart it with backoff when it fails.

@@ -95,6 +95,40 @@ fn capsules_in_processes_of_their_own_serve_like_capsules_on_threads() {
     assert!(t.wait_for(|| pids.iter().all(|pid| !alive(*pid)), HANG), "capsule hosts stopped");
 }
 
+/// A capsule whose install hook logs `line`, in a process of its own or not.
+fn write_logger(dir: &Path, name: &str, line: &str, isolation: &str) {
+    std::fs::create_dir_all(dir).expect("dir");
+    let module = wat::parse_str(format!(
+        r#"(module
+            (import "astrid" "log" (func $log (param i32 i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 8) "{line}")
+            (func (export "astrid_install") i32.const 8 i32.const {} call $log))"#,
+        line.len()
+    ))
+    .expect("wat");
+    std::fs::write(dir.join("logger.wasm"), module).expect("module");
+    let manifest = format!(
+        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\n\n[[component]]\nid = \"main\"\nfile = \"logger.wasm\"\nisolation = \"{isolation}\"\n"
+    );
+    std::fs::write(dir.join("Capsule.toml"), manifest).expect("manifest");
+}
+
+#[test]
+fn a_guest_log_line_reaches_the_daemon_log_wherever_it_runs() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    for isolation in ["thread", "process"] {
+        let (name, line) = (format!("logger-{isolation}"), format!("hello from wasm on a {isolation}"));
+        let dir = t.workspace.join(&name);
+        write_logger(&dir, &name, &line, isolation);
+        let installed = t.cli(&["capsule", "install", dir.to_str().expect("utf8"), "--yes"]);
+        assert_eq!(installed.status.code(), Some(0), "{}", String::from_utf8_lossy(&installed.stderr));
+        // The kernel side logs what the guest side forwarded, under the capsule's name.
+        assert!(t.logged(&format!("capsule {name}: {line}")), "{}", t.log());
+    }
+}
+
 #[test]
 fn the_hostile_capsule_is_contained_in_a_process_of_its_own_too() {
     hostile_is_contained(&[PROCESS]);

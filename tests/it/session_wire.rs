@@ -5,11 +5,14 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use astrid::types::capsule_session::{CallFrame, HostCall, HostReply, ReplyFrame, SessionStart};
+use astrid::wasm::{HOST_FUNCTIONS, Side};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 const VECTORS: &str = "tests/data/session-vectors.jsonl";
+/// The host calls the capsule runner makes itself, which no guest can import.
+const RUNNER_STEPS: &[&str] = &["lifecycle_done", "next_event"];
 
 /// A vector as read from the file: `(name, kind, json)`.
 type Vector = (String, String, Value);
@@ -129,4 +132,19 @@ fn every_session_frame_round_trips_exactly_and_every_variant_has_a_vector() {
     assert!(missing.is_empty(), "host calls without a vector (positions in call_index): {missing:?}");
     assert_eq!(replies.len(), REPLY_VARIANTS, "every reply kind has a vector");
     assert_eq!(starts.len(), START_VARIANTS, "every session start has a vector");
+}
+
+#[test]
+fn every_host_function_the_kernel_answers_is_a_host_call_of_its_name() {
+    let called: BTreeSet<String> = vectors()
+        .into_iter()
+        .filter(|(_, kind, _)| kind == "CallFrame")
+        .filter_map(|(_, _, json)| json["call"]["fn"].as_str().map(str::to_owned))
+        .collect();
+    let mut expected: BTreeSet<String> =
+        HOST_FUNCTIONS.iter().filter(|f| f.side == Side::Kernel).map(|f| f.name.to_owned()).collect();
+    expected.extend(RUNNER_STEPS.iter().map(|s| (*s).to_owned()));
+    // Every vector parses into a `HostCall` (the test above), so each name here is a variant.
+    // Functions answered in the guest (the clock, random bytes) never cross, so none is here.
+    assert_eq!(called, expected, "host calls on the wire against the declared host functions");
 }
