@@ -15,11 +15,11 @@ use std::process::ExitCode;
 use argh::FromArgs;
 
 use crate::home::AstridHome;
-use crate::ipc::capsule_link::CapsuleLink;
+use crate::ipc::capsule_link::{AttachError, CapsuleLink};
 use crate::types::CapsuleAttach;
 use crate::types::capsule_session::Attached;
 use crate::wasm::process::{FAILURE_PREFIX, TICKET_ENV};
-use crate::wasm::runner;
+use crate::wasm::runner::{self, RunError};
 
 /// run one capsule in this process, attached to the daemon (started by the daemon for
 /// capsules with isolation = "process"; authors use `astrid capsule run DIR`)
@@ -66,16 +66,27 @@ pub fn main(args: &CapsuleHostArgs) -> ExitCode {
     }
 }
 
+/// Why a capsule host's capsule ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The daemon did not attach this process (or could not be reached).
+    #[error("cannot attach: {0}")]
+    Attach(#[from] AttachError),
+    /// The capsule failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
 /// Attaches as `attach` says and runs the capsule the daemon hands over until it ends.
-pub fn serve(home: &AstridHome, attach: CapsuleAttach) -> Result<(), String> {
-    let (link, attached) = CapsuleLink::attach(home, attach).map_err(|e| format!("cannot attach: {e}"))?;
+pub fn serve(home: &AstridHome, attach: CapsuleAttach) -> Result<(), ServeError> {
+    let (link, attached) = CapsuleLink::attach(home, attach)?;
     run_attached(link, &attached)
 }
 
 /// Runs the capsule of an attached link until it ends.
-pub fn run_attached(link: CapsuleLink, attached: &Attached) -> Result<(), String> {
+pub fn run_attached(link: CapsuleLink, attached: &Attached) -> Result<(), ServeError> {
     log::info!("capsule {}: attached; {} bytes of module", attached.capsule, attached.module.0.len());
-    runner::run_remote(Box::new(link), &attached.capsule, &attached.module.0, attached.limits, &attached.plan)
+    Ok(runner::run_remote(Box::new(link), &attached.capsule, &attached.module.0, attached.limits, &attached.plan)?)
 }
 
 /// Logs to stderr (which the daemon reads into its own log): `info`, or `ASTRID_LOG`. The

@@ -37,6 +37,29 @@ pub enum AttachError {
     },
 }
 
+/// Why a call could not be exchanged with the daemon: the capsule cannot go on without it.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The call could not be encoded.
+    #[error("cannot encode a host call: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The call could not be written.
+    #[error("cannot reach the daemon: {0}")]
+    Send(#[source] io::Error),
+    /// The daemon closed the connection.
+    #[error("the daemon closed the connection")]
+    Closed,
+    /// The daemon did not answer in time.
+    #[error("no answer from the daemon within {REPLY_TIMEOUT:?}")]
+    Timeout,
+    /// Reading the answer failed.
+    #[error("connection to the daemon failed: {0}")]
+    Receive(#[source] FrameError),
+    /// The answer is not a reply frame.
+    #[error("the daemon sent a malformed reply: {0}")]
+    Malformed(#[source] serde_json::Error),
+}
+
 /// An attached capsule-host connection; host calls go through it to the daemon.
 #[derive(Debug)]
 pub struct CapsuleLink {
@@ -67,22 +90,21 @@ impl CapsuleLink {
         Ok((Self { stream, frames, next_id: 0 }, attached))
     }
 
-    fn exchange(&mut self, call: HostCall) -> Result<HostReply, String> {
+    fn exchange(&mut self, call: HostCall) -> Result<HostReply, LinkError> {
         self.next_id += 1;
         let id = self.next_id;
-        let frame = serde_json::to_vec(&CallFrame { id, call }).map_err(|e| e.to_string())?;
-        write_frame_blocking(&mut self.stream, &frame).map_err(|e| format!("cannot reach the daemon: {e}"))?;
+        let frame = serde_json::to_vec(&CallFrame { id, call }).map_err(LinkError::Encode)?;
+        write_frame_blocking(&mut self.stream, &frame).map_err(LinkError::Send)?;
         loop {
             let frame = match self.frames.next_frame(&mut self.stream, MAX_SESSION_FRAME) {
                 Ok(Some(frame)) => frame,
-                Ok(None) | Err(FrameError::Truncated { .. }) => return Err("the daemon closed the connection".into()),
+                Ok(None) | Err(FrameError::Truncated { .. }) => return Err(LinkError::Closed),
                 Err(FrameError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                    return Err(format!("no answer from the daemon within {REPLY_TIMEOUT:?}"));
+                    return Err(LinkError::Timeout);
                 }
-                Err(e) => return Err(format!("connection to the daemon failed: {e}")),
+                Err(e) => return Err(LinkError::Receive(e)),
             };
-            let reply: ReplyFrame =
-                serde_json::from_slice(&frame).map_err(|e| format!("the daemon sent a malformed reply: {e}"))?;
+            let reply: ReplyFrame = serde_json::from_slice(&frame).map_err(LinkError::Malformed)?;
             if reply.id == id {
                 return Ok(reply.reply);
             }
@@ -94,6 +116,6 @@ impl CapsuleLink {
 impl HostBackend for CapsuleLink {
     /// A lost or broken connection is a trap: the capsule cannot go on without its kernel.
     fn call(&mut self, call: HostCall) -> HostReply {
-        self.exchange(call).unwrap_or_else(HostReply::Trap)
+        self.exchange(call).unwrap_or_else(|e| HostReply::Trap(e.to_string()))
     }
 }

@@ -24,6 +24,17 @@ use crate::kernel::install::CapsuleMeta;
 use crate::kernel::manifest::EnvDef;
 use crate::store::{KvStore, Namespace};
 
+/// Why a finished lifecycle hook could not be recorded.
+#[derive(Debug, thiserror::Error)]
+enum RecordError {
+    /// The install record does not encode.
+    #[error("cannot encode the install record: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The store refused it.
+    #[error(transparent)]
+    Store(#[from] crate::store::KvError),
+}
+
 /// The state a capsule's host calls act on (see the module documentation).
 #[derive(Debug)]
 pub struct CapsuleContext {
@@ -187,10 +198,11 @@ impl CapsuleContext {
             access.kernel.record(&access.principal, actor, "capsule.lifecycle", &self.capsule, Decision::Info, hook);
         }
         let namespace = Namespace::system(super::supervisor::LIFECYCLE);
-        let stored = serde_json::to_vec(meta)
-            .map_err(|e| e.to_string())
-            .and_then(|record| store.set(&namespace, &self.capsule, &record).map_err(|e| e.to_string()))
-            .and_then(|()| store.flush().map(drop).map_err(|e| e.to_string()));
+        let stored = serde_json::to_vec(meta).map_err(RecordError::Encode).and_then(|record| {
+            store.set(&namespace, &self.capsule, &record)?;
+            store.flush()?;
+            Ok(())
+        });
         match stored {
             Ok(()) => HostReply::value(0),
             Err(e) => HostReply::Trap(format!("cannot record that {hook} ran: {e}")),

@@ -38,6 +38,39 @@ const TERMINATE_GRACE: Duration = Duration::from_secs(1);
 /// Environment variables a child keeps (logging only); everything else is dropped.
 const KEPT_ENV: &[&str] = &["RUST_LOG", "ASTRID_LOG", "RUST_BACKTRACE"];
 
+/// Why a life of a capsule in a process of its own failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    /// The OS gave no randomness for the attach ticket.
+    #[error("no randomness for a ticket: {0}")]
+    Ticket(#[source] getrandom::Error),
+    /// The daemon's own executable (which the child runs) cannot be found.
+    #[error("cannot find the astrid binary: {0}")]
+    NoBinary(#[source] std::io::Error),
+    /// The child could not be started.
+    #[error("cannot start a capsule-host process: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The child said why it failed.
+    #[error("{0}")]
+    Reported(String),
+    /// The child ended without saying why: how it ended.
+    #[error("capsule-host process {pid} {}", describe(*status))]
+    Ended {
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The child can no longer be waited for.
+    #[error("lost track of capsule-host process {pid}: {source}")]
+    Lost {
+        /// Its pid.
+        pid: u32,
+        /// Why waiting failed.
+        source: std::io::Error,
+    },
+}
+
 /// What a redeemed ticket stands for.
 #[derive(Debug, Clone)]
 pub struct Ticketed {
@@ -71,9 +104,9 @@ impl Tickets {
     }
 
     /// A new ticket (hex) for one attach of `ticketed`.
-    pub fn issue(&self, ticketed: Ticketed) -> Result<String, String> {
+    pub fn issue(&self, ticketed: Ticketed) -> Result<String, ChildError> {
         let mut ticket = [0u8; 32];
-        getrandom::fill(&mut ticket).map_err(|e| format!("no randomness for a ticket: {e}"))?;
+        getrandom::fill(&mut ticket).map_err(ChildError::Ticket)?;
         let mut pending = self.pending();
         pending.retain(|p| p.issued.elapsed() < TICKET_LIFETIME);
         pending.push(Pending { ticket, issued: Instant::now(), ticketed });
@@ -116,14 +149,14 @@ pub fn run_child(
     name: &str,
     dir: Option<&Path>,
     lifecycle: &Arc<Lifecycle>,
-) -> Result<(), String> {
+) -> Result<(), ChildError> {
     lifecycle.reset_ready();
     let ticket = tickets.issue(Ticketed {
         name: name.to_owned(),
         dir: dir.map(Path::to_path_buf),
         lifecycle: Arc::clone(lifecycle),
     })?;
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the astrid binary: {e}"))?;
+    let exe = std::env::current_exe().map_err(ChildError::NoBinary)?;
     let mut command = Command::new(exe);
     command
         .args(["capsule-host", "--capsule", name])
@@ -140,7 +173,7 @@ pub fn run_child(
             command.env(key, value);
         }
     }
-    let mut child = command.spawn().map_err(|e| format!("cannot start a capsule-host process: {e}"))?;
+    let mut child = command.spawn().map_err(ChildError::Spawn)?;
     let pid = child.id();
     log::info!("capsule {name}: capsule-host process {pid} started");
     let failure = Arc::new(Mutex::new(None::<String>));
@@ -157,12 +190,9 @@ pub fn run_child(
     });
     let status = loop {
         match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
+            Ok(Some(status)) => break Some(Ok(status)),
             Ok(None) => {}
-            Err(e) => {
-                log::error!("capsule {name}: cannot watch process {pid}: {e}");
-                break None;
-            }
+            Err(source) => break Some(Err(ChildError::Lost { pid, source })),
         }
         if lifecycle.is_stopping() {
             terminate(&mut child);
@@ -174,15 +204,12 @@ pub fn run_child(
     if let Some(reader) = reader {
         let _ = reader.join();
     }
-    if lifecycle.is_stopping() {
-        return Ok(());
-    }
+    let Some(status) = status.filter(|_| !lifecycle.is_stopping()) else { return Ok(()) };
     let reason = failure.lock().unwrap_or_else(|e| e.into_inner()).take();
-    match (status, reason) {
-        (_, Some(reason)) => Err(reason),
-        (Some(status), None) if status.success() => Ok(()),
-        (Some(status), None) => Err(format!("capsule-host process {pid} {}", describe(status))),
-        (None, None) => Err(format!("lost track of capsule-host process {pid}")),
+    match (status?, reason) {
+        (_, Some(reason)) => Err(ChildError::Reported(reason)),
+        (status, None) if status.success() => Ok(()),
+        (status, None) => Err(ChildError::Ended { pid, status }),
     }
 }
 

@@ -407,12 +407,12 @@ impl Sandbox {
         let action_buffer = self.give(action.as_bytes())?;
         let payload_buffer = self.give(payload)?;
         let packed: i64 = self.call(export, (action_buffer.0, action_buffer.1, payload_buffer.0, payload_buffer.1))?;
-        let bad = |reason: String| SandboxError::BadResult { export: export.to_owned(), reason };
-        let bytes = self.take(packed, MAX_HOOK_RESULT).map_err(bad)?;
+        let bytes = self.take(export, packed, MAX_HOOK_RESULT)?;
         if bytes.is_empty() {
             return Ok(HookResult { action: HookAction::Continue, data: None });
         }
-        serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| SandboxError::BadResult { export: export.to_owned(), reason: e.to_string() })
     }
 
     /// Copies `bytes` into a buffer from the guest's allocator: `(ptr, len)`.
@@ -428,19 +428,20 @@ impl Sandbox {
         Ok((ptr, len))
     }
 
-    /// Reads the guest buffer packed as `(ptr << 32) | len`, then hands it back to the
-    /// guest's `astrid_free` if it has one.
-    fn take(&mut self, packed: i64, max: usize) -> Result<Vec<u8>, String> {
+    /// Reads the buffer `export` returned packed as `(ptr << 32) | len`, then hands it back
+    /// to the guest's `astrid_free` if it has one.
+    fn take(&mut self, export: &str, packed: i64, max: usize) -> Result<Vec<u8>, SandboxError> {
+        let bad = |reason: String| SandboxError::BadResult { export: export.to_owned(), reason };
         let (ptr, len) = ((packed >> 32) as u32 as usize, (packed & 0xffff_ffff) as u32 as usize);
         if len > max {
-            return Err(format!("{len} bytes is over the {max}-byte limit"));
+            return Err(bad(format!("{len} bytes is over the {max}-byte limit")));
         }
-        let memory = self.memory(HOOK_EXPORT).map_err(|e| e.to_string())?;
+        let memory = self.memory(export)?;
         let mut bytes = vec![0u8; len];
-        memory.read(&self.store, ptr, &mut bytes).map_err(|e| format!("buffer outside its memory: {e}"))?;
+        memory.read(&self.store, ptr, &mut bytes).map_err(|e| bad(format!("buffer outside its memory: {e}")))?;
         if len > 0 && self.has_export(FREE_EXPORT) {
             let (ptr, len) = (i32::try_from(ptr).unwrap_or(0), i32::try_from(len).unwrap_or(0));
-            self.call::<(i32, i32), ()>(FREE_EXPORT, (ptr, len)).map_err(|e| e.to_string())?;
+            self.call::<(i32, i32), ()>(FREE_EXPORT, (ptr, len))?;
         }
         Ok(bytes)
     }

@@ -26,7 +26,8 @@ use serde_json::json;
 
 use super::development::{self, Refusal};
 use super::lifecycle::Lifecycle;
-use super::process::{self, Tickets};
+use super::process::{self, ChildError, Tickets};
+use super::runner::{PrepareError, RunError};
 use super::sandbox::{CompiledModule, Sandbox, SandboxError};
 use super::wait::block_on_timeout;
 use super::{SandboxLimits, runner};
@@ -56,6 +57,24 @@ pub const MAX_RESTARTS: u32 = 5;
 const MAX_BACKOFF: Duration = Duration::from_secs(120);
 /// Running this long without failing resets the restart count.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+/// Why one life of a capsule ended in failure (the supervisor records it, then restarts the
+/// capsule with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    /// The kernel's half could not start it.
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    /// Its module does not compile or instantiate.
+    #[error(transparent)]
+    Load(#[from] SandboxError),
+    /// The interpreter's half ended it.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// Its capsule-host process failed.
+    #[error(transparent)]
+    Process(#[from] ChildError),
+}
 
 /// How the host runs capsules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,10 +371,10 @@ impl CapsuleHost {
 
     /// The compiled module for `wasm` (BLAKE3 `hash`), compiling it on first use. Capsules
     /// sharing a module wait for one compilation; different modules compile in parallel.
-    fn module(&self, hash: &str, wasm: &[u8]) -> Result<CompiledModule, String> {
+    fn module(&self, hash: &str, wasm: &[u8]) -> Result<CompiledModule, SandboxError> {
         let cell =
             Arc::clone(self.modules.lock().unwrap_or_else(|e| e.into_inner()).entry(hash.to_owned()).or_default());
-        cell.get_or_init(|| super::compile(wasm)).clone().map_err(|e| e.to_string())
+        cell.get_or_init(|| super::compile(wasm)).clone()
     }
 
     /// The thread body: run the capsule, restart it with backoff when it fails.
@@ -369,7 +388,7 @@ impl CapsuleHost {
             }
             let reason = match outcome {
                 Ok(()) => "its run loop returned".to_owned(),
-                Err(reason) => reason,
+                Err(error) => error.to_string(),
             };
             if started.elapsed() >= HEALTHY_AFTER {
                 attempt = 0;
@@ -416,18 +435,17 @@ impl CapsuleHost {
         dir: Option<&Path>,
         isolation: Isolation,
         lifecycle: &Arc<Lifecycle>,
-    ) -> Result<(), String> {
+    ) -> Result<(), InstanceError> {
         if isolation == Isolation::Process {
             let home = self.kernel.config().home.root().to_path_buf();
-            return process::run_child(&home, &self.tickets, name, dir, lifecycle);
+            return Ok(process::run_child(&home, &self.tickets, name, dir, lifecycle)?);
         }
         let prepared = runner::prepare(&self.kernel, &self.config, name, dir, Arc::clone(lifecycle))?;
         let module = self.module(&prepared.hash, &prepared.wasm)?;
         let backend = Box::new(prepared.context);
-        let mut sandbox = Sandbox::instantiate_with(name, &module, self.config.limits, backend, Arc::clone(lifecycle))
-            .map_err(|e| e.to_string())?;
+        let mut sandbox = Sandbox::instantiate_with(name, &module, self.config.limits, backend, Arc::clone(lifecycle))?;
         self.kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.start", name, Decision::Info, "instantiated");
-        runner::run(&mut sandbox, &prepared.plan)
+        Ok(runner::run(&mut sandbox, &prepared.plan)?)
     }
 
     /// Attaches a capsule-host connection: to the capsule its ticket was issued for, or to
@@ -455,7 +473,7 @@ impl CapsuleHost {
                 &std::collections::BTreeMap::new(),
                 Arc::clone(&session),
             )
-            .map_err(|reason| refuse(&name, reason))?;
+            .map_err(|error| refuse(&name, error.to_string()))?;
             audit(&name, Decision::Allow, &format!("development run of {dir}"));
             let registration = Some(loaded.registration);
             return Ok(Attachment { prepared, lifecycle: session, limits: self.config.limits, registration });
@@ -470,7 +488,7 @@ impl CapsuleHost {
         };
         let prepared =
             runner::prepare(&self.kernel, &self.config, &ticketed.name, ticketed.dir.as_deref(), Arc::clone(&session))
-                .map_err(|reason| refuse(&ticketed.name, reason))?;
+                .map_err(|error| refuse(&ticketed.name, error.to_string()))?;
         let supervised = Arc::clone(&ticketed.lifecycle);
         session.on_ready(move || supervised.signal_ready());
         audit(&ticketed.name, Decision::Allow, "ticket redeemed; runs in a capsule-host process");
