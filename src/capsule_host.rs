@@ -7,8 +7,11 @@
 //! decided by the kernel. The process holds no secret, no store handle and no file of the
 //! home: a crash or an interpreter bug ends this process, never the daemon.
 //!
-//! Exit codes: 0 when the capsule ended on its own or the daemon went away cleanly, 1 when
-//! it failed (the last stderr line, `capsule failed: …`, says why), 2 on a usage error.
+//! A failure is reported to the daemon over the session, typed ([`CapsuleLink::report_failure`]),
+//! before the process exits; the daemon copies stderr into its log but reads no meaning into
+//! it. Exit codes: 0 when the capsule ended on its own or the daemon went away cleanly, 1 when
+//! it failed (the last stderr line, `capsule failed: …`, says why, for a person), 2 on a
+//! usage error.
 
 use std::process::ExitCode;
 
@@ -18,8 +21,12 @@ use crate::home::AstridHome;
 use crate::ipc::capsule_link::{AttachError, CapsuleLink};
 use crate::types::CapsuleAttach;
 use crate::types::capsule_session::Attached;
-use crate::wasm::process::{FAILURE_PREFIX, TICKET_ENV};
+use crate::wasm::process::TICKET_ENV;
 use crate::wasm::runner::{self, RunError};
+
+/// How the last line this process prints begins when its capsule failed: for a person
+/// reading it (the daemon learns why from the session, see [`run_attached`]).
+const FAILURE_PREFIX: &str = "capsule failed: ";
 
 /// run one capsule in this process, attached to the daemon (started by the daemon for
 /// capsules with isolation = "process"; authors use `astrid capsule run DIR`)
@@ -83,10 +90,19 @@ pub fn serve(home: &AstridHome, attach: CapsuleAttach) -> Result<(), ServeError>
     run_attached(link, &attached)
 }
 
-/// Runs the capsule of an attached link until it ends.
+/// Runs the capsule of an attached link until it ends. A failure is reported to the daemon
+/// over the link (typed, and recorded before this returns) as well as returned.
 pub fn run_attached(link: CapsuleLink, attached: &Attached) -> Result<(), ServeError> {
     log::info!("capsule {}: attached; {} bytes of module", attached.capsule, attached.module.0.len());
-    Ok(runner::run_remote(Box::new(link), &attached.capsule, &attached.module.0, attached.limits, &attached.plan)?)
+    let reporter = link.clone();
+    let outcome =
+        runner::run_remote(Box::new(link), &attached.capsule, &attached.module.0, attached.limits, &attached.plan);
+    if let Err(error) = &outcome
+        && let Err(e) = reporter.report_failure(error.failure())
+    {
+        log::warn!("capsule {}: cannot tell the daemon why it failed: {e}", attached.capsule);
+    }
+    Ok(outcome?)
 }
 
 /// Logs to stderr (which the daemon reads into its own log): `info`, or `ASTRID_LOG`. The

@@ -14,7 +14,9 @@
 //!
 //! Calls are performed by the capsule's [`crate::wasm::context::CapsuleContext`] on a thread
 //! of the daemon (they block: `ipc_recv`, approvals, HTTP), with the same checks and audit
-//! as a capsule on a daemon thread. When the connection ends the session's lifecycle is
+//! as a capsule on a daemon thread. A capsule host whose capsule failed says why in a last
+//! frame; the reason goes to the supervisor that started the process (the attachment's
+//! report), which records the crash from it. When the connection ends the session's lifecycle is
 //! stopped, which wakes a call that is waiting, and the context (subscriptions, streams) is
 //! dropped with its thread.
 
@@ -29,7 +31,9 @@ use tokio::time::timeout;
 use super::bridge::WRITE_TIMEOUT;
 use super::frame::{FrameReader, write_frame};
 use crate::types::CapsuleAttach;
-use crate::types::capsule_session::{Attached, Blob, CallFrame, HostReply, ReplyFrame, SessionStart};
+use crate::types::capsule_session::{
+    Attached, Blob, CallFrame, HostCall, HostReply, ReplyFrame, SessionRequest, SessionStart,
+};
 use crate::wasm::development::Refusal;
 use crate::wasm::host_call::HostBackend;
 use crate::wasm::supervisor::{Attachment, CapsuleHost};
@@ -48,7 +52,7 @@ pub(super) async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let attached = tokio::task::spawn_blocking(move || capsules.attach(&attach)).await;
-    let Attachment { prepared, lifecycle, limits, registration } = match attached {
+    let Attachment { prepared, lifecycle, limits, registration, report } = match attached {
         Ok(Ok(attachment)) => attachment,
         Ok(Err(Refusal::Refused(reason))) => {
             log::warn!("client#{id}: capsule host refused: {reason}");
@@ -67,15 +71,15 @@ pub(super) async fn serve(
         return log::warn!("client#{id}: cannot start the session of capsule {name}: {e}");
     }
     log::info!("client#{id}: capsule host attached for capsule {name}");
-    let (calls, calls_rx) = std::sync::mpsc::channel::<CallFrame>();
+    let (calls, calls_rx) = std::sync::mpsc::channel::<(u64, HostCall)>();
     let (replies_tx, mut replies) = mpsc::channel::<ReplyFrame>(1);
     let mut context = prepared.context;
     let worker = std::thread::Builder::new().name(format!("capsule-session:{name}")).spawn(move || {
-        while let Ok(frame) = calls_rx.recv() {
+        while let Ok((call_id, call)) = calls_rx.recv() {
             // As in-process: a kernel-side bug costs the guest its call, not the session.
-            let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| context.call(frame.call)))
+            let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| context.call(call)))
                 .unwrap_or_else(|_| HostReply::Trap("the host failed while serving this call (a bug)".to_owned()));
-            let reply = ReplyFrame { id: frame.id, reply };
+            let reply = ReplyFrame { id: call_id, reply };
             if replies_tx.blocking_send(reply).is_err() {
                 return;
             }
@@ -102,9 +106,19 @@ pub(super) async fn serve(
             },
             frame = reader.next_frame() => match frame {
                 Ok(Some(frame)) => match serde_json::from_slice::<CallFrame>(&frame) {
-                    Ok(call) => {
-                        if calls.send(call).is_err() {
+                    Ok(CallFrame { id: call_id, request: SessionRequest::Call(call) }) => {
+                        if calls.send((call_id, call)).is_err() {
                             break "session thread ended".to_owned();
+                        }
+                    }
+                    Ok(CallFrame { id: call_id, request: SessionRequest::Failed(failure) }) => {
+                        // Recorded before the answer: the process exits once it has it.
+                        log::info!("client#{id}: capsule {name} reports that it failed: {failure}");
+                        if let Some(report) = &report {
+                            report.failed(failure);
+                        }
+                        if let Err(e) = send(&mut writer, &ReplyFrame { id: call_id, reply: HostReply::value(0) }).await {
+                            break format!("write failed: {e}");
                         }
                     }
                     Err(e) => {

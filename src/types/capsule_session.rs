@@ -8,7 +8,12 @@
 //! ```text
 //! host   → daemon  {"id": 7, "call": {"fn": "kv_get", "key": "<base64>"}}
 //! daemon → host    {"id": 7, "reply": {"reply": "bytes", "value": "<base64>"}}
+//! host   → daemon  {"id": 8, "failed": {"stage": "guest", "reason": "…"}}
+//! daemon → host    {"id": 8, "reply": {"reply": "value", "value": 0}}
 //! ```
+//!
+//! The last two frames end a capsule that failed: its process says why before it exits, and
+//! waits for the answer, so the daemon has the reason by the time it sees the process end.
 //!
 //! These are wire types like the others in this module: the daemon and the capsule host
 //! are the same binary today, but the shapes are pinned by `tests/data/session-vectors.jsonl`
@@ -348,13 +353,26 @@ pub struct Attached {
     pub plan: Plan,
 }
 
-/// One host call; the daemon answers it with the [`ReplyFrame`] of its id.
+/// A frame the capsule host sends; the daemon answers it with the [`ReplyFrame`] of its id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallFrame {
     /// Chosen by the capsule host; echoed in the reply.
     pub id: u64,
-    /// The call.
-    pub call: HostCall,
+    /// What the capsule host asks.
+    #[serde(flatten)]
+    pub request: SessionRequest,
+}
+
+/// What a [`CallFrame`] carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionRequest {
+    /// A host call of the guest (or of the runner).
+    Call(HostCall),
+    /// The capsule failed and the process is about to end: why, sent before it exits so the
+    /// daemon records a typed reason rather than reading the process's output. Answered
+    /// once recorded.
+    Failed(CapsuleFailure),
 }
 
 /// The answer to one [`CallFrame`].
@@ -364,6 +382,41 @@ pub struct ReplyFrame {
     pub id: u64,
     /// The answer.
     pub reply: HostReply,
+}
+
+/// Why a capsule running in a capsule-host process failed. The reason texts come from the
+/// interpreter, which is host-only; the stage is what the daemon can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum CapsuleFailure {
+    /// The module the daemon sent could not be compiled or instantiated in the process.
+    #[error("{reason}")]
+    Load {
+        /// What the interpreter said.
+        reason: String,
+    },
+    /// The install or upgrade hook failed (it is due again on the next start).
+    #[error("{hook} failed: {reason}")]
+    LifecycleHook {
+        /// `astrid_install` or `astrid_upgrade`.
+        hook: String,
+        /// What the interpreter said.
+        reason: String,
+    },
+    /// The guest failed while it served: it trapped, ran out of fuel or time, or returned
+    /// what the ABI does not allow.
+    #[error("{reason}")]
+    Guest {
+        /// What the interpreter said.
+        reason: String,
+    },
+    /// The daemon's side ended it: a step of the runner was answered with a trap (the
+    /// connection was lost, a record could not be written, an event was malformed).
+    #[error("{reason}")]
+    Host {
+        /// The trap's message.
+        reason: String,
+    },
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ pub mod llm;
 pub mod turn;
 
 pub use capsule_session::{
-    Attached, Binding, Blob, CallFrame, HostCall, HostReply, Plan, ReplyFrame, SandboxLimits, SessionStart,
+    Attached, Binding, Blob, CallFrame, CapsuleFailure, HostCall, HostReply, Plan, ReplyFrame, SandboxLimits,
+    SessionRequest, SessionStart,
 };
 pub use handshake::{CapsuleAttach, HandshakeRequest, HandshakeResponse, HandshakeStatus, PROTOCOL_VERSION};
 pub use ipc::{

@@ -6,7 +6,8 @@
 //! presents the ticket in its handshake, and from then on every host call of its capsule is
 //! decided by the daemon ([`super::runner::prepare`] runs when it attaches). The supervisor
 //! watches the child: a stop request terminates it, and its exit is the end of that life,
-//! with the reason the child printed last.
+//! with the reason the daemon refused its attach, or the one the child reported over its
+//! session before it exited ([`ChildReport`]), or else how it ended.
 //!
 //! The child gets a scrubbed environment, its own process group (a Ctrl-C meant for a
 //! foreground daemon does not race the daemon's own shutdown), and asks the OS to kill it
@@ -24,13 +25,13 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 use super::lifecycle::Lifecycle;
+use super::runner::PrepareError;
 use super::wait::block_on_timeout;
+use crate::types::capsule_session::CapsuleFailure;
 
 /// The environment variable that carries a child's ticket.
 pub const TICKET_ENV: &str = "ASTRID_CAPSULE_TICKET";
 pub use crate::lifeline::PARENT_ENV;
-/// How a capsule-host process begins the last line it prints when its capsule failed.
-pub const FAILURE_PREFIX: &str = "capsule failed: ";
 /// How long a ticket stays valid: the child attaches within milliseconds.
 const TICKET_LIFETIME: Duration = Duration::from_secs(30);
 /// How long a terminated child gets before it is killed.
@@ -50,9 +51,13 @@ pub enum ChildError {
     /// The child could not be started.
     #[error("cannot start a capsule-host process: {0}")]
     Spawn(#[source] std::io::Error),
-    /// The child said why it failed.
-    #[error("{0}")]
-    Reported(String),
+    /// The daemon refused the child's attach: the kernel's half of starting the capsule
+    /// failed, as it would for a capsule on a thread.
+    #[error(transparent)]
+    Refused(PrepareError),
+    /// The child reported, over its session, why its capsule failed.
+    #[error(transparent)]
+    Failed(CapsuleFailure),
     /// The child ended without saying why: how it ended.
     #[error("capsule-host process {pid} {}", describe(*status))]
     Ended {
@@ -80,6 +85,35 @@ pub struct Ticketed {
     pub dir: Option<PathBuf>,
     /// The supervisor's lifecycle of it (readiness is reported there).
     pub lifecycle: Arc<Lifecycle>,
+    /// Where the session puts why this life failed, for the supervisor to read once the
+    /// process is gone.
+    pub report: Arc<ChildReport>,
+}
+
+/// Why a capsule-host process's capsule failed, as the daemon learnt it: from its own refusal
+/// of the attach, or from the process's typed report over the session (never from what the
+/// process printed). Written before the process can exit, read after it did.
+#[derive(Debug, Default)]
+pub struct ChildReport(Mutex<Option<ChildError>>);
+
+impl ChildReport {
+    /// The daemon refused the attach.
+    pub fn refused(&self, error: PrepareError) {
+        self.set(ChildError::Refused(error));
+    }
+
+    /// The process reported its capsule's failure.
+    pub fn failed(&self, failure: CapsuleFailure) {
+        self.set(ChildError::Failed(failure));
+    }
+
+    fn set(&self, error: ChildError) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    fn take(&self) -> Option<ChildError> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 struct Pending {
@@ -151,10 +185,12 @@ pub fn run_child(
     lifecycle: &Arc<Lifecycle>,
 ) -> Result<(), ChildError> {
     lifecycle.reset_ready();
+    let report = Arc::new(ChildReport::default());
     let ticket = tickets.issue(Ticketed {
         name: name.to_owned(),
         dir: dir.map(Path::to_path_buf),
         lifecycle: Arc::clone(lifecycle),
+        report: Arc::clone(&report),
     })?;
     let exe = std::env::current_exe().map_err(ChildError::NoBinary)?;
     let mut command = Command::new(exe);
@@ -176,15 +212,12 @@ pub fn run_child(
     let mut child = command.spawn().map_err(ChildError::Spawn)?;
     let pid = child.id();
     log::info!("capsule {name}: capsule-host process {pid} started");
-    let failure = Arc::new(Mutex::new(None::<String>));
+    // Its output goes to the log, for the operator; why it failed comes through `report`.
     let reader = child.stderr.take().map(|stderr| {
-        let (failure, capsule) = (Arc::clone(&failure), name.to_owned());
+        let capsule = name.to_owned();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 log::info!("capsule {capsule} (process {pid}): {line}");
-                if let Some(reason) = line.strip_prefix(FAILURE_PREFIX) {
-                    *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
-                }
             }
         })
     });
@@ -205,9 +238,8 @@ pub fn run_child(
         let _ = reader.join();
     }
     let Some(status) = status.filter(|_| !lifecycle.is_stopping()) else { return Ok(()) };
-    let reason = failure.lock().unwrap_or_else(|e| e.into_inner()).take();
-    match (status?, reason) {
-        (_, Some(reason)) => Err(ChildError::Reported(reason)),
+    match (status?, report.take()) {
+        (_, Some(reported)) => Err(reported),
         (status, None) if status.success() => Ok(()),
         (status, None) => Err(ChildError::Ended { pid, status }),
     }
@@ -245,7 +277,12 @@ mod tests {
     #[test]
     fn a_ticket_is_redeemed_once_and_only_in_full() {
         let tickets = Tickets::default();
-        let ticketed = || Ticketed { name: "hello".into(), dir: Some("/x".into()), lifecycle: Arc::default() };
+        let ticketed = || Ticketed {
+            name: "hello".into(),
+            dir: Some("/x".into()),
+            lifecycle: Arc::default(),
+            report: Arc::default(),
+        };
         let ticket = tickets.issue(ticketed()).expect("ticket");
         assert_eq!(ticket.len(), 64);
         assert!(tickets.redeem(&ticket[..63]).is_none());

@@ -31,7 +31,7 @@ use crate::kernel::install::{CapsuleMeta, InstallError, hash_hex, verify_install
 use crate::kernel::manifest::{Manifest, ManifestError};
 use crate::kernel::{BusMessage, Kernel, topic};
 use crate::store::{KvError, Namespace};
-use crate::types::capsule_session::{Binding, Plan};
+use crate::types::capsule_session::{Binding, CapsuleFailure, Plan};
 use crate::types::{IpcMessage, IpcPayload};
 
 /// How long one wait for an interceptor event lasts before the runner looks again.
@@ -99,6 +99,22 @@ pub enum RunError {
     /// The kernel side handed over an event the runner cannot read.
     #[error("the host sent a malformed event")]
     MalformedEvent,
+}
+
+impl RunError {
+    /// The failure as a capsule-host process reports it to the daemon (the same text, and the
+    /// stage it happened at).
+    pub fn failure(&self) -> CapsuleFailure {
+        let reason = self.to_string();
+        match self {
+            Self::Load { .. } => CapsuleFailure::Load { reason },
+            Self::LifecycleHook { hook, source } => {
+                CapsuleFailure::LifecycleHook { hook: hook.clone(), reason: source.to_string() }
+            }
+            Self::Guest(_) => CapsuleFailure::Guest { reason },
+            Self::Host(_) | Self::MalformedEvent => CapsuleFailure::Host { reason },
+        }
+    }
 }
 
 /// The kernel's half, ready: the context, the module and what to do with it.

@@ -26,7 +26,7 @@ use serde_json::json;
 
 use super::development::{self, Refusal};
 use super::lifecycle::Lifecycle;
-use super::process::{self, ChildError, Tickets};
+use super::process::{self, ChildError, ChildReport, Tickets};
 use super::runner::{PrepareError, RunError};
 use super::sandbox::{CompiledModule, Sandbox, SandboxError};
 use super::wait::block_on_timeout;
@@ -211,6 +211,9 @@ pub struct Attachment {
     pub limits: SandboxLimits,
     /// A development capsule's registration, dropped (unregistered) with the session.
     pub registration: Option<development::Registration>,
+    /// Where a failure the capsule host reports goes: to the supervisor that started the
+    /// process (none for a development run, whose author sees it).
+    pub report: Option<Arc<ChildReport>>,
 }
 
 impl std::fmt::Debug for CapsuleHost {
@@ -476,7 +479,13 @@ impl CapsuleHost {
             .map_err(|error| refuse(&name, error.to_string()))?;
             audit(&name, Decision::Allow, &format!("development run of {dir}"));
             let registration = Some(loaded.registration);
-            return Ok(Attachment { prepared, lifecycle: session, limits: self.config.limits, registration });
+            return Ok(Attachment {
+                prepared,
+                lifecycle: session,
+                limits: self.config.limits,
+                registration,
+                report: None,
+            });
         }
         let Some(ticketed) = request.ticket.as_deref().and_then(|ticket| self.tickets.redeem(ticket)) else {
             let reason = if request.ticket.is_some() {
@@ -488,10 +497,21 @@ impl CapsuleHost {
         };
         let prepared =
             runner::prepare(&self.kernel, &self.config, &ticketed.name, ticketed.dir.as_deref(), Arc::clone(&session))
-                .map_err(|error| refuse(&ticketed.name, error.to_string()))?;
+                .map_err(|error| {
+                    // The supervisor learns why from here, not from the refused process.
+                    let reason = error.to_string();
+                    ticketed.report.refused(error);
+                    refuse(&ticketed.name, reason)
+                })?;
         let supervised = Arc::clone(&ticketed.lifecycle);
         session.on_ready(move || supervised.signal_ready());
         audit(&ticketed.name, Decision::Allow, "ticket redeemed; runs in a capsule-host process");
-        Ok(Attachment { prepared, lifecycle: session, limits: self.config.limits, registration: None })
+        Ok(Attachment {
+            prepared,
+            lifecycle: session,
+            limits: self.config.limits,
+            registration: None,
+            report: Some(ticketed.report),
+        })
     }
 }

@@ -182,6 +182,33 @@ fn a_manifest_asks_for_a_process_a_killed_one_is_restarted_and_a_killed_daemon_l
 }
 
 #[test]
+fn why_a_process_failed_is_what_the_daemon_knows_never_what_the_process_printed() {
+    let t = TestHome::new();
+    let daemon = t.daemon_with(&[], &[PROCESS, ("ASTRID_CAPSULE_BACKOFF_MS", "100")]);
+    install(&t, "kv-counter");
+    let mut client = t.client();
+    wait_running(&t, &mut client, &["kv-counter"]);
+    // The module is swapped behind the installer's back, then the process dies: the restart's
+    // attach is refused by the daemon, which records its own reason for the crash (the
+    // refused process still prints one, for a person).
+    let installed = t.home.join("home/default/.local/capsules/kv-counter");
+    std::fs::copy(example("hello").join("hello.wasm"), installed.join("kv-counter.wasm")).expect("swap");
+    let (pid, _) = capsule_hosts(daemon.pid()).into_iter().next().expect("a capsule host");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let crashes = |audit: &[Value]| -> Vec<String> {
+        entries(audit, "capsule.crashed").into_iter().filter_map(|e| e["rule"].as_str().map(str::to_owned)).collect()
+    };
+    let refused = |audit: &[Value]| crashes(audit).iter().any(|rule| rule.contains("does not match the BLAKE3"));
+    let audit = audit_until(&t, refused);
+    let rules = crashes(&audit);
+    assert!(refused(&audit), "the refused restart is recorded: {rules:?}\n{}", t.log());
+    assert!(rules.iter().any(|rule| rule.contains("killed by signal 9")), "the kill, from the exit status: {rules:?}");
+    for rule in rules.iter().filter(|rule| rule.contains("BLAKE3")) {
+        assert!(!rule.contains("cannot attach") && !rule.contains("exited with status"), "the daemon's reason: {rule}");
+    }
+}
+
+#[test]
 fn a_capsule_host_needs_the_ticket_the_daemon_gave_it() {
     let t = TestHome::new();
     let _daemon = t.daemon(&[]);

@@ -1,10 +1,13 @@
 //! The capsule-host session frames against `tests/data/session-vectors.jsonl`: every frame
-//! kind, every host call and every reply, parsed into its type and written back unchanged.
+//! kind, every host call, failure report and reply, parsed into its type and written back
+//! unchanged.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use astrid::types::capsule_session::{CallFrame, HostCall, HostReply, ReplyFrame, SessionStart};
+use astrid::types::capsule_session::{
+    CallFrame, CapsuleFailure, HostCall, HostReply, ReplyFrame, SessionRequest, SessionStart,
+};
 use astrid::wasm::{HOST_FUNCTIONS, Side};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -78,6 +81,16 @@ fn call_index(call: &HostCall) -> usize {
 }
 const CALL_VARIANTS: usize = 33;
 
+fn failure_index(failure: &CapsuleFailure) -> usize {
+    match failure {
+        CapsuleFailure::Load { .. } => 0,
+        CapsuleFailure::LifecycleHook { .. } => 1,
+        CapsuleFailure::Guest { .. } => 2,
+        CapsuleFailure::Host { .. } => 3,
+    }
+}
+const FAILURE_VARIANTS: usize = 4;
+
 fn reply_index(reply: &HostReply) -> usize {
     match reply {
         HostReply::Value(_) => 0,
@@ -100,6 +113,7 @@ const START_VARIANTS: usize = 3;
 fn every_session_frame_round_trips_exactly_and_every_variant_has_a_vector() {
     let mut failures = Vec::new();
     let mut calls = BTreeSet::new();
+    let mut failures_seen = BTreeSet::new();
     let mut replies = BTreeSet::new();
     let mut starts = BTreeSet::new();
     let mut names = BTreeSet::new();
@@ -112,7 +126,10 @@ fn every_session_frame_round_trips_exactly_and_every_variant_has_a_vector() {
                 back
             }),
             "CallFrame" => round_trip::<CallFrame>(json).map(|(frame, back)| {
-                calls.insert(call_index(&frame.call));
+                match &frame.request {
+                    SessionRequest::Call(call) => calls.insert(call_index(call)),
+                    SessionRequest::Failed(failure) => failures_seen.insert(failure_index(failure)),
+                };
                 back
             }),
             "ReplyFrame" => round_trip::<ReplyFrame>(json).map(|(frame, back)| {
@@ -130,6 +147,7 @@ fn every_session_frame_round_trips_exactly_and_every_variant_has_a_vector() {
     assert!(failures.is_empty(), "{} of {} vectors failed:\n{}", failures.len(), vectors.len(), failures.join("\n"));
     let missing: Vec<usize> = (0..CALL_VARIANTS).filter(|i| !calls.contains(i)).collect();
     assert!(missing.is_empty(), "host calls without a vector (positions in call_index): {missing:?}");
+    assert_eq!(failures_seen.len(), FAILURE_VARIANTS, "every failure a capsule host reports has a vector");
     assert_eq!(replies.len(), REPLY_VARIANTS, "every reply kind has a vector");
     assert_eq!(starts.len(), START_VARIANTS, "every session start has a vector");
 }
