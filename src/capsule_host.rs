@@ -7,19 +7,26 @@
 //! decided by the kernel. The process holds no secret, no store handle and no file of the
 //! home: a crash or an interpreter bug ends this process, never the daemon.
 //!
-//! Exit codes: 0 when the capsule ended on its own or the daemon went away cleanly, 1 when
-//! it failed (the last stderr line, `capsule failed: …`, says why), 2 on a usage error.
+//! A failure is reported to the daemon over the session, typed ([`CapsuleLink::report_failure`]),
+//! before the process exits; the daemon copies stderr into its log but reads no meaning into
+//! it. Exit codes: 0 when the capsule ended on its own or the daemon went away cleanly, 1 when
+//! it failed (the last stderr line, `capsule failed: …`, says why, for a person), 2 on a
+//! usage error.
 
 use std::process::ExitCode;
 
 use argh::FromArgs;
 
 use crate::home::AstridHome;
-use crate::ipc::capsule_link::CapsuleLink;
-use crate::ipc::capsule_session::Attached;
+use crate::ipc::capsule_link::{AttachError, CapsuleLink};
 use crate::types::CapsuleAttach;
-use crate::wasm::process::{FAILURE_PREFIX, TICKET_ENV};
-use crate::wasm::runner;
+use crate::types::capsule_session::Attached;
+use crate::wasm::process::TICKET_ENV;
+use crate::wasm::runner::{self, RunError};
+
+/// How the last line this process prints begins when its capsule failed: for a person
+/// reading it (the daemon learns why from the session, see [`run_attached`]).
+const FAILURE_PREFIX: &str = "capsule failed: ";
 
 /// run one capsule in this process, attached to the daemon (started by the daemon for
 /// capsules with isolation = "process"; authors use `astrid capsule run DIR`)
@@ -66,16 +73,36 @@ pub fn main(args: &CapsuleHostArgs) -> ExitCode {
     }
 }
 
+/// Why a capsule host's capsule ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The daemon did not attach this process (or could not be reached).
+    #[error("cannot attach: {0}")]
+    Attach(#[from] AttachError),
+    /// The capsule failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
 /// Attaches as `attach` says and runs the capsule the daemon hands over until it ends.
-pub fn serve(home: &AstridHome, attach: CapsuleAttach) -> Result<(), String> {
-    let (link, attached) = CapsuleLink::attach(home, attach).map_err(|e| format!("cannot attach: {e}"))?;
+pub fn serve(home: &AstridHome, attach: CapsuleAttach) -> Result<(), ServeError> {
+    let (link, attached) = CapsuleLink::attach(home, attach)?;
     run_attached(link, &attached)
 }
 
-/// Runs the capsule of an attached link until it ends.
-pub fn run_attached(link: CapsuleLink, attached: &Attached) -> Result<(), String> {
+/// Runs the capsule of an attached link until it ends. A failure is reported to the daemon
+/// over the link (typed, and recorded before this returns) as well as returned.
+pub fn run_attached(link: CapsuleLink, attached: &Attached) -> Result<(), ServeError> {
     log::info!("capsule {}: attached; {} bytes of module", attached.capsule, attached.module.0.len());
-    runner::run_remote(Box::new(link), &attached.capsule, &attached.module.0, attached.limits, &attached.plan)
+    let reporter = link.clone();
+    let outcome =
+        runner::run_remote(Box::new(link), &attached.capsule, &attached.module.0, attached.limits, &attached.plan);
+    if let Err(error) = &outcome
+        && let Err(e) = reporter.report_failure(error.failure())
+    {
+        log::warn!("capsule {}: cannot tell the daemon why it failed: {e}", attached.capsule);
+    }
+    Ok(outcome?)
 }
 
 /// Logs to stderr (which the daemon reads into its own log): `info`, or `ASTRID_LOG`. The

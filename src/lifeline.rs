@@ -21,15 +21,25 @@ pub fn termination_signals() -> nix::sys::signal::SigSet {
 /// the daemon did not die already. (A child inherits the daemon's blocked signals across
 /// `exec`: a capsule host or an MCP server must still stop on SIGTERM.) Without
 /// [`PARENT_ENV`] (not started by a daemon) there is nothing to tie to.
-pub fn die_with_parent() -> Result<(), String> {
+pub fn die_with_parent() -> Result<(), LifelineError> {
     let _ = termination_signals().thread_unblock();
     let Some(parent) = std::env::var(PARENT_ENV).ok().and_then(|pid| pid.parse::<i32>().ok()) else {
         return Ok(());
     };
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-        .map_err(|e| format!("cannot tie this process to the daemon's life: {e}"))?;
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(LifelineError::Tie)?;
     if nix::unistd::getppid().as_raw() != parent {
-        return Err("the daemon that started this process is gone".to_owned());
+        return Err(LifelineError::ParentGone);
     }
     Ok(())
+}
+
+/// Why a child could not tie its life to the daemon's (it must not run untied).
+#[derive(Debug, thiserror::Error)]
+pub enum LifelineError {
+    /// The OS refused the parent-death signal.
+    #[error("cannot tie this process to the daemon's life: {0}")]
+    Tie(#[source] nix::Error),
+    /// The daemon died before the tie was made.
+    #[error("the daemon that started this process is gone")]
+    ParentGone,
 }

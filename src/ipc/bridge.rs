@@ -224,7 +224,9 @@ async fn connection(
             capsule_session::serve(Arc::clone(capsules), id, attach, reader, write_half, stop).await;
         }
         (Some(_), None) => {
-            let refusal = capsule_session::SessionStart::Refused { reason: "this daemon runs no capsules".to_owned() };
+            let refusal = crate::types::capsule_session::SessionStart::Refused {
+                reason: "this daemon runs no capsules".to_owned(),
+            };
             if let Ok(bytes) = serde_json::to_vec(&refusal) {
                 let _ = timeout(WRITE_TIMEOUT, write_frame(&mut write_half, &bytes)).await;
             }

@@ -1,19 +1,24 @@
 //! The capsule host's end of a capsule-host connection (the protocol is described in
-//! [`super::capsule_session`]): attach, then one blocking host call at a time.
+//! [`crate::types::capsule_session`]): attach, then one blocking host call at a time, and, if
+//! the capsule fails, the report of why.
 //!
 //! Blocking std I/O, like the CLI's client: the interpreter calls host functions
 //! synchronously on its own thread, and a call is one frame out and one frame back.
 
 use std::io;
 use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::capsule_session::{Attached, CallFrame, MAX_SESSION_FRAME, ReplyFrame, SessionStart};
+use super::capsule_session::MAX_SESSION_FRAME;
 use super::client::{Client, ClientError};
 use super::frame::{BlockingFrames, FrameError, write_frame_blocking};
 use crate::home::AstridHome;
 use crate::types::CapsuleAttach;
-use crate::wasm::host_call::{HostBackend, HostCall, HostReply};
+use crate::types::capsule_session::{
+    Attached, CallFrame, CapsuleFailure, HostCall, HostReply, ReplyFrame, SessionRequest, SessionStart,
+};
+use crate::wasm::host_call::HostBackend;
 
 /// How long the daemon may take to attach (it verifies the capsule's files and hashes them).
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,9 +41,41 @@ pub enum AttachError {
     },
 }
 
+/// Why a call could not be exchanged with the daemon: the capsule cannot go on without it.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The call could not be encoded.
+    #[error("cannot encode a host call: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The call could not be written.
+    #[error("cannot reach the daemon: {0}")]
+    Send(#[source] io::Error),
+    /// The daemon closed the connection.
+    #[error("the daemon closed the connection")]
+    Closed,
+    /// The daemon did not answer in time.
+    #[error("no answer from the daemon within {REPLY_TIMEOUT:?}")]
+    Timeout,
+    /// Reading the answer failed.
+    #[error("connection to the daemon failed: {0}")]
+    Receive(#[source] FrameError),
+    /// The answer is not a reply frame.
+    #[error("the daemon sent a malformed reply: {0}")]
+    Malformed(#[source] serde_json::Error),
+}
+
 /// An attached capsule-host connection; host calls go through it to the daemon.
-#[derive(Debug)]
+///
+/// A clone is another handle on the same connection: the instance owns one (as its backend)
+/// and the capsule host keeps one to report the capsule's failure once the instance is gone.
+/// Exchanges stay one at a time, as the protocol wants.
+#[derive(Debug, Clone)]
 pub struct CapsuleLink {
+    connection: Arc<Mutex<Connection>>,
+}
+
+#[derive(Debug)]
+struct Connection {
     stream: UnixStream,
     frames: BlockingFrames,
     next_id: u64,
@@ -63,25 +100,33 @@ impl CapsuleLink {
         };
         stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(ClientError::Io)?;
         stream.set_write_timeout(Some(REPLY_TIMEOUT)).map_err(ClientError::Io)?;
-        Ok((Self { stream, frames, next_id: 0 }, attached))
+        let connection = Connection { stream, frames, next_id: 0 };
+        Ok((Self { connection: Arc::new(Mutex::new(connection)) }, attached))
     }
 
-    fn exchange(&mut self, call: HostCall) -> Result<HostReply, String> {
-        self.next_id += 1;
-        let id = self.next_id;
-        let frame = serde_json::to_vec(&CallFrame { id, call }).map_err(|e| e.to_string())?;
-        write_frame_blocking(&mut self.stream, &frame).map_err(|e| format!("cannot reach the daemon: {e}"))?;
+    /// Tells the daemon why the capsule failed, and waits until it has recorded it: the
+    /// daemon then knows the reason before it sees this process end.
+    pub fn report_failure(&self, failure: CapsuleFailure) -> Result<(), LinkError> {
+        self.exchange(SessionRequest::Failed(failure)).map(drop)
+    }
+
+    fn exchange(&self, request: SessionRequest) -> Result<HostReply, LinkError> {
+        let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        let Connection { stream, frames, next_id } = &mut *connection;
+        *next_id += 1;
+        let id = *next_id;
+        let frame = serde_json::to_vec(&CallFrame { id, request }).map_err(LinkError::Encode)?;
+        write_frame_blocking(stream, &frame).map_err(LinkError::Send)?;
         loop {
-            let frame = match self.frames.next_frame(&mut self.stream, MAX_SESSION_FRAME) {
+            let frame = match frames.next_frame(stream, MAX_SESSION_FRAME) {
                 Ok(Some(frame)) => frame,
-                Ok(None) | Err(FrameError::Truncated { .. }) => return Err("the daemon closed the connection".into()),
+                Ok(None) | Err(FrameError::Truncated { .. }) => return Err(LinkError::Closed),
                 Err(FrameError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                    return Err(format!("no answer from the daemon within {REPLY_TIMEOUT:?}"));
+                    return Err(LinkError::Timeout);
                 }
-                Err(e) => return Err(format!("connection to the daemon failed: {e}")),
+                Err(e) => return Err(LinkError::Receive(e)),
             };
-            let reply: ReplyFrame =
-                serde_json::from_slice(&frame).map_err(|e| format!("the daemon sent a malformed reply: {e}"))?;
+            let reply: ReplyFrame = serde_json::from_slice(&frame).map_err(LinkError::Malformed)?;
             if reply.id == id {
                 return Ok(reply.reply);
             }
@@ -93,6 +138,6 @@ impl CapsuleLink {
 impl HostBackend for CapsuleLink {
     /// A lost or broken connection is a trap: the capsule cannot go on without its kernel.
     fn call(&mut self, call: HostCall) -> HostReply {
-        self.exchange(call).unwrap_or_else(HostReply::Trap)
+        self.exchange(SessionRequest::Call(call)).unwrap_or_else(|e| HostReply::Trap(e.to_string()))
     }
 }

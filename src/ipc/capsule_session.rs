@@ -4,7 +4,8 @@
 //! handshake, the capsule it serves ([`CapsuleAttach`]). The daemon attaches it
 //! ([`CapsuleHost::attach`]: ticket, pins, configuration, grant, audit) and answers with a
 //! [`SessionStart`]: the module, the limits and the plan, or why not. From then on the
-//! connection carries the capsule's host calls, strictly one at a time:
+//! connection carries the capsule's host calls, strictly one at a time (the frames are wire
+//! types, [`crate::types::capsule_session`]):
 //!
 //! ```text
 //! host   → daemon  {"id": 7, "call": {"fn": "kv_get", "key": "<base64>"}}
@@ -13,13 +14,15 @@
 //!
 //! Calls are performed by the capsule's [`crate::wasm::context::CapsuleContext`] on a thread
 //! of the daemon (they block: `ipc_recv`, approvals, HTTP), with the same checks and audit
-//! as a capsule on a daemon thread. When the connection ends the session's lifecycle is
+//! as a capsule on a daemon thread. A capsule host whose capsule failed says why in a last
+//! frame; the reason goes to the supervisor that started the process (the attachment's
+//! report), which records the crash from it. When the connection ends the session's lifecycle is
 //! stopped, which wakes a call that is waiting, and the context (subscriptions, streams) is
 //! dropped with its thread.
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
@@ -28,67 +31,16 @@ use tokio::time::timeout;
 use super::bridge::WRITE_TIMEOUT;
 use super::frame::{FrameReader, write_frame};
 use crate::types::CapsuleAttach;
-use crate::wasm::SandboxLimits;
+use crate::types::capsule_session::{
+    Attached, Blob, CallFrame, HostCall, HostReply, ReplyFrame, SessionRequest, SessionStart,
+};
 use crate::wasm::development::Refusal;
-use crate::wasm::host_call::{Blob, HostBackend, HostCall, HostReply};
-use crate::wasm::runner::Plan;
+use crate::wasm::host_call::HostBackend;
 use crate::wasm::supervisor::{Attachment, CapsuleHost};
 
 /// Largest frame either side of a session sends: the session start carries a module of up to
 /// 64 MiB in base64; calls carry at most a 10 MiB file or body.
 pub const MAX_SESSION_FRAME: usize = 96 * 1024 * 1024;
-
-/// The daemon's first frame on a capsule-host connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SessionStart {
-    /// Serve this capsule.
-    Attached(Attached),
-    /// Not attached; the connection closes.
-    Refused {
-        /// Why.
-        reason: String,
-    },
-    /// A development capsule requests capabilities: attach again with `approve` once the
-    /// person running it consented.
-    ConsentRequired {
-        /// The capsule.
-        capsule: String,
-        /// What it requests.
-        capabilities: Vec<String>,
-    },
-}
-
-/// What a capsule host needs to run its capsule, and nothing more.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attached {
-    /// The capsule's name.
-    pub capsule: String,
-    /// The module, as the daemon verified it against its pin.
-    pub module: Blob,
-    /// The limits to apply to the instance and each call.
-    pub limits: SandboxLimits,
-    /// Lifecycle hook and interceptor bindings.
-    pub plan: Plan,
-}
-
-/// One host call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CallFrame {
-    /// Chosen by the capsule host; echoed in the reply.
-    pub id: u64,
-    /// The call.
-    pub call: HostCall,
-}
-
-/// The answer to one host call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplyFrame {
-    /// The call's id.
-    pub id: u64,
-    /// The answer.
-    pub reply: HostReply,
-}
 
 /// Serves one capsule-host connection until it closes or the daemon stops.
 pub(super) async fn serve(
@@ -100,7 +52,7 @@ pub(super) async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let attached = tokio::task::spawn_blocking(move || capsules.attach(&attach)).await;
-    let Attachment { prepared, lifecycle, limits, registration } = match attached {
+    let Attachment { prepared, lifecycle, limits, registration, report } = match attached {
         Ok(Ok(attachment)) => attachment,
         Ok(Err(Refusal::Refused(reason))) => {
             log::warn!("client#{id}: capsule host refused: {reason}");
@@ -119,15 +71,15 @@ pub(super) async fn serve(
         return log::warn!("client#{id}: cannot start the session of capsule {name}: {e}");
     }
     log::info!("client#{id}: capsule host attached for capsule {name}");
-    let (calls, calls_rx) = std::sync::mpsc::channel::<CallFrame>();
+    let (calls, calls_rx) = std::sync::mpsc::channel::<(u64, HostCall)>();
     let (replies_tx, mut replies) = mpsc::channel::<ReplyFrame>(1);
     let mut context = prepared.context;
     let worker = std::thread::Builder::new().name(format!("capsule-session:{name}")).spawn(move || {
-        while let Ok(frame) = calls_rx.recv() {
+        while let Ok((call_id, call)) = calls_rx.recv() {
             // As in-process: a kernel-side bug costs the guest its call, not the session.
-            let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| context.call(frame.call)))
+            let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| context.call(call)))
                 .unwrap_or_else(|_| HostReply::Trap("the host failed while serving this call (a bug)".to_owned()));
-            let reply = ReplyFrame { id: frame.id, reply };
+            let reply = ReplyFrame { id: call_id, reply };
             if replies_tx.blocking_send(reply).is_err() {
                 return;
             }
@@ -154,9 +106,19 @@ pub(super) async fn serve(
             },
             frame = reader.next_frame() => match frame {
                 Ok(Some(frame)) => match serde_json::from_slice::<CallFrame>(&frame) {
-                    Ok(call) => {
-                        if calls.send(call).is_err() {
+                    Ok(CallFrame { id: call_id, request: SessionRequest::Call(call) }) => {
+                        if calls.send((call_id, call)).is_err() {
                             break "session thread ended".to_owned();
+                        }
+                    }
+                    Ok(CallFrame { id: call_id, request: SessionRequest::Failed(failure) }) => {
+                        // Recorded before the answer: the process exits once it has it.
+                        log::info!("client#{id}: capsule {name} reports that it failed: {failure}");
+                        if let Some(report) = &report {
+                            report.failed(failure);
+                        }
+                        if let Err(e) = send(&mut writer, &ReplyFrame { id: call_id, reply: HostReply::value(0) }).await {
+                            break format!("write failed: {e}");
                         }
                     }
                     Err(e) => {

@@ -93,6 +93,29 @@ impl fmt::Display for ShutdownReason {
     }
 }
 
+/// The audit trail cannot be written now: every decision that needs it is refused (fail
+/// closed) until the writer can write again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct AuditUnwritable {
+    /// What the writer failed on.
+    pub reason: String,
+}
+
+/// Why a development capsule (`astrid capsule run`) was not registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DevelopmentRefused {
+    /// Registering grants capabilities, which needs the audit trail.
+    #[error("refused: {0}")]
+    AuditUnwritable(#[from] AuditUnwritable),
+    /// The name is taken by an installed or running capsule.
+    #[error("a capsule called {name} is already installed or running; remove it or rename the development copy")]
+    NameTaken {
+        /// The capsule.
+        name: String,
+    },
+}
+
 /// The stateful subsystems the daemon opens before the kernel starts.
 #[derive(Debug)]
 pub struct KernelState {
@@ -275,8 +298,8 @@ impl Kernel {
 
     /// Whether the audit trail can be written now; else why not. While it cannot, every
     /// decision that needs it is refused (fail closed).
-    pub fn audit_writable(&self) -> Result<(), String> {
-        self.audit.writable()
+    pub fn audit_writable(&self) -> Result<(), AuditUnwritable> {
+        self.audit.writable().map_err(|reason| AuditUnwritable { reason })
     }
 
     /// Decides whether `capsule` may do `request`, and audits the decision either way.
@@ -360,23 +383,35 @@ impl Kernel {
     /// the consent the author gave for this run: approved, and gone with
     /// [`Kernel::unregister_development`]. Refused when an installed or running capsule has
     /// the name. Audited either way, with what was granted.
-    pub fn register_development(&self, mut capsule: capsules::Capsule) -> Result<(), String> {
+    pub fn register_development(&self, mut capsule: capsules::Capsule) -> Result<(), DevelopmentRefused> {
         let name = capsule.name.clone();
         if let Err(why) = self.audit_writable() {
-            let reason = format!("refused: {why}");
-            self.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.develop", &name, Decision::Deny, &reason);
-            return Err(reason);
+            let refused = DevelopmentRefused::from(why);
+            self.record(
+                DEFAULT_PRINCIPAL,
+                Actor::Kernel,
+                "capsule.develop",
+                &name,
+                Decision::Deny,
+                &refused.to_string(),
+            );
+            return Err(refused);
         }
         let granted = capsule.capabilities.entries().collect::<Vec<_>>().join(", ");
         capsule.origin = capsules::CapsuleOrigin::Development;
         capsule.grant_what_it_asks();
         let added = self.capsules().add(capsule);
         if !added {
-            let reason = format!(
-                "a capsule called {name} is already installed or running; remove it or rename the development copy"
+            let refused = DevelopmentRefused::NameTaken { name: name.clone() };
+            self.record(
+                DEFAULT_PRINCIPAL,
+                Actor::Kernel,
+                "capsule.develop",
+                &name,
+                Decision::Deny,
+                &refused.to_string(),
             );
-            self.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.develop", &name, Decision::Deny, &reason);
-            return Err(reason);
+            return Err(refused);
         }
         let rule = if granted.is_empty() {
             "no capabilities requested".to_owned()

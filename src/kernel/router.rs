@@ -170,7 +170,7 @@ async fn mcp_call(
         None => KernelResponse::Error("this daemon runs no MCP servers".to_owned()),
         Some(mcp) => match Arc::clone(mcp).call(server, tool, arguments).await {
             Ok(outcome) => KernelResponse::success(&outcome),
-            Err(reason) => KernelResponse::Error(reason),
+            Err(error) => KernelResponse::Error(error.to_string()),
         },
     };
     let (decision, rule) = match &response {

@@ -24,6 +24,7 @@ use super::config::{RestartPolicy, ServerConfig};
 use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
 use crate::kernel::Kernel;
+use crate::kernel::mcp_service::McpCallError;
 use crate::types::LlmToolDefinition;
 use crate::types::management::{McpCallResult, McpListing, McpServer, McpServerState, McpTool};
 
@@ -270,18 +271,24 @@ impl McpHost {
         tool: &str,
         arguments: Value,
         cancel: impl Future<Output = ()>,
-    ) -> Result<CallOutcome, String> {
+    ) -> Result<CallOutcome, McpCallError> {
         let (client, timeout, known) = {
             let servers = self.servers();
-            let Some(entry) = servers.get(server) else { return Err(format!("no MCP server called {server}")) };
+            let Some(entry) = servers.get(server) else {
+                return Err(McpCallError::NoServer { server: server.to_owned() });
+            };
             let known = entry.tools.iter().any(|t| t.name == tool);
             (entry.client.clone().filter(|_| entry.state == McpServerState::Ready), entry.config.call_timeout, known)
         };
-        let Some(client) = client else { return Err(format!("MCP server {server} is not ready")) };
+        let Some(client) = client else { return Err(McpCallError::NotReady { server: server.to_owned() }) };
         if !known {
-            return Err(format!("MCP server {server} has no tool called {tool}"));
+            return Err(McpCallError::NoTool { server: server.to_owned(), tool: tool.to_owned() });
         }
-        client.call_tool(tool, arguments, timeout, cancel).await.map_err(|e| format!("{server}:{tool}: {e}"))
+        client.call_tool(tool, arguments, timeout, cancel).await.map_err(|source| McpCallError::Failed {
+            server: server.to_owned(),
+            tool: tool.to_owned(),
+            source: Box::new(source),
+        })
     }
 
     /// Stops every server and waits for them (their process groups are killed if they do not

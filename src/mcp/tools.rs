@@ -150,7 +150,8 @@ async fn execute(kernel: &Kernel, host: &McpHost, call: &Call, cancelled: onesho
             kernel.record(&call.principal, actor(), "mcp.call", &name, Decision::Allow, how);
             (outcome.text, outcome.is_error)
         }
-        Err(reason) => {
+        Err(error) => {
+            let reason = error.to_string();
             kernel.record(&call.principal, actor(), "mcp.call", &name, Decision::Allow, &format!("failed: {reason}"));
             (reason, true)
         }

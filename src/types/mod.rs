@@ -10,6 +10,7 @@
 #![deny(missing_docs, clippy::unwrap_used)]
 
 pub mod announcements;
+pub mod capsule_session;
 pub mod handshake;
 pub mod ipc;
 pub mod kernel_api;
@@ -20,6 +21,10 @@ pub mod topics;
 pub mod turn;
 
 pub use announcements::{CapsuleHealthFailed, CapsulesLoaded};
+pub use capsule_session::{
+    Attached, Binding, Blob, CallFrame, CapsuleFailure, HostCall, HostReply, Plan, ReplyFrame, SandboxLimits,
+    SessionRequest, SessionStart,
+};
 pub use handshake::{CapsuleAttach, HandshakeRequest, HandshakeResponse, HandshakeStatus, PROTOCOL_VERSION};
 pub use ipc::{
     EgressFrame, IpcMessage, IpcPayload, OnboardingField, OnboardingFieldType, SelectionOption, UserInputFields,

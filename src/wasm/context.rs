@@ -13,6 +13,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::host_call::{HostBackend, HostCall, HostReply};
+use super::host_functions::{MAX_CONFIG_KEY, MAX_LOG};
 use super::lifecycle::Lifecycle;
 use super::sandbox::{HostServices, KernelAccess};
 use super::{approval, elicit, host_fs, host_http, host_ipc, host_kv};
@@ -23,10 +24,16 @@ use crate::kernel::install::CapsuleMeta;
 use crate::kernel::manifest::EnvDef;
 use crate::store::{KvStore, Namespace};
 
-/// Longest configuration key.
-const MAX_CONFIG_KEY: usize = 256;
-/// Longest log line.
-const MAX_LOG: usize = 64 * 1024;
+/// Why a finished lifecycle hook could not be recorded.
+#[derive(Debug, thiserror::Error)]
+enum RecordError {
+    /// The install record does not encode.
+    #[error("cannot encode the install record: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The store refused it.
+    #[error(transparent)]
+    Store(#[from] crate::store::KvError),
+}
 
 /// The state a capsule's host calls act on (see the module documentation).
 #[derive(Debug)]
@@ -197,10 +204,11 @@ impl CapsuleContext {
             access.kernel.record(&access.principal, actor, "capsule.lifecycle", &self.capsule, Decision::Info, hook);
         }
         let namespace = Namespace::system(super::supervisor::LIFECYCLE);
-        let stored = serde_json::to_vec(meta)
-            .map_err(|e| e.to_string())
-            .and_then(|record| store.set(&namespace, &self.capsule, &record).map_err(|e| e.to_string()))
-            .and_then(|()| store.flush().map(drop).map_err(|e| e.to_string()));
+        let stored = serde_json::to_vec(meta).map_err(RecordError::Encode).and_then(|record| {
+            store.set(&namespace, &self.capsule, &record)?;
+            store.flush()?;
+            Ok(())
+        });
         match stored {
             Ok(()) => HostReply::value(0),
             Err(e) => HostReply::Trap(format!("cannot record that {hook} ran: {e}")),

@@ -70,7 +70,7 @@ pub fn load(kernel: &Arc<Kernel>, dir: &str, approve: bool) -> Result<Loaded, Re
         return Err(Refusal::ConsentRequired { capsule: name, capabilities });
     }
     let entry = Capsule::from_manifest(manifest.clone(), path, CapsuleOrigin::Development, Some(hash_hex(&wasm)), None);
-    kernel.register_development(entry).map_err(Refusal::Refused)?;
+    kernel.register_development(entry).map_err(|refused| Refusal::Refused(refused.to_string()))?;
     let registration =
         Registration { kernel: Arc::clone(kernel), name, _lease: kernel.clients().open(DEFAULT_PRINCIPAL) };
     Ok(Loaded { manifest, wasm, registration })

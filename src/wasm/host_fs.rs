@@ -5,11 +5,9 @@
 //! diff` and applies them with `commit`.
 
 use serde_json::json;
-use wasmi::{Caller, Linker};
 
 use super::context::CapsuleContext;
-use super::host_call::{HostCall, HostReply};
-use super::sandbox::{HOST_MODULE, HostState, forward, forward_status, read_guest};
+use super::host_call::HostReply;
 use crate::kernel::capability::Capability;
 use std::sync::Arc;
 
@@ -137,45 +135,4 @@ pub(super) fn mkdir(context: &CapsuleContext, path: &[u8]) -> HostReply {
 /// `fs_unlink`: 0 when removed.
 pub(super) fn unlink(context: &CapsuleContext, path: &[u8]) -> HostReply {
     with_path(context, path, Access::Write, |vfs, path| vfs.unlink(path).map(|()| HostReply::value(0)))
-}
-
-/// Adds the file functions to the linker (the guest side: copy out, forward, copy back).
-pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::LinkerError> {
-    macro_rules! path_fn {
-        ($name:literal, $variant:ident, $ty:ty, $forward:ident) => {
-            linker.func_wrap(
-                HOST_MODULE,
-                $name,
-                |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<$ty, wasmi::Error> {
-                    let path = read_guest(&mut caller, ptr, len, crate::vfs::MAX_PATH)?;
-                    $forward(&mut caller, HostCall::$variant { path: path.into() })
-                },
-            )?;
-        };
-    }
-    path_fn!("fs_read", FsRead, i64, forward);
-    path_fn!("fs_exists", FsExists, i32, forward_status);
-    path_fn!("fs_stat", FsStat, i64, forward);
-    path_fn!("fs_readdir", FsReaddir, i64, forward);
-    path_fn!("fs_mkdir", FsMkdir, i32, forward_status);
-    path_fn!("fs_unlink", FsUnlink, i32, forward_status);
-    linker.func_wrap(
-        HOST_MODULE,
-        "fs_write",
-        |mut caller: Caller<'_, HostState>,
-         ptr: i32,
-         len: i32,
-         data_ptr: i32,
-         data_len: i32|
-         -> Result<i32, wasmi::Error> {
-            let path = read_guest(&mut caller, ptr, len, crate::vfs::MAX_PATH)?;
-            let limit = usize::try_from(MAX_FILE).unwrap_or(usize::MAX);
-            if usize::try_from(data_len).is_ok_and(|n| n > limit) {
-                return Ok(FsStatus::TooLarge as i32);
-            }
-            let data = read_guest(&mut caller, data_ptr, data_len, limit)?;
-            forward_status(&mut caller, HostCall::FsWrite { path: path.into(), data: data.into() })
-        },
-    )?;
-    Ok(())
 }

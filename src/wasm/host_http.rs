@@ -28,13 +28,12 @@ use serde_json::json;
 use ureq::http;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
-use wasmi::{Caller, Linker};
 
 use super::context::CapsuleContext;
-use super::host_call::{Blob, HostCall, HostReply};
+use super::host_call::HostReply;
 use super::http_stream::{Exchange, HangUp, Stream};
 use super::net_policy::{fill_secrets, is_public, redact};
-use super::sandbox::{HOST_MODULE, HostState, KernelAccess, forward, forward_status, read_guest};
+use super::sandbox::KernelAccess;
 use crate::audit::{Actor, Decision};
 use crate::kernel::capability::Capability;
 
@@ -50,7 +49,8 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(120);
 pub const MAX_IDLE: Duration = Duration::from_secs(600);
 /// The longest `http_stream_wait` or `http_stream_head`.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
-const MAX_REQUEST_JSON: usize = 64 * 1024;
+/// Largest request description (`{method, url, headers, …}`).
+pub(super) const MAX_REQUEST_JSON: usize = 64 * 1024;
 
 /// How long a request may take.
 #[derive(Debug, Clone, Copy)]
@@ -397,64 +397,4 @@ pub(super) fn stream_close(context: &mut CapsuleContext, handle: i32) -> HostRep
         }
         _ => reply(HttpStatus::Closed),
     }
-}
-
-/// Adds the HTTP functions to the linker (the guest side: copy out, forward, copy back).
-pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::LinkerError> {
-    fn exchange(
-        caller: &mut Caller<'_, HostState>,
-        request: (i32, i32),
-        body: (i32, i32),
-    ) -> Result<(Blob, Blob), wasmi::Error> {
-        let request = read_guest(caller, request.0, request.1, MAX_REQUEST_JSON)?;
-        let body = if body.1 > 0 { read_guest(caller, body.0, body.1, MAX_BODY)? } else { Vec::new() };
-        Ok((request.into(), body.into()))
-    }
-    linker.func_wrap(
-        HOST_MODULE,
-        "http_request",
-        |mut caller: Caller<'_, HostState>, req_ptr: i32, req_len: i32, body_ptr: i32, body_len: i32| {
-            let (request, body) = exchange(&mut caller, (req_ptr, req_len), (body_ptr, body_len))?;
-            forward(&mut caller, HostCall::HttpRequest { request, body })
-        },
-    )?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "http_stream_start",
-        |mut caller: Caller<'_, HostState>, req_ptr: i32, req_len: i32, body_ptr: i32, body_len: i32| {
-            let (request, body) = exchange(&mut caller, (req_ptr, req_len), (body_ptr, body_len))?;
-            forward(&mut caller, HostCall::HttpStreamStart { request, body })
-        },
-    )?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "http_stream_open",
-        |mut caller: Caller<'_, HostState>, req_ptr: i32, req_len: i32, body_ptr: i32, body_len: i32| {
-            let (request, body) = exchange(&mut caller, (req_ptr, req_len), (body_ptr, body_len))?;
-            forward_status(&mut caller, HostCall::HttpStreamOpen { request, body })
-        },
-    )?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "http_stream_head",
-        |mut caller: Caller<'_, HostState>, handle: i32, timeout_ms: i32| {
-            let timeout_ms = u32::try_from(timeout_ms).unwrap_or(0);
-            forward(&mut caller, HostCall::HttpStreamHead { handle, timeout_ms })
-        },
-    )?;
-    linker.func_wrap(HOST_MODULE, "http_stream_read", |mut caller: Caller<'_, HostState>, handle: i32| {
-        forward(&mut caller, HostCall::HttpStreamRead { handle })
-    })?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "http_stream_wait",
-        |mut caller: Caller<'_, HostState>, handle: i32, timeout_ms: i32| {
-            let timeout_ms = u32::try_from(timeout_ms).unwrap_or(0);
-            forward(&mut caller, HostCall::HttpStreamWait { handle, timeout_ms })
-        },
-    )?;
-    linker.func_wrap(HOST_MODULE, "http_stream_close", |mut caller: Caller<'_, HostState>, handle: i32| {
-        forward_status(&mut caller, HostCall::HttpStreamClose { handle })
-    })?;
-    Ok(())
 }

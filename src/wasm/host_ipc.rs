@@ -9,11 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmi::{Caller, Linker};
-
 use super::context::CapsuleContext;
-use super::host_call::{HostCall, HostReply};
-use super::sandbox::{HOST_MODULE, HostState, forward, forward_status, read_guest};
+use super::host_call::HostReply;
 use super::wait::{block_on_timeout, unless_stopped};
 use crate::kernel::bus::BusMessage;
 use crate::kernel::capability::Capability;
@@ -187,54 +184,6 @@ pub(super) fn next_event(context: &mut CapsuleContext, timeout_ms: u32) -> HostR
             HostReply::bytes(event)
         }
     }
-}
-
-/// Adds the IPC functions to the linker (the guest side: copy out, forward, copy back).
-pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::LinkerError> {
-    linker.func_wrap(
-        HOST_MODULE,
-        "ipc_publish",
-        |mut caller: Caller<'_, HostState>,
-         topic_ptr: i32,
-         topic_len: i32,
-         payload_ptr: i32,
-         payload_len: i32|
-         -> Result<i32, wasmi::Error> {
-            let topic = read_guest(&mut caller, topic_ptr, topic_len, topic::MAX_TOPIC_BYTES)?;
-            let payload = read_guest(&mut caller, payload_ptr, payload_len, MAX_PAYLOAD)?;
-            forward_status(&mut caller, HostCall::IpcPublish { topic: topic.into(), payload: payload.into() })
-        },
-    )?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "ipc_subscribe",
-        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
-            let pattern = read_guest(&mut caller, ptr, len, topic::MAX_TOPIC_BYTES)?;
-            forward_status(&mut caller, HostCall::IpcSubscribe { pattern: pattern.into() })
-        },
-    )?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "ipc_recv",
-        |mut caller: Caller<'_, HostState>, handle: i32, timeout_ms: i32| -> Result<i64, wasmi::Error> {
-            forward(&mut caller, HostCall::IpcRecv { handle, timeout_ms })
-        },
-    )?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "ipc_poll",
-        |mut caller: Caller<'_, HostState>, handle: i32| -> Result<i64, wasmi::Error> {
-            forward(&mut caller, HostCall::IpcPoll { handle })
-        },
-    )?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "ipc_unsubscribe",
-        |mut caller: Caller<'_, HostState>, handle: i32| -> Result<i32, wasmi::Error> {
-            forward_status(&mut caller, HostCall::IpcUnsubscribe { handle })
-        },
-    )?;
-    Ok(())
 }
 
 /// A received message as the guest reads it (its egress JSON); `None` is a timeout (or

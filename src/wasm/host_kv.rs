@@ -6,11 +6,8 @@
 //! `i64`; negative values are typed errors ([`KvStatus`]), never traps. A capsule can only
 //! name keys, never a namespace: the host fixes it per instance (`<principal>:capsule:<name>`).
 
-use wasmi::{Caller, Linker};
-
 use super::context::CapsuleContext;
-use super::host_call::{HostCall, HostReply};
-use super::sandbox::{HOST_MODULE, HostState, forward, forward_status, read_guest};
+use super::host_call::HostReply;
 use crate::store::{KvError, KvStore, MAX_KEY, MAX_VALUE, Namespace};
 
 /// What a KV host function returns on failure (negative, so never a valid packed result).
@@ -127,85 +124,4 @@ pub(super) fn cas(context: &CapsuleContext, key: &[u8], expected: Option<&[u8]>,
     HostReply::value(
         store.compare_and_swap(&namespace, key, expected, new).map_or_else(|e| status(&e) as i32, i32::from),
     )
-}
-
-/// Adds the KV functions to the linker (the guest side: copy out, forward, copy back).
-pub(super) fn link(linker: &mut Linker<HostState>) -> Result<(), wasmi::errors::LinkerError> {
-    linker.func_wrap(
-        HOST_MODULE,
-        "kv_get",
-        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
-            let key = read_guest(&mut caller, ptr, len, MAX_KEY)?;
-            forward(&mut caller, HostCall::KvGet { key: key.into() })
-        },
-    )?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "kv_set",
-        |mut caller: Caller<'_, HostState>,
-         key_ptr: i32,
-         key_len: i32,
-         value_ptr: i32,
-         value_len: i32|
-         -> Result<i32, wasmi::Error> {
-            let key = read_guest(&mut caller, key_ptr, key_len, MAX_KEY)?;
-            if usize::try_from(value_len).is_ok_and(|len| len > MAX_VALUE) {
-                return Ok(KvStatus::TooLarge as i32);
-            }
-            let value = read_guest(&mut caller, value_ptr, value_len, MAX_VALUE)?;
-            forward_status(&mut caller, HostCall::KvSet { key: key.into(), value: value.into() })
-        },
-    )?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "kv_delete",
-        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
-            let key = read_guest(&mut caller, ptr, len, MAX_KEY)?;
-            forward_status(&mut caller, HostCall::KvDelete { key: key.into() })
-        },
-    )?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "kv_list_keys",
-        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
-            let prefix = read_guest(&mut caller, ptr, len, MAX_KEY)?;
-            forward(&mut caller, HostCall::KvListKeys { prefix: prefix.into() })
-        },
-    )?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "kv_clear_prefix",
-        |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
-            let prefix = read_guest(&mut caller, ptr, len, MAX_KEY)?;
-            forward(&mut caller, HostCall::KvClearPrefix { prefix: prefix.into() })
-        },
-    )?;
-    linker.func_wrap(
-        HOST_MODULE,
-        "kv_cas",
-        |mut caller: Caller<'_, HostState>,
-         key_ptr: i32,
-         key_len: i32,
-         expected_ptr: i32,
-         expected_len: i32,
-         new_ptr: i32,
-         new_len: i32|
-         -> Result<i32, wasmi::Error> {
-            let key = read_guest(&mut caller, key_ptr, key_len, MAX_KEY)?;
-            // A length of -1 means "absent": expect no value, or delete.
-            let expected = optional(&mut caller, expected_ptr, expected_len)?;
-            let new = optional(&mut caller, new_ptr, new_len)?;
-            let call =
-                HostCall::KvCas { key: key.into(), expected: expected.map(Into::into), new: new.map(Into::into) };
-            forward_status(&mut caller, call)
-        },
-    )?;
-    Ok(())
-}
-
-fn optional(caller: &mut Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Option<Vec<u8>>, wasmi::Error> {
-    if len == -1 {
-        return Ok(None);
-    }
-    read_guest(caller, ptr, len, MAX_VALUE).map(Some)
 }

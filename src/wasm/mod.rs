@@ -21,6 +21,7 @@ pub mod development;
 mod elicit;
 pub mod host_call;
 mod host_fs;
+pub mod host_functions;
 mod host_http;
 mod host_ipc;
 mod host_kv;
@@ -35,42 +36,18 @@ pub mod supervisor;
 pub(crate) mod wait;
 
 pub use host_fs::FsStatus;
+pub use host_functions::{HOST_FUNCTIONS, HOST_MODULE, HostFunction, Side};
 pub use host_http::HttpStatus;
 pub use host_ipc::IpcStatus;
 pub use host_kv::KvStatus;
 pub use lifecycle::Lifecycle;
 pub use sandbox::{
-    HOOK_EXPORT, HOST_FUNCTIONS, HookAction, HookResult, HostServices, KernelAccess, RUN_EXPORT, Sandbox, SandboxError,
+    CompiledModule, HOOK_EXPORT, HookAction, HookResult, HostServices, KernelAccess, RUN_EXPORT, Sandbox, SandboxError,
     compile,
 };
 
-use std::time::Duration;
-
-/// Limits for one capsule instance and each call into it (sent to a capsule-host process,
-/// which applies them to the instance it runs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SandboxLimits {
-    /// Ceiling, in bytes, of the instance's linear memory and its table together (a table
-    /// element counts [`limits::TABLE_ELEMENT_BYTES`]).
-    pub memory_bytes: usize,
-    /// Fuel per call, in total (roughly one unit per executed instruction).
-    pub fuel_per_call: u64,
-    /// Fuel granted between two clock checks.
-    pub fuel_slice: u64,
-    /// Wall-clock time a call may take.
-    pub deadline: Duration,
-}
-
-impl Default for SandboxLimits {
-    fn default() -> Self {
-        Self {
-            memory_bytes: 64 * 1024 * 1024,
-            fuel_per_call: 10_000_000_000,
-            fuel_slice: 1_000_000,
-            deadline: Duration::from_secs(30),
-        }
-    }
-}
+/// Limits of an instance: a wire type, since the daemon sends them to capsule-host processes.
+pub use crate::types::capsule_session::SandboxLimits;
 
 /// The engine configuration of every capsule module: fuel metering on, no start functions,
 /// strict limits, a bounded value stack, custom sections dropped, and modules validated whole

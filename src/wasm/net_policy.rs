@@ -56,6 +56,20 @@ fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     (compatible || nat64).then_some(tail)
 }
 
+/// Why a header template was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// `{{secret:` without its `}}`.
+    #[error("unterminated {{{{secret:…}}}} template")]
+    Unterminated,
+    /// The template names a secret the capsule did not declare.
+    #[error("{name} is not a secret this capsule declared")]
+    Undeclared {
+        /// The name in the template.
+        name: String,
+    },
+}
+
 /// Replaces every `{{secret:NAME}}` in `template` with the capsule's declared secret `NAME`;
 /// the values used are added to `used` (for redaction). An unknown name is an error: a
 /// template never goes out half-filled.
@@ -63,16 +77,16 @@ pub fn fill_secrets(
     template: &str,
     secrets: &std::collections::BTreeMap<String, String>,
     used: &mut Vec<String>,
-) -> Result<String, String> {
+) -> Result<String, TemplateError> {
     const OPEN: &str = "{{secret:";
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find(OPEN) {
         out.push_str(&rest[..start]);
         let after = &rest[start + OPEN.len()..];
-        let end = after.find("}}").ok_or_else(|| "unterminated {{secret:…}} template".to_owned())?;
+        let end = after.find("}}").ok_or(TemplateError::Unterminated)?;
         let name = &after[..end];
-        let value = secrets.get(name).ok_or_else(|| format!("{name} is not a secret this capsule declared"))?;
+        let value = secrets.get(name).ok_or_else(|| TemplateError::Undeclared { name: name.to_owned() })?;
         out.push_str(value);
         if !value.is_empty() && !used.contains(value) {
             used.push(value.clone());
@@ -157,8 +171,12 @@ mod tests {
             "Bearer sk-live-123"
         );
         assert_eq!(used, vec!["sk-live-123"]);
-        assert!(fill_secrets("{{secret:OTHER}}", &secrets, &mut used).is_err());
-        assert!(fill_secrets("{{secret:API_KEY", &secrets, &mut used).is_err());
+        assert_eq!(
+            fill_secrets("{{secret:OTHER}}", &secrets, &mut used),
+            Err(TemplateError::Undeclared { name: "OTHER".to_owned() })
+        );
+        assert_eq!(fill_secrets("{{secret:API_KEY", &secrets, &mut used), Err(TemplateError::Unterminated));
+        assert_eq!(TemplateError::Unterminated.to_string(), "unterminated {{secret:…}} template");
         assert_eq!(redact(b"echo: sk-live-123 and sk-live-123!", &used), b"echo: [REDACTED] and [REDACTED]!");
         assert_eq!(redact(b"nothing", &used), b"nothing");
     }

@@ -6,7 +6,8 @@
 //! presents the ticket in its handshake, and from then on every host call of its capsule is
 //! decided by the daemon ([`super::runner::prepare`] runs when it attaches). The supervisor
 //! watches the child: a stop request terminates it, and its exit is the end of that life,
-//! with the reason the child printed last.
+//! with the reason the daemon refused its attach, or the one the child reported over its
+//! session before it exited ([`ChildReport`]), or else how it ended.
 //!
 //! The child gets a scrubbed environment, its own process group (a Ctrl-C meant for a
 //! foreground daemon does not race the daemon's own shutdown), and asks the OS to kill it
@@ -24,19 +25,56 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 use super::lifecycle::Lifecycle;
+use super::runner::PrepareError;
 use super::wait::block_on_timeout;
+use crate::types::capsule_session::CapsuleFailure;
 
 /// The environment variable that carries a child's ticket.
 pub const TICKET_ENV: &str = "ASTRID_CAPSULE_TICKET";
 pub use crate::lifeline::PARENT_ENV;
-/// How a capsule-host process begins the last line it prints when its capsule failed.
-pub const FAILURE_PREFIX: &str = "capsule failed: ";
 /// How long a ticket stays valid: the child attaches within milliseconds.
 const TICKET_LIFETIME: Duration = Duration::from_secs(30);
 /// How long a terminated child gets before it is killed.
 const TERMINATE_GRACE: Duration = Duration::from_secs(1);
 /// Environment variables a child keeps (logging only); everything else is dropped.
 const KEPT_ENV: &[&str] = &["RUST_LOG", "ASTRID_LOG", "RUST_BACKTRACE"];
+
+/// Why a life of a capsule in a process of its own failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    /// The OS gave no randomness for the attach ticket.
+    #[error("no randomness for a ticket: {0}")]
+    Ticket(#[source] getrandom::Error),
+    /// The daemon's own executable (which the child runs) cannot be found.
+    #[error("cannot find the astrid binary: {0}")]
+    NoBinary(#[source] std::io::Error),
+    /// The child could not be started.
+    #[error("cannot start a capsule-host process: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The daemon refused the child's attach: the kernel's half of starting the capsule
+    /// failed, as it would for a capsule on a thread.
+    #[error(transparent)]
+    Refused(PrepareError),
+    /// The child reported, over its session, why its capsule failed.
+    #[error(transparent)]
+    Failed(CapsuleFailure),
+    /// The child ended without saying why: how it ended.
+    #[error("capsule-host process {pid} {}", describe(*status))]
+    Ended {
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The child can no longer be waited for.
+    #[error("lost track of capsule-host process {pid}: {source}")]
+    Lost {
+        /// Its pid.
+        pid: u32,
+        /// Why waiting failed.
+        source: std::io::Error,
+    },
+}
 
 /// What a redeemed ticket stands for.
 #[derive(Debug, Clone)]
@@ -47,6 +85,35 @@ pub struct Ticketed {
     pub dir: Option<PathBuf>,
     /// The supervisor's lifecycle of it (readiness is reported there).
     pub lifecycle: Arc<Lifecycle>,
+    /// Where the session puts why this life failed, for the supervisor to read once the
+    /// process is gone.
+    pub report: Arc<ChildReport>,
+}
+
+/// Why a capsule-host process's capsule failed, as the daemon learnt it: from its own refusal
+/// of the attach, or from the process's typed report over the session (never from what the
+/// process printed). Written before the process can exit, read after it did.
+#[derive(Debug, Default)]
+pub struct ChildReport(Mutex<Option<ChildError>>);
+
+impl ChildReport {
+    /// The daemon refused the attach.
+    pub fn refused(&self, error: PrepareError) {
+        self.set(ChildError::Refused(error));
+    }
+
+    /// The process reported its capsule's failure.
+    pub fn failed(&self, failure: CapsuleFailure) {
+        self.set(ChildError::Failed(failure));
+    }
+
+    fn set(&self, error: ChildError) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    fn take(&self) -> Option<ChildError> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 struct Pending {
@@ -71,9 +138,9 @@ impl Tickets {
     }
 
     /// A new ticket (hex) for one attach of `ticketed`.
-    pub fn issue(&self, ticketed: Ticketed) -> Result<String, String> {
+    pub fn issue(&self, ticketed: Ticketed) -> Result<String, ChildError> {
         let mut ticket = [0u8; 32];
-        getrandom::fill(&mut ticket).map_err(|e| format!("no randomness for a ticket: {e}"))?;
+        getrandom::fill(&mut ticket).map_err(ChildError::Ticket)?;
         let mut pending = self.pending();
         pending.retain(|p| p.issued.elapsed() < TICKET_LIFETIME);
         pending.push(Pending { ticket, issued: Instant::now(), ticketed });
@@ -116,14 +183,16 @@ pub fn run_child(
     name: &str,
     dir: Option<&Path>,
     lifecycle: &Arc<Lifecycle>,
-) -> Result<(), String> {
+) -> Result<(), ChildError> {
     lifecycle.reset_ready();
+    let report = Arc::new(ChildReport::default());
     let ticket = tickets.issue(Ticketed {
         name: name.to_owned(),
         dir: dir.map(Path::to_path_buf),
         lifecycle: Arc::clone(lifecycle),
+        report: Arc::clone(&report),
     })?;
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the astrid binary: {e}"))?;
+    let exe = std::env::current_exe().map_err(ChildError::NoBinary)?;
     let mut command = Command::new(exe);
     command
         .args(["capsule-host", "--capsule", name])
@@ -140,29 +209,23 @@ pub fn run_child(
             command.env(key, value);
         }
     }
-    let mut child = command.spawn().map_err(|e| format!("cannot start a capsule-host process: {e}"))?;
+    let mut child = command.spawn().map_err(ChildError::Spawn)?;
     let pid = child.id();
     log::info!("capsule {name}: capsule-host process {pid} started");
-    let failure = Arc::new(Mutex::new(None::<String>));
+    // Its output goes to the log, for the operator; why it failed comes through `report`.
     let reader = child.stderr.take().map(|stderr| {
-        let (failure, capsule) = (Arc::clone(&failure), name.to_owned());
+        let capsule = name.to_owned();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 log::info!("capsule {capsule} (process {pid}): {line}");
-                if let Some(reason) = line.strip_prefix(FAILURE_PREFIX) {
-                    *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
-                }
             }
         })
     });
     let status = loop {
         match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
+            Ok(Some(status)) => break Some(Ok(status)),
             Ok(None) => {}
-            Err(e) => {
-                log::error!("capsule {name}: cannot watch process {pid}: {e}");
-                break None;
-            }
+            Err(source) => break Some(Err(ChildError::Lost { pid, source })),
         }
         if lifecycle.is_stopping() {
             terminate(&mut child);
@@ -174,15 +237,11 @@ pub fn run_child(
     if let Some(reader) = reader {
         let _ = reader.join();
     }
-    if lifecycle.is_stopping() {
-        return Ok(());
-    }
-    let reason = failure.lock().unwrap_or_else(|e| e.into_inner()).take();
-    match (status, reason) {
-        (_, Some(reason)) => Err(reason),
-        (Some(status), None) if status.success() => Ok(()),
-        (Some(status), None) => Err(format!("capsule-host process {pid} {}", describe(status))),
-        (None, None) => Err(format!("lost track of capsule-host process {pid}")),
+    let Some(status) = status.filter(|_| !lifecycle.is_stopping()) else { return Ok(()) };
+    match (status?, report.take()) {
+        (_, Some(reported)) => Err(reported),
+        (status, None) if status.success() => Ok(()),
+        (status, None) => Err(ChildError::Ended { pid, status }),
     }
 }
 
@@ -218,7 +277,12 @@ mod tests {
     #[test]
     fn a_ticket_is_redeemed_once_and_only_in_full() {
         let tickets = Tickets::default();
-        let ticketed = || Ticketed { name: "hello".into(), dir: Some("/x".into()), lifecycle: Arc::default() };
+        let ticketed = || Ticketed {
+            name: "hello".into(),
+            dir: Some("/x".into()),
+            lifecycle: Arc::default(),
+            report: Arc::default(),
+        };
         let ticket = tickets.issue(ticketed()).expect("ticket");
         assert_eq!(ticket.len(), 64);
         assert!(tickets.redeem(&ticket[..63]).is_none());

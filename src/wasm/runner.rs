@@ -12,50 +12,110 @@
 //! serves a capsule on a daemon thread and one in a capsule-host process.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use serde::{Deserialize, Serialize};
 
 use super::SandboxLimits;
 use super::context::CapsuleContext;
 use super::host_call::{HostBackend, HostCall, HostReply};
 use super::host_ipc::IpcStatus;
 use super::lifecycle::Lifecycle;
-use super::sandbox::{HOOK_EXPORT, HookAction, HostServices, KernelAccess, RUN_EXPORT, Sandbox};
+use super::sandbox::{HOOK_EXPORT, HookAction, HostServices, KernelAccess, RUN_EXPORT, Sandbox, SandboxError};
 use super::supervisor::{HostConfig, INSTALL_EXPORT, LIFECYCLE, UPGRADE_EXPORT};
 use crate::home::DEFAULT_PRINCIPAL;
 use crate::kernel::capability::Capability;
 use crate::kernel::capsule_config as config;
 use crate::kernel::capsules::CapsuleState;
 use crate::kernel::defaults;
-use crate::kernel::install::{CapsuleMeta, hash_hex, verify_installed};
-use crate::kernel::manifest::Manifest;
+use crate::kernel::install::{CapsuleMeta, InstallError, hash_hex, verify_installed};
+use crate::kernel::manifest::{Manifest, ManifestError};
 use crate::kernel::{BusMessage, Kernel, topic};
-use crate::store::Namespace;
+use crate::store::{KvError, Namespace};
+use crate::types::capsule_session::{Binding, CapsuleFailure, Plan};
 use crate::types::topics::ONBOARDING_TOPIC;
 use crate::types::{IpcMessage, IpcPayload};
 
 /// How long one wait for an interceptor event lasts before the runner looks again.
 const IDLE_WAKE_MS: u32 = 60_000;
 
-/// One interceptor binding the grant allowed: events on `event` go to the hook entry as
-/// `action`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Binding {
-    /// Topic pattern (ACL semantics: `*` is one segment).
-    pub event: String,
-    /// The action name passed to the guest.
-    pub action: String,
+/// Why the kernel's half could not start an instance. Each is that capsule's problem alone:
+/// the supervisor records it and tries again with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// Nothing installed under the name, and no default capsule has it.
+    #[error("{name} is neither installed nor embedded")]
+    Unknown {
+        /// The capsule.
+        name: String,
+    },
+    /// An embedded manifest does not parse (a build defect, reported rather than trusted).
+    #[error(transparent)]
+    EmbeddedManifest(#[from] ManifestError),
+    /// The installed files no longer match their pins, or cannot be read.
+    #[error(transparent)]
+    Installed(#[from] InstallError),
+    /// The directory now holds another capsule.
+    #[error("{} now holds capsule {found}", dir.display())]
+    Replaced {
+        /// The capsule's directory.
+        dir: PathBuf,
+        /// The name its manifest gives now.
+        found: String,
+    },
+    /// The capsule declares no module to run.
+    #[error("the capsule has no module")]
+    NoModule,
+    /// The capsule's name cannot be a KV namespace.
+    #[error(transparent)]
+    Namespace(#[from] KvError),
 }
 
-/// What the interpreter's half must do with an instance.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Plan {
-    /// `astrid_install` or `astrid_upgrade` when one is due.
-    pub lifecycle_hook: Option<String>,
-    /// Interceptor bindings in priority order (lower first).
-    pub bindings: Vec<Binding>,
+/// Why the interpreter's half ended an instance.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The module could not be compiled or instantiated (a capsule-host process compiles
+    /// what the daemon sent).
+    #[error("{source}")]
+    Load {
+        /// What the sandbox said.
+        #[source]
+        source: SandboxError,
+    },
+    /// The install or upgrade hook failed; it is due again with the next start.
+    #[error("{hook} failed: {source}")]
+    LifecycleHook {
+        /// `astrid_install` or `astrid_upgrade`.
+        hook: String,
+        /// How it failed.
+        #[source]
+        source: SandboxError,
+    },
+    /// The guest failed while serving (the run loop or a hook call).
+    #[error(transparent)]
+    Guest(#[from] SandboxError),
+    /// A step of the runner was answered with a trap: the kernel side cannot go on (a record
+    /// could not be written, the daemon is gone).
+    #[error("{0}")]
+    Host(String),
+    /// The kernel side handed over an event the runner cannot read.
+    #[error("the host sent a malformed event")]
+    MalformedEvent,
+}
+
+impl RunError {
+    /// The failure as a capsule-host process reports it to the daemon (the same text, and the
+    /// stage it happened at).
+    pub fn failure(&self) -> CapsuleFailure {
+        let reason = self.to_string();
+        match self {
+            Self::Load { .. } => CapsuleFailure::Load { reason },
+            Self::LifecycleHook { hook, source } => {
+                CapsuleFailure::LifecycleHook { hook: hook.clone(), reason: source.to_string() }
+            }
+            Self::Guest(_) => CapsuleFailure::Guest { reason },
+            Self::Host(_) | Self::MalformedEvent => CapsuleFailure::Host { reason },
+        }
+    }
 }
 
 /// The kernel's half, ready: the context, the module and what to do with it.
@@ -80,10 +140,10 @@ pub fn prepare(
     name: &str,
     dir: Option<&Path>,
     lifecycle: Arc<Lifecycle>,
-) -> Result<Prepared, String> {
+) -> Result<Prepared, PrepareError> {
     let Some(dir) = dir else {
-        let embedded = defaults::find(name).ok_or_else(|| format!("{name} is neither installed nor embedded"))?;
-        let manifest = embedded.manifest().map_err(|e| e.to_string())?;
+        let embedded = defaults::find(name).ok_or_else(|| PrepareError::Unknown { name: name.to_owned() })?;
+        let manifest = embedded.manifest()?;
         let mut prepared = prepare_loaded(
             kernel,
             host,
@@ -96,11 +156,11 @@ pub fn prepare(
         prepared.context.allow_configured_endpoint();
         return Ok(prepared);
     };
-    let verified = verify_installed(dir).map_err(|e| e.to_string())?;
+    let verified = verify_installed(dir)?;
     if verified.manifest.package.name != name {
-        return Err(format!("{} now holds capsule {}", dir.display(), verified.manifest.package.name));
+        return Err(PrepareError::Replaced { dir: dir.to_path_buf(), found: verified.manifest.package.name });
     }
-    let wasm = verified.wasm.ok_or("the capsule has no module")?;
+    let wasm = verified.wasm.ok_or(PrepareError::NoModule)?;
     prepare_loaded(kernel, host, &verified.manifest, wasm, Some(verified.meta), &BTreeMap::new(), lifecycle)
 }
 
@@ -115,7 +175,7 @@ pub fn prepare_loaded(
     installed: Option<CapsuleMeta>,
     fallback: &BTreeMap<String, String>,
     lifecycle: Arc<Lifecycle>,
-) -> Result<Prepared, String> {
+) -> Result<Prepared, PrepareError> {
     lifecycle.reset_ready();
     let name = manifest.package.name.as_str();
     let hash = hash_hex(&wasm);
@@ -128,7 +188,7 @@ pub fn prepare_loaded(
         kernel.bus().publish(BusMessage::from_kernel(IpcMessage::new(ONBOARDING_TOPIC, payload, kernel.session())));
     }
     let services = HostServices {
-        kv: Some((kernel.store().clone(), Namespace::capsule(DEFAULT_PRINCIPAL, name).map_err(|e| e.to_string())?)),
+        kv: Some((kernel.store().clone(), Namespace::capsule(DEFAULT_PRINCIPAL, name)?)),
         kernel: Some(KernelAccess { kernel: Arc::clone(kernel), principal: DEFAULT_PRINCIPAL.to_owned() }),
         secrets: values
             .iter()
@@ -193,18 +253,18 @@ fn due_hook(kernel: &Kernel, name: &str, meta: &CapsuleMeta) -> Option<String> {
 /// The interpreter's half: lifecycle hook, then the run loop, or the interceptor dispatch,
 /// until the instance fails or is stopped. An `Ok` return from a run loop is the guest
 /// ending on its own, which the supervisor treats as a failure.
-pub fn run(sandbox: &mut Sandbox, plan: &Plan) -> Result<(), String> {
+pub fn run(sandbox: &mut Sandbox, plan: &Plan) -> Result<(), RunError> {
     let name = sandbox.capsule().to_owned();
     if let Some(hook) = &plan.lifecycle_hook {
         let ran = sandbox.has_export(hook);
         if ran {
-            sandbox.call_lifecycle(hook).map_err(|e| format!("{hook} failed: {e}"))?;
+            sandbox.call_lifecycle(hook).map_err(|source| RunError::LifecycleHook { hook: hook.clone(), source })?;
         }
         expect_done(sandbox.host_call(HostCall::LifecycleDone { hook: hook.clone(), ran }))?;
     }
     if sandbox.has_export(RUN_EXPORT) {
         log::info!("capsule {name} started (run loop)");
-        return sandbox.run_loop().map_err(|e| e.to_string());
+        return Ok(sandbox.run_loop()?);
     }
     let serving = sandbox.has_export(HOOK_EXPORT);
     if serving {
@@ -229,16 +289,16 @@ pub fn run(sandbox: &mut Sandbox, plan: &Plan) -> Result<(), String> {
             HostReply::Bytes(event) => event.0,
             HostReply::Value(status) if status == i64::from(IpcStatus::Timeout as i32) => continue,
             HostReply::Value(_) => return Ok(()),
-            HostReply::Trap(message) => return Err(message),
+            HostReply::Trap(message) => return Err(RunError::Host(message)),
         };
         if !serving {
             continue;
         }
         let Some((topic_name, payload)) = split_event(&event) else {
-            return Err("the host sent a malformed event".to_owned());
+            return Err(RunError::MalformedEvent);
         };
         for binding in plan.bindings.iter().filter(|b| topic::acl_matches(&b.event, topic_name)) {
-            let result = sandbox.hook(&binding.action, payload).map_err(|e| e.to_string())?;
+            let result = sandbox.hook(&binding.action, payload)?;
             match result.action {
                 HookAction::Continue => {}
                 HookAction::Final => break,
@@ -259,17 +319,17 @@ pub fn run_remote(
     wasm: &[u8],
     limits: SandboxLimits,
     plan: &Plan,
-) -> Result<(), String> {
-    let module = super::compile(wasm).map_err(|e| e.to_string())?;
+) -> Result<(), RunError> {
+    let load = |source| RunError::Load { source };
+    let module = super::compile(wasm).map_err(load)?;
     let lifecycle = Arc::new(Lifecycle::default());
-    let mut sandbox =
-        Sandbox::instantiate_with(capsule, &module, limits, backend, lifecycle).map_err(|e| e.to_string())?;
+    let mut sandbox = Sandbox::instantiate_with(capsule, &module, limits, backend, lifecycle).map_err(load)?;
     run(&mut sandbox, plan)
 }
 
-fn expect_done(reply: HostReply) -> Result<(), String> {
+fn expect_done(reply: HostReply) -> Result<(), RunError> {
     match reply {
-        HostReply::Trap(message) => Err(message),
+        HostReply::Trap(message) => Err(RunError::Host(message)),
         HostReply::Value(_) | HostReply::Bytes(_) => Ok(()),
     }
 }

@@ -7,64 +7,18 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use wasmi::{Caller, Extern, Instance, Linker, Module, Store, TypedResumableCall, WasmParams, WasmResults};
 
+use super::SandboxLimits;
 use super::context::CapsuleContext;
 use super::host_call::{HostBackend, HostCall, HostReply};
+use super::host_functions::{self, HOST_MODULE, HostFunction};
 use super::lifecycle::Lifecycle;
 use super::limits::{CapsuleLimiter, check_module};
-use super::{SandboxLimits, approval, elicit};
 
 use crate::kernel::Kernel;
 use crate::store::{KvStore, Namespace};
 
-/// The import module every host function lives in.
-pub const HOST_MODULE: &str = "astrid";
-/// The host functions this build links (everything else is refused at load).
-pub const HOST_FUNCTIONS: &[&str] = &[
-    "log",
-    "clock_ms",
-    "random_bytes",
-    "get_config",
-    "has_config",
-    "signal_ready",
-    "request_approval",
-    "elicit",
-    "kv_get",
-    "kv_set",
-    "kv_delete",
-    "kv_list_keys",
-    "kv_clear_prefix",
-    "kv_cas",
-    "ipc_publish",
-    "ipc_subscribe",
-    "ipc_recv",
-    "ipc_poll",
-    "ipc_unsubscribe",
-    "fs_read",
-    "fs_write",
-    "fs_exists",
-    "fs_stat",
-    "fs_readdir",
-    "fs_mkdir",
-    "fs_unlink",
-    "http_request",
-    "http_stream_start",
-    "http_stream_open",
-    "http_stream_head",
-    "http_stream_read",
-    "http_stream_wait",
-    "http_stream_close",
-];
-/// Most random bytes one call may ask for.
-const MAX_RANDOM: usize = 64 * 1024;
-/// Longest log line a guest may pass.
-const MAX_LOG: usize = 64 * 1024;
-/// Longest configuration key.
-const MAX_CONFIG_KEY: usize = 256;
 /// Largest hook result a guest may return.
 const MAX_HOOK_RESULT: usize = 1024 * 1024;
-/// Log lines an instance keeps for whoever runs it (the oldest go first; every line also
-/// goes to the daemon log): a guest that logs in a loop must not grow the host's memory.
-pub const KEPT_LOG_LINES: usize = 64;
 
 /// The guest export for run loops.
 pub const RUN_EXPORT: &str = "run";
@@ -90,6 +44,16 @@ pub enum SandboxError {
         module: String,
         /// Import name.
         name: String,
+    },
+    /// The module imports a host function with a type other than the host's.
+    #[error("import astrid.{name} is declared as {found}; the host provides {expected}")]
+    ImportSignature {
+        /// The host function.
+        name: String,
+        /// Its signature on the host.
+        expected: String,
+        /// What the module declares.
+        found: String,
     },
     /// Instantiation failed (for example an initial memory over the ceiling).
     #[error("cannot instantiate: {0}")]
@@ -180,7 +144,7 @@ pub struct HostServices {
 #[derive(Debug)]
 pub struct HostState {
     limits: CapsuleLimiter,
-    capsule: String,
+    pub(super) capsule: String,
     /// Where host calls go: a [`CapsuleContext`] here, or the daemon over the socket.
     backend: Box<dyn HostBackend>,
     /// Time spent waiting in host calls during the current call (not charged to the deadline).
@@ -191,8 +155,13 @@ pub struct HostState {
     pub(super) lifecycle: Arc<Lifecycle>,
     /// How many times the guest has waited for messages (a run loop's budget restarts then).
     pub(super) waits: u64,
-    /// The last [`KEPT_LOG_LINES`] lines the guest logged (all are sent to the daemon log).
-    pub logs: std::collections::VecDeque<String>,
+}
+
+impl HostState {
+    /// The capsule the instance runs.
+    pub(super) fn capsule(&self) -> &str {
+        &self.capsule
+    }
 }
 
 /// Hands `call` to the backend and the reply to the guest: a value as is, bytes through the
@@ -227,25 +196,52 @@ pub(super) fn forward_status(caller: &mut Caller<'_, HostState>, call: HostCall)
     i32::try_from(value).map_err(|_| wasmi::Error::new("the host answered a status call with bytes"))
 }
 
-/// Refuses a module that imports anything but the `astrid` host functions this build links.
+/// Refuses a module that imports anything but the `astrid` host functions this build links,
+/// each with its declared signature.
 fn check_imports(module: &Module) -> Result<(), SandboxError> {
     for import in module.imports() {
-        if import.module() != HOST_MODULE || !HOST_FUNCTIONS.contains(&import.name()) {
-            return Err(SandboxError::ForbiddenImport {
-                module: import.module().to_owned(),
-                name: import.name().to_owned(),
+        let forbidden =
+            || SandboxError::ForbiddenImport { module: import.module().to_owned(), name: import.name().to_owned() };
+        let Some(function) = HostFunction::named(import.name()).filter(|_| import.module() == HOST_MODULE) else {
+            return Err(forbidden());
+        };
+        let wasmi::ExternType::Func(ty) = import.ty() else { return Err(forbidden()) };
+        if !function.accepts(ty) {
+            return Err(SandboxError::ImportSignature {
+                name: function.name.to_owned(),
+                expected: function.signature(),
+                found: host_functions::signature_of(ty),
             });
         }
     }
     Ok(())
 }
 
+/// A module ready to be instantiated: validated, its imports checked, and linked with the
+/// host functions. Cheap to clone; every instance of it shares its engine and its linker.
+#[derive(Debug, Clone)]
+pub struct CompiledModule {
+    module: Module,
+    linker: Arc<Linker<HostState>>,
+}
+
+impl CompiledModule {
+    /// The engine the module was compiled on (one per module, see [`super::engine`]).
+    pub fn engine(&self) -> &wasmi::Engine {
+        self.module.engine()
+    }
+}
+
 /// Validates and compiles `wasm` (binary only, within [`super::limits`] and the engine's
 /// parse-time limits) on an engine of its own, which lives as long as the module and its
-/// instances (see [`super::engine`]).
-pub fn compile(wasm: &[u8]) -> Result<Module, SandboxError> {
+/// instances (see [`super::engine`]), checks its imports and links the host functions once
+/// for all its instances.
+pub fn compile(wasm: &[u8]) -> Result<CompiledModule, SandboxError> {
     check_module(wasm)?;
-    Module::new(&super::engine(), wasm).map_err(|e| SandboxError::Invalid(e.to_string()))
+    let module = Module::new(&super::engine(), wasm).map_err(|e| SandboxError::Invalid(e.to_string()))?;
+    check_imports(&module)?;
+    let linker = host_functions::linker(module.engine()).map_err(|e| SandboxError::Instantiate(e.to_string()))?;
+    Ok(CompiledModule { module, linker: Arc::new(linker) })
 }
 
 /// How a call's fuel and deadline are counted.
@@ -316,7 +312,7 @@ impl Sandbox {
     /// second instance of the same code costs.
     pub fn instantiate(
         capsule: &str,
-        module: &Module,
+        module: &CompiledModule,
         limits: SandboxLimits,
         services: HostServices,
     ) -> Result<Self, SandboxError> {
@@ -330,12 +326,11 @@ impl Sandbox {
     /// stop requests.
     pub fn instantiate_with(
         capsule: &str,
-        module: &Module,
+        compiled: &CompiledModule,
         limits: SandboxLimits,
         backend: Box<dyn HostBackend>,
         lifecycle: Arc<Lifecycle>,
     ) -> Result<Self, SandboxError> {
-        check_imports(module)?;
         let state = HostState {
             limits: CapsuleLimiter::new(limits.memory_bytes),
             capsule: capsule.to_owned(),
@@ -344,18 +339,14 @@ impl Sandbox {
             in_lifecycle: false,
             lifecycle,
             waits: 0,
-            logs: std::collections::VecDeque::new(),
         };
         // The module's own engine (see `compile`): the store keeps it alive.
-        let engine = module.engine();
-        let mut store = Store::new(engine, state);
+        let mut store = Store::new(compiled.engine(), state);
         store.limiter(|state| &mut state.limits);
-        let mut linker = Linker::<HostState>::new(engine);
-        link(&mut linker)?;
         // Instantiation runs no guest code (start functions are refused by the engine config),
         // but give it a slice of fuel for any lazy translation it does.
         store.set_fuel(limits.fuel_slice).map_err(|e| SandboxError::Instantiate(e.to_string()))?;
-        let instance = linker.instantiate_and_start(&mut store, module).map_err(|e| {
+        let instance = compiled.linker.instantiate_and_start(&mut store, &compiled.module).map_err(|e| {
             // A refusal of the limiter is the real reason; wasmi only says an allocation failed.
             SandboxError::Instantiate(store.data().limits.refusal().map_or_else(|| e.to_string(), str::to_owned))
         })?;
@@ -416,12 +407,12 @@ impl Sandbox {
         let action_buffer = self.give(action.as_bytes())?;
         let payload_buffer = self.give(payload)?;
         let packed: i64 = self.call(export, (action_buffer.0, action_buffer.1, payload_buffer.0, payload_buffer.1))?;
-        let bad = |reason: String| SandboxError::BadResult { export: export.to_owned(), reason };
-        let bytes = self.take(packed, MAX_HOOK_RESULT).map_err(bad)?;
+        let bytes = self.take(export, packed, MAX_HOOK_RESULT)?;
         if bytes.is_empty() {
             return Ok(HookResult { action: HookAction::Continue, data: None });
         }
-        serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| SandboxError::BadResult { export: export.to_owned(), reason: e.to_string() })
     }
 
     /// Copies `bytes` into a buffer from the guest's allocator: `(ptr, len)`.
@@ -437,19 +428,20 @@ impl Sandbox {
         Ok((ptr, len))
     }
 
-    /// Reads the guest buffer packed as `(ptr << 32) | len`, then hands it back to the
-    /// guest's `astrid_free` if it has one.
-    fn take(&mut self, packed: i64, max: usize) -> Result<Vec<u8>, String> {
+    /// Reads the buffer `export` returned packed as `(ptr << 32) | len`, then hands it back
+    /// to the guest's `astrid_free` if it has one.
+    fn take(&mut self, export: &str, packed: i64, max: usize) -> Result<Vec<u8>, SandboxError> {
+        let bad = |reason: String| SandboxError::BadResult { export: export.to_owned(), reason };
         let (ptr, len) = ((packed >> 32) as u32 as usize, (packed & 0xffff_ffff) as u32 as usize);
         if len > max {
-            return Err(format!("{len} bytes is over the {max}-byte limit"));
+            return Err(bad(format!("{len} bytes is over the {max}-byte limit")));
         }
-        let memory = self.memory(HOOK_EXPORT).map_err(|e| e.to_string())?;
+        let memory = self.memory(export)?;
         let mut bytes = vec![0u8; len];
-        memory.read(&self.store, ptr, &mut bytes).map_err(|e| format!("buffer outside its memory: {e}"))?;
+        memory.read(&self.store, ptr, &mut bytes).map_err(|e| bad(format!("buffer outside its memory: {e}")))?;
         if len > 0 && self.has_export(FREE_EXPORT) {
             let (ptr, len) = (i32::try_from(ptr).unwrap_or(0), i32::try_from(len).unwrap_or(0));
-            self.call::<(i32, i32), ()>(FREE_EXPORT, (ptr, len)).map_err(|e| e.to_string())?;
+            self.call::<(i32, i32), ()>(FREE_EXPORT, (ptr, len))?;
         }
         Ok(bytes)
     }
@@ -534,105 +526,6 @@ impl Sandbox {
     pub fn capsule(&self) -> &str {
         &self.store.data().capsule
     }
-
-    /// The last lines the guest logged (at most [`KEPT_LOG_LINES`]).
-    pub fn logs(&self) -> Vec<String> {
-        self.store.data().logs.iter().cloned().collect()
-    }
-}
-
-fn link(linker: &mut Linker<HostState>) -> Result<(), SandboxError> {
-    let err = |e: wasmi::errors::LinkerError| SandboxError::Instantiate(e.to_string());
-    linker
-        .func_wrap(
-            HOST_MODULE,
-            "log",
-            |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<(), wasmi::Error> {
-                let bytes = read_guest(&mut caller, ptr, len, MAX_LOG)?;
-                let line = String::from_utf8_lossy(&bytes).into_owned();
-                // The kernel side logs it for the operator; this is for whoever runs the guest.
-                log::debug!(target: "astrid::capsule", "{}: {line}", caller.data().capsule);
-                let logs = &mut caller.data_mut().logs;
-                if logs.len() == KEPT_LOG_LINES {
-                    logs.pop_front();
-                }
-                logs.push_back(line);
-                forward(&mut caller, HostCall::Log { line: bytes.into() }).map(drop)
-            },
-        )
-        .map_err(err)?;
-    linker.func_wrap(HOST_MODULE, "clock_ms", || -> i64 { chrono::Utc::now().timestamp_millis() }).map_err(err)?;
-    linker
-        .func_wrap(HOST_MODULE, "signal_ready", |mut caller: Caller<'_, HostState>| -> Result<(), wasmi::Error> {
-            caller.data().lifecycle.signal_ready();
-            forward(&mut caller, HostCall::SignalReady).map(drop)
-        })
-        .map_err(err)?;
-    linker
-        .func_wrap(
-            HOST_MODULE,
-            "request_approval",
-            |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
-                let request = read_guest(&mut caller, ptr, len, approval::MAX_REQUEST)?;
-                forward_status(&mut caller, HostCall::RequestApproval { request: request.into() })
-            },
-        )
-        .map_err(err)?;
-    linker
-        .func_wrap(
-            HOST_MODULE,
-            "has_config",
-            |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
-                let key = read_guest(&mut caller, ptr, len, MAX_CONFIG_KEY)?;
-                forward_status(&mut caller, HostCall::HasConfig { key: key.into() })
-            },
-        )
-        .map_err(err)?;
-    linker
-        .func_wrap(
-            HOST_MODULE,
-            "elicit",
-            |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
-                let request = read_guest(&mut caller, ptr, len, elicit::MAX_REQUEST)?;
-                let in_lifecycle = caller.data().in_lifecycle;
-                forward(&mut caller, HostCall::Elicit { request: request.into(), in_lifecycle })
-            },
-        )
-        .map_err(err)?;
-    linker
-        .func_wrap(
-            HOST_MODULE,
-            "get_config",
-            |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i64, wasmi::Error> {
-                let key = read_guest(&mut caller, ptr, len, MAX_CONFIG_KEY)?;
-                forward(&mut caller, HostCall::GetConfig { key: key.into() })
-            },
-        )
-        .map_err(err)?;
-    linker
-        .func_wrap(
-            HOST_MODULE,
-            "random_bytes",
-            |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> Result<i32, wasmi::Error> {
-                // Checks the buffer first (read_guest bounds-checks), then fills it from the OS CSPRNG.
-                let mut bytes = read_guest(&mut caller, ptr, len, MAX_RANDOM)?;
-                if getrandom::fill(&mut bytes).is_err() {
-                    return Ok(-1);
-                }
-                let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-                    return Err(wasmi::Error::new("the capsule exports no memory"));
-                };
-                let offset = usize::try_from(ptr).map_err(|_| wasmi::Error::new("negative pointer"))?;
-                memory.write(&mut caller, offset, &bytes).map_err(|e| wasmi::Error::new(e.to_string()))?;
-                Ok(0)
-            },
-        )
-        .map_err(err)?;
-    super::host_kv::link(linker).map_err(err)?;
-    super::host_ipc::link(linker).map_err(err)?;
-    super::host_fs::link(linker).map_err(err)?;
-    super::host_http::link(linker).map_err(err)?;
-    Ok(())
 }
 
 /// Copies `len` bytes at `ptr` out of the guest's memory, refusing anything out of bounds

@@ -38,7 +38,7 @@ fn quick() -> SandboxLimits {
 }
 
 #[test]
-fn a_well_behaved_capsule_runs_and_logs_through_the_host() {
+fn a_well_behaved_capsule_runs_and_calls_the_host() {
     let mut sandbox = load(
         r#"(module
             (import "astrid" "log" (func $log (param i32 i32)))
@@ -50,8 +50,8 @@ fn a_well_behaved_capsule_runs_and_logs_through_the_host() {
     )
     .expect("load");
     assert_eq!(sandbox.call::<(i32, i32), i32>("add", (2, 40)).expect("add"), 42);
+    // The line reaches the daemon log: `a_guest_log_line_reaches_the_daemon_log_wherever_it_runs`.
     sandbox.call::<(), ()>("greet", ()).expect("greet");
-    assert_eq!(sandbox.logs(), ["hello from wasm"]);
 }
 
 #[test]
@@ -675,25 +675,6 @@ mod allocations {
         let error = sandbox.call::<(), ()>("deep", ()).expect_err("must trap");
         assert!(matches!(error, SandboxError::Trap { .. }), "{error}");
         assert!(error.to_string().contains("stack"), "{error}");
-    }
-
-    #[test]
-    fn a_guest_that_logs_in_a_loop_keeps_a_bounded_log() {
-        let mut sandbox = load(
-            r#"(module
-                (import "astrid" "log" (func $log (param i32 i32)))
-                (memory (export "memory") 1)
-                (data (i32.const 0) "again")
-                (func (export "chatter") (local $i i32)
-                    (loop $more
-                        (call $log (i32.const 0) (i32.const 5))
-                        (local.set $i (i32.add (local.get $i) (i32.const 1)))
-                        (br_if $more (i32.lt_u (local.get $i) (i32.const 10000))))))"#,
-            quick(),
-        )
-        .expect("load");
-        sandbox.call::<(), ()>("chatter", ()).expect("chatter");
-        assert_eq!(sandbox.logs().len(), KEPT_LOG_LINES);
     }
 
     #[test]

@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use super::development::{self, Refusal};
 use super::lifecycle::Lifecycle;
-use super::process::{self, Tickets};
-use super::sandbox::Sandbox;
+use super::process::{self, ChildError, ChildReport, Tickets};
+use super::runner::{PrepareError, RunError};
+use super::sandbox::{CompiledModule, Sandbox, SandboxError};
 use super::wait::block_on_timeout;
 use super::{SandboxLimits, runner};
 use crate::audit::{Actor, Decision};
@@ -50,6 +51,24 @@ pub const MAX_RESTARTS: u32 = 5;
 const MAX_BACKOFF: Duration = Duration::from_secs(120);
 /// Running this long without failing resets the restart count.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+/// Why one life of a capsule ended in failure (the supervisor records it, then restarts the
+/// capsule with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    /// The kernel's half could not start it.
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    /// Its module does not compile or instantiate.
+    #[error(transparent)]
+    Load(#[from] SandboxError),
+    /// The interpreter's half ended it.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// Its capsule-host process failed.
+    #[error(transparent)]
+    Process(#[from] ChildError),
+}
 
 /// How the host runs capsules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +155,7 @@ struct Running {
 }
 
 /// A module compiled once, on first use, by whichever capsule thread needs it first.
-type CompiledModule = Arc<std::sync::OnceLock<Result<wasmi::Module, String>>>;
+type ModuleCell = Arc<std::sync::OnceLock<Result<CompiledModule, SandboxError>>>;
 
 /// How long stopping waits for a capsule's thread. A stop wakes waits and computing guests
 /// quickly, but an HTTP request in flight runs to its own timeout.
@@ -169,7 +188,7 @@ pub struct CapsuleHost {
     /// Compiled modules by BLAKE3 (a module is compiled once, however often it restarts),
     /// each on an engine of its own. Only the modules of capsules that are wanted are kept:
     /// [`CapsuleHost::sync`] drops the others, and with them everything their engines held.
-    modules: Mutex<HashMap<String, CompiledModule>>,
+    modules: Mutex<HashMap<String, ModuleCell>>,
     /// Attach tickets of the capsule-host processes this host started.
     tickets: Tickets,
 }
@@ -186,6 +205,9 @@ pub struct Attachment {
     pub limits: SandboxLimits,
     /// A development capsule's registration, dropped (unregistered) with the session.
     pub registration: Option<development::Registration>,
+    /// Where a failure the capsule host reports goes: to the supervisor that started the
+    /// process (none for a development run, whose author sees it).
+    pub report: Option<Arc<ChildReport>>,
 }
 
 impl std::fmt::Debug for CapsuleHost {
@@ -346,10 +368,10 @@ impl CapsuleHost {
 
     /// The compiled module for `wasm` (BLAKE3 `hash`), compiling it on first use. Capsules
     /// sharing a module wait for one compilation; different modules compile in parallel.
-    fn module(&self, hash: &str, wasm: &[u8]) -> Result<wasmi::Module, String> {
+    fn module(&self, hash: &str, wasm: &[u8]) -> Result<CompiledModule, SandboxError> {
         let cell =
             Arc::clone(self.modules.lock().unwrap_or_else(|e| e.into_inner()).entry(hash.to_owned()).or_default());
-        cell.get_or_init(|| super::compile(wasm).map_err(|e| e.to_string())).clone()
+        cell.get_or_init(|| super::compile(wasm)).clone()
     }
 
     /// The thread body: run the capsule, restart it with backoff when it fails.
@@ -363,7 +385,7 @@ impl CapsuleHost {
             }
             let reason = match outcome {
                 Ok(()) => "its run loop returned".to_owned(),
-                Err(reason) => reason,
+                Err(error) => error.to_string(),
             };
             if started.elapsed() >= HEALTHY_AFTER {
                 attempt = 0;
@@ -412,18 +434,17 @@ impl CapsuleHost {
         dir: Option<&Path>,
         isolation: Isolation,
         lifecycle: &Arc<Lifecycle>,
-    ) -> Result<(), String> {
+    ) -> Result<(), InstanceError> {
         if isolation == Isolation::Process {
             let home = self.kernel.config().home.root().to_path_buf();
-            return process::run_child(&home, &self.tickets, name, dir, lifecycle);
+            return Ok(process::run_child(&home, &self.tickets, name, dir, lifecycle)?);
         }
         let prepared = runner::prepare(&self.kernel, &self.config, name, dir, Arc::clone(lifecycle))?;
         let module = self.module(&prepared.hash, &prepared.wasm)?;
         let backend = Box::new(prepared.context);
-        let mut sandbox = Sandbox::instantiate_with(name, &module, self.config.limits, backend, Arc::clone(lifecycle))
-            .map_err(|e| e.to_string())?;
+        let mut sandbox = Sandbox::instantiate_with(name, &module, self.config.limits, backend, Arc::clone(lifecycle))?;
         self.kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.start", name, Decision::Info, "instantiated");
-        runner::run(&mut sandbox, &prepared.plan)
+        Ok(runner::run(&mut sandbox, &prepared.plan)?)
     }
 
     /// Attaches a capsule-host connection: to the capsule its ticket was issued for, or to
@@ -451,10 +472,16 @@ impl CapsuleHost {
                 &std::collections::BTreeMap::new(),
                 Arc::clone(&session),
             )
-            .map_err(|reason| refuse(&name, reason))?;
+            .map_err(|error| refuse(&name, error.to_string()))?;
             audit(&name, Decision::Allow, &format!("development run of {dir}"));
             let registration = Some(loaded.registration);
-            return Ok(Attachment { prepared, lifecycle: session, limits: self.config.limits, registration });
+            return Ok(Attachment {
+                prepared,
+                lifecycle: session,
+                limits: self.config.limits,
+                registration,
+                report: None,
+            });
         }
         let Some(ticketed) = request.ticket.as_deref().and_then(|ticket| self.tickets.redeem(ticket)) else {
             let reason = if request.ticket.is_some() {
@@ -466,10 +493,21 @@ impl CapsuleHost {
         };
         let prepared =
             runner::prepare(&self.kernel, &self.config, &ticketed.name, ticketed.dir.as_deref(), Arc::clone(&session))
-                .map_err(|reason| refuse(&ticketed.name, reason))?;
+                .map_err(|error| {
+                    // The supervisor learns why from here, not from the refused process.
+                    let reason = error.to_string();
+                    ticketed.report.refused(error);
+                    refuse(&ticketed.name, reason)
+                })?;
         let supervised = Arc::clone(&ticketed.lifecycle);
         session.on_ready(move || supervised.signal_ready());
         audit(&ticketed.name, Decision::Allow, "ticket redeemed; runs in a capsule-host process");
-        Ok(Attachment { prepared, lifecycle: session, limits: self.config.limits, registration: None })
+        Ok(Attachment {
+            prepared,
+            lifecycle: session,
+            limits: self.config.limits,
+            registration: None,
+            report: Some(ticketed.report),
+        })
     }
 }

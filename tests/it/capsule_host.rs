@@ -96,6 +96,40 @@ fn capsules_in_processes_of_their_own_serve_like_capsules_on_threads() {
     assert!(t.wait_for(|| pids.iter().all(|pid| !alive(*pid)), HANG), "capsule hosts stopped");
 }
 
+/// A capsule whose install hook logs `line`, in a process of its own or not.
+fn write_logger(dir: &Path, name: &str, line: &str, isolation: &str) {
+    std::fs::create_dir_all(dir).expect("dir");
+    let module = wat::parse_str(format!(
+        r#"(module
+            (import "astrid" "log" (func $log (param i32 i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 8) "{line}")
+            (func (export "astrid_install") i32.const 8 i32.const {} call $log))"#,
+        line.len()
+    ))
+    .expect("wat");
+    std::fs::write(dir.join("logger.wasm"), module).expect("module");
+    let manifest = format!(
+        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\n\n[[component]]\nid = \"main\"\nfile = \"logger.wasm\"\nisolation = \"{isolation}\"\n"
+    );
+    std::fs::write(dir.join("Capsule.toml"), manifest).expect("manifest");
+}
+
+#[test]
+fn a_guest_log_line_reaches_the_daemon_log_wherever_it_runs() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    for isolation in ["thread", "process"] {
+        let (name, line) = (format!("logger-{isolation}"), format!("hello from wasm on a {isolation}"));
+        let dir = t.workspace.join(&name);
+        write_logger(&dir, &name, &line, isolation);
+        let installed = t.cli(&["capsule", "install", dir.to_str().expect("utf8"), "--yes"]);
+        assert_eq!(installed.status.code(), Some(0), "{}", String::from_utf8_lossy(&installed.stderr));
+        // The kernel side logs what the guest side forwarded, under the capsule's name.
+        assert!(t.logged(&format!("capsule {name}: {line}")), "{}", t.log());
+    }
+}
+
 #[test]
 fn the_hostile_capsule_is_contained_in_a_process_of_its_own_too() {
     hostile_is_contained(&[PROCESS]);
@@ -146,6 +180,33 @@ fn a_manifest_asks_for_a_process_a_killed_one_is_restarted_and_a_killed_daemon_l
     daemon.signal(nix::sys::signal::Signal::SIGKILL);
     daemon.wait_exit(HANG).expect("killed");
     assert!(t.wait_for(|| pids.iter().all(|pid| !alive(*pid)), HANG), "orphans: {pids:?}");
+}
+
+#[test]
+fn why_a_process_failed_is_what_the_daemon_knows_never_what_the_process_printed() {
+    let t = TestHome::new();
+    let daemon = t.daemon_with(&[], &[PROCESS, ("ASTRID_CAPSULE_BACKOFF_MS", "100")]);
+    install(&t, "kv-counter");
+    let mut client = t.client();
+    wait_running(&t, &mut client, &["kv-counter"]);
+    // The module is swapped behind the installer's back, then the process dies: the restart's
+    // attach is refused by the daemon, which records its own reason for the crash (the
+    // refused process still prints one, for a person).
+    let installed = t.home.join("home/default/.local/capsules/kv-counter");
+    std::fs::copy(example("hello").join("hello.wasm"), installed.join("kv-counter.wasm")).expect("swap");
+    let (pid, _) = capsule_hosts(daemon.pid()).into_iter().next().expect("a capsule host");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let crashes = |audit: &[Value]| -> Vec<String> {
+        entries(audit, "capsule.crashed").into_iter().filter_map(|e| e["rule"].as_str().map(str::to_owned)).collect()
+    };
+    let refused = |audit: &[Value]| crashes(audit).iter().any(|rule| rule.contains("does not match the BLAKE3"));
+    let audit = audit_until(&t, refused);
+    let rules = crashes(&audit);
+    assert!(refused(&audit), "the refused restart is recorded: {rules:?}\n{}", t.log());
+    assert!(rules.iter().any(|rule| rule.contains("killed by signal 9")), "the kill, from the exit status: {rules:?}");
+    for rule in rules.iter().filter(|rule| rule.contains("BLAKE3")) {
+        assert!(!rule.contains("cannot attach") && !rule.contains("exited with status"), "the daemon's reason: {rule}");
+    }
 }
 
 #[test]
