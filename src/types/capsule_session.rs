@@ -80,11 +80,9 @@ pub enum HostCall {
     },
     /// Ask a person for a declared `[env]` value.
     Elicit {
-        /// `{key, description?}` as JSON.
+        /// `{key, description?}` as JSON. Allowed only while the install or upgrade hook the
+        /// daemon planned is due and the module exports it: the daemon knows both itself.
         request: Blob,
-        /// Whether the guest is inside its install or upgrade hook, the only time this is
-        /// allowed.
-        in_lifecycle: bool,
     },
     /// KV read.
     KvGet {
@@ -235,10 +233,9 @@ pub enum HostCall {
     },
     /// The runner is past an install or upgrade hook: recorded so it is not due again.
     LifecycleDone {
-        /// `astrid_install` or `astrid_upgrade`.
+        /// `astrid_install` or `astrid_upgrade`: it must be the hook the daemon planned.
+        /// Whether it ran is the daemon's own reading of the module's exports.
         hook: String,
-        /// Whether the guest exports the hook (and it ran).
-        ran: bool,
     },
     /// The runner waits for the next event on the capsule's interceptor bindings (the first
     /// call subscribes them): `[u32 BE topic length][topic][payload]`, or a negative status.

@@ -70,6 +70,8 @@ pub struct CapsuleContext {
     pub(super) interceptors: Option<Subscription>,
     /// The install record a finished lifecycle hook is recorded against.
     pub(super) installed: Option<CapsuleMeta>,
+    /// The install or upgrade hook planned for this instance and not yet reported done.
+    due_hook: Option<DueHook>,
     /// The client request the instance is working for: the cause of the event its hook is
     /// handling (a run loop: of the last message it received). Its publishes and approval
     /// requests carry it on; the kernel sets it, the guest cannot.
@@ -97,6 +99,7 @@ impl CapsuleContext {
             interceptor_patterns: Vec::new(),
             interceptors: None,
             installed: None,
+            due_hook: None,
             cause: None,
         }
     }
@@ -195,7 +198,22 @@ impl CapsuleContext {
         (key.len() <= MAX_CONFIG_KEY).then(|| std::str::from_utf8(key).ok()).flatten()
     }
 
-    fn lifecycle_done(&mut self, hook: &str, ran: bool) -> HostReply {
+    /// The hook this instance was planned to run (`prepare`), and whether the module exports
+    /// it: what `elicit` and `lifecycle_done` believe, never the guest side's word (which may
+    /// be a capsule-host process).
+    pub fn set_due_hook(&mut self, hook: Option<String>, wasm: &[u8]) {
+        self.due_hook = hook.map(|name| {
+            let exported = super::limits::exports_function(wasm, &name);
+            DueHook { name, exported }
+        });
+    }
+
+    fn lifecycle_done(&mut self, hook: &str) -> HostReply {
+        let ran = match &self.due_hook {
+            Some(due) if due.name == hook => due.exported,
+            _ => return HostReply::Trap(format!("{hook} was not the hook due for this instance")),
+        };
+        self.due_hook = None;
         let (Some(access), Some(meta), Some((store, _))) = (&self.kernel, &self.installed, &self.kv) else {
             return HostReply::value(0);
         };
@@ -216,6 +234,14 @@ impl CapsuleContext {
     }
 }
 
+/// A lifecycle hook the daemon planned, as the daemon read it from the module.
+#[derive(Debug)]
+struct DueHook {
+    name: String,
+    /// Whether the module exports it (else the runner reports it done without calling it).
+    exported: bool,
+}
+
 impl Drop for CapsuleContext {
     /// The instance ended: the counts of its routine audit events are written.
     fn drop(&mut self) {
@@ -234,6 +260,8 @@ impl HostBackend for CapsuleContext {
                 HostReply::value(0)
             }
             HostCall::SignalReady => {
+                // Past any hook: a guest that is ready is serving, not installing.
+                self.due_hook = None;
                 self.lifecycle.signal_ready();
                 HostReply::value(0)
             }
@@ -245,7 +273,10 @@ impl HostBackend for CapsuleContext {
                 HostReply::value(i32::from(Self::config_key(&key.0).is_some_and(|key| self.config.contains_key(key))))
             }
             HostCall::RequestApproval { request } => approval::request(self, &request.0),
-            HostCall::Elicit { request, in_lifecycle } => elicit::elicit(self, &request.0, in_lifecycle),
+            HostCall::Elicit { request } => {
+                let in_hook = self.due_hook.as_ref().is_some_and(|due| due.exported);
+                elicit::elicit(self, &request.0, in_hook)
+            }
             HostCall::KvGet { key } => host_kv::get(self, &key.0),
             HostCall::KvSet { key, value } => host_kv::set(self, &key.0, &value.0),
             HostCall::KvDelete { key } => host_kv::delete(self, &key.0),
@@ -280,8 +311,64 @@ impl HostBackend for CapsuleContext {
                 host_http::stream_read(self, handle, Some(Duration::from_millis(timeout_ms.into())))
             }
             HostCall::HttpStreamClose { handle } => host_http::stream_close(self, handle),
-            HostCall::LifecycleDone { hook, ran } => self.lifecycle_done(&hook, ran),
-            HostCall::NextEvent { timeout_ms } => host_ipc::next_event(self, timeout_ms),
+            HostCall::LifecycleDone { hook } => self.lifecycle_done(&hook),
+            HostCall::NextEvent { timeout_ms } => {
+                self.due_hook = None;
+                host_ipc::next_event(self, timeout_ms)
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::types::HostReply;
+    use crate::wasm::elicit::ElicitStatus;
+
+    const INSTALL: &str = "astrid_install";
+
+    fn context() -> CapsuleContext {
+        CapsuleContext::new("guest", Duration::from_secs(1), HostServices::default())
+    }
+
+    fn elicit(context: &mut CapsuleContext) -> HostReply {
+        context.call(HostCall::Elicit { request: br#"{"key":"api_key"}"#.to_vec().into() })
+    }
+
+    /// The guest side (possibly a capsule-host process) reports only which hook it is past;
+    /// whether a hook is due, whether it ran and whether `elicit` may ask are the kernel's.
+    #[test]
+    fn the_kernel_side_decides_what_a_lifecycle_hook_may_do() {
+        let module = wat::parse_str(r#"(module (func (export "astrid_install")))"#).expect("wat");
+        let refused = HostReply::value(ElicitStatus::NotInLifecycle as i32);
+
+        // Nothing planned: no question, and no hook to report done.
+        let mut idle = context();
+        assert_eq!(elicit(&mut idle), refused);
+        assert!(matches!(idle.call(HostCall::LifecycleDone { hook: INSTALL.into() }), HostReply::Trap(_)));
+
+        // A hook the module does not export cannot be "in progress", whatever the guest says.
+        let mut absent = context();
+        absent.set_due_hook(Some(INSTALL.into()), &wat::parse_str("(module)").expect("wat"));
+        assert_eq!(elicit(&mut absent), refused);
+
+        // The planned hook: elicit passes the lifecycle check (and fails later on input this
+        // context has no kernel for); another hook's name is refused; once done, done.
+        let mut due = context();
+        due.set_due_hook(Some(INSTALL.into()), &module);
+        assert_ne!(elicit(&mut due), refused);
+        assert!(matches!(due.call(HostCall::LifecycleDone { hook: "astrid_upgrade".into() }), HostReply::Trap(_)));
+        assert_eq!(due.call(HostCall::LifecycleDone { hook: INSTALL.into() }), HostReply::value(0));
+        assert_eq!(elicit(&mut due), refused);
+        assert!(matches!(due.call(HostCall::LifecycleDone { hook: INSTALL.into() }), HostReply::Trap(_)));
+
+        // Serving ends the hook phase: a guest that signalled ready may not ask any more.
+        let mut serving = context();
+        serving.set_due_hook(Some(INSTALL.into()), &module);
+        serving.call(HostCall::SignalReady);
+        assert_eq!(elicit(&mut serving), refused);
     }
 }

@@ -228,8 +228,7 @@ host_functions! {
     /// Ask a person for a declared `[env]` value (install and upgrade hooks only).
     kernel fn elicit(caller, ptr: i32, len: i32) -> i64 {
         let request = read_guest(caller, ptr, len, elicit::MAX_REQUEST)?;
-        let in_lifecycle = caller.data().in_lifecycle;
-        forward(caller, HostCall::Elicit { request: request.into(), in_lifecycle })
+        forward(caller, HostCall::Elicit { request: request.into() })
     }
     /// KV read.
     kernel fn kv_get(caller, ptr: i32, len: i32) -> i64 {

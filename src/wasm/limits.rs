@@ -79,6 +79,17 @@ pub fn check_module(wasm: &[u8]) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Whether the module exports a function called `name`, read from its export section (no
+/// instance needed: the kernel side asks this of modules a capsule-host process runs).
+pub fn exports_function(wasm: &[u8], name: &str) -> bool {
+    wasmparser::Parser::new(0).parse_all(wasm).any(|payload| match payload {
+        Ok(wasmparser::Payload::ExportSection(exports)) => exports
+            .into_iter()
+            .any(|export| export.is_ok_and(|e| e.name == name && e.kind == wasmparser::ExternalKind::Func)),
+        _ => false,
+    })
+}
+
 /// The store's resource limiter: memory and table bytes against one budget, one memory, one
 /// table, one instance. The reason for the last refusal is kept for the error message.
 #[derive(Debug)]

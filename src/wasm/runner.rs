@@ -228,6 +228,7 @@ pub fn prepare_loaded(
         log::info!("capsule {capsule} is ready");
         registry.set_capsule_state(&capsule, CapsuleState::Ready);
     });
+    context.set_due_hook(lifecycle_hook.clone(), &wasm);
     Ok(Prepared { context, wasm, hash, plan: Plan { lifecycle_hook, bindings } })
 }
 
@@ -256,11 +257,10 @@ fn due_hook(kernel: &Kernel, name: &str, meta: &CapsuleMeta) -> Option<String> {
 pub fn run(sandbox: &mut Sandbox, plan: &Plan) -> Result<(), RunError> {
     let name = sandbox.capsule().to_owned();
     if let Some(hook) = &plan.lifecycle_hook {
-        let ran = sandbox.has_export(hook);
-        if ran {
+        if sandbox.has_export(hook) {
             sandbox.call_lifecycle(hook).map_err(|source| RunError::LifecycleHook { hook: hook.clone(), source })?;
         }
-        expect_done(sandbox.host_call(HostCall::LifecycleDone { hook: hook.clone(), ran }))?;
+        expect_done(sandbox.host_call(HostCall::LifecycleDone { hook: hook.clone() }))?;
     }
     if sandbox.has_export(RUN_EXPORT) {
         log::info!("capsule {name} started (run loop)");

@@ -149,8 +149,6 @@ pub struct HostState {
     backend: Box<dyn HostBackend>,
     /// Time spent waiting in host calls during the current call (not charged to the deadline).
     pub(super) waited: Duration,
-    /// Whether the current call is an install or upgrade hook (the only time `elicit` works).
-    pub(super) in_lifecycle: bool,
     /// Readiness and stop, as seen by the interpreter (checked at every fuel slice).
     pub(super) lifecycle: Arc<Lifecycle>,
     /// How many times the guest has waited for messages (a run loop's budget restarts then).
@@ -336,7 +334,6 @@ impl Sandbox {
             capsule: capsule.to_owned(),
             backend,
             waited: Duration::ZERO,
-            in_lifecycle: false,
             lifecycle,
             waits: 0,
         };
@@ -378,12 +375,10 @@ impl Sandbox {
         result
     }
 
-    /// Calls an install or upgrade hook (`() -> ()`): the only calls that may `elicit`.
+    /// Calls an install or upgrade hook (`() -> ()`). Whether `elicit` may ask a person is
+    /// decided on the kernel side, from the hook it planned ([`CapsuleContext`]), not here.
     pub fn call_lifecycle(&mut self, export: &str) -> Result<(), SandboxError> {
-        self.store.data_mut().in_lifecycle = true;
-        let result = self.call::<(), ()>(export, ());
-        self.store.data_mut().in_lifecycle = false;
-        result
+        self.call::<(), ()>(export, ())
     }
 
     /// Whether the module exports a function called `name`.
