@@ -6,7 +6,6 @@
 //! [`Lifecycle::stopped`].
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
@@ -14,7 +13,8 @@ type ReadyHook = Box<dyn FnOnce() + Send>;
 
 /// Readiness and stop flags of one capsule instance.
 pub struct Lifecycle {
-    ready: AtomicBool,
+    /// A watch rather than a flag, so that the host can wait for readiness without polling.
+    ready: watch::Sender<bool>,
     on_ready: Mutex<Vec<ReadyHook>>,
     stop: watch::Sender<bool>,
 }
@@ -27,7 +27,7 @@ impl std::fmt::Debug for Lifecycle {
 
 impl Default for Lifecycle {
     fn default() -> Self {
-        Self { ready: AtomicBool::new(false), on_ready: Mutex::new(Vec::new()), stop: watch::channel(false).0 }
+        Self { ready: watch::channel(false).0, on_ready: Mutex::new(Vec::new()), stop: watch::channel(false).0 }
     }
 }
 
@@ -48,7 +48,7 @@ impl Lifecycle {
     pub fn signal_ready(&self) {
         let hooks = {
             let mut slot = self.on_ready.lock().unwrap_or_else(|e| e.into_inner());
-            self.ready.store(true, Ordering::Release);
+            self.ready.send_replace(true);
             std::mem::take(&mut *slot)
         };
         for hook in hooks {
@@ -60,12 +60,20 @@ impl Lifecycle {
     pub fn reset_ready(&self) {
         let mut slot = self.on_ready.lock().unwrap_or_else(|e| e.into_inner());
         slot.clear();
-        self.ready.store(false, Ordering::Release);
+        self.ready.send_replace(false);
     }
 
     /// Whether the guest has signalled readiness.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        *self.ready.borrow()
+    }
+
+    /// Completes once the guest has signalled readiness (at once if it has). Needs no runtime.
+    pub fn ready(&self) -> impl Future<Output = ()> + use<> {
+        let mut receiver = self.ready.subscribe();
+        async move {
+            let _ = receiver.wait_for(|ready| *ready).await;
+        }
     }
 
     /// Asks the instance to stop (idempotent).
@@ -110,5 +118,20 @@ mod tests {
         assert!(!lifecycle.is_ready());
         lifecycle.signal_ready();
         assert!(lifecycle.is_ready());
+    }
+
+    #[test]
+    fn readiness_wakes_a_waiter_and_a_reset_makes_the_next_one_wait() {
+        let lifecycle = Arc::new(Lifecycle::default());
+        let guest = Arc::clone(&lifecycle);
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            guest.signal_ready();
+        });
+        // Some: the signal woke it (the timeout is only a hang guard).
+        assert_eq!(block_on_timeout(lifecycle.ready(), Duration::from_secs(60)), Some(()));
+        thread.join().expect("guest");
+        lifecycle.reset_ready();
+        assert_eq!(block_on_timeout(lifecycle.ready(), Duration::ZERO), None, "a restarted instance must signal again");
     }
 }

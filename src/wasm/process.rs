@@ -12,8 +12,9 @@
 //! The child gets a scrubbed environment, its own process group (a Ctrl-C meant for a
 //! foreground daemon does not race the daemon's own shutdown), and asks the OS to kill it
 //! when the daemon dies, so a SIGKILLed daemon leaves no capsule behind. (Linux sends that
-//! signal when the *thread* that spawned the child ends; [`run_child`] spawns and waits on the
-//! same thread, which therefore outlives the child.)
+//! signal when the *thread* that spawned the child ends; [`run_child`] spawns the child and
+//! stays until it has reaped it, so that thread outlives the child. The exit itself is
+//! watched by a thread of its own, so the wait is a notification, not a polling loop.)
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -22,11 +23,16 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
+use nix::unistd::Pid;
 use subtle::ConstantTimeEq;
+use tokio::sync::watch;
 
 use super::lifecycle::Lifecycle;
 use super::runner::PrepareError;
-use super::wait::block_on_timeout;
+use super::wait::{block_on, block_on_timeout, unless_stopped};
 use crate::types::capsule_session::CapsuleFailure;
 
 /// The environment variable that carries a child's ticket.
@@ -65,6 +71,14 @@ pub enum ChildError {
         pid: u32,
         /// How it ended.
         status: ExitStatus,
+    },
+    /// The child's exit cannot be watched (no thread for it); it was killed.
+    #[error("cannot watch capsule-host process {pid}: {source}")]
+    Watch {
+        /// Its pid.
+        pid: u32,
+        /// Why.
+        source: std::io::Error,
     },
     /// The child can no longer be waited for.
     #[error("lost track of capsule-host process {pid}: {source}")]
@@ -221,44 +235,74 @@ pub fn run_child(
             }
         })
     });
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(Ok(status)),
-            Ok(None) => {}
-            Err(source) => break Some(Err(ChildError::Lost { pid, source })),
+    let exit = match ExitWatch::start(pid) {
+        Ok(exit) => exit,
+        Err(source) => {
+            // Unwatched, it could not be stopped: it does not run.
+            let _ = child.kill();
+            let _ = child.wait();
+            tickets.withdraw(name);
+            return Err(ChildError::Watch { pid, source });
         }
-        if lifecycle.is_stopping() {
-            terminate(&mut child);
-            break None;
-        }
-        block_on_timeout(lifecycle.stopped(), Duration::from_millis(50));
     };
+    // The exit, or a stop (then the child is ended); this thread waits either way, so it
+    // outlives the child (see the module documentation).
+    if block_on(unless_stopped(exit.exited(), lifecycle.stopped())).is_none() {
+        terminate(&mut child, &exit);
+    }
+    let status = child.wait();
     tickets.withdraw(name);
     if let Some(reader) = reader {
         let _ = reader.join();
     }
-    let Some(status) = status.filter(|_| !lifecycle.is_stopping()) else { return Ok(()) };
-    match (status?, report.take()) {
+    if lifecycle.is_stopping() {
+        return Ok(());
+    }
+    let status = status.map_err(|source| ChildError::Lost { pid, source })?;
+    match (status, report.take()) {
         (_, Some(reported)) => Err(reported),
         (status, None) if status.success() => Ok(()),
         (status, None) => Err(ChildError::Ended { pid, status }),
     }
 }
 
-/// SIGTERM, then SIGKILL after a grace period; always reaped.
-fn terminate(child: &mut Child) {
+/// SIGTERM, then SIGKILL if it has not exited after a grace period. The caller reaps it.
+fn terminate(child: &mut Child, exit: &ExitWatch) {
     if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        // Not reaped yet (only the caller reaps), so the pid is still this child's.
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     }
-    let deadline = Instant::now() + TERMINATE_GRACE;
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
+    if block_on_timeout(exit.exited(), TERMINATE_GRACE).is_none() {
+        let _ = child.kill();
+    }
+}
+
+/// A child's exit as something to wait on. A thread of its own waits for it with `waitid`
+/// and `WNOWAIT`, which does not reap it: its pid stays its own (safe to signal) until its
+/// owner reaps it with [`Child::wait`].
+struct ExitWatch(watch::Receiver<bool>);
+
+impl ExitWatch {
+    fn start(pid: u32) -> std::io::Result<Self> {
+        let pid = i32::try_from(pid).map_err(std::io::Error::other)?;
+        let (exited, watch) = watch::channel(false);
+        std::thread::Builder::new().name(format!("exit-of:{pid}")).spawn(move || {
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+            while let Err(Errno::EINTR) = waitid(Id::Pid(Pid::from_raw(pid)), flags) {}
+            // Exited, or no longer ours to wait for (reaped by a PID 1 reaper): either way,
+            // waiters go on and the owner's `wait` says which.
+            exited.send_replace(true);
+        })?;
+        Ok(Self(watch))
+    }
+
+    /// Completes once the child has exited. Needs no runtime.
+    fn exited(&self) -> impl Future<Output = ()> + use<> {
+        let mut exited = self.0.clone();
+        async move {
+            let _ = exited.wait_for(|exited| *exited).await;
         }
-        std::thread::sleep(Duration::from_millis(5));
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -293,5 +337,39 @@ mod tests {
         let other = tickets.issue(ticketed()).expect("ticket");
         tickets.withdraw("hello");
         assert!(tickets.redeem(&other).is_none(), "withdrawn with its child");
+    }
+
+    /// `sh -c script`, watched.
+    fn watched(script: &str) -> (Child, ExitWatch) {
+        let child = Command::new("sh").args(["-c", script]).spawn().expect("sh");
+        let exit = ExitWatch::start(child.id()).expect("watch");
+        (child, exit)
+    }
+
+    #[test]
+    fn an_exit_is_reported_without_reaping_and_the_owner_reaps_it() {
+        let (mut child, exit) = watched("exit 3");
+        // The exit woke it (the timeout is only a hang guard).
+        assert_eq!(block_on_timeout(exit.exited(), Duration::from_secs(60)), Some(()));
+        assert_eq!(child.wait().expect("reaped by its owner").code(), Some(3), "the status was left for the owner");
+    }
+
+    #[test]
+    fn terminate_asks_first_and_kills_a_child_that_does_not_listen() {
+        use std::os::unix::process::ExitStatusExt;
+        let (mut polite, exit) = watched("sleep 600");
+        terminate(&mut polite, &exit);
+        assert_eq!(polite.wait().expect("reaped").signal(), Some(Signal::SIGTERM as i32));
+        // `exec` keeps the ignored SIGTERM, and the printed line says the trap is set.
+        let mut deaf = Command::new("sh")
+            .args(["-c", "trap '' TERM; echo deaf; exec sleep 600"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let mut line = String::new();
+        BufReader::new(deaf.stdout.take().expect("stdout")).read_line(&mut line).expect("deaf");
+        let exit = ExitWatch::start(deaf.id()).expect("watch");
+        terminate(&mut deaf, &exit);
+        assert_eq!(deaf.wait().expect("reaped").signal(), Some(Signal::SIGKILL as i32), "killed after the grace");
     }
 }

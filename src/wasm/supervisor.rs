@@ -22,12 +22,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use super::development::{self, Refusal};
 use super::lifecycle::Lifecycle;
 use super::process::{self, ChildError, ChildReport, Tickets};
 use super::runner::{PrepareError, RunError};
 use super::sandbox::{CompiledModule, Sandbox, SandboxError};
-use super::wait::block_on_timeout;
+use super::wait::{block_on_timeout, unless_stopped};
 use super::{SandboxLimits, runner};
 use crate::audit::{Actor, Decision};
 use crate::home::DEFAULT_PRINCIPAL;
@@ -149,9 +151,49 @@ struct Identity {
 struct Running {
     identity: Identity,
     lifecycle: Arc<Lifecycle>,
-    thread: JoinHandle<()>,
+    thread: CapsuleThread,
     /// The kernel's rescan count when it started.
     rescan: u64,
+}
+
+/// A capsule's supervising thread, and its end as something to wait on: the thread holds the
+/// sender of `ended` and drops it when it returns or unwinds, which wakes every waiter.
+struct CapsuleThread {
+    handle: JoinHandle<()>,
+    ended: watch::Receiver<()>,
+}
+
+impl CapsuleThread {
+    fn spawn(name: String, body: impl FnOnce() + Send + 'static) -> std::io::Result<Self> {
+        let (alive, ended) = watch::channel(());
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            let _alive = alive;
+            body();
+        })?;
+        Ok(Self { handle, ended })
+    }
+
+    fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    /// Completes once the thread's body is over. Needs no runtime.
+    fn ended(&self) -> impl Future<Output = ()> + use<> {
+        let mut ended = self.ended.clone();
+        async move { while ended.changed().await.is_ok() {} }
+    }
+
+    /// Joins the thread if it ends within `within`; otherwise leaves it running (detached).
+    fn join_within(self, within: Duration) -> bool {
+        if block_on_timeout(self.ended(), within).is_none() {
+            return false;
+        }
+        // Its body is over: what is left of the thread is its exit.
+        if self.handle.join().is_err() {
+            log::error!("a capsule thread panicked");
+        }
+        true
+    }
 }
 
 /// A module compiled once, on first use, by whichever capsule thread needs it first.
@@ -160,21 +202,6 @@ type ModuleCell = Arc<std::sync::OnceLock<Result<CompiledModule, SandboxError>>>
 /// How long stopping waits for a capsule's thread. A stop wakes waits and computing guests
 /// quickly, but an HTTP request in flight runs to its own timeout.
 const STOP_WAIT: Duration = Duration::from_secs(2);
-
-/// Joins `thread` if it ends within `within`; otherwise leaves it running (detached).
-fn join_within(thread: JoinHandle<()>, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while !thread.is_finished() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    if thread.join().is_err() {
-        log::error!("a capsule thread panicked");
-    }
-    true
-}
 
 fn wanted_identity<'a>(wanted: &'a [(String, Identity)], name: &str) -> Option<&'a Identity> {
     wanted.iter().find(|(n, _)| n == name).map(|(_, identity)| identity)
@@ -285,7 +312,7 @@ impl CapsuleHost {
                     continue;
                 }
                 old.lifecycle.stop();
-                if !join_within(old.thread, STOP_WAIT) {
+                if !old.thread.join_within(STOP_WAIT) {
                     log::warn!("capsule {name} did not stop within {} ms; left to finish alone", STOP_WAIT.as_millis());
                 }
                 log::info!("capsule {name} stopped (changed, removed or no longer granted)");
@@ -314,10 +341,9 @@ impl CapsuleHost {
             let (thread_name, thread_lifecycle, dir) =
                 (format!("capsule:{name}"), Arc::clone(&lifecycle), identity.dir.clone());
             let (capsule, isolation) = (name.clone(), identity.isolation);
-            match std::thread::Builder::new()
-                .name(thread_name)
-                .spawn(move || host.supervise(&capsule, dir.as_deref(), isolation, &thread_lifecycle))
-            {
+            match CapsuleThread::spawn(thread_name, move || {
+                host.supervise(&capsule, dir.as_deref(), isolation, &thread_lifecycle);
+            }) {
                 Ok(thread) => {
                     running.insert(name, Running { identity, lifecycle, thread, rescan });
                 }
@@ -333,21 +359,20 @@ impl CapsuleHost {
     /// a slow capsule is logged, not fatal).
     pub fn wait_ready(&self, within: Duration) {
         let deadline = Instant::now() + within;
-        loop {
-            let waiting: Vec<String> = self
-                .running()
-                .iter()
-                .filter(|(_, r)| !r.lifecycle.is_ready() && !r.thread.is_finished())
-                .map(|(name, _)| name.clone())
-                .collect();
-            if waiting.is_empty() {
-                return;
+        // Each wait ends when the capsule signals ready or its thread ends (it gave up).
+        let waits: Vec<(String, _)> = self
+            .running()
+            .iter()
+            .map(|(name, r)| (name.clone(), unless_stopped(r.lifecycle.ready(), r.thread.ended())))
+            .collect();
+        let mut waiting = Vec::new();
+        for (name, ready_or_ended) in waits {
+            if block_on_timeout(ready_or_ended, deadline.saturating_duration_since(Instant::now())).is_none() {
+                waiting.push(name);
             }
-            if Instant::now() >= deadline {
-                log::warn!("capsule(s) not ready after {} ms: {}", within.as_millis(), waiting.join(", "));
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        }
+        if !waiting.is_empty() {
+            log::warn!("capsule(s) not ready after {} ms: {}", within.as_millis(), waiting.join(", "));
         }
     }
 
@@ -360,7 +385,7 @@ impl CapsuleHost {
         }
         let deadline = Instant::now() + STOP_WAIT;
         for (name, r) in running {
-            if !join_within(r.thread, deadline.saturating_duration_since(Instant::now())) {
+            if !r.thread.join_within(deadline.saturating_duration_since(Instant::now())) {
                 log::warn!("capsule {name} did not stop in time (blocked in a host call); exiting without it");
             }
         }

@@ -38,6 +38,20 @@ pub fn block_on_timeout<F: Future>(future: F, timeout: Duration) -> Option<F::Ou
     }
 }
 
+/// Runs `future` to completion on this thread, however long that takes: for a wait whose
+/// deadline is someone else's (a child process ends when it is told to).
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut context = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
 /// `future`'s output, or `None` if `stop` completes first (a capsule being stopped must not
 /// stay blocked in a host call).
 pub async fn unless_stopped<T>(future: impl Future<Output = T>, stop: impl Future<Output = ()>) -> Option<T> {
