@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             Ok(daemon_args) => daemon::main(&daemon_args),
             Err(code) => code,
         },
-        Role::CapsuleHost => match cli::parse_args::<CapsuleHostArgs>("astrid-capsule-host", &args) {
+        Role::CapsuleSupervisor => match cli::parse_args::<CapsuleHostArgs>("astrid-capsule-host", &args) {
             Ok(host_args) => capsule_host::main(&host_args),
             Err(code) => code,
         },
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
 #[derive(Debug, PartialEq, Eq)]
 enum Role {
     Daemon,
-    CapsuleHost,
+    CapsuleSupervisor,
     McpExec,
     Cli,
 }
@@ -52,7 +52,7 @@ enum Role {
 fn role(argv0: &Path) -> Role {
     match argv0.file_name().and_then(|name| name.to_str()) {
         Some("astrid-daemon") => Role::Daemon,
-        Some("astrid-capsule-host") => Role::CapsuleHost,
+        Some("astrid-capsule-host") => Role::CapsuleSupervisor,
         Some(mcp::exec::ROLE) => Role::McpExec,
         _ => Role::Cli,
     }
@@ -65,7 +65,7 @@ mod tests {
     #[test]
     fn role_comes_from_the_basename() {
         assert_eq!(role(Path::new("/usr/local/bin/astrid-daemon")), Role::Daemon);
-        assert_eq!(role(Path::new("astrid-capsule-host")), Role::CapsuleHost);
+        assert_eq!(role(Path::new("astrid-capsule-host")), Role::CapsuleSupervisor);
         assert_eq!(role(Path::new("/opt/astrid")), Role::Cli);
         assert_eq!(role(Path::new("")), Role::Cli);
         assert_eq!(role(Path::new("/")), Role::Cli);

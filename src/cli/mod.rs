@@ -74,7 +74,7 @@ enum Command {
     Chat(chat::ChatArgs),
     Config(config::ConfigArgs),
     Audit(audit::AuditArgs),
-    CapsuleHost(CapsuleHostArgs),
+    CapsuleSupervisor(CapsuleHostArgs),
     InstallLinks(links::InstallLinksArgs),
 }
 
@@ -132,7 +132,7 @@ pub fn main(args: &[&str]) -> ExitCode {
     };
     let result = match command {
         Command::Daemon(args) => return daemon::main(&args),
-        Command::CapsuleHost(args) => return capsule_host::main(&args),
+        Command::CapsuleSupervisor(args) => return capsule_host::main(&args),
         Command::InstallLinks(args) => links::install(&args),
         Command::Start(args) => with_home(|home| daemon_control::start(&home, &args)),
         Command::Stop(_) => with_home(|home| daemon_control::stop(&home)),

@@ -38,7 +38,7 @@ use crate::kernel::{Kernel, KernelConfig, KernelState};
 use crate::mcp::McpHost;
 use crate::store::{KvConfig, KvError, KvStore};
 use crate::vfs::Vfs;
-use crate::wasm::supervisor::CapsuleHost;
+use crate::wasm::supervisor::CapsuleSupervisor;
 
 /// `sun_path` is 108 bytes on Linux, including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 108;
@@ -103,7 +103,7 @@ pub(super) struct Running {
     pub(super) mcp: Arc<McpHost>,
     /// Tasks that follow the MCP servers (their tools on the bus, the servers capsules declare).
     pub(super) mcp_tasks: [JoinHandle<()>; 2],
-    pub(super) capsule_host: Arc<CapsuleHost>,
+    pub(super) supervisor: Arc<CapsuleSupervisor>,
     /// Keeps the running capsules in line with the registry and the grants.
     pub(super) capsule_sync: JoinHandle<()>,
     pub(super) bridge: JoinHandle<()>,
@@ -125,7 +125,7 @@ pub(super) async fn boot(config: &DaemonConfig, home: AstridHome) -> anyhow::Res
     let token = write_token(&home).context(Step::Token)?;
     let (mcp, mcp_tasks) = start_mcp_servers(&kernel, config, &home);
 
-    let capsule_host = CapsuleHost::new(Arc::clone(&kernel), config.host);
+    let supervisor = CapsuleSupervisor::new(Arc::clone(&kernel), config.host);
     // The bridge accepts before capsules start: capsules with a process of their own attach
     // through it. Frontends learn the daemon is ready from the ready file, written last.
     let (stop_bridge, stop_rx) = watch::channel(false);
@@ -133,12 +133,12 @@ pub(super) async fn boot(config: &DaemonConfig, home: AstridHome) -> anyhow::Res
     let bridge = tokio::spawn(bridge::serve(
         listener,
         Arc::clone(&kernel),
-        Some(Arc::clone(&capsule_host)),
+        Some(Arc::clone(&supervisor)),
         token,
         bridge_config,
         stop_rx,
     ));
-    let capsule_sync = start_capsules(&kernel, &capsule_host).await.context(Step::Capsules)?;
+    let capsule_sync = start_capsules(&kernel, &supervisor).await.context(Step::Capsules)?;
 
     write_ready(&home).context(Step::Ready)?;
     Step::Ready.done(format_args!("ready in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0));
@@ -152,7 +152,7 @@ pub(super) async fn boot(config: &DaemonConfig, home: AstridHome) -> anyhow::Res
         router,
         mcp,
         mcp_tasks,
-        capsule_host,
+        supervisor,
         capsule_sync,
         bridge,
         stop_bridge,
@@ -270,7 +270,7 @@ fn start_mcp_servers(
 
 /// Step 6: discovery, then every intact, granted capsule started; returns the task that
 /// keeps them in line with the registry from then on.
-async fn start_capsules(kernel: &Arc<Kernel>, host: &Arc<CapsuleHost>) -> anyhow::Result<JoinHandle<()>> {
+async fn start_capsules(kernel: &Arc<Kernel>, host: &Arc<CapsuleSupervisor>) -> anyhow::Result<JoinHandle<()>> {
     let registered = kernel.reload_capsules();
     let sync = tokio::spawn(keep_capsules_in_sync(Arc::clone(host), kernel.capsules_changed()));
     let starting = Arc::clone(host);
@@ -305,7 +305,7 @@ fn write_ready(home: &AstridHome) -> anyhow::Result<()> {
 }
 
 /// Starts, restarts and stops capsules whenever the registry or a grant changes.
-async fn keep_capsules_in_sync(host: Arc<CapsuleHost>, mut changed: watch::Receiver<u64>) {
+async fn keep_capsules_in_sync(host: Arc<CapsuleSupervisor>, mut changed: watch::Receiver<u64>) {
     while changed.changed().await.is_ok() {
         let host = Arc::clone(&host);
         if let Err(e) = tokio::task::spawn_blocking(move || host.sync()).await {

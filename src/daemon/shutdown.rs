@@ -46,7 +46,7 @@ impl Running {
             router,
             mcp,
             mcp_tasks,
-            capsule_host,
+            supervisor,
             capsule_sync,
             bridge,
             stop_bridge,
@@ -59,7 +59,7 @@ impl Running {
             log::error!("socket bridge ended abnormally: {e}");
         }
         capsule_sync.abort();
-        let host = Arc::clone(&capsule_host);
+        let host = Arc::clone(&supervisor);
         if let Err(e) = tokio::task::spawn_blocking(move || host.stop_all()).await {
             log::error!("stopping capsules failed: {e}");
         }

@@ -39,7 +39,7 @@ use crate::kernel::router::response_topic;
 use crate::kernel::{Kernel, prompts, topic};
 use crate::types::topics::{DELTA_TOPIC, REQUEST_PREFIX};
 use crate::types::{EgressFrame, HandshakeResponse, IpcMessage, IpcPayload, KernelResponse};
-use crate::wasm::supervisor::CapsuleHost;
+use crate::wasm::supervisor::CapsuleSupervisor;
 
 /// How long a new connection has to send its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,7 +74,7 @@ impl Default for BridgeConfig {
 struct Context {
     kernel: Arc<Kernel>,
     /// Where capsule-host connections attach (none: they are refused).
-    capsules: Option<Arc<CapsuleHost>>,
+    capsules: Option<Arc<CapsuleSupervisor>>,
     token: SessionToken,
     config: BridgeConfig,
     client_slots: Arc<Semaphore>,
@@ -88,7 +88,7 @@ struct Context {
 pub async fn serve(
     listener: UnixListener,
     kernel: Arc<Kernel>,
-    capsules: Option<Arc<CapsuleHost>>,
+    capsules: Option<Arc<CapsuleSupervisor>>,
     token: SessionToken,
     config: BridgeConfig,
     mut stop: watch::Receiver<bool>,

@@ -2,7 +2,7 @@
 //!
 //! A capsule host authenticates like any client (peer UID, token) and names, in its
 //! handshake, the capsule it serves ([`CapsuleAttach`]). The daemon attaches it
-//! ([`CapsuleHost::attach`]: ticket, pins, configuration, grant, audit) and answers with a
+//! ([`CapsuleSupervisor::attach`]: ticket, pins, configuration, grant, audit) and answers with a
 //! [`SessionStart`]: the module, the limits and the plan, or why not. From then on the
 //! connection carries the capsule's host calls, strictly one at a time (the frames are wire
 //! types, [`crate::types::capsule_session`]):
@@ -36,7 +36,7 @@ use crate::types::capsule_session::{
 };
 use crate::wasm::development::Refusal;
 use crate::wasm::host_call::HostBackend;
-use crate::wasm::supervisor::{Attachment, CapsuleHost};
+use crate::wasm::supervisor::{Attachment, CapsuleSupervisor};
 
 /// Largest frame either side of a session sends: the session start carries a module of up to
 /// 64 MiB in base64; calls carry at most a 10 MiB file or body.
@@ -44,7 +44,7 @@ pub const MAX_SESSION_FRAME: usize = 96 * 1024 * 1024;
 
 /// Serves one capsule-host connection until it closes or the daemon stops.
 pub(super) async fn serve(
-    capsules: Arc<CapsuleHost>,
+    capsules: Arc<CapsuleSupervisor>,
     id: u64,
     attach: CapsuleAttach,
     mut reader: FrameReader<OwnedReadHalf>,

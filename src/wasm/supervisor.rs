@@ -1,4 +1,5 @@
-//! The capsule host inside the daemon: starts, supervises and stops capsule instances.
+//! The capsule supervisor inside the daemon (not to be confused with the `capsule_host` role,
+//! a process that runs one capsule): starts, supervises and stops capsule instances.
 //!
 //! Each running capsule has an OS thread of its own that owns its instance (wasmi runs
 //! guest code synchronously, and a run loop blocks in `ipc_recv`), so a busy or stuck capsule
@@ -207,14 +208,15 @@ fn wanted_identity<'a>(wanted: &'a [(String, Identity)], name: &str) -> Option<&
     wanted.iter().find(|(n, _)| n == name).map(|(_, identity)| identity)
 }
 
-/// The daemon's capsule host.
-pub struct CapsuleHost {
+/// Starts, restarts and stops the daemon's capsule instances, on threads of the daemon or in
+/// capsule-host processes.
+pub struct CapsuleSupervisor {
     kernel: Arc<Kernel>,
     config: HostConfig,
     running: Mutex<HashMap<String, Running>>,
     /// Compiled modules by BLAKE3 (a module is compiled once, however often it restarts),
     /// each on an engine of its own. Only the modules of capsules that are wanted are kept:
-    /// [`CapsuleHost::sync`] drops the others, and with them everything their engines held.
+    /// [`CapsuleSupervisor::sync`] drops the others, and with them everything their engines held.
     modules: Mutex<HashMap<String, ModuleCell>>,
     /// Attach tickets of the capsule-host processes this host started.
     tickets: Tickets,
@@ -237,14 +239,14 @@ pub struct Attachment {
     pub report: Option<Arc<ChildReport>>,
 }
 
-impl std::fmt::Debug for CapsuleHost {
+impl std::fmt::Debug for CapsuleSupervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CapsuleHost").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("CapsuleSupervisor").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
-impl CapsuleHost {
-    /// A host for `kernel`'s capsules; nothing runs until [`CapsuleHost::sync`].
+impl CapsuleSupervisor {
+    /// A host for `kernel`'s capsules; nothing runs until [`CapsuleSupervisor::sync`].
     pub fn new(kernel: Arc<Kernel>, config: HostConfig) -> Arc<Self> {
         Arc::new(Self {
             kernel,
