@@ -16,7 +16,7 @@ use super::host_call::{HostBackend, HostCall, HostReply};
 use super::host_functions::{MAX_CONFIG_KEY, MAX_LOG};
 use super::lifecycle::Lifecycle;
 use super::sandbox::{HostServices, KernelAccess};
-use super::{approval, elicit, host_fs, host_http, host_ipc, host_kv};
+use super::{elicit, host_approval, host_fs, host_http, host_ipc, host_kv};
 use crate::audit::{Actor, Decision};
 use crate::kernel::Cause;
 use crate::kernel::bus::{BusMessage, Origin, SubscriberKind, Subscription};
@@ -272,7 +272,7 @@ impl HostBackend for CapsuleContext {
             HostCall::HasConfig { key } => {
                 HostReply::value(i32::from(Self::config_key(&key.0).is_some_and(|key| self.config.contains_key(key))))
             }
-            HostCall::RequestApproval { request } => approval::request(self, &request.0),
+            HostCall::RequestApproval { request } => host_approval::request(self, &request.0),
             HostCall::Elicit { request } => {
                 let in_hook = self.due_hook.as_ref().is_some_and(|due| due.exported);
                 elicit::elicit(self, &request.0, in_hook)

@@ -61,7 +61,7 @@ fn reply(status: FsStatus) -> HostReply {
 /// allowed that access to *that* path; else the status. The grant is never checked against
 /// the name the guest used: a link inside a granted directory would widen the grant.
 fn authorize(context: &CapsuleContext, raw: &[u8], access: Access) -> Result<(Arc<Vfs>, VfsPath), FsStatus> {
-    let Some(kernel) = &context.kernel else { return Err(FsStatus::CapabilityDenied) };
+    let Some(on_behalf) = &context.kernel else { return Err(FsStatus::CapabilityDenied) };
     let Some(raw) = std::str::from_utf8(raw).ok().filter(|raw| raw.len() <= crate::vfs::MAX_PATH) else {
         return Err(FsStatus::InvalidInput);
     };
@@ -72,7 +72,7 @@ fn authorize(context: &CapsuleContext, raw: &[u8], access: Access) -> Result<(Ar
         Access::Read => Capability::FsRead(path.as_str()),
         Access::Write => Capability::FsWrite(path.as_str()),
     };
-    if !kernel.kernel.check_capability_for(context.audit_scope(), &kernel.principal, &context.capsule, &request) {
+    if !on_behalf.kernel.check_capability_for(context.audit_scope(), &on_behalf.principal, &context.capsule, &request) {
         return Err(FsStatus::CapabilityDenied);
     }
     Ok((vfs, path))

@@ -27,7 +27,7 @@ use super::host_call::HostCall;
 use super::host_fs::FsStatus;
 use super::host_kv::KvStatus;
 use super::sandbox::{HostState, forward, forward_status, read_guest};
-use super::{approval, elicit, host_http, host_ipc};
+use super::{elicit, host_approval, host_http, host_ipc};
 use crate::kernel::topic;
 use crate::store::{MAX_KEY, MAX_VALUE};
 
@@ -222,7 +222,7 @@ host_functions! {
     }
     /// Ask a person.
     kernel fn request_approval(caller, ptr: i32, len: i32) -> i32 {
-        let request = read_guest(caller, ptr, len, approval::MAX_REQUEST)?;
+        let request = read_guest(caller, ptr, len, host_approval::MAX_REQUEST)?;
         forward_status(caller, HostCall::RequestApproval { request: request.into() })
     }
     /// Ask a person for a declared `[env]` value (install and upgrade hooks only).

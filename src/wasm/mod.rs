@@ -15,10 +15,10 @@
 //! or a passed deadline is an error for that capsule alone, and the instance is poisoned so
 //! it is re-instantiated rather than reused in an unknown state.
 
-mod approval;
 pub mod context;
 pub mod development;
 mod elicit;
+mod host_approval;
 pub mod host_call;
 mod host_fs;
 pub mod host_functions;
