@@ -385,33 +385,20 @@ impl Kernel {
     /// the name. Audited either way, with what was granted.
     pub fn register_development(&self, mut capsule: capsules::Capsule) -> Result<(), DevelopmentRefused> {
         let name = capsule.name.clone();
+        let refuse = |refused: DevelopmentRefused| {
+            let reason = refused.to_string();
+            self.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.develop", &name, Decision::Deny, &reason);
+            Err(refused)
+        };
         if let Err(why) = self.audit_writable() {
-            let refused = DevelopmentRefused::from(why);
-            self.record(
-                DEFAULT_PRINCIPAL,
-                Actor::Kernel,
-                "capsule.develop",
-                &name,
-                Decision::Deny,
-                &refused.to_string(),
-            );
-            return Err(refused);
+            return refuse(DevelopmentRefused::from(why));
         }
         let granted = capsule.capabilities.entries().collect::<Vec<_>>().join(", ");
         capsule.origin = capsules::CapsuleOrigin::Development;
         capsule.grant_what_it_asks();
         let added = self.capsules().add(capsule);
         if !added {
-            let refused = DevelopmentRefused::NameTaken { name: name.clone() };
-            self.record(
-                DEFAULT_PRINCIPAL,
-                Actor::Kernel,
-                "capsule.develop",
-                &name,
-                Decision::Deny,
-                &refused.to_string(),
-            );
-            return Err(refused);
+            return refuse(DevelopmentRefused::NameTaken { name: name.clone() });
         }
         let rule = if granted.is_empty() {
             "no capabilities requested".to_owned()

@@ -19,6 +19,16 @@ fn asker(request: &str) -> Vec<u8> {
     wat::parse_str(wat).expect("wat")
 }
 
+/// Installs, with consent, an asker granted the management topics and `agent.v1.response`.
+fn install_asker(t: &TestHome, request: &str) {
+    let dir = t.workspace.join("asker");
+    let grant = "[capabilities]\nipc_publish = [\"astrid.v1.request.*\", \"agent.v1.response\"]\n\
+                 ipc_subscribe = [\"astrid.v1.response.*\"]\n";
+    write_capsule(&dir, "asker", &asker(request), grant);
+    let installed = t.cli(&["capsule", "install", dir.to_str().expect("utf8"), "--yes"]);
+    assert_eq!(installed.status.code(), Some(0), "{}", String::from_utf8_lossy(&installed.stderr));
+}
+
 const ASKER: &str = r#"(module
     (import "astrid" "ipc_subscribe" (func $subscribe (param i32 i32) (result i32)))
     (import "astrid" "ipc_publish" (func $publish (param i32 i32 i32 i32) (result i32)))
@@ -57,13 +67,7 @@ fn a_capsules_management_request_is_audited_as_the_capsule_and_answered_to_it_al
     let own = bystander.request("status", json!({"method": "GetStatus"}));
     assert!(own["payload"]["data"].is_object(), "{own}");
 
-    let dir = t.workspace.join("asker");
-    let module = asker(r#"{"type":"raw_json","method":"GetStatus"}"#);
-    let grant = "[capabilities]\nipc_publish = [\"astrid.v1.request.*\", \"agent.v1.response\"]\n\
-                 ipc_subscribe = [\"astrid.v1.response.*\"]\n";
-    write_capsule(&dir, "asker", &module, grant);
-    let installed = t.cli(&["capsule", "install", dir.to_str().expect("utf8"), "--yes"]);
-    assert_eq!(installed.status.code(), Some(0), "{}", String::from_utf8_lossy(&installed.stderr));
+    install_asker(&t, r#"{"type":"raw_json","method":"GetStatus"}"#);
 
     // The capsule got the daemon's answer: it forwards what it received. The bus keeps each
     // subscriber's messages in publish order and the reply was published before the capsule
@@ -103,13 +107,7 @@ fn a_capsule_granted_the_management_topics_may_read_but_never_change_the_system(
     let own = bystander.request("status", json!({"method": "GetStatus"}));
     assert!(own["payload"]["data"].is_object(), "{own}");
 
-    let dir = t.workspace.join("asker");
-    let module = asker(r#"{"type":"raw_json","method":"WorkspaceDiscard"}"#);
-    let grant = "[capabilities]\nipc_publish = [\"astrid.v1.request.*\", \"agent.v1.response\"]\n\
-                 ipc_subscribe = [\"astrid.v1.response.*\"]\n";
-    write_capsule(&dir, "asker", &module, grant);
-    let installed = t.cli(&["capsule", "install", dir.to_str().expect("utf8"), "--yes"]);
-    assert_eq!(installed.status.code(), Some(0), "{}", String::from_utf8_lossy(&installed.stderr));
+    install_asker(&t, r#"{"type":"raw_json","method":"WorkspaceDiscard"}"#);
 
     let forwarded = loop {
         let frame = bystander.read_json().unwrap_or_else(|| panic!("connection closed\n{}", t.log()));
