@@ -174,7 +174,13 @@ pub fn verify_log(dir: &Path, key: &VerifyingKey, expect_entries: bool) -> Resul
     let mut attempt = 0;
     loop {
         let head = read_head(dir)?;
-        let settled = head.as_ref().and_then(|h| serde_json::from_slice::<Head>(h.trim_ascii()).ok()).map(|h| h.seq);
+        // Only a head whose signature holds settles anything: the head is rewritten in place,
+        // so a reading that overlaps that write can see a mix of old and new bytes that still
+        // parses (equal lengths) but does not verify. Such a head is confirmed like a missing one.
+        let settled = match parse_head(key, head.as_deref()) {
+            ParsedHead::Sound(seq, _) => Some(seq),
+            _ => None,
+        };
         // The bytes there are now: a line being appended past them is for the next reading.
         let length = log_length(dir)?;
         let snapshot = Snapshot { head: head.clone(), log: length.map(Some), expect_entries };
@@ -184,7 +190,7 @@ pub fn verify_log(dir: &Path, key: &VerifyingKey, expect_entries: bool) -> Resul
         })?;
         // A break past the head may be an append in flight, but only when the log ends in a
         // break (a writer appends whole lines: only the last one can be half there) or the
-        // head itself could not be read (it is rewritten in place); a recorded break is
+        // head itself could not be read or verified (it is rewritten in place); a recorded break is
         // final. Anything else is final at once.
         let may_settle = report.ends_in_a_break || settled.is_none();
         let final_verdict = !may_settle
