@@ -71,7 +71,6 @@ pub enum HomeError {
     /// A path of the layout is of the wrong kind.
     #[error("refusing {}: it should be {expected}; move it out of the Astrid home", path.display())]
     WrongKind {
-        /// The path.
         path: PathBuf,
         /// What it should be.
         expected: &'static str,
@@ -82,9 +81,7 @@ pub enum HomeError {
         path.display(), path.display()
     )]
     Owner {
-        /// The path.
         path: PathBuf,
-        /// Its owner.
         owner: u32,
         /// The effective uid.
         uid: u32,
@@ -94,12 +91,7 @@ pub enum HomeError {
         "refusing {}: its mode {mode:04o} lets group or others write into it, so what it holds may not be Astrid's; check it, then `chmod go-w {}`",
         path.display(), path.display()
     )]
-    Writable {
-        /// The path.
-        path: PathBuf,
-        /// Its mode.
-        mode: u32,
-    },
+    Writable { path: PathBuf, mode: u32 },
     /// A directory or file of the layout could not be created.
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
@@ -328,7 +320,6 @@ pub enum Strictness {
 /// A path of the home that was open to group or others and no longer is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tightened {
-    /// The path.
     pub path: PathBuf,
     /// Its mode before.
     pub from: u32,
@@ -358,7 +349,6 @@ pub enum Verdict {
 pub enum Problem {
     /// It belongs to this uid, not to the effective uid.
     Owner {
-        /// Its owner.
         owner: u32,
         /// The effective uid.
         uid: u32,

@@ -17,16 +17,10 @@ pub enum Actor {
         /// The connection.
         id: String,
     },
-    /// A capsule.
-    Capsule {
-        /// Its name.
-        name: String,
-    },
+    /// A capsule, by its installed name (its host calls and bus publishes).
+    Capsule { name: String },
     /// An MCP server the daemon runs (its tool calls).
-    McpServer {
-        /// Its name.
-        name: String,
-    },
+    McpServer { name: String },
 }
 
 /// What was decided.
@@ -60,7 +54,6 @@ pub struct AuditEntry {
     pub action: String,
     /// On what.
     pub resource: String,
-    /// The decision.
     pub decision: Decision,
     /// The rule or grant that decided.
     pub rule: String,
@@ -81,7 +74,6 @@ pub struct NewEntry {
     pub action: String,
     /// On what.
     pub resource: String,
-    /// The decision.
     pub decision: Decision,
     /// The rule or grant that decided.
     pub rule: String,
@@ -91,7 +83,6 @@ pub struct NewEntry {
 /// hash.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Line {
-    /// The entry.
     pub entry: AuditEntry,
     /// Hex BLAKE3 of `serde_json::to_vec(&entry)`.
     pub hash: String,
@@ -104,13 +95,13 @@ pub struct Line {
 pub struct Head {
     /// Seq of the last entry.
     pub seq: u64,
-    /// Its hash.
+    /// That entry's [`Line::hash`].
     pub hash: String,
     /// Signature over [`head_message`].
     pub sig: String,
 }
 
-/// The hash of an entry.
+/// BLAKE3 of the entry's JSON: what [`Line::hash`] and the next entry's `prev_hash` hold.
 pub fn entry_hash(entry: &AuditEntry) -> blake3::Hash {
     blake3::hash(&serde_json::to_vec(entry).unwrap_or_default())
 }

@@ -345,7 +345,6 @@ fn find_tail(log: &File, length: u64) -> std::io::Result<End> {
 pub struct Failure {
     /// When the first write failed.
     pub since: DateTime<Utc>,
-    /// The error.
     pub error: String,
     /// Entries handed over since, and not written.
     pub lost: u64,

@@ -52,17 +52,13 @@ pub enum AuditError {
     /// Something other than a regular file is where a log or head should be.
     #[error("{} is {kind}, not a log file", path.display())]
     NotAFile {
-        /// The path.
         path: PathBuf,
         /// What it is.
         kind: &'static str,
     },
     /// A file the writer holds open was removed or replaced: what it writes is lost.
     #[error("{} was removed or replaced while the daemon was writing it", path.display())]
-    Moved {
-        /// The path.
-        path: PathBuf,
-    },
+    Moved { path: PathBuf },
 }
 
 impl AuditError {

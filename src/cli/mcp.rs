@@ -47,7 +47,7 @@ struct CallArgs {
     /// the server (as named in etc/servers.toml)
     #[argh(positional)]
     server: String,
-    /// the tool
+    /// the tool, by its name on that server
     #[argh(positional)]
     tool: String,
     /// the arguments, a JSON object (default {})

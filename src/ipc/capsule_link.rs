@@ -34,7 +34,6 @@ pub enum AttachError {
     /// A development capsule requests capabilities the person running it must consent to.
     #[error("{capsule} requests capabilities that need your consent: {}", capabilities.join(", "))]
     ConsentRequired {
-        /// The capsule.
         capsule: String,
         /// What it requests.
         capabilities: Vec<String>,

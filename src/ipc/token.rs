@@ -31,7 +31,6 @@ pub enum TokenError {
     Untrusted {
         /// The file.
         path: String,
-        /// Its owner.
         owner: u32,
         /// The effective uid.
         uid: u32,

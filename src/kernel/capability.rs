@@ -60,7 +60,6 @@ pub enum CapabilityError {
     Entry {
         /// The field.
         field: String,
-        /// The entry.
         entry: String,
         /// Why.
         reason: &'static str,

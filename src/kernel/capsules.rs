@@ -62,7 +62,6 @@ pub struct Capsule {
     pub origin: CapsuleOrigin,
     /// Its directory (none for built-ins).
     pub dir: Option<PathBuf>,
-    /// Its state.
     pub state: CapsuleState,
     /// Slash commands it offers to frontends.
     pub commands: Vec<CommandInfo>,

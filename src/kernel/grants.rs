@@ -32,10 +32,7 @@ pub enum GrantError {
     UnknownRequest(String),
     /// The signature is not the fingerprint of the pending set.
     #[error("signature does not match the requested capability set of {capsule} (expected its fingerprint)")]
-    SignatureMismatch {
-        /// The capsule.
-        capsule: String,
-    },
+    SignatureMismatch { capsule: String },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] KvError),

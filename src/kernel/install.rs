@@ -67,7 +67,6 @@ pub enum InstallError {
     /// The component file named by the manifest is missing or unusable.
     #[error("component {file:?} of {capsule}: {reason}")]
     Component {
-        /// The capsule.
         capsule: String,
         /// The file as named in the manifest.
         file: String,
@@ -93,7 +92,6 @@ pub enum InstallError {
     /// `meta.json` is missing, unreadable or does not match the files.
     #[error("{capsule}: {reason}")]
     Integrity {
-        /// The capsule.
         capsule: String,
         /// What does not match.
         reason: String,
@@ -103,7 +101,6 @@ pub enum InstallError {
     Io {
         /// What we were doing.
         action: &'static str,
-        /// The path.
         path: PathBuf,
         /// The OS error.
         source: io::Error,
@@ -227,7 +224,6 @@ pub fn verify_installed(dir: &Path) -> Result<VerifiedCapsule, InstallError> {
 pub struct Installed {
     /// The capsule name.
     pub name: String,
-    /// Its version.
     pub version: String,
     /// Where it now lives.
     pub dir: PathBuf,

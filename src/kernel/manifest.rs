@@ -138,7 +138,6 @@ pub enum Isolation {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Command {
-    /// `/name`.
     pub name: String,
     /// One line.
     #[serde(default)]
@@ -219,7 +218,6 @@ pub struct Tool {
     /// What the model is told.
     #[serde(default)]
     pub description_for_llm: Option<String>,
-    /// WIT of the input.
     #[serde(default)]
     pub input_schema_wit: Option<String>,
     /// Whether it changes things.

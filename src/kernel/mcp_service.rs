@@ -22,14 +22,10 @@ pub enum McpCallError {
     },
     /// The server is starting, restarting or failed.
     #[error("MCP server {server} is not ready")]
-    NotReady {
-        /// The server.
-        server: String,
-    },
+    NotReady { server: String },
     /// The server does not offer the tool.
     #[error("MCP server {server} has no tool called {tool}")]
     NoTool {
-        /// The server.
         server: String,
         /// The tool named.
         tool: String,
@@ -37,9 +33,7 @@ pub enum McpCallError {
     /// The request failed (timeout, cancel, the server exited or answered with an error).
     #[error("{server}:{tool}: {source}")]
     Failed {
-        /// The server.
         server: String,
-        /// The tool.
         tool: String,
         /// How the request failed (the MCP client's error; the kernel does not know its type).
         source: Box<dyn std::error::Error + Send + Sync>,

@@ -58,7 +58,6 @@ pub enum McpError {
     Rpc {
         /// JSON-RPC error code.
         code: i64,
-        /// Its message.
         message: String,
     },
     /// The server could not be started or spoke something else.

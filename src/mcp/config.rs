@@ -60,7 +60,7 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RestartPolicy {
-    /// Never.
+    /// Once it exits it stays down until the daemon restarts.
     Never,
     /// Whatever its exit status.
     Always,

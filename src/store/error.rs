@@ -34,7 +34,6 @@ pub enum KvError {
     /// The key is empty or contains NUL.
     #[error("invalid key {key:?} in namespace {namespace}: keys are 1-{MAX_KEY} bytes without NUL")]
     KeyInvalid {
-        /// The namespace.
         namespace: String,
         /// The key (shortened).
         key: String,
@@ -42,7 +41,6 @@ pub enum KvError {
     /// The key is longer than [`MAX_KEY`].
     #[error("key {key:?} of {len} bytes in namespace {namespace} exceeds {MAX_KEY} bytes")]
     KeyTooLong {
-        /// The namespace.
         namespace: String,
         /// The key (shortened).
         key: String,
@@ -52,7 +50,6 @@ pub enum KvError {
     /// The value is larger than [`MAX_VALUE`](super::MAX_VALUE).
     #[error("value of {len} bytes for key {key:?} in namespace {namespace} exceeds {limit} bytes")]
     ValueTooLarge {
-        /// The namespace.
         namespace: String,
         /// The key (shortened).
         key: String,
@@ -68,7 +65,6 @@ pub enum KvError {
          {used} bytes used, {requested} more requested, quota {quota}"
     )]
     QuotaExceeded {
-        /// The namespace.
         namespace: String,
         /// The key (shortened).
         key: String,

@@ -19,7 +19,6 @@ use super::error::shown;
 /// Longest principal, capsule or kernel name, in characters (all ASCII).
 const MAX_PART: usize = 64;
 
-/// The alphabet of principals.
 const PRINCIPAL_ALPHABET: &str = "[A-Za-z0-9_-]";
 
 /// The alphabet of capsule and kernel names.

@@ -23,7 +23,7 @@ impl CapsulesLoaded {
 /// [`HEALTH_FAILED_TOPIC`](super::topics::HEALTH_FAILED_TOPIC), as the reference does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapsuleHealthFailed {
-    /// The capsule.
+    /// The capsule's installed name (the reference's field name).
     pub capsule_id: String,
     /// Why it stopped.
     pub reason: String,

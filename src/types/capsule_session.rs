@@ -65,12 +65,12 @@ pub enum HostCall {
     SignalReady,
     /// One `[env]` value.
     GetConfig {
-        /// The key.
+        /// The key as declared in the capsule's `[env]`.
         key: Blob,
     },
     /// Whether an `[env]` value is set, without handing it over.
     HasConfig {
-        /// The key.
+        /// The key as declared in the capsule's `[env]`.
         key: Blob,
     },
     /// Ask a person.
@@ -91,29 +91,29 @@ pub enum HostCall {
     },
     /// KV write.
     KvSet {
-        /// The key.
+        /// The key, in the capsule's own namespace.
         key: Blob,
-        /// The value.
+        /// The value, any bytes (the store's limit applies).
         value: Blob,
     },
-    /// KV delete.
+    /// KV delete: the reply says whether there was anything to delete.
     KvDelete {
-        /// The key.
+        /// The key, in the capsule's own namespace.
         key: Blob,
     },
     /// KV keys under a prefix.
     KvListKeys {
-        /// The prefix.
+        /// The prefix, raw bytes (empty: every key).
         prefix: Blob,
     },
     /// KV delete under a prefix.
     KvClearPrefix {
-        /// The prefix.
+        /// The prefix, raw bytes (empty: every key).
         prefix: Blob,
     },
     /// KV compare-and-swap.
     KvCas {
-        /// The key.
+        /// The key, in the capsule's own namespace.
         key: Blob,
         /// The value the key must hold for the swap; `None` is "absent".
         expected: Option<Blob>,
@@ -122,7 +122,7 @@ pub enum HostCall {
     },
     /// Bus publish.
     IpcPublish {
-        /// The topic.
+        /// The topic as the guest wrote it; the kernel validates it and checks the grant.
         topic: Blob,
         /// The payload, JSON.
         payload: Blob,
@@ -329,7 +329,7 @@ pub enum SessionStart {
     /// A development capsule requests capabilities: attach again with `approve` once the
     /// person running it consented.
     ConsentRequired {
-        /// The capsule.
+        /// The development capsule's name, from its manifest.
         capsule: String,
         /// What it requests.
         capabilities: Vec<String>,

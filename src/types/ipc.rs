@@ -71,7 +71,7 @@ pub enum IpcPayload {
     RawJson(Value),
     /// A person's input.
     UserInput {
-        /// The text.
+        /// What the person typed, as typed.
         text: String,
         /// The conversation it belongs to.
         #[serde(default = "default_session")]
@@ -82,7 +82,7 @@ pub enum IpcPayload {
     },
     /// The agent's answer.
     AgentResponse {
-        /// The text.
+        /// Text not yet streamed for this turn (all of it when nothing streamed).
         text: String,
         /// Whether this ends the turn.
         is_final: bool,
@@ -124,7 +124,7 @@ pub enum IpcPayload {
     },
     /// A capsule needs configuration before it can run.
     OnboardingRequired {
-        /// The capsule.
+        /// The capsule's installed name (the reference's field name).
         capsule_id: String,
         /// What to ask for.
         fields: Vec<OnboardingField>,
@@ -146,23 +146,23 @@ pub enum IpcPayload {
     LlmStreamEvent {
         /// Correlation id.
         request_id: Uuid,
-        /// The event.
+        /// A piece of text, of reasoning or of a tool call; usage; the end or a failure.
         event: StreamEvent,
     },
     /// A complete completion.
     LlmResponse {
         /// Correlation id.
         request_id: Uuid,
-        /// The response.
+        /// The whole message, its stop reason and usage.
         response: LlmResponse,
     },
     /// Run a tool.
     ToolExecuteRequest {
         /// Correlation id.
         call_id: String,
-        /// Tool name.
+        /// As the agent names it: a capsule tool's own name, or `server:tool` for an MCP tool.
         tool_name: String,
-        /// Arguments.
+        /// What the model passed, unchecked: the tool validates them against its schema.
         arguments: Value,
     },
     /// A tool's outcome.
@@ -236,7 +236,7 @@ fn default_session() -> String {
 /// (measured: a 68 KiB module instead of 240 KiB, and compilation time with it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserInputFields {
-    /// The text.
+    /// What the person typed, as typed.
     pub text: String,
     /// The conversation it belongs to.
     #[serde(default = "default_session")]

@@ -54,14 +54,14 @@ pub enum KernelRequest {
     KvGet {
         /// The capsule whose namespace to read; the operator's own when absent.
         capsule: Option<String>,
-        /// The key.
+        /// The key, verbatim: dots and separators in it are not interpreted.
         key: String,
     },
     /// Astrid extension: write a KV value; the reply comes after the write is durable.
     KvSet {
         /// The capsule whose namespace to write; the operator's own when absent.
         capsule: Option<String>,
-        /// The key.
+        /// The key, verbatim: dots and separators in it are not interpreted.
         key: String,
         /// The value (UTF-8).
         value: String,
@@ -70,7 +70,7 @@ pub enum KernelRequest {
     KvDelete {
         /// The capsule whose namespace to change; the operator's own when absent.
         capsule: Option<String>,
-        /// The key.
+        /// The key, verbatim: dots and separators in it are not interpreted.
         key: String,
     },
     /// Astrid extension: list KV keys with a prefix.
@@ -99,9 +99,9 @@ pub enum KernelRequest {
     McpList,
     /// Astrid extension: call an MCP tool as the operator (audited; no approval prompt).
     McpCall {
-        /// The server.
+        /// The server's name, as `McpList` shows it.
         server: String,
-        /// The tool on it.
+        /// The tool's own name on that server (not the agent's `server:tool` name).
         tool: String,
         /// Its arguments (an object).
         arguments: Value,
@@ -314,9 +314,9 @@ pub struct SubscriberDrops {
 /// Connections of one principal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrincipalConnections {
-    /// The principal.
+    /// Whose connections these are (the principal of each connection's lease).
     pub principal: String,
-    /// Its connections.
+    /// How many are open now.
     pub count: u32,
 }
 

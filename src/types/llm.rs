@@ -45,9 +45,9 @@ pub enum MessageContent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentPart {
-    /// Text.
+    /// Plain text.
     Text {
-        /// The text.
+        /// UTF-8, any length.
         text: String,
     },
     /// An image, base64-encoded.

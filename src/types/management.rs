@@ -198,7 +198,7 @@ pub struct CapabilityListing {
 /// An approved capability set. The same record is what the kernel keeps in its store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
-    /// The capsule.
+    /// The capsule it was approved for, by installed name.
     pub capsule: String,
     /// Fingerprint of the approved set (and module).
     pub fingerprint: String,
@@ -213,7 +213,7 @@ pub struct Grant {
 pub struct PendingGrant {
     /// Answer with `ApproveCapability { request_id, signature: fingerprint }`.
     pub request_id: String,
-    /// The capsule.
+    /// The capsule asking, by installed name.
     pub capsule: String,
     /// Fingerprint of the requested set: the signature an approval must carry, so it can
     /// only ever cover the set the operator was shown.

@@ -46,56 +46,30 @@ pub enum VfsError {
     },
     /// The path would lead outside the workspace.
     #[error("{path} leads outside the workspace")]
-    Escape {
-        /// The path.
-        path: String,
-    },
+    Escape { path: String },
     /// Nothing there.
     #[error("{path}: no such file or directory")]
-    NotFound {
-        /// The path.
-        path: String,
-    },
+    NotFound { path: String },
     /// A directory where a file was expected.
     #[error("{path} is a directory")]
-    IsADirectory {
-        /// The path.
-        path: String,
-    },
+    IsADirectory { path: String },
     /// A file where a directory was expected.
     #[error("{path} is not a directory")]
-    NotADirectory {
-        /// The path.
-        path: String,
-    },
+    NotADirectory { path: String },
     /// Resolving the path followed too many symlinks (a loop, most likely).
     #[error("{path}: too many symbolic links")]
-    TooManyLinks {
-        /// The path.
-        path: String,
-    },
+    TooManyLinks { path: String },
     /// The target is a symlink, which is never written through.
     #[error("{path} is a symlink; writing through links is refused")]
-    SymlinkRefused {
-        /// The path.
-        path: String,
-    },
+    SymlinkRefused { path: String },
     /// The file is too large.
     #[error("{path} is {size} bytes, the limit is {limit}")]
-    TooLarge {
-        /// The path.
-        path: String,
-        /// Its size.
-        size: u64,
-        /// The limit.
-        limit: u64,
-    },
+    TooLarge { path: String, size: u64, limit: u64 },
     /// Another I/O failure.
     #[error("cannot {action} {path}: {source}")]
     Io {
         /// What we were doing.
         action: &'static str,
-        /// The path.
         path: String,
         /// The OS error.
         source: io::Error,
@@ -105,7 +79,6 @@ pub enum VfsError {
 /// A directory entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
-    /// The name.
     pub name: String,
     /// Whether it is a directory.
     pub is_dir: bool,

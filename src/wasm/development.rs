@@ -35,7 +35,6 @@ impl Drop for Registration {
 pub enum Refusal {
     /// The manifest requests capabilities and the author has not consented yet.
     ConsentRequired {
-        /// The capsule.
         capsule: String,
         /// What it requests.
         capabilities: Vec<String>,
@@ -47,7 +46,6 @@ pub enum Refusal {
 /// What was loaded and registered.
 #[derive(Debug)]
 pub struct Loaded {
-    /// The manifest.
     pub manifest: crate::kernel::manifest::Manifest,
     /// The module.
     pub wasm: Vec<u8>,

@@ -44,9 +44,7 @@ const MAX_RANDOM: usize = 64 * 1024;
 /// `i32` on `wasm32`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AbiType {
-    /// `i32`.
     I32,
-    /// `i64`.
     I64,
 }
 
@@ -244,7 +242,7 @@ host_functions! {
         let value = read_guest(caller, value_ptr, value_len, MAX_VALUE)?;
         forward_status(caller, HostCall::KvSet { key: key.into(), value: value.into() })
     }
-    /// KV delete.
+    /// KV delete: 1 when something was deleted, 0 when there was nothing.
     kernel fn kv_delete(caller, ptr: i32, len: i32) -> i32 {
         let key = read_guest(caller, ptr, len, MAX_KEY)?;
         forward_status(caller, HostCall::KvDelete { key: key.into() })

@@ -67,7 +67,6 @@ pub enum ChildError {
     /// The child ended without saying why: how it ended.
     #[error("capsule-host process {pid} {}", describe(*status))]
     Ended {
-        /// Its pid.
         pid: u32,
         /// How it ended.
         status: ExitStatus,
@@ -75,7 +74,6 @@ pub enum ChildError {
     /// The child's exit cannot be watched (no thread for it); it was killed.
     #[error("cannot watch capsule-host process {pid}: {source}")]
     Watch {
-        /// Its pid.
         pid: u32,
         /// Why.
         source: std::io::Error,
@@ -83,7 +81,6 @@ pub enum ChildError {
     /// The child can no longer be waited for.
     #[error("lost track of capsule-host process {pid}: {source}")]
     Lost {
-        /// Its pid.
         pid: u32,
         /// Why waiting failed.
         source: std::io::Error,
