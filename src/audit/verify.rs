@@ -21,10 +21,11 @@
 //!
 //! The files may be read while a daemon appends to them (`astrid audit verify` never asks
 //! the daemon). The writer appends a line before it rewrites the head, so the head is read
-//! first: every entry up to the head's seq is settled and a problem there is final at once.
-//! A problem past it may be a write in flight when the log ends in it (only the last line can
-//! be half written) or the head could not be read, so it is then confirmed by reading again
-//! before it is reported; otherwise the log is read once.
+//! first: every entry up to a sound head's seq is settled and a problem there is final at
+//! once. A problem past it may be a write in flight when the log ends in it (only the last
+//! line can be half written), and a head that cannot be read or does not verify may be one
+//! read in the middle of its rewrite (old and new bytes mixed); either is confirmed by
+//! reading again before it is reported. Otherwise the log is read once.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
