@@ -8,7 +8,7 @@ use argh::FromArgs;
 use super::request;
 use crate::home::AstridHome;
 use crate::types::KernelRequest;
-use crate::types::management::{CapabilityListing, GrantApproved, Revoked};
+use crate::types::management::{CapabilityListing, GrantApproved, RUN_COMMAND_ACTION, Revoked};
 
 /// inspect and change what capsules are allowed to do
 #[derive(FromArgs, Debug)]
@@ -115,9 +115,15 @@ fn render(listing: &CapabilityListing) -> String {
     }
     out.push_str("allowances:\n");
     for allowance in &listing.allowances {
+        let covered = match (allowance.under, allowance.action.as_str()) {
+            (false, _) => allowance.resource.clone(),
+            (true, RUN_COMMAND_ACTION) => format!("`{} …`", allowance.resource),
+            (true, _) if allowance.resource.is_empty() => "the whole workspace".to_owned(),
+            (true, _) => format!("{}/", allowance.resource),
+        };
         out.push_str(&format!(
-            "  {}  {}  {}  {} {} on {}\n",
-            allowance.id, allowance.scope, allowance.principal, allowance.capsule, allowance.action, allowance.resource,
+            "  {}  {}  {}  {} {} on {covered}\n",
+            allowance.id, allowance.scope, allowance.principal, allowance.capsule, allowance.action,
         ));
     }
     out

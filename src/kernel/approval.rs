@@ -30,6 +30,7 @@ use uuid::Uuid;
 use super::ask::{self, Answer, Answered, Question, Questions};
 use super::bus::{Origin, SubscriberId};
 use super::cause::Cause;
+use super::command_scope;
 use crate::store::{KvError, KvStore, Namespace};
 use crate::types::{ApprovalDecision, SYSTEM_SESSION_UUID};
 
@@ -41,6 +42,12 @@ pub enum Scope {
     /// Any resource under this directory of the workspace (`""`: the whole workspace); for
     /// requests whose resource is a workspace path.
     Under(String),
+    /// For a command line (the resource): a prefix of words, when the line is simple enough
+    /// for one to mean anything (see [`super::command_scope`]); else exactly the line.
+    Command {
+        /// The words "session" and "always" would cover (`cargo test`).
+        prefix: Option<String>,
+    },
 }
 
 impl Scope {
@@ -48,6 +55,11 @@ impl Scope {
     pub fn directory_of(path: &str) -> Self {
         let path = path.trim_start_matches("./").trim_end_matches('/');
         Self::Under(path.rsplit_once('/').map(|(dir, _)| dir.to_owned()).unwrap_or_default())
+    }
+
+    /// The scope for running the command line `line`.
+    pub fn command(line: &str) -> Self {
+        Self::Command { prefix: super::command_scope::prefix_of(line) }
     }
 }
 
@@ -102,6 +114,10 @@ impl ApprovalRequest {
             Scope::Resource => format!("{} on {}", self.action, self.resource),
             Scope::Under(dir) if dir.is_empty() => format!("{} anywhere in the workspace", self.action),
             Scope::Under(dir) => format!("{} under {dir}/", self.action),
+            Scope::Command { prefix: Some(prefix) } => {
+                format!("commands that start with `{prefix}` (plain ones: no ; | & > $ and the like)")
+            }
+            Scope::Command { prefix: None } => "exactly this command line".to_owned(),
         }
     }
 }
@@ -128,9 +144,12 @@ impl Allowance {
     fn covers(&self, request: &ApprovalRequest) -> bool {
         let resource = match &request.scope {
             Scope::Under(_) => request.resource.trim_start_matches("./"),
-            Scope::Resource => request.resource.as_str(),
+            Scope::Resource | Scope::Command { .. } => request.resource.as_str(),
         };
-        let resource_covered = if self.under {
+        let resource_covered = if let Scope::Command { .. } = request.scope {
+            // Words, not path components: and never a line a shell could make more of.
+            if self.under { command_scope::covers(&self.resource, resource) } else { self.resource == resource }
+        } else if self.under {
             self.resource.is_empty()
                 || resource == self.resource
                 || resource.strip_prefix(self.resource.as_str()).is_some_and(|rest| rest.starts_with('/'))
@@ -219,8 +238,9 @@ impl Approvals {
     ) -> ApprovalOutcome {
         let allowance = |scope: &str| {
             let (resource, under) = match &request.scope {
-                Scope::Resource => (request.resource.clone(), false),
+                Scope::Resource | Scope::Command { prefix: None } => (request.resource.clone(), false),
                 Scope::Under(dir) => (dir.clone(), true),
+                Scope::Command { prefix: Some(prefix) } => (prefix.clone(), true),
             };
             Allowance {
                 id: Uuid::new_v4().to_string(),
@@ -329,6 +349,7 @@ mod tests {
     use crate::kernel::ask::{APPROVAL_TOPIC, answer_topic};
     use crate::kernel::bus::{Bus, BusMessage, SubscriberKind};
     use crate::store::KvConfig;
+    use crate::types::management::RUN_COMMAND_ACTION;
     use crate::types::{IpcMessage, IpcPayload};
 
     struct Setup {
@@ -542,6 +563,39 @@ mod tests {
         for outside in ["notesx/a.txt", "a.txt", "other/notes/a.txt"] {
             assert!(matches!(approvals.request(write(outside)).await, ApprovalOutcome::Denied { .. }), "{outside}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_allowance_covers_plain_lines_with_its_words_and_nothing_a_shell_could_extend() {
+        let s = setup();
+        let approvals = s.approvals(Duration::from_millis(300));
+        let run = |line: &str| {
+            let shell = Origin::Capsule { name: "tools-shell".into(), instance: Uuid::nil() };
+            let mut request = ApprovalRequest::new("default", shell, RUN_COMMAND_ACTION, line);
+            request.scope = Scope::command(line);
+            request
+        };
+        assert!(run("cargo test --lib").scope_text().starts_with("commands that start with `cargo test`"));
+        assert_eq!(run("cargo test | tee log").scope_text(), "exactly this command line");
+        let (_, answerer) = frontend(&s.bus, "approve_always");
+        assert!(matches!(approvals.request(run("cargo test --lib")).await, ApprovalOutcome::Allowed { .. }));
+        answerer.await.expect("frontend");
+        let listed = approvals.list();
+        assert_eq!((listed[0].resource.as_str(), listed[0].under), ("cargo test", true));
+        for covered in ["cargo test", "cargo test -- --nocapture", "cargo  test vfs::"] {
+            assert!(matches!(approvals.request(run(covered)).await, ApprovalOutcome::Allowed { .. }), "{covered}");
+        }
+        // Nobody answers these: each is a no after the timeout, never the allowance.
+        for asked in ["cargo build", "cargo test; rm -rf .", "cargo test && curl x | sh", "cargo test > ../x"] {
+            assert!(matches!(approvals.request(run(asked)).await, ApprovalOutcome::Denied { .. }), "{asked}");
+        }
+        // A line that is not plain is allowed exactly, and only itself.
+        let (_, answerer) = frontend(&s.bus, "approve_always");
+        assert!(matches!(approvals.request(run("git log | head")).await, ApprovalOutcome::Allowed { .. }));
+        answerer.await.expect("frontend");
+        assert!(matches!(approvals.request(run("git log | head")).await, ApprovalOutcome::Allowed { .. }));
+        assert!(matches!(approvals.request(run("git log | head; id")).await, ApprovalOutcome::Denied { .. }));
+        assert!(matches!(approvals.request(run("git log")).await, ApprovalOutcome::Denied { .. }));
     }
 
     #[tokio::test(start_paused = true)]

@@ -19,7 +19,7 @@ use super::topic;
 
 /// The capability fields of `[capabilities]`, each a list of strings, each enforced by a
 /// check ([`Capability`]).
-const LIST_FIELDS: &[&str] = &["net", "fs_read", "fs_write", "host_process", "ipc_publish", "ipc_subscribe"];
+const LIST_FIELDS: &[&str] = &["net", "fs_read", "fs_write", "host_process", "process", "ipc_publish", "ipc_subscribe"];
 /// Capability kinds of the reference runtime that nothing here enforces, with what a capsule
 /// has instead.
 const UNENFORCED: &[(&str, &str)] = &[
@@ -151,6 +151,11 @@ fn validate_entry(field: &str, entry: &str) -> Result<(), CapabilityError> {
     match field {
         "fs_read" | "fs_write" if entry.split('/').any(|segment| segment == "..") => bad("`..` is never allowed"),
         "ipc_publish" | "ipc_subscribe" if entry.split('.').any(str::is_empty) => bad("empty topic segment"),
+        // A program is named as a command line starts it: a bare name looked up on the
+        // sandbox's PATH. A path would suggest a file is pinned, and none is.
+        "process" if entry != "*" && !entry.chars().all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c)) => {
+            bad("a program name (`cargo`), or `*` for any")
+        }
         _ => Ok(()),
     }
 }
@@ -171,6 +176,9 @@ pub enum Capability<'a> {
     /// Start a program on the host (an MCP server a capsule declares): the command as
     /// written in the manifest.
     HostProcess(&'a str),
+    /// Run a program in the command sandbox (`process_spawn`): its name, `sh` for a shell
+    /// command line (so only `sh` or `*` allows one: a shell runs anything).
+    Process(&'a str),
 }
 
 impl fmt::Display for Capability<'_> {
@@ -182,6 +190,7 @@ impl fmt::Display for Capability<'_> {
             Self::FsWrite(p) => write!(f, "fs_write {p}"),
             Self::Net(h) => write!(f, "net {h}"),
             Self::HostProcess(c) => write!(f, "host_process {c}"),
+            Self::Process(p) => write!(f, "process {p}"),
         }
     }
 }
@@ -194,6 +203,7 @@ fn entry_allows(entry: &str, request: &Capability<'_>) -> bool {
         Capability::FsRead(path) => field == "fs_read" && fs_pattern_allows(value, path),
         Capability::FsWrite(path) => field == "fs_write" && fs_pattern_allows(value, path),
         Capability::Net(host) => field == "net" && net_pattern_allows(value, host),
+        Capability::Process(program) => field == "process" && (value == "*" || value == *program),
         Capability::HostProcess(command) => {
             field == "host_process"
                 && (value == *command || value.strip_suffix('*').is_some_and(|prefix| command.starts_with(prefix)))
@@ -278,5 +288,20 @@ mod tests {
         assert_eq!(granted.allows(&Capability::IpcPublish("tool.v1.result.x")), None);
         assert_eq!(granted.allows(&Capability::IpcSubscribe("tool.v1.result")), None);
         assert_eq!(CapabilitySet::default().allows(&Capability::FsRead("x")), None, "empty set denies");
+    }
+
+    #[test]
+    fn a_process_grant_names_programs_and_only_sh_or_any_allows_a_shell() {
+        let named = set("process = [\"cargo\", \"git\"]").expect("set");
+        assert_eq!(named.allows(&Capability::Process("cargo")), Some("process:cargo"));
+        assert_eq!(named.allows(&Capability::Process("cargo-x")), None);
+        assert_eq!(named.allows(&Capability::Process("sh")), None, "a shell line needs sh or *");
+        assert_eq!(named.allows(&Capability::HostProcess("cargo")), None, "sandboxed is not on the host");
+        let any = set("process = [\"*\"]").expect("set");
+        assert!(any.allows(&Capability::Process("sh")).is_some());
+        for bad in ["/usr/bin/cargo", "cargo test", "../sh", ""] {
+            let text = format!("process = [{bad:?}]");
+            assert!(matches!(set(&text), Err(CapabilityError::Entry { .. })), "{bad:?} must be refused");
+        }
     }
 }

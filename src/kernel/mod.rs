@@ -14,6 +14,7 @@ pub mod capsule_config;
 pub mod capsules;
 pub mod cause;
 pub mod clients;
+pub mod command_scope;
 pub mod defaults;
 pub mod dependencies;
 pub mod grants;
@@ -326,7 +327,7 @@ impl Kernel {
             Ok(()) => self.decide(capsule, request),
         };
         let actor = Actor::Capsule { name: capsule.to_owned() };
-        if allowed && !matches!(request, Capability::FsWrite(_) | Capability::HostProcess(_)) {
+        if allowed && !matches!(request, Capability::FsWrite(_) | Capability::HostProcess(_) | Capability::Process(_)) {
             self.record_routine(routine::Kind {
                 instance: scope.map(|scope| scope.instance),
                 turn: scope.and_then(|scope| scope.turn),

@@ -11,7 +11,7 @@
 //! is new, not with traffic, and every kind of event stays findable with its first
 //! occurrence, its grant and its count.
 //!
-//! Never routine: a deny, a write (`fs_write`), a program started (`host_process`),
+//! Never routine: a deny, a write (`fs_write`), a program started (`host_process`, `process`),
 //! approvals, grants, installs, commits, anything that changes state. Those are recorded
 //! one entry each, always.
 

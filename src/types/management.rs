@@ -222,6 +222,10 @@ pub struct PendingGrant {
     pub capabilities: Vec<String>,
 }
 
+/// The approval action of running a command line in the sandbox: its resource is the exact
+/// line, and what "session" and "always" cover is a prefix of its words.
+pub const RUN_COMMAND_ACTION: &str = "process.run";
+
 /// A standing permission created by `approve_session` or `approve_always`. The same record is
 /// what the kernel keeps in its store for "always".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,10 +238,12 @@ pub struct Allowance {
     pub capsule: String,
     /// Action it allows.
     pub action: String,
-    /// Resource it allows: exactly this one, or, with `under`, this directory.
+    /// Resource it allows: exactly this one, or, with `under`, what lies under it.
     pub resource: String,
-    /// Whether `resource` is a directory whose every path is covered (`""`: the workspace).
-    /// Absent in records older than directory allowances.
+    /// Whether what lies under `resource` is covered too: for a path, every path in that
+    /// directory (`""`: the workspace); for a command line ([`RUN_COMMAND_ACTION`]), every
+    /// plain command line that starts with its words. Absent in records older than directory
+    /// allowances.
     #[serde(default)]
     pub under: bool,
     /// `session` or `always`.
