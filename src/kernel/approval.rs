@@ -59,7 +59,7 @@ impl Scope {
 
     /// The scope for running the command line `line`.
     pub fn command(line: &str) -> Self {
-        Self::Command { prefix: super::command_scope::prefix_of(line) }
+        Self::Command { prefix: command_scope::prefix_of(line) }
     }
 }
 
@@ -146,15 +146,15 @@ impl Allowance {
             Scope::Under(_) => request.resource.trim_start_matches("./"),
             Scope::Resource | Scope::Command { .. } => request.resource.as_str(),
         };
-        let resource_covered = if let Scope::Command { .. } = request.scope {
+        let resource_covered = match (&request.scope, self.under) {
             // Words, not path components: and never a line a shell could make more of.
-            if self.under { command_scope::covers(&self.resource, resource) } else { self.resource == resource }
-        } else if self.under {
-            self.resource.is_empty()
-                || resource == self.resource
-                || resource.strip_prefix(self.resource.as_str()).is_some_and(|rest| rest.starts_with('/'))
-        } else {
-            self.resource == request.resource
+            (Scope::Command { .. }, true) => command_scope::covers(&self.resource, resource),
+            (_, true) => {
+                self.resource.is_empty()
+                    || resource == self.resource
+                    || resource.strip_prefix(self.resource.as_str()).is_some_and(|rest| rest.starts_with('/'))
+            }
+            (_, false) => self.resource == request.resource,
         };
         self.principal == request.principal
             && self.capsule == request.holder()
