@@ -82,7 +82,8 @@ pub fn main() -> ExitCode {
     }
     let init_pid = Pid::from_raw(i32::try_from(init.id()).unwrap_or(i32::MAX));
     let deadline = Instant::now() + Duration::from_millis(request.timeout_ms);
-    let outcome = match watch(&mut control, output, statuses, deadline, &mut out) {
+    let mut output = output;
+    let outcome = match watch(&mut control, &mut output, statuses, deadline, &mut out) {
         Watched::Ended(outcome) => outcome,
         Watched::DaemonGone => {
             // Nobody to report to: end the command and go.
@@ -95,6 +96,7 @@ pub fn main() -> ExitCode {
     // them before init is reaped), so once it is waited for nothing can write any more.
     let _ = kill(init_pid, Signal::SIGKILL);
     let _ = init.wait();
+    drain(output, &mut out);
 
     let staged = request.staging.join("files");
     let mut report = Report { outcome, items: Vec::new(), refused: Vec::new(), problem: None };
@@ -131,10 +133,10 @@ enum Watched {
 /// namespace for its children cannot start threads (`clone` refuses `CLONE_THREAD` then),
 /// so the control pipe, the output and init's status are polled together. Returns once
 /// init reported the command's end, the daemon asked for the kill or went away, or the
-/// timeout ran out; the output left in the pipe is forwarded by the caller's drain.
+/// timeout ran out; the output left in the pipe is forwarded by [`drain`] once init is gone.
 fn watch(
     control: &mut BufReader<io::Stdin>,
-    mut output: io::PipeReader,
+    output: &mut io::PipeReader,
     mut statuses: BufReader<ChildStderr>,
     deadline: Instant,
     out: &mut impl Write,
@@ -210,7 +212,6 @@ fn watch(
             }
         }
     };
-    drain(output, out);
     Watched::Ended(outcome)
 }
 

@@ -180,6 +180,9 @@ impl RunningCommand {
                     self.reported_at = Some(Instant::now());
                 }
                 Ok(Message::Frame(Frame::Started | Frame::SetupFailed(_))) => {}
+                // The helper's report comes before its stream ends; unsandboxed, the shell's
+                // status may come after its output ends.
+                Ok(Message::Closed) if self.helper.is_none() && self.report.is_none() => {}
                 Ok(Message::Closed) | Err(RecvTimeoutError::Disconnected) => return self.finish(),
                 Err(RecvTimeoutError::Timeout) => {
                     if Instant::now() >= until {
