@@ -280,7 +280,8 @@ mod tests {
             &AstridHome::at("/home/u/.astrid"),
             SandboxHost { helper: PathBuf::new(), sysctls: PathBuf::new() },
         );
-        let names: Vec<&str> = sandbox.environment().iter().map(|(k, _)| k.as_str()).collect();
+        let environment = sandbox.environment();
+        let names: Vec<&str> = environment.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, ["PATH", "LANG", "TERM", "HOME"]);
         assert!(sandbox.hidden.contains(&PathBuf::from("/home/u/.astrid")));
         assert!(sandbox.hidden.contains(&PathBuf::from("/home/u/.ssh")));

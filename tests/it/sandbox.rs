@@ -431,7 +431,7 @@ fn inner_environment() {
 #[test]
 fn timeouts_are_bounded_by_the_operator() {
     let f = Fixture::new();
-    let error = f.sandbox.start(&f.vfs, &Fixture::request("true", Duration::from_secs(601))).err().expect("refused");
+    let error = f.sandbox.start(&f.vfs, &Fixture::request("true", Duration::from_secs(601))).expect_err("refused");
     assert!(matches!(error, SandboxError::TimeoutTooLong { .. }), "{error}");
     assert!(error.to_string().contains("ASTRID_COMMAND_MAX_TIMEOUT_SECS"));
 }
@@ -441,7 +441,7 @@ fn a_missing_working_directory_is_a_setup_error() {
     let f = Fixture::new();
     let mut request = Fixture::request("pwd", Duration::from_secs(60));
     request.cwd = Fixture::path("no/such/dir");
-    let error = f.sandbox.start(&f.vfs, &request).err().expect("refused");
+    let error = f.sandbox.start(&f.vfs, &request).expect_err("refused");
     assert!(matches!(error, SandboxError::Setup(_)), "{error}");
     assert!(error.to_string().contains("no/such/dir"), "{error}");
     request.cwd = Fixture::path("src");
@@ -463,7 +463,7 @@ fn an_unavailable_sandbox_says_why_and_how_to_enable_it() {
     assert!(
         how_to_enable.contains("sysctl -w user.max_user_namespaces=") && how_to_enable.contains("ASTRID_SANDBOX=off")
     );
-    let error = f.sandbox.start(&f.vfs, &Fixture::request("true", Duration::from_secs(5))).err().expect("refused");
+    let error = f.sandbox.start(&f.vfs, &Fixture::request("true", Duration::from_secs(5))).expect_err("refused");
     assert!(matches!(error, SandboxError::Unavailable { .. }));
     assert!(error.to_string().contains("max_user_namespaces") && error.to_string().contains("ASTRID_SANDBOX=off"));
     // A helper that cannot set anything up fails the trial run: refused too, never unconfined.
@@ -498,4 +498,21 @@ fn unsandboxed_commands_run_in_the_real_workspace() {
     );
     assert_eq!(finished.outcome, Outcome::TimedOut);
     assert_eq!(none_left("1000.4719"), Vec::<String>::new());
+}
+
+#[test]
+fn toolchains_the_operator_exposes_run_read_only() {
+    // The cargo running this test: its toolchain directory, exposed as an operator would.
+    let cargo = Path::new(env!("CARGO")).canonicalize().expect("cargo");
+    let toolchain = cargo.parent().and_then(Path::parent).expect("toolchain dir").to_path_buf();
+    let config = SandboxConfig { read_only_paths: vec![toolchain.clone()], ..SandboxConfig::default() };
+    let f = Fixture::with(config, host());
+    let line =
+        format!("{} --version && touch {}/x 2>/dev/null || echo read-only", cargo.display(), toolchain.display());
+    let (output, finished) = f.run(&line);
+    assert_eq!(finished.outcome, Outcome::Exited(0), "{output}");
+    assert!(output.starts_with("cargo ") && output.ends_with("read-only\n"), "{output}");
+    // Without it, not there.
+    let (output, _) = Fixture::new().run(&format!("test -e {} || echo absent", cargo.display()));
+    assert_eq!(output, "absent\n");
 }
