@@ -19,8 +19,10 @@ use std::path::{Path, PathBuf};
 use super::protocol::{Refused, StagedItem};
 use crate::vfs::MAX_FILE;
 
-/// Most changes one command may report; past it the rest are dropped and the report says so.
+/// Most changes one command may report, and most bytes of their paths; past them the rest
+/// are left out and the report says so (it must fit a frame).
 pub const MAX_ITEMS: usize = 100_000;
+const MAX_PATH_BYTES: usize = 32 << 20;
 
 /// What a path is in one layer, links not followed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,16 +122,45 @@ pub struct Layers<'a> {
     pub staged: &'a Path,
 }
 
+/// What the walk found so far, with the budget it counts.
+#[derive(Default)]
+struct Found {
+    deleted: Vec<StagedItem>,
+    files: Vec<StagedItem>,
+    refused: Vec<Refused>,
+    bytes: usize,
+}
+
+impl Found {
+    fn deleted(&mut self, path: String) {
+        self.bytes += path.len();
+        self.deleted.push(StagedItem::Deleted { path });
+    }
+
+    fn file(&mut self, path: String) {
+        self.bytes += path.len();
+        self.files.push(StagedItem::File { path });
+    }
+
+    fn refused(&mut self, refused: Refused) {
+        self.bytes += refused.path.len() + refused.reason.len();
+        self.refused.push(refused);
+    }
+
+    fn full(&self) -> bool {
+        self.deleted.len() + self.files.len() + self.refused.len() > MAX_ITEMS || self.bytes > MAX_PATH_BYTES
+    }
+}
+
 /// Walks the upper layer; stages changed files under `layers.staged`.
 pub fn collect(layers: &Layers<'_>) -> Collected {
     let lower = Lower { vfs_upper: layers.vfs_upper, deletions: layers.deletions, workspace: layers.workspace };
-    let mut deleted = Vec::new();
-    let mut files = Vec::new();
-    let mut out = Collected::default();
+    let mut found = Found::default();
+    let mut problem = None;
     let mut stack = vec![PathBuf::new()];
     while let Some(dir) = stack.pop() {
-        if deleted.len() + files.len() + out.refused.len() > MAX_ITEMS {
-            out.problem = Some(format!("the command changed more than {MAX_ITEMS} paths; the rest were left out"));
+        if found.full() {
+            problem = Some(format!("the command changed more than {MAX_ITEMS} paths; the rest were left out"));
             break;
         }
         if dir.as_os_str().is_empty() || lower.kind(&dir) == Some(Kind::Dir) {
@@ -137,8 +168,8 @@ pub fn collect(layers: &Layers<'_>) -> Collected {
                 let path = dir.join(&name);
                 if fs::symlink_metadata(layers.merged.join(&path)).is_err() {
                     match text(&path) {
-                        Some(path) => deleted.push(StagedItem::Deleted { path }),
-                        None => out.refused.push(not_utf8(&path)),
+                        Some(path) => found.deleted(path),
+                        None => found.refused(not_utf8(&path)),
                     }
                 }
             }
@@ -146,7 +177,7 @@ pub fn collect(layers: &Layers<'_>) -> Collected {
         let entries = match fs::read_dir(layers.upper.join(&dir)) {
             Ok(entries) => entries,
             Err(e) => {
-                out.problem = Some(format!("cannot list the changes in {}: {e}", dir.display()));
+                problem = Some(format!("cannot list the changes in {}: {e}", dir.display()));
                 continue;
             }
         };
@@ -155,7 +186,7 @@ pub fn collect(layers: &Layers<'_>) -> Collected {
             let Ok(meta) = entry.metadata() else { continue };
             let Some(name) = text(&path) else {
                 if kind_of(&meta) != Kind::Whiteout {
-                    out.refused.push(not_utf8(&path));
+                    found.refused(not_utf8(&path));
                 }
                 continue;
             };
@@ -164,16 +195,16 @@ pub fn collect(layers: &Layers<'_>) -> Collected {
                 Kind::Whiteout => {}
                 Kind::Dir => {
                     if before.is_some_and(|k| k != Kind::Dir) {
-                        deleted.push(StagedItem::Deleted { path: name });
+                        found.deleted(name);
                     }
                     stack.push(path);
                 }
                 Kind::File { len } => {
                     if before == Some(Kind::Dir) {
-                        deleted.push(StagedItem::Deleted { path: name.clone() });
+                        found.deleted(name.clone());
                     }
                     if len > MAX_FILE {
-                        out.refused.push(Refused {
+                        found.refused(Refused {
                             path: name,
                             reason: format!("{len} bytes, above the workspace overlay's limit of {MAX_FILE}"),
                         });
@@ -186,8 +217,8 @@ pub fn collect(layers: &Layers<'_>) -> Collected {
                         continue;
                     }
                     match stage(&layers.upper.join(&path), &layers.staged.join(&path)) {
-                        Ok(()) => files.push(StagedItem::File { path: name }),
-                        Err(e) => out.refused.push(Refused { path: name, reason: format!("cannot be staged: {e}") }),
+                        Ok(()) => found.file(name),
+                        Err(e) => found.refused(Refused { path: name, reason: format!("cannot be staged: {e}") }),
                     }
                 }
                 Kind::Other => {
@@ -200,7 +231,7 @@ pub fn collect(layers: &Layers<'_>) -> Collected {
                     } else {
                         "a device"
                     };
-                    out.refused.push(Refused {
+                    found.refused(Refused {
                         path: name,
                         reason: format!("{what}: the workspace overlay holds regular files only"),
                     });
@@ -208,11 +239,11 @@ pub fn collect(layers: &Layers<'_>) -> Collected {
             }
         }
     }
-    deleted.sort_by(|a, b| item_path(a).cmp(item_path(b)));
-    files.sort_by(|a, b| item_path(a).cmp(item_path(b)));
-    out.items = deleted;
-    out.items.extend(files);
-    out
+    found.deleted.sort_by(|a, b| item_path(a).cmp(item_path(b)));
+    found.files.sort_by(|a, b| item_path(a).cmp(item_path(b)));
+    let mut items = found.deleted;
+    items.extend(found.files);
+    Collected { items, refused: found.refused, problem }
 }
 
 fn item_path(item: &StagedItem) -> &str {

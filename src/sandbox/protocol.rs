@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use super::config::Limits;
 
-/// Largest frame payload (output is cut into chunks this size at most).
-pub const MAX_FRAME: usize = 1 << 20;
+/// Largest frame payload: the report of a command that changed many paths (output comes in
+/// chunks of 64 KiB).
+pub const MAX_FRAME: usize = 64 << 20;
 /// The control byte that asks the helper to kill the command now.
 pub const KILL: u8 = b'k';
 

@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,9 @@ const SETUP_DEADLINE: Duration = Duration::from_secs(60);
 /// How long past its timeout a helper that has not reported is given before it is killed
 /// (it kills the command itself at the timeout; this is the daemon's own guard).
 const REPORT_GRACE: Duration = Duration::from_secs(15);
+/// Output chunks (64 KiB at most each) read ahead of the caller: past them, a command whose
+/// output is not taken waits to write more, and memory stays bounded.
+const BUFFERED_FRAMES: usize = 256;
 /// Unsandboxed: how long output is still read after the shell exited (a process that left
 /// its process group may hold the pipe open forever).
 const DRAIN: Duration = Duration::from_secs(2);
@@ -121,7 +124,8 @@ enum Message {
     Closed,
 }
 
-/// A command that runs. Dropping it kills it.
+/// A command that runs. Dropping it kills it. Its output is read ahead up to 16 MiB; past
+/// that the command waits until [`RunningCommand::next`] takes some.
 #[derive(Debug)]
 pub struct RunningCommand {
     /// The helper (sandboxed); unsandboxed, a waiter thread owns the shell.
@@ -137,6 +141,8 @@ pub struct RunningCommand {
     report: Option<Report>,
     /// When the report came (unsandboxed: when the shell exited).
     reported_at: Option<Instant>,
+    /// The output stream ended (the helper exited).
+    closed: bool,
     finished: Option<Finished>,
     /// Ends the unsandboxed timer thread when dropped.
     _timer: Option<Sender<()>>,
@@ -182,8 +188,11 @@ impl RunningCommand {
                 Ok(Message::Frame(Frame::Started | Frame::SetupFailed(_))) => {}
                 // The helper's report comes before its stream ends; unsandboxed, the shell's
                 // status may come after its output ends.
-                Ok(Message::Closed) if self.helper.is_none() && self.report.is_none() => {}
-                Ok(Message::Closed) | Err(RecvTimeoutError::Disconnected) => return self.finish(),
+                Ok(Message::Closed) if self.helper.is_none() && self.report.is_none() => self.closed = true,
+                Ok(Message::Closed) | Err(RecvTimeoutError::Disconnected) => {
+                    self.closed = true;
+                    return self.finish();
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     if Instant::now() >= until {
                         return CommandEvent::Pending;
@@ -208,8 +217,12 @@ impl RunningCommand {
 
     fn finish(&mut self) -> CommandEvent {
         let report = self.report.take();
-        // The helper exits right after its report; unsandboxed, the waiter reaped the shell.
+        // The helper exits right after its report (one that did not is ended); unsandboxed,
+        // the waiter reaped the shell.
         if let Some(helper) = &mut self.helper {
+            if !self.closed {
+                self.control.force();
+            }
             reap(helper, &self.control);
         }
         let mut finished = Finished {
@@ -254,20 +267,10 @@ impl Drop for RunningCommand {
     }
 }
 
-/// Waits for `process`, killing it if it does not end soon, and forgets its pid.
+/// Waits for the helper and forgets its pid. Called once its output ended (it closes it only
+/// by exiting) or after it was killed, so the wait is short.
 fn reap(process: &mut Child, control: &Control) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match process.try_wait() {
-            Ok(Some(_)) | Err(_) => break,
-            Ok(None) if Instant::now() >= deadline => {
-                control.force();
-                let _ = process.wait();
-                break;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
+    let _ = process.wait();
     *control.target.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
@@ -302,7 +305,7 @@ fn import(vfs: &Vfs, dir: &Path, items: &[StagedItem], finished: &mut Finished) 
 }
 
 /// Reads frames from `input` into `events` until the stream ends.
-fn read_frames(mut input: impl io::Read, events: Sender<Message>) {
+fn read_frames(mut input: impl io::Read, events: SyncSender<Message>) {
     loop {
         match super::protocol::Frame::read_from(&mut input) {
             Ok(Some(frame)) => {
@@ -391,7 +394,7 @@ pub(super) fn start_confined(
     }
     *control.stdin.lock().unwrap_or_else(|e| e.into_inner()) = stdin;
     let Some(stdout) = stdout else { return Err(fail(&mut process, "the sandbox helper has no output".to_owned())) };
-    let (sender, events) = mpsc::channel();
+    let (sender, events) = mpsc::sync_channel(BUFFERED_FRAMES);
     std::thread::Builder::new()
         .name("sandbox-output".to_owned())
         .spawn(move || read_frames(stdout, sender))
@@ -419,6 +422,7 @@ pub(super) fn start_confined(
         dir: Some(dir),
         report: None,
         reported_at: None,
+        closed: false,
         finished: None,
         _timer: None,
     })
@@ -432,6 +436,9 @@ pub(super) fn start_unconfined(
     request: &super::CommandRequest,
 ) -> Result<RunningCommand, SandboxError> {
     let cwd = vfs.root().join(vfs.resolve(&request.cwd)?.as_str());
+    if !cwd.is_dir() {
+        return Err(SandboxError::Setup(format!("the working directory {} is not a directory", request.cwd)));
+    }
     let (reader, writer) = io::pipe().map_err(|source| SandboxError::Spawn { what: "a pipe".to_owned(), source })?;
     let errors = writer.try_clone().map_err(|source| SandboxError::Spawn { what: "a pipe".to_owned(), source })?;
     let mut shell = Command::new("/bin/sh")
@@ -453,7 +460,7 @@ pub(super) fn start_unconfined(
         killed: AtomicBool::new(false),
         timed_out: AtomicBool::new(false),
     });
-    let (sender, events) = mpsc::channel();
+    let (sender, events) = mpsc::sync_channel(BUFFERED_FRAMES);
     let output = sender.clone();
     let spawned = std::thread::Builder::new().name("command-output".to_owned()).spawn(move || {
         let mut reader = reader;
@@ -521,6 +528,7 @@ pub(super) fn start_unconfined(
         dir: None,
         report: None,
         reported_at: None,
+        closed: false,
         finished: None,
         _timer: Some(timer),
     })
