@@ -105,7 +105,7 @@ pub fn main() -> ExitCode {
             let collected = collect(&Layers {
                 upper: &scratch.upper,
                 merged: &scratch.merged,
-                vfs_upper: &request.vfs_upper,
+                vfs_upper: &scratch.vfs_upper,
                 deletions: &scratch.deletions,
                 workspace: &request.workspace,
                 staged: &staged,

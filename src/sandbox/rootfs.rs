@@ -68,6 +68,9 @@ pub struct Scratch {
     pub upper: PathBuf,
     /// The deletions layer.
     pub deletions: PathBuf,
+    /// The VFS overlay's pending files as the overlay's top lower layer (a copy when the
+    /// original lies inside the workspace).
+    pub vfs_upper: PathBuf,
     /// The workspace as the command sees it (the overlay mount), in the helper's view.
     pub merged: PathBuf,
     /// The command's working directory, inside the new root.
@@ -140,8 +143,24 @@ fn bind(source: &Path, target: &Path) -> Result<(), SetupError> {
 /// Builds everything under `<staging>/scratch`. Runs in the helper after `unshare`, as root
 /// of its user namespace, with its mounts private.
 pub fn build(request: &HelperRequest) -> Result<Scratch, SetupError> {
-    let scratch = request.staging.join("scratch");
-    mkdir(&scratch, 0o700)?;
+    // overlayfs refuses layers inside one another (ELOOP). When the Astrid home, and so the
+    // staging directory and the VFS overlay, lie inside the workspace, the scratch tmpfs is
+    // mounted on /dev/shm instead (in this mount namespace only) and the VFS overlay's
+    // pending files are copied into it.
+    let nested = request.staging.starts_with(&request.workspace);
+    let scratch = if nested {
+        let shm = PathBuf::from("/dev/shm");
+        if !shm.is_dir() || request.workspace.starts_with(&shm) {
+            return Err(
+                "the Astrid home lies inside the workspace, and /dev/shm cannot hold the scratch space".to_owned()
+            );
+        }
+        shm
+    } else {
+        let scratch = request.staging.join("scratch");
+        mkdir(&scratch, 0o700)?;
+        scratch
+    };
     let options = format!("size={},mode=0700", request.limits.scratch);
     mount(Some("tmpfs"), &scratch, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(options.as_str()))
         .map_err(failed("mount the scratch tmpfs on", &scratch))?;
@@ -229,10 +248,17 @@ pub fn build(request: &HelperRequest) -> Result<Scratch, SetupError> {
         bind_readonly(path, &target)?;
     }
 
+    let vfs_upper = if nested {
+        let copy = scratch.join("vfs-upper");
+        copy_tree(&request.vfs_upper, &copy)?;
+        copy
+    } else {
+        request.vfs_upper.clone()
+    };
     build_deletions(&deletions, &request.whiteouts)?;
     let merged = inside(&root, &request.workspace);
     mkdir_all(&merged)?;
-    let layers = [&request.vfs_upper, &deletions, &request.workspace, &upper, &work];
+    let layers = [&vfs_upper, &deletions, &request.workspace, &upper, &work];
     if let Some(bad) = layers.iter().find(|p| p.to_str().is_none_or(|s| s.contains([',', ':', '\\']))) {
         return Err(format!(
             "{} has a character overlayfs cannot take in a layer path (`,`, `:` or `\\`) or is not UTF-8",
@@ -241,7 +267,7 @@ pub fn build(request: &HelperRequest) -> Result<Scratch, SetupError> {
     }
     let options = format!(
         "userxattr,lowerdir={}:{}:{},upperdir={},workdir={}",
-        request.vfs_upper.display(),
+        vfs_upper.display(),
         deletions.display(),
         request.workspace.display(),
         upper.display(),
@@ -274,7 +300,7 @@ pub fn build(request: &HelperRequest) -> Result<Scratch, SetupError> {
         None::<&str>,
     )
     .map_err(failed("make read-only", &root))?;
-    Ok(Scratch { root, upper, deletions, merged, cwd })
+    Ok(Scratch { root, upper, deletions, vfs_upper, merged, cwd })
 }
 
 /// Masks, in the read-only `/etc` bind at `etc`, every entry of the host's `/etc` that its
@@ -330,6 +356,26 @@ fn mask_etc(etc: &Path, empty: &Path, empty_file: &Path) -> Result<(), SetupErro
         bind_readonly(if is_dir { empty } else { empty_file }, &etc.join(&path))?;
         if is_dir {
             masked_dirs.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Copies the directories and regular files of `from` (all the VFS overlay holds) to `to`.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), SetupError> {
+    mkdir(to, 0o755)?;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(relative) = stack.pop() {
+        let entries = fs::read_dir(from.join(&relative)).map_err(io_failed("list", &from.join(&relative)))?;
+        for entry in entries.flatten() {
+            let path = relative.join(entry.file_name());
+            let Ok(file_type) = entry.file_type() else { continue };
+            if file_type.is_dir() {
+                mkdir(&to.join(&path), 0o755)?;
+                stack.push(path);
+            } else if file_type.is_file() {
+                fs::copy(from.join(&path), to.join(&path)).map_err(io_failed("copy", &from.join(&path)))?;
+            }
         }
     }
     Ok(())

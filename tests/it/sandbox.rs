@@ -516,3 +516,42 @@ fn toolchains_the_operator_exposes_run_read_only() {
     let (output, _) = Fixture::new().run(&format!("test -e {} || echo absent", cargo.display()));
     assert_eq!(output, "absent\n");
 }
+
+#[test]
+fn secrets_inside_the_workspace_are_masked() {
+    // A user who runs the agent in their home directory: the workspace holds ~/.ssh and the
+    // Astrid home itself.
+    let dir = tempfile::Builder::new().prefix("asb").tempdir_in("/tmp").expect("tempdir");
+    let workspace = dir.path().canonicalize().expect("canonical");
+    std::fs::create_dir_all(workspace.join(".ssh")).expect(".ssh");
+    std::fs::write(workspace.join(".ssh/id_ed25519"), "PRIVATE-KEY").expect("key");
+    std::fs::write(workspace.join(".netrc"), "machine x password NETRC-SECRET").expect("netrc");
+    std::fs::write(workspace.join("notes.txt"), "visible").expect("notes");
+    let home = AstridHome::at(workspace.join(".astrid"));
+    home.ensure().expect("home");
+    std::fs::write(home.root().join("keys/runtime.key"), "RUNTIME-KEY").expect("key");
+    let vfs = Arc::new(Vfs::open(&workspace, &home.overlay_dir(&workspace)).expect("vfs"));
+    let config = SandboxConfig { user_home: Some(workspace.clone()), ..SandboxConfig::default() };
+    let sandbox = Sandbox::with_host(config, &home, host());
+    assert_eq!(sandbox.availability(), &Availability::Ready);
+    let line = "cat notes.txt; echo; ls -A .ssh .astrid; cat .netrc .ssh/id_ed25519 .astrid/keys/runtime.key 2>&1; \
+                echo x > .ssh/planted 2>/dev/null || echo refused";
+    let (output, finished) =
+        finish(sandbox.start(&vfs, &Fixture::request(line, Duration::from_secs(60))).expect("start"));
+    assert_eq!(finished.outcome, Outcome::Exited(0), "{output}");
+    assert!(output.starts_with("visible\n"), "{output}");
+    for secret in ["PRIVATE-KEY", "NETRC-SECRET", "RUNTIME-KEY"] {
+        assert!(!output.contains(secret), "{secret} leaked: {output}");
+    }
+    assert!(output.contains(".astrid:\n\n.ssh:\ncat: .ssh/id_ed25519: No such file"), "both empty: {output}");
+    assert!(output.ends_with("refused\n"), "{output}");
+    assert!(finished.changes.is_empty(), "{:?}", finished.changes);
+    // The overlay works the same with the home inside the workspace.
+    vfs.write(&Fixture::path("pending.txt"), b"pending").expect("pending");
+    let request = Fixture::request("cat pending.txt && echo made > made.txt", Duration::from_secs(60));
+    let (output, finished) = finish(sandbox.start(&vfs, &request).expect("start"));
+    assert_eq!(output, "pending");
+    let changes: Vec<&str> = finished.changes.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(changes, ["made.txt"]);
+    assert!(!workspace.join("made.txt").exists());
+}
