@@ -211,10 +211,18 @@ impl Sandbox {
     pub fn with_host(config: SandboxConfig, home: &AstridHome, host: SandboxHost) -> Self {
         let mut sandbox = Self::unprobed(config, home, host);
         if sandbox.config.mode == SandboxMode::Unsandboxed {
+            log::warn!("command sandbox OFF: {UNSANDBOXED}");
             sandbox.availability = Availability::Unsandboxed;
             return sandbox;
         }
         let (availability, namespace_pid_max) = probe::probe(&sandbox, home);
+        match &availability {
+            Availability::Ready => log::info!("command sandbox ready"),
+            Availability::Unavailable { reason, how_to_enable } => {
+                log::warn!("command sandbox unavailable, commands will be refused: {reason}. {how_to_enable}");
+            }
+            Availability::Unsandboxed => {}
+        }
         sandbox.availability = availability;
         sandbox.namespace_pid_max = namespace_pid_max;
         sandbox
@@ -285,6 +293,15 @@ mod tests {
         assert_eq!(names, ["PATH", "LANG", "TERM", "HOME"]);
         assert!(sandbox.hidden.contains(&PathBuf::from("/home/u/.astrid")));
         assert!(sandbox.hidden.contains(&PathBuf::from("/home/u/.ssh")));
+    }
+
+    #[test]
+    fn commands_can_be_driven_and_killed_from_other_threads() {
+        fn send<T: Send>() {}
+        fn shared<T: Send + Sync>() {}
+        send::<RunningCommand>();
+        shared::<Killer>();
+        shared::<Sandbox>();
     }
 
     #[test]
