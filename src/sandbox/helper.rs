@@ -6,7 +6,8 @@
 //! the kill, and end of file (the daemon closed it, or died) is a kill too. It never runs the
 //! command itself: `unshare(CLONE_NEWPID)` puts only its children in the new pid namespace,
 //! and `pivot_root` would move every process of a mount namespace, itself included, away
-//! from the staging directory it reports through.
+//! from the staging directory it reports through. Nor does it start threads: after
+//! `unshare(CLONE_NEWPID)` the kernel refuses them, so it polls its pipes on one.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
@@ -46,7 +47,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Started { scratch, mut init, output } = match set_up(&request) {
+    let Started { scratch, mut init, mut output } = match set_up(&request) {
         Ok(started) => started,
         Err(reason) => {
             send(&mut out, Frame::SetupFailed(reason));
@@ -82,7 +83,6 @@ pub fn main() -> ExitCode {
     }
     let init_pid = Pid::from_raw(i32::try_from(init.id()).unwrap_or(i32::MAX));
     let deadline = Instant::now() + Duration::from_millis(request.timeout_ms);
-    let mut output = output;
     let outcome = match watch(&mut control, &mut output, statuses, deadline, &mut out) {
         Watched::Ended(outcome) => outcome,
         Watched::DaemonGone => {

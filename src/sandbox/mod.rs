@@ -2,24 +2,24 @@
 //! the agent sees it (pending writes and deletions of the VFS overlay included), its own
 //! writes landing in that same overlay for review.
 //!
-//! A command runs in three processes, all the `astrid` binary but the last:
+//! Two processes of the `astrid` binary stand between the daemon and the command:
 //!
-//! 1. the daemon's [`RunningCommand`] starts the **helper** (argv[0] `astrid-sandbox`, `helper`):
+//! 1. the daemon's [`RunningCommand`] starts the **helper** (`astrid-sandbox helper`, `helper.rs`):
 //!    it makes user, mount, pid, ipc, uts and (unless the call asked for the network) net
 //!    namespaces, builds the command's filesystem on a size-limited tmpfs
-//!    ([`rootfs`]: system directories read-only, `/etc` without secrets, a private `/tmp`
+//!    (`rootfs.rs`: system directories read-only, `/etc` without secrets, a private `/tmp`
 //!    and `HOME`, the workspace as an overlayfs over the VFS overlay and the real files) and
 //!    starts
-//! 2. **init** (`astrid-sandbox init`), pid 1 of the new pid namespace: a mount namespace of
+//! 2. **init** (`astrid-sandbox init`, `init.rs`), pid 1 of the new pid namespace: a mount namespace of
 //!    its own, `pivot_root` into the new root, `/proc`, the process bound (`pid_max` of the
-//!    namespace), rlimits, `no_new_privs`, no capabilities, a seccomp filter ([`seccomp`]),
+//!    namespace), rlimits, `no_new_privs`, no capabilities, a seccomp filter (`seccomp.rs`),
 //!    then `/bin/sh -c <line>` with a scrubbed environment; it reaps until the command
 //!    exits and then exits itself, which kills every process left in the namespace.
 //! 3. When init is gone (exit, timeout, kill), the helper reads the overlay's upper layer
-//!    ([`collect`]), stages the changed files under the command's directory in the VFS's
+//!    (`collect.rs`), stages the changed files under the command's directory in the VFS's
 //!    overlay directory and reports; the daemon imports them ([`crate::vfs::Vfs::import`]).
 //!
-//! The daemon talks to the helper over its stdin and stdout ([`protocol`]). Network access
+//! The daemon talks to the helper over its stdin and stdout (`protocol.rs`). Network access
 //! is all or nothing: without it the command has an empty network namespace (not even
 //! loopback); with it, the host's network. `ASTRID_SANDBOX=off` runs commands unconfined
 //! ([`SandboxMode::Unsandboxed`]: the real workspace, no overlay), at the operator's risk.
@@ -47,7 +47,7 @@ use crate::home::AstridHome;
 use crate::types::management::{SandboxState, SandboxStatus};
 use crate::vfs::{Vfs, VfsError, VfsPath};
 
-/// The name (argv[0]) the daemon starts the helper and init under.
+/// The name (`argv[0]`) the daemon starts the helper and init under.
 pub const ROLE: &str = "astrid-sandbox";
 /// The argument that selects the helper stage.
 const HELPER_ARG: &str = "helper";
