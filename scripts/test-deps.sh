@@ -4,6 +4,9 @@
 #   tmux (Debian): the chat's Ctrl-C test runs `astrid chat` on a real terminal;
 #   two real MCP servers, pinned, into .test-deps/ of this checkout (not committed):
 #     @modelcontextprotocol/server-everything (npm) and mcp-server-time (PyPI, in a venv).
+# The command sandbox needs nothing installed: its namespaces, overlayfs and seccomp are in the
+# kernel and in the astrid binary (its tests use python3, setsid and unshare, which a Debian
+# system has). It needs user namespaces enabled and, for a daemon running as root, Linux 6.14+.
 # Debian packages need root, or sudo; the servers need node/npm and python3 with venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."

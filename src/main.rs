@@ -6,6 +6,7 @@
 //! | `astrid-daemon`       | the kernel ([`astrid::daemon`])        |
 //! | `astrid-capsule-host` | the capsule host ([`astrid::capsule_host`]) |
 //! | `astrid-mcp-exec`     | the start of an MCP server's process ([`astrid::mcp::exec`]); the daemon's own |
+//! | `astrid-sandbox`      | a command's sandbox helper and init ([`astrid::sandbox`]); the daemon's own |
 //! | anything else         | the CLI ([`astrid::cli`])              |
 
 use std::path::Path;
@@ -15,6 +16,7 @@ use astrid::capsule_host::{self, CapsuleHostArgs};
 use astrid::cli;
 use astrid::daemon::{self, DaemonArgs};
 use astrid::mcp;
+use astrid::sandbox;
 
 fn main() -> ExitCode {
     let mut argv = std::env::args_os();
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Role::McpExec => mcp::exec::main(&args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>()),
+        Role::Sandbox => sandbox::main(&args),
         Role::Cli => cli::main(&args),
     }
 }
@@ -46,6 +49,7 @@ enum Role {
     Daemon,
     CapsuleSupervisor,
     McpExec,
+    Sandbox,
     Cli,
 }
 
@@ -54,6 +58,7 @@ fn role(argv0: &Path) -> Role {
         Some("astrid-daemon") => Role::Daemon,
         Some("astrid-capsule-host") => Role::CapsuleSupervisor,
         Some(mcp::exec::ROLE) => Role::McpExec,
+        Some(sandbox::ROLE) => Role::Sandbox,
         _ => Role::Cli,
     }
 }
@@ -66,6 +71,7 @@ mod tests {
     fn role_comes_from_the_basename() {
         assert_eq!(role(Path::new("/usr/local/bin/astrid-daemon")), Role::Daemon);
         assert_eq!(role(Path::new("astrid-capsule-host")), Role::CapsuleSupervisor);
+        assert_eq!(role(Path::new("/proc/self/exe/astrid-sandbox")), Role::Sandbox);
         assert_eq!(role(Path::new("/opt/astrid")), Role::Cli);
         assert_eq!(role(Path::new("")), Role::Cli);
         assert_eq!(role(Path::new("/")), Role::Cli);

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::idle::IdlePolicy;
 use crate::ipc::bridge::DEFAULT_MAX_CLIENTS;
 use crate::kernel::defaults::ProviderEnvironment;
+use crate::sandbox::SandboxConfig;
 use crate::wasm::supervisor::HostConfig;
 
 /// run the Astrid kernel: bind run/system.sock and serve frontends
@@ -60,6 +61,8 @@ pub struct DaemonConfig {
     pub host: HostConfig,
     /// The default set's model provider (`OPENAI_BASE_URL`, `OPENAI_API_KEY`, `ASTRID_MODEL`).
     pub provider: ProviderEnvironment,
+    /// How commands run (`ASTRID_SANDBOX`, `ASTRID_COMMAND_*`, `ASTRID_SANDBOX_*`).
+    pub sandbox: SandboxConfig,
 }
 
 impl DaemonArgs {
@@ -99,6 +102,7 @@ impl DaemonArgs {
         let idle = if self.ephemeral { Some(IdlePolicy::from_env()?) } else { None };
         let host = HostConfig::from_env()?;
         let provider = ProviderEnvironment::from_env()?;
+        let sandbox = SandboxConfig::from_env()?;
         Ok(DaemonConfig {
             session,
             workspace,
@@ -110,6 +114,7 @@ impl DaemonArgs {
             idle,
             host,
             provider,
+            sandbox,
         })
     }
 }

@@ -680,6 +680,7 @@ impl Kernel {
             audit: Some(self.audit_status()),
             model: self.model.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             workspace: Some(self.vfs.root().display().to_string()),
+            sandbox: None,
         }
     }
 

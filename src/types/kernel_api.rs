@@ -281,6 +281,9 @@ pub struct DaemonStatus {
     /// Astrid extension: the daemon's workspace (clients may work in others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<String>,
+    /// Astrid extension: whether commands run confined (omitted when unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<super::management::SandboxStatus>,
 }
 
 /// Which model the agent asks, as `astrid status` shows it: no secret, only a fingerprint of

@@ -437,3 +437,24 @@ pub struct AcknowledgedBreak {
     /// Seq of the `audit.acknowledge` entry that acknowledges it.
     pub acknowledged_at: Option<u64>,
 }
+
+/// How the agent's commands run, as `astrid status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxStatus {
+    /// Confined, refused, or unconfined.
+    pub state: SandboxState,
+    /// For `unavailable`, why and how to enable it; for `unsandboxed`, what that means.
+    pub detail: Option<String>,
+}
+
+/// Whether commands are confined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxState {
+    /// Every command runs in the sandbox.
+    Ready,
+    /// The sandbox cannot be set up on this machine: commands are refused.
+    Unavailable,
+    /// The operator turned the sandbox off: commands run unconfined, in the real workspace.
+    Unsandboxed,
+}

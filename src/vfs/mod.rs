@@ -13,18 +13,20 @@
 //! runs `astrid workspace commit`; `discard` drops it all. The overlay lives under the home,
 //! so pending changes survive a restart of the daemon.
 
+mod import;
 mod path;
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
+pub use import::{Import, Imported};
 pub use path::{MAX_PATH, VfsPath};
 
 /// Largest file read or written through the VFS.
@@ -32,6 +34,9 @@ pub const MAX_FILE: u64 = 10 * 1024 * 1024;
 /// Most symlinks followed while resolving one path (as the kernel's `ELOOP`).
 const MAX_LINKS: usize = 40;
 const WHITEOUTS: &str = "whiteouts.json";
+/// Below the overlay directory: a private directory per running command (its scratch mount
+/// point and its staged files), removed when it ends and, after a crash, at the next open.
+const COMMANDS: &str = "commands";
 
 /// Why a VFS operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +155,8 @@ impl Vfs {
         }
         let workspace = Dir::open_ambient_dir(root, ambient_authority()).map_err(io_err("open", root))?;
         let upper = Dir::open_ambient_dir(&upper_path, ambient_authority()).map_err(io_err("open", &upper_path))?;
+        // What commands of a daemon that died left behind (their mounts died with them).
+        let _ = fs::remove_dir_all(overlay_dir.join(COMMANDS));
         let whiteouts_path = overlay_dir.join(WHITEOUTS);
         let whiteouts = match fs::read(&whiteouts_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
@@ -168,6 +175,27 @@ impl Vfs {
     /// The workspace root, as opened.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The overlay's `upper/` directory, for the command sandbox: it is the top lower layer
+    /// of the workspace a command sees.
+    pub fn upper_dir(&self) -> PathBuf {
+        self.overlay_dir.join("upper")
+    }
+
+    /// The pending deletions, workspace-relative.
+    pub fn whiteout_paths(&self) -> Vec<String> {
+        self.whiteouts().iter().cloned().collect()
+    }
+
+    /// A fresh private directory (0700) for one command, on the overlay's filesystem so its
+    /// staged files reach the overlay by rename. The caller removes it when done.
+    pub fn command_dir(&self, id: &str) -> Result<PathBuf, VfsError> {
+        let dir = self.overlay_dir.join(COMMANDS).join(id);
+        let failed = |source| VfsError::Io { action: "create", path: dir.display().to_string(), source };
+        crate::home::private_dir_all(&self.overlay_dir.join(COMMANDS)).map_err(|e| failed(io::Error::other(e)))?;
+        fs::DirBuilder::new().mode(0o700).create(&dir).map_err(failed)?;
+        Ok(dir)
     }
 
     /// Where `path` really leads inside the workspace: every symlink along it followed (a
@@ -279,11 +307,23 @@ impl Vfs {
 
     /// Writes a file into the overlay.
     pub fn write(&self, path: &VfsPath, contents: &[u8]) -> Result<(), VfsError> {
+        self.prepare_write(path, contents.len() as u64)?;
+        self.upper.write(path.fs(), contents).map_err(|e| classify(path, "write", e))?;
+        let mut whiteouts = self.whiteouts();
+        if whiteouts.remove(path.as_str()) {
+            self.save_whiteouts(&whiteouts)?;
+        }
+        Ok(())
+    }
+
+    /// Checks that `size` bytes may be written at `path` (never at the root, over a directory
+    /// or through a link) and makes its parent directories in the overlay.
+    fn prepare_write(&self, path: &VfsPath, size: u64) -> Result<(), VfsError> {
         if path.is_root() {
             return Err(VfsError::IsADirectory { path: path.to_string() });
         }
-        if contents.len() as u64 > MAX_FILE {
-            return Err(VfsError::TooLarge { path: path.to_string(), size: contents.len() as u64, limit: MAX_FILE });
+        if size > MAX_FILE {
+            return Err(VfsError::TooLarge { path: path.to_string(), size, limit: MAX_FILE });
         }
         for dir in [&self.workspace, &self.upper] {
             match dir.symlink_metadata(path.fs()) {
@@ -299,11 +339,6 @@ impl Vfs {
         if let Some(parent) = path.parent().filter(|p| !p.is_root()) {
             self.check_dir_in_workspace(&parent)?;
             self.upper.create_dir_all(parent.fs()).map_err(|e| classify(&parent, "create", e))?;
-        }
-        self.upper.write(path.fs(), contents).map_err(|e| classify(path, "write", e))?;
-        let mut whiteouts = self.whiteouts();
-        if whiteouts.remove(path.as_str()) {
-            self.save_whiteouts(&whiteouts)?;
         }
         Ok(())
     }

@@ -225,3 +225,102 @@ fn commit_refuses_a_change_whose_path_gained_a_link_since_it_was_written() {
     assert!(!f.ws().join("elsewhere/todo.txt").exists(), "nothing written through the link");
     assert_eq!(f.vfs.changes().expect("changes").len(), 1, "the change stays pending");
 }
+
+mod import {
+    use super::*;
+
+    fn p(path: &str) -> VfsPath {
+        VfsPath::parse(path).expect("path")
+    }
+
+    /// A staging directory inside the overlay's, as the sandbox makes one.
+    fn stage(f: &Fixture, files: &[(&str, &str)]) -> std::path::PathBuf {
+        let staged = f.vfs.command_dir("test").expect("command dir").join("files");
+        for (path, content) in files {
+            let target = staged.join(path);
+            fs::create_dir_all(target.parent().expect("parent")).expect("mkdir");
+            fs::write(target, content).expect("stage");
+        }
+        staged
+    }
+
+    #[test]
+    fn files_move_in_and_identical_ones_are_no_change() {
+        let f = Fixture::new();
+        fs::write(f.ws().join("same"), "same").expect("same");
+        fs::write(f.ws().join("old"), "old").expect("old");
+        let staged = stage(&f, &[("same", "same"), ("old", "new"), ("dir/added", "added")]);
+        let items = [Import::File(p("same")), Import::File(p("old")), Import::File(p("dir/added"))];
+        let imported = f.vfs.import(&staged, &items).expect("import");
+        let kinds: Vec<_> = imported.changes.iter().map(|c| (c.path.as_str(), c.kind)).collect();
+        assert_eq!(kinds, [("dir/added", ChangeKind::Added), ("old", ChangeKind::Modified)]);
+        assert!(imported.refused.is_empty());
+        assert_eq!(f.vfs.read(&p("old")).expect("read"), b"new");
+        assert_eq!(fs::read_to_string(f.ws().join("old")).expect("workspace"), "old");
+        assert!(!staged.join("old").exists(), "moved, not copied");
+    }
+
+    #[test]
+    fn deletions_hide_files_and_whole_directories() {
+        let f = Fixture::new();
+        fs::create_dir_all(f.ws().join("d/e")).expect("dirs");
+        fs::write(f.ws().join("d/a"), "a").expect("a");
+        fs::write(f.ws().join("d/e/b"), "b").expect("b");
+        fs::write(f.ws().join("top"), "t").expect("top");
+        f.vfs.write(&p("d/pending"), b"p").expect("pending");
+        let staged = stage(&f, &[]);
+        let imported = f.vfs.import(&staged, &[Import::Deleted(p("d")), Import::Deleted(p("top"))]).expect("import");
+        let paths: Vec<_> = imported.changes.iter().map(|c| (c.path.as_str(), c.kind)).collect();
+        assert_eq!(
+            paths,
+            [
+                ("d/a", ChangeKind::Deleted),
+                ("d/e/b", ChangeKind::Deleted),
+                ("d/pending", ChangeKind::Deleted),
+                ("top", ChangeKind::Deleted)
+            ]
+        );
+        assert!(!f.vfs.exists(&p("d/a")).expect("exists") && !f.vfs.exists(&p("d/pending")).expect("exists"));
+        assert!(f.ws().join("d/e/b").exists(), "the workspace is untouched until commit");
+        // The whiteouts are saved: a reopened VFS sees the same.
+        let reopened = Vfs::open(&f.ws(), &f.tmp.path().join("overlay")).expect("reopen");
+        assert!(!reopened.exists(&p("top")).expect("exists"));
+        f.vfs.commit().expect("commit");
+        assert!(!f.ws().join("d/e/b").exists() && !f.ws().join("top").exists());
+    }
+
+    #[test]
+    fn a_link_in_the_way_is_refused_and_the_rest_imported() {
+        let f = Fixture::new();
+        std::os::unix::fs::symlink(f.outside(), f.ws().join("out")).expect("link");
+        std::os::unix::fs::symlink("canary", f.ws().join("file-link")).expect("link");
+        let staged = stage(&f, &[("out/canary", "pwned"), ("file-link", "pwned"), ("fine", "ok")]);
+        std::os::unix::fs::symlink("/etc/passwd", staged.join("staged-link")).expect("staged link");
+        let items = [
+            Import::File(p("out/canary")),
+            Import::File(p("file-link")),
+            Import::File(p("staged-link")),
+            Import::File(p("fine")),
+        ];
+        let imported = f.vfs.import(&staged, &items).expect("import");
+        let refused: Vec<_> = imported.refused.iter().map(|(path, _)| path.as_str()).collect();
+        assert_eq!(refused, ["out/canary", "file-link", "staged-link"]);
+        assert_eq!(imported.changes.len(), 1);
+        assert!(f.outside_untouched());
+        // Deleting through a link removes the link only.
+        let imported = f.vfs.import(&staged, &[Import::Deleted(p("out"))]).expect("import");
+        assert_eq!(imported.changes.len(), 1);
+        assert!(f.outside_untouched());
+        f.vfs.commit().expect("commit");
+        assert!(fs::symlink_metadata(f.ws().join("out")).is_err() && f.outside_untouched());
+    }
+
+    #[test]
+    fn stale_command_directories_are_cleared_at_open() {
+        let f = Fixture::new();
+        let dir = f.vfs.command_dir("crashed").expect("dir");
+        fs::write(dir.join("leftover"), "x").expect("leftover");
+        drop(Vfs::open(&f.ws(), &f.tmp.path().join("overlay")).expect("reopen"));
+        assert!(!dir.exists());
+    }
+}

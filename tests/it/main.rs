@@ -19,6 +19,7 @@ mod origin;
 mod pid1;
 mod protocol;
 mod readme;
+mod sandbox;
 mod session_wire;
 mod state;
 mod turns;
