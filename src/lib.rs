@@ -21,7 +21,7 @@
 //!   signals, idle exit, logging. The only module that installs signal handlers.
 //! - [`cli`]: the frontend role (`astrid start|stop|status|capsule …`).
 //! - [`capsule_host`]: the capsule-host role (one capsule in a process of its own).
-//! - [`sandbox`]: shell commands confined in namespaces, writing into the VFS overlay (the
+//! - [`command_sandbox`]: shell commands confined in namespaces, writing into the VFS overlay (the
 //!   `astrid-sandbox` role and the library the kernel calls).
 //!
 //! Everything except [`types`] is host-only.
@@ -49,7 +49,7 @@ pub mod lifeline;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mcp;
 #[cfg(not(target_arch = "wasm32"))]
-pub mod sandbox;
+pub mod command_sandbox;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod store;
 #[cfg(not(target_arch = "wasm32"))]

@@ -6,7 +6,7 @@
 //! | `astrid-daemon`       | the kernel ([`astrid::daemon`])        |
 //! | `astrid-capsule-host` | the capsule host ([`astrid::capsule_host`]) |
 //! | `astrid-mcp-exec`     | the start of an MCP server's process ([`astrid::mcp::exec`]); the daemon's own |
-//! | `astrid-sandbox`      | a command's sandbox helper and init ([`astrid::sandbox`]); the daemon's own |
+//! | `astrid-sandbox`      | a command's sandbox helper and init ([`astrid::command_sandbox`]); the daemon's own |
 //! | anything else         | the CLI ([`astrid::cli`])              |
 
 use std::path::Path;
@@ -16,7 +16,7 @@ use astrid::capsule_host::{self, CapsuleHostArgs};
 use astrid::cli;
 use astrid::daemon::{self, DaemonArgs};
 use astrid::mcp;
-use astrid::sandbox;
+use astrid::command_sandbox;
 
 fn main() -> ExitCode {
     let mut argv = std::env::args_os();
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Role::McpExec => mcp::exec::main(&args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>()),
-        Role::Sandbox => sandbox::main(&args),
+        Role::Sandbox => command_sandbox::main(&args),
         Role::Cli => cli::main(&args),
     }
 }
@@ -58,7 +58,7 @@ fn role(argv0: &Path) -> Role {
         Some("astrid-daemon") => Role::Daemon,
         Some("astrid-capsule-host") => Role::CapsuleSupervisor,
         Some(mcp::exec::ROLE) => Role::McpExec,
-        Some(sandbox::ROLE) => Role::Sandbox,
+        Some(command_sandbox::ROLE) => Role::Sandbox,
         _ => Role::Cli,
     }
 }

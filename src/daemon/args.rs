@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::idle::IdlePolicy;
 use crate::ipc::bridge::DEFAULT_MAX_CLIENTS;
 use crate::kernel::defaults::ProviderEnvironment;
-use crate::sandbox::SandboxConfig;
+use crate::command_sandbox::SandboxConfig;
 use crate::wasm::supervisor::HostConfig;
 
 /// run the Astrid kernel: bind run/system.sock and serve frontends

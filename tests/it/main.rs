@@ -19,7 +19,7 @@ mod origin;
 mod pid1;
 mod protocol;
 mod readme;
-mod sandbox;
+mod command_sandbox;
 mod session_wire;
 mod state;
 mod turns;

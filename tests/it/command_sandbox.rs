@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use astrid::home::AstridHome;
-use astrid::sandbox::{
+use astrid::command_sandbox::{
     Availability, CommandEvent, CommandRequest, Finished, Outcome, RunningCommand, Sandbox, SandboxConfig,
     SandboxError, SandboxHost, SandboxMode,
 };
@@ -270,7 +270,7 @@ fn no_network_unless_asked() {
 #[test]
 fn a_fork_bomb_is_bounded_and_leaves_nothing() {
     let config = SandboxConfig {
-        limits: astrid::sandbox::Limits { processes: 300, ..Default::default() },
+        limits: astrid::command_sandbox::Limits { processes: 300, ..Default::default() },
         ..SandboxConfig::default()
     };
     let f = Fixture::with(config, host());
@@ -407,7 +407,7 @@ fn the_environment_is_scrubbed() {
 #[test]
 fn secrets_of_the_daemon_environment_do_not_reach_the_command() {
     let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--ignored", "--exact", "sandbox::inner_environment", "--nocapture", "--test-threads=1"])
+        .args(["--ignored", "--exact", "command_sandbox::inner_environment", "--nocapture", "--test-threads=1"])
         .env("OPENAI_API_KEY", "sk-test-4718")
         .env("ASTRID_SECRET_SETTING", "astrid-4718")
         .output()

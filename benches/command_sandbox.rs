@@ -1,4 +1,4 @@
-//! `cargo bench --bench sandbox`: what the command sandbox adds to running a command.
+//! `cargo bench --bench command_sandbox`: what the command sandbox adds to running a command.
 //!
 //! The same command (`true`) two ways in the same run:
 //! - directly: `/bin/sh -c true` spawned and waited for (baseline: what any agent that runs
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use astrid::home::AstridHome;
-use astrid::sandbox::{Availability, CommandEvent, CommandRequest, Outcome, Sandbox, SandboxConfig, SandboxHost};
+use astrid::command_sandbox::{Availability, CommandEvent, CommandRequest, Outcome, Sandbox, SandboxConfig, SandboxHost};
 use astrid::vfs::{Vfs, VfsPath};
 
 const RUNS: usize = 50;
