@@ -45,6 +45,8 @@ pub mod kernel;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod lifeline;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod sandbox;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod mcp;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod store;

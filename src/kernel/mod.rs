@@ -27,6 +27,7 @@ pub mod prompts;
 pub mod rate_limit;
 pub mod router;
 pub mod routine;
+pub mod running_commands;
 pub mod topic;
 pub mod watchdog;
 
@@ -160,6 +161,11 @@ pub struct Kernel {
     mcp: std::sync::OnceLock<Arc<dyn mcp_service::McpService>>,
     /// The agent's model settings as of the last rescan (they are read from files).
     model: Mutex<Option<crate::types::ModelStatus>>,
+    /// Commands capsules run in the sandbox, by turn: a cancel or a closed connection
+    /// kills them.
+    running_commands: running_commands::RunningCommands,
+    /// The command sandbox, once the daemon set one up (probed at boot).
+    command_sandbox: std::sync::OnceLock<Arc<crate::sandbox::Sandbox>>,
 }
 
 impl Kernel {
@@ -182,6 +188,8 @@ impl Kernel {
             rescans: std::sync::atomic::AtomicU64::new(0),
             mcp: std::sync::OnceLock::new(),
             model: Mutex::new(None),
+            running_commands: running_commands::RunningCommands::default(),
+            command_sandbox: std::sync::OnceLock::new(),
             bus,
             store: state.store,
             audit: state.audit,
@@ -239,6 +247,11 @@ impl Kernel {
     /// Runtime approvals.
     pub fn approvals(&self) -> &Approvals {
         &self.approvals
+    }
+
+    /// The commands capsules run in the sandbox.
+    pub fn running_commands(&self) -> &running_commands::RunningCommands {
+        &self.running_commands
     }
 
     /// The questions waiting for a person: a capsule's `elicit` asks here, a cancelled turn
@@ -571,6 +584,16 @@ impl Kernel {
     /// The MCP host, when the daemon runs one.
     pub fn mcp(&self) -> Option<&Arc<dyn mcp_service::McpService>> {
         self.mcp.get()
+    }
+
+    /// Hands over the command sandbox the daemon set up (once; a second call is ignored).
+    pub fn set_command_sandbox(&self, sandbox: Arc<crate::sandbox::Sandbox>) {
+        let _ = self.command_sandbox.set(sandbox);
+    }
+
+    /// The command sandbox, when the daemon set one up.
+    pub fn command_sandbox(&self) -> Option<&Arc<crate::sandbox::Sandbox>> {
+        self.command_sandbox.get()
     }
 
     /// The session id (`source_id` of kernel-originated messages).
