@@ -14,8 +14,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use astrid::command_sandbox::{
+    Availability, CommandEvent, CommandRequest, Outcome, Sandbox, SandboxConfig, SandboxHost,
+};
 use astrid::home::AstridHome;
-use astrid::command_sandbox::{Availability, CommandEvent, CommandRequest, Outcome, Sandbox, SandboxConfig, SandboxHost};
 use astrid::vfs::{Vfs, VfsPath};
 
 const RUNS: usize = 50;

@@ -12,7 +12,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 stage="${ASTRID_CAPSULE_BUILD_DIR:-/tmp/astrid-capsule-build}"
-capsules=(hello kv-counter file-tool http-fetch hostile orchestrator llm-offline llm-openai tools-fs)
+capsules=(hello kv-counter file-tool http-fetch hostile orchestrator llm-offline llm-openai tools-fs tools-shell)
 
 check=false
 [[ "${1:-}" == "--check" ]] && check=true

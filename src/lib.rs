@@ -37,6 +37,8 @@ pub mod capsule_host;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod command_sandbox;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod daemon;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod home;
@@ -48,8 +50,6 @@ pub mod kernel;
 pub mod lifeline;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod mcp;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod command_sandbox;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod store;
 #[cfg(not(target_arch = "wasm32"))]

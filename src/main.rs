@@ -14,9 +14,9 @@ use std::process::ExitCode;
 
 use astrid::capsule_host::{self, CapsuleHostArgs};
 use astrid::cli;
+use astrid::command_sandbox;
 use astrid::daemon::{self, DaemonArgs};
 use astrid::mcp;
-use astrid::command_sandbox;
 
 fn main() -> ExitCode {
     let mut argv = std::env::args_os();

@@ -8,7 +8,9 @@ use argh::FromArgs;
 use super::request;
 use crate::home::AstridHome;
 use crate::types::KernelRequest;
-use crate::types::management::{CapabilityListing, GrantApproved, RUN_COMMAND_ACTION, Revoked};
+use crate::types::management::{
+    CapabilityListing, GrantApproved, RUN_COMMAND_ACTION, RUN_NETWORKED_COMMAND_ACTION, Revoked,
+};
 
 /// inspect and change what capsules are allowed to do
 #[derive(FromArgs, Debug)]
@@ -117,7 +119,7 @@ fn render(listing: &CapabilityListing) -> String {
     for allowance in &listing.allowances {
         let covered = match (allowance.under, allowance.action.as_str()) {
             (false, _) => allowance.resource.clone(),
-            (true, RUN_COMMAND_ACTION) => format!("`{} …`", allowance.resource),
+            (true, RUN_COMMAND_ACTION | RUN_NETWORKED_COMMAND_ACTION) => format!("`{} …`", allowance.resource),
             (true, _) if allowance.resource.is_empty() => "the whole workspace".to_owned(),
             (true, _) => format!("{}/", allowance.resource),
         };

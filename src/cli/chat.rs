@@ -339,6 +339,26 @@ impl Frontend for Chat<'_> {
         Ok(())
     }
 
+    /// Dimmed and indented under the tool call, like a terminal pane, as it comes.
+    fn command_output(&mut self, text: &str) -> std::io::Result<()> {
+        let colour = std::io::stdout().is_terminal();
+        let mut out = std::io::stdout().lock();
+        if colour {
+            out.write_all(b"\x1b[2m")?;
+        }
+        for piece in text.split_inclusive('\n') {
+            if !self.line_open {
+                out.write_all(b"    \xe2\x94\x82 ")?;
+            }
+            out.write_all(piece.as_bytes())?;
+            self.line_open = !piece.ends_with('\n');
+        }
+        if colour {
+            out.write_all(b"\x1b[0m")?;
+        }
+        out.flush()
+    }
+
     fn tool_result(&mut self, content: &str, is_error: bool) -> std::io::Result<()> {
         self.close_line()?;
         let first = content.lines().next().unwrap_or_default();

@@ -20,6 +20,7 @@ use crate::daemon::singleton::{self, Liveness};
 use crate::home::AstridHome;
 use crate::ipc::Client;
 use crate::ipc::client::ClientError;
+use crate::types::management::{SandboxState, SandboxStatus};
 use crate::types::{DaemonStatus, KernelRequest, KernelResponse};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -296,10 +297,25 @@ fn render(status: &DaemonStatus) -> String {
     if let Some(workspace) = &status.workspace {
         out.push_str(&format!("  workspace {workspace}\n"));
     }
+    if let Some(sandbox) = &status.sandbox {
+        out.push_str(&format!("  commands  {}\n", describe_sandbox(sandbox)));
+    }
     for drops in &status.bus_drops {
         out.push_str(&format!("  dropped   {} message(s) for {} (too slow)\n", drops.dropped, drops.subscriber));
     }
     out
+}
+
+/// How the agent's commands run, in one line: an operator must not miss an unconfined
+/// daemon, so that case says so in capitals.
+fn describe_sandbox(sandbox: &SandboxStatus) -> String {
+    let detail = sandbox.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
+    match sandbox.state {
+        SandboxState::Ready => "sandboxed (namespaces, seccomp, writes pending review)".to_owned(),
+        SandboxState::Probing => format!("sandbox being tried{detail}"),
+        SandboxState::Unavailable => format!("refused, the sandbox is unavailable{detail}"),
+        SandboxState::Unsandboxed => format!("UNSANDBOXED{detail}"),
+    }
 }
 
 /// `1h02m03s`, `2m03s`, `3s`.

@@ -236,6 +236,13 @@ impl Frontend for Headless {
         Ok(())
     }
 
+    /// Passed through to stderr as it comes: stdout holds only the answer.
+    fn command_output(&mut self, text: &str) -> std::io::Result<()> {
+        let mut stderr = std::io::stderr().lock();
+        stderr.write_all(text.as_bytes())?;
+        stderr.flush()
+    }
+
     fn notice(&mut self, text: &str) -> std::io::Result<()> {
         eprintln!("[headless] {text}");
         Ok(())

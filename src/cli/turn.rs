@@ -20,9 +20,10 @@ use uuid::Uuid;
 
 use crate::ipc::{Client, ClientError};
 pub use crate::types::ApprovalDecision;
+use crate::types::commands::CommandOutput;
 use crate::types::topics::{
-    APPROVAL_RESPONSE_PREFIX, APPROVAL_TOPIC, DELTA_TOPIC, ELICIT_RESPONSE_PREFIX, ELICIT_TOPIC, NOTICE_TOPIC,
-    ONBOARDING_TOPIC, PROMPT_TOPIC, RECEIPT_TOPIC, RESPONSE_TOPIC, TOOL_REQUEST_TOPIC, TOOL_RESULT_TOPIC,
+    APPROVAL_RESPONSE_PREFIX, APPROVAL_TOPIC, COMMAND_OUTPUT_TOPIC, DELTA_TOPIC, ELICIT_RESPONSE_PREFIX, ELICIT_TOPIC,
+    NOTICE_TOPIC, ONBOARDING_TOPIC, PROMPT_TOPIC, RECEIPT_TOPIC, RESPONSE_TOPIC, TOOL_REQUEST_TOPIC, TOOL_RESULT_TOPIC,
 };
 use crate::types::{EgressFrame, IpcPayload, TurnEvent, TurnOutcome};
 
@@ -71,6 +72,9 @@ pub trait Frontend {
     fn tool_call(&mut self, name: &str, arguments: &Value) -> std::io::Result<()>;
     /// A tool answered.
     fn tool_result(&mut self, content: &str, is_error: bool) -> std::io::Result<()>;
+    /// A piece of a running command's output (the kernel sends it as the command writes it;
+    /// pieces end anywhere, in the middle of a line too).
+    fn command_output(&mut self, text: &str) -> std::io::Result<()>;
     /// Something the person should know about the turn.
     fn notice(&mut self, text: &str) -> std::io::Result<()>;
     /// Asks the person to allow something.
@@ -296,6 +300,11 @@ impl<F: Frontend> State<'_, F> {
                     &IpcPayload::ElicitResponse { request_id, value, values: None },
                 )?;
             }
+            (COMMAND_OUTPUT_TOPIC, IpcPayload::Custom { data }) => {
+                if let Ok(output) = serde_json::from_value::<CommandOutput>(data) {
+                    self.frontend.command_output(&output.text).map_err(ClientError::Io)?;
+                }
+            }
             (NOTICE_TOPIC, IpcPayload::Custom { data }) if ours => {
                 if let Ok(TurnEvent::Notice { text, .. }) = serde_json::from_value::<TurnEvent>(data) {
                     self.frontend.notice(&text).map_err(ClientError::Io)?;
@@ -444,6 +453,10 @@ mod tests {
             Ok(())
         }
         fn tool_result(&mut self, _: &str, _: bool) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn command_output(&mut self, text: &str) -> std::io::Result<()> {
+            self.0.push_str(&format!("[{text}]"));
             Ok(())
         }
         fn notice(&mut self, _: &str) -> std::io::Result<()> {

@@ -10,9 +10,9 @@ use argh::FromArgs;
 use uuid::Uuid;
 
 use super::idle::IdlePolicy;
+use crate::command_sandbox::SandboxConfig;
 use crate::ipc::bridge::DEFAULT_MAX_CLIENTS;
 use crate::kernel::defaults::ProviderEnvironment;
-use crate::command_sandbox::SandboxConfig;
 use crate::wasm::supervisor::HostConfig;
 
 /// run the Astrid kernel: bind run/system.sock and serve frontends

@@ -124,6 +124,7 @@ pub(super) async fn boot(config: &DaemonConfig, home: AstridHome) -> anyhow::Res
     let listener = bind_socket(&home).context(Step::Socket)?;
     let token = write_token(&home).context(Step::Token)?;
     let (mcp, mcp_tasks) = start_mcp_servers(&kernel, config, &home);
+    try_command_sandbox(&kernel, config, &home);
 
     let supervisor = CapsuleSupervisor::new(Arc::clone(&kernel), config.host);
     // The bridge accepts before capsules start: capsules with a process of their own attach
@@ -266,6 +267,19 @@ fn start_mcp_servers(
     let declared = tokio::spawn(follow_capsule_servers(Arc::clone(kernel), Arc::clone(&mcp)));
     Step::McpServers.done(format_args!("{configured} MCP server(s) configured in etc/servers.toml, starting"));
     (mcp, [tools, declared])
+}
+
+/// Beside step 5: the command sandbox is tried on this machine (a trial command in a
+/// throwaway workspace) on a thread of its own; readiness does not wait for it, a command
+/// does ([`Kernel::command_sandbox_settled`]). The verdict is logged and shown by `astrid status`.
+fn try_command_sandbox(kernel: &Arc<Kernel>, config: &DaemonConfig, home: &AstridHome) {
+    let kernel = Arc::clone(kernel);
+    let sandbox_config = config.sandbox.clone();
+    let home = home.clone();
+    tokio::task::spawn_blocking(move || {
+        let sandbox = crate::command_sandbox::Sandbox::new(sandbox_config, &home);
+        kernel.set_command_sandbox(Arc::new(sandbox));
+    });
 }
 
 /// Step 6: discovery, then every intact, granted capsule started; returns the task that

@@ -378,6 +378,10 @@ async fn serve_client(
     if ended_questions > 0 {
         log::info!("client#{id}: {ended_questions} question(s) it was asked ended with the connection");
     }
+    let killed = kernel.running_commands().connection_closed(subscriber);
+    if killed > 0 {
+        log::info!("client#{id}: {killed} command(s) its turns ran were killed with the connection");
+    }
     let ended_allowances = kernel.approvals().end_session(subscriber);
     if ended_allowances > 0 {
         log::debug!("client#{id}: {ended_allowances} session allowance(s) ended with the connection");

@@ -57,6 +57,7 @@ pub const DEFAULT_CAPSULES: &[DefaultCapsule] = &[
     embedded!("llm-offline", no_environment),
     embedded!("llm-openai", openai_environment),
     embedded!("tools-fs", no_environment),
+    embedded!("tools-shell", no_environment),
     embedded!("orchestrator", orchestrator_environment),
 ];
 

@@ -27,6 +27,7 @@ pub mod prompts;
 pub mod rate_limit;
 pub mod router;
 pub mod routine;
+pub mod running_commands;
 pub mod topic;
 pub mod watchdog;
 
@@ -160,6 +161,12 @@ pub struct Kernel {
     mcp: std::sync::OnceLock<Arc<dyn mcp_service::McpService>>,
     /// The agent's model settings as of the last rescan (they are read from files).
     model: Mutex<Option<crate::types::ModelStatus>>,
+    /// Commands capsules run in the sandbox, by turn: a cancel or a closed connection
+    /// kills them.
+    running_commands: running_commands::RunningCommands,
+    /// The command sandbox, once the daemon has tried it on this machine (in the background
+    /// at boot: readiness does not wait for the trial command).
+    command_sandbox: watch::Sender<Option<Arc<crate::command_sandbox::Sandbox>>>,
 }
 
 impl Kernel {
@@ -182,6 +189,8 @@ impl Kernel {
             rescans: std::sync::atomic::AtomicU64::new(0),
             mcp: std::sync::OnceLock::new(),
             model: Mutex::new(None),
+            running_commands: running_commands::RunningCommands::default(),
+            command_sandbox: watch::channel(None).0,
             bus,
             store: state.store,
             audit: state.audit,
@@ -239,6 +248,11 @@ impl Kernel {
     /// Runtime approvals.
     pub fn approvals(&self) -> &Approvals {
         &self.approvals
+    }
+
+    /// The commands capsules run in the sandbox.
+    pub fn running_commands(&self) -> &running_commands::RunningCommands {
+        &self.running_commands
     }
 
     /// The questions waiting for a person: a capsule's `elicit` asks here, a cancelled turn
@@ -573,6 +587,37 @@ impl Kernel {
         self.mcp.get()
     }
 
+    /// Hands over the command sandbox the daemon set up (once; a second call is ignored).
+    pub fn set_command_sandbox(&self, sandbox: Arc<crate::command_sandbox::Sandbox>) {
+        self.command_sandbox.send_if_modified(|slot| {
+            if slot.is_some() {
+                return false;
+            }
+            *slot = Some(sandbox);
+            true
+        });
+    }
+
+    /// The command sandbox, when the daemon has set one up.
+    pub fn command_sandbox(&self) -> Option<Arc<crate::command_sandbox::Sandbox>> {
+        self.command_sandbox.borrow().clone()
+    }
+
+    /// The command sandbox, waiting for the boot's trial of it to end (it runs after
+    /// readiness, so a command asked for at once waits here rather than being refused).
+    pub async fn command_sandbox_settled(&self) -> Arc<crate::command_sandbox::Sandbox> {
+        let mut settled = self.command_sandbox.subscribe();
+        loop {
+            if let Some(sandbox) = settled.borrow_and_update().clone() {
+                return sandbox;
+            }
+            if settled.changed().await.is_err() {
+                // The sender lives in the kernel, which outlives every caller.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// The session id (`source_id` of kernel-originated messages).
     pub fn session(&self) -> Uuid {
         self.config.session
@@ -680,7 +725,13 @@ impl Kernel {
             audit: Some(self.audit_status()),
             model: self.model.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             workspace: Some(self.vfs.root().display().to_string()),
-            sandbox: None,
+            sandbox: Some(match self.command_sandbox() {
+                Some(sandbox) => sandbox.availability().status(),
+                None => crate::types::management::SandboxStatus {
+                    state: crate::types::management::SandboxState::Probing,
+                    detail: Some("a trial command is checking that the sandbox works on this machine".to_owned()),
+                },
+            }),
         }
     }
 

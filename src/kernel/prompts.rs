@@ -77,6 +77,10 @@ impl Kernel {
             if withdrawn > 0 {
                 log::info!("client#{connection}: cancelled its turn; {withdrawn} pending question(s) denied");
             }
+            let killed = self.running_commands.cancel_turn(client, session_id);
+            if killed > 0 {
+                log::info!("client#{connection}: cancelled its turn; {killed} running command(s) killed");
+            }
         } else {
             let answerers = match self.audit_writable() {
                 // Fail closed: a turn's every step needs the trail.

@@ -231,6 +231,30 @@ pub enum HostCall {
         /// The stream.
         handle: i32,
     },
+    /// Run a command in the sandbox (asks the person first).
+    ProcessSpawn {
+        /// A [`CommandSpawn`](super::commands::CommandSpawn) as JSON.
+        request: Blob,
+    },
+    /// `process_read`: the next piece of a command's output, or `Pending` after the timeout.
+    ProcessRead {
+        /// The command.
+        handle: i32,
+        /// How long to wait.
+        timeout_ms: u32,
+    },
+    /// `process_wait`: how the command ended, or `Pending` after the timeout.
+    ProcessWait {
+        /// The command.
+        handle: i32,
+        /// How long to wait.
+        timeout_ms: u32,
+    },
+    /// Kill a command and everything it started.
+    ProcessKill {
+        /// The command.
+        handle: i32,
+    },
     /// The runner is past an install or upgrade hook: recorded so it is not due again.
     LifecycleDone {
         /// `astrid_install` or `astrid_upgrade`: it must be the hook the daemon planned.

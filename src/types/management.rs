@@ -226,6 +226,10 @@ pub struct PendingGrant {
 /// line, and what "session" and "always" cover is a prefix of its words.
 pub const RUN_COMMAND_ACTION: &str = "process.run";
 
+/// As [`RUN_COMMAND_ACTION`], for a command given the host's network: a separate action, so
+/// that allowing `cargo build` offline never allows it online.
+pub const RUN_NETWORKED_COMMAND_ACTION: &str = "process.run_networked";
+
 /// A standing permission created by `approve_session` or `approve_always`. The same record is
 /// what the kernel keeps in its store for "always".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -451,6 +455,9 @@ pub struct SandboxStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxState {
+    /// The daemon is still trying the sandbox on this machine (just after boot); a command
+    /// asked for now waits for the verdict.
+    Probing,
     /// Every command runs in the sandbox.
     Ready,
     /// The sandbox cannot be set up on this machine: commands are refused.

@@ -11,6 +11,7 @@
 
 pub mod announcements;
 pub mod capsule_session;
+pub mod commands;
 pub mod handshake;
 pub mod ipc;
 pub mod kernel_api;

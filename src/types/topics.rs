@@ -111,6 +111,9 @@ pub const CAPSULES_LOADED_TOPIC: &str = "astrid.v1.capsules_loaded";
 pub const HEALTH_FAILED_TOPIC: &str = "astrid.v1.health.failed";
 /// Astrid extension: the kernel's heartbeat, which a stalled subscriber must not hold up.
 pub const TICK_TOPIC: &str = "astrid.v1.watchdog.tick";
+/// Astrid extension: a running command's output, as the kernel shows it to the person whose
+/// turn runs it ([`super::commands::CommandOutput`]).
+pub const COMMAND_OUTPUT_TOPIC: &str = "astrid.v1.command.output";
 
 // --- Reference services this daemon forwards but does not serve ---------------------------
 

@@ -16,7 +16,7 @@ use super::host_call::{HostBackend, HostCall, HostReply};
 use super::host_functions::{MAX_CONFIG_KEY, MAX_LOG};
 use super::lifecycle::Lifecycle;
 use super::sandbox::{HostServices, KernelAccess};
-use super::{elicit, host_approval, host_fs, host_http, host_ipc, host_kv};
+use super::{elicit, host_approval, host_fs, host_http, host_ipc, host_kv, host_process};
 use crate::audit::{Actor, Decision};
 use crate::kernel::Cause;
 use crate::kernel::bus::{BusMessage, Origin, SubscriberKind, Subscription};
@@ -60,6 +60,9 @@ pub struct CapsuleContext {
     pub(super) streams: Vec<Option<super::http_stream::Stream>>,
     /// Held by each stream's thread while it runs (closed streams' included).
     pub(super) exchanges: Arc<()>,
+    /// Commands it runs in the sandbox, by handle (a freed handle is `None` and reused).
+    /// Dropping one kills it: an instance that ends leaves no command behind.
+    pub(super) processes: Vec<Option<super::host_process::Process>>,
     /// The call deadline (bounds host-side timeouts).
     pub(super) deadline: Duration,
     /// Readiness and stop of the instance.
@@ -94,6 +97,7 @@ impl CapsuleContext {
             env: services.env,
             streams: Vec::new(),
             exchanges: Arc::new(()),
+            processes: Vec::new(),
             deadline,
             lifecycle: services.lifecycle,
             interceptor_patterns: Vec::new(),
@@ -311,6 +315,10 @@ impl HostBackend for CapsuleContext {
                 host_http::stream_read(self, handle, Some(Duration::from_millis(timeout_ms.into())))
             }
             HostCall::HttpStreamClose { handle } => host_http::stream_close(self, handle),
+            HostCall::ProcessSpawn { request } => host_process::spawn(self, &request.0),
+            HostCall::ProcessRead { handle, timeout_ms } => host_process::read(self, handle, timeout_ms),
+            HostCall::ProcessWait { handle, timeout_ms } => host_process::wait(self, handle, timeout_ms),
+            HostCall::ProcessKill { handle } => host_process::kill(self, handle),
             HostCall::LifecycleDone { hook } => self.lifecycle_done(&hook),
             HostCall::NextEvent { timeout_ms } => {
                 self.due_hook = None;

@@ -27,6 +27,8 @@ impl HostCall {
                 | Self::HttpStreamHead { .. }
                 | Self::HttpStreamRead { .. }
                 | Self::HttpStreamWait { .. }
+                | Self::ProcessRead { .. }
+                | Self::ProcessWait { .. }
         )
     }
 
@@ -45,6 +47,9 @@ impl HostCall {
                 | Self::HttpStreamRead { .. }
                 | Self::HttpStreamWait { .. }
                 | Self::NextEvent { .. }
+                | Self::ProcessSpawn { .. }
+                | Self::ProcessRead { .. }
+                | Self::ProcessWait { .. }
         )
     }
 }

@@ -27,7 +27,7 @@ use super::host_call::HostCall;
 use super::host_fs::FsStatus;
 use super::host_kv::KvStatus;
 use super::sandbox::{HostState, forward, forward_status, read_guest};
-use super::{elicit, host_approval, host_http, host_ipc};
+use super::{elicit, host_approval, host_http, host_ipc, host_process};
 use crate::kernel::topic;
 use crate::store::{MAX_KEY, MAX_VALUE};
 
@@ -368,6 +368,25 @@ host_functions! {
     /// Close a response stream.
     kernel fn http_stream_close(caller, handle: i32) -> i32 {
         forward_status(caller, HostCall::HttpStreamClose { handle })
+    }
+    /// Run a command in the sandbox, once the grant and a person allow it: a handle, or why not.
+    kernel fn process_spawn(caller, ptr: i32, len: i32) -> i64 {
+        let request = read_guest(caller, ptr, len, host_process::MAX_SPAWN_REQUEST)?;
+        forward(caller, HostCall::ProcessSpawn { request: request.into() })
+    }
+    /// The next piece of a command's output, or `Pending` after the timeout.
+    kernel fn process_read(caller, handle: i32, timeout_ms: i32) -> i64 {
+        let timeout_ms = u32::try_from(timeout_ms).unwrap_or(0);
+        forward(caller, HostCall::ProcessRead { handle, timeout_ms })
+    }
+    /// How a command ended, or `Pending` after the timeout.
+    kernel fn process_wait(caller, handle: i32, timeout_ms: i32) -> i64 {
+        let timeout_ms = u32::try_from(timeout_ms).unwrap_or(0);
+        forward(caller, HostCall::ProcessWait { handle, timeout_ms })
+    }
+    /// Kill a command and everything it started.
+    kernel fn process_kill(caller, handle: i32) -> i32 {
+        forward_status(caller, HostCall::ProcessKill { handle })
     }
 }
 

@@ -25,6 +25,7 @@ pub mod host_functions;
 mod host_http;
 mod host_ipc;
 mod host_kv;
+pub mod host_process;
 mod http_stream;
 mod lifecycle;
 pub mod limits;

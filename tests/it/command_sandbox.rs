@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use astrid::home::AstridHome;
 use astrid::command_sandbox::{
     Availability, CommandEvent, CommandRequest, Finished, Outcome, RunningCommand, Sandbox, SandboxConfig,
     SandboxError, SandboxHost, SandboxMode,
 };
+use astrid::home::AstridHome;
 use astrid::types::management::ChangeKind;
 use astrid::vfs::{Vfs, VfsPath};
 use tempfile::TempDir;

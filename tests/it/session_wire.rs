@@ -77,9 +77,13 @@ fn call_index(call: &HostCall) -> usize {
         HostCall::HttpStreamClose { .. } => 30,
         HostCall::LifecycleDone { .. } => 31,
         HostCall::NextEvent { .. } => 32,
+        HostCall::ProcessSpawn { .. } => 33,
+        HostCall::ProcessRead { .. } => 34,
+        HostCall::ProcessWait { .. } => 35,
+        HostCall::ProcessKill { .. } => 36,
     }
 }
-const CALL_VARIANTS: usize = 33;
+const CALL_VARIANTS: usize = 37;
 
 fn failure_index(failure: &CapsuleFailure) -> usize {
     match failure {

@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use astrid::types::management;
 use astrid::types::*;
+use astrid::types::{commands, management};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -100,6 +100,10 @@ fn check_extension(kind: &str, json: &Value) -> Result<Value, String> {
         "CapsulesLoaded" => round_trip::<CapsulesLoaded>(json),
         "CapsuleHealthFailed" => round_trip::<CapsuleHealthFailed>(json),
         "ToolsDescribed" => round_trip::<ToolsDescribed>(json),
+        "CommandSpawn" => round_trip::<commands::CommandSpawn>(json),
+        "SpawnReply" => round_trip::<commands::SpawnReply>(json),
+        "CommandFinished" => round_trip::<commands::CommandFinished>(json),
+        "CommandOutput" => round_trip::<commands::CommandOutput>(json),
         other => check(other, json),
     }
 }
@@ -116,6 +120,9 @@ fn every_extension_vector_round_trips_exactly_through_its_type() {
         "CapsuleInstalled",
         "CapsuleRemoved",
         "CapsulesLoaded",
+        "CommandFinished",
+        "CommandOutput",
+        "CommandSpawn",
         "DaemonAction",
         "GrantApproved",
         "HandshakeRequest",
@@ -129,6 +136,7 @@ fn every_extension_vector_round_trips_exactly_through_its_type() {
         "McpListing",
         "Names",
         "Revoked",
+        "SpawnReply",
         "ToolsDescribed",
         "TurnEvent",
         "WorkspaceCommitted",

@@ -53,6 +53,11 @@ unsafe extern "C" {
     pub(crate) safe fn http_stream_read(handle: i32) -> i64;
     pub(crate) safe fn http_stream_wait(handle: i32, timeout_ms: i32) -> i64;
     pub(crate) safe fn http_stream_close(handle: i32) -> i32;
+
+    pub(crate) fn process_spawn(request: *const u8, request_len: usize) -> i64;
+    pub(crate) safe fn process_read(handle: i32, timeout_ms: i32) -> i64;
+    pub(crate) safe fn process_wait(handle: i32, timeout_ms: i32) -> i64;
+    pub(crate) safe fn process_kill(handle: i32) -> i32;
 }
 
 /// `astrid_alloc`: a buffer of `len` bytes for the host to fill.

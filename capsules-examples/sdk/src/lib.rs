@@ -25,6 +25,7 @@ pub mod fs;
 pub mod http;
 pub mod ipc;
 pub mod kv;
+pub mod process;
 
 pub use astrid::types;
 pub use error::{Error, Result};
