@@ -18,6 +18,7 @@ pub mod defaults;
 pub mod dependencies;
 pub mod grants;
 pub mod install;
+pub mod instructions;
 pub mod manifest;
 pub mod mcp_service;
 pub mod model;
@@ -26,6 +27,7 @@ pub mod prompts;
 pub mod rate_limit;
 pub mod router;
 pub mod routine;
+mod tool_listing;
 pub mod topic;
 pub mod watchdog;
 
@@ -559,6 +561,7 @@ impl Kernel {
                 kernel.summarize_routine();
             }
         });
+        tokio::spawn(instructions::serve(Arc::clone(self)));
         tokio::spawn(router::run(Arc::clone(self)))
     }
 

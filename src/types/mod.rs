@@ -12,10 +12,12 @@
 pub mod announcements;
 pub mod capsule_session;
 pub mod handshake;
+pub mod instructions;
 pub mod ipc;
 pub mod kernel_api;
 pub mod llm;
 pub mod management;
+pub mod sessions;
 pub mod tools;
 pub mod topics;
 pub mod turn;
@@ -26,6 +28,7 @@ pub use capsule_session::{
     SessionRequest, SessionStart,
 };
 pub use handshake::{CapsuleAttach, HandshakeRequest, HandshakeResponse, HandshakeStatus, PROTOCOL_VERSION};
+pub use instructions::{InstructionFile, InstructionFiles, InstructionScope};
 pub use ipc::{
     EgressFrame, IpcMessage, IpcPayload, OnboardingField, OnboardingFieldType, SelectionOption, UserInputFields,
 };
@@ -37,5 +40,6 @@ pub use llm::{
     ContentPart, LlmResponse, LlmToolDefinition, Message, MessageContent, MessageRole, StopReason, StreamEvent,
     ToolCall, ToolCallResult, Usage,
 };
-pub use tools::ToolsDescribed;
+pub use sessions::{SessionIndex, SessionSummary};
+pub use tools::{ToolApproval, ToolsDescribed};
 pub use turn::{Answerer, ApprovalDecision, TurnEvent, TurnOutcome};

@@ -100,6 +100,10 @@ fn check_extension(kind: &str, json: &Value) -> Result<Value, String> {
         "CapsulesLoaded" => round_trip::<CapsulesLoaded>(json),
         "CapsuleHealthFailed" => round_trip::<CapsuleHealthFailed>(json),
         "ToolsDescribed" => round_trip::<ToolsDescribed>(json),
+        "ToolListing" => reply::<management::ToolListing>(json),
+        "InstructionFiles" => reply::<InstructionFiles>(json),
+        // Not a reply: the orchestrator's KV value `astrid sessions list` reads.
+        "SessionIndex" => round_trip::<SessionIndex>(json),
         other => check(other, json),
     }
 }
@@ -119,6 +123,7 @@ fn every_extension_vector_round_trips_exactly_through_its_type() {
         "DaemonAction",
         "GrantApproved",
         "HandshakeRequest",
+        "InstructionFiles",
         "IpcPayload",
         "KernelRequest",
         "KernelResponse",
@@ -129,6 +134,8 @@ fn every_extension_vector_round_trips_exactly_through_its_type() {
         "McpListing",
         "Names",
         "Revoked",
+        "SessionIndex",
+        "ToolListing",
         "ToolsDescribed",
         "TurnEvent",
         "WorkspaceCommitted",
@@ -164,6 +171,8 @@ fn method_of(request: &KernelRequest) -> &'static str {
         KernelRequest::McpList => "McpList",
         KernelRequest::McpCall { .. } => "McpCall",
         KernelRequest::AuditAcknowledge { .. } => "AuditAcknowledge",
+        KernelRequest::ListTools => "ListTools",
+        KernelRequest::GetInstructions => "GetInstructions",
     }
 }
 
@@ -181,7 +190,7 @@ fn every_management_request_has_a_vector() {
             }
         }
     }
-    assert_eq!(covered.len(), 22, "a request without a vector: only {covered:?} have one");
+    assert_eq!(covered.len(), 24, "a request without a vector: only {covered:?} have one");
 }
 
 #[test]
