@@ -7,7 +7,7 @@
 //! - **Recognition.** A directory is an Astrid home when it holds `etc/layout-version` (a
 //!   regular file, written when the layout is first made; every version has written it).
 //!   A missing or empty directory, or one holding nothing but names of the layout (someone
-//!   wrote `etc/servers.toml` before the first start), becomes one. Anything else (`/`, a
+//!   wrote `etc/servers.toml` or `AGENTS.md` before the first start), becomes one. Anything else (`/`, a
 //!   project directory) is refused before a single mode is changed.
 //! - **Ownership.** The home and every directory of the layout must belong to the effective
 //!   uid and must not be writable by group or others: another user who can write there could
@@ -411,8 +411,10 @@ const LAYOUT: [&str; 19] = [
 /// tightened (not refused) when an old home has them open.
 const LATER_LAYOUT: [&str; 2] = ["var/overlay", "var/state.db"];
 
-/// Names a directory may hold and still become a home: the top of the layout.
-const TOP_LEVEL: [&str; 8] = ["etc", "var", "run", "log", "keys", "bin", "wit", "home"];
+/// Names a directory may hold and still become a home: the top of the layout, and
+/// `AGENTS.md` (the user's instructions to the agent, which a person may write first).
+const TOP_LEVEL: [&str; 9] =
+    ["etc", "var", "run", "log", "keys", "bin", "wit", "home", crate::types::instructions::INSTRUCTIONS_FILE];
 
 /// The file that marks a home as Astrid's, in `etc/`.
 const MARKER: &str = "layout-version";
@@ -836,6 +838,10 @@ mod tests {
         home.ensure().expect("an Astrid home");
         assert!(home.run_dir().is_dir());
         assert!(matches!(AstridHome::at("/").check(), Err(HomeError::Foreign { .. } | HomeError::Owner { .. })));
+        // The user's instructions to the agent may be written before the first start.
+        let first = tempfile::tempdir().expect("tempdir");
+        fs::write(first.path().join("AGENTS.md"), "be brief").expect("write");
+        AstridHome::at(first.path()).ensure().expect("AGENTS.md alone is not foreign");
     }
 
     #[test]

@@ -15,10 +15,15 @@
 //!
 //! A daemon that stops or drops the connection is noticed, said in one line, and reconnected
 //! to (a new one started if this chat had started the last one); the conversation goes on,
-//! since it lives in the daemon's store under the session id.
+//! since it lives in the daemon's store under the session id. For the same reason a chat can
+//! pick up a conversation another one left: `--resume` continues the most recently active
+//! one (`astrid sessions list` shows them all), `-s ID` a given one.
 //!
-//! Slash commands: `/help`, `/quit`, `/clear` (a new conversation), `/diff`, `/commit`,
-//! `/discard` (the workspace overlay), and any command a capsule offers, sent on
+//! At the start the chat says which instruction files (`AGENTS.md`, the user's and the
+//! project's) the agent is given, as the daemon reads them for this workspace.
+//!
+//! Slash commands: `/help`, `/quit`, `/new` (a new conversation; `/clear` too), `/diff`,
+//! `/commit`, `/discard` (the workspace overlay), and any command a capsule offers, sent on
 //! `cli.v1.command.execute`: the daemon answers at once when no running capsule offers it.
 //! Without a terminal the same loop reads lines from stdin.
 
@@ -40,8 +45,9 @@ use super::turn::{self, ApprovalDecision, End, Frontend, Interrupt, Question, Re
 use super::{headless, model, request, spawn, workspace};
 use crate::home::AstridHome;
 use crate::ipc::{Client, ClientError};
+use crate::types::instructions::MAX_INSTRUCTIONS_BYTES;
 use crate::types::topics::{COMMAND_TOPIC, PROMPT_TOPIC};
-use crate::types::{KernelRequest, KernelResponse, TurnOutcome};
+use crate::types::{InstructionFiles, KernelRequest, KernelResponse, TurnOutcome};
 
 /// How long a lost chat waits for a daemon it did not start to come back (a restart).
 const RECONNECT_WAIT: Duration = Duration::from_secs(10);
@@ -53,6 +59,9 @@ pub struct ChatArgs {
     /// the conversation to continue: a UUID, or a name
     #[argh(option, short = 's')]
     pub session: Option<String>,
+    /// continue the most recently active conversation (`astrid sessions list` shows them)
+    #[argh(switch)]
+    pub resume: bool,
     /// the directory the agent works on (default: the current one)
     #[argh(option, short = 'w')]
     pub workspace: Option<PathBuf>,
@@ -61,7 +70,7 @@ pub struct ChatArgs {
 const HELP: &str = "\
 /help      this help
 /quit      leave (also Ctrl-D)
-/clear     start a new conversation
+/new       start a new conversation (also /clear)
 /diff      the agent's pending changes to the workspace
 /commit    apply them
 /discard   drop them
@@ -69,9 +78,17 @@ Ctrl-C     cancel the current turn, or clear the line (twice in a row: leave)";
 
 /// Runs the chat until the person leaves.
 pub fn run(home: &AstridHome, args: &ChatArgs) -> anyhow::Result<ExitCode> {
+    if args.resume && args.session.is_some() {
+        eprintln!("astrid chat: --resume continues the latest conversation and -s names one: give one of them");
+        return Ok(ExitCode::from(2));
+    }
     let workspace = headless::workspace(args.workspace.as_ref())?;
     let mut link = Link::open(home, &workspace)?;
-    let mut session = headless::session_id(args.session.as_deref()).to_string();
+    let mut session = if args.resume {
+        resumed(&mut link.client)?
+    } else {
+        headless::session_id(args.session.as_deref()).to_string()
+    };
     let timeout = headless::response_timeout()?;
     let mut editor = DefaultEditor::new().context("cannot start the line editor")?;
     let history = home.root().join("var").join("chat_history");
@@ -85,6 +102,7 @@ pub fn run(home: &AstridHome, args: &ChatArgs) -> anyhow::Result<ExitCode> {
     keep_typed_input_on_interrupt();
     let capsule_commands = capsule_commands(&mut link.client);
     println!("astrid chat in {}: /help for commands, Ctrl-D to leave.", workspace.display());
+    announce_instructions(&mut link.client);
     // The last key was a Ctrl-C (a cancelled turn or a cleared line): another one leaves.
     let mut armed = false;
     let code = loop {
@@ -114,7 +132,7 @@ pub fn run(home: &AstridHome, args: &ChatArgs) -> anyhow::Result<ExitCode> {
                 }
                 continue;
             }
-            Some("/clear") => {
+            Some("/new" | "/clear") => {
                 session = Uuid::new_v4().to_string();
                 println!("(a new conversation)");
                 continue;
@@ -157,6 +175,50 @@ pub fn run(home: &AstridHome, args: &ChatArgs) -> anyhow::Result<ExitCode> {
     }
     let _ = editor.save_history(&history);
     Ok(code)
+}
+
+/// The session `--resume` continues: the most recently active one, said in a line; a new
+/// one when there is none yet.
+fn resumed(client: &mut Client) -> anyhow::Result<String> {
+    let index = super::sessions::index_on(client).context("cannot read the conversations to resume")?;
+    Ok(match index.latest() {
+        Some(latest) => {
+            println!("(continuing {})", super::sessions::row(latest));
+            latest.id.clone()
+        }
+        None => {
+            println!("(no earlier conversation: a new one)");
+            Uuid::new_v4().to_string()
+        }
+    })
+}
+
+/// Says which instruction files the agent is given in this workspace (nothing when none),
+/// and any it cannot use. A daemon that does not answer is not worth a line.
+fn announce_instructions(client: &mut Client) {
+    let Ok(reply) = client.request("get_instructions", &KernelRequest::GetInstructions, request::REQUEST_TIMEOUT)
+    else {
+        return;
+    };
+    let Ok(found) = reply.into_data::<InstructionFiles>() else { return };
+    if !found.files.is_empty() {
+        let files: Vec<String> = found
+            .files
+            .iter()
+            .map(|f| {
+                let cut = if f.truncated {
+                    format!(", only its first {} KiB", MAX_INSTRUCTIONS_BYTES / 1024)
+                } else {
+                    String::new()
+                };
+                format!("{} ({}, {} bytes{cut})", f.path, f.scope.as_str(), f.bytes)
+            })
+            .collect();
+        println!("(instructions loaded: {})", files.join("; "));
+    }
+    for refused in &found.refused {
+        println!("(instructions not used: {refused})");
+    }
 }
 
 /// The chat's connection, reconnected when the daemon goes away.

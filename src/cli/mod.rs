@@ -19,7 +19,9 @@ pub mod links;
 pub mod mcp;
 pub mod model;
 pub mod request;
+pub mod sessions;
 pub mod spawn;
+pub mod tools;
 pub mod turn;
 pub mod workspace;
 
@@ -72,6 +74,8 @@ enum Command {
     Workspace(workspace::WorkspaceArgs),
     Run(headless::RunArgs),
     Chat(chat::ChatArgs),
+    Sessions(sessions::SessionsArgs),
+    Tools(tools::ToolsArgs),
     Config(config::ConfigArgs),
     Audit(audit::AuditArgs),
     CapsuleSupervisor(CapsuleHostArgs),
@@ -145,6 +149,8 @@ pub fn main(args: &[&str]) -> ExitCode {
         Command::Workspace(args) => with_home(|home| workspace::run(&home, &args)),
         Command::Run(args) => with_home(|home| headless::run(&home, &args)),
         Command::Chat(args) => with_home(|home| chat::run(&home, &args)),
+        Command::Sessions(args) => with_home(|home| sessions::run(&home, &args)),
+        Command::Tools(args) => with_home(|home| tools::run(&home, &args)),
         Command::Config(args) => with_home(|home| config::run(&home, &args)),
         // `audit verify` reserves exit 1 for "tampered": an unusable home is an error (2).
         Command::Audit(args) => match AstridHome::from_env() {

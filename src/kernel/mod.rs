@@ -19,6 +19,7 @@ pub mod defaults;
 pub mod dependencies;
 pub mod grants;
 pub mod install;
+pub mod instructions;
 pub mod manifest;
 pub mod mcp_service;
 pub mod model;
@@ -28,6 +29,7 @@ pub mod rate_limit;
 pub mod router;
 pub mod routine;
 pub mod running_commands;
+mod tool_listing;
 pub mod topic;
 pub mod watchdog;
 
@@ -574,6 +576,7 @@ impl Kernel {
                 kernel.summarize_routine();
             }
         });
+        tokio::spawn(instructions::serve(Arc::clone(self)));
         tokio::spawn(router::run(Arc::clone(self)))
     }
 

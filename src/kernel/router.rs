@@ -43,6 +43,8 @@ fn rate_limit(request: &KernelRequest) -> Option<usize> {
             Some(30)
         }
         KernelRequest::AuditAcknowledge { .. } => Some(10),
+        // Each one asks every tool provider to describe itself.
+        KernelRequest::ListTools => Some(60),
         _ => None,
     }
 }
@@ -63,6 +65,8 @@ fn read_only(request: &KernelRequest) -> bool {
             | KernelRequest::KvList { .. }
             | KernelRequest::WorkspaceDiff
             | KernelRequest::McpList
+            | KernelRequest::ListTools
+            | KernelRequest::GetInstructions
     )
 }
 
@@ -98,6 +102,22 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
             tokio::spawn(mcp_call(Arc::clone(&kernel), call, caller, reply_topic, requester));
             continue;
         }
+        if let Ok(listing @ KernelRequest::ListTools) = &request
+            && refused.is_none()
+            && rate_limit(listing).is_none_or(|max| limiter.allow(listing.method_name(), max, Instant::now()))
+        {
+            // The describers are waited for (up to a few seconds): answered from a task of its
+            // own, so the router goes on serving meanwhile. (Over the rate limit, the request
+            // goes the common way and is refused there.)
+            let read = routine_read(&incoming, &caller, "ListTools");
+            let kernel = Arc::clone(&kernel);
+            tokio::spawn(async move {
+                let listing = super::tool_listing::list(&kernel).await;
+                kernel.record_routine(read);
+                kernel.reply(&reply_topic, KernelResponse::success(&listing), requester);
+            });
+            continue;
+        }
         let (response, after, verdict) = match (&request, refused) {
             (Err(problem), _) => (KernelResponse::Error(problem.clone()), None, Err(problem.clone())),
             (Ok(_), Some(reason)) => (KernelResponse::Error(reason.clone()), None, Err(reason)),
@@ -117,20 +137,9 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
         let method = request.as_ref().map_or("malformed", KernelRequest::method_name);
         let action = format!("management.{method}");
         match verdict {
-            Ok(()) if request.as_ref().is_ok_and(read_only) => kernel.record_routine(super::routine::Kind {
-                instance: None,
-                turn: None,
-                principal: caller.principal.clone(),
-                // Whichever connection asks, it is the local operator reading (so a status bar
-                // polling from a new connection each time stays one kind); a capsule is itself.
-                actor: match incoming.origin {
-                    Origin::Client { .. } => Actor::Operator,
-                    _ => caller.actor.clone(),
-                },
-                action,
-                resource: incoming.message.topic.clone(),
-                rule: caller.authority.to_owned(),
-            }),
+            Ok(()) if request.as_ref().is_ok_and(read_only) => {
+                kernel.record_routine(routine_read(&incoming, &caller, method));
+            }
             Ok(()) => {
                 let topic = &incoming.message.topic;
                 let rule = caller.authority;
@@ -145,6 +154,24 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
         if let Some(reason) = after {
             kernel.request_shutdown(reason);
         }
+    }
+}
+
+/// The audit record of a read-only request served: routine (see [`super::routine`]).
+fn routine_read(incoming: &BusMessage, caller: &Caller, method: &str) -> super::routine::Kind {
+    super::routine::Kind {
+        instance: None,
+        turn: None,
+        principal: caller.principal.clone(),
+        // Whichever connection asks, it is the local operator reading (so a status bar
+        // polling from a new connection each time stays one kind); a capsule is itself.
+        actor: match incoming.origin {
+            Origin::Client { .. } => Actor::Operator,
+            _ => caller.actor.clone(),
+        },
+        action: format!("management.{method}"),
+        resource: incoming.message.topic.clone(),
+        rule: caller.authority.to_owned(),
     }
 }
 
@@ -290,6 +317,12 @@ fn handle(kernel: &Kernel, request: KernelRequest, caller: &Caller) -> (KernelRe
         // Served by `mcp_call`, from a task of its own.
         KernelRequest::McpCall { .. } => (KernelResponse::Error("an MCP call is answered on its own".to_owned()), None),
         KernelRequest::AuditAcknowledge { note } => (acknowledge(kernel, note.as_deref(), caller), None),
+        KernelRequest::GetInstructions => {
+            let files = super::instructions::load(kernel, caller.workspace.as_deref().map(|p| p.as_path()));
+            (KernelResponse::success(&files), None)
+        }
+        // Served by `tool_listing`, from a task of its own.
+        KernelRequest::ListTools => (KernelResponse::Error("the tool listing is answered on its own".to_owned()), None),
     }
 }
 

@@ -23,14 +23,16 @@ use crate::kernel::{BusMessage, Cause, Kernel, Origin};
 use crate::types::topics::{
     TOOL_CANCEL_TOPIC, TOOL_DESCRIBE_TOPIC, TOOL_DESCRIBED_PREFIX, TOOL_EXECUTE_PATTERN, TOOL_EXECUTE_PREFIX,
 };
-use crate::types::{IpcMessage, IpcPayload, LlmToolDefinition, ToolCall, ToolCallResult, ToolsDescribed};
+use crate::types::{IpcMessage, IpcPayload, LlmToolDefinition, ToolApproval, ToolCall, ToolCallResult, ToolsDescribed};
 
 /// The name this provider answers describe requests under.
 const PROVIDER: &str = "mcp";
 
 /// Publishes a describe answer: the tools, and the servers whose tools are still to come.
 async fn describe(kernel: &Kernel, tools: Vec<LlmToolDefinition>, pending: Vec<String>, cause: Option<Arc<Cause>>) {
-    let answer = ToolsDescribed { tools, description: "MCP servers".to_owned(), pending };
+    // Every call of an MCP tool is asked of a person (`mcp.call`), whichever tool it is.
+    let approval = tools.iter().map(|tool| (tool.name.clone(), ToolApproval::Asks)).collect();
+    let answer = ToolsDescribed { tools, description: "MCP servers".to_owned(), pending, approval };
     match serde_json::to_value(answer) {
         Ok(value) => {
             let topic = format!("{TOOL_DESCRIBED_PREFIX}{PROVIDER}");

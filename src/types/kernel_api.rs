@@ -112,6 +112,12 @@ pub enum KernelRequest {
         /// Why, in the operator's words.
         note: Option<String>,
     },
+    /// Astrid extension: the tools the agent is offered now, with who serves each and
+    /// whether it asks before it acts.
+    ListTools,
+    /// Astrid extension: the instruction files (`AGENTS.md`) that join the agent's system
+    /// prompt in the requester's workspace.
+    GetInstructions,
 }
 
 impl KernelRequest {
@@ -140,6 +146,8 @@ impl KernelRequest {
             Self::McpList => "McpList",
             Self::McpCall { .. } => "McpCall",
             Self::AuditAcknowledge { .. } => "AuditAcknowledge",
+            Self::ListTools => "ListTools",
+            Self::GetInstructions => "GetInstructions",
         }
     }
 }

@@ -21,6 +21,8 @@
 //! | `WorkspaceDiff`, `WorkspaceCommit`, `WorkspaceDiscard` | [`WorkspaceDiff`], [`WorkspaceCommitted`], [`WorkspaceDiscarded`] |
 //! | `McpList`, `McpCall` | [`McpListing`], [`McpCallResult`] |
 //! | `AuditAcknowledge` | [`AuditAcknowledged`] |
+//! | `ListTools` | [`ToolListing`] |
+//! | `GetInstructions` | [`InstructionFiles`](super::instructions::InstructionFiles) |
 //!
 //! Optional fields are sent as `null` (never left out): that is how the first daemons wrote
 //! them, and clients of any version read both.
@@ -29,6 +31,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::kernel_api::CommandInfo;
+use super::tools::ToolApproval;
 
 /// What the daemon does about `ReloadCapsules` or `Shutdown` (the reference's replies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -464,4 +467,50 @@ pub enum SandboxState {
     Unavailable,
     /// The operator turned the sandbox off: commands run unconfined, in the real workspace.
     Unsandboxed,
+}
+
+/// The tools the agent is offered now: the answer to `ListTools`. The kernel asks every
+/// tool provider to describe its tools, as the agent does before a turn, and lists what
+/// came back in time, with who answered (the bus stamps that, not the answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolListing {
+    /// The tools, in the order the agent would take them (a name offered twice is the first
+    /// provider's, as for the agent).
+    pub tools: Vec<ListedTool>,
+    /// Sources of tools still starting (an MCP server initializing): offered once up.
+    pub pending: Vec<String>,
+    /// Capsules that received the describe request and did not answer in time.
+    pub unanswered: Vec<String>,
+}
+
+/// One tool on offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedTool {
+    /// The name the model calls it by.
+    pub name: String,
+    /// What it does, as its provider says.
+    pub description: Option<String>,
+    /// Who serves it.
+    pub origin: ToolOrigin,
+    /// Whether it asks a person before it acts (`null`: its provider does not say).
+    pub approval: Option<ToolApproval>,
+}
+
+/// Who serves a tool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "name", rename_all = "snake_case")]
+pub enum ToolOrigin {
+    /// A capsule, by name.
+    Capsule(String),
+    /// An MCP server the daemon runs, by name.
+    McpServer(String),
+}
+
+impl std::fmt::Display for ToolOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Capsule(name) => write!(f, "capsule {name}"),
+            Self::McpServer(name) => write!(f, "MCP server {name}"),
+        }
+    }
 }

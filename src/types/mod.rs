@@ -13,10 +13,12 @@ pub mod announcements;
 pub mod capsule_session;
 pub mod commands;
 pub mod handshake;
+pub mod instructions;
 pub mod ipc;
 pub mod kernel_api;
 pub mod llm;
 pub mod management;
+pub mod sessions;
 pub mod tools;
 pub mod topics;
 pub mod turn;
@@ -27,6 +29,7 @@ pub use capsule_session::{
     SessionRequest, SessionStart,
 };
 pub use handshake::{CapsuleAttach, HandshakeRequest, HandshakeResponse, HandshakeStatus, PROTOCOL_VERSION};
+pub use instructions::{InstructionFile, InstructionFiles, InstructionScope};
 pub use ipc::{
     EgressFrame, IpcMessage, IpcPayload, OnboardingField, OnboardingFieldType, SelectionOption, UserInputFields,
 };
@@ -38,5 +41,6 @@ pub use llm::{
     ContentPart, LlmResponse, LlmToolDefinition, Message, MessageContent, MessageRole, StopReason, StreamEvent,
     ToolCall, ToolCallResult, Usage,
 };
-pub use tools::ToolsDescribed;
+pub use sessions::{SessionIndex, SessionSummary};
+pub use tools::{ToolApproval, ToolsDescribed};
 pub use turn::{Answerer, ApprovalDecision, TurnEvent, TurnOutcome};

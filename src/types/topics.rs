@@ -40,8 +40,12 @@ pub const NOTICE_TOPIC: &str = "agent.v1.notice";
 
 /// Where an agent asks every tool provider to describe its tools.
 pub const TOOL_DESCRIBE_TOPIC: &str = "tool.v1.request.describe";
-/// Where a tool provider answers a describe request, followed by its own name.
-pub const TOOL_DESCRIBED_PREFIX: &str = "tool.v1.response.describe.";
+prefix_and_pattern!(
+    /// Where a tool provider answers a describe request, followed by its own name.
+    TOOL_DESCRIBED_PREFIX,
+    /// Every describe answer.
+    TOOL_DESCRIBED_PATTERN = "tool.v1.response.describe."
+);
 prefix_and_pattern!(
     /// Where one tool is called, followed by its `server:tool` name (a provider subscribes to
     /// its tools); the result goes to the same topic with `.result` appended.
@@ -79,6 +83,16 @@ prefix_and_pattern!(
     /// Every admin reply.
     ADMIN_RESPONSE_PATTERN = "astrid.v1.admin.response."
 );
+
+// --- What the agent is told ---------------------------------------------------------------
+
+/// Astrid extension: where an agent asks the kernel for the instruction files (`AGENTS.md`)
+/// of its turn's workspace; a grant of this topic reaches those two files and nothing else
+/// (unlike a management topic, which reaches every read-only request).
+pub const INSTRUCTIONS_REQUEST_TOPIC: &str = "astrid.v1.instructions.request";
+/// Astrid extension: where the kernel answers, to the asking capsule instance only
+/// ([`super::InstructionFiles`]).
+pub const INSTRUCTIONS_RESPONSE_TOPIC: &str = "astrid.v1.instructions.response";
 
 // --- Asking a person -----------------------------------------------------------------------
 
@@ -140,6 +154,7 @@ mod tests {
     fn each_pattern_is_its_prefix_and_a_wildcard() {
         for (prefix, pattern) in [
             (TOOL_EXECUTE_PREFIX, TOOL_EXECUTE_PATTERN),
+            (TOOL_DESCRIBED_PREFIX, TOOL_DESCRIBED_PATTERN),
             (REQUEST_PREFIX, REQUEST_PATTERN),
             (RESPONSE_PREFIX, RESPONSE_PATTERN),
             (ADMIN_RESPONSE_PREFIX, ADMIN_RESPONSE_PATTERN),

@@ -11,7 +11,12 @@ use crate::openai_server::{Script, Server};
 
 /// A daemon whose orchestrator asks `server` through llm-openai, with the file tools, plus
 /// `settings` for the orchestrator (`name=value`).
-fn agent(t: &TestHome, server: &Server, orchestrator: &[&str], env: &[(&str, &str)]) -> crate::harness::Daemon {
+pub(crate) fn agent(
+    t: &TestHome,
+    server: &Server,
+    orchestrator: &[&str],
+    env: &[(&str, &str)],
+) -> crate::harness::Daemon {
     let mut env = env.to_vec();
     env.push(("ASTRID_HTTP_ALLOW_PRIVATE", "1"));
     let daemon = t.daemon_with(&[], &env);

@@ -406,9 +406,15 @@ pub struct PipedChat {
 
 impl PipedChat {
     pub fn start(t: &TestHome, env: &[(&str, &str)]) -> Self {
+        Self::start_args(t, &[], env)
+    }
+
+    /// [`PipedChat::start`] with `args` after `astrid chat`.
+    pub fn start_args(t: &TestHome, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = t
             .command("astrid")
             .arg("chat")
+            .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -44,6 +44,16 @@ pub enum Script {
     /// a `read_file` call) under the id `id` (none: the id is left out), and a tool's result
     /// becomes the answer `tool said: <content>`.
     ToolEcho { id: Option<&'static str> },
+    /// A model with a context window: a request larger than `max_bytes` (see
+    /// [`request_bytes`]) is refused as OpenAI refuses it (400, `context_length_exceeded`);
+    /// a smaller one is answered by `then`.
+    ContextLimit { max_bytes: usize, then: Box<Script> },
+}
+
+/// The size of what a request asks the model to read: its messages (the system prompt is
+/// the first) and its tools, as JSON.
+pub fn request_bytes(body: &Value) -> usize {
+    body["messages"].to_string().len() + body["tools"].to_string().len()
 }
 
 /// One request the server received.
@@ -142,6 +152,24 @@ fn serve(
     let next = {
         let mut scripts = script.lock().expect("lock");
         if scripts.len() > 1 { scripts.remove(0) } else { scripts.first().cloned().unwrap_or(Script::Status(500)) }
+    };
+    let next = match next {
+        Script::ContextLimit { max_bytes, then } if request_bytes(&body) <= max_bytes => *then,
+        Script::ContextLimit { max_bytes, .. } => {
+            let (limit, got) = (max_bytes / 4, request_bytes(&body) / 4);
+            let body = json!({"error": {
+                "message": format!("This model's maximum context length is {limit} tokens. However, your messages resulted in {got} tokens. Please reduce the length of the messages."),
+                "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
+            .to_string();
+            let mut out = stream;
+            let _ = write!(
+                out,
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            return;
+        }
+        other => other,
     };
     let mut out = stream;
     match next {
@@ -324,6 +352,11 @@ fn serve(
             std::thread::sleep(Duration::from_millis(2));
             send(&mut out, &json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}));
             let _ = out.write_all(b"data: [DONE]\n\n");
+        }
+        // A limit inside a limit is a test's mistake: the request fails loudly.
+        Script::ContextLimit { .. } => {
+            let _ =
+                out.write_all(b"HTTP/1.1 500 Nested ContextLimit\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         }
     }
     let _ = out.flush();

@@ -20,7 +20,7 @@ fn asker(request: &str) -> Vec<u8> {
 }
 
 /// Installs, with consent, an asker granted the management topics and `agent.v1.response`.
-fn install_asker(t: &TestHome, request: &str) {
+pub(crate) fn install_asker(t: &TestHome, request: &str) {
     let dir = t.workspace.join("asker");
     let grant = "[capabilities]\nipc_publish = [\"astrid.v1.request.*\", \"agent.v1.response\"]\n\
                  ipc_subscribe = [\"astrid.v1.response.*\"]\n";

@@ -104,6 +104,10 @@ fn check_extension(kind: &str, json: &Value) -> Result<Value, String> {
         "SpawnReply" => round_trip::<commands::SpawnReply>(json),
         "CommandFinished" => round_trip::<commands::CommandFinished>(json),
         "CommandOutput" => round_trip::<commands::CommandOutput>(json),
+        "ToolListing" => reply::<management::ToolListing>(json),
+        "InstructionFiles" => reply::<InstructionFiles>(json),
+        // Not a reply: the orchestrator's KV value `astrid sessions list` reads.
+        "SessionIndex" => round_trip::<SessionIndex>(json),
         other => check(other, json),
     }
 }
@@ -126,6 +130,7 @@ fn every_extension_vector_round_trips_exactly_through_its_type() {
         "DaemonAction",
         "GrantApproved",
         "HandshakeRequest",
+        "InstructionFiles",
         "IpcPayload",
         "KernelRequest",
         "KernelResponse",
@@ -136,7 +141,9 @@ fn every_extension_vector_round_trips_exactly_through_its_type() {
         "McpListing",
         "Names",
         "Revoked",
+        "SessionIndex",
         "SpawnReply",
+        "ToolListing",
         "ToolsDescribed",
         "TurnEvent",
         "WorkspaceCommitted",
@@ -172,6 +179,8 @@ fn method_of(request: &KernelRequest) -> &'static str {
         KernelRequest::McpList => "McpList",
         KernelRequest::McpCall { .. } => "McpCall",
         KernelRequest::AuditAcknowledge { .. } => "AuditAcknowledge",
+        KernelRequest::ListTools => "ListTools",
+        KernelRequest::GetInstructions => "GetInstructions",
     }
 }
 
@@ -189,7 +198,7 @@ fn every_management_request_has_a_vector() {
             }
         }
     }
-    assert_eq!(covered.len(), 22, "a request without a vector: only {covered:?} have one");
+    assert_eq!(covered.len(), 24, "a request without a vector: only {covered:?} have one");
 }
 
 #[test]

@@ -1,11 +1,13 @@
 //! orchestrator: one agent turn after another, per session.
 //!
 //! A `user_input` on `user.v1.prompt` starts a turn: the conversation so far (KV
-//! `history:<session>`), the prompt and the tools on offer (asked with
+//! `history:<session>`, see [`conversation`]), the prompt and the tools on offer (asked with
 //! `tool.v1.request.describe`) go to the configured provider as an `llm_request` on
-//! `llm.v1.request.generate.<provider>`. The provider's `llm_stream_event`s come back to this
-//! capsule's hook: text deltas go to the frontends at once (`agent.v1.stream.delta`); tool
-//! calls are assembled from their fragments. At `Done`, tool calls are sent to their tools
+//! `llm.v1.request.generate.<provider>`, under a system prompt that carries the project's
+//! instructions: the kernel hands over the text of the user's and the workspace's `AGENTS.md`
+//! when asked on `astrid.v1.instructions.request` (this capsule reads no file itself). The
+//! provider's `llm_stream_event`s come back to this capsule's hook: text deltas go to the
+//! frontends at once (`agent.v1.stream.delta`); tool calls are assembled from their fragments. At `Done`, tool calls are sent to their tools
 //! (`tool.v1.execute.<tool>`, announced on `tool.v1.request.execute`) and, once every result
 //! is back (`tool.v1.execute.<tool>.result`, passed on as `tool.v1.execute.result`), the model
 //! is asked again; without tool calls the turn is over.
@@ -15,7 +17,7 @@
 //! what was not streamed: nothing after a streamed answer, the message itself when the turn
 //! ended early (`LLM error: …`, `Cancelled.`, `Request timed out (…)`, `Stopped: …`), and an
 //! `outcome` (Astrid extension) saying how it ended, so a frontend can exit non-zero on a
-//! failure. The answer kept in the conversation is every round's text together.
+//! failure. The conversation keeps each round's text as the model's message of that round.
 //!
 //! **Tool calls are keyed by ids this capsule makes unique** (random, from the host's
 //! CSPRNG), never by the model's ids, which repeat (a server that always says `call_1`, one
@@ -33,20 +35,46 @@
 //! (`tool_cancel_request {call_ids}`). A model silent for `stream_timeout_secs` or tools not
 //! done within `tool_timeout_secs` (checked on every `astrid.v1.watchdog.tick`) end the turn.
 //!
+//! **Every request keeps to the context budget** (`context_budget_tokens`, about 4 bytes of
+//! JSON a token; see [`budget`]): old tool outputs are shortened first, then old turns left
+//! out with a line each, and the person is told once per session. A provider that still
+//! refuses the conversation as too long for its model gets it again at half the size (and
+//! later turns keep to that), so a long session never ends on a context-length error.
+//!
 //! Turns in flight live in this instance's memory (the hook entry runs one event at a time);
-//! only finished exchanges are stored, so a restart loses a turn, never the conversation.
+//! only answered turns are stored, whole (prompt, tool calls and results, answer), so a
+//! restart loses a turn, never the conversation.
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
+mod budget;
+mod conversation;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use astrid_sdk::{Hook, Subscription, ipc, kv};
+use astrid_sdk::types::InstructionFiles;
+use astrid_sdk::types::topics::{INSTRUCTIONS_REQUEST_TOPIC, INSTRUCTIONS_RESPONSE_TOPIC};
+use astrid_sdk::{Hook, Subscription, ipc};
 use serde_json::{Value, json};
 
-/// Messages kept per conversation (the oldest go first)...
-const MAX_HISTORY: usize = 100;
-/// ...and bytes of them (a long answer must not make every later request huge).
-const MAX_HISTORY_BYTES: usize = 4 * 1024 * 1024;
+use conversation::Stored;
+
+/// The context budget, in tokens, unless `context_budget_tokens` says otherwise...
+const CONTEXT_BUDGET_TOKENS: usize = 100_000;
+/// ...and the smallest it may be set to (a smaller value is taken as a mistake).
+const MIN_BUDGET_TOKENS: usize = 1_000;
+/// Bytes of the request's JSON a token stands for, in the estimate.
+const BYTES_PER_TOKEN: usize = 4;
+/// Of the budget, the share the estimate may fill (in tenths): the rest is kept for the
+/// provider's own encoding (a tool call's arguments become an escaped string, each tool a
+/// wrapped schema).
+const BUDGET_TENTHS: usize = 9;
+/// Times one turn's request is sent again, smaller, after a context-length error.
+const MAX_CONTEXT_RETRIES: u32 = 3;
+/// How long a turn waits for the kernel to hand over the instruction files.
+const INSTRUCTIONS_WAIT: Duration = Duration::from_secs(2);
+/// Sessions remembered as told about the budget (past it, one may be told again).
+const MAX_TOLD: usize = 1024;
 /// Rounds of tool calls one turn may take.
 const MAX_TOOL_ROUNDS: u32 = 10;
 /// The longest tools get to describe themselves (a loaded machine may be slow to answer)...
@@ -58,7 +86,10 @@ const TOOLS_WAIT_SECS: i64 = 30;
 /// The phase timeouts of the reference: a model silent this long since its last token...
 const STREAM_TIMEOUT_SECS: i64 = 120;
 /// ...or tools that have not all answered this long after they were called, end the turn.
-const TOOL_TIMEOUT_SECS: i64 = 60;
+/// A backstop for a tool that never answers: each tool bounds itself first (a command by its
+/// own timeout, at most 600 s by default, after up to 60 s waiting for the person's
+/// approval), so this is above the longest of those.
+const TOOL_TIMEOUT_SECS: i64 = 720;
 const DELTA: &str = "agent.v1.stream.delta";
 const RESPONSE: &str = "agent.v1.response";
 const NOTICE: &str = "agent.v1.notice";
@@ -111,8 +142,18 @@ impl Outcome {
 struct Turn {
     session_id: String,
     prompt: String,
-    /// What the next request sends: history, prompt, tool exchanges so far.
-    messages: Vec<Value>,
+    /// The conversation before this turn, as stored.
+    stored: Stored,
+    /// This turn's messages: the prompt, then each round's text, tool calls and results.
+    current: Vec<Value>,
+    /// The system prompt, with the instruction files of the turn's workspace.
+    system: String,
+    /// What a request may take, in bytes of its estimate (lowered after a context error).
+    budget: usize,
+    /// The estimated size of the last request sent.
+    sent_bytes: usize,
+    /// Requests sent again, smaller, after a context-length error.
+    retries: u32,
     /// The provider answering, and the request it is answering.
     provider: String,
     request_id: String,
@@ -143,6 +184,11 @@ impl Turn {
 thread_local! {
     static TURNS: RefCell<Vec<Turn>> = const { RefCell::new(Vec::new()) };
     static TOOLS: RefCell<Option<Vec<Value>>> = const { RefCell::new(None) };
+    /// Sessions whose person was told that the conversation outgrew the budget.
+    static TOLD: RefCell<BTreeSet<String>> = const { RefCell::new(BTreeSet::new()) };
+    /// What the provider showed it takes at most (bytes of the estimate), once it refused a
+    /// request as too long: later turns keep to it.
+    static LEARNED_BUDGET: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 /// A fresh id (a version 4 UUID from the host's CSPRNG).
@@ -152,35 +198,6 @@ fn new_id() -> String {
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
-}
-
-fn history_key(session_id: &str) -> String {
-    format!("history:{session_id}")
-}
-
-fn history(session_id: &str) -> Vec<Value> {
-    kv::get(&history_key(session_id))
-        .ok()
-        .flatten()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default()
-}
-
-fn remember(session_id: &str, prompt: &str, answer: &str) {
-    let mut messages = history(session_id);
-    messages.push(json!({"role": "user", "content": prompt}));
-    messages.push(json!({"role": "assistant", "content": answer}));
-    let excess = messages.len().saturating_sub(MAX_HISTORY);
-    messages.drain(..excess);
-    let mut bytes = serde_json::to_vec(&messages).unwrap_or_default();
-    // The oldest exchanges go first, a prompt with its answer, until the rest fits.
-    while bytes.len() > MAX_HISTORY_BYTES && messages.len() > 2 {
-        messages.drain(..2);
-        bytes = serde_json::to_vec(&messages).unwrap_or_default();
-    }
-    if let Err(e) = kv::set(&history_key(session_id), &bytes) {
-        astrid_sdk::log(&format!("cannot store the conversation {session_id}: {e}"));
-    }
 }
 
 fn publish(topic: &str, payload: &Value) {
@@ -291,11 +308,83 @@ fn valid_tool_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':'))
 }
 
-/// Sends the turn's messages to the provider under a new request id.
-fn ask_model(turn: &mut Turn) -> Result<(), String> {
+/// The system prompt for a turn: Astrid's, then the instruction files of the turn's
+/// workspace, as the kernel hands them over (none when it does not answer in time).
+fn system_prompt() -> String {
+    let mut system = SYSTEM_PROMPT.to_owned();
+    if let Some(files) = instructions() {
+        system.push_str(&files.prompt_text());
+    }
+    system
+}
+
+/// Asks the kernel for the instruction files of the turn's workspace (the kernel knows the
+/// workspace from the prompt this hook is handling). A subscription per request, so a late
+/// answer can never be taken for the next turn's.
+fn instructions() -> Option<InstructionFiles> {
+    let answers = Subscription::new(INSTRUCTIONS_RESPONSE_TOPIC)
+        .map_err(|e| astrid_sdk::log(&format!("cannot wait for the instruction files: {e}")))
+        .ok()?;
+    ipc::publish(INSTRUCTIONS_REQUEST_TOPIC, &json!({}))
+        .map_err(|e| astrid_sdk::log(&format!("cannot ask for the instruction files: {e}")))
+        .ok()?;
+    let answer = answers.recv(INSTRUCTIONS_WAIT).ok().flatten()?;
+    serde_json::from_value(answer.payload).ok()
+}
+
+/// The configured budget in tokens (a bad, missing or too small value is the default).
+fn budget_tokens() -> usize {
+    astrid_sdk::config("context_budget_tokens")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&tokens| tokens >= MIN_BUDGET_TOKENS)
+        .unwrap_or(CONTEXT_BUDGET_TOKENS)
+}
+
+/// What a request may take, in bytes of the estimate: the share of the configured budget
+/// the estimate may fill, or less if the provider showed it takes less.
+fn request_budget() -> usize {
+    let configured = budget_tokens().saturating_mul(BYTES_PER_TOKEN) / 10 * BUDGET_TENTHS;
+    LEARNED_BUDGET.with(|learned| learned.get()).map_or(configured, |learned| configured.min(learned))
+}
+
+/// Tells the person, once per session, that the conversation outgrew the budget.
+fn tell_once(session_id: &str) {
+    let first = TOLD.with(|told| {
+        let mut told = told.borrow_mut();
+        if told.len() >= MAX_TOLD {
+            told.clear();
+        }
+        told.insert(session_id.to_owned())
+    });
+    if first {
+        notice(
+            session_id,
+            &format!(
+                "this conversation has outgrown the context budget (about {} tokens): older tool outputs are \
+                 shortened and the oldest turns left out, a line of each kept (the orchestrator's \
+                 context_budget_tokens sets the budget)",
+                budget_tokens()
+            ),
+        );
+    }
+}
+
+/// Sends the turn's conversation, fitted into its budget, to the provider under a new
+/// request id. With `smaller_than`, only a request smaller than that goes out (a retry after
+/// a context-length error); otherwise that is the error.
+fn ask_model(turn: &mut Turn, smaller_than: Option<usize>) -> Result<(), String> {
     let provider = astrid_sdk::config("provider").unwrap_or_else(|| "offline".to_owned());
     let model = astrid_sdk::config("model").filter(|m| !m.is_empty()).unwrap_or_else(|| provider.clone());
     let tools = tools(&turn.session_id);
+    let fixed = turn.system.len() + serde_json::to_vec(&tools).map_or(0, |bytes| bytes.len());
+    let fitted = budget::fit(fixed, &turn.stored.earlier, &turn.stored.messages, &turn.current, turn.budget);
+    if smaller_than.is_some_and(|limit| fitted.bytes >= limit) {
+        return Err("nothing more of the conversation can be left out".to_owned());
+    }
+    if fitted.shortened() {
+        tell_once(&turn.session_id);
+    }
+    turn.sent_bytes = fitted.bytes;
     turn.offered = tools.iter().filter_map(|t| t["name"].as_str().map(str::to_owned)).collect();
     turn.request_id = new_id();
     turn.provider = provider.clone();
@@ -307,12 +396,63 @@ fn ask_model(turn: &mut Turn) -> Result<(), String> {
         "type": "llm_request",
         "request_id": turn.request_id,
         "model": model,
-        "messages": turn.messages,
+        "messages": fitted.messages(),
         "tools": tools,
-        "system": SYSTEM_PROMPT,
+        "system": turn.system,
     });
     ipc::publish(&format!("llm.v1.request.generate.{provider}"), &request)
         .map_err(|e| format!("LLM error: cannot reach provider {provider}: {e}"))
+}
+
+/// Whether a provider's error says the request was too long for the model's context (in the
+/// words of OpenAI, Anthropic, vLLM or llama.cpp servers, or a 413).
+fn is_context_error(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    [
+        "context length",
+        "context_length",
+        "context window",
+        "context size",
+        "maximum context",
+        "prompt is too long",
+        "input is too long",
+        "too many tokens",
+        "reduce the length",
+        "http 413",
+    ]
+    .iter()
+    .any(|words| error.contains(words))
+}
+
+/// A provider refused the turn's request as too long for its model: sends it again at half
+/// its size (and later turns keep to that), or ends the turn when nothing more can give.
+fn retry_smaller(turn: &mut Turn, error: &str) {
+    let previous = turn.sent_bytes;
+    let smaller = previous / 2;
+    turn.retries += 1;
+    turn.budget = turn.budget.min(smaller);
+    LEARNED_BUDGET.with(|learned| learned.set(Some(learned.get().map_or(smaller, |known| known.min(smaller)))));
+    match ask_model(turn, Some(previous)) {
+        Ok(()) => notice(
+            &turn.session_id,
+            &format!(
+                "the model refused the conversation as too long for its context; it was sent again, shortened to \
+                 about {} tokens (later turns keep to that until the orchestrator restarts)",
+                turn.sent_bytes / BYTES_PER_TOKEN
+            ),
+        ),
+        Err(why) => turn.end(Outcome::Failed, &format!("LLM error: {error} ({why})")),
+    }
+}
+
+/// Stores an answered turn and records it in the session index.
+fn remember(turn: &mut Turn) {
+    let mut stored = std::mem::take(&mut turn.stored);
+    stored.told = TOLD.with(|told| told.borrow().contains(&turn.session_id));
+    // Twice the configured budget: more would never be sent (a smaller learned budget does
+    // not shorten what is kept).
+    let limit = budget_tokens().saturating_mul(BYTES_PER_TOKEN).saturating_mul(2);
+    conversation::remember(&turn.session_id, &turn.prompt, stored, &turn.current, limit);
 }
 
 /// Stops what a turn that ends early has started: the model's request (if it is still
@@ -344,12 +484,19 @@ fn on_prompt(payload: &[u8]) {
     if input.text.trim().is_empty() {
         return;
     }
-    let mut messages = history(&input.session_id);
-    messages.push(json!({"role": "user", "content": input.text}));
+    let stored = conversation::load(&input.session_id);
+    if stored.told {
+        TOLD.with(|told| told.borrow_mut().insert(input.session_id.clone()));
+    }
     let mut turn = Turn {
+        current: vec![json!({"role": "user", "content": input.text})],
         session_id: input.session_id,
         prompt: input.text,
-        messages,
+        stored,
+        system: system_prompt(),
+        budget: request_budget(),
+        sent_bytes: 0,
+        retries: 0,
         provider: String::new(),
         request_id: String::new(),
         phase: Phase::Model,
@@ -361,7 +508,7 @@ fn on_prompt(payload: &[u8]) {
         rounds: 0,
         done: None,
     };
-    if let Err(message) = ask_model(&mut turn) {
+    if let Err(message) = ask_model(&mut turn, None) {
         turn.end(Outcome::Failed, &message);
     }
     TURNS.with(|turns| turns.borrow_mut().push(turn));
@@ -411,16 +558,22 @@ fn on_stream(payload: &[u8]) {
             }
             Value::Object(map) if map.contains_key("Error") => {
                 let error = map["Error"].as_str().unwrap_or("unknown error");
-                let (outcome, message) = if error == "cancelled" {
-                    (Outcome::Cancelled, "Cancelled.".to_owned())
+                if error == "cancelled" {
+                    turn.end(Outcome::Cancelled, "Cancelled.");
+                } else if is_context_error(error)
+                    && turn.text.is_empty()
+                    && turn.calls.is_empty()
+                    && turn.retries < MAX_CONTEXT_RETRIES
+                {
+                    retry_smaller(turn, error);
                 } else {
-                    (Outcome::Failed, format!("LLM error: {error}"))
-                };
-                turn.end(outcome, &message);
+                    turn.end(Outcome::Failed, &format!("LLM error: {error}"));
+                }
                 Next::Wait
             }
             Value::String(done) if done == "Done" && turn.calls.is_empty() => {
-                remember(&turn.session_id, &turn.prompt, &turn.answer);
+                turn.current.push(json!({"role": "assistant", "content": turn.text}));
+                remember(turn);
                 turn.done = Some((Outcome::Answered, String::new()));
                 Next::Wait
             }
@@ -436,7 +589,7 @@ fn on_stream(payload: &[u8]) {
 /// Sends each tool call to its tool (a malformed one is answered here, as a tool error).
 fn run_tools(turn: &mut Turn) {
     if !turn.text.is_empty() {
-        turn.messages.push(json!({"role": "assistant", "content": turn.text}));
+        turn.current.push(json!({"role": "assistant", "content": turn.text}));
     }
     let arguments: Vec<Value> =
         turn.calls.iter().map(|c| serde_json::from_str::<Value>(&c.arguments).unwrap_or_else(|_| json!({}))).collect();
@@ -446,7 +599,7 @@ fn run_tools(turn: &mut Turn) {
         .zip(&arguments)
         .map(|(c, arguments)| json!({"id": c.model_id, "name": c.name, "arguments": arguments}))
         .collect();
-    turn.messages.push(json!({"role": "assistant", "content": calls}));
+    turn.current.push(json!({"role": "assistant", "content": calls}));
     turn.phase = Phase::Tools;
     turn.since_ms = astrid_sdk::clock_ms();
     for (call, arguments) in turn.calls.iter_mut().zip(arguments) {
@@ -502,7 +655,7 @@ fn continue_if_complete(turn: &mut Turn) {
             "content": result["content"].as_str().unwrap_or_default(),
             "is_error": result["is_error"].as_bool().unwrap_or(false),
         });
-        turn.messages.push(json!({"role": "tool", "content": content}));
+        turn.current.push(json!({"role": "tool", "content": content}));
     }
     turn.rounds += 1;
     if turn.rounds > MAX_TOOL_ROUNDS {
@@ -510,7 +663,7 @@ fn continue_if_complete(turn: &mut Turn) {
         turn.end(Outcome::Stopped, &message);
         return;
     }
-    if let Err(message) = ask_model(turn) {
+    if let Err(message) = ask_model(turn, None) {
         turn.end(Outcome::Failed, &message);
     }
 }

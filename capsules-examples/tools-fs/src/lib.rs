@@ -1,7 +1,8 @@
 //! tools-fs: file tools for the agent, through the workspace VFS and the capsule's grant.
 //!
 //! `tool.v1.request.describe` is answered on `tool.v1.response.describe.fs` with the tool
-//! definitions; a `tool_execute_request` on `tool.v1.execute.<tool>` is answered with a
+//! definitions and which of them ask before they act (`approval`, shown by `astrid tools
+//! list`); a `tool_execute_request` on `tool.v1.execute.<tool>` is answered with a
 //! `tool_execute_result` on `tool.v1.execute.<tool>.result`. `write_file` and `edit_file` ask
 //! for approval first; a denial is a tool error the model sees, and nothing is written.
 
@@ -12,6 +13,9 @@ use serde_json::{Value, json};
 const MAX_READ: usize = 256 * 1024;
 /// Most matches `search` reports.
 const MAX_MATCHES: usize = 50;
+/// The tools that ask the person before they act (through [`approved`]); the others read
+/// within the grant.
+const ASKS: &[&str] = &["write_file", "edit_file"];
 
 fn definitions() -> Value {
     let path = json!({"type": "string", "description": "A path relative to the workspace root"});
@@ -124,7 +128,15 @@ fn hook(action: &str, payload: &[u8]) -> Hook {
     let Ok(event) = serde_json::from_slice::<Value>(payload) else { return Hook::Continue(None) };
     match action {
         "describe" => {
-            let reply = json!({"tools": definitions(), "description": "Workspace files"});
+            let tools = definitions();
+            let approval: serde_json::Map<String, Value> = tools
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|tool| tool["name"].as_str())
+                .map(|name| (name.to_owned(), json!(if ASKS.contains(&name) { "asks" } else { "never" })))
+                .collect();
+            let reply = json!({"tools": tools, "description": "Workspace files", "approval": approval});
             let _ = ipc::publish("tool.v1.response.describe.fs", &reply);
         }
         "execute" if event["type"] == "tool_execute_request" => {

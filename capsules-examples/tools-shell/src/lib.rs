@@ -76,7 +76,11 @@ fn hook(action: &str, payload: &[u8]) -> Hook {
     let Ok(event) = serde_json::from_slice::<Value>(payload) else { return Hook::Continue(None) };
     match action {
         "describe" => {
-            let reply = json!({"tools": definitions(), "description": "Shell commands in the sandbox"});
+            let reply = json!({
+                "tools": definitions(),
+                "description": "Shell commands in the sandbox",
+                "approval": {"run_command": "asks"},
+            });
             let _ = ipc::publish("tool.v1.response.describe.shell", &reply);
         }
         "execute" if event["type"] == "tool_execute_request" => {
