@@ -92,7 +92,7 @@ fn finish(mut command: RunningCommand) -> (String, Finished) {
 }
 
 /// Pids of the processes whose command line contains `marker`.
-fn processes_with(marker: &str) -> Vec<String> {
+pub(crate) fn processes_with(marker: &str) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -109,7 +109,7 @@ fn processes_with(marker: &str) -> Vec<String> {
 }
 
 /// Waits (bounded) until no process carries `marker`; the ones left, if any.
-fn none_left(marker: &str) -> Vec<String> {
+pub(crate) fn none_left(marker: &str) -> Vec<String> {
     let deadline = Instant::now() + HANG;
     loop {
         let left = processes_with(marker);

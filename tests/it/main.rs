@@ -9,6 +9,7 @@ mod capsule_host;
 mod capsules;
 mod cli;
 mod command_sandbox;
+mod commands;
 mod daemon;
 mod harness;
 mod headless;

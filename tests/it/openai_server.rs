@@ -39,10 +39,11 @@ pub enum Script {
     // Whole turns, whatever their size and however many at once.
     /// A long answer: the text in 100-byte events, written as fast as the client takes them.
     Bulk(&'static str),
-    /// A model that uses the file tools from the last message alone, so concurrent turns get
+    /// A model that uses the tools from the last message alone, so concurrent turns get
     /// consistent answers: a user's `write PATH: TEXT` becomes a `write_file` call (`read PATH`
-    /// a `read_file` call) under the id `id` (none: the id is left out), and a tool's result
-    /// becomes the answer `tool said: <content>`.
+    /// a `read_file` call, `run_command {JSON}` a `run_command` call with those arguments)
+    /// under the id `id` (none: the id is left out), and a tool's result becomes the answer
+    /// `tool said: <content>`.
     ToolEcho { id: Option<&'static str> },
     /// A model with a context window: a request larger than `max_bytes` (see
     /// [`request_bytes`]) is refused as OpenAI refuses it (400, `context_length_exceeded`);
@@ -304,6 +305,8 @@ fn serve(
             let call = if last["role"] == "user" {
                 if let Some((path, text)) = said.strip_prefix("write ").and_then(|r| r.split_once(':')) {
                     Some(("write_file", json!({"path": path.trim(), "content": text.trim()})))
+                } else if let Some(arguments) = said.strip_prefix("run_command ") {
+                    Some(("run_command", serde_json::from_str(arguments).expect("run_command's arguments as JSON")))
                 } else {
                     said.strip_prefix("read ").map(|path| ("read_file", json!({"path": path.trim()})))
                 }

@@ -8,7 +8,7 @@ fn readme() -> String {
 }
 
 /// The lines typed into the chat, in the README's order (each is in its table, in backticks).
-const CHAT: &[&str] = &["list", "read README.md", "write notes.txt: hello", "/diff", "/commit"];
+const CHAT: &[&str] = &["list", "read README.md", "write notes.txt: hello", "run ls", "/diff", "/commit"];
 /// The one-turn examples (each in the README as `astrid <args>` or `cargo run --release -- <args>`).
 const RUNS: &[&[&str]] = &[
     &["run", "What can you do?"],
@@ -51,8 +51,8 @@ fn the_readme_chat_examples_work_as_written() {
     let mut typed: Vec<&str> = Vec::new();
     for line in CHAT {
         typed.push(line);
-        // The write asks first: the answer follows it.
-        if line.starts_with("write ") {
+        // The write and the command ask first: the answer follows them.
+        if line.starts_with("write ") || line.starts_with("run ") {
             typed.push("y");
         }
     }
@@ -61,6 +61,10 @@ fn the_readme_chat_examples_work_as_written() {
     assert!(shown.contains("list_dir answered: README.md"), "{shown}");
     assert!(shown.contains(&format!("read_file answered: {readme}")), "the whole README, once:\n{shown}");
     assert!(shown.contains("requests approval: write_file on notes.txt") && shown.contains("+hello"), "{shown}");
+    // The command sees the pending write; its output is shown as it comes, then answered.
+    assert!(shown.contains("$ ls"), "the approval shows the line: {shown}");
+    assert!(shown.contains("│ notes.txt"), "the live output: {shown}");
+    assert!(shown.contains("run_command answered: exit status 0"), "{shown}");
     assert!(shown.contains("+++ b/notes.txt") && shown.contains("1 change(s) committed"), "{shown}");
     assert_eq!(std::fs::read_to_string(t.workspace.join("notes.txt")).expect("committed"), "hello");
 }

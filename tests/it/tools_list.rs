@@ -16,7 +16,7 @@ fn listing(t: &TestHome) -> ToolListing {
 }
 
 #[test]
-fn the_file_tools_and_an_mcp_servers_tools_are_listed_with_their_origin_and_approval() {
+fn the_file_tools_run_command_and_an_mcp_servers_tools_are_listed_with_their_origin_and_approval() {
     let t = TestHome::new();
     let time = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-deps/venv/bin/mcp-server-time");
     assert!(time.exists(), "{} is missing: run scripts/test-deps.sh", time.display());
@@ -28,6 +28,7 @@ fn the_file_tools_and_an_mcp_servers_tools_are_listed_with_their_origin_and_appr
     .expect("servers.toml");
     let _daemon = t.daemon(&[]);
     install(&t, "tools-fs");
+    install(&t, "tools-shell");
 
     // While the MCP server starts it is listed as pending; once it is ready, its tools are
     // offered (waited for with `mcp list`, which costs the providers nothing).
@@ -55,6 +56,8 @@ fn the_file_tools_and_an_mcp_servers_tools_are_listed_with_their_origin_and_appr
         assert_eq!(tool.origin, ToolOrigin::Capsule("tools-fs".into()), "{tool:?}");
         assert_eq!(tool.approval, Some(approval), "{tool:?}");
     }
+    let run = find("run_command");
+    assert_eq!((&run.origin, run.approval), (&ToolOrigin::Capsule("tools-shell".into()), Some(ToolApproval::Asks)));
     let now = find("time:get_current_time");
     assert_eq!((&now.origin, now.approval), (&ToolOrigin::McpServer("time".into()), Some(ToolApproval::Asks)));
     assert!(tools.unanswered.is_empty() && tools.pending.is_empty(), "{tools:#?}");

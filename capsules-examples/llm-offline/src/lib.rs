@@ -4,7 +4,8 @@
 //! tools it was offered. Same input, same output, no network.
 //!
 //! It also exercises tool calls, when the tool is offered: `read PATH` calls `read_file`,
-//! `list [PATH]` `list_dir`, `search TEXT` `search`, `write PATH: TEXT` `write_file`; after a
+//! `list [PATH]` `list_dir`, `search TEXT` `search`, `write PATH: TEXT` `write_file`, `run LINE`
+//! `run_command` (a shell command line, in the sandbox, asked first); after a
 //! tool's result it reports what the tool answered. A file `read_file` hands over in pages is
 //! read on to its end, as a model would: each page is told and the next one asked for in the
 //! same response, so the answer is the whole file, in order.
@@ -57,6 +58,9 @@ fn tool_call(said: &str, tools: &[Value]) -> Option<(&'static str, Value)> {
     }
     if let Some(text) = said.strip_prefix("search ").filter(|_| offered("search")) {
         return Some(("search", json!({"text": text.trim()})));
+    }
+    if let Some(line) = said.strip_prefix("run ").filter(|_| offered("run_command")) {
+        return Some(("run_command", json!({"command": line.trim()})));
     }
     if let Some((path, content)) = said.strip_prefix("write ").and_then(|rest| rest.split_once(':')) {
         if offered("write_file") {
