@@ -278,3 +278,37 @@ fn interrupting_a_turn_kills_its_command_and_everything_it_started() {
     let rule = exit_entry(&t, line)["rule"].as_str().unwrap_or_default().to_owned();
     assert!(rule.starts_with("killed on request"), "{rule}");
 }
+
+/// `astrid status --json`'s sandbox state, once the boot's trial of it is over.
+fn sandbox_state(t: &TestHome) -> (String, String) {
+    let mut state = (String::new(), String::new());
+    let settled = wait_for(
+        &mut || {
+            let output = t.cli(&["status", "--json"]);
+            let status: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+            let shown = String::from_utf8_lossy(&t.cli(&["status"]).stdout).into_owned();
+            state = (status["sandbox"]["state"].as_str().unwrap_or_default().to_owned(), shown);
+            !state.0.is_empty() && state.0 != "probing"
+        },
+        HANG,
+    );
+    assert!(settled, "the sandbox's state never settled: {state:?}\n{}", t.log());
+    state
+}
+
+#[test]
+fn status_says_how_commands_run_and_an_unconfined_daemon_says_so_loudly() {
+    let t = TestHome::new();
+    let daemon = t.daemon_with(&[], &[("ASTRID_DEFAULT_CAPSULES", "0")]);
+    let (state, shown) = sandbox_state(&t);
+    assert_eq!(state, "ready", "{shown}");
+    assert!(shown.contains("commands  sandboxed"), "{shown}");
+    drop(daemon);
+
+    let t = TestHome::new();
+    let _daemon = t.daemon_with(&[], &[("ASTRID_DEFAULT_CAPSULES", "0"), ("ASTRID_SANDBOX", "off")]);
+    let (state, shown) = sandbox_state(&t);
+    assert_eq!(state, "unsandboxed", "{shown}");
+    assert!(shown.contains("commands  UNSANDBOXED: ASTRID_SANDBOX=off"), "{shown}");
+    assert!(wait_for(&mut || t.log().contains("command sandbox OFF"), HANG), "the log says so too: {}", t.log());
+}
