@@ -198,7 +198,10 @@ impl CappedOutput {
         let cut = self.seen - self.head.len() - self.tail.len();
         let mut text = String::from_utf8_lossy(&self.head).into_owned();
         if cut > 0 {
-            text.push_str(&format!("\n[… {cut} bytes of output cut; the first and last {} KiB kept …]\n", self.keep / 2048));
+            text.push_str(&format!(
+                "\n[… {cut} bytes of output cut; the first and last {} KiB kept …]\n",
+                self.keep / 2048
+            ));
         }
         let tail: Vec<u8> = self.tail.into_iter().collect();
         text.push_str(&String::from_utf8_lossy(&tail));
