@@ -10,7 +10,8 @@
 //!
 //! Ctrl-C during a turn cancels it (the provider drops its request); at the prompt it clears
 //! the line. Two in a row, with no line entered between them, leave (exit 130, as for any
-//! program a SIGINT ends). Text typed while a turn runs is not lost to a Ctrl-C: the terminal
+//! program a SIGINT ends), however soon the second follows the first, even as the cancelled
+//! turn ends and before the line editor has the terminal again. Text typed while a turn runs is not lost to a Ctrl-C: the terminal
 //! is told not to flush its input on an interrupt (`NOFLSH`), so it is on the next prompt.
 //!
 //! A daemon that stops or drops the connection is noticed, said in one line, and reconnected
@@ -31,7 +32,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -93,20 +94,25 @@ pub fn run(home: &AstridHome, args: &ChatArgs) -> anyhow::Result<ExitCode> {
     let mut editor = DefaultEditor::new().context("cannot start the line editor")?;
     let history = home.root().join("var").join("chat_history");
     let _ = editor.load_history(&history);
-    let interrupts = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&interrupts);
-    ctrlc::set_handler(move || {
-        counter.fetch_add(1, Ordering::SeqCst);
-    })
-    .context("cannot handle Ctrl-C")?;
     keep_typed_input_on_interrupt();
+    let interrupts = Arc::new(Interrupts::new());
+    let handler = Arc::clone(&interrupts);
+    ctrlc::set_handler(move || handler.signalled()).context("cannot handle Ctrl-C")?;
     let capsule_commands = capsule_commands(&mut link.client);
     println!("astrid chat in {}: /help for commands, Ctrl-D to leave.", workspace.display());
     announce_instructions(&mut link.client);
     // The last key was a Ctrl-C (a cancelled turn or a cleared line): another one leaves.
     let mut armed = false;
     let code = loop {
-        let line = match editor.readline("you> ") {
+        // A second Ctrl-C that came as the cancelled turn ended, before the line editor took
+        // the terminal, reached the signal handler, not the editor: it leaves all the same.
+        if armed && interrupts.count.load(Ordering::SeqCst) > 1 {
+            break ExitCode::from(130);
+        }
+        interrupts.leave_on_signal.store(armed, Ordering::SeqCst);
+        let read = editor.readline("you> ");
+        interrupts.leave_on_signal.store(false, Ordering::SeqCst);
+        let line = match read {
             Ok(line) => line,
             Err(ReadlineError::Interrupted) if armed => break ExitCode::from(130),
             Err(ReadlineError::Interrupted) => {
@@ -123,6 +129,7 @@ pub fn run(home: &AstridHome, args: &ChatArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         let _ = editor.add_history_entry(line);
+        save_history(&mut editor, &history);
         let topic = match line.split_whitespace().next() {
             Some("/quit" | "/exit" | "/q") => break ExitCode::SUCCESS,
             Some("/help") => {
@@ -156,8 +163,8 @@ pub fn run(home: &AstridHome, args: &ChatArgs) -> anyhow::Result<ExitCode> {
             Some(command) if command.starts_with('/') => COMMAND_TOPIC,
             _ => PROMPT_TOPIC,
         };
-        interrupts.store(0, Ordering::SeqCst);
-        let mut frontend = Chat { editor: &mut editor, interrupts: &interrupts, line_open: false };
+        interrupts.count.store(0, Ordering::SeqCst);
+        let mut frontend = Chat { editor: &mut editor, interrupts: &interrupts.count, line_open: false };
         let report = link.turn(&mut frontend, topic, line, &session, timeout);
         match report {
             Ok(report) => match report.end {
@@ -170,11 +177,51 @@ pub fn run(home: &AstridHome, args: &ChatArgs) -> anyhow::Result<ExitCode> {
             Err(e) => println!("({e:#})"),
         }
     };
+    save_history(&mut editor, &history);
+    Ok(code)
+}
+
+/// The chat's Ctrl-C state, shared with the signal handler.
+///
+/// The line editor reads Ctrl-C as a key while it holds the terminal (`ISIG` off); at any other
+/// time the key is a SIGINT, which lands here.
+struct Interrupts {
+    /// SIGINTs since the current turn began: one cancels it, two leave.
+    count: AtomicUsize,
+    /// Set while the chat reads a line right after a Ctrl-C: a SIGINT from the terminal then
+    /// came before the editor took it over, and it is the second Ctrl-C.
+    leave_on_signal: AtomicBool,
+    /// The terminal's settings before the line editor changed them, put back on leaving from
+    /// the handler (a `kill -INT` can come while the editor holds the terminal in raw mode).
+    terminal: std::sync::Mutex<Option<nix::sys::termios::Termios>>,
+}
+
+impl Interrupts {
+    fn new() -> Self {
+        let stdin = std::io::stdin();
+        let terminal = if stdin.is_terminal() { nix::sys::termios::tcgetattr(&stdin).ok() } else { None };
+        Self { count: AtomicUsize::new(0), leave_on_signal: AtomicBool::new(false), terminal: terminal.into() }
+    }
+
+    fn signalled(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        if self.leave_on_signal.load(Ordering::SeqCst) {
+            if let Some(settings) = self.terminal.lock().ok().as_deref().and_then(Option::as_ref) {
+                let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, settings);
+            }
+            // The history is saved after every line: nothing else is left to do.
+            println!();
+            std::process::exit(130);
+        }
+    }
+}
+
+/// Writes the line history; after every line, so no way of leaving loses it.
+fn save_history(editor: &mut DefaultEditor, history: &Path) {
     if let Some(parent) = history.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
-    let _ = editor.save_history(&history);
-    Ok(code)
+    let _ = editor.save_history(history);
 }
 
 /// The session `--resume` continues: the most recently active one, said in a line; a new
