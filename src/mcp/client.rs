@@ -18,8 +18,10 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rmcp::model::{
@@ -35,8 +37,8 @@ use rmcp::service::{
 use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::{ClientHandler, ServiceError};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Child;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
+use tokio::process::{Child, ChildStdout};
 use tokio::sync::{Notify, mpsc};
 
 use super::config::ServerConfig;
@@ -148,13 +150,14 @@ impl McpClient {
             return Err(McpError::Protocol("the server's pipes were not set up".to_owned()));
         };
         tokio::spawn(log_stderr(config.name.clone(), stderr));
-        let transport = AsyncRwTransport::new_client(stdout, stdin).with_max_line_length(MAX_LINE);
+        let transport = AsyncRwTransport::new_client(DrainedStdout(Some(stdout)), stdin).with_max_line_length(MAX_LINE);
         let handler = Handler { name: config.name.clone(), events: events.clone() };
         let lifecycle = ClientLifecycleMode::Auto {
             preferred_versions: PROTOCOL_VERSIONS.iter().rev().filter(|v| !v.has_initialize()).cloned().collect(),
             legacy_version: Some(ProtocolVersion::LATEST_WITH_INITIALIZE),
         };
-        let started = tokio::time::timeout(config.init_timeout, handler.serve_with_lifecycle(transport, lifecycle)).await;
+        let started =
+            tokio::time::timeout(config.init_timeout, handler.serve_with_lifecycle(transport, lifecycle)).await;
         let running = match started {
             Ok(Ok(running)) => running,
             failed => {
@@ -209,7 +212,8 @@ impl McpClient {
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let params = PaginatedRequestParams::default().with_cursor(cursor.take());
-            let page = self.request(ClientRequest::ListToolsRequest(ListToolsRequest::with_param(params)), timeout).await?;
+            let page =
+                self.request(ClientRequest::ListToolsRequest(ListToolsRequest::with_param(params)), timeout).await?;
             for tool in page["tools"].as_array().map(Vec::as_slice).unwrap_or_default() {
                 let Some(name) = tool["name"].as_str() else { continue };
                 tools.push(ToolInfo {
@@ -391,6 +395,30 @@ async fn follow_tool_changes(name: String, peer: Peer<RoleClient>, events: mpsc:
     }
 }
 
+/// The server's stdout as rmcp reads it. rmcp lets go of it when the session ends (the
+/// server closed it, or [`McpClient::stop`] closed stdin); from then on what the server still
+/// writes is read and dropped until it exits, so a server answering on its way out (a
+/// `subscriptions/listen` stream's final result) exits as it means to, not of a broken pipe.
+struct DrainedStdout(Option<ChildStdout>);
+
+impl AsyncRead for DrainedStdout {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut().0.as_mut() {
+            Some(stdout) => Pin::new(stdout).poll_read(cx, buf),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl Drop for DrainedStdout {
+    fn drop(&mut self) {
+        let (Some(mut stdout), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) else { return };
+        runtime.spawn(async move {
+            let _ = tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await;
+        });
+    }
+}
+
 /// Waits for a server whose stdin is closed (or is being closed) to leave; then SIGTERM, then
 /// SIGKILL to its process group, each after a grace period.
 async fn stop_child(name: &str, child: &mut Child, pid: Option<u32>) {
@@ -539,6 +567,23 @@ mod tests {
             }
         }
         assert_eq!(seen, ["short", "skipped 20", "after", "last"]);
+    }
+
+    #[tokio::test]
+    async fn a_server_writing_after_the_session_let_go_of_its_stdout_exits_cleanly() {
+        // Without the drain, `echo` writes to a closed pipe and the shell dies of SIGPIPE.
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", "read line; echo goodbye; exit 0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sh");
+        let stdout = DrainedStdout(child.stdout.take());
+        drop(stdout);
+        drop(child.stdin.take());
+        let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await.expect("exits").expect("status");
+        assert!(status.success(), "{status}");
     }
 
     #[test]
