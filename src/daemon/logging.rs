@@ -196,6 +196,11 @@ pub fn init(log_dir: &Path, verbose: bool) -> io::Result<()> {
     let level = if verbose { log::LevelFilter::Debug } else { log::LevelFilter::Info };
     env_logger::Builder::new()
         .filter_level(level)
+        // rmcp (the MCP SDK) logs every message it handles at info and their bodies at debug:
+        // only its warnings and errors by default, even when verbose (`ASTRID_LOG=rmcp=debug`
+        // shows the rest). `tracing` is the target of its span records.
+        .filter_module("rmcp", log::LevelFilter::Warn)
+        .filter_module("tracing", log::LevelFilter::Warn)
         .parse_env(env_logger::Env::new().filter("ASTRID_LOG"))
         .format_timestamp_micros()
         .write_style(env_logger::WriteStyle::Never)

@@ -1,37 +1,56 @@
-//! One MCP server over stdio: JSON-RPC 2.0, one message per line.
+//! One MCP server over stdio, spoken to through the official SDK (rmcp).
 //!
 //! The server runs as a child in a process group of its own, started through the
 //! `astrid-mcp-exec` role (see [`super::exec`]) so that it dies with the daemon even when
 //! the daemon is SIGKILLed; its stdin closing is the ordinary way to stop it. Its stderr goes
-//! to the daemon log, line by line. Its stdout is read by one task: responses complete the
-//! request waiting for them, `notifications/tools/list_changed` becomes an [`Event`], a
-//! request from the server is answered (`ping`) or refused (method not found), and anything
-//! that is not JSON-RPC is logged and skipped: a server that prints garbage does not take the
-//! daemon with it. Lines are capped at [`MAX_LINE`].
+//! to the daemon log, line by line. This module spawns and owns that child (rmcp's own
+//! `TokioChildProcess` would own it instead: no exit status, and signals to the process
+//! rather than its group) and hands rmcp the two pipes: rmcp's line transport reads stdout
+//! (lines capped at [`MAX_LINE`]; anything that is not JSON-RPC is skipped, so a server
+//! that prints garbage does not take the daemon with it), and rmcp's client does the
+//! protocol: the lifecycle and version negotiation, request ids, responses, `ping`,
+//! notifications, cancellation.
 //!
-//! Every request has a timeout; a tool call that times out or is cancelled is also cancelled
-//! at the server (`notifications/cancelled`).
+//! What stays here is policy: the environment a server gets, the init timeout, a timeout on
+//! every request and `notifications/cancelled` when a call times out or its caller gives up,
+//! a bound on `tools/list` pages, which server requests are refused, and the translation of
+//! rmcp's types to the few the host uses ([`ToolInfo`], [`CallOutcome`], [`Event`]).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CancelledNotificationParam, ClientCapabilities, ClientConfig,
+    ClientRequest, ElicitRequestParams, ElicitResult, ElicitationCreateRequestMethod, ErrorData, Implementation,
+    ListRootsRequestMethod, ListToolsRequest, PaginatedRequestParams, ProtocolVersion, ServerNotification,
+    SubscriptionFilter,
+};
+use rmcp::service::{
+    ClientInitializeError, ClientLifecycleMode, ClientServiceExt, NotificationContext, Peer, PeerRequestOptions,
+    QuitReason, RequestContext, RoleClient, RunningService,
+};
+use rmcp::transport::async_rw::AsyncRwTransport;
+use rmcp::{ClientHandler, ServiceError};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin};
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
+use tokio::process::{Child, ChildStdout};
+use tokio::sync::{Notify, mpsc};
 
 use super::config::ServerConfig;
 use super::exec;
 
-/// The protocol versions this client speaks, newest first.
-pub const PROTOCOL_VERSIONS: [&str; 3] = ["2025-06-18", "2025-03-26", "2024-11-05"];
+/// The protocol versions this client speaks, oldest first: every one rmcp knows. Those with
+/// an `initialize` handshake are reached through it; later ones (2026-07-28, stateless)
+/// through `server/discover`, which is tried first.
+pub const PROTOCOL_VERSIONS: &[ProtocolVersion] = ProtocolVersion::KNOWN_VERSIONS;
 /// The longest line a server may write (a tool result can be big; a runaway one cannot be
-/// bigger than this).
+/// bigger than this). A longer line is dropped by rmcp's transport as it arrives, never
+/// buffered whole.
 pub const MAX_LINE: usize = 16 * 1024 * 1024;
 /// Pages of `tools/list` read at most (a server whose cursor never ends is cut off).
 const MAX_PAGES: usize = 100;
@@ -40,6 +59,8 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// Variables of the daemon's environment a server inherits; nothing else (no API keys).
 const INHERITED_ENV: [&str; 10] =
     ["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "TERM"];
+/// The longest stderr line logged as it is (the rest of a longer one is skipped).
+const MAX_STDERR_LINE: usize = 64 * 1024;
 
 /// Why a request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,24 +119,14 @@ pub struct CallOutcome {
     pub is_error: bool,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, McpError>>>>>;
-
-/// What the stdin writer task is asked to do.
-#[derive(Debug)]
-enum Outgoing {
-    /// Write this line.
-    Line(String),
-    /// Close stdin (the ordinary way to stop a stdio server).
-    Close,
-}
-
 /// A running, initialized server.
 #[derive(Debug)]
 pub struct McpClient {
     name: String,
-    outgoing: mpsc::UnboundedSender<Outgoing>,
-    pending: Pending,
-    next_id: AtomicU64,
+    /// rmcp's handle for requests and notifications to the server.
+    peer: Peer<RoleClient>,
+    /// Tells the task that owns rmcp's session to end it (which closes the server's stdin).
+    close: Arc<Notify>,
     child: tokio::sync::Mutex<Child>,
     pid: Option<u32>,
     /// The version both sides speak.
@@ -138,49 +149,55 @@ impl McpClient {
         else {
             return Err(McpError::Protocol("the server's pipes were not set up".to_owned()));
         };
-        let pending: Pending = Arc::default();
-        let (outgoing, lines) = mpsc::unbounded_channel();
-        tokio::spawn(write_stdin(stdin, lines));
-        tokio::spawn(read_stdout(config.name.clone(), stdout, Arc::clone(&pending), events, outgoing.clone()));
         tokio::spawn(log_stderr(config.name.clone(), stderr));
-        let mut client = Self {
-            name: config.name.clone(),
-            outgoing,
-            pending,
-            next_id: AtomicU64::new(1),
-            child: tokio::sync::Mutex::new(child),
-            pid,
-            protocol_version: String::new(),
-            server_info: Value::Null,
+        let transport = AsyncRwTransport::new_client(DrainedStdout(Some(stdout)), stdin).with_max_line_length(MAX_LINE);
+        let handler = Handler { name: config.name.clone(), events: events.clone() };
+        let lifecycle = ClientLifecycleMode::Auto {
+            preferred_versions: PROTOCOL_VERSIONS.iter().rev().filter(|v| !v.has_initialize()).cloned().collect(),
+            legacy_version: Some(ProtocolVersion::LATEST_WITH_INITIALIZE),
         };
-        let params = json!({
-            "protocolVersion": PROTOCOL_VERSIONS[0],
-            "capabilities": {},
-            "clientInfo": {"name": "astrid", "version": crate::VERSION},
-        });
-        let reply = match client.request_raw("initialize", params, config.init_timeout).await {
-            Ok(reply) => reply,
-            Err(e) => {
-                client.stop().await;
-                return Err(match e {
-                    McpError::Timeout(after) => {
-                        McpError::Unusable(format!("did not answer initialize within {after:?}"))
-                    }
-                    other => other,
+        let started =
+            tokio::time::timeout(config.init_timeout, handler.serve_with_lifecycle(transport, lifecycle)).await;
+        let running = match started {
+            Ok(Ok(running)) => running,
+            failed => {
+                // rmcp dropped the pipes with the failed start: the server's stdin is closed.
+                stop_child(&config.name, &mut child, pid).await;
+                return Err(match failed {
+                    Ok(Err(e)) => initialize_error(e),
+                    _ => McpError::Unusable(format!("did not answer initialize within {:?}", config.init_timeout)),
                 });
             }
         };
-        let version = reply["protocolVersion"].as_str().unwrap_or_default().to_owned();
-        if !PROTOCOL_VERSIONS.contains(&version.as_str()) {
+        let peer = running.peer().clone();
+        let info = peer.peer_info();
+        let version = info.as_ref().map(|i| i.protocol_version.clone()).unwrap_or_default();
+        let client = Self {
+            name: config.name.clone(),
+            peer,
+            close: Arc::default(),
+            child: tokio::sync::Mutex::new(child),
+            pid,
+            protocol_version: version.to_string(),
+            server_info: info.as_ref().and_then(|i| serde_json::to_value(&i.server_info).ok()).unwrap_or_default(),
+        };
+        tokio::spawn(own_session(config.name.clone(), running, Arc::clone(&client.close), events.clone()));
+        if !PROTOCOL_VERSIONS.contains(&version) {
             client.stop().await;
+            let known: Vec<&str> = PROTOCOL_VERSIONS.iter().rev().map(ProtocolVersion::as_str).collect();
             return Err(McpError::Unusable(format!(
-                "the server speaks protocol {version:?}; this client speaks {}",
-                PROTOCOL_VERSIONS.join(", ")
+                "the server speaks protocol {:?}; this client speaks {}",
+                version.as_str(),
+                known.join(", ")
             )));
         }
-        client.protocol_version = version;
-        client.server_info = reply["serverInfo"].clone();
-        client.notify("notifications/initialized", None)?;
+        let announces_changes = info
+            .as_ref()
+            .and_then(|i| i.capabilities.tools.as_ref())
+            .is_some_and(|tools| tools.list_changed == Some(true));
+        if !version.has_initialize() && announces_changes {
+            tokio::spawn(follow_tool_changes(config.name.clone(), client.peer.clone(), events));
+        }
         Ok(client)
     }
 
@@ -194,8 +211,9 @@ impl McpClient {
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_PAGES {
-            let params = cursor.as_ref().map_or_else(|| json!({}), |c| json!({"cursor": c}));
-            let page = self.request_raw("tools/list", params, timeout).await?;
+            let params = PaginatedRequestParams::default().with_cursor(cursor.take());
+            let page =
+                self.request(ClientRequest::ListToolsRequest(ListToolsRequest::with_param(params)), timeout).await?;
             for tool in page["tools"].as_array().map(Vec::as_slice).unwrap_or_default() {
                 let Some(name) = tool["name"].as_str() else { continue };
                 tools.push(ToolInfo {
@@ -222,19 +240,28 @@ impl McpClient {
         timeout: Duration,
         cancel: impl Future<Output = ()>,
     ) -> Result<CallOutcome, McpError> {
-        let arguments = if arguments.is_object() { arguments } else { json!({}) };
-        let (id, reply) = self.send_request("tools/call", json!({"name": tool, "arguments": arguments})).await?;
-        let result = tokio::select! {
-            reply = reply => reply.unwrap_or_else(|_| Err(McpError::Exited("no answer".to_owned()))),
-            () = tokio::time::sleep(timeout) => Err(McpError::Timeout(timeout)),
-            () = cancel => Err(McpError::Cancelled),
+        let arguments = match arguments {
+            Value::Object(arguments) => arguments,
+            _ => serde_json::Map::new(),
         };
-        if matches!(result, Err(McpError::Timeout(_) | McpError::Cancelled)) {
-            self.forget(id);
-            let reason = if matches!(result, Err(McpError::Timeout(_))) { "timeout" } else { "cancelled" };
-            let _ = self.notify("notifications/cancelled", Some(json!({"requestId": id, "reason": reason})));
-        }
-        let result = result?;
+        let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        // rmcp sends `notifications/cancelled` itself when the timeout ends the request.
+        let handle = self
+            .peer
+            .send_request_with_option(request, PeerRequestOptions::with_timeout(timeout))
+            .await
+            .map_err(service_error)?;
+        let id = handle.id.clone();
+        let result = tokio::select! {
+            reply = handle.await_response() => reply.map_err(service_error),
+            () = cancel => {
+                let cancelled = CancelledNotificationParam::new(Some(id), Some("cancelled".to_owned()));
+                let _ = self.peer.notify_cancelled(cancelled).await;
+                Err(McpError::Cancelled)
+            }
+        };
+        let result = serde_json::to_value(result?).map_err(|e| McpError::Protocol(e.to_string()))?;
         Ok(CallOutcome { text: text_of(&result), is_error: result["isError"].as_bool().unwrap_or(false) })
     }
 
@@ -247,75 +274,194 @@ impl McpClient {
     /// Stops the server: stdin closed, then SIGTERM, then SIGKILL to its process group, each
     /// after a grace period. Waits for it.
     pub async fn stop(&self) {
-        let _ = self.outgoing.send(Outgoing::Close);
-        let mut child = self.child.lock().await;
-        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
-            return;
-        }
-        for signal in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGKILL] {
-            if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal);
-            }
-            if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
-                return;
-            }
-        }
-        log::error!("mcp {}: the server did not stop", self.name);
+        self.close.notify_one();
+        stop_child(&self.name, &mut *self.child.lock().await, self.pid).await;
     }
 
-    async fn request_raw(&self, method: &str, params: Value, timeout: Duration) -> Result<Value, McpError> {
-        let (id, reply) = self.send_request(method, params).await?;
-        match tokio::time::timeout(timeout, reply).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(McpError::Exited("no answer".to_owned())),
-            Err(_) => {
-                self.forget(id);
-                Err(McpError::Timeout(timeout))
-            }
-        }
-    }
-
-    async fn send_request(
-        &self,
-        method: &str,
-        params: Value,
-    ) -> Result<(u64, oneshot::Receiver<Result<Value, McpError>>), McpError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (sender, reply) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, sender);
-        if let Err(e) = self.write(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})) {
-            self.forget(id);
-            return Err(e);
-        }
-        Ok((id, reply))
-    }
-
-    fn notify(&self, method: &str, params: Option<Value>) -> Result<(), McpError> {
-        let mut message = json!({"jsonrpc": "2.0", "method": method});
-        if let Some(params) = params {
-            message["params"] = params;
-        }
-        self.write(&message)
-    }
-
-    fn write(&self, message: &Value) -> Result<(), McpError> {
-        let mut line = message.to_string();
-        line.push('\n');
-        self.outgoing.send(Outgoing::Line(line)).map_err(|_| McpError::Exited("stopped".to_owned()))
-    }
-
-    fn forget(&self, id: u64) {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    /// Sends `request` and waits up to `timeout` for its result (rmcp cancels it at the
+    /// server when the time is up), as JSON: the shape the server sent, whatever rmcp made of it.
+    async fn request(&self, request: ClientRequest, timeout: Duration) -> Result<Value, McpError> {
+        let result = self
+            .peer
+            .send_request_with_option(request, PeerRequestOptions::with_timeout(timeout))
+            .await
+            .map_err(service_error)?
+            .await_response()
+            .await
+            .map_err(service_error)?;
+        serde_json::to_value(result).map_err(|e| McpError::Protocol(e.to_string()))
     }
 }
 
-/// Owns the server's stdin: writes lines in order until asked to close it (or a write fails:
-/// the stdout task then sees the server go).
-async fn write_stdin(mut stdin: ChildStdin, mut lines: mpsc::UnboundedReceiver<Outgoing>) {
-    while let Some(Outgoing::Line(line)) = lines.recv().await {
-        if stdin.write_all(line.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
+/// What rmcp calls on the client's side: the tool-list notification becomes an [`Event`],
+/// a log message goes to the daemon log, `ping` is answered, and the requests this client
+/// does not declare (sampling, roots, elicitation) are refused (sampling by rmcp's default).
+#[derive(Debug)]
+struct Handler {
+    name: String,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl ClientHandler for Handler {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(ClientCapabilities::default(), Implementation::new("astrid", crate::VERSION))
+            .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.events.send(Event::ToolsChanged);
+    }
+
+    // Logging and roots are gone from the 2026-07-28 revision (rmcp marks them deprecated);
+    // servers on earlier ones still use them.
+    #[expect(deprecated, reason = "servers on earlier protocol versions still send log messages")]
+    async fn on_logging_message(
+        &self,
+        params: rmcp::model::LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        let text: String = params.data.to_string().chars().take(500).collect();
+        log::info!("mcp {}: {text}", self.name);
+    }
+
+    #[expect(deprecated, reason = "servers on earlier protocol versions may still ask for roots")]
+    async fn list_roots(
+        &self,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<rmcp::model::ListRootsResult, ErrorData> {
+        Err(ErrorData::method_not_found::<ListRootsRequestMethod>())
+    }
+
+    async fn create_elicitation(
+        &self,
+        _request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        Err(ErrorData::method_not_found::<ElicitationCreateRequestMethod>())
+    }
+}
+
+/// Owns rmcp's session until the server's stdout ends or [`McpClient::stop`] asks for it to
+/// end (rmcp then closes the server's stdin); tells the host the server is gone.
+async fn own_session(
+    name: String,
+    running: RunningService<RoleClient, Handler>,
+    close: Arc<Notify>,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let token = running.cancellation_token();
+    let waiting = running.waiting();
+    tokio::pin!(waiting);
+    let ended = tokio::select! {
+        ended = &mut waiting => ended,
+        () = close.notified() => {
+            token.cancel();
+            waiting.await
+        }
+    };
+    let end = match ended {
+        Ok(QuitReason::Closed) => "stdout closed".to_owned(),
+        Ok(QuitReason::Cancelled) => "stopped".to_owned(),
+        Ok(other) => format!("the session failed: {other:?}"),
+        Err(e) => format!("the session failed: {e}"),
+    };
+    log::info!("mcp {name}: {end}");
+    let _ = events.send(Event::Exited(end));
+}
+
+/// On a 2026-07-28 (stateless) connection a server announces tool-list changes only on a
+/// `subscriptions/listen` stream that asked for them: this opens one and turns what it
+/// carries into [`Event::ToolsChanged`], until the connection ends.
+async fn follow_tool_changes(name: String, peer: Peer<RoleClient>, events: mpsc::UnboundedSender<Event>) {
+    let mut subscription = match peer.listen(SubscriptionFilter::builder().tools_list_changed().build()).await {
+        Ok(subscription) => subscription,
+        Err(e) => {
+            log::warn!("mcp {name}: cannot subscribe to tool-list changes: {e}");
             return;
         }
+    };
+    loop {
+        match subscription.next().await {
+            Ok(Some(ServerNotification::ToolListChangedNotification(_))) => {
+                let _ = events.send(Event::ToolsChanged);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(e) => {
+                log::warn!("mcp {name}: the tool-list subscription ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// The server's stdout as rmcp reads it. rmcp lets go of it when the session ends (the
+/// server closed it, or [`McpClient::stop`] closed stdin); from then on what the server still
+/// writes is read and dropped until it exits, so a server answering on its way out (a
+/// `subscriptions/listen` stream's final result) exits as it means to, not of a broken pipe.
+struct DrainedStdout(Option<ChildStdout>);
+
+impl AsyncRead for DrainedStdout {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut().0.as_mut() {
+            Some(stdout) => Pin::new(stdout).poll_read(cx, buf),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl Drop for DrainedStdout {
+    fn drop(&mut self) {
+        let (Some(mut stdout), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) else { return };
+        runtime.spawn(async move {
+            let _ = tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await;
+        });
+    }
+}
+
+/// Waits for a server whose stdin is closed (or is being closed) to leave; then SIGTERM, then
+/// SIGKILL to its process group, each after a grace period.
+async fn stop_child(name: &str, child: &mut Child, pid: Option<u32>) {
+    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
+        return;
+    }
+    for signal in [nix::sys::signal::Signal::SIGTERM, nix::sys::signal::Signal::SIGKILL] {
+        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal);
+        }
+        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    log::error!("mcp {name}: the server did not stop");
+}
+
+/// What a failed request means to the host.
+fn service_error(error: ServiceError) -> McpError {
+    match error {
+        ServiceError::McpError(error) => McpError::Rpc { code: i64::from(error.code.0), message: error.message.into() },
+        ServiceError::Timeout { timeout } => McpError::Timeout(timeout),
+        ServiceError::Cancelled { .. } => McpError::Cancelled,
+        ServiceError::TransportClosed => McpError::Exited("no answer".to_owned()),
+        ServiceError::TransportSend(e) => McpError::Exited(format!("cannot write to it: {e}")),
+        other => McpError::Protocol(other.to_string()),
+    }
+}
+
+/// What a failed start means to the host: a server that cannot agree on a version is
+/// unusable; one that exited or spoke nonsense may do better when started again.
+fn initialize_error(error: ClientInitializeError) -> McpError {
+    match error {
+        ClientInitializeError::LegacyFallbackFailed { fallback, .. } => initialize_error(*fallback),
+        ClientInitializeError::NoCompatibleProtocolVersion { server_supported, .. } => {
+            let theirs: Vec<&str> = server_supported.iter().map(ProtocolVersion::as_str).collect();
+            McpError::Unusable(format!("the server speaks protocol {theirs:?}; this client speaks none of them"))
+        }
+        ClientInitializeError::ConnectionClosed(why) => McpError::Exited(why),
+        ClientInitializeError::JsonRpcError(error) => {
+            McpError::Rpc { code: i64::from(error.code.0), message: error.message.into() }
+        }
+        other => McpError::Protocol(other.to_string()),
     }
 }
 
@@ -359,7 +505,7 @@ fn spawn(config: &ServerConfig, workspace: &Path) -> Result<Child, McpError> {
     command.spawn().map_err(|e| McpError::Protocol(format!("cannot start {}: {e}", config.command)))
 }
 
-/// Reads one line of at most `max` bytes into `line` (without the newline). `Ok(false)` at
+/// Reads one line of at most `max` bytes into `line` (without the newline), for stderr. `Ok(false)` at
 /// the end; a longer line is skipped to its end and reported as `Err(len)`.
 async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     reader: &mut R,
@@ -391,89 +537,10 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     }
 }
 
-async fn read_stdout(
-    name: String,
-    stdout: tokio::process::ChildStdout,
-    pending: Pending,
-    events: mpsc::UnboundedSender<Event>,
-    replies: mpsc::UnboundedSender<Outgoing>,
-) {
-    let mut reader = BufReader::new(stdout);
-    let mut line = Vec::new();
-    let mut garbage = 0u64;
-    let end = loop {
-        match read_line(&mut reader, &mut line, MAX_LINE).await {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => break "stdout closed".to_owned(),
-            Ok(Err(len)) => {
-                log::warn!("mcp {name}: skipped a line of {len} bytes (the limit is {MAX_LINE})");
-                continue;
-            }
-            Err(e) => break format!("stdout failed: {e}"),
-        }
-        let Ok(message) = serde_json::from_slice::<Value>(&line) else {
-            garbage += 1;
-            if garbage.is_power_of_two() {
-                let shown: String = String::from_utf8_lossy(&line).chars().take(120).collect();
-                log::warn!("mcp {name}: {garbage} line(s) on stdout that are not JSON-RPC so far, e.g. {shown:?}");
-            }
-            continue;
-        };
-        handle(&name, message, &pending, &events, &replies);
-    };
-    log::info!("mcp {name}: {end}");
-    for (_, waiting) in pending.lock().unwrap_or_else(|e| e.into_inner()).drain() {
-        let _ = waiting.send(Err(McpError::Exited(end.clone())));
-    }
-    let _ = events.send(Event::Exited(end));
-}
-
-fn handle(
-    name: &str,
-    message: Value,
-    pending: &Pending,
-    events: &mpsc::UnboundedSender<Event>,
-    replies: &mpsc::UnboundedSender<Outgoing>,
-) {
-    let method = message["method"].as_str();
-    match (method, message.get("id")) {
-        // A response to one of ours.
-        (None, Some(id)) => {
-            let Some(id) = id.as_u64() else { return };
-            let Some(waiting) = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) else { return };
-            let outcome = match message.get("error") {
-                Some(error) => Err(McpError::Rpc {
-                    code: error["code"].as_i64().unwrap_or(0),
-                    message: error["message"].as_str().unwrap_or("unknown error").to_owned(),
-                }),
-                None => Ok(message.get("result").cloned().unwrap_or(Value::Null)),
-            };
-            let _ = waiting.send(outcome);
-        }
-        // A request from the server: only ping is served (no roots, sampling or elicitation).
-        (Some(method), Some(id)) => {
-            let reply = if method == "ping" {
-                json!({"jsonrpc": "2.0", "id": id, "result": {}})
-            } else {
-                json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("{method} is not supported by this client")}})
-            };
-            let _ = replies.send(Outgoing::Line(format!("{reply}\n")));
-        }
-        (Some("notifications/tools/list_changed"), None) => {
-            let _ = events.send(Event::ToolsChanged);
-        }
-        (Some("notifications/message"), None) => {
-            let text: String = message["params"]["data"].to_string().chars().take(500).collect();
-            log::info!("mcp {name}: {text}");
-        }
-        _ => {}
-    }
-}
-
 async fn log_stderr(name: String, stderr: tokio::process::ChildStderr) {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
-    while let Ok(read) = read_line(&mut reader, &mut line, 64 * 1024).await {
+    while let Ok(read) = read_line(&mut reader, &mut line, MAX_STDERR_LINE).await {
         match read {
             Ok(true) => log::info!("mcp {name}: {}", String::from_utf8_lossy(&line).trim_end()),
             Ok(false) => return,
@@ -500,6 +567,23 @@ mod tests {
             }
         }
         assert_eq!(seen, ["short", "skipped 20", "after", "last"]);
+    }
+
+    #[tokio::test]
+    async fn a_server_writing_after_the_session_let_go_of_its_stdout_exits_cleanly() {
+        // Without the drain, `echo` writes to a closed pipe and the shell dies of SIGPIPE.
+        let mut child = tokio::process::Command::new("sh")
+            .args(["-c", "read line; echo goodbye; exit 0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sh");
+        let stdout = DrainedStdout(child.stdout.take());
+        drop(stdout);
+        drop(child.stdin.take());
+        let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await.expect("exits").expect("status");
+        assert!(status.success(), "{status}");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! cwd = "/srv"                 # default: the workspace
 //! description = "clock"
 //! auto_start = true            # default
-//! init_timeout_secs = 30       # initialize must answer within this (default 30)
+//! init_timeout_secs = 30       # discovery or initialize must answer within this (default 30)
 //! call_timeout_secs = 60       # each tool call (default 60)
 //! restart_policy = "on_failure" # "never" | "always" | "on_failure" (default)
 //! ```

@@ -3,17 +3,20 @@
 //!
 //! - [`config`]: `etc/servers.toml`, parsed strictly;
 //! - [`capsule_servers`]: servers approved capsules declare (`[[mcp_server]]`);
-//! - [`client`]: one server over stdio (JSON-RPC 2.0 lines), with timeouts and cancellation;
+//! - [`client`]: one server over stdio through the official SDK (rmcp), with our process
+//!   handling, timeouts and cancellation;
 //! - [`host`]: every server supervised (restarts with backoff, failed servers never block);
 //! - [`tools`]: their tools on the bus as `server:tool`, each call approved and audited;
 //! - [`exec`]: the `astrid-mcp-exec` role that ties a server's life to the daemon's.
 //!
-//! The client is written against the protocol, not the official SDK (rmcp): the part needed
-//! (initialize with version negotiation, paginated `tools/list`, `tools/call`, the tool-list
-//! notification, cancellation, ping) is small, rmcp's API has broken in nearly every release
-//! (0.3 to 3.11 in a year), it logs through `tracing` rather than `log`, and it would bring
-//! its own process handling where ours must guarantee no orphans. JSON is parsed by
-//! serde_json; nothing here parses a format by hand.
+//! The protocol is rmcp's, the same implementation `astrid mcp serve` uses for the other
+//! side: the protocol moved from one lifecycle to two (the `initialize` handshake through
+//! 2025-11-25, stateless `server/discover` from 2026-07-28) and five versions within two
+//! years, and the SDK's authors follow it so that we do not. Its API churns (0.3 to 3.11 in
+//! a year), so it is pinned exactly and its types stay inside `client.rs` (and the server's
+//! own module).
+//! What stays ours is what Astrid guarantees: how a server's process is started, confined
+//! and stopped (no orphans), and every timeout.
 
 pub mod capsule_servers;
 pub mod client;

@@ -443,3 +443,82 @@ fn a_server_that_crashes_is_restarted_and_its_tools_come_back() {
         "the crash is on the record"
     );
 }
+
+/// tests/fixtures/mcp_modern.py, run by the python of the venv scripts/test-deps.sh made
+/// (it holds the official Python SDK, which mcp-server-time depends on).
+fn modern_server() -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_modern.py");
+    format!(
+        "[servers.modern]\ncommand = {:?}\nargs = [{:?}]\n",
+        installed("venv/bin/python").display().to_string(),
+        script.display().to_string()
+    )
+}
+
+#[test]
+fn a_2026_07_28_server_is_spoken_to_without_a_handshake_and_its_tool_changes_followed() {
+    let t = TestHome::new();
+    write_servers(&t, &modern_server());
+    // rmcp logs through `tracing`; its records must reach the daemon log when asked for.
+    let _daemon = t.daemon_with(&[], &[("ASTRID_LOG", "info,rmcp=info")]);
+    let listed = settled(&t, &["modern"]);
+    let modern = server(&listed, "modern");
+    assert_eq!(
+        (modern.state, modern.protocol_version.as_deref()),
+        (McpServerState::Ready, Some("2026-07-28")),
+        "{listed:#?}\n{}",
+        t.log()
+    );
+    assert_eq!(tool_names(&listed, "modern"), ["grow"]);
+    let grow = call(&t, "modern", "grow", "{}");
+    assert_eq!(
+        (grow.status.code(), stdout(&grow).trim()),
+        (Some(0), "grown"),
+        "{}",
+        String::from_utf8_lossy(&grow.stderr)
+    );
+    // The change comes only on the subscriptions/listen stream the client opened.
+    assert!(
+        wait_for(&mut || tool_names(&listing(&t), "modern").contains(&"grown".to_owned()), HANG),
+        "the tool-list change was followed: {:#?}\n{}",
+        listing(&t),
+        t.log()
+    );
+    let grown = call(&t, "modern", "grown", "{}");
+    assert_eq!(stdout(&grown).trim(), "new");
+    assert!(t.logged("rmcp::service] Service initialized as client"), "rmcp's records reach the log\n{}", t.log());
+}
+
+#[test]
+fn a_server_silent_on_the_discovery_probe_starts_after_it_times_out() {
+    let t = TestHome::new();
+    let received = t.home.with_extension("mcp-received");
+    let script = scripted().display().to_string();
+    write_servers(
+        &t,
+        &format!(
+            "[servers.silent]\ncommand = \"python3\"\nargs = [{script:?}]\nenv = {{ MCP_FIXTURE_SILENT = \"1\", MCP_FIXTURE_LOG = {:?} }}\n",
+            received.display().to_string()
+        ),
+    );
+    let _daemon = t.daemon(&[]);
+    let listed = settled(&t, &["silent"]);
+    let silent = server(&listed, "silent");
+    assert_eq!(
+        (silent.state, silent.protocol_version.as_deref()),
+        (McpServerState::Ready, Some("2025-11-25")),
+        "{listed:#?}\n{}",
+        t.log()
+    );
+    let methods: Vec<String> = std::fs::read_to_string(&received)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|m| m["method"].as_str().map(str::to_owned))
+        .collect();
+    let first = ["server/discover", "initialize", "notifications/initialized"].map(str::to_owned);
+    assert_eq!(methods.get(..3), Some(&first[..]), "the probe went unanswered, then the handshake: {methods:?}");
+    assert_eq!(stdout(&call(&t, "silent", "echo", r#"{"text": "late but here"}"#)).trim(), "late but here");
+    // By default rmcp's per-message records stay out of the daemon log.
+    assert!(!t.log().contains("rmcp::service] Service initialized"), "{}", t.log());
+}
