@@ -5,6 +5,7 @@ mod agent;
 mod audit;
 mod availability;
 mod bounds;
+mod call_tool;
 mod capsule_host;
 mod capsules;
 mod cli;
