@@ -18,6 +18,7 @@ mod home;
 mod instructions;
 mod management;
 mod mcp;
+mod mcp_serve;
 mod openai_server;
 mod origin;
 mod pid1;
