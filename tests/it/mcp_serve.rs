@@ -239,6 +239,36 @@ fn the_client_hears_when_the_tools_change_and_read_only_offers_only_reading() {
     assert_eq!(client.finish(), Some(0));
 }
 
+#[test]
+fn the_server_reconnects_when_the_daemon_goes_away_under_it() {
+    let t = TestHome::new();
+    std::fs::write(t.workspace.join("notes.txt"), "still here\n").expect("write");
+    let mut daemon = t.daemon(&[]);
+    install(&t, "tools-fs");
+    let go_on = t.home.with_extension("go-on");
+    let steps = json!([
+        {"call": "read_file", "arguments": {"path": "notes.txt"}},
+        {"wait_for_file": go_on},
+        {"call": "read_file", "arguments": {"path": "notes.txt"}},
+    ]);
+    // The daemon it starts itself idles out soon after the test.
+    let client = PythonClient::start(&t, &[], &[("ASTRID_IDLE_TIMEOUT_SECS", "2")], None, steps);
+    client.next(&t);
+    assert_eq!(client.next(&t)["content"], "still here\n");
+    assert_eq!(client.next(&t)["waiting"], true);
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait_exit(HANG).is_some(), "the daemon did not stop");
+    std::fs::write(&go_on, "").expect("go on");
+    // No daemon came back: the server starts one and the session goes on.
+    let again = client.next(&t);
+    assert_eq!(
+        (again["content"].as_str(), again["is_error"].as_bool()),
+        (Some("still here\n"), Some(false)),
+        "{again}"
+    );
+    assert_eq!(client.finish(), Some(0));
+}
+
 /// The pids whose parent is `parent`.
 fn children(parent: u32) -> Vec<i32> {
     let mut found = Vec::new();
