@@ -3,7 +3,10 @@
 # everything is there):
 #   tmux (Debian): the chat's Ctrl-C test runs `astrid chat` on a real terminal;
 #   two real MCP servers, pinned, into .test-deps/ of this checkout (not committed):
-#     @modelcontextprotocol/server-everything (npm) and mcp-server-time (PyPI, in a venv).
+#     @modelcontextprotocol/server-everything (npm) and mcp-server-time (PyPI, in a venv);
+#   two real MCP clients that drive `astrid mcp serve`, pinned, beside them: the official
+#     Python SDK (`mcp` on PyPI, in the same venv) and the MCP Inspector's CLI
+#     (@modelcontextprotocol/inspector, npm).
 # The command sandbox needs nothing installed: its namespaces, overlayfs and seccomp are in the
 # kernel and in the astrid binary (its tests use python3, setsid and unshare, which a Debian
 # system has). It needs user namespaces enabled and, for a daemon running as root, Linux 6.14+.
@@ -13,6 +16,8 @@ cd "$(dirname "$0")/.."
 
 EVERYTHING_VERSION=2026.8.31
 TIME_VERSION=2026.10.19
+PYTHON_SDK_VERSION=2.3.0
+INSPECTOR_VERSION=2.12.0
 deps=.test-deps
 
 if ! command -v tmux >/dev/null; then
@@ -36,4 +41,17 @@ if [ ! -x "$time_server" ] || ! "$deps/venv/bin/pip" show mcp-server-time 2>/dev
     echo "installing mcp-server-time==$TIME_VERSION" >&2
     python3 -m venv "$deps/venv"
     "$deps/venv/bin/pip" install --quiet --disable-pip-version-check "mcp-server-time==$TIME_VERSION"
+fi
+
+if ! "$deps/venv/bin/pip" show mcp 2>/dev/null | grep -qx "Version: $PYTHON_SDK_VERSION"; then
+    echo "installing mcp==$PYTHON_SDK_VERSION (the official Python SDK)" >&2
+    "$deps/venv/bin/pip" install --quiet --disable-pip-version-check "mcp==$PYTHON_SDK_VERSION"
+fi
+
+inspector="$deps/inspector/node_modules/.bin/mcp-inspector"
+if [ ! -x "$inspector" ] || ! grep -q "\"version\": \"$INSPECTOR_VERSION\"" \
+        "$deps/inspector/node_modules/@modelcontextprotocol/inspector/package.json" 2>/dev/null; then
+    echo "installing @modelcontextprotocol/inspector@$INSPECTOR_VERSION" >&2
+    npm install --silent --no-audit --no-fund --prefix "$deps/inspector" \
+        "@modelcontextprotocol/inspector@$INSPECTOR_VERSION" >/dev/null
 fi

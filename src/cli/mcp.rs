@@ -1,4 +1,5 @@
-//! `astrid mcp …`: the MCP servers the daemon runs (`etc/servers.toml`), for operators.
+//! `astrid mcp …`: the MCP servers the daemon runs (`etc/servers.toml`), for operators, and
+//! `astrid mcp serve`, Astrid's tools for MCP clients (`mcp_serve`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use crate::types::management::{McpCallResult, McpListing};
 /// The longest an operator's call may take (a server's own call timeout is usually shorter).
 const CALL_WAIT: Duration = Duration::from_secs(130);
 
-/// MCP servers: their state and tools, and calling a tool by hand
+/// MCP servers: their state and tools, calling a tool by hand, and serving Astrid's tools to MCP clients
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "mcp")]
 pub struct McpArgs {
@@ -29,6 +30,7 @@ pub struct McpArgs {
 enum McpCommand {
     List(ListArgs),
     Call(CallArgs),
+    Serve(super::mcp_serve::ServeArgs),
 }
 
 /// list the servers, their state and their tools
@@ -58,6 +60,7 @@ struct CallArgs {
 /// Runs an `mcp` subcommand against the daemon (starting one if needed).
 pub fn run(home: &AstridHome, args: &McpArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
+        McpCommand::Serve(serve) => super::mcp_serve::run(home, serve),
         McpCommand::List(list) => {
             let listing: McpListing = request::call(home, "mcp_list", &KernelRequest::McpList)?;
             if list.json {

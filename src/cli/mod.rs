@@ -17,6 +17,7 @@ pub mod headless;
 pub mod kv;
 pub mod links;
 pub mod mcp;
+pub mod mcp_serve;
 pub mod model;
 pub mod request;
 pub mod sessions;

@@ -189,37 +189,40 @@ async fn connection(
             let _ = send_handshake(&mut write_half, HandshakeResponse::error(crate::VERSION, reason)).await;
             return;
         }
-        Verdict::Accept { client_version, attach, workspace } => match Arc::clone(&context.client_slots)
-            .try_acquire_owned()
-        {
-            Ok(slot) => {
-                let workspace = match workspace.as_deref().map(workspace_dir).transpose() {
-                    Ok(workspace) => workspace,
-                    Err(reason) => {
-                        log::warn!("client#{id}: handshake refused: {reason}");
-                        let _ = send_handshake(&mut write_half, HandshakeResponse::error(crate::VERSION, reason)).await;
-                        return;
-                    }
-                };
-                log::debug!("client#{id}: authenticated (client version {client_version})");
-                (slot, attach, workspace)
+        Verdict::Accept { client_version, attach, workspace, label, answers_questions } => {
+            match Arc::clone(&context.client_slots).try_acquire_owned() {
+                Ok(slot) => {
+                    let workspace = match workspace.as_deref().map(workspace_dir).transpose() {
+                        Ok(workspace) => workspace,
+                        Err(reason) => {
+                            log::warn!("client#{id}: handshake refused: {reason}");
+                            let _ =
+                                send_handshake(&mut write_half, HandshakeResponse::error(crate::VERSION, reason)).await;
+                            return;
+                        }
+                    };
+                    log::debug!("client#{id}: authenticated (client version {client_version})");
+                    (slot, attach, workspace, Hello { label, answers_questions })
+                }
+                Err(_) => {
+                    let reason = format!(
+                        "too many clients: this daemon serves at most {} connections",
+                        context.config.max_clients
+                    );
+                    log::warn!("client#{id}: refused: {reason}");
+                    let _ = send_handshake(&mut write_half, HandshakeResponse::error(crate::VERSION, reason)).await;
+                    return;
+                }
             }
-            Err(_) => {
-                let reason =
-                    format!("too many clients: this daemon serves at most {} connections", context.config.max_clients);
-                log::warn!("client#{id}: refused: {reason}");
-                let _ = send_handshake(&mut write_half, HandshakeResponse::error(crate::VERSION, reason)).await;
-                return;
-            }
-        },
+        }
     };
-    let (slot, attach, workspace) = slot;
+    let (slot, attach, workspace, hello) = slot;
     if let Err(e) = send_handshake(&mut write_half, HandshakeResponse::ok(crate::VERSION)).await {
         return log::warn!("client#{id}: cannot send the handshake reply: {e}");
     }
     drop(pending);
     match (attach, &context.capsules) {
-        (None, _) => serve_client(&context, id, reader, write_half, stop, workspace).await,
+        (None, _) => serve_client(&context, id, reader, write_half, stop, workspace, hello).await,
         (Some(attach), Some(capsules)) => {
             capsule_session::serve(Arc::clone(capsules), id, attach, reader, write_half, stop).await;
         }
@@ -328,6 +331,14 @@ impl Drop for PendingSlot {
     }
 }
 
+/// What a client said of itself in its handshake, besides its version and workspace.
+struct Hello {
+    /// Who it acts for (the audit trail names it).
+    label: Option<String>,
+    /// Whether anyone there answers questions.
+    answers_questions: bool,
+}
+
 /// The authenticated part of a connection: reader here, writer in its own task.
 async fn serve_client(
     context: &Context,
@@ -336,12 +347,21 @@ async fn serve_client(
     write_half: OwnedWriteHalf,
     mut stop: watch::Receiver<bool>,
     workspace: Option<Arc<PathBuf>>,
+    hello: Hello,
 ) {
     let kernel = &context.kernel;
     let _lease = kernel.clients().open(DEFAULT_PRINCIPAL);
     let subscription = kernel.bus().subscribe_as(format!("client#{id}"), SubscriberKind::Client, EGRESS_PATTERNS);
     let subscriber = subscription.id();
     kernel.set_client_workspace(subscriber, workspace.clone());
+    kernel.set_client_label(subscriber, hello.label.as_deref());
+    kernel.questions().set_answers(subscriber, hello.answers_questions, hello.label.as_deref());
+    if let Some(label) = &hello.label {
+        log::info!(
+            "client#{id}: acts for {label}{}",
+            if hello.answers_questions { "" } else { "; answers no questions" }
+        );
+    }
     let source_id = Uuid::new_v4();
     reader.set_max(MAX_CLIENT_FRAME);
     let (closing, closing_rx) = watch::channel(false);
@@ -374,6 +394,11 @@ async fn serve_client(
         let _ = writer.await;
     }
     kernel.set_client_workspace(subscriber, None);
+    kernel.set_client_label(subscriber, None);
+    let cancelled_calls = kernel.tool_calls().connection_closed(subscriber);
+    if cancelled_calls > 0 {
+        log::info!("client#{id}: {cancelled_calls} tool call(s) it made were cancelled with the connection");
+    }
     let ended_questions = kernel.questions().connection_closed(subscriber);
     if ended_questions > 0 {
         log::info!("client#{id}: {ended_questions} question(s) it was asked ended with the connection");

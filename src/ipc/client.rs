@@ -79,7 +79,7 @@ pub struct Client {
 }
 
 /// The socket must be a socket (not a link to one elsewhere) bound by this user.
-fn check_socket(path: &Path) -> Result<(), ClientError> {
+pub(super) fn check_socket(path: &Path) -> Result<(), ClientError> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
@@ -140,6 +140,8 @@ impl Client {
             client_version: crate::VERSION.to_owned(),
             capsule_host: attach,
             workspace: workspace.and_then(|w| w.canonicalize().ok()).map(|w| w.display().to_string()),
+            label: None,
+            answers_questions: None,
         };
         write_frame_blocking(&mut stream, &to_json(&request)?)?;
         let mut frames = BlockingFrames::default();

@@ -11,6 +11,9 @@ use serde_json::Value;
 use super::token::SessionToken;
 use crate::types::handshake::{CapsuleAttach, PROTOCOL_VERSION};
 
+/// The longest label a connection is known by (characters; a longer one is cut).
+pub const MAX_LABEL: usize = 128;
+
 /// The reason given for any token problem.
 pub const AUTH_FAILED: &str = "authentication failed";
 
@@ -26,6 +29,11 @@ pub enum Verdict {
         /// The workspace it asks to work in, as it sent it (checked by the caller, which
         /// may touch the file system).
         workspace: Option<String>,
+        /// Who the connection acts for (the audit trail names it beside the connection),
+        /// one line of at most [`MAX_LABEL`] characters.
+        label: Option<String>,
+        /// Whether someone at this connection answers questions (approvals, values).
+        answers_questions: bool,
     },
     /// Reply with an error carrying this reason, then close.
     Reject(String),
@@ -62,7 +70,26 @@ pub fn evaluate(frame: &[u8], token: &SessionToken) -> Verdict {
         Some(Value::String(path)) => Some(path.clone()),
         Some(other) => return Verdict::Reject(format!("malformed workspace: {other} is not a path")),
     };
-    Verdict::Accept { client_version: client_version.chars().take(64).collect(), attach, workspace }
+    let label = match request.get("label") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(label)) => {
+            Some(label.trim().chars().filter(|c| !c.is_control()).take(MAX_LABEL).collect::<String>())
+                .filter(|label| !label.is_empty())
+        }
+        Some(other) => return Verdict::Reject(format!("malformed label: {other} is not a string")),
+    };
+    let answers_questions = match request.get("answers_questions") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(answers)) => *answers,
+        Some(other) => return Verdict::Reject(format!("malformed answers_questions: {other} is not a boolean")),
+    };
+    Verdict::Accept {
+        client_version: client_version.chars().take(64).collect(),
+        attach,
+        workspace,
+        label,
+        answers_questions,
+    }
 }
 
 fn version_mismatch(client: &Value) -> String {
@@ -87,17 +114,46 @@ mod tests {
             &frame(json!({"token": token.to_hex(), "protocol_version": 1, "client_version": "0.7.0"})),
             &token,
         );
-        assert_eq!(verdict, Verdict::Accept { client_version: "0.7.0".into(), attach: None, workspace: None });
+        assert_eq!(
+            verdict,
+            Verdict::Accept {
+                client_version: "0.7.0".into(),
+                attach: None,
+                workspace: None,
+                label: None,
+                answers_questions: true
+            }
+        );
         let attach = json!({"token": token.to_hex(), "protocol_version": 1, "client_version": "x",
             "capsule_host": {"ticket": "t1"}});
         let expected = CapsuleAttach { ticket: Some("t1".into()), ..CapsuleAttach::default() };
         assert_eq!(
             evaluate(&frame(attach), &token),
-            Verdict::Accept { client_version: "x".into(), attach: Some(expected), workspace: None }
+            Verdict::Accept {
+                client_version: "x".into(),
+                attach: Some(expected),
+                workspace: None,
+                label: None,
+                answers_questions: true
+            }
         );
         let bad = json!({"token": token.to_hex(), "protocol_version": 1, "client_version": "x",
             "capsule_host": {"ticket": 7}});
         assert!(matches!(evaluate(&frame(bad), &token), Verdict::Reject(reason) if reason.contains("capsule_host")));
+    }
+
+    #[test]
+    fn a_label_is_one_clean_line_and_a_connection_may_say_it_answers_no_questions() {
+        let token = SessionToken::generate().expect("token");
+        let hello = json!({"token": token.to_hex(), "protocol_version": 1, "client_version": "x",
+            "label": format!(" claude-code 1.0\u{1b}[2K\n{} ", "x".repeat(200)), "answers_questions": false});
+        let Verdict::Accept { label: Some(label), answers_questions, .. } = evaluate(&frame(hello), &token) else {
+            panic!("accepted with a label")
+        };
+        assert!(label.starts_with("claude-code 1.0[2K") && label.chars().count() == MAX_LABEL, "{label}");
+        assert!(!answers_questions);
+        let bad = json!({"token": token.to_hex(), "protocol_version": 1, "client_version": "x", "label": 7});
+        assert!(matches!(evaluate(&frame(bad), &token), Verdict::Reject(reason) if reason.contains("label")));
     }
 
     #[test]

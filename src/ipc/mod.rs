@@ -7,8 +7,10 @@
 //! - [`bridge`]: the daemon's accept loop and per-connection tasks;
 //! - [`capsule_session`]: capsule-host connections, daemon side (host calls over the socket);
 //! - [`capsule_link`]: the capsule host's end of such a connection;
-//! - [`client`]: the CLI's blocking client.
+//! - [`client`]: the CLI's blocking client;
+//! - [`async_client`]: a client for a frontend serving another program (`astrid mcp serve`).
 
+pub mod async_client;
 pub mod bridge;
 pub mod capsule_link;
 pub mod capsule_session;

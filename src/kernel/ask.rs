@@ -10,6 +10,13 @@
 //! client. When there is nobody to ask (the turn's connection is gone, no client is
 //! connected) the answer is no, at once.
 //!
+//! **A connection nobody answers at.** A connection may say in its handshake that it answers
+//! no questions (`astrid mcp serve` for an MCP client without elicitation). A question its
+//! calls cause then goes to every other connected client instead (`astrid chat` in another
+//! terminal), and among those a question for everyone reaches it does not count (it sees
+//! it, and leaves it to the others); with nobody else, the answer is no at once, saying how
+//! to allow it ([`Unanswered::NoFrontend`]).
+//!
 //! **Who may answer.** Only a client that was asked, on `<question topic>.response.<id>`
 //! (subscribed to before the question goes out, so a quick answer is not missed). An answer
 //! from a capsule, an MCP server, the kernel itself or a client that was not asked is
@@ -47,6 +54,7 @@
 //! own, would tie up a thread per question and look for closed connections by polling, as
 //! `elicit` did.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -68,6 +76,8 @@ pub const MAX_LINE: usize = 1024;
 pub const MAX_DETAILS: usize = 16 * 1024;
 /// Longest answer (bytes): a decision, a value, or all the values together.
 pub const MAX_ANSWER: usize = 16 * 1024;
+/// How many cancelled requests are remembered (see [`Questions::withdraw_cause`]).
+const REMEMBERED_CANCELS: usize = 256;
 /// How much longer than the timeout a blocking caller may wait: a hang guard only.
 const MARGIN: Duration = Duration::from_secs(5);
 
@@ -209,6 +219,12 @@ pub enum Unanswered {
     /// A question of no turn: no client was connected, or every one that was asked closed.
     #[error("no frontend left to ask")]
     NobodyToAsk,
+    /// The connection that caused it answers no questions (an MCP client without
+    /// elicitation) and no other frontend was connected to ask.
+    #[error(
+        "nobody could be asked: the client that made the call cannot answer approvals and no Astrid frontend is connected; answer it in `astrid chat` (run it in another terminal), where \"always\" allows it from then on (see `astrid caps list`)"
+    )]
+    NoFrontend,
     /// The turn the question belongs to was cancelled.
     #[error("the turn was cancelled")]
     TurnCancelled,
@@ -229,6 +245,8 @@ struct Pending {
     id: Uuid,
     /// The connection and session of the turn it belongs to.
     turn: Option<(SubscriberId, String)>,
+    /// The kernel's id of the request it descends from ([`Cause::turn`]).
+    cause: Option<Uuid>,
     /// The clients it went to, once it went out.
     asked: Option<Vec<SubscriberId>>,
     /// Ends it without an answer.
@@ -249,6 +267,12 @@ pub struct Questions {
     bus: Bus,
     timeout: Duration,
     pending: Mutex<Vec<Pending>>,
+    /// Connections that said in their handshake that nobody there answers questions, with
+    /// who they act for (the other frontends are told whose call asks).
+    silent: Mutex<HashMap<SubscriberId, String>>,
+    /// Requests cancelled lately ([`Questions::withdraw_cause`]), newest last: a question one
+    /// of them asks afterwards is a no at once.
+    cancelled: Mutex<std::collections::VecDeque<Uuid>>,
     /// The runtime whose timer bounds the wait: capsules ask from threads of their own, which
     /// have no runtime, and a tokio timer made outside one panics.
     runtime: Option<tokio::runtime::Handle>,
@@ -257,12 +281,39 @@ pub struct Questions {
 impl Questions {
     /// Questions on `bus`, each waiting at most `timeout` ([`TIMEOUT`] in the daemon).
     pub fn new(bus: Bus, timeout: Duration) -> Self {
-        Self { bus, timeout, pending: Mutex::new(Vec::new()), runtime: tokio::runtime::Handle::try_current().ok() }
+        Self {
+            bus,
+            timeout,
+            pending: Mutex::new(Vec::new()),
+            silent: Mutex::new(HashMap::new()),
+            cancelled: Mutex::new(std::collections::VecDeque::new()),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }
     }
 
     fn pending(&self) -> MutexGuard<'_, Vec<Pending>> {
         // A poisoned lock means a panic while holding it; the list itself is still valid.
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records whether anyone at the client `client` (acting for `label`) answers questions,
+    /// as its handshake said; forgotten with [`Questions::connection_closed`].
+    pub fn set_answers(&self, client: SubscriberId, answers: bool, label: Option<&str>) {
+        let mut silent = self.silent.lock().unwrap_or_else(|e| e.into_inner());
+        if answers {
+            silent.remove(&client);
+        } else {
+            silent.insert(client, label.map_or_else(|| format!("client {client}"), str::to_owned));
+        }
+    }
+
+    fn silent_clients(&self) -> Vec<SubscriberId> {
+        self.silent.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect()
+    }
+
+    /// Who the client `client` acts for, when nobody there answers questions.
+    fn silent_label(&self, client: SubscriberId) -> Option<String> {
+        self.silent.lock().unwrap_or_else(|e| e.into_inner()).get(&client).cloned()
     }
 
     /// How long a caller that blocks on [`Questions::ask`] may bound its wait by: longer
@@ -280,6 +331,12 @@ impl Questions {
         source_id: Uuid,
     ) -> Result<Answered, Unanswered> {
         let question = question.within_limits()?;
+        if cause
+            .as_ref()
+            .is_some_and(|cause| self.cancelled.lock().unwrap_or_else(|e| e.into_inner()).contains(&cause.turn))
+        {
+            return Err(Unanswered::TurnCancelled);
+        }
         let id = Uuid::new_v4();
         let topic = question.topic();
         let mut answers = self.bus.subscribe(format!("question {id}"), &[&answer_topic(topic, id)]);
@@ -288,15 +345,47 @@ impl Questions {
         self.pending().push(Pending {
             id,
             turn: cause.as_ref().map(|cause| (cause.client, cause.session.clone())),
+            cause: cause.as_ref().map(|cause| cause.turn),
             asked: None,
             end: Some(end),
         });
         let _forget = Forget { questions: self, id };
-        let message = IpcMessage::new(topic, question.clone().payload(id), source_id);
-        let sent = self.bus.publish_to_clients(
-            BusMessage::from_kernel(message).to(turn_client.map(Address::Subscriber)).caused_by(cause),
-        );
-        let asked = self.went_to(id, sent, turn_client.is_some())?;
+        let elsewhere = turn_client.and_then(|client| self.silent_label(client));
+        let shown = match (question.clone(), &elsewhere) {
+            // The other frontends are told whose call it is.
+            (Question::Approval { action, resource, reason, details, scope }, Some(label)) => {
+                let reason = line(&format!("{reason}, for a call of {label}"), MAX_LINE);
+                Question::Approval { action, resource, reason, details, scope }
+            }
+            (question, _) => question,
+        };
+        let message = IpcMessage::new(topic, shown.payload(id), source_id);
+        let (sent, nobody) = match turn_client {
+            Some(client) if elsewhere.is_none() => {
+                let message = BusMessage::from_kernel(message).to(Some(Address::Subscriber(client))).caused_by(cause);
+                (self.bus.publish_to_clients(message), Unanswered::AskerGone)
+            }
+            // A connection nobody answers at: every other client, one by one (so that
+            // connection is not among them).
+            Some(client) => {
+                let silent = self.silent_clients();
+                let mut sent = Vec::new();
+                for other in
+                    self.bus.clients_subscribed(topic).into_iter().filter(|c| *c != client && !silent.contains(c))
+                {
+                    let message = BusMessage::from_kernel(message.clone()).to(Some(Address::Subscriber(other)));
+                    sent.extend(self.bus.publish_to_clients(message));
+                }
+                (sent, Unanswered::NoFrontend)
+            }
+            // A question of no turn: to everyone; those nobody answers at do not count.
+            None => {
+                let silent = self.silent_clients();
+                let sent = self.bus.publish_to_clients(BusMessage::from_kernel(message));
+                (sent.into_iter().filter(|c| !silent.contains(c)).collect(), Unanswered::NobodyToAsk)
+            }
+        };
+        let asked = self.went_to(id, sent, nobody)?;
         let answered = async {
             while let Some(message) = answers.recv().await {
                 let Origin::Client { subscriber: client, .. } = message.origin else { continue };
@@ -335,10 +424,10 @@ impl Questions {
 
     /// Records the clients question `id` went to, less those that closed meanwhile (their
     /// [`Questions::connection_closed`] may have come before this), or says nobody was asked.
-    fn went_to(&self, id: Uuid, sent: Vec<SubscriberId>, of_a_turn: bool) -> Result<Vec<SubscriberId>, Unanswered> {
+    fn went_to(&self, id: Uuid, sent: Vec<SubscriberId>, nobody: Unanswered) -> Result<Vec<SubscriberId>, Unanswered> {
         let asked: Vec<SubscriberId> = sent.into_iter().filter(|client| self.bus.is_subscribed(*client)).collect();
         if asked.is_empty() {
-            return Err(if of_a_turn { Unanswered::AskerGone } else { Unanswered::NobodyToAsk });
+            return Err(nobody);
         }
         if let Some(pending) = self.pending().iter_mut().find(|p| p.id == id) {
             pending.asked = Some(asked.clone());
@@ -359,9 +448,29 @@ impl Questions {
         ended
     }
 
+    /// Ends every question the request `turn` ([`Cause::turn`]) caused (a single tool call
+    /// was cancelled). Returns how many there were.
+    /// A question the request asks later is a no at once.
+    pub fn withdraw_cause(&self, turn: Uuid) -> usize {
+        {
+            let mut cancelled = self.cancelled.lock().unwrap_or_else(|e| e.into_inner());
+            if cancelled.len() >= REMEMBERED_CANCELS {
+                cancelled.pop_front();
+            }
+            cancelled.push_back(turn);
+        }
+        let mut ended = 0;
+        for pending in self.pending().iter_mut().filter(|p| p.cause == Some(turn) && p.end.is_some()) {
+            pending.end(Unanswered::TurnCancelled);
+            ended += 1;
+        }
+        ended
+    }
+
     /// `client`'s connection closed: its turns' questions end, and so does any other question
     /// it was the last connection asked. Returns how many ended.
     pub fn connection_closed(&self, client: SubscriberId) -> usize {
+        self.silent.lock().unwrap_or_else(|e| e.into_inner()).remove(&client);
         let mut ended = 0;
         for pending in self.pending().iter_mut().filter(|p| p.end.is_some()) {
             if pending.turn.as_ref().is_some_and(|(c, _)| *c == client) {
@@ -521,6 +630,36 @@ mod tests {
         drop(second);
         assert_eq!(questions.connection_closed(second_id), 1);
         assert_eq!(waiting.await.expect("task"), Err(Unanswered::NobodyToAsk));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_question_of_a_connection_nobody_answers_at_goes_to_the_others_and_never_to_it() {
+        let bus = Bus::new();
+        let questions = Arc::new(Questions::new(bus.clone(), TIMEOUT));
+        let mut serve = client(&bus);
+        questions.set_answers(serve.id(), false, Some("claude-code 1.0"));
+        let cause = Cause::new(serve.id(), "tool-calls", None);
+        assert_eq!(
+            questions.ask(value_question(), Some(Arc::clone(&cause)), SYSTEM_SESSION_UUID).await,
+            Err(Unanswered::NoFrontend),
+            "nobody else to ask: a no at once"
+        );
+        let mut chat = client(&bus);
+        let waiting = tokio::spawn({
+            let questions = Arc::clone(&questions);
+            let cause = Arc::clone(&cause);
+            async move { questions.ask(value_question(), Some(cause), SYSTEM_SESSION_UUID).await }
+        });
+        let (id, _) = question(&mut chat).await;
+        answer(&bus, from_client(&chat), id, "v");
+        assert_eq!(waiting.await.expect("task").map(|a| a.client), Ok(chat.id()));
+        assert!(serve.try_recv().is_none(), "the connection that cannot answer was never asked");
+        // A cancelled request's later question is a no at once.
+        questions.withdraw_cause(cause.turn);
+        assert_eq!(
+            questions.ask(value_question(), Some(cause), SYSTEM_SESSION_UUID).await,
+            Err(Unanswered::TurnCancelled)
+        );
     }
 
     #[tokio::test(start_paused = true)]

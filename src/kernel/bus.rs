@@ -411,6 +411,17 @@ impl Bus {
         }
     }
 
+    /// The socket clients a message on `topic` would be delivered to now, were it for them
+    /// all (a question asked of everyone but some).
+    pub fn clients_subscribed(&self, topic: &str) -> Vec<SubscriberId> {
+        self.shared
+            .subscribers()
+            .iter()
+            .filter(|s| s.kind == SubscriberKind::Client && s.wants(topic) && s.queue.lock().closed.is_none())
+            .map(|s| s.id)
+            .collect()
+    }
+
     /// Whether the client `subscriber` is still connected.
     pub fn is_subscribed(&self, subscriber: SubscriberId) -> bool {
         self.shared.subscribers().iter().any(|s| s.id == subscriber)

@@ -29,6 +29,7 @@ pub mod rate_limit;
 pub mod router;
 pub mod routine;
 pub mod running_commands;
+pub mod tool_call;
 mod tool_listing;
 pub mod topic;
 pub mod watchdog;
@@ -150,6 +151,10 @@ pub struct Kernel {
     workspaces: Mutex<Vec<Arc<Vfs>>>,
     /// The workspace each client connection named in its handshake.
     client_workspaces: Mutex<std::collections::HashMap<bus::SubscriberId, Arc<PathBuf>>>,
+    /// Who each client connection acts for, as its handshake said (an MCP client's name).
+    client_labels: Mutex<std::collections::HashMap<bus::SubscriberId, Arc<str>>>,
+    /// Tools clients call (`CallTool`), in flight.
+    tool_calls: tool_call::ToolCalls,
     grants: Grants,
     /// Questions waiting for a person (approvals and `elicit` alike).
     questions: Arc<ask::Questions>,
@@ -200,6 +205,8 @@ impl Kernel {
             vfs: Arc::new(state.vfs),
             workspaces: Mutex::new(Vec::new()),
             client_workspaces: Mutex::new(std::collections::HashMap::new()),
+            client_labels: Mutex::new(std::collections::HashMap::new()),
+            tool_calls: tool_call::ToolCalls::default(),
         }))
     }
 
@@ -240,6 +247,31 @@ impl Kernel {
     /// The workspace the client `subscriber` works in (`None`: the daemon's).
     pub fn client_workspace(&self, subscriber: bus::SubscriberId) -> Option<Arc<PathBuf>> {
         self.client_workspaces.lock().unwrap_or_else(|e| e.into_inner()).get(&subscriber).cloned()
+    }
+
+    /// Records who the client `subscriber` acts for (`None`: forgets it).
+    pub fn set_client_label(&self, subscriber: bus::SubscriberId, label: Option<&str>) {
+        let mut labels = self.client_labels.lock().unwrap_or_else(|e| e.into_inner());
+        match label {
+            Some(label) => labels.insert(subscriber, Arc::from(label)),
+            None => labels.remove(&subscriber),
+        };
+    }
+
+    /// Who the audit trail names for what `origin` did: a connection with a label is named
+    /// with it (`client#7 (claude-code 1.0.3)`).
+    pub fn actor_of(&self, origin: &Origin) -> Actor {
+        if let Origin::Client { subscriber, connection } = origin
+            && let Some(label) = self.client_labels.lock().unwrap_or_else(|e| e.into_inner()).get(subscriber)
+        {
+            return Actor::Client { id: format!("client#{connection} ({label})") };
+        }
+        origin.actor()
+    }
+
+    /// The tool calls clients made, in flight.
+    pub fn tool_calls(&self) -> &tool_call::ToolCalls {
+        &self.tool_calls
     }
 
     /// Install-time capability grants.
@@ -392,6 +424,13 @@ impl Kernel {
             ApprovalOutcome::Allowed { rule } => (Decision::Allow, rule.clone()),
             ApprovalOutcome::Denied { reason } => (Decision::Deny, reason.clone()),
         };
+        // The tool only learns "no": a client's call says why nobody was asked, and how to
+        // allow it, beside the tool's answer.
+        if let (ApprovalOutcome::Denied { reason }, Some(cause)) = (&outcome, &request.cause)
+            && *reason == ask::Unanswered::NoFrontend.to_string()
+        {
+            self.tool_calls.note(cause.turn, reason);
+        }
         self.record(&request.principal, actor(), "approval.decision", &resource, decision, &rule);
         outcome
     }

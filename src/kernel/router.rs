@@ -102,6 +102,27 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
             tokio::spawn(mcp_call(Arc::clone(&kernel), call, caller, reply_topic, requester));
             continue;
         }
+        if let Ok(KernelRequest::CallTool { name, arguments, call_id }) = &request
+            && refused.is_none()
+            && let Some(client) = incoming.origin.client()
+        {
+            // A tool call may wait on a person and a command: answered from a task of its own.
+            let call = super::tool_call::Request {
+                name: name.clone(),
+                arguments: arguments.clone(),
+                call_id: call_id.clone(),
+                client,
+                principal: caller.principal.clone(),
+                actor: caller.actor.clone(),
+                workspace: caller.workspace.clone(),
+            };
+            let kernel = Arc::clone(&kernel);
+            tokio::spawn(async move {
+                let called = super::tool_call::call(&kernel, call).await;
+                kernel.reply(&reply_topic, KernelResponse::success(&called), requester);
+            });
+            continue;
+        }
         if let Ok(listing @ KernelRequest::ListTools) = &request
             && refused.is_none()
             && rate_limit(listing).is_none_or(|max| limiter.allow(listing.method_name(), max, Instant::now()))
@@ -222,6 +243,8 @@ pub(super) struct Caller {
     /// The workspace the request acts on (`None`: the daemon's): the one the requesting
     /// connection named, or that of the turn a capsule is working for.
     pub(super) workspace: Option<Arc<std::path::PathBuf>>,
+    /// The requesting connection, when a client asks.
+    pub(super) client: Option<super::bus::SubscriberId>,
 }
 
 impl Caller {
@@ -233,9 +256,10 @@ impl Caller {
         };
         Self {
             principal: incoming.message.principal.clone().unwrap_or_else(|| DEFAULT_PRINCIPAL.to_owned()),
-            actor: incoming.origin.actor(),
+            actor: kernel.actor_of(&incoming.origin),
             authority,
             workspace,
+            client: incoming.origin.client(),
         }
     }
 }
@@ -323,6 +347,13 @@ fn handle(kernel: &Kernel, request: KernelRequest, caller: &Caller) -> (KernelRe
         }
         // Served by `tool_listing`, from a task of its own.
         KernelRequest::ListTools => (KernelResponse::Error("the tool listing is answered on its own".to_owned()), None),
+        // Served by `tool_call`, from a task of its own, when a connection asks.
+        KernelRequest::CallTool { .. } => {
+            (KernelResponse::Error("only a client connection may call a tool this way".to_owned()), None)
+        }
+        KernelRequest::CancelToolCall { call_id } => {
+            (KernelResponse::success(&super::tool_call::cancel(kernel, caller.client, &call_id)), None)
+        }
     }
 }
 

@@ -8,6 +8,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use uuid::Uuid;
+
 use super::bus::SubscriberId;
 use super::cause::Cause;
 
@@ -18,13 +20,21 @@ struct Entry {
     id: u64,
     /// The connection and session of the turn it runs for; `None` outside any turn.
     turn: Option<(SubscriberId, String)>,
+    /// The request it descends from ([`Cause::turn`]).
+    cause: Option<Uuid>,
     kill: Kill,
 }
+
+/// How many cancelled requests are remembered, so that a command one of them starts after
+/// its cancel (it was being approved or set up) is killed at once.
+const REMEMBERED_CANCELS: usize = 256;
 
 #[derive(Default)]
 struct Inner {
     next: u64,
     entries: Vec<Entry>,
+    /// Requests cancelled lately ([`RunningCommands::cancel_cause`]), newest last.
+    cancelled: std::collections::VecDeque<Uuid>,
 }
 
 /// The running commands (see the module documentation).
@@ -50,7 +60,17 @@ impl RunningCommands {
         let mut inner = locked(&self.inner);
         inner.next += 1;
         let id = inner.next;
-        inner.entries.push(Entry { id, turn: cause.map(|c| (c.client, c.session.clone())), kill });
+        let cancelled = cause.is_some_and(|c| inner.cancelled.contains(&c.turn));
+        if cancelled {
+            // Cancelled while it was being set up: it ends as soon as it begins.
+            kill();
+        }
+        inner.entries.push(Entry {
+            id,
+            turn: cause.map(|c| (c.client, c.session.clone())),
+            cause: cause.map(|c| c.turn),
+            kill,
+        });
         Registration { inner: Arc::clone(&self.inner), id }
     }
 
@@ -58,6 +78,23 @@ impl RunningCommands {
     /// how many.
     pub fn cancel_turn(&self, client: SubscriberId, session: &str) -> usize {
         self.kill_where(|turn| turn.is_some_and(|(c, s)| *c == client && s == session))
+    }
+
+    /// Kills the commands the request `turn` ([`Cause::turn`]) started (one tool call was
+    /// cancelled); returns how many.
+    /// A command the request starts later (it was being approved) is killed as it starts.
+    pub fn cancel_cause(&self, turn: Uuid) -> usize {
+        let mut inner = locked(&self.inner);
+        if inner.cancelled.len() >= REMEMBERED_CANCELS {
+            inner.cancelled.pop_front();
+        }
+        inner.cancelled.push_back(turn);
+        let mut killed = 0;
+        for entry in inner.entries.iter().filter(|e| e.cause == Some(turn)) {
+            (entry.kill)();
+            killed += 1;
+        }
+        killed
     }
 
     /// Kills the commands of every turn of `client` (its connection closed); returns how many.
@@ -136,7 +173,8 @@ mod tests {
         let (alice_s2, kill) = counter();
         let _a2 = commands.register(Some(&Cause::new(alice, "s2", None)), kill);
         let (bobs, kill) = counter();
-        let _b = commands.register(Some(&Cause::new(bob, "s1", None)), kill);
+        let bobs_cause = Cause::new(bob, "s1", None);
+        let _b = commands.register(Some(&bobs_cause), kill);
         let (no_turn, kill) = counter();
         let _k = commands.register(None, kill);
         assert_eq!(commands.len(), 4);
@@ -146,6 +184,14 @@ mod tests {
         assert_eq!(commands.connection_closed(alice), 2, "both of alice's turns");
         assert_eq!(alice_s2.load(Ordering::SeqCst), 1);
         assert_eq!((bobs.load(Ordering::SeqCst), no_turn.load(Ordering::SeqCst)), (0, 0), "nobody else's");
+        // One request of bob's session, by the kernel's id of it: that one only.
+        assert_eq!(commands.cancel_cause(Cause::new(bob, "s1", None).turn), 0, "another request of the same session");
+        assert_eq!(commands.cancel_cause(bobs_cause.turn), 1);
+        assert_eq!((bobs.load(Ordering::SeqCst), no_turn.load(Ordering::SeqCst)), (1, 0));
+        // A command that request starts after its cancel ends as it begins.
+        let (late, kill) = counter();
+        let _late = commands.register(Some(&bobs_cause), kill);
+        assert_eq!(late.load(Ordering::SeqCst), 1);
     }
 
     #[test]

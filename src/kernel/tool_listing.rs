@@ -80,9 +80,11 @@ pub(super) async fn list(kernel: &Kernel) -> ToolListing {
                 name: tool.name,
                 description: tool.description,
                 origin,
+                input_schema: Some(tool.input_schema),
             });
         }
     }
+    kernel.tool_calls().remember(&listing);
     listing
 }
 
@@ -105,7 +107,7 @@ fn origin_of(origin: Option<&Origin>, provider: &str, tool: &str) -> Option<Tool
 }
 
 /// The agent's own rule: a tool name becomes a topic segment (no dots, no wildcards).
-fn valid_tool_name(name: &str) -> bool {
+pub(super) fn valid_tool_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':'))
 }
 

@@ -23,6 +23,16 @@ pub struct HandshakeRequest {
     /// `--workspace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<String>,
+    /// Who the connection acts for, besides the operator, named beside it in the audit trail
+    /// (`astrid mcp serve`: its MCP client's name and version). An Astrid extension; one line,
+    /// cut at 128 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// `false` when nobody at this connection can answer a question (an MCP client without
+    /// elicitation): questions its calls cause go to the other frontends instead, and
+    /// questions for everyone skip it (an Astrid extension; absent: it answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers_questions: Option<bool>,
 }
 
 /// Which capsule a capsule-host connection serves.

@@ -118,6 +118,26 @@ pub enum KernelRequest {
     /// Astrid extension: the instruction files (`AGENTS.md`) that join the agent's system
     /// prompt in the requester's workspace.
     GetInstructions,
+    /// Astrid extension: call a tool exactly as the agent would (`astrid mcp serve` does, for
+    /// its MCP client): published on `tool.v1.execute.<name>` under a cause bound to the
+    /// requesting connection, so the tool's capability checks, approvals and command output
+    /// are that connection's, and answered with the tool's result. A change: only the
+    /// operator's connections may ask.
+    CallTool {
+        /// As `ListTools` names it: a capsule tool's own name, or `server:tool`.
+        name: String,
+        /// Its arguments (an object), passed as the model's would be.
+        arguments: Value,
+        /// The caller's id for the call, unique among its calls in flight: what
+        /// `CancelToolCall` names.
+        call_id: String,
+    },
+    /// Astrid extension: cancel a `CallTool` of this connection in flight: its pending
+    /// approvals are denied, its commands killed, an MCP server's call cancelled at the server.
+    CancelToolCall {
+        /// The `call_id` the `CallTool` named.
+        call_id: String,
+    },
 }
 
 impl KernelRequest {
@@ -148,6 +168,8 @@ impl KernelRequest {
             Self::AuditAcknowledge { .. } => "AuditAcknowledge",
             Self::ListTools => "ListTools",
             Self::GetInstructions => "GetInstructions",
+            Self::CallTool { .. } => "CallTool",
+            Self::CancelToolCall { .. } => "CancelToolCall",
         }
     }
 }

@@ -22,6 +22,7 @@
 //! | `McpList`, `McpCall` | [`McpListing`], [`McpCallResult`] |
 //! | `AuditAcknowledge` | [`AuditAcknowledged`] |
 //! | `ListTools` | [`ToolListing`] |
+//! | `CallTool`, `CancelToolCall` | [`ToolCalled`], [`ToolCallCancelled`] |
 //! | `GetInstructions` | [`InstructionFiles`](super::instructions::InstructionFiles) |
 //!
 //! Optional fields are sent as `null` (never left out): that is how the first daemons wrote
@@ -494,6 +495,33 @@ pub struct ListedTool {
     pub origin: ToolOrigin,
     /// Whether it asks a person before it acts (`null`: its provider does not say).
     pub approval: Option<ToolApproval>,
+    /// The JSON Schema of its arguments, as its provider describes it (`null` in answers of
+    /// daemons that did not pass it on).
+    #[serde(default)]
+    pub input_schema: Option<serde_json::Value>,
+}
+
+/// The outcome of a `CallTool`: the tool's own result (a tool that reports an error, or a
+/// call a person did not approve, still answers), or the kernel's word on a call that could
+/// not be made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCalled {
+    /// The `call_id` of the request.
+    pub call_id: String,
+    /// The result's text, as the model would read it.
+    pub content: String,
+    /// Whether it is an error (the tool's, a denial, a cancel, or no such tool).
+    pub is_error: bool,
+}
+
+/// The answer to `CancelToolCall`; the call itself then answers its `CallTool` (cancelled).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallCancelled {
+    /// The call named.
+    pub call_id: String,
+    /// Whether it was in flight (`false`: it had already ended, or never was this
+    /// connection's).
+    pub cancelled: bool,
 }
 
 /// Who serves a tool.

@@ -105,6 +105,8 @@ fn check_extension(kind: &str, json: &Value) -> Result<Value, String> {
         "CommandFinished" => round_trip::<commands::CommandFinished>(json),
         "CommandOutput" => round_trip::<commands::CommandOutput>(json),
         "ToolListing" => reply::<management::ToolListing>(json),
+        "ToolCalled" => reply::<management::ToolCalled>(json),
+        "ToolCallCancelled" => reply::<management::ToolCallCancelled>(json),
         "InstructionFiles" => reply::<InstructionFiles>(json),
         // Not a reply: the orchestrator's KV value `astrid sessions list` reads.
         "SessionIndex" => round_trip::<SessionIndex>(json),
@@ -145,6 +147,8 @@ fn every_extension_vector_round_trips_exactly_through_its_type() {
         "SpawnReply",
         "ToolListing",
         "ToolsDescribed",
+        "ToolCallCancelled",
+        "ToolCalled",
         "TurnEvent",
         "WorkspaceCommitted",
         "WorkspaceDiff",
@@ -181,6 +185,8 @@ fn method_of(request: &KernelRequest) -> &'static str {
         KernelRequest::AuditAcknowledge { .. } => "AuditAcknowledge",
         KernelRequest::ListTools => "ListTools",
         KernelRequest::GetInstructions => "GetInstructions",
+        KernelRequest::CallTool { .. } => "CallTool",
+        KernelRequest::CancelToolCall { .. } => "CancelToolCall",
     }
 }
 
@@ -198,7 +204,7 @@ fn every_management_request_has_a_vector() {
             }
         }
     }
-    assert_eq!(covered.len(), 24, "a request without a vector: only {covered:?} have one");
+    assert_eq!(covered.len(), 26, "a request without a vector: only {covered:?} have one");
 }
 
 #[test]

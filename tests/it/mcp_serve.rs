@@ -1,0 +1,343 @@
+//! `astrid mcp serve` driven by MCP clients nobody here wrote: the official Python SDK
+//! (`ClientSession` over `stdio_client`, tests/fixtures/mcp_client.py) and the MCP Inspector's
+//! CLI, both installed by scripts/test-deps.sh. Every call goes through the real daemon, the
+//! tool capsules in WebAssembly and a real MCP server.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use astrid::types::management::{McpListing, McpServerState};
+use serde_json::{Value, json};
+
+use crate::capsules::{audit_until, install};
+use crate::command_sandbox::none_left;
+use crate::harness::{HANG, TestHome, wait_for};
+
+fn test_dep(relative: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-deps").join(relative);
+    assert!(path.exists(), "{} is missing: run scripts/test-deps.sh", path.display());
+    path
+}
+
+/// The Python SDK client, running `steps` against `astrid mcp serve ARGS`.
+struct PythonClient {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl PythonClient {
+    fn start(t: &TestHome, serve_args: &[&str], env: &[(&str, &str)], decision: Option<&str>, steps: Value) -> Self {
+        let mut server_env = json!({"ASTRID_HOME": t.home, "ASTRID_DEFAULT_CAPSULES": "0", "ASTRID_LOG": "info"});
+        for (key, value) in env {
+            server_env[*key] = json!(value);
+        }
+        let mut args = vec!["mcp", "serve"];
+        args.extend_from_slice(serve_args);
+        let spec = json!({
+            "server": {"command": t.bin.join("astrid"), "args": args, "env": server_env, "cwd": t.workspace},
+            "client": "pytest-client", "version": "9.9",
+            "decision": decision,
+            "steps": steps,
+        });
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_client.py");
+        let mut child = Command::new(test_dep("venv/bin/python"))
+            .arg(script)
+            .arg(spec.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python");
+        let stdout = child.stdout.take().expect("stdout");
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                    let _ = send.send(value);
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next line the client printed.
+    fn next(&self, t: &TestHome) -> Value {
+        self.lines.recv_timeout(HANG).unwrap_or_else(|_| panic!("hung: the client said nothing more\n{}", t.log()))
+    }
+
+    fn finish(mut self) -> Option<i32> {
+        let deadline = Instant::now() + HANG;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "hung: the client never ended");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for PythonClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn diff(t: &TestHome) -> String {
+    String::from_utf8_lossy(&t.cli(&["workspace", "diff"]).stdout).into_owned()
+}
+
+fn names(listed: &Value) -> Vec<String> {
+    listed["tools"].as_array().expect("tools").iter().map(|t| t["name"].as_str().expect("name").to_owned()).collect()
+}
+
+#[test]
+fn the_python_sdk_lists_reads_and_writes_approved_through_its_elicitation() {
+    let t = TestHome::new();
+    std::fs::write(t.workspace.join("notes.txt"), "buy milk\n").expect("write");
+    let _daemon = t.daemon(&[]);
+    install(&t, "tools-fs");
+    let steps = json!([
+        {"list": true},
+        {"call": "read_file", "arguments": {"path": "notes.txt"}},
+        {"call": "write_file", "arguments": {"path": "todo.txt", "content": "call mum\n"}},
+    ]);
+    let client = PythonClient::start(&t, &[], &[], Some("once"), steps);
+    let hello = client.next(&t);
+    assert_eq!(hello["initialized"], "astrid", "{hello}");
+
+    let listed = client.next(&t);
+    let tools = names(&listed);
+    for name in ["read_file", "list_dir", "search", "write_file", "edit_file"] {
+        assert!(tools.iter().any(|t| t == name), "{name} not offered: {listed}");
+    }
+    let read = listed["tools"].as_array().and_then(|t| t.iter().find(|t| t["name"] == "read_file")).expect("read_file");
+    assert_eq!(read["schema"]["required"], json!(["path"]), "the schema is the capsule's: {read}");
+
+    let read = client.next(&t);
+    assert_eq!((read["content"].as_str(), read["is_error"].as_bool()), (Some("buy milk\n"), Some(false)), "{read}");
+    assert_eq!(read["elicited"], json!([]), "reading asks nobody");
+
+    let written = client.next(&t);
+    assert_eq!(written["is_error"], false, "{written}\n{}", t.log());
+    let asked = written["elicited"][0].as_str().unwrap_or_default();
+    assert!(
+        asked.contains("write_file on todo.txt") && asked.contains("+call mum"),
+        "the person saw the diff: {asked}"
+    );
+    assert!(!t.workspace.join("todo.txt").exists(), "the workspace waits for a review");
+    assert!(diff(&t).contains("+call mum"), "{}", diff(&t));
+    assert_eq!(client.finish(), Some(0));
+
+    // On the record as the client, by its name and version from initialize.
+    let audit = audit_until(&t, |a| a.iter().filter(|e| e["action"] == "tool.call").count() >= 2);
+    let calls: Vec<&Value> = audit.iter().filter(|e| e["action"] == "tool.call").collect();
+    assert_eq!(calls.len(), 2, "{audit:#?}");
+    for call in calls {
+        let actor = call["actor"]["id"].as_str().unwrap_or_default();
+        assert!(actor.contains("pytest-client 9.9 via astrid mcp serve"), "{call}");
+    }
+    let decision = audit.iter().find(|e| e["action"] == "approval.decision").expect("the approval is on the record");
+    assert_eq!((decision["decision"].as_str(), decision["rule"].as_str()), (Some("allow"), Some("approve")));
+}
+
+#[test]
+fn without_anyone_to_approve_a_write_is_denied_at_once_and_the_audit_says_why() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    install(&t, "tools-fs");
+    let steps = json!([{"call": "write_file", "arguments": {"path": "todo.txt", "content": "call mum\n"}}]);
+    let client = PythonClient::start(&t, &[], &[], None, steps);
+    client.next(&t);
+    let denied = client.next(&t);
+    assert_eq!(denied["is_error"], true, "{denied}");
+    let content = denied["content"].as_str().unwrap_or_default();
+    assert!(content.contains("nothing was written") && content.contains("astrid chat"), "how to allow it: {content}");
+    assert_eq!(client.finish(), Some(0));
+    assert!(diff(&t).trim().is_empty(), "nothing was written: {}", diff(&t));
+    let audit = audit_until(&t, |a| a.iter().any(|e| e["action"] == "approval.decision"));
+    let decision = audit.iter().find(|e| e["action"] == "approval.decision").expect("decision");
+    assert_eq!(decision["decision"], "deny", "{decision}");
+    assert!(decision["rule"].as_str().is_some_and(|r| r.contains("nobody could be asked")), "{decision}");
+}
+
+#[test]
+fn an_mcp_servers_tool_is_called_through_astrid_with_its_escaped_name() {
+    let t = TestHome::new();
+    let everything = test_dep("npm/node_modules/.bin/mcp-server-everything");
+    std::fs::create_dir_all(t.home.join("etc")).expect("etc");
+    std::fs::write(t.home.join("etc/servers.toml"), format!("[servers.everything]\ncommand = {:?}\n", everything))
+        .expect("servers.toml");
+    let _daemon = t.daemon(&[]);
+    let ready = || {
+        let output = t.cli(&["mcp", "list", "--json"]);
+        let listing: McpListing = serde_json::from_slice(&output.stdout).expect("an McpListing");
+        listing.servers.iter().any(|s| s.name == "everything" && s.state == McpServerState::Ready)
+    };
+    assert!(t.wait_for(ready, HANG), "everything never became ready\n{}", t.log());
+    let steps = json!([{"list": true}, {"call": "everything__echo", "arguments": {"message": "hi from python"}}]);
+    let client = PythonClient::start(&t, &[], &[], Some("once"), steps);
+    client.next(&t);
+    let listed = client.next(&t);
+    assert!(names(&listed).iter().any(|n| n == "everything__echo"), "{listed}");
+    let echoed = client.next(&t);
+    assert_eq!(echoed["content"], "Echo: hi from python", "{echoed}\n{}", t.log());
+    assert!(echoed["elicited"][0].as_str().is_some_and(|m| m.contains("everything:echo")), "asked first: {echoed}");
+    assert_eq!(client.finish(), Some(0));
+    let audit = audit_until(&t, |a| a.iter().any(|e| e["action"] == "mcp.call"));
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "mcp.call" && e["resource"] == "everything:echo" && e["decision"] == "allow")
+    );
+}
+
+#[test]
+fn a_cancelled_call_kills_its_command_after_its_output_came_as_progress() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    install(&t, "tools-shell");
+    let marker = "sleep 4343";
+    let steps =
+        json!([{"cancel_after_progress": "run_command", "arguments": {"command": format!("echo started; {marker}")}}]);
+    let client = PythonClient::start(&t, &[], &[], Some("once"), steps);
+    client.next(&t);
+    let cancelled = client.next(&t);
+    assert_eq!(cancelled["cancelled"], true, "{cancelled}");
+    assert!(cancelled["progress"][0].as_str().is_some_and(|p| p.contains("started")), "{cancelled}");
+    assert_eq!(client.finish(), Some(0));
+    let left = none_left(marker);
+    assert!(left.is_empty(), "the command outlived the cancel: {left:?}\n{}", t.log());
+    let audit = audit_until(&t, |a| a.iter().any(|e| e["action"] == "tool.call"));
+    let call = audit.iter().find(|e| e["action"] == "tool.call").expect("tool.call");
+    assert_eq!(call["rule"], "cancelled by the caller", "{call}");
+}
+
+#[test]
+fn the_client_hears_when_the_tools_change_and_read_only_offers_only_reading() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    install(&t, "tools-fs");
+    let client = PythonClient::start(&t, &[], &[], None, json!([{"list": true}, {"wait_for_list_changed": true}]));
+    client.next(&t);
+    assert!(!names(&client.next(&t)).iter().any(|n| n == "run_command"));
+    assert_eq!(client.next(&t)["waiting"], true);
+    install(&t, "tools-shell");
+    let changed = client.next(&t);
+    assert!(changed["changed"].as_array().is_some_and(|n| n.iter().any(|n| n == "run_command")), "{changed}");
+    assert_eq!(client.finish(), Some(0));
+
+    let client = PythonClient::start(&t, &["--read-only"], &[], None, json!([{"list": true}]));
+    client.next(&t);
+    let mut offered = names(&client.next(&t));
+    offered.sort();
+    assert_eq!(offered, ["list_dir", "read_file", "search"]);
+    assert_eq!(client.finish(), Some(0));
+}
+
+#[test]
+fn the_server_reconnects_when_the_daemon_goes_away_under_it() {
+    let t = TestHome::new();
+    std::fs::write(t.workspace.join("notes.txt"), "still here\n").expect("write");
+    let mut daemon = t.daemon(&[]);
+    install(&t, "tools-fs");
+    let go_on = t.home.with_extension("go-on");
+    let steps = json!([
+        {"call": "read_file", "arguments": {"path": "notes.txt"}},
+        {"wait_for_file": go_on},
+        {"call": "read_file", "arguments": {"path": "notes.txt"}},
+    ]);
+    // The daemon it starts itself idles out soon after the test.
+    let client = PythonClient::start(&t, &[], &[("ASTRID_IDLE_TIMEOUT_SECS", "2")], None, steps);
+    client.next(&t);
+    assert_eq!(client.next(&t)["content"], "still here\n");
+    assert_eq!(client.next(&t)["waiting"], true);
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait_exit(HANG).is_some(), "the daemon did not stop");
+    std::fs::write(&go_on, "").expect("go on");
+    // No daemon came back: the server starts one and the session goes on.
+    let again = client.next(&t);
+    assert_eq!(
+        (again["content"].as_str(), again["is_error"].as_bool()),
+        (Some("still here\n"), Some(false)),
+        "{again}"
+    );
+    assert_eq!(client.finish(), Some(0));
+}
+
+/// The pids whose parent is `parent`.
+fn children(parent: u32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid …: the comm may hold spaces, so read after its last ')'.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+}
+
+#[test]
+fn a_killed_client_leaves_no_server_behind_and_the_ephemeral_daemon_idles_out() {
+    let t = TestHome::new();
+    std::fs::create_dir_all(&t.home).expect("home");
+    let env = [("ASTRID_IDLE_TIMEOUT_SECS", "2")];
+    let client = PythonClient::start(&t, &[], &env, None, json!([{"list": true}, {"hold": true}]));
+    client.next(&t);
+    client.next(&t);
+    assert_eq!(client.next(&t)["holding"], true);
+    let serve = children(client.child.id());
+    assert_eq!(serve.len(), 1, "one astrid mcp serve under the client: {serve:?}");
+    let daemon_pid: i32 = std::fs::read_to_string(t.run_dir().join("system.lock"))
+        .ok()
+        .and_then(|pid| pid.trim().parse().ok())
+        .expect("the server started an ephemeral daemon");
+    assert!(alive(daemon_pid));
+    // While the session lasts, the ephemeral daemon stays (the idle timeout is 2 s).
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(alive(daemon_pid), "the daemon idled out under a live session");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(client.child.id() as i32), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill the client");
+    assert!(wait_for(&mut || !alive(serve[0]), HANG), "astrid mcp serve outlived its client");
+    assert!(wait_for(&mut || !alive(daemon_pid), HANG), "the ephemeral daemon never idled out\n{}", t.log());
+}
+
+#[test]
+fn the_mcp_inspector_cli_lists_and_calls_astrids_tools() {
+    let t = TestHome::new();
+    std::fs::write(t.workspace.join("notes.txt"), "inspected\n").expect("write");
+    let _daemon = t.daemon(&[]);
+    install(&t, "tools-fs");
+    let inspector = |args: &[&str]| {
+        let output = Command::new(test_dep("inspector/node_modules/.bin/mcp-inspector"))
+            .args(["--cli", "-e", &format!("ASTRID_HOME={}", t.home.display()), "-e", "ASTRID_DEFAULT_CAPSULES=0"])
+            .arg(t.bin.join("astrid"))
+            .args(["mcp", "serve"])
+            .args(args)
+            .current_dir(&t.workspace)
+            .stdin(Stdio::null())
+            .output()
+            .expect("mcp-inspector");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_str::<Value>(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+    };
+    let listed = inspector(&["--method", "tools/list"]);
+    assert!(names(&listed).iter().any(|n| n == "read_file"), "{listed}");
+    let read = inspector(&["--method", "tools/call", "--tool-name", "read_file", "--tool-arg", "path=notes.txt"]);
+    assert_eq!(read["content"][0]["text"], "inspected\n", "{read}");
+    assert_ne!(read["isError"], true, "{read}");
+}
