@@ -29,11 +29,26 @@ pub struct Cause {
     pub turn: Uuid,
     /// The workspace the connection works in (canonical), when it named one.
     pub workspace: Option<Arc<PathBuf>>,
+    /// The connection's own id for the request, when it is a single tool call (`CallTool`):
+    /// what the chain sends back to it (a command's output) names the call, so that a client
+    /// with several calls in flight can tell them apart.
+    pub call_id: Option<String>,
 }
 
 impl Cause {
     /// A fresh cause for a request of `client` in `session`.
     pub fn new(client: SubscriberId, session: impl Into<String>, workspace: Option<Arc<PathBuf>>) -> Arc<Self> {
-        Arc::new(Self { client, session: session.into(), turn: Uuid::new_v4(), workspace })
+        Arc::new(Self { client, session: session.into(), turn: Uuid::new_v4(), workspace, call_id: None })
+    }
+
+    /// A fresh cause for `client`'s tool call `call_id` in `session`.
+    pub fn for_call(
+        client: SubscriberId,
+        session: impl Into<String>,
+        workspace: Option<Arc<PathBuf>>,
+        call_id: &str,
+    ) -> Arc<Self> {
+        let call_id = Some(call_id.to_owned());
+        Arc::new(Self { client, session: session.into(), turn: Uuid::new_v4(), workspace, call_id })
     }
 }

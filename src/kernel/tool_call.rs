@@ -196,7 +196,7 @@ struct Made {
 
 async fn made(kernel: &Kernel, request: &Request) -> Result<Made, String> {
     let internal = format!("call-{}", Uuid::new_v4());
-    let cause = Cause::new(request.client, TOOL_CALL_SESSION, request.workspace.clone());
+    let cause = Cause::for_call(request.client, TOOL_CALL_SESSION, request.workspace.clone(), &request.call_id);
     let topic = format!("{TOOL_EXECUTE_PREFIX}{}", request.name);
     let mut results = kernel.bus().subscribe(format!("tool call {internal}"), &[&format!("{topic}.result")]);
     let (cancel, cancelled) = oneshot::channel();

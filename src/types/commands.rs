@@ -148,4 +148,9 @@ pub struct CommandOutput {
     pub command: String,
     /// The output, stdout and stderr interleaved as they came (invalid UTF-8 replaced).
     pub text: String,
+    /// The client's `call_id` when its `CallTool` runs the command (absent in an agent's
+    /// turn): a client with several calls in flight, even of the same command line, tells
+    /// their output apart by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
 }

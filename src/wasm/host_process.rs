@@ -293,7 +293,11 @@ fn take(context: &mut CapsuleContext, handle: i32) -> Option<(usize, Process)> {
 /// Shows a piece of output to the person whose turn runs the command.
 fn show(kernel: &Kernel, process: &Process, bytes: &[u8]) {
     let Some(cause) = &process.cause else { return };
-    let output = CommandOutput { command: process.line.clone(), text: String::from_utf8_lossy(bytes).into_owned() };
+    let output = CommandOutput {
+        command: process.line.clone(),
+        text: String::from_utf8_lossy(bytes).into_owned(),
+        call_id: cause.call_id.clone(),
+    };
     let Ok(data) = serde_json::to_value(&output) else { return };
     let message = IpcMessage::new(COMMAND_OUTPUT_TOPIC, IpcPayload::Custom { data }, kernel.session());
     kernel.bus().publish(BusMessage::from_kernel(message).caused_by(Some(Arc::clone(cause))));

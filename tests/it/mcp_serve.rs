@@ -218,6 +218,39 @@ fn a_cancelled_call_kills_its_command_after_its_output_came_as_progress() {
 }
 
 #[test]
+fn two_calls_of_the_same_command_at_once_each_get_their_own_output_as_progress() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    install(&t, "tools-shell");
+    // One command line, two outputs: random bytes, then time for the progress to arrive
+    // before the result.
+    let call = json!({"call": "run_command", "arguments": {"command": "od -An -tx8 -N8 /dev/urandom; sleep 1"}});
+    let client = PythonClient::start(&t, &[], &[], Some("once"), json!([{"concurrent": [call, call]}]));
+    client.next(&t);
+    let done = client.next(&t);
+    let results = done["results"].as_array().expect("results");
+    let output = |i: usize| results[i]["content"].as_str().unwrap_or_default().to_owned();
+    let progress = |i: usize| -> Vec<String> {
+        results[i]["progress"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
+    };
+    assert_eq!(
+        (results[0]["is_error"].as_bool(), results[1]["is_error"].as_bool()),
+        (Some(false), Some(false)),
+        "{done}"
+    );
+    assert_ne!(output(0), output(1), "two runs, two outputs: {done}");
+    for (mine, theirs) in [(0, 1), (1, 0)] {
+        let pieces = progress(mine);
+        assert!(!pieces.is_empty(), "call {mine} got no progress: {done}");
+        for piece in pieces {
+            let piece = piece.trim();
+            assert!(output(mine).contains(piece) && !output(theirs).contains(piece), "{piece:?} in {done}");
+        }
+    }
+    assert_eq!(client.finish(), Some(0));
+}
+
+#[test]
 fn the_client_hears_when_the_tools_change_and_read_only_offers_only_reading() {
     let t = TestHome::new();
     let _daemon = t.daemon(&[]);

@@ -41,8 +41,6 @@ const CALL_WAIT: Duration = Duration::from_secs(730);
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// Quiet after a change before the tools are listed again (changes come in bursts).
 const SETTLE: Duration = Duration::from_millis(300);
-/// The tool that runs commands: its output becomes progress.
-const RUN_COMMAND: &str = "run_command";
 
 /// What this server is, and what it knows of its client.
 #[derive(Debug, Clone)]
@@ -65,12 +63,11 @@ struct State {
     next_call: AtomicU64,
 }
 
-/// A call whose client wants progress: a command's output lines.
+/// A call whose client wants progress: a command's output, which the daemon sends tagged
+/// with the call's id.
 #[derive(Debug)]
 struct Progress {
     call_id: String,
-    /// The command line it runs (how its output is recognised).
-    command: String,
     token: ProgressToken,
     peer: Peer<RoleServer>,
     pieces: u64,
@@ -227,7 +224,7 @@ impl ServerHandler for AstridServer {
         };
         let arguments = Value::Object(request.arguments.unwrap_or_default());
         let call_id = self.state.next_call.fetch_add(1, Ordering::Relaxed).to_string();
-        let _progress = ProgressGuard::new(&self.state, &call_id, &name, &arguments, &context);
+        let _progress = ProgressGuard::new(&self.state, &call_id, &context);
         let call = KernelRequest::CallTool { name, arguments, call_id: call_id.clone() };
         let reply = link.request("call_tool", &call, CALL_WAIT);
         tokio::pin!(reply);
@@ -247,28 +244,20 @@ impl ServerHandler for AstridServer {
     }
 }
 
-/// Registers a `run_command` call whose client sent a progress token, while it runs.
+/// Registers a call whose client sent a progress token, while it runs: the output of any
+/// command it runs (`run_command`, or a capsule tool that runs one) becomes progress.
 struct ProgressGuard<'a> {
     state: &'a State,
     call_id: Option<String>,
 }
 
 impl<'a> ProgressGuard<'a> {
-    fn new(
-        state: &'a State,
-        call_id: &str,
-        name: &str,
-        arguments: &Value,
-        context: &RequestContext<RoleServer>,
-    ) -> Self {
-        let token = context.meta.get_progress_token();
-        let command = arguments.get("command").and_then(Value::as_str);
-        let (Some(token), Some(command), RUN_COMMAND) = (token, command, name) else {
+    fn new(state: &'a State, call_id: &str, context: &RequestContext<RoleServer>) -> Self {
+        let Some(token) = context.meta.get_progress_token() else {
             return Self { state, call_id: None };
         };
         state.progress.lock().unwrap_or_else(|e| e.into_inner()).push(Progress {
             call_id: call_id.to_owned(),
-            command: command.to_owned(),
             token,
             peer: context.peer.clone(),
             pieces: 0,
@@ -323,7 +312,11 @@ async fn listen(
             }
             // Nobody here answers: the daemon asks the other frontends (or denies at once).
             Event::Approval { .. } => {}
-            Event::CommandOutput(output) => progress(&state, &output.command, &output.text).await,
+            Event::CommandOutput(output) => {
+                if let Some(call_id) = &output.call_id {
+                    progress(&state, call_id, &output.text).await;
+                }
+            }
             Event::ToolsChanged | Event::Reconnected => {
                 let _ = changed.send(());
             }
@@ -331,26 +324,21 @@ async fn listen(
     }
 }
 
-/// A command's output, as progress of the calls that run it.
-async fn progress(state: &State, command: &str, text: &str) {
-    let notes: Vec<(Peer<RoleServer>, ProgressNotificationParam)> = {
+/// A piece of a command's output, as progress of the call `call_id` that runs it.
+async fn progress(state: &State, call_id: &str, text: &str) {
+    let note = {
         let mut running = state.progress.lock().unwrap_or_else(|e| e.into_inner());
-        running
-            .iter_mut()
-            .filter(|p| p.command == command)
-            .map(|p| {
-                p.pieces += 1;
-                #[allow(clippy::cast_precision_loss)] // a count of output pieces
-                let done = p.pieces as f64;
-                let note = ProgressNotificationParam::new(p.token.clone(), done).with_message(text.to_owned());
-                (p.peer.clone(), note)
-            })
-            .collect()
+        running.iter_mut().find(|p| p.call_id == call_id).map(|p| {
+            p.pieces += 1;
+            #[allow(clippy::cast_precision_loss)] // a count of output pieces
+            let done = p.pieces as f64;
+            (p.peer.clone(), ProgressNotificationParam::new(p.token.clone(), done).with_message(text.to_owned()))
+        })
     };
-    for (peer, note) in notes {
-        if let Err(e) = peer.notify_progress(note).await {
-            log::debug!("astrid mcp serve: cannot send progress: {e}");
-        }
+    if let Some((peer, note)) = note
+        && let Err(e) = peer.notify_progress(note).await
+    {
+        log::debug!("astrid mcp serve: cannot send progress: {e}");
     }
 }
 
