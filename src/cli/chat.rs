@@ -20,6 +20,10 @@
 //! pick up a conversation another one left: `--resume` continues the most recently active
 //! one (`astrid sessions list` shows them all), `-s ID` a given one.
 //!
+//! A question the daemon asks every frontend (for a client that cannot ask its own person,
+//! `astrid mcp serve` under an MCP client without elicitation) is shown above the prompt even
+//! while the chat is idle, and the next line answers it: see [`super::prompt_questions`].
+//!
 //! At the start the chat says which instruction files (`AGENTS.md`, the user's and the
 //! project's) the agent is given, as the daemon reads them for this workspace.
 //!
@@ -42,6 +46,7 @@ use rustyline::error::ReadlineError;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::prompt_questions::{self, Line, PromptQuestions};
 use super::turn::{self, ApprovalDecision, End, Frontend, Interrupt, Question, Report};
 use super::{headless, model, request, spawn, workspace};
 use crate::home::AstridHome;
@@ -98,6 +103,7 @@ pub fn run(home: &AstridHome, args: &ChatArgs) -> anyhow::Result<ExitCode> {
     let interrupts = Arc::new(Interrupts::new());
     let handler = Arc::clone(&interrupts);
     ctrlc::set_handler(move || handler.signalled()).context("cannot handle Ctrl-C")?;
+    let questions = PromptQuestions::new(&mut editor);
     let capsule_commands = capsule_commands(&mut link.client);
     println!("astrid chat in {}: /help for commands, Ctrl-D to leave.", workspace.display());
     announce_instructions(&mut link.client);
@@ -110,10 +116,15 @@ pub fn run(home: &AstridHome, args: &ChatArgs) -> anyhow::Result<ExitCode> {
             break ExitCode::from(130);
         }
         interrupts.leave_on_signal.store(armed, Ordering::SeqCst);
-        let read = editor.readline("you> ");
+        let read = questions.read_line(&mut editor, &mut link.client);
         interrupts.leave_on_signal.store(false, Ordering::SeqCst);
-        let line = match read {
-            Ok(line) => line,
+        let line = match questions.take(&mut link.client, read) {
+            Ok(Line::Text(line)) => line,
+            // A question another client's call asked here, answered (or asked again).
+            Ok(Line::Answered | Line::NotAnAnswer) => {
+                armed = false;
+                continue;
+            }
             Err(ReadlineError::Interrupted) if armed => break ExitCode::from(130),
             Err(ReadlineError::Interrupted) => {
                 armed = true;
@@ -396,17 +407,14 @@ impl Chat<'_> {
     }
 
     /// Asks until the answer is one of the four.
-    fn ask(&mut self, scope: &str) -> ApprovalDecision {
+    fn ask(&mut self, question: &Question) -> ApprovalDecision {
         // The choices on a line of their own: a line editor shows no prompt without a terminal.
-        println!("  [y] once  [s] {scope} this session  [a] {scope} always  [n] no");
+        println!("{}", prompt_questions::choices(question));
         loop {
             match self.editor.readline("  Allow? ") {
-                Ok(answer) => match answer.trim() {
-                    "y" | "Y" | "yes" => return ApprovalDecision::Once,
-                    "s" | "S" => return ApprovalDecision::Session,
-                    "a" | "A" => return ApprovalDecision::Always,
-                    "n" | "N" | "no" => return ApprovalDecision::Deny,
-                    _ => println!("  (y, s, a or n)"),
+                Ok(answer) => match prompt_questions::parse_answer(&answer) {
+                    Some(decision) => return decision,
+                    None => println!("  (y, s, a or n)"),
                 },
                 // Ctrl-C at the question: no, and the turn is cancelled.
                 Err(ReadlineError::Interrupted) => {
@@ -484,18 +492,8 @@ impl Frontend for Chat<'_> {
     fn approve(&mut self, question: &Question) -> ApprovalDecision {
         let _ = self.close_line();
         // The question on lines of its own: a line editor shows no prompt without a terminal.
-        println!("  {}: {} on {}", question.reason, question.action, question.resource);
-        let colour = std::io::stdout().is_terminal();
-        for line in question.details.as_deref().unwrap_or_default().lines() {
-            let paint = match line.chars().next() {
-                Some('+') if colour && !line.starts_with("+++") => "\x1b[32m",
-                Some('-') if colour && !line.starts_with("---") => "\x1b[31m",
-                _ => "",
-            };
-            println!("    {paint}{line}{}", if paint.is_empty() { "" } else { "\x1b[0m" });
-        }
-        let scope = question.scope.clone().unwrap_or_else(|| format!("{} on {}", question.action, question.resource));
-        self.ask(&scope)
+        print!("{}", prompt_questions::render(question));
+        self.ask(question)
     }
 
     fn elicit(&mut self, capsule: &str, prompt: &str) -> Option<String> {

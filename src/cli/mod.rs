@@ -19,6 +19,7 @@ pub mod links;
 pub mod mcp;
 pub mod mcp_serve;
 pub mod model;
+pub mod prompt_questions;
 pub mod request;
 pub mod sessions;
 pub mod spawn;

@@ -165,7 +165,8 @@ impl Allowance {
 
 const ALLOWANCES: &str = "allowances";
 
-/// A session allowance: granted by a connection, for one of its sessions.
+/// A session allowance: for one session of a connection (granted by that connection, or by
+/// another frontend answering for it), ended by its disconnect.
 #[derive(Debug)]
 struct SessionAllowance {
     client: SubscriberId,
@@ -256,7 +257,13 @@ impl Approvals {
         match decision {
             ApprovalDecision::Once => ApprovalOutcome::Allowed { rule: "approve".to_owned() },
             ApprovalDecision::Session => {
-                let session = request.cause.as_ref().map(|cause| cause.session.clone()).unwrap_or_default();
+                // The session is the one whose request asked: when another frontend answered
+                // for a connection nobody answers at (an MCP client's calls), it covers that
+                // connection's calls, and ends with it.
+                let (client, session) = request
+                    .cause
+                    .as_ref()
+                    .map_or_else(|| (client, String::new()), |cause| (cause.client, cause.session.clone()));
                 locked(&self.session).push(SessionAllowance { client, session, allowance: allowance("session") });
                 ApprovalOutcome::Allowed { rule: "approve_session".to_owned() }
             }

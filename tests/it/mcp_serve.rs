@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::capsules::{audit_until, install};
 use crate::command_sandbox::none_left;
-use crate::harness::{HANG, TestHome, wait_for};
+use crate::harness::{HANG, Terminal, TestHome, wait_for};
 
 fn test_dep(relative: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-deps").join(relative);
@@ -163,6 +163,43 @@ fn without_anyone_to_approve_a_write_is_denied_at_once_and_the_audit_says_why() 
     let decision = audit.iter().find(|e| e["action"] == "approval.decision").expect("decision");
     assert_eq!(decision["decision"], "deny", "{decision}");
     assert!(decision["rule"].as_str().is_some_and(|r| r.contains("nobody could be asked")), "{decision}");
+}
+
+#[test]
+fn a_chat_idle_in_another_terminal_answers_for_a_client_that_cannot_ask() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    install(&t, "tools-fs");
+    let chat = Terminal::start(&t, &format!("'{}' chat", t.bin.join("astrid").display()));
+    chat.wait_for("you>", 1).unwrap_or_else(|e| panic!("{e}\n{}", t.log()));
+    let steps = json!([
+        {"call": "write_file", "arguments": {"path": "todo.txt", "content": "call mum\n"}},
+        {"call": "write_file", "arguments": {"path": "later.txt", "content": "and dad\n"}},
+    ]);
+    // No elicitation: the question goes to the chat, waiting at its prompt.
+    let client = PythonClient::start(&t, &[], &[], None, steps);
+    client.next(&t);
+    let screen = chat.wait_for("write_file on todo.txt", 1).unwrap_or_else(|e| panic!("{e}\n{}", t.log()));
+    assert!(screen.contains("pytest-client 9.9 via astrid mcp serve") && screen.contains("+call mum"), "{screen}");
+    chat.keys(&["maybe", "Enter"]);
+    chat.wait_for("[y] once", 2).expect("asked again");
+    chat.keys(&["s", "Enter"]);
+    let written = client.next(&t);
+    assert_eq!(written["is_error"], false, "{written}\n{}", t.log());
+    chat.wait_for("allowed for this session", 1).expect("the answer confirmed");
+    // "This session" is the client's session: its next write in the directory asks nobody.
+    let again = client.next(&t);
+    assert_eq!(again["is_error"], false, "{again}\n{}", t.log());
+    assert_eq!(client.finish(), Some(0));
+    assert_eq!(chat.screen().matches("write_file on").count(), 2, "asked once: {}", chat.screen());
+    let pending = diff(&t);
+    assert!(pending.contains("+call mum") && pending.contains("+and dad"), "{pending}");
+    let audit = audit_until(&t, |a| a.iter().any(|e| e["action"] == "approval.decision"));
+    let decision = audit.iter().find(|e| e["action"] == "approval.decision").expect("decision");
+    assert_eq!((decision["decision"].as_str(), decision["rule"].as_str()), (Some("allow"), Some("approve_session")));
+    // The chat is still a chat.
+    chat.keys(&["/quit", "Enter"]);
+    chat.wait_for("EXIT=0", 1).expect("left");
 }
 
 #[test]
