@@ -310,6 +310,33 @@ fn the_client_hears_when_the_tools_change_and_read_only_offers_only_reading() {
 }
 
 #[test]
+fn tools_offers_a_subset_and_workspace_names_the_directory_worked_in() {
+    let t = TestHome::new();
+    let elsewhere = t.home.with_extension("project");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    std::fs::write(elsewhere.join("notes.txt"), "from the project\n").expect("write");
+    std::fs::write(t.workspace.join("notes.txt"), "from the cwd\n").expect("write");
+    let _daemon = t.daemon(&[]);
+    install(&t, "tools-fs");
+    let project = elsewhere.display().to_string();
+    let steps = json!([
+        {"list": true},
+        {"call": "read_file", "arguments": {"path": "notes.txt"}},
+        {"call": "write_file", "arguments": {"path": "notes.txt", "content": "changed\n"}},
+    ]);
+    let args = ["--workspace", project.as_str(), "--tools", "read_file, nonesuch"];
+    let client = PythonClient::start(&t, &args, &[], Some("always"), steps);
+    client.next(&t);
+    assert_eq!(names(&client.next(&t)), ["read_file"]);
+    let read = client.next(&t);
+    assert_eq!(read["content"], "from the project\n", "{read}");
+    let refused = client.next(&t);
+    assert!(refused["error"].as_str().is_some_and(|e| e.contains("no tool called write_file")), "{refused}");
+    assert_eq!(client.finish(), Some(0));
+    assert_eq!(std::fs::read_to_string(elsewhere.join("notes.txt")).expect("read"), "from the project\n");
+}
+
+#[test]
 fn the_server_reconnects_when_the_daemon_goes_away_under_it() {
     let t = TestHome::new();
     std::fs::write(t.workspace.join("notes.txt"), "still here\n").expect("write");

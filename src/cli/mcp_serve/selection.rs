@@ -33,6 +33,18 @@ impl Selection {
     }
 }
 
+impl Selection {
+    /// The names `--tools` gave that none of `listed` (Astrid and MCP names) answers to.
+    pub fn unmatched<'a>(&'a self, listed: &[(String, String)]) -> Vec<&'a str> {
+        let Some(names) = &self.tools else { return Vec::new() };
+        names
+            .iter()
+            .filter(|n| !listed.iter().any(|(astrid, mcp)| astrid == *n || mcp == *n))
+            .map(String::as_str)
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

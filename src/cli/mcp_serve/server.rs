@@ -61,6 +61,8 @@ struct State {
     /// Calls in flight whose client asked for progress.
     progress: Mutex<Vec<Progress>>,
     next_call: AtomicU64,
+    /// The `--tools` names already said to match no tool.
+    unmatched_warned: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// A call whose client wants progress: a command's output, which the daemon sends tagged
@@ -87,6 +89,7 @@ impl AstridServer {
                 offered: Mutex::new(None),
                 progress: Mutex::new(Vec::new()),
                 next_call: AtomicU64::new(1),
+                unmatched_warned: Mutex::default(),
             }),
         }
     }
@@ -133,8 +136,10 @@ impl AstridServer {
             .map_err(refused)?;
         let mut names = Names::default();
         let mut tools = Vec::new();
+        let mut listed = Vec::new();
         for tool in &listing.tools {
             let Some(mcp_name) = names.offer(&tool.name) else { continue };
+            listed.push((tool.name.clone(), mcp_name.clone()));
             if !self.state.selection.offers(tool, &mcp_name) {
                 continue;
             }
@@ -144,6 +149,15 @@ impl AstridServer {
             };
             tools.push(Tool::new_with_raw(mcp_name, tool.description.clone().map(Into::into), schema));
         }
+        // A name in --tools that nothing answers to is likely a typo: said once (the tool
+        // may still come later, with a capsule or an MCP server).
+        let mut warned = self.state.unmatched_warned.lock().unwrap_or_else(|e| e.into_inner());
+        for name in self.state.selection.unmatched(&listed) {
+            if warned.insert(name.to_owned()) {
+                log::warn!("astrid mcp serve: --tools names {name}, which no tool is called now (astrid tools list)");
+            }
+        }
+        drop(warned);
         // Only what is offered can be called.
         let mut offered = Names::default();
         for tool in &tools {
