@@ -30,6 +30,19 @@ struct PythonClient {
 
 impl PythonClient {
     fn start(t: &TestHome, serve_args: &[&str], env: &[(&str, &str)], decision: Option<&str>, steps: Value) -> Self {
+        Self::start_in_mode(t, "legacy", serve_args, env, decision, steps)
+    }
+
+    /// [`PythonClient::start`] connecting in `mode`: "legacy" (`initialize`), "auto" (the
+    /// SDK's `Client`: `server/discover` first, the handshake-less 2026-07-28 protocol).
+    fn start_in_mode(
+        t: &TestHome,
+        mode: &str,
+        serve_args: &[&str],
+        env: &[(&str, &str)],
+        decision: Option<&str>,
+        steps: Value,
+    ) -> Self {
         let mut server_env = json!({"ASTRID_HOME": t.home, "ASTRID_DEFAULT_CAPSULES": "0", "ASTRID_LOG": "info"});
         for (key, value) in env {
             server_env[*key] = json!(value);
@@ -40,6 +53,7 @@ impl PythonClient {
             "server": {"command": t.bin.join("astrid"), "args": args, "env": server_env, "cwd": t.workspace},
             "client": "pytest-client", "version": "9.9",
             "decision": decision,
+            "mode": mode,
             "steps": steps,
         });
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_client.py");
@@ -143,6 +157,35 @@ fn the_python_sdk_lists_reads_and_writes_approved_through_its_elicitation() {
     }
     let decision = audit.iter().find(|e| e["action"] == "approval.decision").expect("the approval is on the record");
     assert_eq!((decision["decision"].as_str(), decision["rule"].as_str()), (Some("allow"), Some("approve")));
+}
+
+#[test]
+fn a_client_of_the_handshake_less_protocol_is_served_and_on_the_record_by_name() {
+    let t = TestHome::new();
+    std::fs::write(t.workspace.join("notes.txt"), "buy milk\n").expect("write");
+    let _daemon = t.daemon(&[]);
+    install(&t, "tools-fs");
+    let steps = json!([
+        {"list": true},
+        {"call": "read_file", "arguments": {"path": "notes.txt"}},
+        {"call": "write_file", "arguments": {"path": "todo.txt", "content": "call mum\n"}},
+    ]);
+    // Elicitation declared, but this protocol lets no server ask: nobody is asked here.
+    let client = PythonClient::start_in_mode(&t, "auto", &[], &[], Some("always"), steps);
+    let hello = client.next(&t);
+    assert_eq!(hello["protocol"], "2026-07-28", "{hello}");
+    assert!(names(&client.next(&t)).iter().any(|n| n == "write_file"));
+    let read = client.next(&t);
+    assert_eq!((read["content"].as_str(), read["is_error"].as_bool()), (Some("buy milk\n"), Some(false)), "{read}");
+    let denied = client.next(&t);
+    assert_eq!((denied["is_error"].as_bool(), denied["elicited"].as_array().map(Vec::len)), (Some(true), Some(0)));
+    assert_eq!(client.finish(), Some(0));
+    assert!(diff(&t).trim().is_empty(), "nothing was written: {}", diff(&t));
+    let audit = audit_until(&t, |a| a.iter().filter(|e| e["action"] == "tool.call").count() >= 2);
+    for call in audit.iter().filter(|e| e["action"] == "tool.call") {
+        let actor = call["actor"]["id"].as_str().unwrap_or_default();
+        assert!(actor.contains("pytest-client 9.9 via astrid mcp serve"), "{call}");
+    }
 }
 
 #[test]
