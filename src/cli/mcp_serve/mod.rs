@@ -73,8 +73,10 @@ pub fn run(home: &AstridHome, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         read_only: args.read_only,
     };
     spawn::ensure_daemon_in(home, &workspace)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the process only waits on pipes and a socket, and a hop between worker
+    // threads per message cost more than it gained (+190 against +280 µs a call, or worse
+    // under load, in benches/mcp_serve.rs).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
