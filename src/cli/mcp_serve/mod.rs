@@ -76,10 +76,8 @@ pub fn run(home: &AstridHome, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     // One thread: the process only waits on pipes and a socket, and a hop between worker
     // threads per message cost more than it gained (+190 against +280 µs a call, or worse
     // under load, in benches/mcp_serve.rs).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     let server = AstridServer::new(home.clone(), selection, Some(workspace));
     let ended = runtime.block_on(async move {
         // The pipes on the reactor, not stdin/stdout on the blocking pool: a thread hand-off
