@@ -456,6 +456,69 @@ fn a_killed_client_leaves_no_server_behind_and_the_ephemeral_daemon_idles_out() 
 }
 
 #[test]
+fn stdout_carries_only_the_protocol_even_when_it_starts_the_daemon_and_logs_everything() {
+    let t = TestHome::new();
+    std::fs::create_dir_all(&t.home).expect("home");
+    std::fs::write(t.workspace.join("notes.txt"), "quiet\n").expect("write");
+    let mut serve = Command::new(t.bin.join("astrid"))
+        .args(["mcp", "serve"])
+        .env("ASTRID_HOME", &t.home)
+        .env("ASTRID_LOG", "trace")
+        .env("ASTRID_IDLE_TIMEOUT_SECS", "2")
+        .current_dir(&t.workspace)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("astrid mcp serve");
+    let mut stdin = serve.stdin.take().expect("stdin");
+    let stdout = serve.stdout.take().expect("stdout");
+    let (send, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = send.send(line);
+        }
+    });
+    let mut answer_to = |id: u64, message: Value| -> Vec<String> {
+        use std::io::Write;
+        writeln!(stdin, "{message}").expect("write");
+        let mut seen = Vec::new();
+        loop {
+            let line = lines.recv_timeout(HANG).unwrap_or_else(|_| panic!("no answer to {id}: {seen:?}"));
+            let answered = serde_json::from_str::<Value>(&line).is_ok_and(|m| m["id"] == id);
+            seen.push(line);
+            if answered {
+                return seen;
+            }
+        }
+    };
+    let init =
+        json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}});
+    let mut stdout_lines = answer_to(1, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init}));
+    stdout_lines.extend(answer_to(2, json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})));
+    let call = json!({"name": "read_file", "arguments": {"path": "notes.txt"}});
+    stdout_lines.extend(answer_to(3, json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": call})));
+    for line in &stdout_lines {
+        let message: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}) on stdout: {line}"));
+        assert_eq!(message["jsonrpc"], "2.0", "{line}");
+    }
+    assert!(stdout_lines.last().is_some_and(|l| l.contains("quiet")), "{stdout_lines:?}");
+    drop(stdin);
+    let deadline = Instant::now() + HANG;
+    let status = loop {
+        if let Some(status) = serve.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "astrid mcp serve outlived its stdin");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+    assert!(stderr.contains("TRACE") || stderr.contains("DEBUG"), "the logs went to stderr: {stderr}");
+}
+
+#[test]
 fn the_mcp_inspector_cli_lists_and_calls_astrids_tools() {
     let t = TestHome::new();
     std::fs::write(t.workspace.join("notes.txt"), "inspected\n").expect("write");
