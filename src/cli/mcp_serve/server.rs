@@ -197,7 +197,7 @@ impl ServerHandler for AstridServer {
             .with_instructions(
                 "Astrid's tools: every call is checked against its grant, asks a person when the tool \
                  asks for approval, is recorded in Astrid's audit trail, and writes go to a review \
-                 overlay (astrid workspace diff, then commit).",
+                 overlay until a person commits them (`astrid workspace diff`, `astrid workspace commit`).",
             )
     }
 
