@@ -12,7 +12,8 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(frames messages manifest sandbox paths)
 
-rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+# grep without -q reads all the list: one that leaves early can make rustup fail on SIGPIPE.
+rustup toolchain list | grep '^nightly' >/dev/null || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 
 for target in "${targets[@]}"; do

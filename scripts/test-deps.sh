@@ -28,30 +28,36 @@ if ! command -v tmux >/dev/null; then
     DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq tmux >/dev/null
 fi
 
-everything="$deps/npm/node_modules/.bin/mcp-server-everything"
-if [ ! -x "$everything" ] || ! grep -q "\"version\": \"$EVERYTHING_VERSION\"" \
-        "$deps/npm/node_modules/@modelcontextprotocol/server-everything/package.json" 2>/dev/null; then
-    echo "installing @modelcontextprotocol/server-everything@$EVERYTHING_VERSION" >&2
-    npm install --silent --no-audit --no-fund --prefix "$deps/npm" \
-        "@modelcontextprotocol/server-everything@$EVERYTHING_VERSION" >/dev/null
-fi
+# npm_pinned DIR PACKAGE VERSION BIN: PACKAGE@VERSION under $deps/DIR, unless BIN is there
+# already at that version.
+npm_pinned() {
+    local prefix="$deps/$1" package="$2" version="$3" bin="$4"
+    if [ ! -x "$prefix/node_modules/.bin/$bin" ] || ! grep -q "\"version\": \"$version\"" \
+            "$prefix/node_modules/$package/package.json" 2>/dev/null; then
+        echo "installing $package@$version" >&2
+        npm install --silent --no-audit --no-fund --prefix "$prefix" "$package@$version" >/dev/null
+    fi
+}
+
+npm_pinned npm @modelcontextprotocol/server-everything "$EVERYTHING_VERSION" mcp-server-everything
+
+# pip_version PACKAGE: its version in the venv, or nothing. (Not `pip show | grep -q`: grep
+# leaves at the first match, pip dies of SIGPIPE, and pipefail calls the check failed, so
+# every run reinstalled.)
+pip_version() {
+    "$deps/venv/bin/pip" show "$1" 2>/dev/null | sed -n 's/^Version: //p'
+}
 
 time_server="$deps/venv/bin/mcp-server-time"
-if [ ! -x "$time_server" ] || ! "$deps/venv/bin/pip" show mcp-server-time 2>/dev/null | grep -qx "Version: $TIME_VERSION"; then
+if [ ! -x "$time_server" ] || [ "$(pip_version mcp-server-time)" != "$TIME_VERSION" ]; then
     echo "installing mcp-server-time==$TIME_VERSION" >&2
     python3 -m venv "$deps/venv"
     "$deps/venv/bin/pip" install --quiet --disable-pip-version-check "mcp-server-time==$TIME_VERSION"
 fi
 
-if ! "$deps/venv/bin/pip" show mcp 2>/dev/null | grep -qx "Version: $PYTHON_SDK_VERSION"; then
+if [ "$(pip_version mcp)" != "$PYTHON_SDK_VERSION" ]; then
     echo "installing mcp==$PYTHON_SDK_VERSION (the official Python SDK)" >&2
     "$deps/venv/bin/pip" install --quiet --disable-pip-version-check "mcp==$PYTHON_SDK_VERSION"
 fi
 
-inspector="$deps/inspector/node_modules/.bin/mcp-inspector"
-if [ ! -x "$inspector" ] || ! grep -q "\"version\": \"$INSPECTOR_VERSION\"" \
-        "$deps/inspector/node_modules/@modelcontextprotocol/inspector/package.json" 2>/dev/null; then
-    echo "installing @modelcontextprotocol/inspector@$INSPECTOR_VERSION" >&2
-    npm install --silent --no-audit --no-fund --prefix "$deps/inspector" \
-        "@modelcontextprotocol/inspector@$INSPECTOR_VERSION" >/dev/null
-fi
+npm_pinned inspector @modelcontextprotocol/inspector "$INSPECTOR_VERSION" mcp-inspector

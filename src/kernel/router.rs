@@ -104,7 +104,7 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
         }
         if let Ok(KernelRequest::CallTool { name, arguments, call_id }) = &request
             && refused.is_none()
-            && let Some(client) = incoming.origin.client()
+            && let Some(client) = caller.client
         {
             // A tool call may wait on a person and a command: answered from a task of its own.
             let call = super::tool_call::Request {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::capsules::{audit_until, install};
 use crate::command_sandbox::none_left;
-use crate::harness::{HANG, Terminal, TestHome, wait_for};
+use crate::harness::{Daemon, HANG, Terminal, TestHome, wait_for};
 
 fn test_dep(relative: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-deps").join(relative);
@@ -109,17 +109,31 @@ fn names(listed: &Value) -> Vec<String> {
     listed["tools"].as_array().expect("tools").iter().map(|t| t["name"].as_str().expect("name").to_owned()).collect()
 }
 
-#[test]
-fn the_python_sdk_lists_reads_and_writes_approved_through_its_elicitation() {
+/// A home with a daemon running the file tools, its workspace holding `notes.txt` with
+/// `notes` when given.
+fn with_file_tools(notes: Option<&str>) -> (TestHome, Daemon) {
     let t = TestHome::new();
-    std::fs::write(t.workspace.join("notes.txt"), "buy milk\n").expect("write");
-    let _daemon = t.daemon(&[]);
+    if let Some(notes) = notes {
+        std::fs::write(t.workspace.join("notes.txt"), notes).expect("write");
+    }
+    let daemon = t.daemon(&[]);
     install(&t, "tools-fs");
-    let steps = json!([
+    (t, daemon)
+}
+
+/// List the tools, read notes.txt, write todo.txt.
+fn list_read_write() -> Value {
+    json!([
         {"list": true},
         {"call": "read_file", "arguments": {"path": "notes.txt"}},
         {"call": "write_file", "arguments": {"path": "todo.txt", "content": "call mum\n"}},
-    ]);
+    ])
+}
+
+#[test]
+fn the_python_sdk_lists_reads_and_writes_approved_through_its_elicitation() {
+    let (t, _daemon) = with_file_tools(Some("buy milk\n"));
+    let steps = list_read_write();
     let client = PythonClient::start(&t, &[], &[], Some("once"), steps);
     let hello = client.next(&t);
     assert_eq!(hello["initialized"], "astrid", "{hello}");
@@ -161,15 +175,8 @@ fn the_python_sdk_lists_reads_and_writes_approved_through_its_elicitation() {
 
 #[test]
 fn a_client_of_the_handshake_less_protocol_is_served_and_on_the_record_by_name() {
-    let t = TestHome::new();
-    std::fs::write(t.workspace.join("notes.txt"), "buy milk\n").expect("write");
-    let _daemon = t.daemon(&[]);
-    install(&t, "tools-fs");
-    let steps = json!([
-        {"list": true},
-        {"call": "read_file", "arguments": {"path": "notes.txt"}},
-        {"call": "write_file", "arguments": {"path": "todo.txt", "content": "call mum\n"}},
-    ]);
+    let (t, _daemon) = with_file_tools(Some("buy milk\n"));
+    let steps = list_read_write();
     // Elicitation declared, but this protocol lets no server ask: nobody is asked here.
     let client = PythonClient::start_in_mode(&t, "auto", &[], &[], Some("always"), steps);
     let hello = client.next(&t);
@@ -190,9 +197,7 @@ fn a_client_of_the_handshake_less_protocol_is_served_and_on_the_record_by_name()
 
 #[test]
 fn without_anyone_to_approve_a_write_is_denied_at_once_and_the_audit_says_why() {
-    let t = TestHome::new();
-    let _daemon = t.daemon(&[]);
-    install(&t, "tools-fs");
+    let (t, _daemon) = with_file_tools(None);
     let steps = json!([{"call": "write_file", "arguments": {"path": "todo.txt", "content": "call mum\n"}}]);
     let client = PythonClient::start(&t, &[], &[], None, steps);
     client.next(&t);
@@ -210,9 +215,7 @@ fn without_anyone_to_approve_a_write_is_denied_at_once_and_the_audit_says_why() 
 
 #[test]
 fn a_chat_idle_in_another_terminal_answers_for_a_client_that_cannot_ask() {
-    let t = TestHome::new();
-    let _daemon = t.daemon(&[]);
-    install(&t, "tools-fs");
+    let (t, _daemon) = with_file_tools(None);
     let chat = Terminal::start(&t, &format!("'{}' chat", t.bin.join("astrid").display()));
     chat.wait_for("you>", 1).unwrap_or_else(|e| panic!("{e}\n{}", t.log()));
     let steps = json!([
@@ -332,9 +335,7 @@ fn two_calls_of_the_same_command_at_once_each_get_their_own_output_as_progress()
 
 #[test]
 fn the_client_hears_when_the_tools_change_and_read_only_offers_only_reading() {
-    let t = TestHome::new();
-    let _daemon = t.daemon(&[]);
-    install(&t, "tools-fs");
+    let (t, _daemon) = with_file_tools(None);
     let client = PythonClient::start(&t, &[], &[], None, json!([{"list": true}, {"wait_for_list_changed": true}]));
     client.next(&t);
     assert!(!names(&client.next(&t)).iter().any(|n| n == "run_command"));
@@ -381,10 +382,7 @@ fn tools_offers_a_subset_and_workspace_names_the_directory_worked_in() {
 
 #[test]
 fn the_server_reconnects_when_the_daemon_goes_away_under_it() {
-    let t = TestHome::new();
-    std::fs::write(t.workspace.join("notes.txt"), "still here\n").expect("write");
-    let mut daemon = t.daemon(&[]);
-    install(&t, "tools-fs");
+    let (t, mut daemon) = with_file_tools(Some("still here\n"));
     let go_on = t.home.with_extension("go-on");
     let steps = json!([
         {"call": "read_file", "arguments": {"path": "notes.txt"}},
@@ -520,10 +518,7 @@ fn stdout_carries_only_the_protocol_even_when_it_starts_the_daemon_and_logs_ever
 
 #[test]
 fn the_mcp_inspector_cli_lists_and_calls_astrids_tools() {
-    let t = TestHome::new();
-    std::fs::write(t.workspace.join("notes.txt"), "inspected\n").expect("write");
-    let _daemon = t.daemon(&[]);
-    install(&t, "tools-fs");
+    let (t, _daemon) = with_file_tools(Some("inspected\n"));
     let inspector = |args: &[&str]| {
         let output = Command::new(test_dep("inspector/node_modules/.bin/mcp-inspector"))
             .args(["--cli", "-e", &format!("ASTRID_HOME={}", t.home.display()), "-e", "ASTRID_DEFAULT_CAPSULES=0"])

@@ -44,6 +44,11 @@ impl Names {
         }
     }
 
+    /// Whether a tool offered is called `name`, by its Astrid or its MCP name.
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.by_mcp.contains_key(name) || self.by_mcp.values().any(|astrid| astrid == name)
+    }
+
     /// The Astrid tool the MCP name `mcp` stands for.
     pub fn astrid_name(&self, mcp: &str) -> Option<&str> {
         self.by_mcp.get(mcp).map(String::as_str)

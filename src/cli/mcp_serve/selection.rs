@@ -7,6 +7,7 @@
 //! which nothing checks; so `write_file`, `edit_file`, `run_command` and every MCP server's
 //! tool are left out.
 
+use super::names::Names;
 use crate::types::management::{ListedTool, ToolOrigin};
 
 /// The capsule whose reading tools `--read-only` keeps.
@@ -34,14 +35,10 @@ impl Selection {
 }
 
 impl Selection {
-    /// The names `--tools` gave that none of `listed` (Astrid and MCP names) answers to.
-    pub fn unmatched<'a>(&'a self, listed: &[(String, String)]) -> Vec<&'a str> {
+    /// The names `--tools` gave that none of the tools `listed` answers to.
+    pub fn unmatched<'a>(&'a self, listed: &Names) -> Vec<&'a str> {
         let Some(names) = &self.tools else { return Vec::new() };
-        names
-            .iter()
-            .filter(|n| !listed.iter().any(|(astrid, mcp)| astrid == *n || mcp == *n))
-            .map(String::as_str)
-            .collect()
+        names.iter().filter(|n| !listed.answers_to(n)).map(String::as_str).collect()
     }
 }
 

@@ -136,10 +136,8 @@ impl AstridServer {
             .map_err(refused)?;
         let mut names = Names::default();
         let mut tools = Vec::new();
-        let mut listed = Vec::new();
         for tool in &listing.tools {
             let Some(mcp_name) = names.offer(&tool.name) else { continue };
-            listed.push((tool.name.clone(), mcp_name.clone()));
             if !self.state.selection.offers(tool, &mcp_name) {
                 continue;
             }
@@ -152,7 +150,7 @@ impl AstridServer {
         // A name in --tools that nothing answers to is likely a typo: said once (the tool
         // may still come later, with a capsule or an MCP server).
         let mut warned = self.state.unmatched_warned.lock().unwrap_or_else(|e| e.into_inner());
-        for name in self.state.selection.unmatched(&listed) {
+        for name in self.state.selection.unmatched(&names) {
             if warned.insert(name.to_owned()) {
                 log::warn!("astrid mcp serve: --tools names {name}, which no tool is called now (astrid tools list)");
             }
