@@ -53,7 +53,7 @@ macro_rules! embedded {
 }
 
 /// The default set, in load order (providers and tools before the loop that calls them).
-pub const DEFAULT_CAPSULES: &[DefaultCapsule] = &[
+pub static DEFAULT_CAPSULES: &[DefaultCapsule] = &[
     embedded!("llm-offline", no_environment),
     embedded!("llm-openai", openai_environment),
     embedded!("tools-fs", no_environment),
