@@ -1,8 +1,10 @@
 //! `cargo bench`: what the daemon costs, measured against a baseline taken in the same run.
 //!
 //! Prints, for the release binary:
-//! - raw Unix socket round trip of a 64-byte frame between two threads (the baseline);
-//! - `GetStatus` round trip over the Astrid protocol (p50, p99) and its ratio to the baseline;
+//! - the baseline: the fastest honest round trip of the same frame, from the same client code,
+//!   to an echo server in a process of its own (this binary again, under [`ECHO_ENV`]);
+//! - `GetStatus` round trip over the Astrid protocol (p50, p99) and its ratio to the baseline,
+//!   the two interleaved request by request so that a machine getting busier weighs on both;
 //! - boot-to-ready of `astrid-daemon` (median of 20 boots);
 //! - idle RSS of a booted daemon;
 //! - `astrid status` as a whole process (median of 20 runs).
@@ -22,7 +24,13 @@ const WARMUP: usize = 1_000;
 const BOOTS: usize = 20;
 const STATUS_RUNS: usize = 20;
 
+/// Set to a socket path, this binary is the baseline's echo server instead.
+const ECHO_ENV: &str = "ASTRID_BENCH_ECHO";
+
 fn main() {
+    if let Some(path) = std::env::var_os(ECHO_ENV) {
+        return echo_server(Path::new(&path));
+    }
     // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
     let dir = tempfile::Builder::new().prefix("astb").tempdir_in("/tmp").expect("tempdir");
     let exe = Path::new(env!("CARGO_BIN_EXE_astrid"));
@@ -30,13 +38,14 @@ fn main() {
     std::os::unix::fs::symlink(exe, &daemon_link).expect("symlink");
 
     println!("astrid protocol benchmark (release binary {})", exe.display());
-    let raw = raw_socket_round_trips(dir.path());
-    report("raw unix socket round trip, 64-byte frame (baseline)", &raw);
-
     let home = dir.path().join("h");
     let mut daemon = spawn_daemon(&daemon_link, &home);
     wait_ready(&home);
-    let status = get_status_round_trips(&home);
+    let echo_path = dir.path().join("echo.sock");
+    let mut echo = spawn_echo(&echo_path);
+    let (raw, status) = round_trips(&echo_path, &home);
+    stop(&mut echo);
+    report("raw unix socket round trip of the same frame, echo process (baseline)", &raw);
     report("GetStatus round trip over the astrid protocol", &status);
     let ratio = median(&status) / median(&raw);
     println!("  ratio p50 GetStatus / p50 raw: {ratio:.2}x (target <= 2.00x)");
@@ -113,39 +122,44 @@ fn read_frame(stream: &mut UnixStream) -> Vec<u8> {
     body
 }
 
-/// Baseline: a thread echoes 64-byte frames over a Unix socket.
-fn raw_socket_round_trips(dir: &Path) -> Vec<f64> {
-    let path = dir.join("raw.sock");
-    let listener = UnixListener::bind(&path).expect("bind");
-    let server = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().expect("accept");
-        for _ in 0..ROUND_TRIPS + WARMUP {
-            let body = read_frame(&mut stream);
-            stream.write_all(&frame(&body)).expect("echo");
-        }
-    });
-    let mut client = UnixStream::connect(&path).expect("connect");
-    let message = frame(&[b'x'; 64]);
-    let mut samples = Vec::with_capacity(ROUND_TRIPS);
-    for i in 0..ROUND_TRIPS + WARMUP {
-        let started = Instant::now();
-        client.write_all(&message).expect("write");
-        read_frame(&mut client);
-        if i >= WARMUP {
-            samples.push(started.elapsed().as_secs_f64() * 1e6);
-        }
+/// The baseline's server: echoes each frame on one connection until it closes.
+fn echo_server(path: &Path) {
+    let listener = UnixListener::bind(path).expect("bind");
+    let (mut stream, _) = listener.accept().expect("accept");
+    let mut header = [0u8; 4];
+    while stream.read_exact(&mut header).is_ok() {
+        let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+        stream.read_exact(&mut body).expect("body");
+        let mut reply = header.to_vec();
+        reply.extend_from_slice(&body);
+        stream.write_all(&reply).expect("echo");
     }
-    server.join().expect("server");
-    samples.sort_by(f64::total_cmp);
-    samples
 }
 
-fn get_status_round_trips(home: &Path) -> Vec<f64> {
-    let mut client = UnixStream::connect(home.join("run/system.sock")).expect("connect");
+/// This binary as the echo server at `path`, once it listens.
+fn spawn_echo(path: &Path) -> Child {
+    let child = Command::new(std::env::current_exe().expect("current exe"))
+        .env(ECHO_ENV, path)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("echo server");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "the echo server never listened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+/// The same `GetStatus` frame, sent by the same code, to the echo process and to the daemon,
+/// one after the other each time: (echo samples, GetStatus samples), sorted, in µs.
+fn round_trips(echo_path: &Path, home: &Path) -> (Vec<f64>, Vec<f64>) {
+    let mut echo = UnixStream::connect(echo_path).expect("connect to the echo server");
+    let mut daemon = UnixStream::connect(home.join("run/system.sock")).expect("connect");
     let token = std::fs::read_to_string(home.join("run/system.token")).expect("token");
     let hello = json!({"token": token, "protocol_version": 1, "client_version": "bench"});
-    client.write_all(&frame(&serde_json::to_vec(&hello).expect("json"))).expect("handshake");
-    let reply: Value = serde_json::from_slice(&read_frame(&mut client)).expect("reply");
+    daemon.write_all(&frame(&serde_json::to_vec(&hello).expect("json"))).expect("handshake");
+    let reply: Value = serde_json::from_slice(&read_frame(&mut daemon)).expect("reply");
     assert_eq!(reply["status"], "ok");
     let request = json!({
         "topic": "astrid.v1.request.status",
@@ -154,21 +168,28 @@ fn get_status_round_trips(home: &Path) -> Vec<f64> {
         "timestamp": "2026-05-25T12:00:00Z", "seq": 0
     });
     let request = frame(&serde_json::to_vec(&request).expect("json"));
-    let mut samples = Vec::with_capacity(ROUND_TRIPS);
-    for i in 0..ROUND_TRIPS + WARMUP {
+    let round_trip = |stream: &mut UnixStream| -> (f64, Vec<u8>) {
         let started = Instant::now();
-        client.write_all(&request).expect("write");
-        let reply = read_frame(&mut client);
-        if i >= WARMUP {
-            samples.push(started.elapsed().as_secs_f64() * 1e6);
-        }
+        stream.write_all(&request).expect("write");
+        let reply = read_frame(stream);
+        (started.elapsed().as_secs_f64() * 1e6, reply)
+    };
+    let (mut raw, mut status) = (Vec::with_capacity(ROUND_TRIPS), Vec::with_capacity(ROUND_TRIPS));
+    for i in 0..ROUND_TRIPS + WARMUP {
+        let (echoed, _) = round_trip(&mut echo);
+        let (answered, reply) = round_trip(&mut daemon);
         if i == 0 {
             let reply: Value = serde_json::from_slice(&reply).expect("json");
             assert_eq!(reply["payload"]["status"], "Status", "{reply}");
         }
+        if i >= WARMUP {
+            raw.push(echoed);
+            status.push(answered);
+        }
     }
-    samples.sort_by(f64::total_cmp);
-    samples
+    raw.sort_by(f64::total_cmp);
+    status.sort_by(f64::total_cmp);
+    (raw, status)
 }
 
 fn spawn_daemon(link: &Path, home: &PathBuf) -> Child {
