@@ -59,27 +59,38 @@ pub fn validate(topic: &str) -> Result<(), TopicError> {
 }
 
 /// Bus delivery semantics: a trailing `*` absorbs one or more segments.
+///
+/// Called for every subscriber of every message (the bus's hottest path), so it walks both
+/// strings segment by segment and allocates nothing.
 pub fn subscription_matches(pattern: &str, topic: &str) -> bool {
-    let topic: Vec<&str> = topic.split('.').collect();
-    if topic.len() > MAX_MATCHABLE_SEGMENTS {
+    if topic.bytes().filter(|&b| b == b'.').count() >= MAX_MATCHABLE_SEGMENTS {
         return false;
     }
-    let pattern: Vec<&str> = pattern.split('.').collect();
-    match pattern.split_last() {
-        Some((&"*", prefix)) if topic.len() > prefix.len() => segments_match(prefix, &topic[..prefix.len()]),
-        _ => pattern.len() == topic.len() && segments_match(&pattern, &topic),
+    let mut topic = topic.split('.');
+    let mut pattern = pattern.split('.').peekable();
+    while let Some(wanted) = pattern.next() {
+        let Some(segment) = topic.next() else { return false };
+        if wanted == "*" && pattern.peek().is_none() {
+            // The trailing wildcard, with at least this one segment to take.
+            return true;
+        }
+        if wanted != "*" && wanted != segment {
+            return false;
+        }
     }
+    topic.next().is_none()
 }
 
-/// ACL semantics: equal segment counts, `*` is exactly one segment.
+/// ACL semantics: equal segment counts, `*` is exactly one segment. Allocates nothing.
 pub fn acl_matches(pattern: &str, topic: &str) -> bool {
-    let pattern: Vec<&str> = pattern.split('.').collect();
-    let topic: Vec<&str> = topic.split('.').collect();
-    pattern.len() == topic.len() && segments_match(&pattern, &topic)
-}
-
-fn segments_match(pattern: &[&str], topic: &[&str]) -> bool {
-    pattern.iter().zip(topic).all(|(p, t)| *p == "*" || p == t)
+    let (mut pattern, mut topic) = (pattern.split('.'), topic.split('.'));
+    loop {
+        match (pattern.next(), topic.next()) {
+            (None, None) => return true,
+            (Some(wanted), Some(segment)) if wanted == "*" || wanted == segment => {}
+            _ => return false,
+        }
+    }
 }
 
 #[cfg(test)]
