@@ -7,7 +7,9 @@
 //!   the two interleaved request by request so that a machine getting busier weighs on both;
 //! - boot-to-ready of `astrid-daemon` (median of 20 boots);
 //! - idle RSS of a booted daemon;
-//! - `astrid status` as a whole process (median of 20 runs).
+//! - [`CLIENTS`] connections sending `GetStatus` back to back: requests/s and the worst
+//!   client's p99, beside the echo process answering the same connections;
+//! - `astrid status` as a whole process (median of 50 runs), beside spawning `/bin/true`.
 //!
 //! Figures are reported, not asserted: a benchmark is not a timed test.
 
@@ -22,7 +24,10 @@ use serde_json::{Value, json};
 const ROUND_TRIPS: usize = 20_000;
 const WARMUP: usize = 1_000;
 const BOOTS: usize = 20;
-const STATUS_RUNS: usize = 20;
+const STATUS_RUNS: usize = 50;
+/// Connections of the throughput figure, and what each sends.
+const CLIENTS: usize = 8;
+const REQUESTS_PER_CLIENT: usize = 5_000;
 
 /// Set to a socket path, this binary is the baseline's echo server instead.
 const ECHO_ENV: &str = "ASTRID_BENCH_ECHO";
@@ -41,34 +46,61 @@ fn main() {
     let home = dir.path().join("h");
     let mut daemon = spawn_daemon(&daemon_link, &home);
     wait_ready(&home);
+    // Capsules may still be settling just after readiness: idle means a moment later.
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_kib = rss_kib(daemon.id());
     let echo_path = dir.path().join("echo.sock");
     let mut echo = spawn_echo(&echo_path);
     let (raw, status) = round_trips(&echo_path, &home);
-    stop(&mut echo);
     report("raw unix socket round trip of the same frame, echo process (baseline)", &raw);
     report("GetStatus round trip over the astrid protocol", &status);
     let ratio = median(&status) / median(&raw);
     println!("  ratio p50 GetStatus / p50 raw: {ratio:.2}x (target <= 2.00x)");
 
-    let rss_kib = rss_kib(daemon.id());
+    let echoed = throughput(|| UnixStream::connect(&echo_path).expect("connect to the echo server"));
+    let answered = throughput(|| connect_daemon(&home));
+    stop(&mut echo);
     println!(
-        "idle RSS after boot and {} requests: {:.1} MB (target <= 10 MB)",
-        ROUND_TRIPS + WARMUP,
-        rss_kib as f64 / 1024.0
+        "{CLIENTS} clients back to back, echo process (baseline): {:.0} round trips/s, worst client p99 {:.0} us",
+        echoed.per_second, echoed.worst_p99
+    );
+    println!(
+        "{CLIENTS} clients back to back, GetStatus: {:.0} requests/s ({:.2}x the baseline; target >= 50000/s), \
+         worst client p99 {:.0} us (target < 2000 us)",
+        answered.per_second,
+        answered.per_second / echoed.per_second,
+        answered.worst_p99
+    );
+
+    let after_kib = rss_kib(daemon.id());
+    println!("idle RSS after boot: {:.1} MB (target <= 10 MB)", idle_kib as f64 / 1024.0);
+    println!(
+        "RSS after {} requests on {} connections: {:.1} MB",
+        ROUND_TRIPS + WARMUP + CLIENTS * REQUESTS_PER_CLIENT + WARMUP,
+        CLIENTS + 1,
+        after_kib as f64 / 1024.0
     );
 
     let cli = dir.path().join("astrid");
     std::os::unix::fs::symlink(exe, &cli).expect("symlink");
-    let mut status_runs: Vec<f64> = (0..STATUS_RUNS)
-        .map(|_| {
-            let started = Instant::now();
-            let out = Command::new(&cli).arg("status").env("ASTRID_HOME", &home).output().expect("astrid status");
-            assert!(out.status.success(), "astrid status failed");
-            started.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
+    // Interleaved with the baseline, run for run, as above.
+    let time = |command: &mut Command| {
+        let started = Instant::now();
+        let out = command.output().expect("spawn");
+        assert!(out.status.success(), "{command:?} failed");
+        started.elapsed().as_secs_f64() * 1e6
+    };
+    let (mut true_runs, mut status_runs): (Vec<f64>, Vec<f64>) = (0..STATUS_RUNS)
+        .map(|_| (time(&mut Command::new("/bin/true")), time(Command::new(&cli).arg("status").env("ASTRID_HOME", &home))))
+        .unzip();
+    true_runs.sort_by(f64::total_cmp);
     status_runs.sort_by(f64::total_cmp);
-    println!("`astrid status` whole process: median {:.2} ms (target <= 5 ms)", median(&status_runs) / 1000.0);
+    println!("spawning /bin/true (baseline): median {:.2} ms", median(&true_runs) / 1000.0);
+    println!(
+        "`astrid status` whole process: median {:.2} ms ({:.2}x the baseline; target <= 1.5x)",
+        median(&status_runs) / 1000.0,
+        median(&status_runs) / median(&true_runs)
+    );
     stop(&mut daemon);
 
     let mut boots: Vec<f64> = (0..BOOTS)
@@ -122,17 +154,25 @@ fn read_frame(stream: &mut UnixStream) -> Vec<u8> {
     body
 }
 
-/// The baseline's server: echoes each frame on one connection until it closes.
+/// The baseline's server: echoes each frame, a thread per connection, until killed.
 fn echo_server(path: &Path) {
     let listener = UnixListener::bind(path).expect("bind");
-    let (mut stream, _) = listener.accept().expect("accept");
-    let mut header = [0u8; 4];
-    while stream.read_exact(&mut header).is_ok() {
-        let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
-        stream.read_exact(&mut body).expect("body");
-        let mut reply = header.to_vec();
-        reply.extend_from_slice(&body);
-        stream.write_all(&reply).expect("echo");
+    for stream in listener.incoming() {
+        let mut stream = stream.expect("accept");
+        std::thread::spawn(move || {
+            let mut header = [0u8; 4];
+            while stream.read_exact(&mut header).is_ok() {
+                let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+                if stream.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let mut reply = header.to_vec();
+                reply.extend_from_slice(&body);
+                if stream.write_all(&reply).is_err() {
+                    return;
+                }
+            }
+        });
     }
 }
 
@@ -151,29 +191,43 @@ fn spawn_echo(path: &Path) -> Child {
     child
 }
 
-/// The same `GetStatus` frame, sent by the same code, to the echo process and to the daemon,
-/// one after the other each time: (echo samples, GetStatus samples), sorted, in µs.
-fn round_trips(echo_path: &Path, home: &Path) -> (Vec<f64>, Vec<f64>) {
-    let mut echo = UnixStream::connect(echo_path).expect("connect to the echo server");
+/// A connection to the daemon, past its handshake.
+fn connect_daemon(home: &Path) -> UnixStream {
     let mut daemon = UnixStream::connect(home.join("run/system.sock")).expect("connect");
     let token = std::fs::read_to_string(home.join("run/system.token")).expect("token");
     let hello = json!({"token": token, "protocol_version": 1, "client_version": "bench"});
     daemon.write_all(&frame(&serde_json::to_vec(&hello).expect("json"))).expect("handshake");
     let reply: Value = serde_json::from_slice(&read_frame(&mut daemon)).expect("reply");
     assert_eq!(reply["status"], "ok");
+    daemon
+}
+
+/// The `GetStatus` request frame both servers are sent.
+fn status_request() -> Vec<u8> {
     let request = json!({
         "topic": "astrid.v1.request.status",
         "payload": {"type": "raw_json", "method": "GetStatus"},
         "signature": null, "source_id": "00000000-0000-0000-0000-000000000000",
         "timestamp": "2026-05-25T12:00:00Z", "seq": 0
     });
-    let request = frame(&serde_json::to_vec(&request).expect("json"));
-    let round_trip = |stream: &mut UnixStream| -> (f64, Vec<u8>) {
-        let started = Instant::now();
-        stream.write_all(&request).expect("write");
-        let reply = read_frame(stream);
-        (started.elapsed().as_secs_f64() * 1e6, reply)
-    };
+    frame(&serde_json::to_vec(&request).expect("json"))
+}
+
+/// One request and its reply: (µs, reply body).
+fn round_trip(stream: &mut UnixStream, request: &[u8]) -> (f64, Vec<u8>) {
+    let started = Instant::now();
+    stream.write_all(request).expect("write");
+    let reply = read_frame(stream);
+    (started.elapsed().as_secs_f64() * 1e6, reply)
+}
+
+/// The same `GetStatus` frame, sent by the same code, to the echo process and to the daemon,
+/// one after the other each time: (echo samples, GetStatus samples), sorted, in µs.
+fn round_trips(echo_path: &Path, home: &Path) -> (Vec<f64>, Vec<f64>) {
+    let mut echo = UnixStream::connect(echo_path).expect("connect to the echo server");
+    let mut daemon = connect_daemon(home);
+    let request = status_request();
+    let round_trip = |stream: &mut UnixStream| round_trip(stream, &request);
     let (mut raw, mut status) = (Vec::with_capacity(ROUND_TRIPS), Vec::with_capacity(ROUND_TRIPS));
     for i in 0..ROUND_TRIPS + WARMUP {
         let (echoed, _) = round_trip(&mut echo);
@@ -190,6 +244,45 @@ fn round_trips(echo_path: &Path, home: &Path) -> (Vec<f64>, Vec<f64>) {
     raw.sort_by(f64::total_cmp);
     status.sort_by(f64::total_cmp);
     (raw, status)
+}
+
+/// What [`CLIENTS`] connections sending back to back achieved together.
+struct Throughput {
+    per_second: f64,
+    /// The worst of the clients' p99s, in µs.
+    worst_p99: f64,
+}
+
+/// [`CLIENTS`] connections (made by `connect`), each sending [`REQUESTS_PER_CLIENT`] `GetStatus`
+/// frames back to back after a common start.
+fn throughput(connect: impl Fn() -> UnixStream) -> Throughput {
+    let request = status_request();
+    let start = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS + 1));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let mut stream = connect();
+            let (request, start) = (request.clone(), std::sync::Arc::clone(&start));
+            std::thread::spawn(move || {
+                for _ in 0..WARMUP / CLIENTS {
+                    round_trip(&mut stream, &request);
+                }
+                start.wait();
+                let mut samples: Vec<f64> =
+                    (0..REQUESTS_PER_CLIENT).map(|_| round_trip(&mut stream, &request).0).collect();
+                let finished = Instant::now();
+                samples.sort_by(f64::total_cmp);
+                (percentile(&samples, 0.99), finished)
+            })
+        })
+        .collect();
+    start.wait();
+    let started = Instant::now();
+    let results: Vec<(f64, Instant)> = clients.into_iter().map(|c| c.join().expect("client")).collect();
+    let last = results.iter().map(|(_, finished)| *finished).max().expect("clients");
+    Throughput {
+        per_second: (CLIENTS * REQUESTS_PER_CLIENT) as f64 / (last - started).as_secs_f64(),
+        worst_p99: results.iter().map(|(p99, _)| *p99).fold(0.0, f64::max),
+    }
 }
 
 fn spawn_daemon(link: &Path, home: &PathBuf) -> Child {

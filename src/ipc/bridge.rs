@@ -611,13 +611,17 @@ enum Next {
 /// reads slowly is not, however long a large frame takes it.
 async fn send(writer: &mut OwnedWriteHalf, message: &BusMessage) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
-    let frame = EgressFrame::from_message(&message.message);
-    let body = serde_json::to_vec(&frame).map_err(std::io::Error::other)?;
-    let length = u32::try_from(body.len()).map_err(|_| std::io::Error::other("frame too large"))?;
-    let mut bytes = Vec::with_capacity(body.len() + 4);
-    bytes.extend_from_slice(&length.to_be_bytes());
-    bytes.extend_from_slice(&body);
-    let mut written = 0;
+    // The frame is built in one buffer: its length is written over the first four bytes.
+    let mut bytes = vec![0; 4];
+    EgressFrame::write_json(&message.message, &mut bytes).map_err(std::io::Error::other)?;
+    let length = u32::try_from(bytes.len() - 4).map_err(|_| std::io::Error::other("frame too large"))?;
+    bytes[..4].copy_from_slice(&length.to_be_bytes());
+    // A socket with room takes the frame at once: no timer is armed for the usual write.
+    let mut written = match writer.try_write(&bytes) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
     while written < bytes.len() {
         match timeout(WRITE_TIMEOUT, writer.write(&bytes[written..])).await {
             Ok(Ok(0)) => return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "the client is gone")),

@@ -319,9 +319,59 @@ impl Subscriber {
     }
 }
 
+/// The subscribers, and which of them each topic seen lately goes to.
+///
+/// Matching every pattern of every subscriber against every message was the bus's largest
+/// cost (a client connection alone subscribes to twenty patterns), while the topics on the bus
+/// are few and repeat. So the matching subscribers of a topic are computed once and kept until
+/// the list changes (a subscribe or an unsubscribe forgets them all), or until
+/// [`MAX_ROUTES`] topics are known, when the memory starts over.
+#[derive(Default)]
+struct Subscribers {
+    list: Vec<Subscriber>,
+    /// Topic → positions in `list` of the subscribers that want it, in subscription order.
+    routes: HashMap<Box<str>, Vec<usize>>,
+}
+
+/// The most topics whose subscribers are remembered at once.
+const MAX_ROUTES: usize = 1024;
+
+impl Subscribers {
+    fn add(&mut self, subscriber: Subscriber) {
+        self.list.push(subscriber);
+        self.routes.clear();
+    }
+
+    fn remove(&mut self, id: SubscriberId) {
+        self.list.retain(|s| s.id != id);
+        self.routes.clear();
+    }
+
+    /// The subscribers that want `topic`, in subscription order.
+    fn wanting(&mut self, topic: &str) -> impl Iterator<Item = &Subscriber> {
+        if !self.routes.contains_key(topic) {
+            if self.routes.len() >= MAX_ROUTES {
+                self.routes.clear();
+            }
+            let wanting = self.list.iter().enumerate().filter(|(_, s)| s.wants(topic)).map(|(i, _)| i).collect();
+            self.routes.insert(topic.into(), wanting);
+        }
+        let list = &self.list;
+        self.routes.get(topic).into_iter().flatten().filter_map(move |&i| list.get(i))
+    }
+}
+
+impl std::ops::Deref for Subscribers {
+    type Target = [Subscriber];
+
+    fn deref(&self) -> &[Subscriber] {
+        &self.list
+    }
+}
+
 #[derive(Default)]
 struct Shared {
-    subscribers: Mutex<Vec<Subscriber>>,
+    subscribers: Mutex<Subscribers>,
     /// Sessions and the client connections that speak in them.
     sessions: Mutex<HashMap<String, Vec<SubscriberId>>>,
     next_id: AtomicU64,
@@ -329,7 +379,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn subscribers(&self) -> MutexGuard<'_, Vec<Subscriber>> {
+    fn subscribers(&self) -> MutexGuard<'_, Subscribers> {
         // A poisoned lock means a panic while holding it; the list itself is still valid.
         self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -392,7 +442,7 @@ impl Bus {
     pub fn subscribe_as(&self, name: impl Into<String>, kind: SubscriberKind, patterns: &[&str]) -> Subscription {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let queue = Arc::new(Queue::new(name.into()));
-        self.shared.subscribers().push(Subscriber {
+        self.shared.subscribers().add(Subscriber {
             id,
             kind,
             patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
@@ -477,13 +527,12 @@ impl Bus {
         let audience = self.audience(&bus_message);
         let mut delivery = Delivery::default();
         let mut cut_off = Vec::new();
-        let subscribers = self.shared.subscribers();
-        for subscriber in subscribers.iter() {
+        let mut subscribers = self.shared.subscribers();
+        for subscriber in subscribers.wanting(topic) {
             if bus_message.origin.reply_address().is_some_and(|publisher| subscriber.is(publisher))
                 || bus_message.reply_to.is_some_and(|to| !subscriber.is(to))
                 || (subscriber.kind == SubscriberKind::Client
                     && audience.as_ref().is_some_and(|clients| !clients.contains(&subscriber.id)))
-                || !subscriber.wants(topic)
             {
                 continue;
             }
@@ -584,6 +633,19 @@ impl Bus {
                 dropped: s.queue.dropped.load(Ordering::Relaxed),
                 skipped: s.queue.skipped.load(Ordering::Relaxed),
                 queued: s.queue.lock().items.len(),
+            })
+            .collect()
+    }
+
+    /// The subscribers that lost messages, with how many: what `status` reports. (Polled
+    /// by status bars: nothing is copied for a subscriber that lost none.)
+    pub fn losses(&self) -> Vec<(String, u64)> {
+        self.shared
+            .subscribers()
+            .iter()
+            .filter_map(|s| match s.queue.dropped.load(Ordering::Relaxed) {
+                0 => None,
+                dropped => Some((s.queue.name.clone(), dropped)),
             })
             .collect()
     }
@@ -702,7 +764,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.queue.close(Closed::Unsubscribed);
-        self.shared.subscribers().retain(|s| s.id != self.id);
+        self.shared.subscribers().remove(self.id);
         self.shared.sessions().retain(|_, clients| {
             clients.retain(|c| *c != self.id);
             !clients.is_empty()

@@ -314,7 +314,7 @@ impl Kernel {
     /// Records a routine event (see [`routine`]): the first of its kind in full, the
     /// repeats as a count written later.
     pub fn record_routine(&self, kind: routine::Kind) {
-        if let routine::Seen::First { flushed } = self.routine.note(kind.clone()) {
+        if let routine::Seen::First { flushed, kind } = self.routine.note(kind) {
             self.record_repeats(flushed);
             self.record(&kind.principal, kind.actor, &kind.action, &kind.resource, Decision::Allow, &kind.rule);
         }
@@ -757,12 +757,8 @@ impl Kernel {
             connected_clients: self.clients.total(),
             connections_by_principal: self.clients.by_principal(),
             loaded_capsules: self.capsules().ready_names(),
-            bus_drops: self
-                .bus
-                .stats()
-                .into_iter()
-                .filter(|s| s.dropped > 0)
-                .map(|s| SubscriberDrops { subscriber: s.name, dropped: s.dropped })
+            bus_drops: (self.bus.losses().into_iter())
+                .map(|(subscriber, dropped)| SubscriberDrops { subscriber, dropped })
                 .collect(),
             audit: Some(self.audit_status()),
             model: self.model.lock().unwrap_or_else(|e| e.into_inner()).clone(),

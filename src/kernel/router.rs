@@ -11,6 +11,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
+
 use super::bus::{Address, BusMessage, Origin};
 use super::rate_limit::SlidingWindow;
 use super::{Kernel, ShutdownReason};
@@ -266,8 +268,9 @@ impl Caller {
 
 fn decode(payload: &IpcPayload) -> Result<KernelRequest, String> {
     match payload {
+        // Read in place (`&Value` is a deserializer): the request is not copied first.
         IpcPayload::RawJson(value) => {
-            serde_json::from_value(value.clone()).map_err(|e| format!("malformed management request: {e}"))
+            KernelRequest::deserialize(value).map_err(|e| format!("malformed management request: {e}"))
         }
         other => Err(format!(
             "management requests must carry a raw_json payload, got {}",

@@ -88,6 +88,9 @@ pub enum Seen {
     First {
         /// Counts to write first, when the memory was full (it starts over).
         flushed: Vec<(Kind, Repeats)>,
+        /// The event, to record (the memory keeps a copy; a repeat, the common case of a
+        /// polled `GetStatus`, copies nothing).
+        kind: Kind,
     },
     /// Counted.
     Repeat,
@@ -113,8 +116,8 @@ impl Routine {
         } else {
             Vec::new()
         };
-        seen.insert(kind, None);
-        Seen::First { flushed }
+        seen.insert(kind.clone(), None);
+        Seen::First { flushed, kind }
     }
 
     /// Takes the counts not yet written (every kind is still remembered).
@@ -187,7 +190,7 @@ mod tests {
             routine.note(kind(None, &format!("fs_read {i}")));
         }
         match routine.note(kind(None, "fs_read one more")) {
-            Seen::First { flushed } => assert_eq!(flushed.len(), MAX_KINDS, "every count is written first"),
+            Seen::First { flushed, .. } => assert_eq!(flushed.len(), MAX_KINDS, "every count is written first"),
             Seen::Repeat => panic!("a new kind"),
         }
         assert_eq!(routine.seen().len(), 1);

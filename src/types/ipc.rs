@@ -317,7 +317,7 @@ impl IpcPayload {
 
     /// [`IpcPayload::to_guest_value`] as JSON bytes.
     pub fn to_guest_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.to_guest_value()).unwrap_or_default()
+        serde_json::to_vec(&GuestPayload(self)).unwrap_or_default()
     }
 }
 
@@ -381,5 +381,40 @@ impl EgressFrame {
     /// Renders a bus message for a socket client.
     pub fn from_message(message: &IpcMessage) -> Self {
         Self { topic: message.topic.clone(), payload: message.payload.to_guest_value(), source_id: message.source_id }
+    }
+
+    /// The JSON of [`EgressFrame::from_message`], byte for byte, appended to `out`, without
+    /// copying the message first: every frame a client is sent is written this way (a copy
+    /// of each reply's payload tree was a tenth of the daemon's time under load).
+    pub fn write_json(message: &IpcMessage, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        serde_json::to_writer(
+            out,
+            &BorrowedEgressFrame {
+                topic: &message.topic,
+                payload: GuestPayload(&message.payload),
+                source_id: message.source_id,
+            },
+        )
+    }
+}
+
+/// [`EgressFrame`] over a borrowed message: the same fields, in the same order.
+#[derive(Serialize)]
+struct BorrowedEgressFrame<'a> {
+    topic: &'a str,
+    payload: GuestPayload<'a>,
+    source_id: Uuid,
+}
+
+/// [`IpcPayload::to_guest_value`] as it serializes, borrowing what it can.
+struct GuestPayload<'a>(&'a IpcPayload);
+
+impl Serialize for GuestPayload<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            IpcPayload::RawJson(value) | IpcPayload::Custom { data: value } => value.serialize(serializer),
+            // Through a `Value`, as `to_guest_value` renders it: the same key order.
+            other => other.to_guest_value().serialize(serializer),
+        }
     }
 }

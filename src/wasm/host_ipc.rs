@@ -192,10 +192,13 @@ fn deliver(received: Option<Option<Arc<BusMessage>>>) -> HostReply {
     match received {
         None => reply(IpcStatus::Timeout),
         Some(None) => reply(IpcStatus::Closed),
-        Some(Some(message)) => match serde_json::to_vec(&EgressFrame::from_message(&message.message)) {
-            Ok(frame) => HostReply::bytes(frame),
-            Err(e) => HostReply::Trap(format!("cannot encode a message: {e}")),
-        },
+        Some(Some(message)) => {
+            let mut frame = Vec::new();
+            match EgressFrame::write_json(&message.message, &mut frame) {
+                Ok(()) => HostReply::bytes(frame),
+                Err(e) => HostReply::Trap(format!("cannot encode a message: {e}")),
+            }
+        }
     }
 }
 

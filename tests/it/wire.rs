@@ -285,6 +285,32 @@ fn guest_rendering_unwraps_raw_json_and_custom_only() {
     );
 }
 
+/// Every frame a client is sent is written by `EgressFrame::write_json`, which borrows the
+/// message: it must give the bytes the owned `EgressFrame` gives, for every payload kind.
+#[test]
+fn the_borrowed_egress_frame_writes_the_same_bytes_as_the_owned_one() {
+    let mut payloads = 0;
+    for file in [VECTORS, EXTENSION_VECTORS] {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).expect("vectors");
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let vector: Value = serde_json::from_str(line).expect("vector line is JSON");
+            if vector["kind"] != "IpcPayload" {
+                continue;
+            }
+            let payload: IpcPayload = serde_json::from_value(vector["json"].clone()).expect("payload");
+            for payload in [payload.clone(), IpcPayload::Custom { data: vector["json"].clone() }] {
+                let message = IpcMessage::new("a.topic", payload, SYSTEM_SESSION_UUID);
+                let mut borrowed = Vec::new();
+                EgressFrame::write_json(&message, &mut borrowed).expect("write");
+                let owned = serde_json::to_vec(&EgressFrame::from_message(&message)).expect("ser");
+                assert_eq!(String::from_utf8_lossy(&borrowed), String::from_utf8_lossy(&owned), "{}", vector["name"]);
+                payloads += 1;
+            }
+        }
+    }
+    assert!(payloads >= 20, "only {payloads} payloads checked");
+}
+
 #[test]
 fn raw_json_must_wrap_an_object() {
     assert!(serde_json::to_value(IpcPayload::RawJson(json!([1, 2]))).is_err());
