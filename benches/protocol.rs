@@ -91,7 +91,9 @@ fn main() {
         started.elapsed().as_secs_f64() * 1e6
     };
     let (mut true_runs, mut status_runs): (Vec<f64>, Vec<f64>) = (0..STATUS_RUNS)
-        .map(|_| (time(&mut Command::new("/bin/true")), time(Command::new(&cli).arg("status").env("ASTRID_HOME", &home))))
+        .map(|_| {
+            (time(&mut Command::new("/bin/true")), time(Command::new(&cli).arg("status").env("ASTRID_HOME", &home)))
+        })
         .unzip();
     true_runs.sort_by(f64::total_cmp);
     status_runs.sort_by(f64::total_cmp);

@@ -542,6 +542,12 @@ impl AuditTrail {
         self.shared.health().clone()
     }
 
+    /// Reads the trail's state in place: what a status poll needs without copying every
+    /// log's verification report. (`read` runs under the trail's lock: keep it short.)
+    pub fn inspect_health<T>(&self, read: impl FnOnce(&TrailHealth) -> T) -> T {
+        read(&self.shared.health())
+    }
+
     /// Every principal's log as it was found when this process first opened it, once
     /// verified (waits for the verifications). Entries appended since were written by this
     /// process; `astrid audit verify` re-reads the files as they are now.

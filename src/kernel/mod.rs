@@ -553,7 +553,10 @@ impl Kernel {
     /// The audit trail's state for `GetStatus`: `FAILED: …` while it cannot be written,
     /// `verifying`, the breaks not acknowledged, or `intact`.
     fn audit_status(&self) -> String {
-        let health = self.audit.health();
+        self.audit.inspect_health(Self::describe_audit_health)
+    }
+
+    fn describe_audit_health(health: &crate::audit::TrailHealth) -> String {
         if let Some(failure) = &health.failure {
             return format!("FAILED: {failure}; capability checks, approvals and changes are refused until it can be");
         }
