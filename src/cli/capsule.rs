@@ -258,6 +258,15 @@ fn run_dir(home: &AstridHome, args: &RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let name = attached.capsule.clone();
+    // Ctrl-C ends the run; the daemon sees the link close and takes the capsule and its
+    // consent away. Handled, not left to the default: a shell that starts this in the
+    // background without job control (a script, CI) sets SIGINT to be ignored.
+    let stopping = name.clone();
+    ctrlc::set_handler(move || {
+        println!("{stopping} stopped");
+        std::process::exit(130);
+    })
+    .context("cannot handle Ctrl-C")?;
     println!("running {name} from {} (Ctrl-C stops it)", dir.display());
     match capsule_host::run_attached(link, &attached) {
         Ok(()) => {
