@@ -401,19 +401,6 @@ impl std::fmt::Debug for Bus {
     }
 }
 
-/// Per-subscriber delivery figures, for `status` and the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubscriberStats {
-    /// The subscriber's name (for example `client#3` or `router`).
-    pub name: String,
-    /// Messages it lost: what it held when it was cut off.
-    pub dropped: u64,
-    /// Stale telemetry it was not sent while behind (by design, not a loss).
-    pub skipped: u64,
-    /// Messages waiting for it now.
-    pub queued: usize,
-}
-
 /// What one publish did.
 #[derive(Debug, Default)]
 struct Delivery {
@@ -466,8 +453,8 @@ impl Bus {
     pub fn clients_subscribed(&self, topic: &str) -> Vec<SubscriberId> {
         self.shared
             .subscribers()
-            .iter()
-            .filter(|s| s.kind == SubscriberKind::Client && s.wants(topic) && s.queue.lock().closed.is_none())
+            .wanting(topic)
+            .filter(|s| s.kind == SubscriberKind::Client && s.queue.lock().closed.is_none())
             .map(|s| s.id)
             .collect()
     }
@@ -507,9 +494,8 @@ impl Bus {
     /// The capsules a message on `topic` would be delivered to now.
     pub fn capsules_subscribed(&self, topic: &str) -> Vec<Recipient> {
         let mut found: Vec<Recipient> = Vec::new();
-        for subscriber in self.shared.subscribers().iter() {
+        for subscriber in self.shared.subscribers().wanting(topic) {
             if let SubscriberKind::Capsule { name, source_id } = &subscriber.kind
-                && subscriber.wants(topic)
                 && !found.iter().any(|r| r.capsule == *name)
             {
                 found.push(Recipient { capsule: name.clone(), source_id: *source_id });
@@ -619,20 +605,6 @@ impl Bus {
                 );
                 queue.close(Closed::CutOff);
                 queue.name.clone()
-            })
-            .collect()
-    }
-
-    /// Delivery figures of every current subscriber.
-    pub fn stats(&self) -> Vec<SubscriberStats> {
-        self.shared
-            .subscribers()
-            .iter()
-            .map(|s| SubscriberStats {
-                name: s.queue.name.clone(),
-                dropped: s.queue.dropped.load(Ordering::Relaxed),
-                skipped: s.queue.skipped.load(Ordering::Relaxed),
-                queued: s.queue.lock().items.len(),
             })
             .collect()
     }
