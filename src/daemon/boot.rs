@@ -12,10 +12,16 @@
 //! 4. **token**: a new `run/system.token` (0600, atomic);
 //! 5. **MCP servers**: those of `etc/servers.toml` and those approved capsules declare are
 //!    started, not waited for;
-//! 6. **capsules**: discovery, then the bridge accepts (capsule-host processes attach through
-//!    it) and the capsule host starts every intact, granted capsule, waiting briefly for them;
+//! 6. **capsules**: discovery, the start gate closed, then the bridge accepts (capsule-host
+//!    processes attach through it) and the capsule host starts every intact, granted capsule
+//!    in the background;
 //! 7. **ready**: `run/system.ready` (empty, 0600) is written last; then the audit chains are
 //!    verified in the background and the watchdog ticks.
+//!
+//! Ready means the daemon answers: a client may connect, and every request is answered.
+//! It does not mean the capsules have started (that is most of a boot): what would reach a
+//! capsule waits at the kernel's start gate until they have, or until the boot's wait for
+//! them ends ([`crate::kernel::start_gate`]).
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -34,6 +40,7 @@ use crate::audit::{Actor, AuditTrail, Decision};
 use crate::home::{AstridHome, DEFAULT_PRINCIPAL};
 use crate::ipc::SessionToken;
 use crate::ipc::bridge::{self, BridgeConfig};
+use crate::kernel::start_gate::Opener;
 use crate::kernel::{Kernel, KernelConfig, KernelState};
 use crate::mcp::McpHost;
 use crate::store::{KvConfig, KvError, KvStore};
@@ -45,9 +52,6 @@ const MAX_SOCKET_PATH: usize = 108;
 
 /// How long boot waits for a previous daemon, exiting, to release the KV store's own lock.
 const STORE_RELEASE_WAIT: Duration = Duration::from_secs(10);
-
-/// How long boot waits for run-loop capsules to signal readiness (a slow one is logged).
-const CAPSULE_READY_WAIT: Duration = Duration::from_millis(500);
 
 /// The boot steps, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +131,8 @@ pub(super) async fn boot(config: &DaemonConfig, home: AstridHome) -> anyhow::Res
     try_command_sandbox(&kernel, config, &home);
 
     let supervisor = CapsuleSupervisor::new(Arc::clone(&kernel), config.host);
+    // Closed before the first client can connect; opened when the capsules have started.
+    let capsules_started = kernel.start_gate().close();
     // The bridge accepts before capsules start: capsules with a process of their own attach
     // through it. Frontends learn the daemon is ready from the ready file, written last.
     let (stop_bridge, stop_rx) = watch::channel(false);
@@ -139,7 +145,7 @@ pub(super) async fn boot(config: &DaemonConfig, home: AstridHome) -> anyhow::Res
         bridge_config,
         stop_rx,
     ));
-    let capsule_sync = start_capsules(&kernel, &supervisor).await.context(Step::Capsules)?;
+    let capsule_sync = start_capsules(&kernel, &supervisor, capsules_started);
 
     write_ready(&home).context(Step::Ready)?;
     Step::Ready.done(format_args!("ready in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0));
@@ -282,26 +288,45 @@ fn try_command_sandbox(kernel: &Arc<Kernel>, config: &DaemonConfig, home: &Astri
     });
 }
 
-/// Step 6: discovery, then every intact, granted capsule started; returns the task that
-/// keeps them in line with the registry from then on.
-async fn start_capsules(kernel: &Arc<Kernel>, host: &Arc<CapsuleSupervisor>) -> anyhow::Result<JoinHandle<()>> {
+/// Step 6: discovery, then every intact, granted capsule started in the background (the
+/// gate `started` closed opens when they have); returns the task that starts them and then
+/// keeps them in line with the registry.
+fn start_capsules(kernel: &Arc<Kernel>, host: &Arc<CapsuleSupervisor>, started: Opener) -> JoinHandle<()> {
     let registered = kernel.reload_capsules();
-    let sync = tokio::spawn(keep_capsules_in_sync(Arc::clone(host), kernel.capsules_changed()));
-    let starting = Arc::clone(host);
-    tokio::task::spawn_blocking(move || {
-        starting.sync();
-        starting.wait_ready(CAPSULE_READY_WAIT);
-    })
-    .await
-    .context("starting capsules")?;
     let dirs = kernel.capsule_dirs();
     Step::Capsules.done(format_args!(
-        "{registered} capsule(s) registered (searched {} and {}), running: {:?}",
+        "{registered} capsule(s) registered (searched {} and {}), starting",
         dirs.principal.display(),
         dirs.workspace.display(),
-        kernel.capsules().ready_names()
     ));
-    Ok(sync)
+    // Subscribed before the first sync: a change made while it runs is caught up on after.
+    let changed = kernel.capsules_changed();
+    tokio::spawn(run_capsules(Arc::clone(kernel), Arc::clone(host), started, changed))
+}
+
+/// Starts the capsules, opens the start gate, then keeps them in sync.
+async fn run_capsules(
+    kernel: Arc<Kernel>,
+    host: Arc<CapsuleSupervisor>,
+    started: Opener,
+    changed: watch::Receiver<u64>,
+) {
+    let since = Instant::now();
+    let (starting, wait) = (Arc::clone(&host), host.config().start_wait);
+    let start = tokio::task::spawn_blocking(move || {
+        starting.sync();
+        starting.wait_ready(wait);
+    });
+    if let Err(e) = start.await {
+        log::error!("starting capsules failed: {e}");
+    }
+    drop(started);
+    log::info!(
+        "capsules started in {:.1} ms, running: {:?}",
+        since.elapsed().as_secs_f64() * 1000.0,
+        kernel.capsules().ready_names()
+    );
+    keep_capsules_in_sync(host, changed).await;
 }
 
 /// Step 7: the sentinel frontends wait for, written last.

@@ -427,6 +427,11 @@ async fn ingress(
     match decode_ingress(frame, source_id, DEFAULT_PRINCIPAL) {
         Ok(message) => {
             log::debug!("client#{id}: publishing on {}", message.topic);
+            if !message.topic.starts_with(REQUEST_PREFIX) {
+                // Anything but a kernel management request may be for a capsule: not
+                // published before the boot's capsules have started and subscribed.
+                kernel.start_gate().passed().await;
+            }
             if prompts::is_input_topic(&message.topic) {
                 kernel.accept_input(subscriber, id, message, workspace).await;
             } else {

@@ -29,6 +29,7 @@ pub mod rate_limit;
 pub mod router;
 pub mod routine;
 pub mod running_commands;
+pub mod start_gate;
 pub mod tool_call;
 mod tool_listing;
 pub mod topic;
@@ -174,6 +175,8 @@ pub struct Kernel {
     /// The command sandbox, once the daemon has tried it on this machine (in the background
     /// at boot: readiness does not wait for the trial command).
     command_sandbox: watch::Sender<Option<Arc<crate::command_sandbox::Sandbox>>>,
+    /// Closed while the boot's capsules start (after readiness): see [`start_gate`].
+    start_gate: start_gate::StartGate,
 }
 
 impl Kernel {
@@ -207,7 +210,13 @@ impl Kernel {
             client_workspaces: Mutex::new(std::collections::HashMap::new()),
             client_labels: Mutex::new(std::collections::HashMap::new()),
             tool_calls: tool_call::ToolCalls::default(),
+            start_gate: start_gate::StartGate::default(),
         }))
+    }
+
+    /// The gate what reaches capsules waits at while the boot's capsules start.
+    pub fn start_gate(&self) -> &start_gate::StartGate {
+        &self.start_gate
     }
 
     /// The KV store.

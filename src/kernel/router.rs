@@ -72,6 +72,14 @@ fn read_only(request: &KernelRequest) -> bool {
     )
 }
 
+/// Requests whose answer depends on which capsules run (their state, the commands and
+/// interceptors of those that did not fail): while the boot's capsules start, they wait at
+/// the start gate, so an answer never shows a starting capsule as stopped. `GetStatus` does
+/// not wait: it is the liveness check, and lists the capsules running at that moment.
+fn describes_running_capsules(request: &KernelRequest) -> bool {
+    matches!(request, KernelRequest::GetCommands | KernelRequest::GetCapsuleMetadata | KernelRequest::DescribeCapsules)
+}
+
 /// Serves management requests until the bus goes away.
 pub(super) async fn run(kernel: Arc<Kernel>) {
     let mut requests = kernel.bus().subscribe("management-router", &[REQUEST_PATTERN]);
@@ -81,6 +89,10 @@ pub(super) async fn run(kernel: Arc<Kernel>) {
         let requester = incoming.origin.reply_address();
         let caller = Caller::of(&kernel, &incoming);
         let request = decode(&incoming.message.payload);
+        if request.as_ref().is_ok_and(describes_running_capsules) {
+            // In order: whatever this connection sent next waits behind it.
+            kernel.start_gate().passed().await;
+        }
         let refused = match &request {
             // The operator changes the system; a capsule (or a server) granted the management
             // topics may read it, never install, grant, commit or stop: a jailbroken agent

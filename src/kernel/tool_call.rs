@@ -148,6 +148,8 @@ pub(super) struct Request {
 
 /// Makes the call and says how it went; audits it (`tool.call`).
 pub(super) async fn call(kernel: &Kernel, request: Request) -> ToolCalled {
+    // A tool served by a capsule still starting at boot would not hear the call.
+    kernel.start_gate().passed().await;
     let outcome = match refusal(kernel, &request).await {
         Some(refused) => Err(refused),
         None => made(kernel, &request).await,

@@ -40,6 +40,8 @@ struct Answer {
 
 /// Asks every tool provider to describe its tools and lists what came back in time.
 pub(super) async fn list(kernel: &Kernel) -> ToolListing {
+    // Capsules still starting at boot would not hear the request: their tools would be missing.
+    kernel.start_gate().passed().await;
     let mut answers = kernel.bus().subscribe("tool-listing", &[TOOL_DESCRIBED_PATTERN]);
     let request = IpcMessage::new(
         TOOL_DESCRIBE_TOPIC,

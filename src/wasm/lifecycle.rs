@@ -44,16 +44,15 @@ impl Lifecycle {
         }
     }
 
-    /// The guest called `signal_ready`.
+    /// The guest called `signal_ready`. The hooks run first and readiness is announced after,
+    /// so whoever waits for it (the boot's start gate) sees what they did: the capsule is
+    /// recorded as running. (They run under the hooks' lock, so a hook never registers one.)
     pub fn signal_ready(&self) {
-        let hooks = {
-            let mut slot = self.on_ready.lock().unwrap_or_else(|e| e.into_inner());
-            self.ready.send_replace(true);
-            std::mem::take(&mut *slot)
-        };
-        for hook in hooks {
+        let mut slot = self.on_ready.lock().unwrap_or_else(|e| e.into_inner());
+        for hook in std::mem::take(&mut *slot) {
             hook();
         }
+        self.ready.send_replace(true);
     }
 
     /// Forgets readiness (a restarted instance must signal again).

@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -84,6 +85,9 @@ pub struct HostConfig {
     pub allow_private_network: bool,
     /// `Process` runs every capsule in a capsule-host process, whatever its manifest says.
     pub isolation: Isolation,
+    /// How long the boot's start waits for capsules to signal ready before what is for them
+    /// goes ahead anyway (a slow one is logged): see [`crate::kernel::start_gate`].
+    pub start_wait: Duration,
 }
 
 impl Default for HostConfig {
@@ -93,6 +97,7 @@ impl Default for HostConfig {
             initial_backoff: Duration::from_secs(2),
             allow_private_network: false,
             isolation: Isolation::Thread,
+            start_wait: Duration::from_millis(500),
         }
     }
 }
@@ -101,7 +106,8 @@ impl HostConfig {
     /// The defaults, with `ASTRID_CAPSULE_BACKOFF_MS` (the first restart delay),
     /// `ASTRID_CAPSULE_DEADLINE_MS` (wall-clock time per call) and `ASTRID_HTTP_ALLOW_PRIVATE=1`
     /// (capsule HTTP may reach private networks; off by default) and
-    /// `ASTRID_CAPSULE_ISOLATION=process` (every capsule in a process of its own) overriding them.
+    /// `ASTRID_CAPSULE_ISOLATION=process` (every capsule in a process of its own) and
+    /// `ASTRID_CAPSULE_START_WAIT_MS` (the boot's wait for capsules) overriding them.
     pub fn from_env() -> Result<Self, String> {
         let millis = |name: &str| -> Result<Option<Duration>, String> {
             match std::env::var(name) {
@@ -119,6 +125,9 @@ impl HostConfig {
         }
         if let Some(deadline) = millis("ASTRID_CAPSULE_DEADLINE_MS")? {
             config.limits.deadline = deadline;
+        }
+        if let Some(wait) = millis("ASTRID_CAPSULE_START_WAIT_MS")? {
+            config.start_wait = wait;
         }
         config.allow_private_network = match std::env::var("ASTRID_HTTP_ALLOW_PRIVATE").as_deref() {
             Ok("1" | "true") => true,
@@ -220,6 +229,9 @@ pub struct CapsuleSupervisor {
     modules: Mutex<HashMap<String, ModuleCell>>,
     /// Attach tickets of the capsule-host processes this host started.
     tickets: Tickets,
+    /// Set by [`CapsuleSupervisor::stop_all`]: a sync still under way (the boot's start runs
+    /// after readiness, so a shutdown can overtake it) starts nothing more.
+    stopped: AtomicBool,
 }
 
 /// What the daemon keeps for a capsule-host connection that attached.
@@ -254,7 +266,13 @@ impl CapsuleSupervisor {
             running: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),
             tickets: Tickets::default(),
+            stopped: AtomicBool::new(false),
         })
+    }
+
+    /// The configuration it was made with.
+    pub fn config(&self) -> &HostConfig {
+        &self.config
     }
 
     fn running(&self) -> MutexGuard<'_, HashMap<String, Running>> {
@@ -298,6 +316,9 @@ impl CapsuleSupervisor {
             .collect();
         let rescan = self.kernel.rescans();
         let mut running = self.running();
+        if self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
         let stale: Vec<String> = running
             .iter()
             .filter(|(name, r)| wanted_identity(&wanted, name) != Some(&r.identity) || r.thread.is_finished())
@@ -381,6 +402,8 @@ impl CapsuleSupervisor {
     /// Stops every capsule and waits for their threads (a stop reaches a waiting capsule at
     /// once and a computing one within a fuel slice).
     pub fn stop_all(&self) {
+        // Before the lock: a sync that takes it later sees the flag and starts nothing.
+        self.stopped.store(true, Ordering::SeqCst);
         let running: Vec<(String, Running)> = self.running().drain().collect();
         for (_, r) in &running {
             r.lifecycle.stop();

@@ -470,3 +470,82 @@ fn a_link_inside_a_granted_directory_does_not_widen_the_grant() {
     assert!(resources.iter().all(|r| !r.contains("notes/up") && !r.contains("to_secret")), "{resources:?}");
     assert!(resources.contains(&"fs_read secrets.txt"), "{resources:?}");
 }
+
+/// A capsule slow to start: it waits 300 ms before it subscribes to `session.v1.request.slow`
+/// and signals ready, then echoes each request's payload on `session.v1.response.slow`.
+const SLOW_STARTER: &str = r#"(module
+    (import "astrid" "ipc_subscribe" (func $subscribe (param i32 i32) (result i32)))
+    (import "astrid" "ipc_publish" (func $publish (param i32 i32 i32 i32) (result i32)))
+    (import "astrid" "ipc_recv" (func $recv (param i32 i32) (result i64)))
+    (import "astrid" "signal_ready" (func $ready))
+    (memory (export "memory") 4)
+    (global $next (mut i32) (i32.const 4096))
+    (data (i32.const 0) "slow.v1.never")
+    (data (i32.const 32) "session.v1.request.slow")
+    (data (i32.const 64) "session.v1.response.slow")
+    (func (export "astrid_alloc") (param $len i32) (result i32)
+        global.get $next
+        global.get $next local.get $len i32.add global.set $next)
+    (func (export "run") (local $requests i32) (local $got i64)
+        (drop (call $recv (call $subscribe (i32.const 0) (i32.const 13)) (i32.const 300)))
+        (local.set $requests (call $subscribe (i32.const 32) (i32.const 23)))
+        (call $ready)
+        (block $stopped
+            (loop $serve
+                (local.set $got (call $recv (local.get $requests) (i32.const 60000)))
+                (br_if $stopped (i64.eq (local.get $got) (i64.const -5)))
+                (if (i64.gt_s (local.get $got) (i64.const 0))
+                    (then (drop (call $publish (i32.const 64) (i32.const 24)
+                        (i32.wrap_i64 (i64.shr_u (local.get $got) (i64.const 32)))
+                        (i32.wrap_i64 (local.get $got))))))
+                (br $serve)))))"#;
+
+#[test]
+fn the_daemon_is_ready_before_its_capsules_and_holds_what_is_for_them_until_they_start() {
+    let t = TestHome::new();
+    let dir = t.workspace.join("slow-starter");
+    let grant = "[capabilities]\nipc_publish = [\"session.v1.response.slow\"]\n\
+                 ipc_subscribe = [\"slow.v1.never\", \"session.v1.request.slow\"]\n";
+    crate::bounds::write_capsule(&dir, "slow-starter", &wat::parse_str(SLOW_STARTER).expect("wat"), grant);
+    let mut daemon = t.daemon(&[]);
+    let installed = t.cli(&["capsule", "install", dir.to_str().expect("utf8"), "--yes"]);
+    assert_eq!(installed.status.code(), Some(0), "{}", String::from_utf8_lossy(&installed.stderr));
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(daemon.wait_exit(HANG).is_some(), "the first daemon did not stop\n{}", t.log());
+
+    // Booted again, the capsule starts with the daemon. The boot's wait for it is long, so a
+    // busy machine cannot make it give up on the capsule; the test does not depend on timing.
+    let _daemon = t.daemon_with(&[], &[("ASTRID_CAPSULE_START_WAIT_MS", "60000")]);
+    let mut client = t.client();
+    // Published at once, before the capsule has subscribed: held at the start gate, not lost.
+    client.send_json(&json!({
+        "topic": "session.v1.request.slow",
+        "payload": {"type": "raw_json", "asked": "at once"},
+        "signature": null,
+        "source_id": "00000000-0000-0000-0000-000000000000",
+        "timestamp": "2026-05-25T12:00:00.123456789Z",
+    }));
+    let echoed = loop {
+        let frame = client.read_json().unwrap_or_else(|| panic!("no echo: the request was lost\n{}", t.log()));
+        if frame["topic"] == "session.v1.response.slow" {
+            break frame;
+        }
+    };
+    // The capsule receives the whole message and sends it back as its payload.
+    assert_eq!(echoed["payload"]["payload"]["asked"], "at once", "{echoed}");
+    // And the capsule state answers wait for the start: it is running, not shown as stopped.
+    let described = client.request("describe", json!({"method": "DescribeCapsules"}));
+    let capsules: Vec<CapsuleDescription> =
+        serde_json::from_value(described["payload"]["data"].clone()).expect("descriptions");
+    let slow = capsules.iter().find(|c| c.name == "slow-starter").expect("listed");
+    assert_eq!(slow.state, RunState::Running, "{described}");
+
+    // The daemon was ready before the capsule was: the window the gate covers was real.
+    let logged_in_order = || {
+        let log = t.log();
+        let ready = log.rfind("boot 7/7: ready");
+        let started = log.rfind("capsule slow-starter is ready");
+        matches!((ready, started), (Some(r), Some(s)) if r < s)
+    };
+    assert!(t.wait_for(logged_in_order, HANG), "not ready before the capsule started\n{}", t.log());
+}
