@@ -21,14 +21,19 @@ check=false
 rm -rf "$stage/repo"
 mkdir -p "$stage/repo/capsules-examples" "$stage/target"
 cp -R "$root/Cargo.toml" "$root/src" "$root/benches" "$root/tests" "$stage/repo/"
+cp -R "$here/.cargo" "$stage/repo/capsules-examples/"
 for entry in "$here"/*; do
     name="$(basename "$entry")"
     [[ "$name" == target ]] || cp -R "$entry" "$stage/repo/capsules-examples/"
 done
 
 export CARGO_TARGET_DIR="$stage/target"
-export RUSTFLAGS="--remap-path-prefix=$stage/repo=/astrid --remap-path-prefix=$stage/target=/target --remap-path-prefix=$cargo_home=/cargo"
-(cd "$stage/repo/capsules-examples" && cargo build --release --locked --target wasm32-unknown-unknown)
+# Given as config, not RUSTFLAGS (which would replace them): cargo joins these to the flags
+# of capsules-examples/.cargo/config.toml (the capsules' stack size).
+unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS
+remaps="[\"--remap-path-prefix=$stage/repo=/astrid\", \"--remap-path-prefix=$stage/target=/target\", \"--remap-path-prefix=$cargo_home=/cargo\"]"
+(cd "$stage/repo/capsules-examples" &&
+    cargo build --release --locked --target wasm32-unknown-unknown --config "target.wasm32-unknown-unknown.rustflags=$remaps")
 # A lock file cargo had to update is a source change too.
 cmp -s "$stage/repo/capsules-examples/Cargo.lock" "$here/Cargo.lock" || { echo "Cargo.lock is out of date" >&2; exit 1; }
 
