@@ -311,6 +311,43 @@ fn the_borrowed_egress_frame_writes_the_same_bytes_as_the_owned_one() {
     assert!(payloads >= 20, "only {payloads} payloads checked");
 }
 
+/// `IpcPayload::from_json_value` takes the tag out of a `raw_json` object in place instead of
+/// going through the derived deserializer: it must make of every payload vector, and of
+/// management requests every KernelRequest vector, exactly what that deserializer makes.
+#[test]
+fn from_json_value_reads_every_payload_as_the_derived_deserializer_does() {
+    let mut checked = 0;
+    for file in [VECTORS, EXTENSION_VECTORS] {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).expect("vectors");
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let vector: Value = serde_json::from_str(line).expect("vector line is JSON");
+            let json = match vector["kind"].as_str() {
+                Some("IpcPayload") => vector["json"].clone(),
+                // A management request as a client sends it: its fields beside the tag.
+                Some("KernelRequest") => {
+                    let mut request = vector["json"].clone();
+                    request["type"] = json!("raw_json");
+                    request
+                }
+                _ => continue,
+            };
+            let derived: IpcPayload = serde_json::from_value(json.clone()).expect("payload");
+            if derived == IpcPayload::Unknown {
+                continue; // Kept as `Custom` on purpose (the test above).
+            }
+            assert_eq!(IpcPayload::from_json_value(json), derived, "{}", vector["name"]);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "only {checked} payloads checked");
+    // Nested objects that carry a `type` of their own keep it; only the top-level tag goes.
+    let nested = json!({"type": "raw_json", "inner": {"type": "raw_json", "list": [{"type": 1}]}, "n": null});
+    assert_eq!(
+        IpcPayload::from_json_value(nested.clone()),
+        serde_json::from_value::<IpcPayload>(nested).expect("payload")
+    );
+}
+
 #[test]
 fn raw_json_must_wrap_an_object() {
     assert!(serde_json::to_value(IpcPayload::RawJson(json!([1, 2]))).is_err());
