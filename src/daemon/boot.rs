@@ -12,11 +12,12 @@
 //! 4. **token**: a new `run/system.token` (0600, atomic);
 //! 5. **MCP servers**: those of `etc/servers.toml` and those approved capsules declare are
 //!    started, not waited for;
-//! 6. **capsules**: discovery, the start gate closed, then the bridge accepts (capsule-host
-//!    processes attach through it) and the capsule host starts every intact, granted capsule
-//!    in the background;
-//! 7. **ready**: `run/system.ready` (empty, 0600) is written last; then the audit chains are
-//!    verified in the background and the watchdog ticks.
+//! 6. **capsules**: the start gate closed, the bridge accepting (capsule-host processes
+//!    attach through it), then discovery: the registry is complete;
+//! 7. **ready**: `run/system.ready` (empty, 0600) is written last; then the capsule host
+//!    starts every intact, granted capsule in the background (not before: compiling them
+//!    would take the CPUs from the steps above), the audit chains are verified in the
+//!    background and the watchdog ticks.
 //!
 //! Ready means the daemon answers: a client may connect, and every request is answered.
 //! It does not mean the capsules have started (that is most of a boot): what would reach a
@@ -145,10 +146,12 @@ pub(super) async fn boot(config: &DaemonConfig, home: AstridHome) -> anyhow::Res
         bridge_config,
         stop_rx,
     ));
-    let capsule_sync = start_capsules(&kernel, &supervisor, capsules_started);
+    discover_capsules(&kernel);
 
     write_ready(&home).context(Step::Ready)?;
     Step::Ready.done(format_args!("ready in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0));
+    // Only now: their compilation would take the CPUs from the steps above.
+    let capsule_sync = tokio::spawn(run_capsules(Arc::clone(&kernel), Arc::clone(&supervisor), capsules_started));
     let ready_at = tokio::time::Instant::now();
     kernel.verify_audit();
     let watchdog = tokio::spawn(crate::kernel::watchdog::run(Arc::clone(&kernel), config.watchdog_interval));
@@ -288,10 +291,9 @@ fn try_command_sandbox(kernel: &Arc<Kernel>, config: &DaemonConfig, home: &Astri
     });
 }
 
-/// Step 6: discovery, then every intact, granted capsule started in the background (the
-/// gate `started` closed opens when they have); returns the task that starts them and then
-/// keeps them in line with the registry.
-fn start_capsules(kernel: &Arc<Kernel>, host: &Arc<CapsuleSupervisor>, started: Opener) -> JoinHandle<()> {
+/// Step 6: discovery. The capsules themselves are started after readiness, by
+/// [`run_capsules`], behind the start gate.
+fn discover_capsules(kernel: &Kernel) {
     let registered = kernel.reload_capsules();
     let dirs = kernel.capsule_dirs();
     Step::Capsules.done(format_args!(
@@ -299,18 +301,13 @@ fn start_capsules(kernel: &Arc<Kernel>, host: &Arc<CapsuleSupervisor>, started: 
         dirs.principal.display(),
         dirs.workspace.display(),
     ));
-    // Subscribed before the first sync: a change made while it runs is caught up on after.
-    let changed = kernel.capsules_changed();
-    tokio::spawn(run_capsules(Arc::clone(kernel), Arc::clone(host), started, changed))
 }
 
-/// Starts the capsules, opens the start gate, then keeps them in sync.
-async fn run_capsules(
-    kernel: Arc<Kernel>,
-    host: Arc<CapsuleSupervisor>,
-    started: Opener,
-    changed: watch::Receiver<u64>,
-) {
+/// Starts the capsules, opens the start gate (`started`), then keeps them in line with the
+/// registry and the grants.
+async fn run_capsules(kernel: Arc<Kernel>, host: Arc<CapsuleSupervisor>, started: Opener) {
+    // Before the first sync: a change made while it runs is caught up on after it.
+    let changed = kernel.capsules_changed();
     let since = Instant::now();
     let (starting, wait) = (Arc::clone(&host), host.config().start_wait);
     let start = tokio::task::spawn_blocking(move || {

@@ -114,7 +114,10 @@ impl SessionToken {
     }
 
     /// Writes the token to `path` atomically: a 0600 temp file `system.<pid>.tmp` beside it,
-    /// fsync, rename. Readers never see a partial token or a wider mode.
+    /// then a rename. Readers never see a partial token or a wider mode: the rename makes it
+    /// whole at once for every process. It is not synced to disk: a token is only good for
+    /// the daemon that wrote it, so after a power loss there is nothing worth keeping (the
+    /// next boot writes a new one), and the fsync was 1.5 ms of every boot.
     pub fn write_atomic(&self, path: &Path) -> Result<(), TokenError> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let temp = dir.join(format!("system.{}.tmp", std::process::id()));
@@ -132,7 +135,6 @@ impl SessionToken {
                 .open(&temp)
                 .map_err(io_err("create", &temp))?;
             file.write_all(self.to_hex().as_bytes()).map_err(io_err("write", &temp))?;
-            file.sync_all().map_err(io_err("fsync", &temp))?;
             fs::rename(&temp, path).map_err(io_err("rename into place", path))
         })();
         if result.is_err() {
