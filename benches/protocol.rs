@@ -156,8 +156,13 @@ fn read_frame(stream: &mut UnixStream) -> Vec<u8> {
     body
 }
 
-/// The baseline's server: echoes each frame, a thread per connection, until killed.
+/// The baseline's server: echoes each frame, a thread per connection, until the bench ends.
 fn echo_server(path: &Path) {
+    // The bench's pipe closes when the bench ends, however it ends.
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
     let listener = UnixListener::bind(path).expect("bind");
     for stream in listener.incoming() {
         let mut stream = stream.expect("accept");
@@ -182,7 +187,9 @@ fn echo_server(path: &Path) {
 fn spawn_echo(path: &Path) -> Child {
     let child = Command::new(std::env::current_exe().expect("current exe"))
         .env(ECHO_ENV, path)
-        .stdin(Stdio::null())
+        // Its end of the pipe closes when this process ends, however it ends: the echo
+        // server then exits rather than outliving a failed run.
+        .stdin(Stdio::piped())
         .spawn()
         .expect("echo server");
     let deadline = Instant::now() + Duration::from_secs(30);
