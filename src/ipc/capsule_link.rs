@@ -4,7 +4,18 @@
 //!
 //! Blocking std I/O, like the CLI's client: the interpreter calls host functions
 //! synchronously on its own thread, and a call is one frame out and one frame back.
+//!
+//! One exception to "a call is a round trip": the guest's `ipc_recv` reads ahead. The link
+//! asks for up to [`READ_AHEAD`] messages at once ([`HostCall::IpcRecvMany`]) and hands
+//! them to the guest one `ipc_recv` or `ipc_poll` at a time, so a subscriber with a backlog
+//! crosses the socket once per batch instead of once per message. The guest sees the same
+//! messages in the same order; unsubscribing forgets what was read ahead, as the daemon
+//! forgets what was still queued. A batch holds messages of one cause (the client request
+//! they descend from), which is what the instance works for once it takes one; when the
+//! guest goes back to a batch after a message from another subscription, the link first
+//! tells the daemon ([`HostCall::IpcResume`]), so the instance never acts for the wrong one.
 
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
@@ -16,7 +27,7 @@ use super::frame::{BlockingFrames, FrameError, write_frame_blocking};
 use crate::home::AstridHome;
 use crate::types::CapsuleAttach;
 use crate::types::capsule_session::{
-    Attached, CallFrame, CapsuleFailure, HostCall, HostReply, ReplyFrame, SessionRequest, SessionStart,
+    Attached, Blob, CallFrame, CapsuleFailure, HostCall, HostReply, ReplyFrame, SessionRequest, SessionStart,
 };
 use crate::wasm::host_call::HostBackend;
 
@@ -24,6 +35,8 @@ use crate::wasm::host_call::HostBackend;
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for one reply: a call may wait two minutes for a person, so a little more.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(150);
+/// Most messages one `ipc_recv` reads ahead (the daemon also caps a batch at about 1 MiB).
+const READ_AHEAD: u32 = 64;
 
 /// Why attaching failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +91,11 @@ struct Connection {
     stream: UnixStream,
     frames: BlockingFrames,
     next_id: u64,
+    /// Messages read ahead per subscription handle, oldest first.
+    read_ahead: HashMap<i32, VecDeque<Blob>>,
+    /// The handle of the last message the daemon handed out: the instance works for that
+    /// message's cause as far as the daemon knows.
+    current: Option<i32>,
 }
 
 impl CapsuleLink {
@@ -99,7 +117,7 @@ impl CapsuleLink {
         };
         stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(ClientError::Io)?;
         stream.set_write_timeout(Some(REPLY_TIMEOUT)).map_err(ClientError::Io)?;
-        let connection = Connection { stream, frames, next_id: 0 };
+        let connection = Connection { stream, frames, next_id: 0, read_ahead: HashMap::new(), current: None };
         Ok((Self { connection: Arc::new(Mutex::new(connection)) }, attached))
     }
 
@@ -111,7 +129,54 @@ impl CapsuleLink {
 
     fn exchange(&self, request: SessionRequest) -> Result<HostReply, LinkError> {
         let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        let Connection { stream, frames, next_id } = &mut *connection;
+        connection.exchange(request)
+    }
+
+    /// The guest's `ipc_recv` (`wait` set) or `ipc_poll` on `handle`: the next message read
+    /// ahead, or else the daemon's answer, with whatever it read ahead kept for the next ones.
+    fn receive(&self, handle: i32, wait: Option<i32>) -> Result<HostReply, LinkError> {
+        let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(message) = connection.read_ahead.get_mut(&handle).and_then(VecDeque::pop_front) {
+            if connection.current != Some(handle) {
+                // The guest took a message from another subscription since: the daemon
+                // must work for this batch's cause again before the guest acts on it.
+                match connection.exchange(SessionRequest::Call(HostCall::IpcResume { handle }))? {
+                    HostReply::Value(0) => connection.current = Some(handle),
+                    HostReply::Trap(reason) => return Ok(HostReply::Trap(reason)),
+                    other => return Ok(HostReply::Trap(format!("the daemon refused to resume a batch: {other:?}"))),
+                }
+            }
+            return Ok(HostReply::Bytes(message));
+        }
+        let call = match wait {
+            Some(timeout_ms) => HostCall::IpcRecvMany { handle, timeout_ms, max: READ_AHEAD },
+            // A poll stays a poll: its answers (a closed subscription reads as empty) are its own.
+            None => HostCall::IpcPoll { handle },
+        };
+        match connection.exchange(SessionRequest::Call(call))? {
+            HostReply::Messages(messages) => {
+                let mut messages = VecDeque::from(messages);
+                let Some(first) = messages.pop_front() else {
+                    return Ok(HostReply::Trap("the daemon read ahead an empty batch".to_owned()));
+                };
+                if !messages.is_empty() {
+                    connection.read_ahead.insert(handle, messages);
+                }
+                connection.current = Some(handle);
+                Ok(HostReply::Bytes(first))
+            }
+            HostReply::Bytes(message) => {
+                connection.current = Some(handle);
+                Ok(HostReply::Bytes(message))
+            }
+            other => Ok(other),
+        }
+    }
+}
+
+impl Connection {
+    fn exchange(&mut self, request: SessionRequest) -> Result<HostReply, LinkError> {
+        let Connection { stream, frames, next_id, .. } = self;
         *next_id += 1;
         let id = *next_id;
         let frame = serde_json::to_vec(&CallFrame { id, request }).map_err(LinkError::Encode)?;
@@ -137,6 +202,16 @@ impl CapsuleLink {
 impl HostBackend for CapsuleLink {
     /// A lost or broken connection is a trap: the capsule cannot go on without its kernel.
     fn call(&mut self, call: HostCall) -> HostReply {
-        self.exchange(SessionRequest::Call(call)).unwrap_or_else(|e| HostReply::Trap(e.to_string()))
+        let reply = match call {
+            HostCall::IpcRecv { handle, timeout_ms } => self.receive(handle, Some(timeout_ms)),
+            HostCall::IpcPoll { handle } => self.receive(handle, None),
+            HostCall::IpcUnsubscribe { handle } => {
+                let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+                connection.read_ahead.remove(&handle);
+                connection.exchange(SessionRequest::Call(call))
+            }
+            call => self.exchange(SessionRequest::Call(call)),
+        };
+        reply.unwrap_or_else(|e| HostReply::Trap(e.to_string()))
     }
 }

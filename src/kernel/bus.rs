@@ -276,7 +276,15 @@ impl Queue {
     }
 
     fn take(&self) -> Option<Arc<BusMessage>> {
+        self.take_if(|_| true)
+    }
+
+    /// Takes the oldest message if `wanted` says so.
+    fn take_if(&self, wanted: impl FnOnce(&BusMessage) -> bool) -> Option<Arc<BusMessage>> {
         let mut state = self.lock();
+        if !wanted(state.items.front()?) {
+            return None;
+        }
         let message = state.items.pop_front()?;
         state.last_taken = Instant::now();
         let room = state.items.len() < PACE_MARK;
@@ -715,6 +723,12 @@ impl Subscription {
     /// Takes a queued message without waiting.
     pub fn try_recv(&mut self) -> Option<Arc<BusMessage>> {
         self.queue.take()
+    }
+
+    /// Takes the oldest queued message without waiting, if `wanted` accepts it (it stays
+    /// first in the queue otherwise).
+    pub fn try_recv_if(&mut self, wanted: impl FnOnce(&BusMessage) -> bool) -> Option<Arc<BusMessage>> {
+        self.queue.take_if(wanted)
     }
 
     /// Messages this subscriber lost so far (it was cut off).

@@ -267,6 +267,25 @@ pub enum HostCall {
         /// How long to wait.
         timeout_ms: u32,
     },
+    /// A capsule host reading ahead on a subscription: `ipc_recv` (or, with a zero timeout,
+    /// `ipc_poll`) that may return more than one message, as [`HostReply::Messages`]. The
+    /// host serves the guest's next `ipc_recv`/`ipc_poll` on that handle from what it holds,
+    /// so a reader with a backlog takes it a batch per round trip. Never a guest import.
+    IpcRecvMany {
+        /// The subscription.
+        handle: i32,
+        /// How long to wait for the first message, as the guest asked (the daemon caps it).
+        timeout_ms: i32,
+        /// At most this many messages (the daemon caps it too).
+        max: u32,
+    },
+    /// A capsule host hands the guest a message it read ahead on `handle` after the guest
+    /// took one from another subscription: what the instance does next is again for that
+    /// batch's cause. Never a guest import.
+    IpcResume {
+        /// The subscription whose batch the guest is back on.
+        handle: i32,
+    },
 }
 
 /// The kernel side's answer to a [`HostCall`].
@@ -279,6 +298,9 @@ pub enum HostReply {
     Bytes(Blob),
     /// The guest misused the ABI (or the host cannot go on): the call traps.
     Trap(String),
+    /// The answer to [`HostCall::IpcRecvMany`]: messages in the order they were queued, as
+    /// `ipc_recv` renders each; never empty (none is a status [`HostReply::Value`]).
+    Messages(Vec<Blob>),
 }
 
 impl HostReply {

@@ -6,7 +6,7 @@
 //! kernel lives, in the daemon, whether the guest runs on a thread beside it or in a
 //! capsule-host process at the other end of the socket.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +79,9 @@ pub struct CapsuleContext {
     /// handling (a run loop: of the last message it received). Its publishes and approval
     /// requests carry it on; the kernel sets it, the guest cannot.
     pub(super) cause: Option<Arc<Cause>>,
+    /// Per subscription handle, the cause of the last batch a capsule host read ahead on it:
+    /// the cause again once the guest goes back to that batch ([`HostCall::IpcResume`]).
+    pub(super) read_ahead_causes: HashMap<i32, Option<Arc<Cause>>>,
 }
 
 impl CapsuleContext {
@@ -105,6 +108,7 @@ impl CapsuleContext {
             installed: None,
             due_hook: None,
             cause: None,
+            read_ahead_causes: HashMap::new(),
         }
     }
 
@@ -142,10 +146,15 @@ impl CapsuleContext {
     /// message's cause. (A hook's cause is the event it was handed; what it polls on the
     /// side, such as a cancel, does not change whose work it is doing.)
     pub(super) fn received(&mut self, message: Option<&Arc<BusMessage>>) {
-        if let Some(message) = message
-            && self.interceptor_patterns.is_empty()
-        {
-            self.cause = message.cause.clone();
+        if let Some(message) = message {
+            self.working_for(message.cause.clone());
+        }
+    }
+
+    /// A run loop is now working on a message of `cause` (see [`Self::received`]).
+    pub(super) fn working_for(&mut self, cause: Option<Arc<Cause>>) {
+        if self.interceptor_patterns.is_empty() {
+            self.cause = cause;
         }
     }
 
@@ -296,6 +305,8 @@ impl HostBackend for CapsuleContext {
             HostCall::IpcSubscribe { pattern } => host_ipc::subscribe(self, &pattern.0),
             HostCall::IpcRecv { handle, timeout_ms } => host_ipc::recv(self, handle, timeout_ms),
             HostCall::IpcPoll { handle } => host_ipc::poll(self, handle),
+            HostCall::IpcRecvMany { handle, timeout_ms, max } => host_ipc::recv_many(self, handle, timeout_ms, max),
+            HostCall::IpcResume { handle } => host_ipc::resume(self, handle),
             HostCall::IpcUnsubscribe { handle } => host_ipc::unsubscribe(self, handle),
             HostCall::FsRead { path } => host_fs::read(self, &path.0),
             HostCall::FsWrite { path, data } => host_fs::write(self, &path.0, &data.0),

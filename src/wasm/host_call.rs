@@ -24,6 +24,7 @@ impl HostCall {
             self,
             Self::IpcRecv { .. }
                 | Self::IpcPoll { .. }
+                | Self::IpcRecvMany { .. }
                 | Self::HttpStreamHead { .. }
                 | Self::HttpStreamRead { .. }
                 | Self::HttpStreamWait { .. }
@@ -38,6 +39,7 @@ impl HostCall {
         matches!(
             self,
             Self::IpcRecv { .. }
+                | Self::IpcRecvMany { .. }
                 | Self::IpcPublish { .. }
                 | Self::RequestApproval { .. }
                 | Self::Elicit { .. }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::context::CapsuleContext;
-use super::host_call::HostReply;
+use super::host_call::{Blob, HostReply};
 use super::wait::{block_on_timeout, unless_stopped};
 use crate::kernel::bus::BusMessage;
 use crate::kernel::capability::Capability;
@@ -114,17 +114,96 @@ pub(super) fn subscribe(context: &mut CapsuleContext, pattern: &[u8]) -> HostRep
 /// `ipc_recv`: waits up to `timeout_ms` (at most a minute) without burning fuel; a stop
 /// asked for by the host ends the wait at once, as the closed case.
 pub(super) fn recv(context: &mut CapsuleContext, handle: i32, timeout_ms: i32) -> HostReply {
+    match receive(context, handle, timeout_ms) {
+        Ok(received) => deliver(received),
+        Err(status) => reply(status),
+    }
+}
+
+/// What `ipc_recv` takes: a message (`Some(Some)`), a closed subscription (`Some(None)`) or
+/// nothing in time (`None`); recorded as the instance's current message.
+fn receive(
+    context: &mut CapsuleContext,
+    handle: i32,
+    timeout_ms: i32,
+) -> Result<Option<Option<Arc<BusMessage>>>, IpcStatus> {
     let wait = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0)).min(MAX_RECV_WAIT);
     let stopped = context.lifecycle.stopped();
     let Some(Some(subscription)) = usize::try_from(handle).ok().and_then(|i| context.subscriptions.get_mut(i)) else {
-        return reply(IpcStatus::InvalidInput);
+        return Err(IpcStatus::InvalidInput);
     };
     let received = match subscription.try_recv() {
         Some(message) => Some(Some(message)),
         None => block_on_timeout(unless_stopped(subscription.recv(), stopped), wait).map(Option::flatten),
     };
     context.received(received.as_ref().and_then(Option::as_ref));
-    deliver(received)
+    Ok(received)
+}
+
+/// Most messages one read-ahead returns, and the size past which it adds no more (the first
+/// message goes whatever its size): a batch stays far below a session frame's limit.
+const READ_AHEAD_MESSAGES: u32 = 256;
+const READ_AHEAD_BYTES: usize = 1024 * 1024;
+
+/// A capsule host's read-ahead ([`HostCall::IpcRecvMany`](crate::types::capsule_session::HostCall)):
+/// the first message as `ipc_recv` waits for it, then whatever else is queued, up to `max`.
+///
+/// Only messages of the first one's cause join it. What an instance does after it takes a
+/// message, it does for that message's cause ([`CapsuleContext::received`]), and the daemon
+/// does not see which buffered message the guest is working on: within one batch the answer
+/// is the same for all of them. A new turn's first message starts the next batch.
+pub(super) fn recv_many(context: &mut CapsuleContext, handle: i32, timeout_ms: i32, max: u32) -> HostReply {
+    let first = match receive(context, handle, timeout_ms) {
+        Ok(Some(Some(message))) => message,
+        Ok(received) => return deliver(received),
+        Err(status) => return reply(status),
+    };
+    let mut size = 0;
+    let mut messages = match deliver(Some(Some(Arc::clone(&first)))) {
+        HostReply::Bytes(frame) => {
+            size += frame.0.len();
+            vec![frame]
+        }
+        // Cannot be encoded: the guest's call traps, as its `ipc_recv` would.
+        other => return other,
+    };
+    let Some(Some(subscription)) = usize::try_from(handle).ok().and_then(|i| context.subscriptions.get_mut(i)) else {
+        return HostReply::Messages(messages);
+    };
+    while messages.len() < max.clamp(1, READ_AHEAD_MESSAGES) as usize && size < READ_AHEAD_BYTES {
+        // Encoded before it is taken: one that cannot be stays first in the queue, and the
+        // guest's next read traps on it as `ipc_recv` would.
+        let mut frame = Vec::new();
+        let join = |message: &BusMessage| {
+            same_cause(message, &first) && EgressFrame::write_json(&message.message, &mut frame).is_ok()
+        };
+        if subscription.try_recv_if(join).is_none() {
+            break;
+        }
+        size += frame.len();
+        messages.push(Blob(frame));
+    }
+    if messages.len() > 1 {
+        context.read_ahead_causes.insert(handle, first.cause.clone());
+    }
+    HostReply::Messages(messages)
+}
+
+/// The guest is back on a batch read ahead on `handle`: its cause is the instance's again
+/// (as [`CapsuleContext::received`] would have made it, message by message).
+pub(super) fn resume(context: &mut CapsuleContext, handle: i32) -> HostReply {
+    let Some(cause) = context.read_ahead_causes.get(&handle).cloned() else { return reply(IpcStatus::InvalidInput) };
+    context.working_for(cause);
+    HostReply::value(0)
+}
+
+/// Whether `message` descends from the same client request as `first` (or, like it, from none).
+fn same_cause(message: &BusMessage, first: &BusMessage) -> bool {
+    match (&message.cause, &first.cause) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        _ => false,
+    }
 }
 
 /// `ipc_poll`: a queued message, or `Timeout` at once.
@@ -139,6 +218,7 @@ pub(super) fn poll(context: &mut CapsuleContext, handle: i32) -> HostReply {
 
 /// `ipc_unsubscribe`: frees the handle.
 pub(super) fn unsubscribe(context: &mut CapsuleContext, handle: i32) -> HostReply {
+    context.read_ahead_causes.remove(&handle);
     match usize::try_from(handle).ok().and_then(|index| context.subscriptions.get_mut(index)) {
         Some(slot @ Some(_)) => {
             *slot = None;

@@ -290,6 +290,7 @@ pub fn run(sandbox: &mut Sandbox, plan: &Plan) -> Result<(), RunError> {
             HostReply::Value(status) if status == i64::from(IpcStatus::Timeout as i32) => continue,
             HostReply::Value(_) => return Ok(()),
             HostReply::Trap(message) => return Err(RunError::Host(message)),
+            HostReply::Messages(_) => return Err(RunError::Host("a batch of messages answered next_event".to_owned())),
         };
         if !serving {
             continue;
@@ -330,6 +331,7 @@ pub fn run_remote(
 fn expect_done(reply: HostReply) -> Result<(), RunError> {
     match reply {
         HostReply::Trap(message) => Err(RunError::Host(message)),
+        HostReply::Messages(_) => Err(RunError::Host("a batch of messages answered a runner step".to_owned())),
         HostReply::Value(_) | HostReply::Bytes(_) => Ok(()),
     }
 }

@@ -185,6 +185,9 @@ pub(super) fn forward(caller: &mut Caller<'_, HostState>, call: HostCall) -> Res
         HostReply::Value(value) => Ok(value),
         HostReply::Bytes(bytes) => write_guest(caller, &bytes.0),
         HostReply::Trap(message) => Err(wasmi::Error::new(message)),
+        // Only the capsule host's read-ahead asks for a batch, and it hands the guest one
+        // message at a time: a batch here is a host bug, not something to guess at.
+        HostReply::Messages(_) => Err(wasmi::Error::new("the host answered a guest's call with a batch of messages")),
     }
 }
 

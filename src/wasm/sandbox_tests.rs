@@ -311,6 +311,97 @@ mod ipc {
         assert_eq!(chat.call::<(i32, i32), i64>("recv", (99, 10)).expect("bad handle"), IpcStatus::InvalidInput as i64);
     }
 
+    #[test]
+    fn a_read_ahead_returns_queued_messages_in_order_and_never_joins_two_causes() {
+        use crate::kernel::cause::Cause;
+        use crate::wasm::host_call::{HostCall, HostReply};
+
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let kernel = kernel(&tmp);
+        let mut chat = sandbox(&kernel, quick());
+        let handle = chat.call::<(), i32>("subscribe_ok", ()).expect("subscribe");
+        let turn = Cause::new(7, "s", None);
+        let publish = |n: u32, cause: Option<&Arc<Cause>>| {
+            let payload = IpcPayload::Custom { data: serde_json::json!({ "n": n }) };
+            let message = BusMessage::from_kernel(IpcMessage::new("chat.v1.in", payload, SYSTEM_SESSION_UUID));
+            kernel.bus().publish(message.caused_by(cause.cloned()));
+        };
+        // Three of no turn, two of one turn, one of no turn again.
+        for n in 0..3 {
+            publish(n, None);
+        }
+        publish(3, Some(&turn));
+        publish(4, Some(&turn));
+        publish(5, None);
+        let mut read_ahead = |max: u32| -> Vec<u64> {
+            match chat.host_call(HostCall::IpcRecvMany { handle, timeout_ms: 0, max }) {
+                HostReply::Messages(frames) => frames
+                    .iter()
+                    .map(|frame| {
+                        let frame: serde_json::Value = serde_json::from_slice(&frame.0).expect("frame is JSON");
+                        frame["payload"]["n"].as_u64().expect("n")
+                    })
+                    .collect(),
+                HostReply::Value(status) => vec![u64::MAX - status.unsigned_abs()],
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        // At most `max`, oldest first; a batch ends where the cause changes, because what the
+        // instance does next is done for the cause of what it took.
+        assert_eq!(read_ahead(2), vec![0, 1]);
+        assert_eq!(read_ahead(64), vec![2]);
+        assert_eq!(read_ahead(64), vec![3, 4]);
+        assert_eq!(read_ahead(64), vec![5]);
+        // Nothing left: the status `ipc_recv` gives, not an empty batch.
+        assert_eq!(read_ahead(64), vec![u64::MAX - (IpcStatus::Timeout as i64).unsigned_abs()]);
+        let bad = chat.host_call(HostCall::IpcRecvMany { handle: 99, timeout_ms: 0, max: 8 });
+        assert_eq!(bad, HostReply::Value(IpcStatus::InvalidInput as i64));
+    }
+
+    #[test]
+    fn going_back_to_a_batch_read_ahead_makes_its_cause_the_instances_again() {
+        use crate::kernel::cause::Cause;
+        use crate::wasm::host_call::{HostCall, HostReply};
+
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let kernel = kernel(&tmp);
+        let mut observer = kernel.bus().subscribe("observer", &["chat.v1.out"]);
+        let mut chat = sandbox(&kernel, quick());
+        let first = chat.call::<(), i32>("subscribe_ok", ()).expect("subscribe");
+        let second = chat.call::<(), i32>("subscribe_ok", ()).expect("subscribe");
+        let (x, y) = (Cause::new(1, "x", None), Cause::new(2, "y", None));
+        let publish = |cause: &Arc<Cause>| {
+            let payload = IpcPayload::Custom { data: serde_json::json!({}) };
+            let message = BusMessage::from_kernel(IpcMessage::new("chat.v1.in", payload, SYSTEM_SESSION_UUID));
+            kernel.bus().publish(message.caused_by(Some(Arc::clone(cause))));
+        };
+        let mut batch = |handle: i32| match chat.host_call(HostCall::IpcRecvMany { handle, timeout_ms: 0, max: 64 }) {
+            HostReply::Messages(frames) => frames.len(),
+            other => panic!("unexpected {other:?}"),
+        };
+        // Two messages of turn x read ahead on the first handle; the second handle is then
+        // drained, and takes one message of turn y last: the instance works for y.
+        publish(&x);
+        publish(&x);
+        assert_eq!(batch(first), 2);
+        assert_eq!(batch(second), 2);
+        publish(&y);
+        assert_eq!(batch(second), 1);
+        let published_for = |chat: &mut Sandbox, observer: &mut crate::kernel::bus::Subscription| {
+            assert_eq!(chat.call::<(), i32>("publish_ok", ()).expect("publish"), 0);
+            observer.try_recv().expect("published").cause.as_ref().map(|cause| cause.turn)
+        };
+        assert_eq!(published_for(&mut chat, &mut observer), Some(y.turn));
+        // Back on the first handle's batch: the instance works for x again.
+        assert_eq!(chat.host_call(HostCall::IpcResume { handle: first }), HostReply::Value(0));
+        assert_eq!(published_for(&mut chat, &mut observer), Some(x.turn));
+        // A handle with no batch read ahead has nothing to resume.
+        assert_eq!(
+            chat.host_call(HostCall::IpcResume { handle: 99 }),
+            HostReply::Value(IpcStatus::InvalidInput as i64)
+        );
+    }
+
     const FILES: &str = r#"(module
         (import "astrid" "fs_write" (func $write (param i32 i32 i32 i32) (result i32)))
         (import "astrid" "fs_read" (func $read (param i32 i32) (result i64)))

@@ -374,3 +374,113 @@ fn the_session_protocol_refuses_bad_input_with_reasons_and_the_daemon_stays_heal
     let gone = || !t.cli(&["capsule", "list"]).stdout.windows(5).any(|w| w == b"hello");
     assert!(t.wait_for(gone, HANG), "the development capsule left with its session");
 }
+
+/// Publishes `n` small messages on `bench.v1.flood`; returns how many were accepted.
+const FLOOD_PUBLISHER: &str = r#"(module
+    (import "astrid" "ipc_publish" (func $publish (param i32 i32 i32 i32) (result i32)))
+    (memory (export "memory") 1)
+    (data (i32.const 0) "bench.v1.flood")
+    (data (i32.const 32) "{\"type\":\"raw_json\",\"reading\":42}")
+    (func (export "astrid_alloc") (param i32) (result i32) i32.const 1024)
+    (func (export "publish") (param $n i32) (result i32) (local $i i32) (local $ok i32)
+        (block $done
+            (loop $next
+                (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+                (if (i32.eqz (call $publish (i32.const 0) (i32.const 14) (i32.const 32) (i32.const 32)))
+                    (then (local.set $ok (i32.add (local.get $ok) (i32.const 1)))))
+                (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                (br $next)))
+        local.get $ok))"#;
+
+/// Takes messages on `bench.v1.flood` with `ipc_recv` (`take`) or `ipc_poll` (`poll`): each
+/// returns how many it got before the first status, which `last()` then holds.
+const FLOOD_SUBSCRIBER: &str = r#"(module
+    (import "astrid" "ipc_subscribe" (func $subscribe (param i32 i32) (result i32)))
+    (import "astrid" "ipc_unsubscribe" (func $unsubscribe (param i32) (result i32)))
+    (import "astrid" "ipc_recv" (func $recv (param i32 i32) (result i64)))
+    (import "astrid" "ipc_poll" (func $poll (param i32) (result i64)))
+    (memory (export "memory") 2)
+    (global $last (mut i64) (i64.const 0))
+    (data (i32.const 0) "bench.v1.flood")
+    (func (export "astrid_alloc") (param i32) (result i32) i32.const 4096)
+    (func (export "subscribe") (result i32) (call $subscribe (i32.const 0) (i32.const 14)))
+    (func (export "unsubscribe") (param i32) (result i32) (call $unsubscribe (local.get 0)))
+    (func (export "take") (param $handle i32) (param $n i32) (param $timeout i32) (result i32) (local $count i32)
+        (block $done
+            (loop $next
+                (br_if $done (i32.ge_u (local.get $count) (local.get $n)))
+                (global.set $last (call $recv (local.get $handle) (local.get $timeout)))
+                (br_if $done (i64.le_s (global.get $last) (i64.const 0)))
+                (local.set $count (i32.add (local.get $count) (i32.const 1)))
+                (br $next)))
+        local.get $count)
+    (func (export "poll") (param $handle i32) (param $n i32) (result i32) (local $count i32)
+        (block $done
+            (loop $next
+                (br_if $done (i32.ge_u (local.get $count) (local.get $n)))
+                (global.set $last (call $poll (local.get $handle)))
+                (br_if $done (i64.le_s (global.get $last) (i64.const 0)))
+                (local.set $count (i32.add (local.get $count) (i32.const 1)))
+                (br $next)))
+        local.get $count)
+    (func (export "last") (result i64) global.get $last))"#;
+
+/// A development capsule named `name` running `wat`, granted `grant` on `bench.v1.flood`,
+/// attached to the daemon of `t` over its socket the way a capsule-host process attaches.
+fn attached(t: &TestHome, name: &str, wat: &str, grant: &str) -> astrid::wasm::Sandbox {
+    let module = wat::parse_str(wat).expect("wat");
+    let dir = t.workspace.join(name);
+    std::fs::create_dir_all(&dir).expect("capsule dir");
+    std::fs::write(dir.join("flood.wasm"), &module).expect("module");
+    let manifest = format!(
+        "[package]\nname = \"{name}\"\nversion = \"1.0.0\"\n[[component]]\nfile = \"flood.wasm\"\n\
+         [capabilities]\n{grant} = [\"bench.v1.flood\"]\n"
+    );
+    std::fs::write(dir.join("Capsule.toml"), manifest).expect("manifest");
+    let attach = astrid::types::CapsuleAttach { dir: Some(dir.display().to_string()), approve: true, ticket: None };
+    let home = astrid::home::AstridHome::at(&t.home);
+    let (link, attached) = astrid::ipc::capsule_link::CapsuleLink::attach(&home, attach).expect("attach");
+    let compiled = astrid::wasm::compile(&module).expect("valid module");
+    let lifecycle = std::sync::Arc::new(astrid::wasm::Lifecycle::default());
+    astrid::wasm::Sandbox::instantiate_with(&attached.capsule, &compiled, attached.limits, Box::new(link), lifecycle)
+        .expect("instantiate")
+}
+
+#[test]
+fn a_capsule_host_reads_ahead_without_losing_repeating_or_keeping_a_message() {
+    let t = TestHome::new();
+    let _daemon = t.daemon(&[]);
+    let mut publisher = attached(&t, "flood-pub", FLOOD_PUBLISHER, "ipc_publish");
+    let mut subscriber = attached(&t, "flood-sub", FLOOD_SUBSCRIBER, "ipc_subscribe");
+    let timed_out = astrid::wasm::IpcStatus::Timeout as i64;
+    let handle = subscriber.call::<(), i32>("subscribe", ()).expect("subscribe");
+    assert_eq!(handle, 0);
+    assert_eq!(publisher.call::<i32, i32>("publish", 300).expect("publish"), 300);
+    // The backlog crosses in batches, and every message is handed over once: 100 by
+    // `ipc_recv`, the other 200 by `ipc_poll` (served from what was read ahead, then from
+    // the daemon), then nothing more.
+    assert_eq!(subscriber.call::<(i32, i32, i32), i32>("take", (handle, 100, 10_000)).expect("take"), 100);
+    assert_eq!(subscriber.call::<(i32, i32), i32>("poll", (handle, 1_000)).expect("poll"), 200);
+    assert_eq!(subscriber.call::<(), i64>("last", ()).expect("last"), timed_out, "poll ends on an empty queue");
+    assert_eq!(subscriber.call::<(i32, i32, i32), i32>("take", (handle, 1, 0)).expect("take"), 0);
+    assert_eq!(subscriber.call::<(), i64>("last", ()).expect("last"), timed_out);
+
+    // What was read ahead belongs to the subscription: dropped with it, never handed to the
+    // next subscription that gets the same handle.
+    assert_eq!(publisher.call::<i32, i32>("publish", 10).expect("publish"), 10);
+    assert_eq!(subscriber.call::<(i32, i32, i32), i32>("take", (handle, 1, 10_000)).expect("take"), 1);
+    assert_eq!(subscriber.call::<i32, i32>("unsubscribe", handle).expect("unsubscribe"), 0);
+    assert_eq!(subscriber.call::<(), i32>("subscribe", ()).expect("subscribe again"), handle, "the handle is reused");
+    assert_eq!(publisher.call::<i32, i32>("publish", 3).expect("publish"), 3);
+    assert_eq!(subscriber.call::<(i32, i32, i32), i32>("take", (handle, 100, 2_000)).expect("take"), 3);
+    assert_eq!(subscriber.call::<(), i64>("last", ()).expect("last"), timed_out, "only the three sent since");
+
+    // Two subscriptions, taken in turns: going back to a batch read ahead goes through the
+    // daemon first (the instance works for that batch's cause again) and loses nothing.
+    let other = subscriber.call::<(), i32>("subscribe", ()).expect("second subscription");
+    assert_eq!(publisher.call::<i32, i32>("publish", 5).expect("publish"), 5);
+    assert_eq!(subscriber.call::<(i32, i32, i32), i32>("take", (handle, 1, 10_000)).expect("take"), 1);
+    assert_eq!(subscriber.call::<(i32, i32, i32), i32>("take", (other, 5, 10_000)).expect("take"), 5);
+    assert_eq!(subscriber.call::<(i32, i32, i32), i32>("take", (handle, 100, 500)).expect("take"), 4);
+    assert_eq!(subscriber.call::<(), i64>("last", ()).expect("last"), timed_out);
+}

@@ -14,8 +14,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 const VECTORS: &str = "tests/data/session-vectors.jsonl";
-/// The host calls the capsule runner makes itself, which no guest can import.
-const RUNNER_STEPS: &[&str] = &["lifecycle_done", "next_event"];
+/// The host calls a capsule host makes itself (the runner's steps, the link's read-ahead),
+/// which no guest can import.
+const RUNNER_STEPS: &[&str] = &["lifecycle_done", "next_event", "ipc_recv_many", "ipc_resume"];
 
 /// A vector as read from the file: `(name, kind, json)`.
 type Vector = (String, String, Value);
@@ -81,9 +82,11 @@ fn call_index(call: &HostCall) -> usize {
         HostCall::ProcessRead { .. } => 34,
         HostCall::ProcessWait { .. } => 35,
         HostCall::ProcessKill { .. } => 36,
+        HostCall::IpcRecvMany { .. } => 37,
+        HostCall::IpcResume { .. } => 38,
     }
 }
-const CALL_VARIANTS: usize = 37;
+const CALL_VARIANTS: usize = 39;
 
 fn failure_index(failure: &CapsuleFailure) -> usize {
     match failure {
@@ -100,9 +103,10 @@ fn reply_index(reply: &HostReply) -> usize {
         HostReply::Value(_) => 0,
         HostReply::Bytes(_) => 1,
         HostReply::Trap(_) => 2,
+        HostReply::Messages(_) => 3,
     }
 }
-const REPLY_VARIANTS: usize = 3;
+const REPLY_VARIANTS: usize = 4;
 
 fn start_index(start: &SessionStart) -> usize {
     match start {
