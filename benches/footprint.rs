@@ -9,7 +9,8 @@
 //!   session of its own, measured after each round.
 //!
 //! Resident size is read from `/proc/<pid>/status` a moment after each phase, when the daemon
-//! is idle again. The figure of interest is the growth from the warm-up to the end (target:
+//! is idle again, and once more after two minutes of rest, when the kernel has written its
+//! audit counts and forgotten the finished turns. The figure of interest is the growth from the warm-up to the end (target:
 //! none, within the allocator's noise); a leak shows as growth proportional to the work.
 //!
 //! Figures are reported, not asserted: a benchmark is not a timed test.
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use astrid::home::AstridHome;
 use astrid::ipc::Client;
+use astrid::kernel::routine::SUMMARY_INTERVAL;
 use astrid::types::topics::{PROMPT_TOPIC, RESPONSE_TOPIC};
 use astrid::types::{IpcPayload, KernelRequest, KernelResponse};
 
@@ -79,9 +81,18 @@ fn main() {
             i64::try_from(after_turns).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX)
         );
     }
+    // What the kernel keeps per turn for the audit trail's counts lasts until the summary after
+    // a whole interval without the turn: idle that long, the daemon is where it would stay.
+    std::thread::sleep(2 * SUMMARY_INTERVAL + Duration::from_secs(1));
+    let at_rest = settled_rss_kib(pid);
+    println!(
+        "after {} s idle (the audit counts' summaries): {}",
+        (2 * SUMMARY_INTERVAL).as_secs(),
+        grown(warm, at_rest)
+    );
     println!(
         "growth since the warm-up: {:+} KiB (target: flat; a leak grows with the work)",
-        i64::try_from(after_turns).unwrap_or(i64::MAX) - i64::try_from(warm).unwrap_or(i64::MAX)
+        i64::try_from(at_rest).unwrap_or(i64::MAX) - i64::try_from(warm).unwrap_or(i64::MAX)
     );
 }
 

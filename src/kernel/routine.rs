@@ -30,6 +30,18 @@ pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 /// the memory starts over (first occurrences are recorded again).
 const MAX_KINDS: usize = 4096;
 
+/// What is remembered of one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    /// Repeats not yet written.
+    repeats: Option<Repeats>,
+    /// Whether it happened since the last summary. A kind of one turn that did not is
+    /// forgotten at the summary: turn ids never come back, so a finished turn's kinds would
+    /// otherwise stay until [`MAX_KINDS`] (megabytes after a few hundred turns). A turn that
+    /// was only quiet for a whole interval has its next use recorded as a first again.
+    active: bool,
+}
+
 /// One kind of routine event.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Kind {
@@ -78,7 +90,7 @@ impl Repeats {
 /// The routine events seen, and their repeats not yet written.
 #[derive(Debug, Default)]
 pub struct Routine {
-    seen: Mutex<HashMap<Kind, Option<Repeats>>>,
+    seen: Mutex<HashMap<Kind, Entry>>,
 }
 
 /// What to do with a routine event.
@@ -97,34 +109,48 @@ pub enum Seen {
 }
 
 impl Routine {
-    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<Kind, Option<Repeats>>> {
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<Kind, Entry>> {
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Notes one event of `kind`.
     pub fn note(&self, kind: Kind) -> Seen {
         let mut seen = self.seen();
-        if let Some(repeats) = seen.get_mut(&kind) {
-            match repeats {
+        if let Some(entry) = seen.get_mut(&kind) {
+            entry.active = true;
+            match &mut entry.repeats {
                 Some(repeats) => repeats.count += 1,
-                None => *repeats = Some(Repeats { count: 1, since: Utc::now() }),
+                None => entry.repeats = Some(Repeats { count: 1, since: Utc::now() }),
             }
             return Seen::Repeat;
         }
         let flushed = if seen.len() >= MAX_KINDS {
-            seen.drain().filter_map(|(kind, repeats)| Some((kind, repeats?))).collect()
+            let flushed = seen.drain().filter_map(|(kind, entry)| Some((kind, entry.repeats?))).collect();
+            seen.shrink_to_fit();
+            flushed
         } else {
             Vec::new()
         };
-        seen.insert(kind.clone(), None);
+        seen.insert(kind.clone(), Entry { repeats: None, active: true });
         Seen::First { flushed, kind }
     }
 
-    /// Takes the counts not yet written (every kind is still remembered).
+    /// Takes the counts not yet written, at a summary. Every kind is still remembered, but
+    /// those of a turn that did not happen since the last summary (see [`Entry::active`]).
     pub fn take_repeats(&self) -> Vec<(Kind, Repeats)> {
         let mut seen = self.seen();
-        let mut taken: Vec<(Kind, Repeats)> =
-            seen.iter_mut().filter_map(|(kind, repeats)| Some((kind.clone(), repeats.take()?))).collect();
+        let mut taken: Vec<(Kind, Repeats)> = Vec::new();
+        seen.retain(|kind, entry| {
+            if let Some(repeats) = entry.repeats.take() {
+                taken.push((kind.clone(), repeats));
+            }
+            let keep = entry.active || kind.turn.is_none();
+            entry.active = false;
+            keep
+        });
+        if seen.capacity() > 4 * seen.len().max(64) {
+            seen.shrink_to_fit();
+        }
         taken.sort_by_key(|(_, repeats)| repeats.since);
         taken
     }
@@ -136,7 +162,7 @@ impl Routine {
         let mut taken: Vec<(Kind, Repeats)> = ended
             .into_iter()
             .filter_map(|kind| {
-                let repeats = seen.remove(&kind)??;
+                let repeats = seen.remove(&kind)?.repeats?;
                 Some((kind, repeats))
             })
             .collect();
@@ -180,6 +206,34 @@ mod tests {
         let ended = routine.end_instance(one);
         assert_eq!(ended.len(), 1);
         assert!(matches!(routine.note(kind(Some(one), "ipc_publish a")), Seen::First { .. }), "forgotten");
+    }
+
+    #[test]
+    fn a_turns_kinds_are_forgotten_once_a_whole_interval_passes_without_them() {
+        let routine = Routine::default();
+        let of_turn = |turn: Uuid| Kind { turn: Some(turn), ..kind(Some(Uuid::nil()), "ipc_publish a") };
+        let (ended, going_on) = (Uuid::new_v4(), Uuid::new_v4());
+        routine.note(of_turn(ended));
+        routine.note(of_turn(ended));
+        routine.note(of_turn(going_on));
+        routine.note(kind(None, "management GetStatus"));
+        // The first summary writes the count and forgets nothing: all happened since the last.
+        let taken = routine.take_repeats();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].1.count, 1);
+        assert_eq!(routine.seen().len(), 3);
+        // One turn goes on; by the next summary the other has been quiet for a whole interval.
+        assert!(matches!(routine.note(of_turn(going_on)), Seen::Repeat));
+        let taken = routine.take_repeats();
+        assert_eq!(taken.len(), 1, "the repeat of the turn going on is written");
+        assert_eq!(routine.seen().len(), 2, "the ended turn's kind is forgotten");
+        assert!(matches!(routine.note(of_turn(going_on)), Seen::Repeat), "the turn going on is remembered");
+        // Kinds of no turn (a status bar's polling) are never forgotten this way.
+        routine.take_repeats();
+        routine.take_repeats();
+        assert!(matches!(routine.note(kind(None, "management GetStatus")), Seen::Repeat));
+        // A quiet turn that comes back is recorded in full again.
+        assert!(matches!(routine.note(of_turn(ended)), Seen::First { .. }));
     }
 
     #[test]
