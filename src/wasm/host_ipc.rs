@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::context::CapsuleContext;
 use super::host_call::{Blob, HostReply};
 use super::wait::{block_on_timeout, unless_stopped};
-use crate::kernel::bus::BusMessage;
+use crate::kernel::bus::{BusMessage, Subscription};
 use crate::kernel::capability::Capability;
 use crate::kernel::topic;
 use crate::types::{EgressFrame, IpcMessage, IpcPayload};
@@ -129,7 +129,7 @@ fn receive(
 ) -> Result<Option<Option<Arc<BusMessage>>>, IpcStatus> {
     let wait = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0)).min(MAX_RECV_WAIT);
     let stopped = context.lifecycle.stopped();
-    let Some(Some(subscription)) = usize::try_from(handle).ok().and_then(|i| context.subscriptions.get_mut(i)) else {
+    let Some(subscription) = subscription(context, handle) else {
         return Err(IpcStatus::InvalidInput);
     };
     let received = match subscription.try_recv() {
@@ -167,7 +167,7 @@ pub(super) fn recv_many(context: &mut CapsuleContext, handle: i32, timeout_ms: i
         // Cannot be encoded: the guest's call traps, as its `ipc_recv` would.
         other => return other,
     };
-    let Some(Some(subscription)) = usize::try_from(handle).ok().and_then(|i| context.subscriptions.get_mut(i)) else {
+    let Some(subscription) = subscription(context, handle) else {
         return HostReply::Messages(messages);
     };
     while messages.len() < max.clamp(1, READ_AHEAD_MESSAGES) as usize && size < READ_AHEAD_BYTES {
@@ -175,7 +175,7 @@ pub(super) fn recv_many(context: &mut CapsuleContext, handle: i32, timeout_ms: i
         // guest's next read traps on it as `ipc_recv` would.
         let mut frame = Vec::new();
         let join = |message: &BusMessage| {
-            same_cause(message, &first) && EgressFrame::write_json(&message.message, &mut frame).is_ok()
+            message.cause == first.cause && EgressFrame::write_json(&message.message, &mut frame).is_ok()
         };
         if subscription.try_recv_if(join).is_none() {
             break;
@@ -197,18 +197,14 @@ pub(super) fn resume(context: &mut CapsuleContext, handle: i32) -> HostReply {
     HostReply::value(0)
 }
 
-/// Whether `message` descends from the same client request as `first` (or, like it, from none).
-fn same_cause(message: &BusMessage, first: &BusMessage) -> bool {
-    match (&message.cause, &first.cause) {
-        (None, None) => true,
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-        _ => false,
-    }
+/// The live subscription behind `handle`, if there is one.
+fn subscription(context: &mut CapsuleContext, handle: i32) -> Option<&mut Subscription> {
+    usize::try_from(handle).ok().and_then(|i| context.subscriptions.get_mut(i)).and_then(Option::as_mut)
 }
 
 /// `ipc_poll`: a queued message, or `Timeout` at once.
 pub(super) fn poll(context: &mut CapsuleContext, handle: i32) -> HostReply {
-    let Some(Some(subscription)) = usize::try_from(handle).ok().and_then(|i| context.subscriptions.get_mut(i)) else {
+    let Some(subscription) = subscription(context, handle) else {
         return reply(IpcStatus::InvalidInput);
     };
     let received = subscription.try_recv();
