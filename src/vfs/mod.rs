@@ -119,6 +119,17 @@ impl std::fmt::Debug for Vfs {
     }
 }
 
+/// `old` → `new` as a unified diff with three lines of context under `--- old_name` and
+/// `+++ new_name`; nothing at all (not even the header) where the texts are the same.
+fn unified_diff(old: &str, new: &str, old_name: String, new_name: String) -> String {
+    let patch = diffy::DiffOptions::new()
+        .set_context_len(3)
+        .set_original_filename(old_name)
+        .set_modified_filename(new_name)
+        .create_patch(old, new);
+    if patch.hunks().is_empty() { String::new() } else { patch.to_string() }
+}
+
 fn classify(path: &VfsPath, action: &'static str, e: io::Error) -> VfsError {
     let text = e.to_string();
     if text.contains("outside of the filesystem") || text.contains("escape") {
@@ -466,10 +477,7 @@ impl Vfs {
                 ChangeKind::Modified => (format!("a/{}", change.path), format!("b/{}", change.path)),
             };
             match (std::str::from_utf8(&old), std::str::from_utf8(&new)) {
-                (Ok(old), Ok(new)) => {
-                    let diff = similar::TextDiff::from_lines(old, new);
-                    out.push_str(&diff.unified_diff().context_radius(3).header(&old_name, &new_name).to_string());
-                }
+                (Ok(old), Ok(new)) => out.push_str(&unified_diff(old, new, old_name, new_name)),
                 _ => out.push_str(&format!("Binary files {old_name} and {new_name} differ\n")),
             }
         }
@@ -495,8 +503,7 @@ impl Vfs {
         } else {
             (format!("a/{path}"), format!("b/{path}"))
         };
-        let diff = similar::TextDiff::from_lines(old_text, new_text);
-        let diff = diff.unified_diff().context_radius(3).header(&old_name, &new_name).to_string();
+        let diff = unified_diff(old_text, new_text, old_name, new_name);
         let lines: Vec<&str> = diff.lines().collect();
         let mut out = header;
         for line in lines.iter().take(max_lines) {

@@ -324,3 +324,33 @@ mod import {
         assert!(!dir.exists());
     }
 }
+
+#[test]
+fn a_unified_diff_is_what_patch_and_git_apply_read() {
+    // Changes more than twice the context apart make two hunks; a last line without its
+    // newline is marked as diff(1) marks it.
+    let old: String = (1..=20).map(|n| format!("{n}\n")).collect::<String>() + "last";
+    let new = old.replacen("2\n", "two\n", 1) + "\n";
+    let diff = super::unified_diff(&old, &new, "a/f.txt".into(), "b/f.txt".into());
+    assert_eq!(
+        diff,
+        "--- a/f.txt\n+++ b/f.txt\n@@ -1,5 +1,5 @@\n 1\n-2\n+two\n 3\n 4\n 5\n\
+         @@ -18,4 +18,4 @@\n 18\n 19\n 20\n-last\n\\ No newline at end of file\n+last\n"
+    );
+    // And `git apply` turns the old text into the new one with it.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    fs::write(tmp.path().join("f.txt"), &old).expect("old");
+    fs::write(tmp.path().join("f.diff"), &diff).expect("diff");
+    let applied = std::process::Command::new("git")
+        .args(["apply", "f.diff"])
+        .current_dir(tmp.path())
+        .output()
+        .expect("git apply runs");
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    assert_eq!(fs::read_to_string(tmp.path().join("f.txt")).expect("new"), new);
+    assert_eq!(
+        super::unified_diff("", "new\n", "/dev/null".into(), "b/n.txt".into()),
+        "--- /dev/null\n+++ b/n.txt\n@@ -0,0 +1 @@\n+new\n"
+    );
+    assert_eq!(super::unified_diff("same\n", "same\n", "a/s".into(), "b/s".into()), "", "no change, no header");
+}
