@@ -14,18 +14,20 @@
 //! the guest host calls per second that took (a subscriber's capsule host reads ahead, so a
 //! backlog crosses the socket a batch per round trip), and the baseline: as many connections making raw
 //! round trips of a frame of the same size to an echo server in a process of its own (this
-//! binary again, under [`ECHO_ENV`]), the most request/reply exchanges the machine manages
+//! binary again: `support/echo.rs`), the most request/reply exchanges the machine manages
 //! through Unix sockets with that much concurrency. Medians of [`ROUNDS`] rounds.
 //!
 //! Figures are reported, not asserted: a benchmark is not a timed test.
 
 #[path = "support/daemon.rs"]
 mod daemon;
+#[path = "support/echo.rs"]
+mod echo;
 
 use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -40,9 +42,6 @@ const SUBSCRIBERS: usize = 8;
 const PER_PUBLISHER: usize = 2_000;
 const ROUNDS: usize = 5;
 const TOPIC: &str = "bench.v1.flood";
-
-/// Set to a socket path, this binary is the baseline's echo server instead.
-const ECHO_ENV: &str = "ASTRID_BENCH_ECHO";
 
 /// `publish(n)` publishes a small JSON payload on [`TOPIC`] `n` times and returns how many
 /// publications the host accepted (status 0).
@@ -89,9 +88,7 @@ const SUBSCRIBER: &str = r#"(module
     (func (export "last") (result i64) global.get $last))"#;
 
 fn main() {
-    if let Some(path) = std::env::var_os(ECHO_ENV) {
-        return echo_server(Path::new(&path));
-    }
+    echo::serve_if_asked();
     let root = tempfile::Builder::new().prefix("astb").tempdir_in("/tmp").expect("tempdir");
     let (_daemon, _client) = daemon::Daemon::start(root.path(), "h", &[("ASTRID_DEFAULT_CAPSULES", "0".into())]);
     let home = AstridHome::at(root.path().join("h"));
@@ -103,7 +100,7 @@ fn main() {
         .collect();
 
     let echo_path = root.path().join("echo.sock");
-    let mut echo = spawn_echo(&echo_path);
+    let mut echo = echo::spawn(&echo_path);
 
     println!(
         "astrid bus benchmark: {PUBLISHERS} publishers, {SUBSCRIBERS} subscribers on {TOPIC}, capsules attached over \
@@ -262,52 +259,6 @@ fn raw_round_trips_per_second(path: &Path, connections: usize) -> f64 {
         .collect();
     start.wait();
     threads.into_iter().map(|t| t.join().expect("echo client")).sum()
-}
-
-fn spawn_echo(path: &Path) -> Child {
-    let child = Command::new(std::env::current_exe().expect("this bench binary"))
-        .env(ECHO_ENV, path)
-        // Its end of the pipe closes when this process ends, however it ends: the echo
-        // server then exits rather than outliving a failed run.
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the echo server");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(path).is_err() {
-        assert!(Instant::now() < deadline, "the echo server did not start");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    child
-}
-
-/// Echoes each length-prefixed frame back on its connection, a thread per connection, until
-/// its standard input (the bench's pipe) closes.
-fn echo_server(path: &Path) {
-    std::thread::spawn(|| {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-        std::process::exit(0);
-    });
-    let listener = UnixListener::bind(path).expect("bind the echo socket");
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        std::thread::spawn(move || {
-            let mut buffer = Vec::new();
-            loop {
-                let mut header = [0u8; 4];
-                if stream.read_exact(&mut header).is_err() {
-                    return;
-                }
-                let len = u32::from_be_bytes(header) as usize;
-                buffer.resize(4 + len, 0);
-                buffer[..4].copy_from_slice(&header);
-                if stream.read_exact(&mut buffer[4..]).is_err() || stream.write_all(&buffer).is_err() {
-                    return;
-                }
-            }
-        });
-    }
 }
 
 fn stop(child: &mut Child) {

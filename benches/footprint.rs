@@ -17,6 +17,8 @@
 
 #[path = "support/daemon.rs"]
 mod daemon;
+#[path = "support/rss.rs"]
+mod rss;
 
 use std::path::Path;
 use std::time::Duration;
@@ -149,13 +151,7 @@ fn daemon_pid(home: &Path) -> u32 {
 /// Resident size in KiB once the daemon has been left alone for [`SETTLE`].
 fn settled_rss_kib(pid: u32) -> u64 {
     std::thread::sleep(SETTLE);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
+    rss::rss_kib(pid)
 }
 
 fn mib(kib: u64) -> String {

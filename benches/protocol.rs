@@ -2,7 +2,7 @@
 //!
 //! Prints, for the release binary:
 //! - the baseline: the fastest honest round trip of the same frame, from the same client code,
-//!   to an echo server in a process of its own (this binary again, under [`ECHO_ENV`]);
+//!   to an echo server in a process of its own (this binary again: `support/echo.rs`);
 //! - `GetStatus` round trip over the Astrid protocol (p50, p99) and its ratio to the baseline,
 //!   the two interleaved request by request so that a machine getting busier weighs on both;
 //! - boot-to-ready of `astrid-daemon` (median of 20 boots);
@@ -13,8 +13,13 @@
 //!
 //! Figures are reported, not asserted: a benchmark is not a timed test.
 
+#[path = "support/echo.rs"]
+mod echo;
+#[path = "support/rss.rs"]
+mod rss;
+
 use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,13 +34,8 @@ const STATUS_RUNS: usize = 50;
 const CLIENTS: usize = 8;
 const REQUESTS_PER_CLIENT: usize = 5_000;
 
-/// Set to a socket path, this binary is the baseline's echo server instead.
-const ECHO_ENV: &str = "ASTRID_BENCH_ECHO";
-
 fn main() {
-    if let Some(path) = std::env::var_os(ECHO_ENV) {
-        return echo_server(Path::new(&path));
-    }
+    echo::serve_if_asked();
     // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
     let dir = tempfile::Builder::new().prefix("astb").tempdir_in("/tmp").expect("tempdir");
     let exe = Path::new(env!("CARGO_BIN_EXE_astrid"));
@@ -48,9 +48,9 @@ fn main() {
     wait_ready(&home);
     // Capsules may still be settling just after readiness: idle means a moment later.
     std::thread::sleep(Duration::from_millis(500));
-    let idle_kib = rss_kib(daemon.id());
+    let idle_kib = rss::rss_kib(daemon.id());
     let echo_path = dir.path().join("echo.sock");
-    let mut echo = spawn_echo(&echo_path);
+    let mut echo = echo::spawn(&echo_path);
     let (raw, status) = round_trips(&echo_path, &home);
     report("raw unix socket round trip of the same frame, echo process (baseline)", &raw);
     report("GetStatus round trip over the astrid protocol", &status);
@@ -72,7 +72,7 @@ fn main() {
         answered.worst_p99
     );
 
-    let after_kib = rss_kib(daemon.id());
+    let after_kib = rss::rss_kib(daemon.id());
     println!("idle RSS after boot: {:.1} MB (target <= 10 MB)", idle_kib as f64 / 1024.0);
     println!(
         "RSS after {} requests on {} connections: {:.1} MB",
@@ -154,50 +154,6 @@ fn read_frame(stream: &mut UnixStream) -> Vec<u8> {
     let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
     stream.read_exact(&mut body).expect("body");
     body
-}
-
-/// The baseline's server: echoes each frame, a thread per connection, until the bench ends.
-fn echo_server(path: &Path) {
-    // The bench's pipe closes when the bench ends, however it ends.
-    std::thread::spawn(|| {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-        std::process::exit(0);
-    });
-    let listener = UnixListener::bind(path).expect("bind");
-    for stream in listener.incoming() {
-        let mut stream = stream.expect("accept");
-        std::thread::spawn(move || {
-            let mut header = [0u8; 4];
-            while stream.read_exact(&mut header).is_ok() {
-                let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
-                if stream.read_exact(&mut body).is_err() {
-                    return;
-                }
-                let mut reply = header.to_vec();
-                reply.extend_from_slice(&body);
-                if stream.write_all(&reply).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-}
-
-/// This binary as the echo server at `path`, once it listens.
-fn spawn_echo(path: &Path) -> Child {
-    let child = Command::new(std::env::current_exe().expect("current exe"))
-        .env(ECHO_ENV, path)
-        // Its end of the pipe closes when this process ends, however it ends: the echo
-        // server then exits rather than outliving a failed run.
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("echo server");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !path.exists() {
-        assert!(Instant::now() < deadline, "the echo server never listened");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child
 }
 
 /// A connection to the daemon, past its handshake.
@@ -316,14 +272,4 @@ fn wait_ready(home: &Path) {
 fn stop(child: &mut Child) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
     let _ = child.wait();
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
 }
