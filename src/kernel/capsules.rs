@@ -173,9 +173,9 @@ impl CapsuleRegistry {
             }
             match default.manifest() {
                 Ok(manifest) => {
-                    let hash = super::install::hash_hex(default.wasm);
+                    let hash = Some(default.hash.to_owned());
                     let mut capsule =
-                        Capsule::from_manifest(manifest, Path::new(""), CapsuleOrigin::Embedded, Some(hash), None);
+                        Capsule::from_manifest(manifest, Path::new(""), CapsuleOrigin::Embedded, hash, None);
                     capsule.dir = None;
                     capsule.grant_what_it_asks();
                     self.capsules.push(capsule);

@@ -1,5 +1,7 @@
 //! The default capsule set: real WebAssembly built from `capsules-examples/` and compiled
 //! into this binary, so `astrid run` answers on a fresh machine with nothing installed.
+//! The modules are embedded deflated (`build.rs`: a third of their size) with their hashes;
+//! one is inflated when its capsule starts, after the daemon is ready.
 //!
 //! They are registered after discovery under the origin `Embedded`, only where no installed
 //! capsule has the name (installing a capsule of the same name replaces a default). Their
@@ -20,8 +22,11 @@ pub struct DefaultCapsule {
     pub name: &'static str,
     /// Its `Capsule.toml`.
     pub manifest: &'static str,
-    /// Its module.
-    pub wasm: &'static [u8],
+    /// Its module, deflated by `build.rs` ([`Self::module`] inflates it).
+    deflated: &'static [u8],
+    /// The module's BLAKE3 (hex), computed by `build.rs`: what
+    /// [`hash_hex`](super::install::hash_hex) gives for the inflated module.
+    pub hash: &'static str,
     /// Configuration taken from the daemon's environment where the operator stored none
     /// (only the default set gets this: it is code the operator runs anyway).
     pub environment: fn(&ProviderEnvironment) -> BTreeMap<String, String>,
@@ -32,6 +37,13 @@ impl DefaultCapsule {
     pub fn manifest(&self) -> Result<Manifest, ManifestError> {
         Manifest::parse(&Path::new("<embedded>").join(self.name).join("Capsule.toml"), self.manifest)
     }
+
+    /// Its module, inflated. Failing is a defect of this build, reported rather than trusted.
+    pub fn module(&self) -> Result<Vec<u8>, String> {
+        let limit = usize::try_from(super::install::MAX_MODULE_BYTES).unwrap_or(usize::MAX);
+        miniz_oxide::inflate::decompress_to_vec_with_limit(self.deflated, limit)
+            .map_err(|e| format!("the embedded module of {} does not inflate: {e}", self.name))
+    }
 }
 
 macro_rules! embedded {
@@ -40,14 +52,8 @@ macro_rules! embedded {
             name: $name,
             environment: $environment,
             manifest: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/capsules-examples/", $name, "/Capsule.toml")),
-            wasm: include_bytes!(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/capsules-examples/",
-                $name,
-                "/",
-                $name,
-                ".wasm"
-            )),
+            deflated: include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".wasm.deflate")),
+            hash: include_str!(concat!(env!("OUT_DIR"), "/", $name, ".wasm.blake3")),
         }
     };
 }
@@ -145,7 +151,11 @@ mod tests {
         for capsule in DEFAULT_CAPSULES {
             let manifest = capsule.manifest().expect("valid manifest");
             assert_eq!(manifest.package.name, capsule.name);
-            assert!(capsule.wasm.starts_with(b"\0asm"), "{} is a binary module", capsule.name);
+            let module = capsule.module().expect("the module inflates");
+            assert!(module.starts_with(b"\0asm"), "{} is a binary module", capsule.name);
+            assert_eq!(capsule.hash, super::super::install::hash_hex(&module), "{}: the hash is the module's", capsule.name);
+            let committed = format!("{}/capsules-examples/{}/{}.wasm", env!("CARGO_MANIFEST_DIR"), capsule.name, capsule.name);
+            assert_eq!(module, std::fs::read(committed).expect("the committed module"), "{} is embedded whole", capsule.name);
         }
         assert!(find("orchestrator").is_some() && find("nope").is_none());
     }

@@ -51,6 +51,9 @@ pub enum PrepareError {
     /// An embedded manifest does not parse (a build defect, reported rather than trusted).
     #[error(transparent)]
     EmbeddedManifest(#[from] ManifestError),
+    /// An embedded module does not inflate (a build defect too).
+    #[error("{0}")]
+    Embedded(String),
     /// The installed files no longer match their pins, or cannot be read.
     #[error(transparent)]
     Installed(#[from] InstallError),
@@ -148,7 +151,7 @@ pub fn prepare(
             kernel,
             host,
             &manifest,
-            embedded.wasm.to_vec(),
+            embedded.module().map_err(PrepareError::Embedded)?,
             None,
             &(embedded.environment)(&kernel.config().provider),
             lifecycle,
