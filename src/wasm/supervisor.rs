@@ -489,8 +489,10 @@ impl CapsuleSupervisor {
             let home = self.kernel.config().home.root().to_path_buf();
             return Ok(process::run_child(&home, &self.tickets, name, dir, lifecycle)?);
         }
-        let prepared = runner::prepare(&self.kernel, &self.config, name, dir, Arc::clone(lifecycle))?;
-        let module = self.module(&prepared.hash, &prepared.wasm)?;
+        let mut prepared = runner::prepare(&self.kernel, &self.config, name, dir, Arc::clone(lifecycle))?;
+        // The bytes are needed only to compile: dropped here, not held while the capsule runs
+        // (a megabyte resident for the default set).
+        let module = self.module(&prepared.hash, &std::mem::take(&mut prepared.wasm))?;
         let backend = Box::new(prepared.context);
         let mut sandbox = Sandbox::instantiate_with(name, &module, self.config.limits, backend, Arc::clone(lifecycle))?;
         self.kernel.record(DEFAULT_PRINCIPAL, Actor::Kernel, "capsule.start", name, Decision::Info, "instantiated");
