@@ -208,8 +208,10 @@ fn escapes_from_a_command_are_refused_and_each_is_on_the_record() {
     refused(&format!("bash -c 'echo hello > /dev/tcp/127.0.0.1/{port}'"));
     assert!(listener.accept().is_err(), "the command reached the host's loopback");
 
-    // A fork bomb meets the process limit and its timeout; nothing of it is left.
-    let bomb = "bomb() { bomb | bomb & }; bomb; sleep 3000.5151";
+    // A fork bomb meets the process limit and its timeout; nothing of it is left. (`exec`:
+    // the shell then waits without a fork of its own, which the full namespace may refuse,
+    // ending the command early with "Cannot fork" on a machine quick to fill it.)
+    let bomb = "bomb() { bomb | bomb & }; bomb; exec sleep 3000.5151";
     let (_, answer) = run_command(&t, &json!({"command": bomb, "timeout_secs": 3}), true);
     assert!(result(&answer).contains("ran past its timeout"), "{answer:#}");
     assert!(exit_entry(&t, bomb)["rule"].as_str().is_some_and(|r| r.starts_with("killed at its timeout")));
