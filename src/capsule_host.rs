@@ -87,20 +87,21 @@ pub enum ServeError {
 /// Attaches as `attach` says and runs the capsule the daemon hands over until it ends.
 pub fn serve(home: &AstridHome, attach: CapsuleAttach) -> Result<(), ServeError> {
     let (link, attached) = CapsuleLink::attach(home, attach)?;
-    run_attached(link, &attached)
+    run_attached(link, attached)
 }
 
 /// Runs the capsule of an attached link until it ends. A failure is reported to the daemon
-/// over the link (typed, and recorded before this returns) as well as returned.
-pub fn run_attached(link: CapsuleLink, attached: &Attached) -> Result<(), ServeError> {
-    log::info!("capsule {}: attached; {} bytes of module", attached.capsule, attached.module.0.len());
+/// over the link (typed, and recorded before this returns) as well as returned. The module's
+/// bytes are freed once it is compiled (taken by value for that).
+pub fn run_attached(link: CapsuleLink, attached: Attached) -> Result<(), ServeError> {
+    let Attached { capsule, module, limits, plan } = attached;
+    log::info!("capsule {capsule}: attached; {} bytes of module", module.0.len());
     let reporter = link.clone();
-    let outcome =
-        runner::run_remote(Box::new(link), &attached.capsule, &attached.module.0, attached.limits, &attached.plan);
+    let outcome = runner::run_remote(Box::new(link), &capsule, module.0, limits, &plan);
     if let Err(error) = &outcome
         && let Err(e) = reporter.report_failure(error.failure())
     {
-        log::warn!("capsule {}: cannot tell the daemon why it failed: {e}", attached.capsule);
+        log::warn!("capsule {capsule}: cannot tell the daemon why it failed: {e}");
     }
     Ok(outcome?)
 }

@@ -268,7 +268,7 @@ fn run_dir(home: &AstridHome, args: &RunArgs) -> anyhow::Result<ExitCode> {
     })
     .context("cannot handle Ctrl-C")?;
     println!("running {name} from {} (Ctrl-C stops it)", dir.display());
-    match capsule_host::run_attached(link, &attached) {
+    match capsule_host::run_attached(link, attached) {
         Ok(()) => {
             println!("{name} ended");
             Ok(ExitCode::SUCCESS)

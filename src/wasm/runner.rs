@@ -320,12 +320,14 @@ pub fn run(sandbox: &mut Sandbox, plan: &Plan) -> Result<(), RunError> {
 pub fn run_remote(
     backend: Box<dyn HostBackend>,
     capsule: &str,
-    wasm: &[u8],
+    wasm: Vec<u8>,
     limits: SandboxLimits,
     plan: &Plan,
 ) -> Result<(), RunError> {
     let load = |source| RunError::Load { source };
-    let module = super::compile(wasm).map_err(load)?;
+    // Only compiling reads the bytes: they are not held while the capsule runs.
+    let module = super::compile(&wasm).map_err(load)?;
+    drop(wasm);
     let lifecycle = Arc::new(Lifecycle::default());
     let mut sandbox = Sandbox::instantiate_with(capsule, &module, limits, backend, lifecycle).map_err(load)?;
     run(&mut sandbox, plan)
