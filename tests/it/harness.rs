@@ -121,11 +121,7 @@ impl TestHome {
 
     /// The whole daemon log (all files, oldest first).
     pub fn log(&self) -> String {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.home.join("log"))
-            .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        files.sort();
-        files.iter().map(|f| std::fs::read_to_string(f).unwrap_or_default()).collect()
+        read_log(&self.home.join("log"))
     }
 
     /// Whether the log shows `text` (waits up to [`HANG`]: a running daemon's log is written
@@ -238,15 +234,35 @@ impl Drop for Daemon {
 }
 
 /// A client that speaks raw frames over the real socket.
+/// The daemon log files in `dir`, oldest first, joined.
+fn read_log(dir: &Path) -> String {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files.iter().map(|f| std::fs::read_to_string(f).unwrap_or_default()).collect()
+}
+
 pub struct RawClient {
     pub stream: UnixStream,
+    /// The daemon's log directory (`<home>/log`, beside `run/` of the socket): a hang's
+    /// panic shows what the daemon logged, which is all there is to go on in a CI run.
+    log_dir: Option<PathBuf>,
 }
 
 impl RawClient {
     pub fn connect(path: &Path) -> Self {
         let stream = UnixStream::connect(path).expect("connect");
         stream.set_read_timeout(Some(HANG)).expect("timeout");
-        Self { stream }
+        Self { stream, log_dir: path.parent().and_then(Path::parent).map(|home| home.join("log")) }
+    }
+
+    /// The end of the daemon's log, for a failure message.
+    fn log_tail(&self) -> String {
+        let Some(dir) = &self.log_dir else { return String::new() };
+        let log = read_log(dir);
+        let start = log.char_indices().rev().nth(8_000).map_or(0, |(i, _)| i);
+        log[start..].to_owned()
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
@@ -272,7 +288,7 @@ impl RawClient {
                 return None;
             }
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                panic!("hung: no frame and no close within {HANG:?}")
+                panic!("hung: no frame and no close within {HANG:?}; the daemon's log ends:\n{}", self.log_tail())
             }
             Err(e) => panic!("read failed: {e}"),
         }
