@@ -272,7 +272,7 @@ fn start_mcp_servers(
     let configured = servers.len();
     let mcp = McpHost::start(Arc::clone(kernel), config.workspace.clone(), servers, refused);
     kernel.set_mcp(Arc::clone(&mcp) as Arc<dyn crate::kernel::mcp_service::McpService>);
-    let tools = tokio::spawn(crate::mcp::tools::serve(Arc::clone(kernel), Arc::clone(&mcp)));
+    let tools = crate::mcp::tools::start(kernel, Arc::clone(&mcp));
     let declared = tokio::spawn(follow_capsule_servers(Arc::clone(kernel), Arc::clone(&mcp)));
     Step::McpServers.done(format_args!("{configured} MCP server(s) configured in etc/servers.toml, starting"));
     (mcp, [tools, declared])

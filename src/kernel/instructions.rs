@@ -138,9 +138,14 @@ fn described(files: &InstructionFiles) -> String {
     files.files.iter().map(|f| format!("{} ({})", f.path, f.scope.as_str())).collect::<Vec<_>>().join(", ")
 }
 
-/// Answers agents' requests for their instructions until the bus goes away.
-pub(super) async fn serve(kernel: Arc<Kernel>) {
-    let mut requests = kernel.bus().subscribe("instructions", &[INSTRUCTIONS_REQUEST_TOPIC]);
+/// Answers agents' requests for their instructions, on a task of its own, until the bus goes
+/// away. Subscribed before the task exists, as the router is (see `router::start`).
+pub(super) fn start(kernel: &Arc<Kernel>) {
+    let requests = kernel.bus().subscribe("instructions", &[INSTRUCTIONS_REQUEST_TOPIC]);
+    tokio::spawn(serve(Arc::clone(kernel), requests));
+}
+
+async fn serve(kernel: Arc<Kernel>, mut requests: super::bus::Subscription) {
     while let Some(incoming) = requests.recv().await {
         // Only a capsule instance waits for the answer (clients cannot publish here; they ask
         // with `GetInstructions`).

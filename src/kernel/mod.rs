@@ -627,8 +627,8 @@ impl Kernel {
                 kernel.summarize_routine();
             }
         });
-        tokio::spawn(instructions::serve(Arc::clone(self)));
-        tokio::spawn(router::run(Arc::clone(self)))
+        instructions::start(self);
+        router::start(self)
     }
 
     /// Hands the kernel the daemon's MCP host (once; later calls are ignored).

@@ -81,8 +81,16 @@ fn describes_running_capsules(request: &KernelRequest) -> bool {
 }
 
 /// Serves management requests until the bus goes away.
-pub(super) async fn run(kernel: Arc<Kernel>) {
-    let mut requests = kernel.bus().subscribe("management-router", &[REQUEST_PATTERN]);
+/// Subscribes to management requests, then serves them on a task of its own. The subscription
+/// is made here, before the task exists: a task only subscribes when it is first polled, and a
+/// request published before that (a client quick after `system.ready`, on a busy machine) would
+/// have had no subscriber and no answer, ever.
+pub(super) fn start(kernel: &Arc<Kernel>) -> tokio::task::JoinHandle<()> {
+    let requests = kernel.bus().subscribe("management-router", &[REQUEST_PATTERN]);
+    tokio::spawn(run(Arc::clone(kernel), requests))
+}
+
+async fn run(kernel: Arc<Kernel>, mut requests: super::bus::Subscription) {
     let mut limiter = SlidingWindow::new(Duration::from_secs(60));
     while let Some(incoming) = requests.recv().await {
         let reply_topic = response_topic(&incoming.message.topic);

@@ -137,3 +137,26 @@ fn while_the_trail_cannot_be_written_every_capability_is_denied() {
     assert!(eventually(|| kernel.audit_writable().is_ok()), "and recovers");
     assert!(kernel.check_capability("default", "fs", &read));
 }
+
+#[test]
+fn a_request_published_the_moment_the_kernel_starts_is_answered() {
+    // On a current-thread runtime nothing spawned runs before this test's task yields: the
+    // request below is published before the router's task has ever been polled, as a client
+    // quick after `system.ready` can on a busy machine. It must still have a subscriber.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kernel = kernel(&tmp);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let _router = kernel.start();
+        let mut client = kernel.bus().subscribe_as("client#1", bus::SubscriberKind::Client, &["astrid.v1.response.*"]);
+        let origin = Origin::Client { subscriber: client.id(), connection: 1 };
+        let request = IpcPayload::RawJson(serde_json::json!({"method": "GetStatus"}));
+        let message = crate::types::IpcMessage::new("astrid.v1.request.first", request, uuid::Uuid::nil());
+        assert_eq!(kernel.bus().publish(BusMessage::from(origin, message)), 1, "the router is subscribed");
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(60), client.recv())
+            .await
+            .expect("answered")
+            .expect("a reply");
+        assert_eq!(reply.message.topic, "astrid.v1.response.first");
+    });
+}

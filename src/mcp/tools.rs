@@ -19,7 +19,7 @@ use super::host::McpHost;
 use crate::audit::Decision;
 use crate::home::DEFAULT_PRINCIPAL;
 use crate::kernel::approval::{ApprovalOutcome, ApprovalRequest};
-use crate::kernel::{BusMessage, Cause, Kernel, Origin};
+use crate::kernel::{BusMessage, Cause, Kernel, Origin, Subscription};
 use crate::types::topics::{
     TOOL_CANCEL_TOPIC, TOOL_DESCRIBE_TOPIC, TOOL_DESCRIBED_PREFIX, TOOL_EXECUTE_PATTERN, TOOL_EXECUTE_PREFIX,
 };
@@ -46,10 +46,15 @@ async fn describe(kernel: &Kernel, tools: Vec<LlmToolDefinition>, pending: Vec<S
 /// Calls in flight, by call id: dropping the sender cancels the call.
 type InFlight = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
 
-/// Serves agents' tool traffic for `host` until the bus goes away.
-pub async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>) {
-    let mut requests =
-        kernel.bus().subscribe("mcp-tools", &[TOOL_DESCRIBE_TOPIC, TOOL_EXECUTE_PATTERN, TOOL_CANCEL_TOPIC]);
+/// Serves agents' tool traffic for `host`, on a task of its own, until the bus goes away.
+/// Subscribed before the task exists: one that subscribed when first polled could miss what
+/// was published meanwhile (see the kernel's `router::start`).
+pub fn start(kernel: &Arc<Kernel>, host: Arc<McpHost>) -> tokio::task::JoinHandle<()> {
+    let requests = kernel.bus().subscribe("mcp-tools", &[TOOL_DESCRIBE_TOPIC, TOOL_EXECUTE_PATTERN, TOOL_CANCEL_TOPIC]);
+    tokio::spawn(serve(Arc::clone(kernel), host, requests))
+}
+
+async fn serve(kernel: Arc<Kernel>, host: Arc<McpHost>, mut requests: Subscription) {
     let in_flight: InFlight = Arc::default();
     while let Some(incoming) = requests.recv().await {
         let topic = incoming.message.topic.as_str();
