@@ -1,8 +1,8 @@
 //! Two things about the shipped binary.
 //!
 //! It deflates the default capsule set's modules for embedding (`src/kernel/defaults.rs`),
-//! and records each module's BLAKE3 beside it. WebAssembly deflates to about a third: 1.06 MB of modules take 0.39 MB of the binary, and
-//! of the pages a booted daemon touches. A module is inflated when its capsule starts, after
+//! and records each module's BLAKE3 beside it. WebAssembly deflates to about a third: 1.06 MB
+//! of modules take 0.39 MB of the binary, and of the pages a booted daemon touches. A module is inflated when its capsule starts, after
 //! `system.ready`; its hash is known without inflating it, so discovery, which runs before
 //! readiness, does not pay for the compression.
 //!

@@ -41,12 +41,9 @@ impl DefaultCapsule {
     /// Its module, inflated. Failing is a defect of this build, reported rather than trusted.
     pub fn module(&self) -> Result<Vec<u8>, String> {
         let limit = usize::try_from(super::install::MAX_MODULE_BYTES).unwrap_or(usize::MAX);
-        let mut module = miniz_oxide::inflate::decompress_to_vec_with_limit(self.deflated, limit)
-            .map_err(|e| format!("the embedded module of {} does not inflate: {e}", self.name))?;
-        // Inflating doubles the buffer as it goes; the module is kept while its capsule
-        // runs, so the spare half would be resident for as long (0.4 MB for the set).
-        module.shrink_to_fit();
-        Ok(module)
+        // No need to shrink the buffer inflating grew: the bytes are freed once compiled.
+        miniz_oxide::inflate::decompress_to_vec_with_limit(self.deflated, limit)
+            .map_err(|e| format!("the embedded module of {} does not inflate: {e}", self.name))
     }
 }
 

@@ -80,7 +80,6 @@ fn describes_running_capsules(request: &KernelRequest) -> bool {
     matches!(request, KernelRequest::GetCommands | KernelRequest::GetCapsuleMetadata | KernelRequest::DescribeCapsules)
 }
 
-/// Serves management requests until the bus goes away.
 /// Subscribes to management requests, then serves them on a task of its own. The subscription
 /// is made here, before the task exists: a task only subscribes when it is first polled, and a
 /// request published before that (a client quick after `system.ready`, on a busy machine) would
@@ -90,6 +89,7 @@ pub(super) fn start(kernel: &Arc<Kernel>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(Arc::clone(kernel), requests))
 }
 
+/// Serves management requests until the bus goes away.
 async fn run(kernel: Arc<Kernel>, mut requests: super::bus::Subscription) {
     let mut limiter = SlidingWindow::new(Duration::from_secs(60));
     while let Some(incoming) = requests.recv().await {
