@@ -42,9 +42,9 @@ use crate::home::{AstridHome, DEFAULT_PRINCIPAL};
 use crate::ipc::SessionToken;
 use crate::ipc::bridge::{self, BridgeConfig};
 use crate::kernel::start_gate::Opener;
-use crate::kernel::{Kernel, KernelConfig, KernelState};
+use crate::kernel::{Kernel, KernelConfig, KernelState, ShutdownReason};
 use crate::mcp::McpHost;
-use crate::store::{KvConfig, KvError, KvStore};
+use crate::store::{KvConfig, KvStore};
 use crate::vfs::Vfs;
 use crate::wasm::supervisor::CapsuleSupervisor;
 
@@ -152,6 +152,7 @@ pub(super) async fn boot(config: &DaemonConfig, home: AstridHome) -> anyhow::Res
     Step::Ready.done(format_args!("ready in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0));
     // Only now: their compilation would take the CPUs from the steps above.
     let capsule_sync = tokio::spawn(run_capsules(Arc::clone(&kernel), Arc::clone(&supervisor), capsules_started));
+    watch_state(&kernel);
     let ready_at = tokio::time::Instant::now();
     kernel.verify_audit();
     let watchdog = tokio::spawn(crate::kernel::watchdog::run(Arc::clone(&kernel), config.watchdog_interval));
@@ -194,7 +195,7 @@ fn start_kernel(config: &DaemonConfig, home: &AstridHome) -> anyhow::Result<Arc<
             provider: config.provider.clone(),
         },
         state,
-    )?;
+    );
     let mode = if config.ephemeral { "ephemeral" } else { "persistent" };
     kernel.record(
         DEFAULT_PRINCIPAL,
@@ -204,35 +205,46 @@ fn start_kernel(config: &DaemonConfig, home: &AstridHome) -> anyhow::Result<Arc<
         Decision::Info,
         &format!("pid {}", std::process::id()),
     );
-    Step::Kernel.done(format_args!("kernel started (KV store, audit trail, workspace overlay open)"));
+    Step::Kernel.done(format_args!("kernel started (audit trail and workspace overlay open, KV store opening)"));
     Ok(kernel)
 }
 
 /// Opens the stores. The KV store comes after the singleton lock, so a second daemon never
 /// reaches sled; should sled still find its lock taken, the error names the owning daemon.
 ///
+/// sled opens on a thread of its own (its recovery, which reads the last segment and
+/// writes and syncs the rest of it, is most of a boot's time): the daemon is ready without
+/// waiting for it, and what needs the store waits (see [`watch_state`] for a store that
+/// cannot be opened).
+///
 /// Holding the singleton lock, a store that is still locked can only belong to a daemon in
 /// its last moments (the lock and sled's own lock are released one after the other when a
 /// process exits), so the open is retried for [`STORE_RELEASE_WAIT`] before it is refused.
 /// (A lock another process holds sends no notification: this one wait polls.)
 fn open_state(home: &AstridHome, config: &DaemonConfig) -> anyhow::Result<KernelState> {
-    let started = Instant::now();
-    let mut waited = false;
-    let store = loop {
-        match KvStore::open(home, KvConfig::default()) {
-            Err(KvError::Locked { .. }) if started.elapsed() < STORE_RELEASE_WAIT => {
-                waited = true;
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            other => break other?,
-        }
-    };
-    if waited {
-        log::info!("the previous daemon released the KV store after {:.0?}", started.elapsed());
-    }
+    let store = KvStore::opening(home, KvConfig::default(), STORE_RELEASE_WAIT)?;
     let audit = AuditTrail::open(home)?;
     let vfs = Vfs::open(&config.workspace, &home.overlay_dir(&config.workspace))?;
     Ok(KernelState { store, audit, vfs })
+}
+
+/// Watches the KV store open after readiness: a store that cannot be opened (or whose
+/// allowances cannot be read) stops the daemon with the reason, and a failing exit.
+fn watch_state(kernel: &Arc<Kernel>) {
+    let kernel = Arc::clone(kernel);
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let opening = Arc::clone(&kernel);
+        let failure = match tokio::task::spawn_blocking(move || opening.state_opened()).await {
+            Ok(Ok(())) => {
+                return log::debug!("KV store open {:.1} ms after readiness", started.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("opening it failed: {e}"),
+        };
+        log::error!("the KV store could not be opened: {failure}");
+        kernel.request_shutdown(ShutdownReason::Failed(format!("the KV store could not be opened: {failure}")));
+    });
 }
 
 /// Step 3: the socket, private to its owner.

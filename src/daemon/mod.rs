@@ -25,6 +25,7 @@ use std::time::Duration;
 pub use args::{DaemonArgs, DaemonConfig};
 
 use crate::home::AstridHome;
+use crate::kernel::ShutdownReason;
 use signals::Signals;
 use singleton::SingletonLock;
 
@@ -89,7 +90,11 @@ pub fn main(args: &DaemonArgs) -> ExitCode {
         }
     };
     let (code, lock) = match runtime.block_on(run(config, home, signals)) {
-        Ok(lock) => (ExitCode::SUCCESS, Some(lock)),
+        Ok((lock, ShutdownReason::Failed(why))) => {
+            log::error!("daemon failed: {why}");
+            (ExitCode::FAILURE, Some(lock))
+        }
+        Ok((lock, _)) => (ExitCode::SUCCESS, Some(lock)),
         Err(e) => {
             log::error!("daemon failed: {e:#}");
             (ExitCode::FAILURE, None)
@@ -126,7 +131,11 @@ fn log_tightened(home: &AstridHome, tightened: &[crate::home::Tightened]) {
 ///
 /// Returns the singleton lock rather than releasing it: the caller holds it until every
 /// thread that could still touch the stores is gone.
-pub async fn run(config: DaemonConfig, home: AstridHome, mut signals: Signals) -> anyhow::Result<SingletonLock> {
+pub async fn run(
+    config: DaemonConfig,
+    home: AstridHome,
+    mut signals: Signals,
+) -> anyhow::Result<(SingletonLock, ShutdownReason)> {
     if reaper::spawn_if_pid1() {
         log::info!("running as PID 1: reaping orphaned children");
     }
@@ -134,7 +143,8 @@ pub async fn run(config: DaemonConfig, home: AstridHome, mut signals: Signals) -
     let reason = running.until_shutdown(&mut signals, config.idle).await;
     log::info!("shutting down: {reason}");
     signals.shutting_down();
-    Ok(running.shut_down(reason).await)
+    let lock = running.shut_down(reason.clone()).await;
+    Ok((lock, reason))
 }
 
 /// How long the exit waits for the runtime's threads (a blocking task still running is left

@@ -22,7 +22,7 @@
 //! notes/`): what people mean by "allow writes for this session". One capsule's "always"
 //! never answers for another capsule.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use chrono::Utc;
 use uuid::Uuid;
@@ -181,8 +181,10 @@ pub struct Approvals {
     store: KvStore,
     /// Session allowances with the client whose disconnect ends them.
     session: Mutex<Vec<SessionAllowance>>,
-    /// "Always" allowances, mirrored from the store (written through, flushed).
-    always: Mutex<Vec<Allowance>>,
+    /// "Always" allowances, mirrored from the store (written through, flushed); read from
+    /// it when first needed, or by [`Approvals::load`], so the broker exists before the
+    /// store has opened.
+    always: OnceLock<Mutex<Vec<Allowance>>>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -191,18 +193,43 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Approvals {
-    /// Loads the persisted allowances; asks through `questions`.
-    pub fn new(questions: Arc<Questions>, store: KvStore) -> Result<Self, KvError> {
+    /// A broker asking through `questions`, with the allowances persisted in `store`.
+    pub fn new(questions: Arc<Questions>, store: KvStore) -> Self {
+        Self { questions, store, session: Mutex::new(Vec::new()), always: OnceLock::new() }
+    }
+
+    /// Reads the persisted allowances now (the daemon does, before it is ready), so that
+    /// a store that cannot be read stops the boot rather than a later question.
+    pub fn load(&self) -> Result<(), KvError> {
+        if self.always.get().is_none() {
+            let read = self.read_always()?;
+            let _ = self.always.set(Mutex::new(read));
+        }
+        Ok(())
+    }
+
+    fn read_always(&self) -> Result<Vec<Allowance>, KvError> {
         let namespace = Namespace::system(ALLOWANCES);
         let mut always = Vec::new();
-        for key in store.list_keys(&namespace, "")? {
-            let Some(bytes) = store.get(&namespace, &key)? else { continue };
+        for key in self.store.list_keys(&namespace, "")? {
+            let Some(bytes) = self.store.get(&namespace, &key)? else { continue };
             match serde_json::from_slice::<Allowance>(&bytes) {
                 Ok(allowance) => always.push(allowance),
                 Err(e) => log::error!("ignoring unreadable allowance {key}: {e}"),
             }
         }
-        Ok(Self { questions, store, session: Mutex::new(Vec::new()), always: Mutex::new(always) })
+        Ok(always)
+    }
+
+    /// The "always" allowances (none, should the store not be readable: every request is
+    /// then asked about).
+    fn always(&self) -> MutexGuard<'_, Vec<Allowance>> {
+        locked(self.always.get_or_init(|| {
+            Mutex::new(self.read_always().unwrap_or_else(|e| {
+                log::error!("cannot read the standing allowances: {e}; every request will be asked about");
+                Vec::new()
+            }))
+        }))
     }
 
     /// Answers from a standing allowance, or asks a person and waits for the decision.
@@ -273,7 +300,7 @@ impl Approvals {
                     // The person said yes to this request; only the "always" part failed.
                     log::error!("cannot persist allowance {}: {e}; it applies this once", allowance.id);
                 } else {
-                    locked(&self.always).push(allowance);
+                    self.always().push(allowance);
                 }
                 ApprovalOutcome::Allowed { rule: "approve_always".to_owned() }
             }
@@ -291,7 +318,7 @@ impl Approvals {
     }
 
     fn standing_allowance(&self, request: &ApprovalRequest) -> Option<String> {
-        let always = locked(&self.always);
+        let always = self.always();
         if let Some(found) = always.iter().find(|a| a.covers(request)) {
             return Some(format!("allowance {} (always)", found.id));
         }
@@ -316,14 +343,14 @@ impl Approvals {
 
     /// Every standing allowance, "always" first.
     pub fn list(&self) -> Vec<Allowance> {
-        let mut all = locked(&self.always).clone();
+        let mut all = self.always().clone();
         all.extend(locked(&self.session).iter().map(|s| s.allowance.clone()));
         all
     }
 
     /// Revokes the allowance with this id; returns whether one existed.
     pub fn revoke(&self, id: &str) -> Result<bool, KvError> {
-        let mut always = locked(&self.always);
+        let mut always = self.always();
         if let Some(index) = always.iter().position(|a| a.id == id) {
             self.store.delete(&Namespace::system(ALLOWANCES), id)?;
             self.store.flush()?;
@@ -374,7 +401,7 @@ mod tests {
     impl Setup {
         /// A broker whose questions wait `timeout`.
         fn approvals(&self, timeout: Duration) -> Approvals {
-            Approvals::new(Arc::new(Questions::new(self.bus.clone(), timeout)), self.store.clone()).expect("approvals")
+            Approvals::new(Arc::new(Questions::new(self.bus.clone(), timeout)), self.store.clone())
         }
     }
 
@@ -513,7 +540,7 @@ mod tests {
     async fn a_request_goes_to_the_connection_whose_turn_asked_and_only_it_may_answer() {
         let s = setup();
         let questions = Arc::new(Questions::new(s.bus.clone(), Duration::from_secs(2)));
-        let approvals = Approvals::new(Arc::clone(&questions), s.store.clone()).expect("approvals");
+        let approvals = Approvals::new(Arc::clone(&questions), s.store.clone());
         let mut asker = s.bus.subscribe_as("asker", SubscriberKind::Client, &[APPROVAL_TOPIC]);
         // A bystander that would approve anything it sees (`astrid run --yes`).
         let (_, bystander) = frontend(&s.bus, "approve");

@@ -86,6 +86,9 @@ pub enum ShutdownReason {
     Request(Option<String>),
     /// Ephemeral mode: no client for the idle period.
     IdleTimeout,
+    /// The daemon cannot go on (its KV store could not be opened): it stops as for any
+    /// other reason, then exits with a failure.
+    Failed(String),
 }
 
 impl fmt::Display for ShutdownReason {
@@ -95,6 +98,7 @@ impl fmt::Display for ShutdownReason {
             Self::Request(Some(reason)) => write!(f, "Shutdown request ({reason})"),
             Self::Request(None) => f.write_str("Shutdown request"),
             Self::IdleTimeout => f.write_str("idle timeout (ephemeral mode)"),
+            Self::Failed(why) => write!(f, "failure: {why}"),
         }
     }
 }
@@ -180,13 +184,14 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Creates the kernel with only the built-in capsules registered.
-    pub fn new(config: KernelConfig, state: KernelState) -> Result<Arc<Self>, KvError> {
+    /// Creates the kernel with only the built-in capsules registered. Its KV store may still
+    /// be opening: see [`Kernel::state_opened`].
+    pub fn new(config: KernelConfig, state: KernelState) -> Arc<Self> {
         let (shutdown, _) = watch::channel(None);
         let bus = Bus::new();
         let questions = Arc::new(ask::Questions::new(bus.clone(), ask::TIMEOUT));
-        let approvals = Approvals::new(Arc::clone(&questions), state.store.clone())?;
-        Ok(Arc::new(Self {
+        let approvals = Approvals::new(Arc::clone(&questions), state.store.clone());
+        Arc::new(Self {
             config,
             started: Instant::now(),
             capsules: Mutex::new(CapsuleRegistry::with_builtins()),
@@ -211,7 +216,15 @@ impl Kernel {
             client_labels: Mutex::new(std::collections::HashMap::new()),
             tool_calls: tool_call::ToolCalls::default(),
             start_gate: start_gate::StartGate::default(),
-        }))
+        })
+    }
+
+    /// Waits until the KV store is open and the state kept in it is read (the standing
+    /// allowances); the error is why not. The daemon is ready before this (sled's recovery
+    /// is most of a boot's time); a request that needs the store waits for it.
+    pub fn state_opened(&self) -> Result<(), KvError> {
+        self.store.opened()?;
+        self.approvals.load()
     }
 
     /// The gate what reaches capsules waits at while the boot's capsules start.

@@ -31,7 +31,7 @@ pub(super) fn kernel_in(root: &std::path::Path) -> Arc<Kernel> {
         default_capsules: false,
         provider: Default::default(),
     };
-    Kernel::new(config, state).expect("kernel")
+    Kernel::new(config, state)
 }
 
 #[test]

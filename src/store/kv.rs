@@ -10,7 +10,8 @@
 use std::fmt;
 use std::io::ErrorKind;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
@@ -42,20 +43,30 @@ impl Default for KvConfig {
 
 /// The KV store. Cheap to clone; clones share one database handle, which is flushed when the
 /// last clone is dropped (a safety net: callers still flush at their durability points).
+///
+/// A store may still be opening (see [`KvStore::opening`]): every operation then waits for
+/// the open to end, and fails with its error if it failed.
 #[derive(Clone)]
 pub struct KvStore {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
 }
 
-struct Inner {
+struct Shared {
+    path: PathBuf,
+    quota: u64,
+    /// The open database, or why it could not be opened; empty while it opens.
+    engine: OnceLock<Result<Engine, String>>,
+}
+
+/// The open database.
+struct Engine {
     db: sled::Db,
     kv: sled::Tree,
     usage: sled::Tree,
-    quota: u64,
     path: PathBuf,
 }
 
-impl Drop for Inner {
+impl Drop for Engine {
     fn drop(&mut self) {
         if let Err(e) = self.db.flush() {
             log::error!("KV store {}: final flush failed: {e}", self.path.display());
@@ -65,7 +76,7 @@ impl Drop for Inner {
 
 impl fmt::Debug for KvStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KvStore").field("path", &self.inner.path).field("quota", &self.inner.quota).finish()
+        f.debug_struct("KvStore").field("path", &self.shared.path).field("quota", &self.shared.quota).finish()
     }
 }
 
@@ -83,34 +94,70 @@ impl KvStore {
     /// process and clone the handle: a second open fails with [`KvError::Locked`], and sled
     /// releases its lock only some time after the last handle is dropped.
     pub fn open(home: &AstridHome, config: KvConfig) -> Result<Self, KvError> {
-        let path = home.root().join("var").join("state.db");
-        let open_error =
-            |message: String| KvError::Storage(format!("cannot open the KV database {}: {message}", path.display()));
-        // sled makes its files with the umask's mode: the directory is 0700 whatever the umask
-        // (nothing inside is reachable by anyone else), and what sled made is tightened below.
-        crate::home::private_dir_all(&path).map_err(|e| open_error(e.to_string()))?;
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(config.cache_bytes)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| match e {
-            sled::Error::Io(io) if is_lock_error(&io) => KvError::Locked { home: home.root().to_path_buf() },
-            other => open_error(other.to_string()),
-        })?;
-        let kv = db.open_tree("kv").map_err(|e| open_error(e.to_string()))?;
-        let usage = db.open_tree("usage").map_err(|e| open_error(e.to_string()))?;
-        for tightened in crate::home::tighten_below(&path) {
-            log::debug!("KV store: {tightened}");
+        let path = database_dir(home)?;
+        let engine = Engine::open(home, &path, config)?;
+        let shared = Shared { path, quota: config.namespace_quota_bytes, engine: OnceLock::from(Ok(engine)) };
+        Ok(Self { shared: Arc::new(shared) })
+    }
+
+    /// [`KvStore::open`] on a thread of its own, so the daemon's other boot steps run while
+    /// sled recovers its log (most of a boot's time: it reads the last segment and writes
+    /// and syncs the rest of it). The store is returned at once; its operations wait for
+    /// the open, and [`KvStore::opened`] says how it ended. While another process still
+    /// holds the database (a daemon that is exiting releases sled's lock last), the open is
+    /// retried for up to `release_wait`. The directory is made (or refused) before this
+    /// returns.
+    pub fn opening(home: &AstridHome, config: KvConfig, release_wait: Duration) -> Result<Self, KvError> {
+        let path = database_dir(home)?;
+        let shared =
+            Arc::new(Shared { path: path.clone(), quota: config.namespace_quota_bytes, engine: OnceLock::new() });
+        let (home, filled) = (home.clone(), Arc::clone(&shared));
+        let open = move || {
+            let started = Instant::now();
+            let mut waited = false;
+            let engine = loop {
+                // A panic in sled must end the open too: every operation waits for it.
+                let attempt = std::panic::catch_unwind(|| Engine::open(&home, &path, config))
+                    .unwrap_or_else(|_| Err(open_error(&path, "sled panicked while opening it".to_owned())));
+                match attempt {
+                    Err(KvError::Locked { .. }) if started.elapsed() < release_wait => {
+                        waited = true;
+                        std::thread::sleep(Duration::from_millis(25));
+                    }
+                    other => break other,
+                }
+            };
+            if waited {
+                log::info!("the previous daemon released the KV store after {:.0?}", started.elapsed());
+            }
+            let _ = filled.engine.set(engine.map_err(|e| match e {
+                KvError::Storage(message) => message,
+                other => other.to_string(),
+            }));
+        };
+        if let Err(e) = std::thread::Builder::new().name("kv-open".to_owned()).spawn(open) {
+            let message =
+                format!("cannot open the KV database {}: no thread to open it on: {e}", shared.path.display());
+            let _ = shared.engine.set(Err(message));
         }
-        Ok(Self { inner: Arc::new(Inner { db, kv, usage, quota: config.namespace_quota_bytes, path }) })
+        Ok(Self { shared })
+    }
+
+    /// Waits until the store is open; the error is why it could not be opened.
+    pub fn opened(&self) -> Result<(), KvError> {
+        self.engine().map(|_| ())
+    }
+
+    /// The open database, once it is.
+    fn engine(&self) -> Result<&Engine, KvError> {
+        self.shared.engine.wait().as_ref().map_err(|message| KvError::Storage(message.clone()))
     }
 
     /// The value of `key`, if any.
     pub fn get(&self, namespace: &Namespace, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         let entry = entry_key(namespace, key)?;
         let value =
-            self.inner.kv.get(entry).map_err(|e| KvError::storage("get key", namespace.as_str(), Some(key), e))?;
+            self.engine()?.kv.get(entry).map_err(|e| KvError::storage("get key", namespace.as_str(), Some(key), e))?;
         Ok(value.map(|v| v.to_vec()))
     }
 
@@ -140,7 +187,7 @@ impl KvStore {
     pub fn list_keys(&self, namespace: &Namespace, prefix: &str) -> Result<Vec<String>, KvError> {
         let skip = namespace.as_str().len() + 1;
         let mut keys = Vec::new();
-        for entry in self.inner.kv.scan_prefix(scan_key(namespace, prefix)).keys() {
+        for entry in self.engine()?.kv.scan_prefix(scan_key(namespace, prefix)).keys() {
             let entry =
                 entry.map_err(|e| KvError::storage("list keys starting with", namespace.as_str(), Some(prefix), e))?;
             keys.push(String::from_utf8_lossy(entry.get(skip..).unwrap_or_default()).into_owned());
@@ -153,7 +200,7 @@ impl KvStore {
     /// partly cleared, but never the usage wrong.
     pub fn clear_prefix(&self, namespace: &Namespace, prefix: &str) -> Result<u64, KvError> {
         let fail = |e: sled::Error| KvError::storage("clear keys starting with", namespace.as_str(), Some(prefix), e);
-        let mut keys = self.inner.kv.scan_prefix(scan_key(namespace, prefix)).keys();
+        let mut keys = self.engine()?.kv.scan_prefix(scan_key(namespace, prefix)).keys();
         let mut removed = 0;
         loop {
             let chunk: Result<Vec<_>, _> = keys.by_ref().take(CLEAR_CHUNK).map(|k| k.map(|k| k.to_vec())).collect();
@@ -168,13 +215,13 @@ impl KvStore {
     /// Bytes (keys + values) `namespace` holds.
     pub fn usage(&self, namespace: &Namespace) -> Result<u64, KvError> {
         let fail = |message: String| KvError::storage("read the usage", namespace.as_str(), None, message);
-        let raw = self.inner.usage.get(namespace.as_str()).map_err(|e| fail(e.to_string()))?;
+        let raw = self.engine()?.usage.get(namespace.as_str()).map_err(|e| fail(e.to_string()))?;
         decode_usage(raw.as_deref()).map_err(fail)
     }
 
     /// Blocks until every write so far is on disk; returns the bytes flushed.
     pub fn flush(&self) -> Result<usize, KvError> {
-        self.inner.db.flush().map_err(|e| KvError::Storage(format!("failed to flush the KV database: {e}")))
+        self.engine()?.db.flush().map_err(|e| KvError::Storage(format!("failed to flush the KV database: {e}")))
     }
 
     /// One transaction over the entry and its namespace's usage. With `expected = Some(e)`,
@@ -197,8 +244,9 @@ impl KvStore {
                 limit: MAX_VALUE,
             });
         }
-        let quota = self.inner.quota;
-        let result = (&self.inner.kv, &self.inner.usage).transaction(|(kv, usage)| {
+        let quota = self.shared.quota;
+        let engine = self.engine()?;
+        let result = (&engine.kv, &engine.usage).transaction(|(kv, usage)| {
             let current = kv.get(&entry)?;
             let existed = current.is_some();
             if expected.is_some_and(|expected| current.as_deref() != expected) {
@@ -234,7 +282,8 @@ impl KvStore {
     /// existed.
     fn remove_entries(&self, namespace: &Namespace, prefix: &str, entries: &[Vec<u8>]) -> Result<u64, KvError> {
         let skip = namespace.as_str().len() + 1;
-        let result = (&self.inner.kv, &self.inner.usage).transaction(|(kv, usage)| {
+        let engine = self.engine()?;
+        let result = (&engine.kv, &engine.usage).transaction(|(kv, usage)| {
             let (mut removed, mut freed) = (0u64, 0u64);
             for entry in entries {
                 if let Some(value) = kv.remove(entry.as_slice())? {
@@ -249,6 +298,39 @@ impl KvStore {
             Ok(removed)
         });
         result.map_err(|e| transaction_error(e, "clear keys starting with", namespace, prefix))
+    }
+}
+
+/// `var/state.db` of `home`, made if needed: the directory is 0700 whatever the umask
+/// (nothing inside is reachable by anyone else); what sled makes inside is tightened when
+/// it is open.
+fn database_dir(home: &AstridHome) -> Result<PathBuf, KvError> {
+    let path = home.root().join("var").join("state.db");
+    crate::home::private_dir_all(&path).map_err(|e| open_error(&path, e.to_string()))?;
+    Ok(path)
+}
+
+fn open_error(path: &std::path::Path, message: String) -> KvError {
+    KvError::Storage(format!("cannot open the KV database {}: {message}", path.display()))
+}
+
+impl Engine {
+    fn open(home: &AstridHome, path: &std::path::Path, config: KvConfig) -> Result<Self, KvError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(config.cache_bytes)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if is_lock_error(&io) => KvError::Locked { home: home.root().to_path_buf() },
+                other => open_error(path, other.to_string()),
+            })?;
+        let kv = db.open_tree("kv").map_err(|e| open_error(path, e.to_string()))?;
+        let usage = db.open_tree("usage").map_err(|e| open_error(path, e.to_string()))?;
+        for tightened in crate::home::tighten_below(path) {
+            log::debug!("KV store: {tightened}");
+        }
+        Ok(Self { db, kv, usage, path: path.to_path_buf() })
     }
 }
 

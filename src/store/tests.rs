@@ -324,6 +324,42 @@ fn open_creates_a_private_database_directory() {
     }
 }
 
+/// The daemon's open: the handle exists at once, and waits for the database. A store an
+/// exiting daemon still holds is waited for (here: the first handle, dropped later), and
+/// what it wrote is there.
+#[test]
+fn a_store_opening_in_the_background_waits_for_the_holder_and_then_answers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = AstridHome::at(tmp.path());
+    let x = ns("default", "x");
+    let first = KvStore::open(&home, KvConfig::default()).expect("open");
+    first.set(&x, "k", b"kept").expect("set");
+    first.flush().expect("flush");
+    let second = KvStore::opening(&home, KvConfig::default(), Duration::from_secs(30)).expect("opening");
+    let release = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(100));
+        drop(first);
+    });
+    assert_eq!(second.get(&x, "k").expect("get waits for the open"), Some(b"kept".to_vec()));
+    second.opened().expect("open");
+    release.join().expect("release");
+}
+
+/// A store sled cannot open: the handle is still made, and every operation fails with the
+/// reason (the daemon stops on it: see `boot::watch_state`).
+#[test]
+fn a_store_that_cannot_be_opened_fails_every_operation_with_the_reason() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = AstridHome::at(tmp.path());
+    std::fs::create_dir_all(tmp.path().join("var/state.db/db")).expect("sled's log file is a directory");
+    let store = KvStore::opening(&home, KvConfig::default(), Duration::from_secs(30)).expect("opening");
+    let err = store.opened().expect_err("cannot be opened");
+    assert!(err.to_string().starts_with("KV storage error: cannot open the KV database /"), "{err}");
+    let again = store.get(&ns("default", "x"), "k").expect_err("every operation fails");
+    assert_eq!(again.to_string(), err.to_string());
+    assert!(store.flush().is_err());
+}
+
 /// Reopen in the same process after a drop: sled releases its lock only when its background
 /// threads notice, so retry for a while. (The SIGKILL case, a new process, is covered by the
 /// integration test `acknowledged_kv_writes_survive_a_sigkill`.)

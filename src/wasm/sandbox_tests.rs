@@ -223,7 +223,7 @@ mod ipc {
             default_capsules: false,
             provider: Default::default(),
         };
-        let kernel = Kernel::new(config, state).expect("kernel");
+        let kernel = Kernel::new(config, state);
         kernel.reload_capsules();
         let pending = kernel.grants().pending_list();
         kernel.grants().approve(&pending[0].request_id, &pending[0].fingerprint).expect("approve");

@@ -241,6 +241,38 @@ fn socket_path_over_the_platform_limit_fails_with_a_clear_error() {
     assert!(stderr.contains("boot step 3/7 (socket)"), "{stderr}");
 }
 
+/// sled opens after readiness, on a thread of its own. A store it cannot open stops the
+/// daemon with the reason and a failing exit, the run files removed as in any shutdown.
+#[test]
+fn a_kv_store_that_cannot_be_opened_stops_the_daemon_with_a_failure() {
+    let t = TestHome::new();
+    let mut daemon = t.daemon(&[]);
+    daemon.signal(Signal::SIGTERM);
+    let (status, _) = daemon.wait_exit(HANG).expect("hung: the daemon did not exit");
+    assert!(status.success());
+    // sled's log file is a directory: sled cannot open it (it would rewrite a bad config).
+    let log = t.home.join("var/state.db/db");
+    std::fs::remove_file(&log).expect("remove sled's log");
+    std::fs::create_dir(&log).expect("a directory in its place");
+    let mut child = t.command("astrid-daemon").stderr(std::process::Stdio::null()).spawn().expect("spawn");
+    let deadline = std::time::Instant::now() + HANG;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the daemon did not stop:\n{}", t.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1), "{}", t.log());
+    let log = t.log();
+    assert!(log.contains("the KV store could not be opened: "), "{log}");
+    assert!(log.contains("cannot open the KV database"), "{log}");
+    assert!(log.contains("daemon failed: the KV store could not be opened"), "{log}");
+    for file in ["system.sock", "system.token", "system.ready"] {
+        assert!(!t.home.join("run").join(file).exists(), "run/{file} was left behind:\n{log}");
+    }
+}
+
 #[test]
 fn clients_mid_handshake_do_not_delay_shutdown() {
     let t = TestHome::new();
