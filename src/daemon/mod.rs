@@ -9,7 +9,7 @@
 //! once (130); a shutdown that takes longer than [`SHUTDOWN_DEADLINE`] exits 1, so a wedged
 //! daemon never outlives its operator's patience.
 
-mod allocator;
+pub mod allocator;
 pub mod args;
 mod boot;
 pub mod idle;
