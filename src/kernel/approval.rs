@@ -198,8 +198,9 @@ impl Approvals {
         Self { questions, store, session: Mutex::new(Vec::new()), always: OnceLock::new() }
     }
 
-    /// Reads the persisted allowances now (the daemon does, before it is ready), so that
-    /// a store that cannot be read stops the boot rather than a later question.
+    /// Reads the persisted allowances now (the daemon does as soon as its store is open),
+    /// so that a store that cannot be read stops the daemon rather than failing a later
+    /// question.
     pub fn load(&self) -> Result<(), KvError> {
         if self.always.get().is_none() {
             let read = self.read_always()?;
