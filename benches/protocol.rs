@@ -21,7 +21,7 @@ mod rss;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,7 @@ fn main() {
 
     println!("astrid protocol benchmark (release binary {})", exe.display());
     let home = dir.path().join("h");
-    let mut daemon = spawn_daemon(&daemon_link, &home);
+    let mut daemon = spawn_daemon(&daemon_link, &home, false);
     wait_ready(&home);
     // Capsules may still be settling just after readiness: idle means a moment later.
     std::thread::sleep(Duration::from_millis(500));
@@ -111,15 +111,10 @@ fn main() {
     // out does. Restarts are interleaved: spawned bare (the daemon re-executes itself once
     // with its allocator settings), and as `astrid start` and `astrid chat` spawn it (the
     // settings already in its environment).
-    let boot = |home: &Path, tunables: bool| {
+    let boot = |home: &Path, as_the_cli: bool| {
         std::fs::create_dir_all(home.join("run")).expect("home");
         let started = Instant::now();
-        let mut command = Command::new(&daemon_link);
-        command.env("ASTRID_HOME", home).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        if tunables {
-            astrid::daemon::allocator::set_tunables(&mut command);
-        }
-        let mut child = command.spawn().expect("spawn daemon");
+        let mut child = spawn_daemon(&daemon_link, home, as_the_cli);
         wait_ready(home);
         let elapsed = started.elapsed().as_secs_f64() * 1e6;
         stop(&mut child);
@@ -266,14 +261,16 @@ fn throughput(connect: impl Fn() -> UnixStream) -> Throughput {
     }
 }
 
-fn spawn_daemon(link: &Path, home: &PathBuf) -> Child {
-    Command::new(link)
-        .env("ASTRID_HOME", home)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn daemon")
+/// Spawns the daemon on `home`; `as_the_cli` gives it the allocator settings in its
+/// environment, as `astrid start` and `astrid chat` do (otherwise it re-executes itself once
+/// to get them).
+fn spawn_daemon(link: &Path, home: &Path, as_the_cli: bool) -> Child {
+    let mut command = Command::new(link);
+    command.env("ASTRID_HOME", home).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    if as_the_cli {
+        astrid::daemon::allocator::set_tunables(&mut command);
+    }
+    command.spawn().expect("spawn daemon")
 }
 
 fn wait_ready(home: &Path) {

@@ -242,7 +242,6 @@ fn watch_state(kernel: &Arc<Kernel>) {
             Ok(Err(e)) => e.to_string(),
             Err(e) => format!("opening it failed: {e}"),
         };
-        log::error!("the KV store could not be opened: {failure}");
         kernel.request_shutdown(ShutdownReason::Failed(format!("the KV store could not be opened: {failure}")));
     });
 }
