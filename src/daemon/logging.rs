@@ -202,12 +202,27 @@ pub fn init(log_dir: &Path, verbose: bool) -> io::Result<()> {
         .filter_module("rmcp", log::LevelFilter::Warn)
         .filter_module("tracing", log::LevelFilter::Warn)
         .parse_env(env_logger::Env::new().filter("ASTRID_LOG"))
-        .format_timestamp_micros()
+        .format(write_line)
         .write_style(env_logger::WriteStyle::Never)
         .target(env_logger::Target::Pipe(Box::new(Sink { lanes })))
         .try_init()
         .map_err(io::Error::other)?;
     opened
+}
+
+/// One log line: `[2026-12-04T19:44:44.914805Z INFO  astrid::daemon] text`, env_logger's own
+/// layout with a UTC timestamp in microseconds. Written here with chrono, the daemon's one
+/// date library, rather than through env_logger's `humantime` feature, which compiles a
+/// second date library (jiff) into the binary for this one field.
+fn write_line(out: &mut env_logger::fmt::Formatter, record: &log::Record<'_>) -> io::Result<()> {
+    writeln!(
+        out,
+        "[{} {:<5} {}] {}",
+        Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ"),
+        record.level(),
+        record.target(),
+        record.args()
+    )
 }
 
 #[cfg(test)]
