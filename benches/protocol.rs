@@ -8,16 +8,17 @@
 //! - boot-to-ready of `astrid-daemon` (medians of 20 boots): a first boot (a fresh home),
 //!   and restarts of that home, spawned bare and as the CLI spawns it;
 //! - idle RSS of a booted daemon;
-//! - [`CLIENTS`] connections sending `GetStatus` back to back: requests/s and the worst
-//!   client's p99, beside the echo process answering the same connections;
+//! - [`CLIENTS`] connections sending `GetStatus` back to back: requests/s, the worst
+//!   client's p99 and the daemon's CPU time per request, beside the echo process answering
+//!   the same connections;
 //! - `astrid status` as a whole process (median of 50 runs), beside spawning `/bin/true`.
 //!
 //! Figures are reported, not asserted: a benchmark is not a timed test.
 
 #[path = "support/echo.rs"]
 mod echo;
-#[path = "support/rss.rs"]
-mod rss;
+#[path = "support/proc_stats.rs"]
+mod proc_stats;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -49,7 +50,7 @@ fn main() {
     wait_ready(&home);
     // Capsules may still be settling just after readiness: idle means a moment later.
     std::thread::sleep(Duration::from_millis(500));
-    let idle_kib = rss::rss_kib(daemon.id());
+    let idle_kib = proc_stats::rss_kib(daemon.id());
     let echo_path = dir.path().join("echo.sock");
     let mut echo = echo::spawn(&echo_path);
     let (raw, status) = round_trips(&echo_path, &home);
@@ -58,12 +59,13 @@ fn main() {
     let ratio = median(&status) / median(&raw);
     println!("  ratio p50 GetStatus / p50 raw: {ratio:.2}x (target <= 2.00x)");
 
-    let echoed = throughput(|| UnixStream::connect(&echo_path).expect("connect to the echo server"));
-    let answered = throughput(|| connect_daemon(&home));
+    let echoed = throughput(echo.id(), || UnixStream::connect(&echo_path).expect("connect to the echo server"));
+    let answered = throughput(daemon.id(), || connect_daemon(&home));
     stop(&mut echo);
     println!(
-        "{CLIENTS} clients back to back, echo process (baseline): {:.0} round trips/s, worst client p99 {:.0} us",
-        echoed.per_second, echoed.worst_p99
+        "{CLIENTS} clients back to back, echo process (baseline): {:.0} round trips/s, worst client p99 {:.0} us, \
+         server CPU {:.1} us per round trip",
+        echoed.per_second, echoed.worst_p99, echoed.server_cpu_us
     );
     println!(
         "{CLIENTS} clients back to back, GetStatus: {:.0} requests/s ({:.2}x the baseline; target >= 50000/s), \
@@ -72,8 +74,14 @@ fn main() {
         answered.per_second / echoed.per_second,
         answered.worst_p99
     );
+    // Less at the mercy of a noisy host than requests per second: what the daemon spent.
+    println!(
+        "  daemon CPU per GetStatus: {:.1} us ({:.2}x the echo process's per round trip)",
+        answered.server_cpu_us,
+        answered.server_cpu_us / echoed.server_cpu_us
+    );
 
-    let after_kib = rss::rss_kib(daemon.id());
+    let after_kib = proc_stats::rss_kib(daemon.id());
     println!("idle RSS after boot: {:.1} MB (target <= 10 MB)", idle_kib as f64 / 1024.0);
     println!(
         "RSS after {} requests on {} connections: {:.1} MB",
@@ -227,11 +235,13 @@ struct Throughput {
     per_second: f64,
     /// The worst of the clients' p99s, in µs.
     worst_p99: f64,
+    /// CPU time the server spent per request, user and system, in µs.
+    server_cpu_us: f64,
 }
 
 /// [`CLIENTS`] connections (made by `connect`), each sending [`REQUESTS_PER_CLIENT`] `GetStatus`
-/// frames back to back after a common start.
-fn throughput(connect: impl Fn() -> UnixStream) -> Throughput {
+/// frames back to back after a common start, to the server process `server`.
+fn throughput(server: u32, connect: impl Fn() -> UnixStream) -> Throughput {
     let request = status_request();
     let start = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS + 1));
     let clients: Vec<_> = (0..CLIENTS)
@@ -242,6 +252,8 @@ fn throughput(connect: impl Fn() -> UnixStream) -> Throughput {
                 for _ in 0..WARMUP / CLIENTS {
                     round_trip(&mut stream, &request);
                 }
+                // Warmed up; then go, once the server's CPU time so far is read.
+                start.wait();
                 start.wait();
                 let mut samples: Vec<f64> =
                     (0..REQUESTS_PER_CLIENT).map(|_| round_trip(&mut stream, &request).0).collect();
@@ -252,12 +264,17 @@ fn throughput(connect: impl Fn() -> UnixStream) -> Throughput {
         })
         .collect();
     start.wait();
+    let cpu_before = proc_stats::cpu_seconds(server);
+    start.wait();
     let started = Instant::now();
     let results: Vec<(f64, Instant)> = clients.into_iter().map(|c| c.join().expect("client")).collect();
+    let cpu = proc_stats::cpu_seconds(server) - cpu_before;
     let last = results.iter().map(|(_, finished)| *finished).max().expect("clients");
+    let requests = (CLIENTS * REQUESTS_PER_CLIENT) as f64;
     Throughput {
-        per_second: (CLIENTS * REQUESTS_PER_CLIENT) as f64 / (last - started).as_secs_f64(),
+        per_second: requests / (last - started).as_secs_f64(),
         worst_p99: results.iter().map(|(p99, _)| *p99).fold(0.0, f64::max),
+        server_cpu_us: cpu * 1e6 / requests,
     }
 }
 
