@@ -33,6 +33,8 @@ pub mod types;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod audit;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod blocking;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod capsule_host;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;

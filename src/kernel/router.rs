@@ -72,6 +72,22 @@ fn read_only(request: &KernelRequest) -> bool {
     )
 }
 
+/// Requests answered from what the kernel holds in memory, in microseconds: served on the
+/// async worker. Every other request may block (it writes and flushes the store, installs
+/// and compiles a capsule, diffs the workspace, verifies the audit chain, reads files) and
+/// is answered off it, so no connection's traffic waits behind it: see [`crate::blocking`].
+fn answered_from_memory(request: &KernelRequest) -> bool {
+    matches!(
+        request,
+        KernelRequest::GetStatus
+            | KernelRequest::ListCapsules
+            | KernelRequest::GetCommands
+            | KernelRequest::GetCapsuleMetadata
+            | KernelRequest::McpList
+            | KernelRequest::CancelToolCall { .. }
+    )
+}
+
 /// Requests whose answer depends on which capsules run (their state, the commands and
 /// interceptors of those that did not fail): while the boot's capsules start, they wait at
 /// the start gate, so an answer never shows a starting capsule as stopped. `GetStatus` does
@@ -164,7 +180,13 @@ async fn run(kernel: Arc<Kernel>, mut requests: super::bus::Subscription) {
         let (response, after, verdict) = match (&request, refused) {
             (Err(problem), _) => (KernelResponse::Error(problem.clone()), None, Err(problem.clone())),
             (Ok(_), Some(reason)) => (KernelResponse::Error(reason.clone()), None, Err(reason)),
-            (Ok(request), None) => answer(&kernel, &mut limiter, request.clone(), &caller),
+            (Ok(request), None) if answered_from_memory(request) => {
+                answer(&kernel, &mut limiter, request.clone(), &caller)
+            }
+            // Still in order (the router waits for it), but not on the async worker.
+            (Ok(request), None) => {
+                crate::blocking::off_the_worker(|| answer(&kernel, &mut limiter, request.clone(), &caller))
+            }
         };
         // Reads are routine (a status bar may poll); changes and refusals are worth a line.
         let routine =

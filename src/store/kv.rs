@@ -150,7 +150,11 @@ impl KvStore {
 
     /// The open database, once it is.
     fn engine(&self) -> Result<&Engine, KvError> {
-        self.shared.engine.wait().as_ref().map_err(|message| KvError::Storage(message.clone()))
+        let engine = match self.shared.engine.get() {
+            Some(engine) => engine,
+            None => crate::blocking::off_the_worker(|| self.shared.engine.wait()),
+        };
+        engine.as_ref().map_err(|message| KvError::Storage(message.clone()))
     }
 
     /// The value of `key`, if any.
@@ -221,7 +225,9 @@ impl KvStore {
 
     /// Blocks until every write so far is on disk; returns the bytes flushed.
     pub fn flush(&self) -> Result<usize, KvError> {
-        self.engine()?.db.flush().map_err(|e| KvError::Storage(format!("failed to flush the KV database: {e}")))
+        let engine = self.engine()?;
+        crate::blocking::off_the_worker(|| engine.db.flush())
+            .map_err(|e| KvError::Storage(format!("failed to flush the KV database: {e}")))
     }
 
     /// One transaction over the entry and its namespace's usage. With `expected = Some(e)`,
