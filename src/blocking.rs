@@ -1,11 +1,12 @@
 //! Blocking work reached from async code: a flush's fsync, an install's copies and
-//! compilation, a chain verification. The daemon runs its async side on one worker thread
-//! (`daemon::ASYNC_WORKERS` says why), so such work must not sit on that worker: every
-//! connection's reads and writes, every stream's deltas, would wait behind it.
+//! compilation, a chain verification. The daemon's async side has two worker threads, so
+//! such work must not sit on one: half the daemon's capacity would wait behind it, and with
+//! it whatever was queued on that worker (the next read of a connection, a stream's deltas)
+//! until the other worker stole it.
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-/// Runs `work`, which may block, without holding up the async worker: on a multi-threaded
+/// Runs `work`, which may block, without holding up an async worker: on a multi-threaded
 /// runtime's worker, tokio hands the worker's other tasks to another thread for the duration
 /// (`block_in_place`). Anywhere else (a capsule's thread, the blocking pool, a current-thread
 /// runtime in a test, no runtime at all) it simply runs `work`, which is then blocking no
@@ -24,9 +25,9 @@ mod tests {
 
     use super::off_the_worker;
 
-    /// On one worker, as the daemon runs: a task waiting in `off_the_worker` for another task
-    /// gets its answer, because that other task still runs. Had the wait stayed on the worker,
-    /// nothing else could run until it gave up.
+    /// On one worker (the case where nothing else could run): a task waiting in
+    /// `off_the_worker` for another task gets its answer, because that other task still runs.
+    /// Had the wait stayed on the worker, nothing else could run until it gave up.
     #[test]
     fn the_workers_other_tasks_run_while_one_task_blocks() {
         let runtime =

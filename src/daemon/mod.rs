@@ -147,14 +147,17 @@ pub async fn run(
     Ok((lock, reason))
 }
 
-/// The async runtime's worker threads: one. The async side only moves bytes and routes
-/// messages; what computes or blocks runs elsewhere (capsules on threads of their own, the
-/// audit and log writers on theirs, sled's I/O on its own, disk waits handed off with
-/// `block_in_place`: see `store::kv`). A second worker cost more than it gave: measured with 8
-/// clients sending `GetStatus` back to back, the daemon used 46–47 µs of CPU per request and
-/// 1.0–1.3 context switches with two workers (each woken task unparked the idle worker to
-/// steal it), against 26–31 µs and 0.05–0.13 with one.
-const ASYNC_WORKERS: usize = 1;
+/// The async runtime's worker threads: two, one per core of the small machines Astrid is
+/// measured on. The async side only moves bytes and routes messages; what computes or blocks
+/// runs elsewhere (capsules on threads of their own, the audit and log writers on theirs,
+/// sled's I/O on its own, disk waits handed off with `block_in_place`: `crate::blocking`).
+///
+/// One worker was measured (protocol bench, 18 interleaved pairs, 2-core VM): it spent a
+/// quarter less CPU per `GetStatus` under 8 clients (median 35 against 47 µs; with two, each
+/// task a request wakes unparks the idle worker to steal it, about one context switch per
+/// request), but one thread then caps the daemon at one core, ~29k requests/s here, and the
+/// single client's round trip was no faster (median p50 65 against 60 µs). Not adopted.
+const ASYNC_WORKERS: usize = 2;
 
 /// How long the exit waits for the runtime's threads (a blocking task still running is left
 /// to the process exit).

@@ -73,9 +73,10 @@ fn read_only(request: &KernelRequest) -> bool {
 }
 
 /// Requests answered from what the kernel holds in memory, in microseconds: served on the
-/// async worker. Every other request may block (it writes and flushes the store, installs
-/// and compiles a capsule, diffs the workspace, verifies the audit chain, reads files) and
-/// is answered off it, so no connection's traffic waits behind it: see [`crate::blocking`].
+/// async worker the router runs on. Every other request may block (it writes and flushes the
+/// store, installs and compiles a capsule, diffs the workspace, verifies the audit chain,
+/// reads files) and is answered off it, so no connection's traffic waits behind it: see
+/// [`crate::blocking`].
 fn answered_from_memory(request: &KernelRequest) -> bool {
     matches!(
         request,
@@ -183,7 +184,7 @@ async fn run(kernel: Arc<Kernel>, mut requests: super::bus::Subscription) {
             (Ok(request), None) if answered_from_memory(request) => {
                 answer(&kernel, &mut limiter, request.clone(), &caller)
             }
-            // Still in order (the router waits for it), but not on the async worker.
+            // Still in order (the router waits for it), but off the async worker it ran on.
             (Ok(request), None) => {
                 crate::blocking::off_the_worker(|| answer(&kernel, &mut limiter, request.clone(), &caller))
             }
