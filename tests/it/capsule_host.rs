@@ -7,7 +7,7 @@ use astrid::types::management::{CapsuleDescription, CapsuleOrigin};
 use serde_json::{Value, json};
 
 use crate::capsules::{ask, audit_tail, audit_until, example, hostile_is_contained, install, wait_running};
-use crate::harness::{HANG, RawClient, TestHome};
+use crate::harness::{HANG, RawClient, TestHome, alive};
 
 const PROCESS: (&str, &str) = ("ASTRID_CAPSULE_ISOLATION", "process");
 
@@ -31,12 +31,6 @@ fn capsule_hosts(parent: i32) -> Vec<(i32, String)> {
         }
     }
     found
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie has exited; /proc keeps its entry until it is reaped.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
 }
 
 fn entries<'a>(audit: &'a [Value], action: &str) -> Vec<&'a Value> {

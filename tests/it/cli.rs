@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use astrid::types::DaemonStatus;
 
-use crate::harness::{HANG, TestHome, wait_for};
+use crate::harness::{HANG, TestHome, alive, freeze, wait_for};
 
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -16,11 +16,6 @@ fn stderr(output: &std::process::Output) -> String {
 
 fn lock_pid(t: &TestHome) -> i32 {
     std::fs::read_to_string(t.run_dir().join("system.lock")).expect("lock").trim().parse().expect("pid")
-}
-
-fn alive(pid: i32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty() && stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()) != Some("Z")
 }
 
 #[test]
@@ -195,7 +190,7 @@ fn stop_escalates_to_signals_and_names_each_failed_stage() {
     let t = TestHome::new();
     assert_eq!(t.cli(&["start"]).status.code(), Some(0));
     let pid = lock_pid(&t);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGSTOP).expect("stop");
+    freeze(pid);
     let stopped = t.cli(&["stop"]);
     let err = stderr(&stopped);
     assert_eq!(stopped.status.code(), Some(0), "{err}");

@@ -176,6 +176,33 @@ pub fn wait_for(condition: &mut impl FnMut() -> bool, within: Duration) -> bool 
     }
 }
 
+/// The state letter of a process or thread from its `stat` file (`R`, `S`, `D`, `T`, `Z`, …);
+/// `None` once it is gone. The name in parentheses may hold anything, so split at the last `)`.
+fn state_of(stat_path: &str) -> Option<char> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Whether `pid` is running or stopped: a zombie has exited, /proc keeps it until it is reaped.
+pub fn alive(pid: i32) -> bool {
+    state_of(&format!("/proc/{pid}/stat")).is_some_and(|state| state != 'Z')
+}
+
+/// Sends SIGSTOP to `pid` and waits until every one of its threads has stopped. `kill`
+/// returns once the signal is queued: the kernel wakes one thread to take it, and that
+/// thread stops the others. If it sits in uninterruptible sleep (a disk write on a busy
+/// machine) the whole group keeps running until the write returns.
+pub fn freeze(pid: i32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let mut all_stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+        tasks.filter_map(Result::ok).all(|task| {
+            state_of(&format!("{}/stat", task.path().display())).is_none_or(|state| matches!(state, 'T' | 't' | 'Z'))
+        })
+    };
+    assert!(wait_for(&mut all_stopped, HANG), "pid {pid} did not stop within {HANG:?}");
+}
+
 /// The data of a management reply frame, as the type its request answers with (the CLI
 /// decodes it the same way).
 pub fn reply_data<T: DeserializeOwned>(frame: &Value) -> T {

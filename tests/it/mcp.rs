@@ -8,7 +8,7 @@ use astrid::types::management::{McpListing, McpServer, McpServerState};
 use serde_json::{Value, json};
 
 use crate::capsules::{audit_until, install_with};
-use crate::harness::{HANG, TestHome, wait_for};
+use crate::harness::{HANG, TestHome, alive, wait_for};
 use crate::openai_server::{Script, Server};
 
 /// A server installed by scripts/test-deps.sh.
@@ -279,12 +279,6 @@ command = "x"
 /// The pids of the servers that have a process.
 fn pids(listing: &McpListing) -> Vec<i32> {
     listing.servers.iter().filter_map(|s| s.pid.and_then(|p| i32::try_from(p).ok())).collect()
-}
-
-/// Whether `pid` is a live process (a zombie waiting for its reaper is not).
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
 }
 
 #[test]

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::capsules::{audit_until, install};
 use crate::command_sandbox::none_left;
-use crate::harness::{Daemon, HANG, Terminal, TestHome, wait_for};
+use crate::harness::{Daemon, HANG, Terminal, TestHome, alive, wait_for};
 
 fn test_dep(relative: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".test-deps").join(relative);
@@ -420,11 +420,6 @@ fn children(parent: u32) -> Vec<i32> {
         }
     }
     found
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
 }
 
 #[test]
