@@ -11,6 +11,7 @@ pub mod bus;
 pub mod capability;
 mod capsule_admin;
 pub mod capsule_config;
+pub mod capsule_sync;
 pub mod capsules;
 pub mod cause;
 pub mod clients;
@@ -166,6 +167,8 @@ pub struct Kernel {
     approvals: Approvals,
     /// Bumped whenever the registry or a grant changes, so the capsule host can catch up.
     capsules_changed: watch::Sender<u64>,
+    /// Which of those changes the capsule host has applied.
+    capsules_applied: capsule_sync::AppliedChanges,
     /// Bumped by every rescan (boot, `ReloadCapsules`, install, remove): a capsule that gave
     /// up after its restarts is tried again then, and only then.
     rescans: std::sync::atomic::AtomicU64,
@@ -201,6 +204,7 @@ impl Kernel {
             questions,
             approvals,
             capsules_changed: watch::channel(0).0,
+            capsules_applied: capsule_sync::AppliedChanges::default(),
             rescans: std::sync::atomic::AtomicU64::new(0),
             mcp: std::sync::OnceLock::new(),
             model: Mutex::new(None),
@@ -500,6 +504,16 @@ impl Kernel {
     /// watches it to start, restart or stop capsules (the kernel does not run them itself).
     pub fn capsules_changed(&self) -> watch::Receiver<u64> {
         self.capsules_changed.subscribe()
+    }
+
+    /// The registry's generation: bumped by every change [`Kernel::capsules_changed`] reports.
+    pub fn capsules_generation(&self) -> u64 {
+        *self.capsules_changed.borrow()
+    }
+
+    /// The changes the capsule host has applied (see [`capsule_sync`]).
+    pub fn capsules_applied(&self) -> &capsule_sync::AppliedChanges {
+        &self.capsules_applied
     }
 
     /// How many rescans of the capsule directories there have been.

@@ -89,6 +89,10 @@ fn answered_from_memory(request: &KernelRequest) -> bool {
     )
 }
 
+/// The longest a request that changed the registry waits for the capsule host to apply it
+/// (see [`super::capsule_sync`]): stopping a capsule may take its 2 s stop wait.
+const APPLY_WAIT: Duration = Duration::from_secs(10);
+
 /// Requests whose answer depends on which capsules run (their state, the commands and
 /// interceptors of those that did not fail): while the boot's capsules start, they wait at
 /// the start gate, so an answer never shows a starting capsule as stopped. `GetStatus` does
@@ -185,9 +189,19 @@ async fn run(kernel: Arc<Kernel>, mut requests: super::bus::Subscription) {
                 answer(&kernel, &mut limiter, request.clone(), &caller)
             }
             // Still in order (the router waits for it), but off the async worker it ran on.
-            (Ok(request), None) => {
-                crate::blocking::off_the_worker(|| answer(&kernel, &mut limiter, request.clone(), &caller))
-            }
+            (Ok(request), None) => crate::blocking::off_the_worker(|| {
+                let generation = kernel.capsules_generation();
+                let answered = answer(&kernel, &mut limiter, request.clone(), &caller);
+                let changed = kernel.capsules_generation();
+                // A change to which capsules run is in effect once the host applied it.
+                if changed != generation && !kernel.capsules_applied().wait_for(changed, APPLY_WAIT) {
+                    log::warn!(
+                        "{}: the capsule host did not apply the change within {APPLY_WAIT:?}; answering anyway",
+                        request.method_name()
+                    );
+                }
+                answered
+            }),
         };
         // Reads are routine (a status bar may poll); changes and refusals are worth a line.
         let routine =

@@ -374,6 +374,18 @@ fn model_settings_from_the_shell_are_applied_or_refused_with_the_exact_commands(
     assert_eq!(output.status.code(), Some(0), "{}\n{}", stderr(&output), t.log());
     assert_eq!(stdout(&output), "from the endpoint\n");
     assert_eq!(server.received().last().map(|r| r.body["model"].clone()), Some(json!("m1")));
+    // Each change restarts the agent; the turn right after it is answered by the new one. It
+    // used to reach the old instance, stopped under it, whenever the reload was answered
+    // before the capsule host had acted: most often while a fresh daemon's capsules start.
+    for model in ["m2", "m3", "m4", "m5"] {
+        let restarted = t.cli_with(&["restart"], &[defaults]);
+        assert_eq!(restarted.status.code(), Some(0), "{}", stderr(&restarted));
+        let configured = t.cli(&["config", "model", "--model", model]);
+        assert_eq!(configured.status.code(), Some(0), "{}", stderr(&configured));
+        let output = t.cli(&["run", "hi"]);
+        assert_eq!(output.status.code(), Some(0), "{model}: {}\n{}", stderr(&output), t.log());
+        assert_eq!(server.received().last().map(|r| r.body["model"].clone()), Some(json!(model)));
+    }
     assert_eq!(t.cli(&["stop"]).status.code(), Some(0));
 }
 
