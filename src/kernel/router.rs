@@ -542,14 +542,17 @@ fn response_kind(response: &KernelResponse) -> String {
 impl Kernel {
     /// Publishes `response` on `topic`, addressed to `requester` only. A requester with no
     /// address (the kernel itself, an MCP server: neither waits for a reply) gets nothing, so
-    /// a reply is never broadcast to whoever subscribes to the topic.
+    /// a reply is never broadcast to whoever subscribes to the topic. It is rendered to JSON
+    /// text here, once ([`IpcPayload::Reply`]): the client's writer copies that text into the
+    /// frame, where a `RawJson` tree cost a tree built, walked and freed per reply (about a
+    /// quarter of the daemon's instructions per `GetStatus`).
     pub fn reply(&self, topic: &str, response: KernelResponse, requester: Option<Address>) {
         let Some(requester) = requester else {
             log::debug!("management: {topic} {} not published: nobody to answer", response_kind(&response));
             return;
         };
-        let payload = match serde_json::to_value(&response) {
-            Ok(value) => IpcPayload::RawJson(value),
+        let payload = match crate::types::RenderedReply::of(&response) {
+            Ok(reply) => IpcPayload::Reply(reply),
             Err(e) => {
                 log::error!("cannot encode management reply on {topic}: {e}");
                 return;

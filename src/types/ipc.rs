@@ -221,9 +221,52 @@ pub enum IpcPayload {
         /// The content.
         data: Value,
     },
+    /// A management reply the kernel rendered to JSON text once, from its typed value, rather
+    /// than building a `RawJson` tree to write out and drop. Host only, and never read from
+    /// the wire: its guest rendering is that text (a `RawJson` of the same object, keys in
+    /// the reply type's order, which JSON leaves free), and its tagged form is `raw_json`'s.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[serde(rename = "raw_json", skip_deserializing, serialize_with = "RenderedReply::serialize_tagged")]
+    Reply(RenderedReply),
     /// Any tag this version does not know. Serializes as `{"type":"unknown"}`.
     #[serde(other)]
     Unknown,
+}
+
+/// A management reply (`{"status": …, "data": …}`) as JSON text: see [`IpcPayload::Reply`].
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug, Clone)]
+pub struct RenderedReply(Box<serde_json::value::RawValue>);
+
+#[cfg(not(target_arch = "wasm32"))]
+impl RenderedReply {
+    /// Renders `reply` (any value that serializes as a JSON object).
+    pub fn of<T: Serialize + ?Sized>(reply: &T) -> serde_json::Result<Self> {
+        serde_json::value::to_raw_value(reply).map(Self)
+    }
+
+    /// The JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The same object as a tree.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.json()).unwrap_or(Value::Null)
+    }
+
+    /// Serialized as the tree it stands for, so the enum's tag (`raw_json`) joins its keys
+    /// with any serializer.
+    fn serialize_tagged<S: serde::Serializer>(reply: &Self, serializer: S) -> Result<S::Ok, S::Error> {
+        reply.to_value().serialize(serializer)
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl PartialEq for RenderedReply {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json()
+    }
 }
 
 fn default_session() -> String {
@@ -310,6 +353,8 @@ impl IpcPayload {
     pub fn to_guest_value(&self) -> Value {
         match self {
             Self::RawJson(value) | Self::Custom { data: value } => value.clone(),
+            #[cfg(not(target_arch = "wasm32"))]
+            Self::Reply(reply) => reply.to_value(),
             other => serde_json::to_value(other).unwrap_or(Value::Null),
         }
     }
@@ -321,6 +366,7 @@ impl IpcPayload {
         match self {
             Self::UserInput { session_id, .. } | Self::AgentResponse { session_id, .. } => Some(session_id),
             Self::RawJson(value) | Self::Custom { data: value } => value.get("session_id").and_then(Value::as_str),
+            // A reply's keys are `status` and `data`: it names no conversation.
             _ => None,
         }
     }
@@ -423,8 +469,47 @@ impl Serialize for GuestPayload<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self.0 {
             IpcPayload::RawJson(value) | IpcPayload::Custom { data: value } => value.serialize(serializer),
+            // The text as it is (serde_json writes a `RawValue` verbatim).
+            #[cfg(not(target_arch = "wasm32"))]
+            IpcPayload::Reply(reply) => reply.0.serialize(serializer),
             // Through a `Value`, as `to_guest_value` renders it: the same key order.
             other => other.to_guest_value().serialize(serializer),
         }
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::types::KernelResponse;
+
+    /// Every reader of a rendered reply sees the `RawJson` tree the kernel used to build.
+    #[test]
+    fn a_rendered_reply_reads_as_the_raw_json_tree_it_stands_for() {
+        let response = KernelResponse::Success(json!({"names": ["a", "b\"c"], "nested": {"n": 1.5, "none": null}}));
+        let tree = serde_json::to_value(&response).expect("a tree");
+        let rendered = IpcPayload::Reply(RenderedReply::of(&response).expect("renders"));
+        let built = IpcPayload::RawJson(tree.clone());
+
+        // A capsule's view, and its bytes.
+        assert_eq!(rendered.to_guest_value(), tree);
+        assert_eq!(serde_json::from_slice::<Value>(&rendered.to_guest_bytes()).expect("json"), tree);
+        // A client's frame: the same JSON (key order aside, which JSON leaves free).
+        let frame = |payload: &IpcPayload| {
+            let message = IpcMessage::new("astrid.v1.response.status", payload.clone(), Uuid::nil());
+            let mut bytes = Vec::new();
+            EgressFrame::write_json(&message, &mut bytes).expect("written");
+            serde_json::from_slice::<Value>(&bytes).expect("json")
+        };
+        assert_eq!(frame(&rendered), frame(&built));
+        // Whole and tagged (a capsule-host process is sent this), it reads back as `raw_json`.
+        let tagged = serde_json::to_value(&rendered).expect("tagged");
+        assert_eq!(tagged, serde_json::to_value(&built).expect("tagged"));
+        assert_eq!(serde_json::from_value::<IpcPayload>(tagged).expect("parsed"), built);
+        // It names no conversation, as the tree does not.
+        assert_eq!(rendered.session_id(), None);
+        assert_eq!(built.session_id(), None);
     }
 }

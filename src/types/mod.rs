@@ -30,6 +30,8 @@ pub use capsule_session::{
 };
 pub use handshake::{CapsuleAttach, HandshakeRequest, HandshakeResponse, HandshakeStatus, PROTOCOL_VERSION};
 pub use instructions::{InstructionFile, InstructionFiles, InstructionScope};
+#[cfg(not(target_arch = "wasm32"))]
+pub use ipc::RenderedReply;
 pub use ipc::{
     EgressFrame, IpcMessage, IpcPayload, OnboardingField, OnboardingFieldType, SelectionOption, UserInputFields,
 };
