@@ -323,10 +323,8 @@ async fn run_capsules(kernel: Arc<Kernel>, host: Arc<CapsuleSupervisor>, started
     let changed = kernel.capsules_changed();
     let since = Instant::now();
     let (starting, wait) = (Arc::clone(&host), host.config().start_wait);
-    let (generation, applier) = (*changed.borrow(), Arc::clone(&kernel));
     let start = tokio::task::spawn_blocking(move || {
         starting.sync();
-        applier.capsules_applied().applied(generation);
         starting.wait_ready(wait);
     });
     if let Err(e) = start.await {
@@ -338,7 +336,7 @@ async fn run_capsules(kernel: Arc<Kernel>, host: Arc<CapsuleSupervisor>, started
         since.elapsed().as_secs_f64() * 1000.0,
         kernel.capsules().ready_names()
     );
-    keep_capsules_in_sync(kernel, host, changed).await;
+    keep_capsules_in_sync(host, changed).await;
 }
 
 /// Step 7: the sentinel frontends wait for, written last.
@@ -356,16 +354,10 @@ fn write_ready(home: &AstridHome) -> anyhow::Result<()> {
 }
 
 /// Starts, restarts and stops capsules whenever the registry or a grant changes.
-async fn keep_capsules_in_sync(kernel: Arc<Kernel>, host: Arc<CapsuleSupervisor>, mut changed: watch::Receiver<u64>) {
+async fn keep_capsules_in_sync(host: Arc<CapsuleSupervisor>, mut changed: watch::Receiver<u64>) {
     while changed.changed().await.is_ok() {
-        // Read before the sync, which reads the registry as it is then (this or later).
-        let generation = *changed.borrow_and_update();
-        let (host, applier) = (Arc::clone(&host), Arc::clone(&kernel));
-        let synced = tokio::task::spawn_blocking(move || {
-            host.sync();
-            applier.capsules_applied().applied(generation);
-        });
-        if let Err(e) = synced.await {
+        let host = Arc::clone(&host);
+        if let Err(e) = tokio::task::spawn_blocking(move || host.sync()).await {
             log::error!("capsule host sync failed: {e}");
         }
     }

@@ -279,8 +279,11 @@ impl CapsuleSupervisor {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Brings what runs in line with the registry: starts, restarts and stops capsules.
+    /// Brings what runs in line with the registry: starts, restarts and stops capsules, then
+    /// reports the generation it read as applied (see [`crate::kernel::capsule_sync`]).
     pub fn sync(self: &Arc<Self>) {
+        // Read before the registry: what this sync applies is this generation or a later one.
+        let generation = self.kernel.capsules_generation();
         // In registry order, which is load order (importers after exporters).
         let wanted: Vec<(String, Identity)> = self
             .kernel
@@ -376,6 +379,8 @@ impl CapsuleSupervisor {
                 }
             }
         }
+        // Old instances stopped, new ones spawned: a request waiting for this change may answer.
+        self.kernel.capsules_applied().applied(generation);
     }
 
     /// Waits up to `within` for every running capsule to be ready (boot does not wait longer:
