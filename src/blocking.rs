@@ -1,8 +1,8 @@
 //! Blocking work reached from async code: a flush's fsync, an install's copies and
-//! compilation, a chain verification. The daemon's async side has two worker threads, so
-//! such work must not sit on one: half the daemon's capacity would wait behind it, and with
-//! it whatever was queued on that worker (the next read of a connection, a stream's deltas)
-//! until the other worker stole it.
+//! compilation, a chain verification. The daemon's async side has one worker thread by
+//! default (`ASTRID_ASYNC_WORKERS`, see `daemon::args::DEFAULT_ASYNC_WORKERS`), so such work
+//! must not sit on it: every connection, every stream's deltas and the router would wait
+//! behind it.
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 

@@ -55,6 +55,9 @@ pub struct DaemonConfig {
     /// How often `astrid.v1.watchdog.tick` is published (`ASTRID_WATCHDOG_INTERVAL_MS`,
     /// default 5 s).
     pub watchdog_interval: Duration,
+    /// The async runtime's worker threads (`ASTRID_ASYNC_WORKERS`, default
+    /// [`DEFAULT_ASYNC_WORKERS`]).
+    pub async_workers: usize,
     /// When an ephemeral daemon exits (`ASTRID_IDLE_TIMEOUT_SECS`); `None` when persistent.
     pub idle: Option<IdlePolicy>,
     /// The capsule host's limits and isolation (`ASTRID_CAPSULE_*`, `ASTRID_HTTP_ALLOW_PRIVATE`).
@@ -64,6 +67,25 @@ pub struct DaemonConfig {
     /// How commands run (`ASTRID_SANDBOX`, `ASTRID_COMMAND_*`, `ASTRID_SANDBOX_*`).
     pub sandbox: SandboxConfig,
 }
+
+/// The async runtime's worker threads unless `ASTRID_ASYNC_WORKERS` says otherwise: one.
+///
+/// The async side only moves bytes and routes messages; what computes or blocks runs
+/// elsewhere (capsules on threads of their own, the audit and log writers on theirs, sled's
+/// I/O on its own, disk waits handed off with `block_in_place`: `crate::blocking`). With a
+/// second worker, nearly every task a request wakes also unparks the idle worker to steal
+/// it: a futex and a context switch per hop, for work that takes microseconds.
+///
+/// Measured with `cargo bench --bench protocol`, 6 interleaved pairs on a 2-core VM
+/// (medians): 8 clients got 38.6k requests/s from one worker against 34.7k from two, at
+/// 25.6 against 39 us of daemon CPU per request, with a worst-client p99 of 336 against
+/// 455 us; when the host was busy, two workers fell to 25k/s, one held 35k/s. The single
+/// client's round trip and the bus bench (8 publishers, 8 subscribers) were the same with
+/// either. A machine with many cores and many busy clients may want more.
+pub const DEFAULT_ASYNC_WORKERS: usize = 1;
+
+/// The most async workers `ASTRID_ASYNC_WORKERS` may ask for.
+pub const MAX_ASYNC_WORKERS: usize = 64;
 
 impl DaemonArgs {
     /// Checks every flag and every environment variable the daemon reads, before anything
@@ -99,6 +121,13 @@ impl DaemonArgs {
                 _ => return Err(format!("ASTRID_WATCHDOG_INTERVAL_MS must be 10 to 3600000 (ms), not {text:?}")),
             },
         };
+        let async_workers = match std::env::var("ASTRID_ASYNC_WORKERS") {
+            Err(_) => DEFAULT_ASYNC_WORKERS,
+            Ok(text) => match text.parse::<usize>() {
+                Ok(workers @ 1..=MAX_ASYNC_WORKERS) => workers,
+                _ => return Err(format!("ASTRID_ASYNC_WORKERS must be 1 to {MAX_ASYNC_WORKERS}, not {text:?}")),
+            },
+        };
         let idle = if self.ephemeral { Some(IdlePolicy::from_env()?) } else { None };
         let host = HostConfig::from_env()?;
         let provider = ProviderEnvironment::from_env()?;
@@ -111,6 +140,7 @@ impl DaemonArgs {
             max_clients,
             default_capsules,
             watchdog_interval,
+            async_workers,
             idle,
             host,
             provider,

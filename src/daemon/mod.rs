@@ -82,13 +82,14 @@ pub fn main(args: &DaemonArgs) -> ExitCode {
         config.session,
         if config.ephemeral { "ephemeral" } else { "persistent" },
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(ASYNC_WORKERS).enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            log::error!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(config.async_workers).enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                log::error!("cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let (code, lock) = match runtime.block_on(run(config, home, signals)) {
         Ok((lock, ShutdownReason::Failed(why))) => {
             log::error!("daemon failed: {why}");
@@ -146,18 +147,6 @@ pub async fn run(
     let lock = running.shut_down(reason.clone()).await;
     Ok((lock, reason))
 }
-
-/// The async runtime's worker threads: two, one per core of the small machines Astrid is
-/// measured on. The async side only moves bytes and routes messages; what computes or blocks
-/// runs elsewhere (capsules on threads of their own, the audit and log writers on theirs,
-/// sled's I/O on its own, disk waits handed off with `block_in_place`: `crate::blocking`).
-///
-/// One worker was measured (protocol bench, 18 interleaved pairs, 2-core VM): it spent a
-/// quarter less CPU per `GetStatus` under 8 clients (median 35 against 47 µs; with two, each
-/// task a request wakes unparks the idle worker to steal it, about one context switch per
-/// request), but one thread then caps the daemon at one core, ~29k requests/s here, and the
-/// single client's round trip was no faster (median p50 65 against 60 µs). Not adopted.
-const ASYNC_WORKERS: usize = 2;
 
 /// How long the exit waits for the runtime's threads (a blocking task still running is left
 /// to the process exit).

@@ -76,6 +76,8 @@ fn flags_are_validated_before_anything_is_created() {
         ("ASTRID_HTTP_ALLOW_PRIVATE", "maybe", &[]),
         ("ASTRID_IDLE_TIMEOUT_SECS", "a while", &["--ephemeral"]),
         ("ASTRID_WATCHDOG_INTERVAL_MS", "0", &[]),
+        ("ASTRID_ASYNC_WORKERS", "0", &[]),
+        ("ASTRID_ASYNC_WORKERS", "many", &[]),
         ("ASTRID_DEFAULT_CAPSULES", "some", &[]),
         ("OPENAI_BASE_URL", "api.example.com/v1", &[]),
     ] {
