@@ -215,18 +215,17 @@ async fn run(kernel: Arc<Kernel>, mut requests: super::bus::Subscription) {
             response_kind(&response)
         );
         let method = request.as_ref().map_or("malformed", KernelRequest::method_name);
-        let action = format!("management.{method}");
         match verdict {
             Ok(()) if request.as_ref().is_ok_and(read_only) => {
                 kernel.record_routine(routine_read(&incoming, &caller, method));
             }
             Ok(()) => {
-                let topic = &incoming.message.topic;
+                let (action, topic) = (format!("management.{method}"), &incoming.message.topic);
                 let rule = caller.authority;
                 kernel.record(&caller.principal, caller.actor.clone(), &action, topic, Decision::Allow, rule);
             }
             Err(reason) => {
-                let topic = &incoming.message.topic;
+                let (action, topic) = (format!("management.{method}"), &incoming.message.topic);
                 kernel.record(&caller.principal, caller.actor.clone(), &action, topic, Decision::Deny, &reason);
             }
         }
