@@ -575,6 +575,7 @@ async fn write_loop(
     drain_timeout: Duration,
 ) {
     let mut held: Option<Arc<BusMessage>> = None;
+    let mut frame = FrameBuffer::default();
     loop {
         let message = match held.take() {
             Some(message) => message,
@@ -602,13 +603,13 @@ async fn write_loop(
             }
         };
         let message = merge_deltas(message, &mut subscription, &mut held);
-        if let Err(e) = send(&mut writer, &message).await {
+        if let Err(e) = send(&mut writer, &message, &mut frame).await {
             return log::warn!("client#{id}: write failed: {e}");
         }
     }
     let drained = timeout(drain_timeout, async {
         for message in held.into_iter().chain(std::iter::from_fn(|| subscription.try_recv())) {
-            send(&mut writer, &message).await?;
+            send(&mut writer, &message, &mut frame).await?;
         }
         std::io::Result::Ok(())
     })
@@ -659,6 +660,27 @@ fn merge_deltas(
     merged.map_or(message, Arc::new)
 }
 
+/// The buffer a connection's frames are built in, kept from one frame to the next: a fresh
+/// one grew from nothing to each frame's size (eight reallocations for a `GetStatus` reply).
+#[derive(Default)]
+struct FrameBuffer(Vec<u8>);
+
+impl FrameBuffer {
+    /// Most capacity kept between frames: one large frame (a long answer, a big listing)
+    /// does not leave its size held by an idle connection.
+    const KEPT: usize = 16 * 1024;
+
+    /// The buffer, emptied, with four bytes of room for the length prefix.
+    fn start(&mut self) -> &mut Vec<u8> {
+        if self.0.capacity() > Self::KEPT {
+            self.0 = Vec::new();
+        }
+        self.0.clear();
+        self.0.extend_from_slice(&[0; 4]);
+        &mut self.0
+    }
+}
+
 /// What woke the writer.
 enum Next {
     Stop,
@@ -668,15 +690,15 @@ enum Next {
 
 /// Writes one frame. A client that accepts no byte for [`WRITE_TIMEOUT`] is stuck; one that
 /// reads slowly is not, however long a large frame takes it.
-async fn send(writer: &mut OwnedWriteHalf, message: &BusMessage) -> std::io::Result<()> {
+async fn send(writer: &mut OwnedWriteHalf, message: &BusMessage, frame: &mut FrameBuffer) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     // The frame is built in one buffer: its length is written over the first four bytes.
-    let mut bytes = vec![0; 4];
-    EgressFrame::write_json(&message.message, &mut bytes).map_err(std::io::Error::other)?;
+    let bytes = frame.start();
+    EgressFrame::write_json(&message.message, bytes).map_err(std::io::Error::other)?;
     let length = u32::try_from(bytes.len() - 4).map_err(|_| std::io::Error::other("frame too large"))?;
     bytes[..4].copy_from_slice(&length.to_be_bytes());
     // A socket with room takes the frame at once: no timer is armed for the usual write.
-    let mut written = match writer.try_write(&bytes) {
+    let mut written = match writer.try_write(bytes) {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
         Err(e) => return Err(e),

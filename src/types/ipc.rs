@@ -234,20 +234,31 @@ pub enum IpcPayload {
 }
 
 /// A management reply (`{"status": …, "data": …}`) as JSON text: see [`IpcPayload::Reply`].
+///
+/// Only [`RenderedReply::of`] makes one, so the text is always what serde_json wrote: valid
+/// JSON, written into frames as it is.
 #[cfg(not(target_arch = "wasm32"))]
 #[derive(Debug, Clone)]
-pub struct RenderedReply(Box<serde_json::value::RawValue>);
+pub struct RenderedReply(String);
 
 #[cfg(not(target_arch = "wasm32"))]
 impl RenderedReply {
+    /// Room made for a reply before rendering it: a status reply fits (about 530 bytes). A
+    /// buffer grown from serde_json's 128 bytes was reallocated three times per status, then
+    /// shrunk once more to box it as a `RawValue`.
+    const ROOM: usize = 1024;
+
     /// Renders `reply` (any value that serializes as a JSON object).
     pub fn of<T: Serialize + ?Sized>(reply: &T) -> serde_json::Result<Self> {
-        serde_json::value::to_raw_value(reply).map(Self)
+        let mut text = Vec::with_capacity(Self::ROOM);
+        serde_json::to_writer(&mut text, reply)?;
+        // serde_json writes UTF-8; the check only keeps this free of `unsafe`.
+        String::from_utf8(text).map(Self).map_err(serde::ser::Error::custom)
     }
 
     /// The JSON text.
     pub fn json(&self) -> &str {
-        self.0.get()
+        &self.0
     }
 
     /// The same object as a tree.
@@ -373,7 +384,11 @@ impl IpcPayload {
 
     /// [`IpcPayload::to_guest_value`] as JSON bytes.
     pub fn to_guest_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(&GuestPayload(self)).unwrap_or_default()
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            Self::Reply(reply) => reply.json().as_bytes().to_vec(),
+            other => serde_json::to_vec(&GuestPayload(other)).unwrap_or_default(),
+        }
     }
 }
 
@@ -443,6 +458,19 @@ impl EgressFrame {
     /// copying the message first: every frame a client is sent is written this way (a copy
     /// of each reply's payload tree was a tenth of the daemon's time under load).
     pub fn write_json(message: &IpcMessage, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let IpcPayload::Reply(reply) = &message.payload {
+            // What serde_json writes for `BorrowedEgressFrame` (compact, fields in order),
+            // with the reply's text put in as it is.
+            out.extend_from_slice(br#"{"topic":"#);
+            serde_json::to_writer(&mut *out, &message.topic)?;
+            out.extend_from_slice(br#","payload":"#);
+            out.extend_from_slice(reply.json().as_bytes());
+            out.extend_from_slice(br#","source_id":"#);
+            serde_json::to_writer(&mut *out, &message.source_id)?;
+            out.push(b'}');
+            return Ok(());
+        }
         serde_json::to_writer(
             out,
             &BorrowedEgressFrame {
@@ -469,10 +497,9 @@ impl Serialize for GuestPayload<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self.0 {
             IpcPayload::RawJson(value) | IpcPayload::Custom { data: value } => value.serialize(serializer),
-            // The text as it is (serde_json writes a `RawValue` verbatim).
-            #[cfg(not(target_arch = "wasm32"))]
-            IpcPayload::Reply(reply) => reply.0.serialize(serializer),
-            // Through a `Value`, as `to_guest_value` renders it: the same key order.
+            // Through a `Value`, as `to_guest_value` renders it: the same key order. (A
+            // reply's text is written as it is by `write_json` and `to_guest_bytes`, the
+            // two users of this; here it is read back into a tree.)
             other => other.to_guest_value().serialize(serializer),
         }
     }
@@ -504,6 +531,18 @@ mod tests {
             serde_json::from_slice::<Value>(&bytes).expect("json")
         };
         assert_eq!(frame(&rendered), frame(&built));
+        // Byte for byte, the frame is serde_json's compact rendering of the three fields,
+        // with the reply's text as it was rendered.
+        let message = IpcMessage::new("astrid.v1.response.\"s\"", rendered.clone(), Uuid::from_u128(7));
+        let mut bytes = Vec::new();
+        EgressFrame::write_json(&message, &mut bytes).expect("written");
+        let RenderedReply(text) = RenderedReply::of(&response).expect("renders");
+        assert_eq!(
+            String::from_utf8(bytes).expect("utf-8"),
+            format!(
+                r#"{{"topic":"astrid.v1.response.\"s\"","payload":{text},"source_id":"00000000-0000-0000-0000-000000000007"}}"#
+            )
+        );
         // Whole and tagged (a capsule-host process is sent this), it reads back as `raw_json`.
         let tagged = serde_json::to_value(&rendered).expect("tagged");
         assert_eq!(tagged, serde_json::to_value(&built).expect("tagged"));
