@@ -338,7 +338,9 @@ impl Subscriber {
 struct Subscribers {
     list: Vec<Subscriber>,
     /// Topic → positions in `list` of the subscribers that want it, in subscription order.
-    routes: HashMap<Box<str>, Vec<usize>>,
+    /// Shared, so a known topic is looked up once (a request and its reply, two lookups
+    /// each, hashed their topics four times).
+    routes: HashMap<Box<str>, Arc<[usize]>>,
 }
 
 /// The most topics whose subscribers are remembered at once.
@@ -357,15 +359,20 @@ impl Subscribers {
 
     /// The subscribers that want `topic`, in subscription order.
     fn wanting(&mut self, topic: &str) -> impl Iterator<Item = &Subscriber> {
-        if !self.routes.contains_key(topic) {
-            if self.routes.len() >= MAX_ROUTES {
-                self.routes.clear();
+        let route = match self.routes.get(topic) {
+            Some(route) => Arc::clone(route),
+            None => {
+                if self.routes.len() >= MAX_ROUTES {
+                    self.routes.clear();
+                }
+                let wanting: Arc<[usize]> =
+                    self.list.iter().enumerate().filter(|(_, s)| s.wants(topic)).map(|(i, _)| i).collect();
+                self.routes.insert(topic.into(), Arc::clone(&wanting));
+                wanting
             }
-            let wanting = self.list.iter().enumerate().filter(|(_, s)| s.wants(topic)).map(|(i, _)| i).collect();
-            self.routes.insert(topic.into(), wanting);
-        }
+        };
         let list = &self.list;
-        self.routes.get(topic).into_iter().flatten().filter_map(move |&i| list.get(i))
+        (0..route.len()).filter_map(move |k| list.get(route[k]))
     }
 }
 
