@@ -82,9 +82,12 @@ pub fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let init_pid = Pid::from_raw(i32::try_from(init.id()).unwrap_or(i32::MAX));
-    let deadline = Instant::now() + Duration::from_millis(request.timeout_ms);
-    let outcome = match watch(&mut control, &mut output, statuses, deadline, &mut out) {
-        Watched::Ended(outcome) => outcome,
+    // The command's time counts from here, for its deadline and for what it is reported to
+    // have run: the daemon hears of the start later, by however long the frame took.
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(request.timeout_ms);
+    let (outcome, ran) = match watch(&mut control, &mut output, statuses, deadline, &mut out) {
+        Watched::Ended(outcome) => (outcome, started.elapsed()),
         Watched::DaemonGone => {
             // Nobody to report to: end the command and go.
             let _ = kill(init_pid, Signal::SIGKILL);
@@ -99,7 +102,7 @@ pub fn main() -> ExitCode {
     drain(output, &mut out);
 
     let staged = request.staging.join("files");
-    let mut report = Report { outcome, items: Vec::new(), refused: Vec::new(), problem: None };
+    let mut report = Report { outcome, ran, items: Vec::new(), refused: Vec::new(), problem: None };
     match std::fs::create_dir_all(&staged) {
         Ok(()) => {
             let collected = collect(&Layers {

@@ -122,6 +122,9 @@ pub struct Refused {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub outcome: Outcome,
+    /// How long the command ran, measured by whoever enforces its timeout from the instant
+    /// its deadline counts from: so a command ended by a timeout of T ran at least T.
+    pub ran: std::time::Duration,
     /// In the order to apply: deletions first, then files.
     pub items: Vec<StagedItem>,
     pub refused: Vec<Refused>,
@@ -201,6 +204,7 @@ mod tests {
     fn frames_round_trip_and_garbage_is_refused() {
         let report = Report {
             outcome: Outcome::Exited(3),
+            ran: std::time::Duration::from_millis(1500),
             items: vec![StagedItem::Deleted { path: "a".into() }, StagedItem::File { path: "b/c".into() }],
             refused: vec![Refused { path: "l".into(), reason: "a symbolic link".into() }],
             problem: None,
@@ -220,6 +224,7 @@ mod tests {
         match Frame::read_from(&mut input) {
             Ok(Some(Frame::Report(r))) => {
                 assert_eq!(r.outcome, Outcome::Exited(3));
+                assert_eq!(r.ran, std::time::Duration::from_millis(1500));
                 assert_eq!(r.items.len(), 2);
             }
             other => panic!("{other:?}"),

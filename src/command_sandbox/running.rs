@@ -45,7 +45,8 @@ pub enum CommandEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
     pub outcome: Outcome,
-    /// From start to end.
+    /// From start to end, as the side that enforces the timeout measured it (the helper, or
+    /// unsandboxed the daemon's timer): a command ended by its timeout ran at least that.
     pub duration: Duration,
     /// Every byte of output, whether the caller kept it or not.
     pub output_bytes: u64,
@@ -236,6 +237,7 @@ impl RunningCommand {
         match report {
             Some(report) => {
                 finished.outcome = report.outcome;
+                finished.duration = report.ran;
                 finished.refused = report.refused;
                 finished.problem = report.problem;
                 if let Some(dir) = &self.dir {
@@ -453,6 +455,9 @@ pub(super) fn start_unconfined(
         .stderr(Stdio::from(errors))
         .spawn()
         .map_err(|source| SandboxError::Spawn { what: "/bin/sh".to_owned(), source })?;
+    // The command's time counts from here, for the timer and for what it is reported to have
+    // run (the threads below may take a while to start on a busy machine).
+    let started = Instant::now();
     let group = Pid::from_raw(i32::try_from(shell.id()).unwrap_or(i32::MAX));
     let control = Arc::new(Control {
         stdin: Mutex::new(None),
@@ -504,19 +509,19 @@ pub(super) fn start_unconfined(
                 Err(_) => Outcome::Killed,
             }
         };
-        let report = Report { outcome, items: Vec::new(), refused: Vec::new(), problem: None };
+        let report = Report { outcome, ran: started.elapsed(), items: Vec::new(), refused: Vec::new(), problem: None };
         let _ = sender.send(Message::Frame(Frame::Report(report)));
     });
     let (timer, cancelled) = mpsc::channel::<()>();
     let timer_control = Arc::clone(&control);
     let timeout = request.timeout;
     std::thread::spawn(move || {
-        if cancelled.recv_timeout(timeout) == Err(RecvTimeoutError::Timeout) {
+        let left = (started + timeout).saturating_duration_since(Instant::now());
+        if cancelled.recv_timeout(left) == Err(RecvTimeoutError::Timeout) {
             timer_control.timed_out.store(true, Ordering::SeqCst);
             timer_control.force();
         }
     });
-    let started = Instant::now();
     Ok(RunningCommand {
         helper: None,
         events,
