@@ -672,12 +672,17 @@ impl FrameBuffer {
 
     /// The buffer, emptied, with four bytes of room for the length prefix.
     fn start(&mut self) -> &mut Vec<u8> {
-        if self.0.capacity() > Self::KEPT {
-            self.0 = Vec::new();
-        }
         self.0.clear();
         self.0.extend_from_slice(&[0; 4]);
         &mut self.0
+    }
+
+    /// The frame is out: a buffer grown past [`Self::KEPT`] is given back now, not at the
+    /// connection's next frame, which may never come.
+    fn sent(&mut self) {
+        if self.0.capacity() > Self::KEPT {
+            self.0 = Vec::new();
+        }
     }
 }
 
@@ -711,6 +716,7 @@ async fn send(writer: &mut OwnedWriteHalf, message: &BusMessage, frame: &mut Fra
             Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client is not reading")),
         }
     }
+    frame.sent();
     Ok(())
 }
 
@@ -718,6 +724,23 @@ async fn send(writer: &mut OwnedWriteHalf, message: &BusMessage, frame: &mut Fra
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A connection keeps the room of its usual frames, and gives back the room of a large
+    /// one as soon as it is sent.
+    #[test]
+    fn a_frame_buffer_keeps_small_room_and_gives_large_room_back() {
+        let mut frame = FrameBuffer::default();
+        frame.start().extend_from_slice(&[b'x'; 600]);
+        assert_eq!(&frame.0[..5], b"\0\0\0\0x");
+        frame.sent();
+        let kept = frame.0.capacity();
+        assert!(kept >= 604);
+        assert_eq!(frame.start().as_slice(), b"\0\0\0\0", "a new frame starts empty but for its prefix");
+        assert_eq!(frame.0.capacity(), kept, "the room is reused");
+        frame.start().extend_from_slice(&vec![b'y'; FrameBuffer::KEPT + 1]);
+        frame.sent();
+        assert_eq!(frame.0.capacity(), 0, "a large frame's room is given back once it is out");
+    }
 
     fn decode(value: Value) -> Result<IpcMessage, String> {
         decode_ingress(&serde_json::to_vec(&value).expect("json"), Uuid::nil(), DEFAULT_PRINCIPAL).map_err(|r| r.reason)
