@@ -219,14 +219,13 @@ async fn run(kernel: Arc<Kernel>, mut requests: super::bus::Subscription) {
             Ok(()) if request.as_ref().is_ok_and(read_only) => {
                 kernel.record_routine(routine_read(&incoming, &caller, method));
             }
-            Ok(()) => {
+            verdict => {
+                let (decision, rule) = match &verdict {
+                    Ok(()) => (Decision::Allow, caller.authority),
+                    Err(reason) => (Decision::Deny, reason.as_str()),
+                };
                 let (action, topic) = (format!("management.{method}"), &incoming.message.topic);
-                let rule = caller.authority;
-                kernel.record(&caller.principal, caller.actor.clone(), &action, topic, Decision::Allow, rule);
-            }
-            Err(reason) => {
-                let (action, topic) = (format!("management.{method}"), &incoming.message.topic);
-                kernel.record(&caller.principal, caller.actor.clone(), &action, topic, Decision::Deny, &reason);
+                kernel.record(&caller.principal, caller.actor.clone(), &action, topic, decision, rule);
             }
         }
         kernel.reply(&reply_topic, response, requester);
