@@ -354,7 +354,7 @@ async fn serve_client(
     let subscription = kernel.bus().subscribe_as(format!("client#{id}"), SubscriberKind::Client, EGRESS_PATTERNS);
     let subscriber = subscription.id();
     kernel.set_client_workspace(subscriber, workspace.clone());
-    kernel.set_client_label(subscriber, hello.label.as_deref());
+    kernel.name_client(subscriber, id, hello.label.as_deref());
     kernel.questions().set_answers(subscriber, hello.answers_questions, hello.label.as_deref());
     if let Some(label) = &hello.label {
         log::info!(
@@ -394,7 +394,7 @@ async fn serve_client(
         let _ = writer.await;
     }
     kernel.set_client_workspace(subscriber, None);
-    kernel.set_client_label(subscriber, None);
+    kernel.forget_client_name(subscriber);
     let cancelled_calls = kernel.tool_calls().connection_closed(subscriber);
     if cancelled_calls > 0 {
         log::info!("client#{id}: {cancelled_calls} tool call(s) it made were cancelled with the connection");

@@ -157,9 +157,9 @@ async fn serve(kernel: Arc<Kernel>, mut requests: super::bus::Subscription) {
             turn: None,
             principal: incoming.message.principal.clone().unwrap_or_else(|| DEFAULT_PRINCIPAL.to_owned()),
             actor: incoming.origin.actor(),
-            action: "instructions.read".to_owned(),
+            action: "instructions.read",
             resource: described(&files),
-            rule: RULE.to_owned(),
+            rule: RULE.into(),
         });
         let payload = match serde_json::to_value(&files) {
             Ok(data) => IpcPayload::Custom { data },

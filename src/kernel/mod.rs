@@ -156,12 +156,15 @@ pub struct Kernel {
     routine: routine::Routine,
     /// The daemon's workspace (`--workspace`).
     vfs: Arc<Vfs>,
+    /// Its root as `status` shows it, written once (the root never changes).
+    workspace_shown: Box<str>,
     /// Other workspaces clients work in, opened on first use (each with its own overlay).
     workspaces: Mutex<Vec<Arc<Vfs>>>,
     /// The workspace each client connection named in its handshake.
     client_workspaces: Mutex<std::collections::HashMap<bus::SubscriberId, Arc<PathBuf>>>,
-    /// Who each client connection acts for, as its handshake said (an MCP client's name).
-    client_labels: Mutex<std::collections::HashMap<bus::SubscriberId, Arc<str>>>,
+    /// How the audit trail names each client connection ([`Kernel::name_client`]): made
+    /// once at its handshake, not formatted again for every request it makes.
+    client_names: Mutex<std::collections::HashMap<bus::SubscriberId, Box<str>>>,
     /// Tools clients call (`CallTool`), in flight.
     tool_calls: tool_call::ToolCalls,
     grants: Grants,
@@ -218,10 +221,11 @@ impl Kernel {
             store: state.store,
             audit: state.audit,
             routine: routine::Routine::default(),
+            workspace_shown: state.vfs.root().display().to_string().into(),
             vfs: Arc::new(state.vfs),
             workspaces: Mutex::new(Vec::new()),
             client_workspaces: Mutex::new(std::collections::HashMap::new()),
-            client_labels: Mutex::new(std::collections::HashMap::new()),
+            client_names: Mutex::new(std::collections::HashMap::new()),
             tool_calls: tool_call::ToolCalls::default(),
             start_gate: start_gate::StartGate::default(),
         })
@@ -279,22 +283,28 @@ impl Kernel {
         self.client_workspaces.lock().unwrap_or_else(|e| e.into_inner()).get(&subscriber).cloned()
     }
 
-    /// Records who the client `subscriber` acts for (`None`: forgets it).
-    pub fn set_client_label(&self, subscriber: bus::SubscriberId, label: Option<&str>) {
-        let mut labels = self.client_labels.lock().unwrap_or_else(|e| e.into_inner());
-        match label {
-            Some(label) => labels.insert(subscriber, Arc::from(label)),
-            None => labels.remove(&subscriber),
+    /// Names the client `subscriber` (connection number `connection`) for the audit trail:
+    /// `client#7`, or `client#7 (claude-code 1.0.3)` when its handshake said whom it acts for.
+    pub fn name_client(&self, subscriber: bus::SubscriberId, connection: u64, label: Option<&str>) {
+        let name = match label {
+            Some(label) => format!("client#{connection} ({label})"),
+            None => format!("client#{connection}"),
         };
+        self.client_names.lock().unwrap_or_else(|e| e.into_inner()).insert(subscriber, name.into());
     }
 
-    /// Who the audit trail names for what `origin` did: a connection with a label is named
-    /// with it (`client#7 (claude-code 1.0.3)`).
+    /// Forgets the name of a client connection that closed.
+    pub fn forget_client_name(&self, subscriber: bus::SubscriberId) {
+        self.client_names.lock().unwrap_or_else(|e| e.into_inner()).remove(&subscriber);
+    }
+
+    /// Who the audit trail names for what `origin` did: a client connection by the name it
+    /// was given at its handshake ([`Kernel::name_client`]).
     pub fn actor_of(&self, origin: &Origin) -> Actor {
-        if let Origin::Client { subscriber, connection } = origin
-            && let Some(label) = self.client_labels.lock().unwrap_or_else(|e| e.into_inner()).get(subscriber)
+        if let Origin::Client { subscriber, .. } = origin
+            && let Some(name) = self.client_names.lock().unwrap_or_else(|e| e.into_inner()).get(subscriber)
         {
-            return Actor::Client { id: format!("client#{connection} ({label})") };
+            return Actor::Client { id: String::from(&**name) };
         }
         origin.actor()
     }
@@ -346,7 +356,7 @@ impl Kernel {
     pub fn record_routine(&self, kind: routine::Kind) {
         if let routine::Seen::First { flushed, kind } = self.routine.note(kind) {
             self.record_repeats(flushed);
-            self.record(&kind.principal, kind.actor, &kind.action, &kind.resource, Decision::Allow, &kind.rule);
+            self.record(&kind.principal, kind.actor, kind.action, &kind.resource, Decision::Allow, &kind.rule);
         }
     }
 
@@ -411,9 +421,9 @@ impl Kernel {
                 turn: scope.and_then(|scope| scope.turn),
                 principal: principal.to_owned(),
                 actor,
-                action: "capability.check".to_owned(),
+                action: "capability.check",
                 resource: request.to_string(),
-                rule,
+                rule: rule.into(),
             });
         } else {
             let decision = if allowed { Decision::Allow } else { Decision::Deny };
@@ -805,7 +815,7 @@ impl Kernel {
                 .collect(),
             audit: Some(self.audit_status()),
             model: self.model.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            workspace: Some(self.vfs.root().display().to_string()),
+            workspace: Some(String::from(&*self.workspace_shown)),
             sandbox: Some(match self.command_sandbox() {
                 Some(sandbox) => sandbox.availability().status(),
                 None => crate::types::management::SandboxStatus {

@@ -26,11 +26,13 @@ use crate::types::topics::{REQUEST_PATTERN, REQUEST_PREFIX, RESPONSE_PREFIX};
 use crate::types::{IpcPayload, KernelRequest, KernelResponse};
 
 /// The reply topic for a request topic (`astrid.v1.request.x` → `astrid.v1.response.x`).
+/// Made by hand, not with `format!`: it runs for every request.
 pub fn response_topic(request_topic: &str) -> String {
-    match request_topic.strip_prefix(REQUEST_PREFIX) {
-        Some(suffix) => format!("{RESPONSE_PREFIX}{suffix}"),
-        None => format!("{RESPONSE_PREFIX}{request_topic}"),
-    }
+    let suffix = request_topic.strip_prefix(REQUEST_PREFIX).unwrap_or(request_topic);
+    let mut topic = String::with_capacity(RESPONSE_PREFIX.len() + suffix.len());
+    topic.push_str(RESPONSE_PREFIX);
+    topic.push_str(suffix);
+    topic
 }
 
 /// Requests per minute allowed for the methods that cost something.
@@ -173,7 +175,7 @@ async fn run(kernel: Arc<Kernel>, mut requests: super::bus::Subscription) {
             // The describers are waited for (up to a few seconds): answered from a task of its
             // own, so the router goes on serving meanwhile. (Over the rate limit, the request
             // goes the common way and is refused there.)
-            let read = routine_read(&incoming, &caller, "ListTools");
+            let read = routine_read(&incoming, &caller, listing.audit_action());
             let kernel = Arc::clone(&kernel);
             tokio::spawn(async move {
                 let listing = super::tool_listing::list(&kernel).await;
@@ -214,18 +216,18 @@ async fn run(kernel: Arc<Kernel>, mut requests: super::bus::Subscription) {
             incoming.origin,
             response_kind(&response)
         );
-        let method = request.as_ref().map_or("malformed", KernelRequest::method_name);
+        let action = request.as_ref().map_or("management.malformed", KernelRequest::audit_action);
         match verdict {
             Ok(()) if request.as_ref().is_ok_and(read_only) => {
-                kernel.record_routine(routine_read(&incoming, &caller, method));
+                kernel.record_routine(routine_read(&incoming, &caller, action));
             }
             verdict => {
                 let (decision, rule) = match &verdict {
                     Ok(()) => (Decision::Allow, caller.authority),
                     Err(reason) => (Decision::Deny, reason.as_str()),
                 };
-                let (action, topic) = (format!("management.{method}"), &incoming.message.topic);
-                kernel.record(&caller.principal, caller.actor.clone(), &action, topic, decision, rule);
+                let topic = &incoming.message.topic;
+                kernel.record(&caller.principal, caller.actor.clone(), action, topic, decision, rule);
             }
         }
         kernel.reply(&reply_topic, response, requester);
@@ -236,7 +238,7 @@ async fn run(kernel: Arc<Kernel>, mut requests: super::bus::Subscription) {
 }
 
 /// The audit record of a read-only request served: routine (see [`super::routine`]).
-fn routine_read(incoming: &BusMessage, caller: &Caller, method: &str) -> super::routine::Kind {
+fn routine_read(incoming: &BusMessage, caller: &Caller, action: &'static str) -> super::routine::Kind {
     super::routine::Kind {
         instance: None,
         turn: None,
@@ -247,9 +249,9 @@ fn routine_read(incoming: &BusMessage, caller: &Caller, method: &str) -> super::
             Origin::Client { .. } => Actor::Operator,
             _ => caller.actor.clone(),
         },
-        action: format!("management.{method}"),
+        action,
         resource: incoming.message.topic.clone(),
-        rule: caller.authority.to_owned(),
+        rule: caller.authority.into(),
     }
 }
 

@@ -15,6 +15,7 @@
 //! approvals, grants, installs, commits, anything that changes state. Those are recorded
 //! one entry each, always.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -54,12 +55,13 @@ pub struct Kind {
     pub principal: String,
     /// Who acted, as recorded (management requests of any client share a kind).
     pub actor: Actor,
-    /// The action recorded.
-    pub action: String,
+    /// The action recorded: one of a fixed set, so a kind costs no allocation for it.
+    pub action: &'static str,
     /// On what.
     pub resource: String,
-    /// The rule (for a capability, the grant's fingerprint and entry).
-    pub rule: String,
+    /// The rule (for a capability, the grant's fingerprint and entry; for a management
+    /// read, a fixed text, borrowed).
+    pub rule: Cow<'static, str>,
 }
 
 /// Who uses a capability: a capsule instance, and the turn it works for.
@@ -181,7 +183,7 @@ mod tests {
             turn: None,
             principal: "default".into(),
             actor: Actor::Capsule { name: "orchestrator".into() },
-            action: "capability.check".into(),
+            action: "capability.check",
             resource: resource.into(),
             rule: "grant x".into(),
         }

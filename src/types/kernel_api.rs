@@ -140,39 +140,56 @@ pub enum KernelRequest {
     },
 }
 
-impl KernelRequest {
-    /// The wire name (`method`) of the request.
-    pub fn method_name(&self) -> &'static str {
-        match self {
-            Self::InstallCapsule { .. } => "InstallCapsule",
-            Self::ApproveCapability { .. } => "ApproveCapability",
-            Self::ListCapsules => "ListCapsules",
-            Self::ReloadCapsules => "ReloadCapsules",
-            Self::GetCommands => "GetCommands",
-            Self::GetCapsuleMetadata => "GetCapsuleMetadata",
-            Self::GetStatus => "GetStatus",
-            Self::Shutdown { .. } => "Shutdown",
-            Self::ListCapabilities => "ListCapabilities",
-            Self::RevokeCapability { .. } => "RevokeCapability",
-            Self::KvGet { .. } => "KvGet",
-            Self::KvSet { .. } => "KvSet",
-            Self::KvDelete { .. } => "KvDelete",
-            Self::KvList { .. } => "KvList",
-            Self::RemoveCapsule { .. } => "RemoveCapsule",
-            Self::DescribeCapsules => "DescribeCapsules",
-            Self::WorkspaceDiff => "WorkspaceDiff",
-            Self::WorkspaceCommit => "WorkspaceCommit",
-            Self::WorkspaceDiscard => "WorkspaceDiscard",
-            Self::McpList => "McpList",
-            Self::McpCall { .. } => "McpCall",
-            Self::AuditAcknowledge { .. } => "AuditAcknowledge",
-            Self::ListTools => "ListTools",
-            Self::GetInstructions => "GetInstructions",
-            Self::CallTool { .. } => "CallTool",
-            Self::CancelToolCall { .. } => "CancelToolCall",
+/// `method_name` and `audit_action` from one list of the request's variants, so the two
+/// cannot disagree. (`Self::V { .. }` matches a unit variant as well as a struct one.)
+macro_rules! request_names {
+    ($($variant:ident),* $(,)?) => {
+        impl KernelRequest {
+            /// The wire name (`method`) of the request.
+            pub fn method_name(&self) -> &'static str {
+                match self {
+                    $(Self::$variant { .. } => stringify!($variant),)*
+                }
+            }
+
+            /// The action the audit trail records for the request: `management.<method>`.
+            pub fn audit_action(&self) -> &'static str {
+                match self {
+                    $(Self::$variant { .. } => concat!("management.", stringify!($variant)),)*
+                }
+            }
         }
-    }
+    };
 }
+
+request_names!(
+    InstallCapsule,
+    ApproveCapability,
+    ListCapsules,
+    ReloadCapsules,
+    GetCommands,
+    GetCapsuleMetadata,
+    GetStatus,
+    Shutdown,
+    ListCapabilities,
+    RevokeCapability,
+    KvGet,
+    KvSet,
+    KvDelete,
+    KvList,
+    RemoveCapsule,
+    DescribeCapsules,
+    WorkspaceDiff,
+    WorkspaceCommit,
+    WorkspaceDiscard,
+    McpList,
+    McpCall,
+    AuditAcknowledge,
+    ListTools,
+    GetInstructions,
+    CallTool,
+    CancelToolCall,
+);
 
 /// A management reply. Adjacently tagged (`status`, `data`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

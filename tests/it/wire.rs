@@ -200,6 +200,7 @@ fn every_management_request_has_a_vector() {
             if vector["kind"] == "KernelRequest" {
                 let request: KernelRequest = serde_json::from_value(vector["json"].clone()).expect("a request");
                 assert_eq!(method_of(&request), request.method_name(), "the wire name is the variant's");
+                assert_eq!(request.audit_action(), format!("management.{}", method_of(&request)));
                 covered.insert(method_of(&request));
             }
         }
