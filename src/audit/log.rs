@@ -129,7 +129,12 @@ impl AuditLog {
     /// The caller must be the log's only writer (the daemon's singleton lock guarantees it).
     pub fn open(dir: &Path, key: Arc<RuntimeKey>) -> Result<Self, AuditError> {
         fs::create_dir_all(dir).map_err(|e| AuditError::io("create", dir, e))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| AuditError::io("chmod", dir, e))?;
+        // Only when it is not 0700 already: a chmod is a metadata write even when it changes
+        // nothing, and at boot it queued behind the KV store's first sync (8 ms here).
+        let mode = fs::metadata(dir).map_err(|e| AuditError::io("inspect", dir, e))?.mode() & 0o7777;
+        if mode != 0o700 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| AuditError::io("chmod", dir, e))?;
+        }
         let log_path = dir.join(LOG_FILE);
         let head_path = dir.join(HEAD_FILE);
         let head_before = regular_file(&head_path)?;
@@ -460,7 +465,8 @@ impl AuditTrail {
     /// Loads (or creates) `keys/runtime.key`, starts the writer thread and opens the
     /// default principal's log, so a trail that cannot be written is known before the
     /// first decision ([`AuditTrail::writable`]). That is not an error here: the daemon
-    /// runs, refusing what needs the trail, and says why.
+    /// runs, refusing what needs the trail, and says why. The end of the log is checked
+    /// now; the whole chain only from [`AuditTrail::start_verification`].
     pub fn open(home: &AstridHome) -> Result<Self, AuditError> {
         let path = key_path(home);
         let key_existed = path.exists();
@@ -482,6 +488,7 @@ impl AuditTrail {
             queue: Arc::clone(&queue),
             failure: None,
             dirty: Vec::new(),
+            held: Some(Vec::new()),
         };
         let handle = std::thread::Builder::new()
             .name("audit-writer".to_owned())
@@ -523,8 +530,10 @@ impl AuditTrail {
         done.recv().map_err(|_| AuditError::Format(STOPPED.to_owned()))?.map_err(AuditError::Format)
     }
 
-    /// Opens (and so verifies, in the background) every principal's log not open yet.
-    /// Returns at once; [`AuditTrail::health`] tells how it goes.
+    /// Verifies, in the background, the logs opened so far (their snapshots were taken when
+    /// they were opened) and every other principal's, opening it. Until this is called no
+    /// chain is verified (the daemon calls it once it is ready). Returns at once;
+    /// [`AuditTrail::health`] tells how it goes.
     pub fn start_verification(&self) -> Result<(), AuditError> {
         self.send(Command::VerifyAll)
     }
@@ -614,6 +623,18 @@ struct Writer {
     queue: Queue,
     failure: Option<Failing>,
     dirty: Vec<String>,
+    /// Verifications of logs opened before [`AuditTrail::start_verification`]: held until
+    /// then, so the daemon's boot (which opens the default log) does not share the CPUs with
+    /// a verification of the whole chain. `None` once verification has started.
+    held: Option<Vec<HeldVerification>>,
+}
+
+/// A verification waiting for [`AuditTrail::start_verification`].
+struct HeldVerification {
+    principal: String,
+    dir: PathBuf,
+    snapshot: Snapshot,
+    generation: u64,
 }
 
 impl Writer {
@@ -817,7 +838,8 @@ impl Writer {
         self.logs.get(principal).ok_or_else(|| AuditError::Format(format!("the log of {principal} is not open")))
     }
 
-    /// Starts the verification of `snapshot` on a thread of its own.
+    /// Starts the verification of `snapshot` on a thread of its own, or holds it until
+    /// verification starts (see [`Writer::held`]). Either way the log shows as verifying.
     fn verify(&mut self, principal: &str, dir: PathBuf, snapshot: Snapshot) {
         let generation = {
             let generation = self.generations.entry(principal.to_owned()).or_default();
@@ -825,6 +847,13 @@ impl Writer {
             *generation
         };
         self.shared.health().logs.entry(principal.to_owned()).or_default().verifying = true;
+        match &mut self.held {
+            Some(held) => held.push(HeldVerification { principal: principal.to_owned(), dir, snapshot, generation }),
+            None => self.spawn_verification(principal, dir, snapshot, generation),
+        }
+    }
+
+    fn spawn_verification(&mut self, principal: &str, dir: PathBuf, snapshot: Snapshot, generation: u64) {
         let key = self.key.verifying_key();
         let shared = Arc::clone(&self.shared);
         let queue = Arc::clone(&self.queue);
@@ -929,8 +958,12 @@ impl Writer {
         log.report = Some(report);
     }
 
-    /// Opens every principal's log (each is verified as it is opened).
+    /// Starts the verifications held so far, then opens every principal's log (each is
+    /// verified as it is opened).
     fn verify_all(&mut self) {
+        for held in self.held.take().unwrap_or_default() {
+            self.spawn_verification(&held.principal, held.dir, held.snapshot, held.generation);
+        }
         match principals_with_logs(&self.home) {
             Ok(principals) if self.failure.is_none() => {
                 for principal in principals {

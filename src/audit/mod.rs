@@ -136,6 +136,29 @@ mod tests {
     }
 
     /// Waits (polling) until `condition` holds; false after 10 s.
+    /// Opening a trail checks the end of the default log at once, but verifies the whole
+    /// chain only when asked (the daemon asks once it is ready: the signatures of a long
+    /// chain are CPU its boot needs); until then, and while it runs, it shows as verifying.
+    #[test]
+    fn the_chain_is_verified_when_asked_not_when_the_trail_opens() {
+        let (_tmp, home, _dir) = closed_trail(20);
+        let trail = AuditTrail::open(&home).expect("reopen");
+        // Nothing was started: this holds however long we look.
+        std::thread::sleep(Duration::from_millis(50));
+        let health = trail.health();
+        let default = health.logs.get("default").expect("the default log is open");
+        assert!(default.verifying && default.report.is_none(), "{health:?}");
+        assert!(health.verifying());
+        trail.start_verification().expect("start");
+        let verified = eventually(|| {
+            let health = trail.health();
+            !health.verifying() && health.logs.get("default").is_some_and(|log| log.report.is_some())
+        });
+        assert!(verified, "{:?}", trail.health());
+        let report = trail.health().logs.get("default").and_then(|log| log.report.clone()).expect("report");
+        assert!(matches!(report.status, ChainStatus::Intact) && report.entries == 20, "{report:?}");
+    }
+
     fn eventually(mut condition: impl FnMut() -> bool) -> bool {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
