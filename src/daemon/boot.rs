@@ -7,7 +7,8 @@
 //! or binds a socket.
 //!
 //! 1. **lock**: `run/system.lock`, exclusively; then remove run files a dead daemon left;
-//! 2. **kernel**: KV store, audit trail, workspace overlay; bus, registry, management router;
+//! 2. **kernel**: KV store (opened once ready), audit trail, workspace overlay; bus, registry,
+//!    management router;
 //! 3. **socket**: bind `run/system.sock` in the 0700 `run/` directory, chmod 0600;
 //! 4. **token**: a new `run/system.token` (0600, atomic);
 //! 5. **MCP servers**: those of `etc/servers.toml` and those approved capsules declare are
@@ -207,15 +208,18 @@ fn start_kernel(config: &DaemonConfig, home: &AstridHome) -> anyhow::Result<Arc<
         Decision::Info,
         &format!("pid {}", std::process::id()),
     );
-    Step::Kernel.done(format_args!("kernel started (audit trail and workspace overlay open, KV store opening)"));
+    Step::Kernel
+        .done(format_args!("kernel started (audit trail and workspace overlay open; KV store opens once ready)"));
     Ok(kernel)
 }
 
 /// Opens the stores. The KV store comes after the singleton lock, so a second daemon never
 /// reaches sled; should sled still find its lock taken, the error names the owning daemon.
 ///
-/// sled opens on a thread of its own (its recovery, which reads the last segment and
-/// writes and syncs the rest of it, is most of a boot's time): the daemon is ready without
+/// sled opens on a thread of its own, begun once the daemon is ready ([`watch_state`]) or by
+/// the first operation that needs it, whichever comes first: its recovery reads the last
+/// segment, then writes and syncs the rest of it, and beside the boot that sync held the
+/// boot's own file operations up in the file system's journal. The daemon is ready without
 /// waiting for it, and what needs the store waits (see [`watch_state`] for a store that
 /// cannot be opened).
 ///
@@ -230,8 +234,9 @@ fn open_state(home: &AstridHome, config: &DaemonConfig) -> anyhow::Result<Kernel
     Ok(KernelState { store, audit, vfs })
 }
 
-/// Watches the KV store open after readiness: a store that cannot be opened (or whose
-/// allowances cannot be read) stops the daemon with the reason, and a failing exit.
+/// Begins the KV store's open, after readiness, and watches it: a store that cannot be
+/// opened (or whose allowances cannot be read) stops the daemon with the reason, and a
+/// failing exit.
 fn watch_state(kernel: &Arc<Kernel>) {
     let kernel = Arc::clone(kernel);
     tokio::spawn(async move {

@@ -345,6 +345,35 @@ fn a_store_opening_in_the_background_waits_for_the_holder_and_then_answers() {
     release.join().expect("release");
 }
 
+/// The daemon's open waits to be asked: nothing touches the database (sled's recovery writes
+/// and syncs half a MiB) until `start_opening` or the first operation.
+#[test]
+fn a_store_opening_waits_until_it_is_asked_for() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = AstridHome::at(tmp.path());
+    let db = tmp.path().join("var/state.db");
+    let sled_files = || std::fs::read_dir(&db).expect("the directory is made at once").count();
+    let store = KvStore::opening(&home, KvConfig::default(), Duration::from_secs(30)).expect("opening");
+    // The open thread is blocked on the request, so this holds however long we look.
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(sled_files(), 0, "sled was opened before anyone asked");
+    store.start_opening();
+    store.opened().expect("open");
+    assert!(sled_files() > 0, "sled made its files");
+    store.start_opening();
+
+    // An operation asks by itself; a store dropped unasked ends its thread and leaves no lock.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = AstridHome::at(tmp.path());
+    let x = ns("default", "x");
+    let asked = KvStore::opening(&home, KvConfig::default(), Duration::from_secs(30)).expect("opening");
+    assert_eq!(asked.get(&x, "k").expect("get opens the store"), None);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = AstridHome::at(tmp.path());
+    drop(KvStore::opening(&home, KvConfig::default(), Duration::from_secs(30)).expect("opening"));
+    KvStore::open(&home, KvConfig::default()).expect("nothing holds the database");
+}
+
 /// A store sled cannot open: the handle is still made, and every operation fails with the
 /// reason (the daemon stops on it: see `boot::watch_state`).
 #[test]
