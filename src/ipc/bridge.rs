@@ -367,9 +367,12 @@ async fn serve_client(
     let (closing, closing_rx) = watch::channel(false);
     let mut writer =
         tokio::spawn(write_loop(id, write_half, subscription, stop.clone(), closing_rx, context.config.drain_timeout));
+    // One wait for the stop for the whole connection (see `write_loop`); ready, it ends it.
+    let stopped = stop.wait_for(|stop| *stop);
+    tokio::pin!(stopped);
     let ended = loop {
         let frame = tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => break "daemon shutting down",
+            _ = &mut stopped => break "daemon shutting down",
             _ = &mut writer => break "writer ended",
             frame = reader.next_frame() => frame,
         };
@@ -378,7 +381,7 @@ async fn serve_client(
                 // Paced: a client that sends faster than its messages are taken waits (its
                 // socket fills), as a capsule would; a stop still ends the wait.
                 tokio::select! {
-                    _ = stop.wait_for(|stop| *stop) => break "daemon shutting down",
+                    _ = &mut stopped => break "daemon shutting down",
                     () = ingress(kernel, id, subscriber, source_id, &frame, workspace.clone()) => {}
                 }
             }
@@ -570,12 +573,19 @@ async fn write_loop(
     id: u64,
     mut writer: OwnedWriteHalf,
     mut subscription: Subscription,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     mut closing: watch::Receiver<bool>,
     drain_timeout: Duration,
 ) {
     let mut held: Option<Arc<BusMessage>> = None;
     let mut frame = FrameBuffer::default();
+    // Made once, not per message: each `wait_for` made anew registered with its channel and
+    // unregistered again, twice per frame written. Either ends the loop when it is ready.
+    // (The stop's on a clone: it is read below while this waits.)
+    let mut stop_seen = stop.clone();
+    let stopped = stop_seen.wait_for(|s| *s);
+    let closed = closing.wait_for(|c| *c);
+    tokio::pin!(stopped, closed);
     loop {
         let message = match held.take() {
             Some(message) => message,
@@ -584,8 +594,8 @@ async fn write_loop(
                 // what is queued (the Shutdown reply among it) is flushed rather than dropped.
                 let next = tokio::select! {
                     biased;
-                    _ = stop.wait_for(|s| *s) => Next::Stop,
-                    _ = closing.wait_for(|c| *c) => Next::Closing,
+                    _ = &mut stopped => Next::Stop,
+                    _ = &mut closed => Next::Closing,
                     message = subscription.recv() => Next::Message(message),
                 };
                 match next {
