@@ -15,10 +15,10 @@
 //!    started, not waited for;
 //! 6. **capsules**: the start gate closed, the bridge accepting (capsule-host processes
 //!    attach through it), then discovery: the registry is complete;
-//! 7. **ready**: `run/system.ready` (empty, 0600) is written last; then the capsule host
-//!    starts every intact, granted capsule in the background (not before: compiling them
-//!    would take the CPUs from the steps above), the audit chains are verified in the
-//!    background and the watchdog ticks.
+//! 7. **ready**: `run/system.ready` (empty, 0600) is written last; then, in the background
+//!    (not before: each would take the CPUs or the file system's journal from the steps
+//!    above), the command sandbox is tried, the capsule host starts every intact, granted
+//!    capsule, the KV store opens, the audit chains are verified, and the watchdog ticks.
 //!
 //! Ready means the daemon answers: a client may connect, and every request is answered.
 //! It does not mean the capsules have started (that is most of a boot): what would reach a
@@ -130,7 +130,6 @@ pub(super) async fn boot(config: &DaemonConfig, home: AstridHome) -> anyhow::Res
     let listener = bind_socket(&home).context(Step::Socket)?;
     let token = write_token(&home).context(Step::Token)?;
     let (mcp, mcp_tasks) = start_mcp_servers(&kernel, config, &home);
-    try_command_sandbox(&kernel, config, &home);
 
     let supervisor = CapsuleSupervisor::new(Arc::clone(&kernel), config.host);
     // From here on a request that changes the registry is answered once the host applied it.
@@ -153,7 +152,9 @@ pub(super) async fn boot(config: &DaemonConfig, home: AstridHome) -> anyhow::Res
 
     write_ready(&home).context(Step::Ready)?;
     Step::Ready.done(format_args!("ready in {:.1} ms", started.elapsed().as_secs_f64() * 1000.0));
-    // Only now: their compilation would take the CPUs from the steps above.
+    // Only now: their compilation, and the sandbox's trial command, would take the CPUs from
+    // the steps above.
+    try_command_sandbox(&kernel, config, &home);
     let capsule_sync = tokio::spawn(run_capsules(Arc::clone(&kernel), Arc::clone(&supervisor), capsules_started));
     watch_state(&kernel);
     let ready_at = tokio::time::Instant::now();
@@ -296,9 +297,11 @@ fn start_mcp_servers(
     (mcp, [tools, declared])
 }
 
-/// Beside step 5: the command sandbox is tried on this machine (a trial command in a
-/// throwaway workspace) on a thread of its own; readiness does not wait for it, a command
-/// does ([`Kernel::command_sandbox_settled`]). The verdict is logged and shown by `astrid status`.
+/// After step 7: the command sandbox is tried on this machine (a trial command in a
+/// throwaway workspace) on a thread of its own. Not earlier: its processes and files took
+/// CPU and the file system's journal from the boot. A command asked for before the verdict
+/// waits for it ([`Kernel::command_sandbox_settled`]). The verdict is logged and shown by
+/// `astrid status`.
 fn try_command_sandbox(kernel: &Arc<Kernel>, config: &DaemonConfig, home: &AstridHome) {
     let kernel = Arc::clone(kernel);
     let sandbox_config = config.sandbox.clone();
