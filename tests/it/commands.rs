@@ -208,10 +208,11 @@ fn escapes_from_a_command_are_refused_and_each_is_on_the_record() {
     refused(&format!("bash -c 'echo hello > /dev/tcp/127.0.0.1/{port}'"));
     assert!(listener.accept().is_err(), "the command reached the host's loopback");
 
-    // A fork bomb meets the process limit and its timeout; nothing of it is left. (`exec`:
-    // the shell then waits without a fork of its own, which the full namespace may refuse,
-    // ending the command early with "Cannot fork" on a machine quick to fill it.)
-    let bomb = "bomb() { bomb | bomb & }; bomb; exec sleep 3000.5151";
+    // A fork bomb meets the process limit and its timeout; nothing of it is left. The
+    // command's own shell forks once, for the bomb, before any of it exists, and then
+    // `exec`s: a shell that forked again could meet the full limit itself and end the
+    // command early with "Cannot fork" (exit 2 after 0.1 s, seen in CI).
+    let bomb = "bomb() { bomb | bomb & }; bomb & exec sleep 3000.5151";
     let (_, answer) = run_command(&t, &json!({"command": bomb, "timeout_secs": 3}), true);
     assert!(result(&answer).contains("ran past its timeout"), "{answer:#}");
     assert!(exit_entry(&t, bomb)["rule"].as_str().is_some_and(|r| r.starts_with("killed at its timeout")));
