@@ -129,8 +129,8 @@ impl AuditLog {
     /// The caller must be the log's only writer (the daemon's singleton lock guarantees it).
     pub fn open(dir: &Path, key: Arc<RuntimeKey>) -> Result<Self, AuditError> {
         fs::create_dir_all(dir).map_err(|e| AuditError::io("create", dir, e))?;
-        // Only when it is not 0700 already: a chmod is a metadata write even when it changes
-        // nothing, and at boot it queued behind the KV store's first sync (8 ms here).
+        // Only when it is not 0700 already: a chmod is a journalled metadata write even when
+        // it changes nothing, and a journal write can wait behind another thread's sync.
         let mode = fs::metadata(dir).map_err(|e| AuditError::io("inspect", dir, e))?.mode() & 0o7777;
         if mode != 0o700 {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| AuditError::io("chmod", dir, e))?;

@@ -115,8 +115,8 @@ impl KvStore {
     ///
     /// Why not at once: sled's recovery reads its last segment, then writes and syncs the
     /// rest of it (512 KiB). Run beside the daemon's boot, that sync held up the boot's own
-    /// small file operations behind it in the file system's journal (a boot measured
-    /// 4–11 ms, against 4 ms when nothing else wrote), so the daemon starts it once ready.
+    /// small file operations behind it in the file system's journal (restarts measured
+    /// 5–12 ms, against 3–4 ms without it), so the daemon starts it once ready.
     ///
     /// While another process still holds the database (a daemon that is exiting releases
     /// sled's lock last), the open is retried for up to `release_wait`.
