@@ -294,9 +294,10 @@ print(len(started))
     assert_eq!(none_left("60.4711"), Vec::<String>::new(), "the sleepers died with the command");
     // A real bomb, ended by its timeout; the host still starts processes afterwards.
     let marker = "bomb4711";
-    // (`exec`: the shell waits without needing a process of its own.)
+    // The shell forks once, for the bomb, before any of it exists, then `exec`s: a shell that
+    // forked again could meet the full limit itself and end early with "Cannot fork".
     let (_, finished) = f.run_with(
-        &format!("{marker}() {{ {marker} | {marker} & }}; {marker}; exec sleep 1000.4720"),
+        &format!("{marker}() {{ {marker} | {marker} & }}; {marker} & exec sleep 1000.4720"),
         Duration::from_secs(3),
     );
     assert_eq!(finished.outcome, Outcome::TimedOut);
